@@ -1,0 +1,145 @@
+// fiber_support.hpp: how the Boost.Fiber peers get their threads.
+//
+//   run_round_robin(f)   f() on a fresh thread with Boost.Fiber's default scheduler
+//                        (round_robin): every fiber of f runs on that one thread.
+//   ws_pool::get(n)      n threads running the work_stealing scheduler; run(f) runs f() as the
+//                        main fiber of one of them, and fibers it launches are stolen by all n.
+//
+// Boost.Fiber's work_stealing keeps its schedulers in static arrays sized by the first
+// thread count a process asks for (and numbers them with a counter that never resets), so a
+// process can set it up once, with one thread count: the pool lives as long as the process,
+// and ws_pool::get() with another count returns nullptr.  scripts/bench runs one process per
+// (workload, implementation, workers) for this reason.
+//
+// Between run() calls the pool's threads block on a std::condition_variable, so an idle pool
+// does not spin (work_stealing's own idle loop spins while a run is in progress).
+#pragma once
+
+#include <boost/fiber/algo/work_stealing.hpp>
+#include <boost/fiber/all.hpp>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace bench {
+
+// run_round_robin() runs f() on a new thread (round_robin scheduler) and returns its result.
+template <class F>
+std::uint64_t run_round_robin(F&& f) {
+  std::uint64_t result = 0;
+  std::thread t([&] { result = f(); });
+  t.join();
+  return result;
+}
+
+class ws_pool {
+ public:
+  // get() returns the process's pool of n work-stealing threads, starting it on first use;
+  // nullptr if the process already has a pool of another size.
+  static ws_pool* get(unsigned n) {
+    static std::mutex mu;
+    static std::unique_ptr<ws_pool> pool;  // joined at exit
+    std::lock_guard<std::mutex> lock(mu);
+    if (!pool) pool.reset(new ws_pool(n));
+    return pool->threads_.size() == n ? pool.get() : nullptr;
+  }
+
+  ws_pool(const ws_pool&) = delete;
+  ws_pool& operator=(const ws_pool&) = delete;
+
+  ~ws_pool() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      shutdown_ = true;
+      ++epoch_;
+    }
+    wake_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+
+  // run() runs f() as the main fiber of pool thread 0 and blocks the calling (plain) thread
+  // until it returns; fibers that f launches run on all the pool's threads.  f must join
+  // every fiber it launches.
+  std::uint64_t run(const std::function<std::uint64_t()>& f) {
+    std::unique_lock<std::mutex> lock(mu_);
+    job_ = &f;
+    done_ = false;
+    ++epoch_;
+    wake_.notify_all();
+    done_cv_.wait(lock, [&] { return done_; });
+    return result_;
+  }
+
+ private:
+  explicit ws_pool(unsigned n) {
+    for (unsigned k = 0; k < n; ++k) {
+      threads_.emplace_back([this, k, n] { thread_main(k, n); });
+    }
+  }
+
+  void thread_main(unsigned k, unsigned n) {
+    // work_stealing's constructor waits for all n threads (a barrier).
+    boost::fibers::use_scheduling_algorithm<boost::fibers::algo::work_stealing>(n);
+    std::uint64_t seen = 0;
+    for (;;) {
+      const std::function<std::uint64_t()>* job = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] { return epoch_ != seen; });
+        seen = epoch_;
+        if (shutdown_) return;
+        job = job_;
+      }
+      if (k == 0) {
+        const std::uint64_t result = (*job)();
+        {
+          std::lock_guard<boost::fibers::mutex> lock(fiber_mu_);
+          finished_epoch_ = seen;
+        }
+        fiber_done_.notify_all();
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          result_ = result;
+          done_ = true;
+        }
+        done_cv_.notify_all();
+      } else {
+        // Park this thread's main fiber, so its scheduler steals the run's fibers meanwhile.
+        std::unique_lock<boost::fibers::mutex> lock(fiber_mu_);
+        fiber_done_.wait(lock, [&] { return finished_epoch_ == seen; });
+      }
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::mutex mu_;
+  std::condition_variable wake_;     // epoch_ changed
+  std::condition_variable done_cv_;  // done_
+  std::uint64_t epoch_ = 0;          // guarded by mu_; one per run() and one for shutdown
+  bool shutdown_ = false;            // guarded by mu_
+  const std::function<std::uint64_t()>* job_ = nullptr;  // guarded by mu_
+  bool done_ = false;                                     // guarded by mu_
+  std::uint64_t result_ = 0;                              // guarded by mu_
+  boost::fibers::mutex fiber_mu_;
+  boost::fibers::condition_variable fiber_done_;  // finished_epoch_ changed
+  std::uint64_t finished_epoch_ = 0;              // guarded by fiber_mu_
+};
+
+// Channels of capacity 0 are Boost.Fiber's unbuffered_channel; others are buffered_channel,
+// whose capacity must be a power of two and which holds at most capacity - 1 items.
+// with_channel<T>(cap, f) calls f(channel&) with a fresh channel of that capacity.
+template <class T, class F>
+std::uint64_t with_channel(std::size_t cap, F&& f) {
+  if (cap == 0) {
+    boost::fibers::unbuffered_channel<T> c;
+    return f(c);
+  }
+  boost::fibers::buffered_channel<T> c(cap);
+  return f(c);
+}
+
+}  // namespace bench

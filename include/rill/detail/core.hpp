@@ -1,0 +1,95 @@
+// What the public templates need from the compiled core. Not API.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+
+namespace rill {
+enum class wait_reason : std::uint8_t;
+}
+
+namespace rill::detail {
+
+struct fiber;
+class runtime;
+
+// fiber_create() reserves a stack for a new fiber of the current runtime and returns
+// storage of `size` bytes aligned to `align` (at the top of that stack) for its closure.
+// `entry(closure)` runs the closure and destroys it. Throws std::logic_error outside a
+// runtime, std::bad_alloc when no stack can be had.
+void* fiber_create(std::size_t size, std::size_t align, void (*entry)(void*), fiber*& out);
+// fiber_start() makes a created fiber runnable on the calling worker.
+void fiber_start(fiber* f) noexcept;
+// fiber_discard() releases a created fiber that was never started.
+void fiber_discard(fiber* f) noexcept;
+// fiber_set_name() names the calling fiber for dumps and error messages (truncated).
+void fiber_set_name(const char* name) noexcept;
+
+// run_main() runs `main(arg)` as the first fiber of a new runtime on the calling thread
+// and `workers - 1` more threads; returns when every fiber has finished. Rethrows an
+// exception that escaped main; throws deadlock_error on a deadlock.
+struct run_config {
+  unsigned workers;
+  std::size_t stack_size;
+  bool detect_deadlock;
+};
+void run_main(const run_config& cfg, void (*main)(void*), void* arg);
+
+// current_fiber() is the calling fiber, or nullptr on a thread that is not running one.
+fiber* current_fiber() noexcept;
+
+// A test-and-test-and-set spinlock for short critical sections in the core.
+class spinlock {
+ public:
+  void lock() noexcept {
+    while (locked_.exchange(true, std::memory_order_acquire)) {
+      while (locked_.load(std::memory_order_relaxed)) __builtin_ia32_pause();
+    }
+  }
+  bool try_lock() noexcept { return !locked_.exchange(true, std::memory_order_acquire); }
+  void unlock() noexcept { locked_.store(false, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> locked_{false};
+};
+
+// waiter: one fiber or one plain thread parked on a wait queue (Go's sudog). Lives on the
+// parked party's stack for the duration of the wait.
+struct waiter {
+  waiter* next = nullptr;
+  waiter* prev = nullptr;
+  fiber* who = nullptr;                  // nullptr: a plain thread, woken through `futex`
+  std::atomic<std::uint32_t> futex{0};   // thread waiters: 1 once woken
+  void* slot = nullptr;                  // per-use payload (e.g. the value being handed over)
+  void* select = nullptr;                // per-use: the select this waiter belongs to
+  int index = 0;                         // per-use: the select case this waiter stands for
+  bool success = false;                  // per-use: set by the waker before waking
+};
+
+// wait_list: an intrusive FIFO of waiters. Not synchronized: guarded by its owner's lock.
+struct wait_list {
+  waiter* head = nullptr;
+  waiter* tail = nullptr;
+  bool empty() const noexcept { return head == nullptr; }
+  void push_back(waiter* w) noexcept;
+  waiter* pop_front() noexcept;
+  void remove(waiter* w) noexcept;  // w must be on this list
+};
+
+// park() parks the caller (fiber or plain thread) until unpark(w) is called. `lk` is held
+// by the caller, and w is already on a wait list guarded by lk; park() releases lk once
+// the caller is parked (for a fiber: after its context is saved) and returns with lk
+// released. `cancel(arg)` is how the runtime takes w off its list when it aborts a
+// deadlocked fiber (it is called with nothing locked; it must lock what it needs).
+void park(waiter& w, spinlock& lk, wait_reason why, const void* object,
+          void (*cancel)(void*) = nullptr, void* cancel_arg = nullptr);
+// unpark() wakes the party parked on w. The caller must have taken w off its list, and
+// must not touch w afterwards (its owner may return at once).
+void unpark(waiter& w) noexcept;
+
+// The clock used by timers, in nanoseconds (CLOCK_MONOTONIC).
+std::int64_t now_ns() noexcept;
+
+}  // namespace rill::detail

@@ -1,0 +1,52 @@
+// The one context switch. Every switch goes through switch_to(), which
+//   - saves/restores the per-thread C++ exception state (__cxa_eh_globals), so `throw;`
+//     in a catch block that spans a suspension rethrows the right exception;
+//   - annotates ASan and TSan;
+//   - hands the landing side a message: the context that was left (whose fcontext must be
+//     saved before anybody may resume it) and an action to run once it is saved (e.g.
+//     "unlock the channel that now lists this fiber as a waiter").
+#pragma once
+
+#include <boost/context/detail/fcontext.hpp>
+
+#include "fiber/sanitizers.hpp"
+
+namespace rill::detail {
+
+namespace bctx = boost::context::detail;
+
+struct eh_state {  // layout of libstdc++'s __cxa_eh_globals on x86-64
+  void* caught = nullptr;
+  unsigned int uncaught = 0;
+};
+
+struct context;
+using after_switch_fn = void (*)(context* left, void* arg) noexcept;
+
+struct context {
+  bctx::fcontext_t fctx = nullptr;  // valid only while this context is suspended
+  eh_state eh;
+  san_ctx san;
+};
+
+struct switch_msg {
+  context* from;
+  context* to;
+  after_switch_fn after;
+  void* arg;
+  bool finishing;
+};
+
+// switch_to() suspends `from` and resumes `to` on the calling thread. `after(from, arg)`
+// runs on the landing side once from's context is saved. Returns when `from` is resumed
+// (possibly on another thread).
+void switch_to(context& from, context& to, after_switch_fn after = nullptr,
+               void* arg = nullptr) noexcept;
+
+// exit_to() leaves `from` for good (a finished fiber); never returns.
+[[noreturn]] void exit_to(context& from, context& to, after_switch_fn after, void* arg) noexcept;
+
+// on_landing() must be the first call of a new fiber's entry function.
+void on_landing(bctx::transfer_t t) noexcept;
+
+}  // namespace rill::detail

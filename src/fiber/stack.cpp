@@ -1,0 +1,127 @@
+#include "fiber/stack.hpp"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <system_error>
+
+#include "fiber/sanitizers.hpp"
+
+namespace rill::detail {
+namespace {
+
+constexpr std::size_t page_size = 4096;
+constexpr std::uint64_t canary_word = 0xfaceb00cdeadbeefULL;
+
+std::atomic<std::size_t> g_guarded{0};
+std::atomic<std::uint64_t> g_fail_at{0};
+
+std::size_t read_guard_budget() {
+  if (const char* s = std::getenv("RILL_GUARD_BUDGET")) return std::strtoull(s, nullptr, 10);
+  return 16000;  // 32,000 VMAs: half of the default vm.max_map_count
+}
+
+bool take_guard() noexcept {
+  static const std::size_t budget = read_guard_budget();
+  std::size_t n = g_guarded.load(std::memory_order_relaxed);
+  while (n < budget) {
+    if (g_guarded.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return true;
+  }
+  return false;
+}
+
+bool injected_failure() noexcept {
+  std::uint64_t n = g_fail_at.load(std::memory_order_relaxed);
+  while (n != 0) {
+    if (g_fail_at.compare_exchange_weak(n, n - 1, std::memory_order_relaxed)) return n == 1;
+  }
+  return false;
+}
+
+}  // namespace
+
+char* stack::limit() const noexcept { return guarded ? base + page_size : base; }
+
+void stack::write_canary() noexcept {
+  auto* w = reinterpret_cast<std::uint64_t*>(limit());
+  for (std::size_t i = 0; i < canary_bytes / sizeof(std::uint64_t); ++i) w[i] = canary_word;
+}
+
+bool stack::canary_intact() const noexcept {
+  auto* w = reinterpret_cast<const std::uint64_t*>(limit());
+  for (std::size_t i = 0; i < canary_bytes / sizeof(std::uint64_t); ++i) {
+    if (w[i] != canary_word) return false;
+  }
+  return true;
+}
+
+stack_pool::stack_pool(std::size_t stack_size)
+    : stack_size_((stack_size + page_size - 1) / page_size * page_size),
+      per_slab_(stack_size_ >= (1u << 20) ? 4 : (8u << 20) / stack_size_) {
+  if (stack_size_ < 4 * page_size) stack_size_ = 4 * page_size;
+}
+
+stack_pool::~stack_pool() {
+  for (const stack& s : free_) {
+    if (s.guarded) g_guarded.fetch_sub(1, std::memory_order_relaxed);
+  }
+  for (auto& [p, n] : slabs_) ::munmap(p, n);
+}
+
+void stack_pool::add_slab() {
+  const std::size_t bytes = per_slab_ * stack_size_;
+  void* p = injected_failure() ? MAP_FAILED
+                               : ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) throw std::bad_alloc();
+  slabs_.emplace_back(static_cast<char*>(p), bytes);
+  for (std::size_t i = per_slab_; i-- > 0;) {
+    free_.push_back(stack{static_cast<char*>(p) + i * stack_size_, stack_size_, false});
+  }
+}
+
+stack stack_pool::allocate() {
+  stack s;
+  {
+    std::lock_guard lk(mu_);
+    if (free_.empty()) add_slab();
+    s = free_.back();
+    free_.pop_back();
+    ++live_;
+  }
+  if (!s.guarded && take_guard()) {
+    if (::mprotect(s.base, page_size, PROT_NONE) == 0) {
+      s.guarded = true;
+    } else {
+      g_guarded.fetch_sub(1, std::memory_order_relaxed);  // out of VMAs: fall back to the canary
+    }
+  }
+  san_unpoison(s.limit(), static_cast<std::size_t>(s.top() - s.limit()));
+  s.write_canary();
+  return s;
+}
+
+void stack_pool::release(stack s) noexcept {
+  std::lock_guard lk(mu_);
+  free_.push_back(s);
+  --live_;
+}
+
+std::size_t stack_pool::live() const noexcept {
+  std::lock_guard lk(mu_);
+  return live_;
+}
+
+std::size_t guarded_stacks() noexcept { return g_guarded.load(std::memory_order_relaxed); }
+std::size_t guard_budget() noexcept { return read_guard_budget(); }
+
+void inject_stack_failure_at(std::uint64_t n) noexcept {
+  g_fail_at.store(n, std::memory_order_relaxed);
+}
+
+}  // namespace rill::detail

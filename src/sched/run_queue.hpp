@@ -1,0 +1,106 @@
+// run_queue: a worker's bounded queue of runnable fibers (Go's runq).
+//
+// One owner (the worker) pushes and pops; any other worker may steal half. head_ is
+// advanced by CAS (owner pops and thieves both consume); tail_ is written by the owner only.
+// Invariants:
+//   Q1  tail_ - head_ <= capacity (unsigned, wrapping arithmetic).
+//   Q2  slots [head_, tail_) hold valid fibers; a thief reads them before its CAS on head_
+//       and the CAS fails if anyone consumed them meanwhile, so no fiber is taken twice.
+//   Q3  the owner overwrites a slot only after observing (acquire) a head_ past it, so a
+//       thief's reads of that slot happen before the overwrite.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace rill::detail {
+
+struct fiber;
+
+class run_queue {
+ public:
+  static constexpr std::uint32_t capacity = 256;
+
+  // push() appends f (owner only); false when full.
+  bool push(fiber* f) noexcept {
+    const std::uint32_t t = tail_.load(std::memory_order_relaxed);
+    const std::uint32_t h = head_.load(std::memory_order_acquire);  // keeps Q3
+    if (t - h >= capacity) return false;
+    buf_[t % capacity].store(f, std::memory_order_relaxed);
+    tail_.store(t + 1, std::memory_order_release);
+    return true;
+  }
+
+  // pop() takes the oldest fiber (owner only); nullptr when empty.
+  fiber* pop() noexcept {
+    std::uint32_t h = head_.load(std::memory_order_acquire);
+    for (;;) {
+      const std::uint32_t t = tail_.load(std::memory_order_relaxed);
+      if (t == h) return nullptr;
+      fiber* f = buf_[h % capacity].load(std::memory_order_relaxed);
+      if (head_.compare_exchange_weak(h, h + 1, std::memory_order_release,
+                                      std::memory_order_acquire)) {
+        return f;
+      }
+    }
+  }
+
+  // take_half() removes half of the fibers (owner only, when push() failed) into out[],
+  // returning how many; the caller moves them to the global queue.
+  std::uint32_t take_half(fiber** out) noexcept {
+    std::uint32_t h = head_.load(std::memory_order_acquire);
+    for (;;) {
+      const std::uint32_t t = tail_.load(std::memory_order_relaxed);
+      const std::uint32_t n = (t - h) / 2;
+      if (n == 0) return 0;
+      for (std::uint32_t i = 0; i < n; ++i) {
+        out[i] = buf_[(h + i) % capacity].load(std::memory_order_relaxed);
+      }
+      if (head_.compare_exchange_weak(h, h + n, std::memory_order_release,
+                                      std::memory_order_acquire)) {
+        return n;
+      }
+    }
+  }
+
+  // steal_into() moves half of this queue's fibers into `dst` (owned by the caller, and
+  // empty) and returns one of them to run at once; nullptr when there was nothing.
+  fiber* steal_into(run_queue& dst) noexcept {
+    const std::uint32_t dt = dst.tail_.load(std::memory_order_relaxed);
+    std::uint32_t n = 0;
+    for (;;) {
+      std::uint32_t h = head_.load(std::memory_order_acquire);
+      const std::uint32_t t = tail_.load(std::memory_order_acquire);
+      n = t - h;
+      n = n - n / 2;
+      if (n == 0) return nullptr;
+      if (n > capacity / 2) continue;  // read head_ and tail_ at different times; retry
+      for (std::uint32_t i = 0; i < n; ++i) {
+        dst.buf_[(dt + i) % capacity].store(buf_[(h + i) % capacity].load(std::memory_order_relaxed),
+                                            std::memory_order_relaxed);
+      }
+      if (head_.compare_exchange_weak(h, h + n, std::memory_order_acq_rel,
+                                      std::memory_order_relaxed)) {
+        break;
+      }
+    }
+    --n;
+    fiber* f = dst.buf_[(dt + n) % capacity].load(std::memory_order_relaxed);
+    if (n != 0) dst.tail_.store(dt + n, std::memory_order_release);
+    return f;
+  }
+
+  bool empty() const noexcept {
+    return head_.load(std::memory_order_acquire) == tail_.load(std::memory_order_acquire);
+  }
+  std::uint32_t size() const noexcept {
+    return tail_.load(std::memory_order_acquire) - head_.load(std::memory_order_acquire);
+  }
+
+ private:
+  alignas(64) std::atomic<std::uint32_t> head_{0};
+  alignas(64) std::atomic<std::uint32_t> tail_{0};
+  std::atomic<fiber*> buf_[capacity];
+};
+
+}  // namespace rill::detail

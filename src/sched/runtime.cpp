@@ -1,0 +1,912 @@
+// The M:N scheduler: workers, run queues, stealing, idle parking, deadlock detection.
+//
+// The problem. N worker threads run many fibers. A fiber runs until it parks (channel,
+// lock, sleep, I/O) or yields; then its worker picks the next one. Work must spread to idle
+// workers without a syscall per hand-off, idle workers must sleep (an idle runtime uses no
+// CPU), and no wake-up may be lost.
+//
+// Where fibers wait to run (Go's design):
+//   - runnext: one slot per worker for the fiber just made ready by a fiber of this worker
+//     (a channel hand-off). It runs next, on this core, while the data is hot. A fiber that
+//     keeps refilling runnext (a ping-pong pair) is capped at `runnext_cap` turns in a row so
+//     the rest of the queue is not starved.
+//   - the local run_queue (256 slots, lock-free, others steal half of it);
+//   - the global queue (mutex), for overflow and for fibers readied from outside threads;
+//     checked every 61 scheduling ticks so nothing starves in it.
+//
+// Parking workers, without lost wake-ups. A worker that finds nothing first spins (it
+// counts itself in nspinning_ and tries to steal), then parks: it registers in idle_ (under
+// idle_mu_), increments nidle_, issues a full fence and checks every queue once more. Who
+// makes work available pushes it, issues a full fence, then wakes an idle worker if
+// nspinning_ == 0 and nidle_ > 0. By the two fences, either the parking worker sees the new
+// work or the producer sees it idle (Dekker). A spinner that gives up decrements nspinning_
+// and rechecks every queue the same way. A woken worker starts out spinning; when a spinner
+// finds work and it was the last spinner, it wakes another, so work keeps spreading.
+//
+// Rejected: a wake (futex syscall, ~1-2 us) for every fiber made ready, as Go's ready()
+// does. A fiber readied into an empty runnext slot wakes nobody: the readier is usually
+// about to park (channel ping-pong, a pipeline stage waiting for its next item), and the
+// pair then runs on one core at the cost of a context switch. Anything that lands in a run
+// queue does wake an idle worker.
+//
+// Timers: a heap per runtime. Busy workers fire due timers every 61 ticks; the one idle
+// worker holding the `timer_sleeper_` role sleeps until the next deadline.
+//
+// Deadlock: when the last worker goes idle with no timer, I/O wait, blocking call or
+// outside thread in flight while fibers are alive, it waits a short grace period and, if
+// nothing happened, declares a deadlock: run() will throw deadlock_error with a dump, and
+// every parked fiber is taken off its wait list and resumed with fiber_aborted, so its
+// destructors run. A fiber that parks again while unwinding is abandoned at the next check.
+#include "sched/runtime.hpp"
+
+#include <signal.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <sstream>
+#include <system_error>
+
+#include "sched/futex.hpp"
+
+namespace rill::detail {
+
+std::atomic<std::int64_t> g_live_fibers{0};
+std::atomic<std::int64_t> g_live_stacks{0};
+std::atomic<std::int64_t> g_pending_timers{0};
+std::atomic<std::int64_t> g_external_waiters{0};
+
+namespace {
+
+constexpr std::uint32_t runnext_cap = 64;
+constexpr std::uint32_t global_check_interval = 61;
+constexpr std::size_t stack_cache_max = 64;
+constexpr int spin_rounds = 4;
+constexpr std::int64_t deadlock_grace_ns = 20'000'000;
+
+thread_local worker* tls_worker = nullptr;
+
+// Every live runtime, for dumps from plain threads (the test watchdog).
+std::mutex g_runtimes_mu;
+std::vector<runtime*> g_runtimes;  // guarded by g_runtimes_mu
+
+std::uint64_t next_random(std::uint64_t& s) noexcept {  // xorshift64*
+  s ^= s >> 12;
+  s ^= s << 25;
+  s ^= s >> 27;
+  return s * 0x2545F4914F6CDD1DULL;
+}
+
+unsigned default_workers() {
+  if (const char* s = std::getenv("RILL_WORKERS")) {
+    long n = std::strtol(s, nullptr, 10);
+    if (n > 0 && n <= 1024) return static_cast<unsigned>(n);
+  }
+  unsigned n = std::thread::hardware_concurrency();
+  return n == 0 ? 1 : n;
+}
+
+std::uint64_t read_chaos_seed() {
+  if (const char* s = std::getenv("RILL_SCHED_SEED")) return std::strtoull(s, nullptr, 10);
+  return 0;
+}
+
+// ---- stack overflow reporting -------------------------------------------------------
+
+void write_str(const char* s) noexcept {
+  ssize_t r = ::write(2, s, std::strlen(s));
+  (void)r;
+}
+
+void write_num(std::uint64_t v) noexcept {
+  char buf[24];
+  int i = 23;
+  buf[i] = 0;
+  do {
+    buf[--i] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v);
+  write_str(buf + i);
+}
+
+[[noreturn]] void report_overflow(const fiber* f) noexcept {
+  write_str("rill: fiber ");
+  write_num(f->id);
+  if (f->name[0]) {
+    write_str(" (");
+    write_str(f->name);
+    write_str(")");
+  }
+  write_str(" overflowed its ");
+  write_num(f->stk.size);
+  write_str("-byte stack");
+  write_str(f->stk.guarded ? " (hit the guard page)\n" : " (canary destroyed)\n");
+  std::abort();
+}
+
+struct sigaction g_prev_segv;
+
+void on_segv(int sig, siginfo_t* si, void* uc) {
+  worker* w = tls_worker;
+  if (w && w->current) {
+    const fiber* f = w->current;
+    auto* a = static_cast<char*>(si->si_addr);
+    if (a >= f->stk.base - 65536 && a < f->stk.limit()) report_overflow(f);
+  }
+  if (g_prev_segv.sa_flags & SA_SIGINFO) {
+    g_prev_segv.sa_sigaction(sig, si, uc);
+  } else if (g_prev_segv.sa_handler != SIG_DFL && g_prev_segv.sa_handler != SIG_IGN) {
+    g_prev_segv.sa_handler(sig);
+  } else {
+    ::signal(SIGSEGV, SIG_DFL);  // returning re-executes the fault and the default kills
+  }
+}
+
+void install_segv_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGSEGV, &sa, &g_prev_segv);
+  });
+}
+
+constexpr std::size_t altstack_size = 64 * 1024;
+
+void enter_worker_thread(worker& w) {
+  tls_worker = &w;
+  san_thread_context(w.g0.san);
+  void* p = ::mmap(nullptr, altstack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                   -1, 0);
+  if (p != MAP_FAILED) {
+    stack_t ss{};
+    ss.ss_sp = p;
+    ss.ss_size = altstack_size;
+    ::sigaltstack(&ss, nullptr);
+    w.altstack = p;
+  }
+}
+
+void leave_worker_thread(worker& w) {
+  if (w.altstack) {
+    stack_t ss{};
+    ss.ss_flags = SS_DISABLE;
+    ::sigaltstack(&ss, nullptr);
+    ::munmap(w.altstack, altstack_size);
+    w.altstack = nullptr;
+  }
+}
+
+}  // namespace
+
+worker* current_worker() noexcept {
+  worker** p = &tls_worker;
+  asm volatile("" : "+r"(p)::"memory");
+  return *p;
+}
+
+[[gnu::noinline]] fiber* current_fiber() noexcept {
+  worker* w = current_worker();
+  return w ? w->current : nullptr;
+}
+
+std::int64_t now_ns() noexcept {
+  timespec ts;
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// ---- the fiber entry and exit -----------------------------------------------------------
+
+namespace {
+
+void after_reap(context* left, void*) noexcept {
+  auto* f = static_cast<fiber*>(left);
+  f->rt->reap(f);
+}
+
+}  // namespace
+
+void fiber_main(bctx::transfer_t t) noexcept {
+  on_landing(t);
+  fiber* self = current_fiber();
+  try {
+    self->entry(self->closure);
+  } catch (const fiber_aborted&) {
+    // the runtime aborted this fiber after a deadlock; run() reports it
+  } catch (...) {
+    if (self->is_main) {
+      self->rt->main_exception_ = std::current_exception();
+    } else {
+      std::string what = "unknown exception";
+      try {
+        throw;
+      } catch (const std::exception& e) {
+        what = e.what();
+      } catch (...) {
+      }
+      std::fprintf(stderr, "rill: exception escaped fiber %llu%s%s%s: %s\n",
+                   static_cast<unsigned long long>(self->id), self->name[0] ? " (" : "",
+                   self->name, self->name[0] ? ")" : "", what.c_str());
+      std::terminate();
+    }
+  }
+  if (self->closure_on_heap) ::operator delete(self->closure);
+  if (!self->stk.guarded && !self->stk.canary_intact()) report_overflow(self);
+  runtime* rt = self->rt;
+  worker* w = current_worker();
+  self->state.store(fiber_state::done, std::memory_order_relaxed);
+  rt->remove_from_registry(self);
+  fiber* next = rt->next_local(*w);
+  if (next) {
+    w->current = next;
+    next->state.store(fiber_state::running, std::memory_order_relaxed);
+    exit_to(*self, *next, after_reap, nullptr);
+  }
+  w->current = nullptr;
+  exit_to(*self, w->g0, after_reap, nullptr);
+}
+
+void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept {
+  if (!self->stk.guarded && !self->stk.canary_intact()) report_overflow(self);
+  worker* w = current_worker();
+  fiber* next = self->rt->next_local(*w);
+  if (next) {
+    w->current = next;
+    next->state.store(fiber_state::running, std::memory_order_relaxed);
+    switch_to(*self, *next, after, arg);
+  } else {
+    w->current = nullptr;
+    switch_to(*self, w->g0, after, arg);
+  }
+}
+
+// ---- runtime --------------------------------------------------------------------------
+
+runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
+  if (cfg_.workers == 0) cfg_.workers = default_workers();
+  chaos_ = read_chaos_seed();
+  workers_.reserve(cfg_.workers);
+  for (unsigned i = 0; i < cfg_.workers; ++i) {
+    auto w = std::make_unique<worker>();
+    w->rt = this;
+    w->index = i;
+    w->rng = 0x9E3779B97F4A7C15ULL * (i + 1) ^ (chaos_ ? chaos_ : 0x1234567ULL);
+    if (w->rng == 0) w->rng = 1;
+    workers_.push_back(std::move(w));
+  }
+  idle_.reserve(cfg_.workers);
+  install_segv_handler();
+  std::lock_guard lk(g_runtimes_mu);
+  g_runtimes.push_back(this);
+}
+
+runtime::~runtime() {
+  {
+    std::lock_guard lk(g_runtimes_mu);
+    g_runtimes.erase(std::find(g_runtimes.begin(), g_runtimes.end(), this));
+  }
+  for (auto& w : workers_) {
+    for (stack& s : w->stack_cache) stacks_.release(s);
+    w->cached.store(0, std::memory_order_relaxed);
+    g_live_stacks.fetch_sub(static_cast<std::int64_t>(w->stack_cache.size()),
+                            std::memory_order_relaxed);
+    w->stack_cache.clear();
+  }
+}
+
+stats runtime::snapshot() noexcept {
+  stats s;
+  s.live_fibers = static_cast<std::size_t>(live_fibers_.load(std::memory_order_relaxed));
+  std::size_t cached = 0;
+  for (auto& w : workers_) {
+    s.fibers_spawned += w->spawned.load(std::memory_order_relaxed);
+    s.steals += w->steals.load(std::memory_order_relaxed);
+    cached += w->cached.load(std::memory_order_relaxed);
+  }
+  s.live_stacks = stacks_.live() - cached;
+  {
+    std::lock_guard lk(timer_mu_);
+    s.pending_timers = timer_heap_.size();
+  }
+  s.workers = workers();
+  return s;
+}
+
+fiber* runtime::create_fiber(worker& w, std::size_t size, std::size_t align,
+                             void (*entry)(void*)) {
+  stack s;
+  if (!w.stack_cache.empty()) {
+    s = w.stack_cache.back();
+    w.stack_cache.pop_back();
+    w.cached.store(w.stack_cache.size(), std::memory_order_relaxed);
+    san_unpoison(s.limit(), static_cast<std::size_t>(s.top() - s.limit()));
+  } else {
+    s = stacks_.allocate();
+    g_live_stacks.fetch_add(1, std::memory_order_relaxed);
+  }
+  auto align_down = [](char* p, std::size_t a) {
+    return reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(p) & ~(a - 1));
+  };
+  char* rec = align_down(s.top() - sizeof(fiber), alignof(fiber));
+  auto* f = ::new (rec) fiber();
+  f->rt = this;
+  f->stk = s;
+  f->entry = entry;
+  f->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  const std::size_t a = std::max<std::size_t>(align, 16);
+  char* sp;
+  if (size > s.size / 4 || a > 4096) {
+    try {
+      f->closure = ::operator new(size, std::align_val_t(a));
+    } catch (...) {
+      f->~fiber();
+      w.stack_cache.push_back(s);
+      w.cached.store(w.stack_cache.size(), std::memory_order_relaxed);
+      throw;
+    }
+    f->closure_on_heap = true;
+    sp = align_down(rec, 64);
+  } else {
+    char* cl = align_down(rec - size, a);
+    f->closure = cl;
+    sp = align_down(cl, 64);
+  }
+  const std::size_t usable = static_cast<std::size_t>(sp - s.limit()) - canary_bytes;
+  f->fctx = bctx::make_fcontext(sp, usable, &fiber_main);
+  san_fiber_created(f->san, s.limit(), static_cast<std::size_t>(s.top() - s.limit()));
+  live_fibers_.fetch_add(1, std::memory_order_relaxed);
+  g_live_fibers.fetch_add(1, std::memory_order_relaxed);
+  return f;
+}
+
+void runtime::discard_fiber(worker& w, fiber* f) noexcept {
+  stack s = f->stk;
+  if (f->closure_on_heap) ::operator delete(f->closure);
+  san_fiber_destroyed(f->san);
+  f->~fiber();
+  w.stack_cache.push_back(s);
+  w.cached.store(w.stack_cache.size(), std::memory_order_relaxed);
+  g_live_fibers.fetch_sub(1, std::memory_order_relaxed);
+  if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1) begin_shutdown();
+}
+
+void runtime::start_fiber(worker& w, fiber* f) noexcept {
+  add_to_registry(w, f);
+  w.spawned.store(w.spawned.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  f->state.store(fiber_state::runnable, std::memory_order_relaxed);
+  push_local(w, f);
+  wake_idle();
+}
+
+void runtime::reap(fiber* f) noexcept {
+  stack s = f->stk;
+  san_fiber_destroyed(f->san);
+  f->~fiber();
+  worker* w = current_worker();
+  if (w && w->rt == this && w->stack_cache.size() < stack_cache_max) {
+    w->stack_cache.push_back(s);
+    w->cached.store(w->stack_cache.size(), std::memory_order_relaxed);
+  } else {
+    stacks_.release(s);
+    g_live_stacks.fetch_sub(1, std::memory_order_relaxed);
+  }
+  g_live_fibers.fetch_sub(1, std::memory_order_relaxed);
+  if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1) begin_shutdown();
+}
+
+void runtime::add_to_registry(worker& w, fiber* f) noexcept {
+  std::lock_guard lk(w.reg_mu);
+  f->reg_owner = &w;
+  f->reg_prev = nullptr;
+  f->reg_next = w.reg_head;
+  if (w.reg_head) w.reg_head->reg_prev = f;
+  w.reg_head = f;
+}
+
+void runtime::remove_from_registry(fiber* f) noexcept {
+  worker* w = f->reg_owner;
+  if (!w) return;
+  std::lock_guard lk(w->reg_mu);
+  if (f->reg_prev) {
+    f->reg_prev->reg_next = f->reg_next;
+  } else {
+    w->reg_head = f->reg_next;
+  }
+  if (f->reg_next) f->reg_next->reg_prev = f->reg_prev;
+  f->reg_owner = nullptr;
+}
+
+// ---- making fibers runnable -----------------------------------------------------------
+
+void runtime::ready(fiber* f, bool to_runnext) noexcept {
+  f->state.store(fiber_state::runnable, std::memory_order_relaxed);
+  worker* w = current_worker();
+  if (w && w->rt == this) {
+    if (chaos_ && (next_random(w->rng) & 1)) to_runnext = false;
+    if (to_runnext) {
+      fiber* old = w->runnext.exchange(f, std::memory_order_acq_rel);
+      if (!old) return;  // see "Rejected" above: no wake for a runnext hand-off
+      f = old;
+    }
+    push_local(*w, f);
+    wake_idle();
+    return;
+  }
+  push_global(f);
+  wake_idle();
+}
+
+void runtime::push_local(worker& w, fiber* f) noexcept {
+  if (w.queue.push(f)) return;
+  fiber* batch[run_queue::capacity / 2 + 1];
+  std::uint32_t n = w.queue.take_half(batch);
+  batch[n++] = f;
+  std::lock_guard lk(gq_mu_);
+  for (std::uint32_t i = 0; i < n; ++i) {
+    batch[i]->next = nullptr;
+    if (gq_tail_) {
+      gq_tail_->next = batch[i];
+    } else {
+      gq_head_ = batch[i];
+    }
+    gq_tail_ = batch[i];
+  }
+  gq_size_.fetch_add(n, std::memory_order_release);
+}
+
+void runtime::push_global(fiber* f) noexcept {
+  f->next = nullptr;
+  {
+    std::lock_guard lk(gq_mu_);
+    if (gq_tail_) {
+      gq_tail_->next = f;
+    } else {
+      gq_head_ = f;
+    }
+    gq_tail_ = f;
+    gq_size_.fetch_add(1, std::memory_order_release);
+  }
+}
+
+// pop_global() takes a fair share of the global queue: one to run, some more into w's
+// local queue.
+fiber* runtime::pop_global(worker& w) noexcept {
+  if (gq_size_.load(std::memory_order_acquire) == 0) return nullptr;
+  std::lock_guard lk(gq_mu_);
+  std::uint32_t size = gq_size_.load(std::memory_order_relaxed);
+  if (size == 0) return nullptr;
+  std::uint32_t n = std::min<std::uint32_t>(size / workers() + 1, run_queue::capacity / 2);
+  n = std::min(n, size);
+  fiber* first = gq_head_;
+  gq_head_ = first->next;
+  for (std::uint32_t i = 1; i < n; ++i) {
+    fiber* f = gq_head_;
+    gq_head_ = f->next;
+    if (!w.queue.push(f)) {  // cannot happen: the local queue is nearly empty here
+      n = i;
+      f->next = gq_head_;
+      gq_head_ = f;
+      break;
+    }
+  }
+  if (!gq_head_) gq_tail_ = nullptr;
+  gq_size_.fetch_sub(n, std::memory_order_relaxed);
+  return first;
+}
+
+fiber* runtime::next_local(worker& w) noexcept {
+  ++w.tick;
+  if (w.tick % global_check_interval == 0 &&
+      (gq_size_.load(std::memory_order_relaxed) != 0 ||
+       next_deadline_.load(std::memory_order_relaxed) != INT64_MAX)) {
+    return nullptr;  // let the scheduler loop look at the global queue and the timers
+  }
+  if (w.runnext_streak < runnext_cap) {
+    if (fiber* f = w.runnext.exchange(nullptr, std::memory_order_acquire)) {
+      ++w.runnext_streak;
+      return f;
+    }
+  }
+  w.runnext_streak = 0;
+  if (fiber* f = w.queue.pop()) return f;
+  return w.runnext.exchange(nullptr, std::memory_order_acquire);
+}
+
+fiber* runtime::steal(worker& w, bool take_runnext) noexcept {
+  const unsigned n = workers();
+  const unsigned start = static_cast<unsigned>(next_random(w.rng) % n);
+  for (unsigned k = 0; k < n; ++k) {
+    worker& v = *workers_[(start + k) % n];
+    if (&v == &w) continue;
+    if (fiber* f = v.queue.steal_into(w.queue)) {
+      w.steals.store(w.steals.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      return f;
+    }
+    if (take_runnext) {
+      fiber* f = v.runnext.load(std::memory_order_acquire);
+      if (f && v.runnext.compare_exchange_strong(f, nullptr, std::memory_order_acq_rel)) {
+        w.steals.store(w.steals.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        return f;
+      }
+    }
+  }
+  return nullptr;
+}
+
+bool runtime::any_work() noexcept {
+  if (gq_size_.load(std::memory_order_seq_cst) != 0) return true;
+  for (auto& w : workers_) {
+    if (!w->queue.empty() || w->runnext.load(std::memory_order_seq_cst)) return true;
+  }
+  return false;
+}
+
+void runtime::wake_idle() noexcept {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (nidle_.load(std::memory_order_seq_cst) == 0 ||
+      nspinning_.load(std::memory_order_seq_cst) != 0) {
+    return;
+  }
+  std::uint32_t zero = 0;
+  if (!nspinning_.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) return;
+  std::lock_guard lk(idle_mu_);
+  if (idle_.empty()) {
+    nspinning_.fetch_sub(1, std::memory_order_seq_cst);
+    return;
+  }
+  wake_worker_locked(*idle_.back(), true);
+}
+
+void runtime::wake_worker_locked(worker& w, bool spinning) noexcept {
+  auto it = std::find(idle_.begin(), idle_.end(), &w);
+  if (it != idle_.end()) idle_.erase(it);
+  w.in_idle = false;
+  w.wake_spinning = spinning;
+  if (timer_sleeper_ == &w) timer_sleeper_ = nullptr;
+  nidle_.fetch_sub(1, std::memory_order_seq_cst);
+  idle_epoch_.fetch_add(1, std::memory_order_relaxed);
+  w.wake_word.store(1, std::memory_order_release);
+  futex_wake(w.wake_word);
+}
+
+void runtime::stop_spinning(worker& w) noexcept {
+  w.spinning = false;
+  if (nspinning_.fetch_sub(1, std::memory_order_seq_cst) == 1) wake_idle();
+}
+
+void runtime::begin_shutdown() noexcept {
+  shutdown_.store(true, std::memory_order_seq_cst);
+  std::lock_guard lk(idle_mu_);
+  while (!idle_.empty()) wake_worker_locked(*idle_.back(), false);
+}
+
+fiber* runtime::find_runnable(worker& w) {
+  for (;;) {
+    if (shutdown_.load(std::memory_order_acquire)) return nullptr;
+    if (next_deadline_.load(std::memory_order_relaxed) != INT64_MAX) run_due_timers(w);
+    if (fiber* f = pop_global(w)) {
+      if (w.spinning) stop_spinning(w);
+      return f;
+    }
+    if (fiber* f = next_local(w)) {
+      if (w.spinning) stop_spinning(w);
+      return f;
+    }
+    if (workers() > 1) {
+      // Spin: look for work to steal. Cap spinners at half the busy workers (Go's rule).
+      const std::uint32_t busy = workers() - nidle_.load(std::memory_order_relaxed);
+      if (!w.spinning && 2 * nspinning_.load(std::memory_order_relaxed) < busy) {
+        w.spinning = true;
+        nspinning_.fetch_add(1, std::memory_order_seq_cst);
+      }
+      if (w.spinning) {
+        for (int round = 0; round < spin_rounds; ++round) {
+          if (fiber* f = steal(w, round == spin_rounds - 1)) {
+            stop_spinning(w);
+            return f;
+          }
+          if (fiber* f = pop_global(w)) {
+            stop_spinning(w);
+            return f;
+          }
+        }
+      }
+    }
+    park_worker(w);
+  }
+}
+
+void runtime::park_worker(worker& w) {
+  if (w.spinning) {
+    w.spinning = false;
+    if (nspinning_.fetch_sub(1, std::memory_order_seq_cst) == 1) {
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if (any_work()) return;  // the caller loops and looks again
+    }
+  }
+  bool all_idle = false;
+  bool timer_role = false;
+  {
+    std::lock_guard lk(idle_mu_);
+    if (shutdown_.load(std::memory_order_acquire) || gq_size_.load() != 0) return;
+    w.in_idle = true;
+    w.wake_spinning = false;
+    w.wake_word.store(0, std::memory_order_relaxed);
+    idle_.push_back(&w);
+    all_idle = nidle_.fetch_add(1, std::memory_order_seq_cst) + 1 == workers();
+    if (!timer_sleeper_ && next_deadline_.load(std::memory_order_relaxed) != INT64_MAX) {
+      timer_sleeper_ = &w;
+      timer_role = true;
+    }
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  auto leave_idle = [&]() {  // true if we took ourselves off idle_ (nobody is waking us)
+    std::lock_guard lk(idle_mu_);
+    if (!w.in_idle) return false;
+    idle_.erase(std::find(idle_.begin(), idle_.end(), &w));
+    w.in_idle = false;
+    if (timer_sleeper_ == &w) timer_sleeper_ = nullptr;
+    nidle_.fetch_sub(1, std::memory_order_seq_cst);
+    return true;
+  };
+  if (any_work() || next_deadline_.load(std::memory_order_relaxed) <= now_ns()) {
+    if (leave_idle()) return;
+  } else if (all_idle && next_deadline_.load(std::memory_order_relaxed) == INT64_MAX) {
+    on_all_idle(w);
+    if (!w.in_idle || shutdown_.load()) {
+      // woken meanwhile, or shutting down: fall through to consume the wake
+    }
+  }
+  for (;;) {
+    std::int64_t timeout = -1;
+    bool is_sleeper;
+    {
+      std::lock_guard lk(idle_mu_);
+      is_sleeper = timer_sleeper_ == &w;
+      if (!is_sleeper && w.in_idle && !timer_sleeper_ &&
+          next_deadline_.load(std::memory_order_relaxed) != INT64_MAX) {
+        timer_sleeper_ = &w;  // the previous sleeper left: take the role
+        is_sleeper = true;
+      }
+    }
+    if (is_sleeper) {
+      const std::int64_t d = next_deadline_.load(std::memory_order_relaxed);
+      if (d != INT64_MAX) timeout = std::max<std::int64_t>(d - now_ns(), 0);
+    }
+    if (w.wake_word.load(std::memory_order_acquire) == 0) futex_wait(w.wake_word, 0, timeout);
+    if (w.wake_word.exchange(0, std::memory_order_acquire) != 0) break;  // woken
+    if (is_sleeper && next_deadline_.load(std::memory_order_relaxed) <= now_ns()) {
+      if (leave_idle()) {
+        (void)timer_role;
+        return;  // the loop fires the due timers
+      }
+      // someone is waking us right now: wait for the word
+    }
+  }
+  std::lock_guard lk(idle_mu_);
+  if (w.wake_spinning) {
+    w.spinning = true;  // the waker counted us in nspinning_
+    w.wake_spinning = false;
+  }
+}
+
+void runtime::on_all_idle(worker& w) {
+  // Every worker is idle and no timer is pending. If fibers are alive and nothing can wake
+  // them, this is a deadlock; wait a grace period first, for outside threads.
+  if (!cfg_.detect_deadlock) return;
+  if (live_fibers_.load(std::memory_order_acquire) == 0) return;
+  const std::uint64_t epoch = idle_epoch_.load(std::memory_order_relaxed);
+  const std::int64_t deadline = now_ns() + deadlock_grace_ns;
+  while (w.wake_word.load(std::memory_order_acquire) == 0) {
+    const std::int64_t left = deadline - now_ns();
+    if (left <= 0) break;
+    futex_wait(w.wake_word, 0, left);
+  }
+  if (w.wake_word.load(std::memory_order_acquire) != 0) return;
+  {
+    std::lock_guard lk(idle_mu_);
+    if (!w.in_idle || nidle_.load() != workers() || idle_epoch_.load() != epoch ||
+        next_deadline_.load() != INT64_MAX || io_waiters.load() != 0 ||
+        blocking_calls.load() != 0 || g_external_waiters.load() != 0 || any_work() ||
+        shutdown_.load()) {
+      return;
+    }
+    if (deadlock_declared_) {
+      // Aborted fibers parked again while unwinding: abandon them and stop.
+      shutdown_.store(true);
+      while (!idle_.empty()) wake_worker_locked(*idle_.back(), false);
+      return;
+    }
+    deadlock_declared_ = true;
+    // Leave the idle list ourselves: this worker runs the aborted fibers.
+    idle_.erase(std::find(idle_.begin(), idle_.end(), &w));
+    w.in_idle = false;
+    nidle_.fetch_sub(1);
+    idle_epoch_.fetch_add(1);
+    w.wake_word.store(1);
+  }
+  declare_deadlock();
+}
+
+std::vector<fiber*> runtime::parked_fibers() {
+  std::vector<fiber*> out;
+  for (auto& w : workers_) {
+    std::lock_guard lk(w->reg_mu);
+    for (fiber* f = w->reg_head; f; f = f->reg_next) {
+      if (f->state.load(std::memory_order_relaxed) == fiber_state::parked) out.push_back(f);
+    }
+  }
+  return out;
+}
+
+void runtime::declare_deadlock() {
+  std::string msg = "rill: deadlock: all fibers are asleep\n" + dump();
+  deadlock_ = std::make_exception_ptr(deadlock_error(msg));
+  aborting_.store(true);
+  for (fiber* f : parked_fibers()) {
+    f->aborted = true;
+    if (f->cancel) f->cancel(f->cancel_arg);
+    f->state.store(fiber_state::runnable, std::memory_order_relaxed);
+    push_global(f);
+  }
+}
+
+std::string runtime::dump() {
+  std::ostringstream os;
+  for (auto& w : workers_) {
+    std::lock_guard lk(w->reg_mu);
+    for (fiber* f = w->reg_head; f; f = f->reg_next) {
+      os << "  fiber " << f->id;
+      if (f->name[0]) os << " (" << f->name << ")";
+      switch (f->state.load(std::memory_order_relaxed)) {
+        case fiber_state::parked:
+          os << ": parked on " << to_string(f->reason.load(std::memory_order_relaxed));
+          if (const void* o = f->wait_object.load(std::memory_order_relaxed)) os << " " << o;
+          break;
+        case fiber_state::runnable: os << ": runnable"; break;
+        case fiber_state::running: os << ": running"; break;
+        default: os << ": starting"; break;
+      }
+      os << "\n";
+    }
+  }
+  return os.str();
+}
+
+void runtime::start_main(void (*main)(void*), void* arg) {
+  worker& w0 = *workers_[0];
+  struct ctx_t {
+    void (*main)(void*);
+    void* arg;
+  };
+  fiber* f = create_fiber(w0, sizeof(ctx_t), alignof(ctx_t), [](void* p) {
+    auto* c = static_cast<ctx_t*>(p);
+    c->main(c->arg);
+  });
+  ::new (f->closure) ctx_t{main, arg};
+  f->is_main = true;
+  std::strncpy(f->name, "main", sizeof f->name - 1);
+  add_to_registry(w0, f);
+  w0.spawned.store(1, std::memory_order_relaxed);
+  f->state.store(fiber_state::runnable, std::memory_order_relaxed);
+  push_local(w0, f);
+}
+
+void runtime::run_worker(worker& w) {
+  while (fiber* f = find_runnable(w)) {
+    w.current = f;
+    f->state.store(fiber_state::running, std::memory_order_relaxed);
+    switch_to(w.g0, *f);
+    // Back on the scheduler stack: the fiber that switched here parked or finished with
+    // nothing else to run locally.
+  }
+}
+
+void runtime::rethrow_outcome() {
+  if (deadlock_) std::rethrow_exception(deadlock_);
+  if (main_exception_) std::rethrow_exception(main_exception_);
+}
+
+// ---- the public entry points --------------------------------------------------------------
+
+void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
+  runtime rt(cfg);
+  worker* saved = tls_worker;
+  rt.start_main(main, arg);
+  unsigned started = 1;
+  try {
+    for (; started < rt.workers(); ++started) {
+      worker& w = rt.worker_at(started);
+      w.thread = std::thread([&rt, &w] {
+        enter_worker_thread(w);
+        rt.run_worker(w);
+        leave_worker_thread(w);
+        tls_worker = nullptr;
+      });
+    }
+  } catch (...) {
+    // Could not start every worker: run with the ones we have.
+  }
+  worker& w0 = rt.worker_at(0);
+  enter_worker_thread(w0);
+  rt.run_worker(w0);
+  leave_worker_thread(w0);
+  tls_worker = saved;
+  for (unsigned i = 1; i < started; ++i) rt.worker_at(i).thread.join();
+  rt.rethrow_outcome();
+}
+
+void* fiber_create(std::size_t size, std::size_t align, void (*entry)(void*), fiber*& out) {
+  worker* w = current_worker();
+  if (!w || !w->current) throw std::logic_error("rill::go: called outside a rill runtime");
+  out = w->rt->create_fiber(*w, size, align, entry);
+  return out->closure;
+}
+
+void fiber_start(fiber* f) noexcept {
+  worker* w = current_worker();
+  f->rt->start_fiber(*w, f);
+}
+
+void fiber_discard(fiber* f) noexcept { f->rt->discard_fiber(*current_worker(), f); }
+
+void fiber_set_name(const char* name) noexcept {
+  if (fiber* f = current_fiber()) {
+    std::strncpy(f->name, name, sizeof f->name - 1);
+    f->name[sizeof f->name - 1] = 0;
+  }
+}
+
+}  // namespace rill::detail
+
+namespace rill {
+
+const char* to_string(wait_reason r) noexcept {
+  switch (r) {
+    case wait_reason::none: return "nothing";
+    case wait_reason::chan_send: return "chan send";
+    case wait_reason::chan_recv: return "chan recv";
+    case wait_reason::select: return "select";
+    case wait_reason::sleep: return "sleep";
+    case wait_reason::wait_group: return "wait_group";
+    case wait_reason::mutex: return "mutex";
+    case wait_reason::cond_var: return "condition_variable";
+    case wait_reason::io_read: return "I/O read";
+    case wait_reason::io_write: return "I/O write";
+    case wait_reason::blocking_call: return "blocking call";
+    case wait_reason::pipeline: return "pipeline";
+  }
+  return "?";
+}
+
+stats runtime_stats() noexcept {
+  detail::worker* w = detail::current_worker();
+  return w ? w->rt->snapshot() : stats{};
+}
+
+stats global_stats() noexcept {
+  stats s;
+  s.live_fibers = static_cast<std::size_t>(detail::g_live_fibers.load());
+  s.live_stacks = static_cast<std::size_t>(detail::g_live_stacks.load());
+  s.pending_timers = static_cast<std::size_t>(detail::g_pending_timers.load());
+  return s;
+}
+
+std::string dump_fibers() {
+  if (detail::worker* w = detail::current_worker()) return w->rt->dump();
+  std::lock_guard lk(detail::g_runtimes_mu);
+  std::string out;
+  for (detail::runtime* rt : detail::g_runtimes) out += rt->dump();
+  return out;
+}
+
+}  // namespace rill

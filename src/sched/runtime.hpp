@@ -1,0 +1,190 @@
+// The M:N scheduler's internals. See src/README.md for the vocabulary and the lock order.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fiber/context.hpp"
+#include "fiber/stack.hpp"
+#include "rill/detail/core.hpp"
+#include "rill/runtime.hpp"
+#include "sched/run_queue.hpp"
+#include "sched/timers.hpp"
+
+namespace rill::detail {
+
+// fiber_state: where a fiber lives and who may move it.
+enum class fiber_state : std::uint8_t {
+  created,   // has a stack, not yet started; only its creator knows it
+  runnable,  // in exactly one run queue (or a runnext slot); no thread owns its stack
+  running,   // owned by the worker running it; in no queue
+  parked,    // reachable only through the one waiter/timer that will wake it
+  done,      // finished; its stack goes back to the pool on the landing side
+};
+
+// Thrown out of park() in a fiber that the runtime aborts after a deadlock; the fiber
+// entry swallows it. Deliberately not derived from std::exception.
+struct fiber_aborted {};
+
+struct worker;
+class runtime;
+
+struct fiber : context {
+  runtime* rt = nullptr;
+  fiber* next = nullptr;  // global queue link; guarded by runtime::gq_mu_
+  fiber* reg_prev = nullptr;  // registry links; guarded by the registering worker's reg_mu
+  fiber* reg_next = nullptr;
+  worker* reg_owner = nullptr;
+  std::uint64_t id = 0;
+  void (*entry)(void*) = nullptr;
+  void* closure = nullptr;
+  bool closure_on_heap = false;
+  bool is_main = false;
+  bool aborted = false;  // set once, by the deadlock handler, before the fiber is readied
+  stack stk;
+  std::atomic<fiber_state> state{fiber_state::created};  // informative (dumps); relaxed
+  std::atomic<wait_reason> reason{};  // relaxed: read by dumps only
+  std::atomic<const void*> wait_object{nullptr};
+  void (*cancel)(void*) = nullptr;  // how to take this fiber's waiter off its list
+  void* cancel_arg = nullptr;
+  char name[40] = {};
+};
+
+struct alignas(64) worker {
+  runtime* rt = nullptr;
+  unsigned index = 0;
+  context g0;               // this thread's own stack, running the scheduler loop
+  fiber* current = nullptr;  // owner thread only
+  run_queue queue;
+  alignas(64) std::atomic<fiber*> runnext{nullptr};
+  alignas(64) std::atomic<std::uint32_t> wake_word{0};  // futex: 1 once woken
+  bool in_idle = false;       // guarded by runtime::idle_mu_
+  bool wake_spinning = false;  // guarded by runtime::idle_mu_: set by the waker
+  // owner thread only:
+  bool spinning = false;
+  std::uint32_t tick = 0;
+  std::uint32_t runnext_streak = 0;
+  std::uint64_t rng = 0;
+  std::vector<stack> stack_cache;
+  // written by the owner, read by stats from any thread:
+  std::atomic<std::size_t> cached{0};
+  std::atomic<std::uint64_t> steals{0};
+  std::atomic<std::uint64_t> spawned{0};
+  // registry of fibers started on this worker:
+  spinlock reg_mu;
+  fiber* reg_head = nullptr;  // guarded by reg_mu
+  std::thread thread;         // not used by worker 0 (the thread that called run)
+  void* altstack = nullptr;
+};
+
+class runtime {
+ public:
+  explicit runtime(const run_config& cfg);
+  ~runtime();
+
+  void start_main(void (*main)(void*), void* arg);
+  void run_worker(worker& w);  // the scheduler loop; returns at shutdown
+  void join_workers();
+  void rethrow_outcome();
+
+  // ready() makes a parked or new fiber runnable. From a worker of this runtime it goes
+  // in that worker's runnext slot (`to_runnext`) or queue; otherwise in the global queue.
+  void ready(fiber* f, bool to_runnext) noexcept;
+  void push_local(worker& w, fiber* f) noexcept;
+  void push_global(fiber* f) noexcept;
+  void wake_idle() noexcept;  // wake an idle worker if none is spinning
+
+  // timers (sched/timers.cpp)
+  void arm(timer& t) noexcept;
+  bool cancel(timer& t) noexcept;
+  void run_due_timers(worker& w) noexcept;
+
+  fiber* create_fiber(worker& w, std::size_t size, std::size_t align, void (*entry)(void*));
+  void discard_fiber(worker& w, fiber* f) noexcept;
+  void start_fiber(worker& w, fiber* f) noexcept;
+  void reap(fiber* f) noexcept;  // on the landing side of a finished fiber
+
+  fiber* next_local(worker& w) noexcept;  // runnext or queue, with the fairness rules
+  std::string dump();
+
+  const run_config& config() const noexcept { return cfg_; }
+  unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
+  worker& worker_at(unsigned i) noexcept { return *workers_[i]; }
+  std::uint64_t chaos() const noexcept { return chaos_; }
+  stats snapshot() noexcept;
+
+  std::atomic<std::int64_t> io_waiters{0};      // fibers parked on the poller
+  std::atomic<std::int64_t> blocking_calls{0};  // rill::blocking calls in flight
+
+ private:
+  fiber* find_runnable(worker& w);
+  fiber* pop_global(worker& w) noexcept;
+  fiber* steal(worker& w, bool take_runnext) noexcept;
+  bool any_work() noexcept;
+  void stop_spinning(worker& w) noexcept;
+  void park_worker(worker& w);
+  void wake_worker_locked(worker& w, bool spinning) noexcept;  // requires idle_mu_
+  void begin_shutdown() noexcept;
+  void on_all_idle(worker& w);
+  void declare_deadlock();
+  void add_to_registry(worker& w, fiber* f) noexcept;
+  void remove_from_registry(fiber* f) noexcept;
+  std::vector<fiber*> parked_fibers();
+
+  run_config cfg_;
+  std::uint64_t chaos_ = 0;  // RILL_SCHED_SEED: random schedule perturbation when != 0
+  std::vector<std::unique_ptr<worker>> workers_;
+  stack_pool stacks_;
+
+  // Lock order (outer first): a channel's or wait queue's lock -> timer_mu_ -> idle_mu_ ->
+  // gq_mu_ -> a worker's reg_mu. Nothing is held across a context switch except what an
+  // after-switch action releases.
+  std::mutex gq_mu_;
+  fiber* gq_head_ = nullptr;  // guarded by gq_mu_
+  fiber* gq_tail_ = nullptr;  // guarded by gq_mu_
+  std::atomic<std::uint32_t> gq_size_{0};
+
+  std::mutex idle_mu_;
+  std::vector<worker*> idle_;  // guarded by idle_mu_
+  std::atomic<std::uint32_t> nidle_{0};
+  std::atomic<std::uint32_t> nspinning_{0};
+  std::atomic<std::uint64_t> idle_epoch_{0};  // bumped whenever an idle worker is woken
+  worker* timer_sleeper_ = nullptr;            // guarded by idle_mu_
+  std::atomic<bool> shutdown_{false};
+  bool deadlock_declared_ = false;  // guarded by idle_mu_
+
+  std::mutex timer_mu_;
+  std::vector<timer*> timer_heap_;  // guarded by timer_mu_; min-heap on `when`
+  std::atomic<std::int64_t> next_deadline_{INT64_MAX};
+
+  std::atomic<std::int64_t> live_fibers_{0};
+  std::atomic<std::uint64_t> next_id_{1};
+  std::exception_ptr main_exception_;  // written by the main fiber before it finishes
+  std::exception_ptr deadlock_;        // written by the worker that declares it
+  std::atomic<bool> aborting_{false};
+
+  friend void fiber_main(bctx::transfer_t t) noexcept;
+};
+
+// The calling thread's worker (nullptr off the runtime's threads). Opaque: the value is
+// recomputed on every call, never cached across a switch.
+worker* current_worker() noexcept;
+
+// Process-wide accounting and outside-thread activity.
+extern std::atomic<std::int64_t> g_live_fibers;
+extern std::atomic<std::int64_t> g_live_stacks;
+extern std::atomic<std::int64_t> g_pending_timers;
+extern std::atomic<std::int64_t> g_external_waiters;  // plain threads parked in rill
+
+// switch_out() parks the calling fiber (already marked parked or runnable by the caller)
+// and runs the next fiber of this worker, or the scheduler. `after(self, arg)` runs once the
+// fiber's context is saved.
+void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept;
+
+}  // namespace rill::detail

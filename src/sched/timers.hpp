@@ -1,0 +1,28 @@
+// Timers: a min-heap per runtime, fired by the workers (see runtime.cpp's scheduler loop and
+// timers.cpp). A timer object belongs to its user (usually on a parked fiber's stack).
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace rill::detail {
+
+// timer_state: who owns a timer and what may happen next.
+//   idle -> armed (arm) -> firing (a worker popped it) -> done (fire() said so)
+//   idle or armed -> cancelled (cancel)
+enum class timer_state : std::uint8_t { idle, armed, firing, done, cancelled };
+
+struct timer {
+  std::int64_t when = 0;  // deadline, now_ns() clock
+  // fire() runs on a worker with no lock held; it must not park. It must call
+  // t->fired() before anything that may end t's lifetime (e.g. waking the fiber that
+  // owns it).
+  void (*fire)(timer* t) noexcept = nullptr;
+  std::size_t heap_index = static_cast<std::size_t>(-1);  // guarded by timer_mu_
+  std::atomic<timer_state> state{timer_state::idle};
+
+  void fired() noexcept { state.store(timer_state::done, std::memory_order_release); }
+};
+
+}  // namespace rill::detail

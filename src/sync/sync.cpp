@@ -1,0 +1,139 @@
+#include "rill/sync.hpp"
+
+#include <cstdio>
+#include <exception>
+#include <stdexcept>
+
+#include "sync/wait.hpp"
+
+namespace rill {
+
+using detail::list_cancel;
+using detail::waiter;
+
+void wait_group::add(int n) {
+  detail::wait_list wake;
+  mu_.lock();
+  if (count_ + n < 0) {
+    mu_.unlock();
+    throw std::logic_error("rill::wait_group: negative counter");
+  }
+  count_ += n;
+  if (count_ == 0) {
+    wake = waiters_;
+    waiters_ = {};
+  }
+  mu_.unlock();
+  while (waiter* w = wake.pop_front()) detail::unpark(*w);
+}
+
+void wait_group::wait() {
+  mu_.lock();
+  if (count_ == 0) {
+    mu_.unlock();
+    return;
+  }
+  waiter w;
+  waiters_.push_back(&w);
+  list_cancel c{&mu_, &waiters_, &w};
+  detail::park(w, mu_, wait_reason::wait_group, this, &list_cancel::run, &c);
+}
+
+void mutex::lock() {
+  std::uint32_t s = 0;
+  if (state_.compare_exchange_strong(s, locked_bit, std::memory_order_acquire)) return;
+  for (int i = 0; i < 64; ++i) {  // brief spin: the holder may be running on another core
+    s = state_.load(std::memory_order_relaxed);
+    if (!(s & locked_bit) &&
+        state_.compare_exchange_weak(s, s | locked_bit, std::memory_order_acquire)) {
+      return;
+    }
+    __builtin_ia32_pause();
+  }
+  mu_.lock();
+  for (;;) {
+    s = state_.load(std::memory_order_relaxed);
+    if (!(s & locked_bit)) {
+      if (state_.compare_exchange_weak(s, s | locked_bit, std::memory_order_acquire)) {
+        mu_.unlock();
+        return;
+      }
+      continue;
+    }
+    if (s & waiters_bit) break;
+    if (state_.compare_exchange_weak(s, s | waiters_bit, std::memory_order_relaxed)) break;
+  }
+  waiter w;
+  waiters_.push_back(&w);
+  list_cancel c{&mu_, &waiters_, &w};
+  detail::park(w, mu_, wait_reason::mutex, this, &list_cancel::run, &c);
+  // unlock() handed us the lock: locked_bit stayed set. Acquire its writes:
+  (void)state_.load(std::memory_order_acquire);
+}
+
+bool mutex::try_lock() noexcept {
+  std::uint32_t s = state_.load(std::memory_order_relaxed);
+  while (!(s & locked_bit)) {
+    if (state_.compare_exchange_weak(s, s | locked_bit, std::memory_order_acquire)) return true;
+  }
+  return false;
+}
+
+void mutex::unlock() {
+  std::uint32_t s = locked_bit;
+  if (state_.compare_exchange_strong(s, 0, std::memory_order_release)) return;
+  if (!(s & locked_bit)) {
+    std::fputs("rill::mutex: unlock of an unlocked mutex\n", stderr);
+    std::terminate();
+  }
+  mu_.lock();
+  waiter* w = waiters_.pop_front();
+  if (!w) {
+    state_.store(0, std::memory_order_release);
+    mu_.unlock();
+    return;
+  }
+  // Hand the lock over: locked_bit stays set.
+  state_.store(waiters_.empty() ? locked_bit : (locked_bit | waiters_bit),
+               std::memory_order_release);
+  mu_.unlock();
+  detail::unpark(*w);
+}
+
+void condition_variable::wait(std::unique_lock<mutex>& lk) {
+  mu_.lock();
+  waiter w;
+  waiters_.push_back(&w);
+  try {
+    lk.unlock();
+  } catch (...) {
+    waiters_.remove(&w);
+    mu_.unlock();
+    throw;
+  }
+  list_cancel c{&mu_, &waiters_, &w};
+  try {
+    detail::park(w, mu_, wait_reason::cond_var, this, &list_cancel::run, &c);
+  } catch (...) {
+    lk.lock();
+    throw;
+  }
+  lk.lock();
+}
+
+void condition_variable::notify_one() noexcept {
+  mu_.lock();
+  waiter* w = waiters_.pop_front();
+  mu_.unlock();
+  if (w) detail::unpark(*w);
+}
+
+void condition_variable::notify_all() noexcept {
+  mu_.lock();
+  detail::wait_list all = waiters_;
+  waiters_ = {};
+  mu_.unlock();
+  while (waiter* w = all.pop_front()) detail::unpark(*w);
+}
+
+}  // namespace rill

@@ -1,0 +1,159 @@
+// Parking and waking: the one mechanism under channels, select, wait_group, mutex,
+// condition_variable and sleeps, for fibers and for plain threads alike.
+#include <thread>
+
+#include "rill/fiber.hpp"
+#include "sched/futex.hpp"
+#include "sched/runtime.hpp"
+
+namespace rill::detail {
+
+void wait_list::push_back(waiter* w) noexcept {
+  w->next = nullptr;
+  w->prev = tail;
+  if (tail) {
+    tail->next = w;
+  } else {
+    head = w;
+  }
+  tail = w;
+}
+
+waiter* wait_list::pop_front() noexcept {
+  waiter* w = head;
+  if (w) remove(w);
+  return w;
+}
+
+void wait_list::remove(waiter* w) noexcept {
+  if (w->prev) {
+    w->prev->next = w->next;
+  } else {
+    head = w->next;
+  }
+  if (w->next) {
+    w->next->prev = w->prev;
+  } else {
+    tail = w->prev;
+  }
+  w->next = w->prev = nullptr;
+}
+
+namespace {
+
+void after_unlock(context*, void* arg) noexcept { static_cast<spinlock*>(arg)->unlock(); }
+
+}  // namespace
+
+void park(waiter& w, spinlock& lk, wait_reason why, const void* object, void (*cancel)(void*),
+          void* cancel_arg) {
+  fiber* self = current_fiber();
+  if (!self) {
+    g_external_waiters.fetch_add(1, std::memory_order_seq_cst);
+    lk.unlock();
+    while (w.futex.load(std::memory_order_acquire) == 0) futex_wait(w.futex, 0);
+    g_external_waiters.fetch_sub(1, std::memory_order_seq_cst);
+    return;
+  }
+  if (self->aborted) {
+    // Parking again while the runtime unwinds this fiber after a deadlock.
+    lk.unlock();
+    if (std::uncaught_exceptions() == 0) {
+      if (cancel) cancel(cancel_arg);
+      throw fiber_aborted{};
+    }
+    lk.lock();  // already unwinding: park for real; the next deadlock check abandons it
+  }
+  w.who = self;
+  self->reason.store(why, std::memory_order_relaxed);
+  self->wait_object.store(object, std::memory_order_relaxed);
+  self->cancel = cancel;
+  self->cancel_arg = cancel_arg;
+  self->state.store(fiber_state::parked, std::memory_order_relaxed);
+  switch_out(self, after_unlock, &lk);
+  self->reason.store(wait_reason::none, std::memory_order_relaxed);
+  self->wait_object.store(nullptr, std::memory_order_relaxed);
+  if (self->aborted && std::uncaught_exceptions() == 0) throw fiber_aborted{};
+}
+
+void unpark(waiter& w) noexcept {
+  if (fiber* f = w.who) {
+    f->rt->ready(f, true);
+  } else {
+    w.futex.store(1, std::memory_order_release);
+    futex_wake(w.futex);
+  }
+}
+
+}  // namespace rill::detail
+
+namespace rill::this_fiber {
+
+namespace {
+
+void after_push_local(detail::context* left, void*) noexcept {
+  auto* f = static_cast<detail::fiber*>(left);
+  f->rt->push_local(*detail::current_worker(), f);
+}
+
+void after_push_global(detail::context* left, void*) noexcept {
+  auto* f = static_cast<detail::fiber*>(left);
+  f->rt->push_global(f);
+}
+
+struct sleeper : detail::timer {
+  detail::fiber* f = nullptr;
+};
+
+void after_arm(detail::context* left, void* arg) noexcept {
+  static_cast<detail::fiber*>(left)->rt->arm(*static_cast<sleeper*>(arg));
+}
+
+}  // namespace
+
+void yield() {
+  detail::fiber* self = detail::current_fiber();
+  if (!self) {
+    std::this_thread::yield();
+    return;
+  }
+  detail::worker* w = detail::current_worker();
+  self->state.store(detail::fiber_state::runnable, std::memory_order_relaxed);
+  if (detail::fiber* next = self->rt->next_local(*w)) {
+    w->current = next;
+    next->state.store(detail::fiber_state::running, std::memory_order_relaxed);
+    detail::switch_to(*self, *next, after_push_local, nullptr);
+  } else {
+    // Nothing local: let the scheduler look at the global queue, the timers and the other
+    // workers; this fiber queues behind what it finds.
+    w->current = nullptr;
+    detail::switch_to(*self, w->g0, after_push_global, nullptr);
+  }
+}
+
+void sleep_until_ns(std::int64_t deadline) {
+  detail::fiber* self = detail::current_fiber();
+  if (!self) {
+    std::int64_t left = deadline - detail::now_ns();
+    if (left > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(left));
+    return;
+  }
+  if (deadline <= detail::now_ns()) {
+    yield();
+    return;
+  }
+  sleeper s;
+  s.when = deadline;
+  s.f = self;
+  s.fire = [](detail::timer* t) noexcept {
+    detail::fiber* f = static_cast<sleeper*>(t)->f;
+    t->fired();
+    f->rt->ready(f, false);
+  };
+  self->reason.store(wait_reason::sleep, std::memory_order_relaxed);
+  self->state.store(detail::fiber_state::parked, std::memory_order_relaxed);
+  detail::switch_out(self, after_arm, &s);
+  self->reason.store(wait_reason::none, std::memory_order_relaxed);
+}
+
+}  // namespace rill::this_fiber

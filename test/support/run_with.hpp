@@ -1,0 +1,80 @@
+// Test support: run a body on a fresh runtime with a given worker count, under a watchdog,
+// and fail on leaked fibers, stacks or timers.
+#pragma once
+
+#include <rill/rill.hpp>
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <utility>
+
+namespace test {
+
+// watchdog: if the scope lasts longer than `limit`, prints the fiber dump of every runtime
+// and aborts the process (a hang becomes a failure with a diagnosis, not a ctest timeout).
+class watchdog {
+ public:
+  explicit watchdog(std::chrono::seconds limit = limit_from_env()) {
+    thread_ = std::thread([this, limit] {
+      std::unique_lock lk(mu_);
+      if (!cv_.wait_for(lk, limit, [this] { return done_; })) {
+        std::fprintf(stderr, "watchdog: test still running after %llds; fibers:\n%s",
+                     static_cast<long long>(limit.count()), rill::dump_fibers().c_str());
+        std::fflush(stderr);
+        std::abort();
+      }
+    });
+  }
+  ~watchdog() {
+    {
+      std::lock_guard lk(mu_);
+      done_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  static std::chrono::seconds limit_from_env() {
+    const char* s = std::getenv("RILL_WATCHDOG_S");
+    return std::chrono::seconds(s ? std::atoi(s) : 60);
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+inline void check_no_leaks() {
+  const rill::stats s = rill::global_stats();
+  CHECK(s.live_fibers == 0);
+  CHECK(s.live_stacks == 0);
+  CHECK(s.pending_timers == 0);
+}
+
+// run_with() runs f as the main fiber of a runtime with `workers` workers, returns its
+// result, and checks that the runtime left nothing behind.
+template <class F>
+auto run_with(unsigned workers, F&& f) {
+  watchdog dog;
+  rill::options o;
+  o.workers = workers;
+  struct leak_check {
+    ~leak_check() { check_no_leaks(); }
+  } lc;
+  return rill::run(std::forward<F>(f), o);
+}
+
+// stress_scale(): RILL_STRESS_SCALE (default 1), to size stress tests.
+inline int stress_scale() {
+  const char* s = std::getenv("RILL_STRESS_SCALE");
+  int v = s ? std::atoi(s) : 1;
+  return v > 0 ? v : 1;
+}
+
+}  // namespace test
