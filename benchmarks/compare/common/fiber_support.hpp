@@ -122,8 +122,8 @@ class ws_pool {
   std::uint64_t epoch_ = 0;          // guarded by mu_; one per run() and one for shutdown
   bool shutdown_ = false;            // guarded by mu_
   const std::function<std::uint64_t()>* job_ = nullptr;  // guarded by mu_
-  bool done_ = false;                                     // guarded by mu_
-  std::uint64_t result_ = 0;                              // guarded by mu_
+  bool done_ = false;                                    // guarded by mu_
+  std::uint64_t result_ = 0;                             // guarded by mu_
   boost::fibers::mutex fiber_mu_;
   boost::fibers::condition_variable fiber_done_;  // finished_epoch_ changed
   std::uint64_t finished_epoch_ = 0;              // guarded by fiber_mu_

@@ -24,12 +24,12 @@ std::uint64_t run(std::uint64_t n, std::size_t tokens, bool is_ordered) {
                                             }) &
           tbb::make_filter<std::uint64_t, std::uint64_t>(
               tbb::filter_mode::parallel, [](std::uint64_t v) { return bench::heavy_map(v); }) &
-          tbb::make_filter<std::uint64_t, void>(
-              is_ordered ? tbb::filter_mode::serial_in_order
-                         : tbb::filter_mode::serial_out_of_order,
-              [&](std::uint64_t v) {
-                acc = is_ordered ? bench::ordered(acc, v) : bench::sum(acc, v);
-              }));
+          tbb::make_filter<std::uint64_t, void>(is_ordered ? tbb::filter_mode::serial_in_order
+                                                           : tbb::filter_mode::serial_out_of_order,
+                                                [&](std::uint64_t v) {
+                                                  acc = is_ordered ? bench::ordered(acc, v)
+                                                                   : bench::sum(acc, v);
+                                                }));
   return acc;
 }
 

@@ -45,18 +45,18 @@ const bool registered = [] {
   }
   if (hw > 1) {
     for (std::size_t cap : bench::trivial_caps()) {
-      bench::add("linear_trivial/boost_fiber/ws_" + bench::cap_name(cap) + "_" +
-                     bench::workers_name(hw),
-                 [=](benchmark::State& s) {
-                   bench::ws_pool* pool = bench::ws_pool::get(hw);
-                   if (pool == nullptr) {
-                     s.SkipWithError("work_stealing set up with another thread count already");
-                     return;
-                   }
-                   const std::uint64_t n = bench::items_trivial(cap);
-                   bench::measure(s, n, bench::expected_trivial(n),
-                                  [&] { return pool->run([&] { return run(n, cap); }); });
-                 });
+      bench::add(
+          "linear_trivial/boost_fiber/ws_" + bench::cap_name(cap) + "_" + bench::workers_name(hw),
+          [=](benchmark::State& s) {
+            bench::ws_pool* pool = bench::ws_pool::get(hw);
+            if (pool == nullptr) {
+              s.SkipWithError("work_stealing set up with another thread count already");
+              return;
+            }
+            const std::uint64_t n = bench::items_trivial(cap);
+            bench::measure(s, n, bench::expected_trivial(n),
+                           [&] { return pool->run([&] { return run(n, cap); }); });
+          });
     }
   }
   return true;

@@ -33,11 +33,11 @@ std::uint64_t run_input(std::uint64_t n, std::size_t cap) {
   });
   flow::function_node<std::uint64_t, std::uint64_t, Policy> map(
       g, flow::serial, [](std::uint64_t v) { return bench::trivial_map(v); });
-  flow::function_node<std::uint64_t, flow::continue_msg, Policy> sink(
-      g, flow::serial, [&](std::uint64_t v) {
-        acc = bench::sum(acc, v);
-        return flow::continue_msg();
-      });
+  flow::function_node<std::uint64_t, flow::continue_msg, Policy> sink(g, flow::serial,
+                                                                      [&](std::uint64_t v) {
+                                                                        acc = bench::sum(acc, v);
+                                                                        return flow::continue_msg();
+                                                                      });
   flow::limiter_node<std::uint64_t> limiter(g, cap == 0 ? 1 : cap);
   if (cap == kUnbounded) {
     flow::make_edge(source, map);
@@ -58,11 +58,11 @@ std::uint64_t run_try_put(std::uint64_t n) {
   std::uint64_t acc = 0;
   flow::function_node<std::uint64_t, std::uint64_t, Policy> map(
       g, flow::serial, [](std::uint64_t v) { return bench::trivial_map(v); });
-  flow::function_node<std::uint64_t, flow::continue_msg, Policy> sink(
-      g, flow::serial, [&](std::uint64_t v) {
-        acc = bench::sum(acc, v);
-        return flow::continue_msg();
-      });
+  flow::function_node<std::uint64_t, flow::continue_msg, Policy> sink(g, flow::serial,
+                                                                      [&](std::uint64_t v) {
+                                                                        acc = bench::sum(acc, v);
+                                                                        return flow::continue_msg();
+                                                                      });
   flow::make_edge(map, sink);
   for (std::uint64_t i = 0; i < n; ++i) map.try_put(i);
   g.wait_for_all();

@@ -11,21 +11,20 @@ std::uint64_t run(std::uint64_t n, std::size_t tokens) {
   std::uint64_t next = 0;
   std::uint64_t acc = 0;
   tbb::parallel_pipeline(
-      tokens,
-      tbb::make_filter<void, std::uint64_t>(tbb::filter_mode::serial_in_order,
-                                            [&](tbb::flow_control& fc) -> std::uint64_t {
-                                              if (next >= n) {
-                                                fc.stop();
-                                                return 0;
-                                              }
-                                              return next++;
-                                            }) &
-          tbb::make_filter<std::uint64_t, std::uint64_t>(
-              tbb::filter_mode::serial_in_order,
-              [](std::uint64_t v) { return bench::trivial_map(v); }) &
-          tbb::make_filter<std::uint64_t, void>(
-              tbb::filter_mode::serial_in_order,
-              [&](std::uint64_t v) { acc = bench::sum(acc, v); }));
+      tokens, tbb::make_filter<void, std::uint64_t>(tbb::filter_mode::serial_in_order,
+                                                    [&](tbb::flow_control& fc) -> std::uint64_t {
+                                                      if (next >= n) {
+                                                        fc.stop();
+                                                        return 0;
+                                                      }
+                                                      return next++;
+                                                    }) &
+                  tbb::make_filter<std::uint64_t, std::uint64_t>(
+                      tbb::filter_mode::serial_in_order,
+                      [](std::uint64_t v) { return bench::trivial_map(v); }) &
+                  tbb::make_filter<std::uint64_t, void>(
+                      tbb::filter_mode::serial_in_order,
+                      [&](std::uint64_t v) { acc = bench::sum(acc, v); }));
   return acc;
 }
 
