@@ -1,0 +1,326 @@
+// Package bench is what the Go side of rill's side-by-side benchmarks shares: the work loop
+// and item counts of benchmarks/compare/common/work.hpp (same constants, same calibration
+// target), flags, timing, and output in Google Benchmark's JSON format, so that scripts/bench
+// merges Go's rows with the C++ ones.
+package bench
+
+import (
+	"encoding/json"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Options are the flags every program takes.
+type Options struct {
+	Workers int  // -workers N: run with GOMAXPROCS=N only; 0 sweeps the worker counts
+	Quick   bool // -quick (or RILL_BENCH_QUICK=1): small item counts
+}
+
+// Parse parses the flags of a benchmark program.
+func Parse() Options {
+	var o Options
+	flag.IntVar(&o.Workers, "workers", 0, "GOMAXPROCS (and worker goroutines); 0: sweep 1, 2, 4, ..., NumCPU")
+	flag.BoolVar(&o.Quick, "quick", false, "small item counts (also RILL_BENCH_QUICK=1)")
+	calibrate := flag.Bool("calibrate", false, "print the calibrated work-loop iteration count and exit")
+	flag.Parse()
+	if os.Getenv("RILL_BENCH_QUICK") == "1" {
+		o.Quick = true
+	}
+	if *calibrate {
+		fmt.Println(CalibratedIters())
+		os.Exit(0)
+	}
+	return o
+}
+
+// WorkerCounts returns 1, 2, 4, ... and NumCPU, or just -workers when it was given.
+func (o Options) WorkerCounts() []int {
+	if o.Workers > 0 {
+		return []int{o.Workers}
+	}
+	hw := runtime.NumCPU()
+	var out []int
+	for w := 1; w < hw; w *= 2 {
+		out = append(out, w)
+	}
+	return append(out, hw)
+}
+
+// EdgeWorkerCounts returns 1 and NumCPU, or just -workers when it was given.
+func (o Options) EdgeWorkerCounts() []int {
+	if o.Workers > 0 {
+		return []int{o.Workers}
+	}
+	hw := runtime.NumCPU()
+	if hw == 1 {
+		return []int{1}
+	}
+	return []int{1, hw}
+}
+
+// Cap is the channel capacity of every workload but linear_trivial, which uses TrivialCaps.
+const Cap = 64
+
+// TrivialCaps are linear_trivial's channel capacities.
+var TrivialCaps = []int{0, 64, 1024}
+
+// Item counts, as in work.hpp.
+func (o Options) ItemsTrivial(cap int) uint64 {
+	n := uint64(10_000_000)
+	if o.Quick {
+		n = 500_000
+	}
+	if cap == 0 {
+		return n / 50
+	}
+	return n
+}
+func (o Options) ItemsHeavy() uint64        { return o.pick(20_000, 200_000) }
+func (o Options) ItemsFan() uint64          { return o.pick(20_000, 200_000) }
+func (o Options) ItemsBackpressure() uint64 { return o.pick(20_000, 100_000) }
+func (o Options) pick(quick, full uint64) uint64 {
+	if o.Quick {
+		return quick
+	}
+	return full
+}
+
+// Work is the CPU work loop, work.hpp's bench::work: an LCG step and an xorshift per
+// iteration, one dependent chain.
+func Work(v, iters uint64) uint64 {
+	for i := uint64(0); i < iters; i++ {
+		v = v*6364136223846793005 + 1442695040888963407
+		v ^= v >> 29
+	}
+	return v
+}
+
+var calibrated uint64
+
+// CalibratedIters returns the iteration count of Work that takes about 1 µs here, measured
+// once (min of 9 timed runs) and printed to stderr.  RILL_BENCH_GO_WORK_ITERS overrides it.
+func CalibratedIters() uint64 {
+	if calibrated != 0 {
+		return calibrated
+	}
+	if e := os.Getenv("RILL_BENCH_GO_WORK_ITERS"); e != "" {
+		if v, err := strconv.ParseUint(e, 10, 64); err == nil && v > 0 {
+			fmt.Fprintf(os.Stderr, "go bench: work loop pinned to %d iterations per ~1 us item\n", v)
+			calibrated = v
+			return v
+		}
+	}
+	const probe = 200_000
+	sink := Work(1, probe)
+	best := math.MaxFloat64
+	for trial := uint64(0); trial < 9; trial++ {
+		t0 := time.Now()
+		sink ^= Work(trial+7, probe)
+		best = math.Min(best, float64(time.Since(t0).Nanoseconds()))
+	}
+	perIter := best / probe
+	calibrated = uint64(math.Max(1, math.Round(1000/perIter)))
+	fmt.Fprintf(os.Stderr, "go bench: work loop %.3f ns/iteration; %d iterations per ~1 us item (%d)\n",
+		perIter, calibrated, sink&1)
+	return calibrated
+}
+
+// The maps and sinks of work.hpp.
+func TrivialMap(v uint64) uint64 { return v*2 + 1 }
+func HeavyMap(v uint64) uint64   { return Work(v, CalibratedIters()) }
+
+// FanIters is item i's uneven cost: base * (1 + (i*2654435761 % 7)), base = iters / 4.
+func FanIters(i uint64) uint64 {
+	base := CalibratedIters() / 4
+	if base == 0 {
+		base = 1
+	}
+	return base * (1 + (i*2654435761)%7)
+}
+func FanMap(v uint64) uint64 { return Work(v, FanIters(v)) }
+
+const OrderedInit uint64 = 14695981039346656037
+
+func Sum(acc, v uint64) uint64     { return acc + v }
+func Ordered(acc, v uint64) uint64 { return (acc ^ v) * 1099511628211 }
+
+// BPItem is backpressure's 1 KiB item.
+type BPItem struct {
+	Seq uint64
+	Pad [127]uint64
+}
+
+func MakeBPItem(i uint64) BPItem {
+	var item BPItem
+	item.Seq = i
+	item.Pad[0] = i
+	return item
+}
+
+// SlowSink is backpressure's sink work, about 2 µs per item.
+func SlowSink(item *BPItem) uint64 {
+	return Work(item.Seq^item.Pad[0]^item.Pad[126], 2*CalibratedIters())
+}
+
+// SeqItem is a mapped value with its source sequence number (ordered fan-out).
+type SeqItem struct {
+	Seq, Value uint64
+}
+
+// Reorderer folds values in sequence order 0, 1, 2, ..., holding early ones.
+type Reorderer struct {
+	Acc     uint64
+	next    uint64
+	early   map[uint64]uint64
+	combine func(acc, v uint64) uint64
+}
+
+func NewReorderer(init uint64, combine func(acc, v uint64) uint64) *Reorderer {
+	return &Reorderer{Acc: init, early: map[uint64]uint64{}, combine: combine}
+}
+
+func (r *Reorderer) Push(it SeqItem) {
+	if it.Seq != r.next {
+		r.early[it.Seq] = it.Value
+		return
+	}
+	r.Acc = r.combine(r.Acc, it.Value)
+	r.next++
+	for {
+		v, ok := r.early[r.next]
+		if !ok {
+			return
+		}
+		delete(r.early, r.next)
+		r.Acc = r.combine(r.Acc, v)
+		r.next++
+	}
+}
+
+// Expected results.
+func ExpectedTrivial(n uint64) uint64 { return n * n }
+func ExpectedHeavy(n uint64, ordered bool) uint64 {
+	acc := uint64(0)
+	if ordered {
+		acc = OrderedInit
+	}
+	for i := uint64(0); i < n; i++ {
+		if ordered {
+			acc = Ordered(acc, HeavyMap(i))
+		} else {
+			acc = Sum(acc, HeavyMap(i))
+		}
+	}
+	return acc
+}
+func ExpectedFan(n uint64) uint64 {
+	acc := uint64(0)
+	for i := uint64(0); i < n; i++ {
+		acc = Sum(acc, FanMap(i))
+	}
+	return acc
+}
+func ExpectedBackpressure(n uint64) uint64 {
+	acc := uint64(0)
+	for i := uint64(0); i < n; i++ {
+		item := MakeBPItem(i)
+		acc = Sum(acc, SlowSink(&item))
+	}
+	return acc
+}
+
+// Row is one result in Google Benchmark's JSON shape.
+type Row map[string]interface{}
+
+func cpuNanos() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// Measure runs run() once, which processes items items and returns the sink's result, and
+// returns its row: real and CPU time in ms, items_per_second, ns_per_item; an error row when
+// the result is not expected.
+func Measure(name string, items, expected uint64, run func() uint64) Row {
+	c0 := cpuNanos()
+	t0 := time.Now()
+	got := run()
+	elapsed := time.Since(t0)
+	cpu := cpuNanos() - c0
+	row := NewRow(name, float64(elapsed.Nanoseconds()), float64(cpu))
+	row["items_per_second"] = float64(items) / elapsed.Seconds()
+	row["ns_per_item"] = float64(elapsed.Nanoseconds()) / float64(items)
+	if got != expected {
+		row["error_occurred"] = true
+		row["error_message"] = "wrong result: the pipeline lost, duplicated or reordered items"
+	}
+	return row
+}
+
+// NewRow returns a row with real and CPU time given in nanoseconds.
+func NewRow(name string, realNs, cpuNs float64) Row {
+	return Row{
+		"name": name, "run_name": name, "run_type": "iteration", "repetitions": 1,
+		"repetition_index": 0, "threads": 1, "iterations": 1,
+		"real_time": realNs / 1e6, "cpu_time": cpuNs / 1e6, "time_unit": "ms",
+	}
+}
+
+// StatusKiB reads a "Vm...:  N kB" line of /proc/self/status; -1 if absent.
+func StatusKiB(key string) int64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, key+":") {
+			f := strings.Fields(line[len(key)+1:])
+			if len(f) > 0 {
+				v, _ := strconv.ParseInt(f[0], 10, 64)
+				return v
+			}
+		}
+	}
+	return -1
+}
+
+// ResetHWM resets VmHWM to the current RSS (/proc/self/clear_refs); false if it could not.
+func ResetHWM() bool {
+	return os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
+}
+
+// Emit prints the rows as Google Benchmark JSON on stdout.
+func Emit(program string, rows []Row) {
+	host, _ := os.Hostname()
+	out := map[string]interface{}{
+		"context": map[string]interface{}{
+			"date":                time.Now().Format(time.RFC3339),
+			"host_name":           host,
+			"executable":          program,
+			"num_cpus":            runtime.NumCPU(),
+			"go_version":          runtime.Version(),
+			"work_iters_per_item": strconv.FormatUint(CalibratedIters(), 10),
+			"library_build_type":  "release",
+		},
+		"benchmarks": rows,
+	}
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(out); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
+
+// WorkersName and CapName spell the canonical config tokens.
+func WorkersName(w int) string { return "workers" + strconv.Itoa(w) }
+func CapName(c int) string     { return "cap" + strconv.Itoa(c) }

@@ -1,0 +1,217 @@
+// micro: the costs of Go's primitives that rill's micro benchmarks (benchmarks/micro/) have
+// counterparts for.  Each figure is in ns_per_item (per goroutine, switch, round trip, item
+// or select) except rss_per_parked_*, whose figure is bytes_per_goroutine.  Every name ends
+// in _workersW: GOMAXPROCS = W.
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"rillbench/internal/bench"
+)
+
+// timed runs f once and returns a row with ns_per_item = elapsed / ops.
+func timed(name string, ops uint64, f func()) bench.Row {
+	t0 := time.Now()
+	f()
+	elapsed := time.Since(t0)
+	row := bench.NewRow(name, float64(elapsed.Nanoseconds()), 0)
+	row["ns_per_item"] = float64(elapsed.Nanoseconds()) / float64(ops)
+	row["items_per_second"] = float64(ops) / elapsed.Seconds()
+	return row
+}
+
+// spawnJoin: start n goroutines that return at once, wait for all (sync.WaitGroup).
+func spawnJoin(n int) {
+	var wg sync.WaitGroup
+	wg.Add(n)
+	for i := 0; i < n; i++ {
+		go wg.Done()
+	}
+	wg.Wait()
+}
+
+// yieldPair: two goroutines call runtime.Gosched() n times each.
+func yieldPair(n int) {
+	var wg sync.WaitGroup
+	wg.Add(2)
+	for g := 0; g < 2; g++ {
+		go func() {
+			defer wg.Done()
+			for i := 0; i < n; i++ {
+				runtime.Gosched()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// parked measures n goroutines parked on a channel receive: resident-set growth per
+// goroutine once all are parked, then the time to wake them all (close) and join them.
+// The collector is off meanwhile: with a million stacks to scan it would dominate the time.
+func parked(n int, suffix string) (rss, wake bench.Row) {
+	runtime.GC()
+	debug.FreeOSMemory()
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	before := bench.StatusKiB("VmRSS")
+	start := make(chan struct{})
+	var ready, done sync.WaitGroup
+	ready.Add(n)
+	done.Add(n)
+	t0 := time.Now()
+	for i := 0; i < n; i++ {
+		go func() {
+			ready.Done()
+			<-start
+			done.Done()
+		}()
+	}
+	ready.Wait()
+	spawn := time.Since(t0)
+	time.Sleep(10 * time.Millisecond) // let the last ones reach the receive
+	after := bench.StatusKiB("VmRSS")
+	rss = bench.NewRow(fmt.Sprintf("micro/go/rss_per_parked_%s%s", countName(n), suffix), float64(spawn.Nanoseconds()), 0)
+	rss["bytes_per_goroutine"] = float64(after-before) * 1024 / float64(n)
+	rss["ns_per_item"] = float64(spawn.Nanoseconds()) / float64(n) // spawn until parked
+	wake = timed(fmt.Sprintf("micro/go/wake_join_parked_%s%s", countName(n), suffix), uint64(n), func() {
+		close(start)
+		done.Wait()
+	})
+	return rss, wake
+}
+
+func countName(n int) string {
+	if n >= 1_000_000 && n%1_000_000 == 0 {
+		return fmt.Sprintf("%dM", n/1_000_000)
+	}
+	if n >= 1000 && n%1000 == 0 {
+		return fmt.Sprintf("%dk", n/1000)
+	}
+	return fmt.Sprint(n)
+}
+
+// pingPong: n round trips over two unbuffered channels.
+func pingPong(n int) {
+	ping := make(chan int)
+	pong := make(chan int)
+	go func() {
+		for v := range ping {
+			pong <- v
+		}
+		close(pong)
+	}()
+	for i := 0; i < n; i++ {
+		ping <- i
+		<-pong
+	}
+	close(ping)
+}
+
+// spsc: one producer sends n items through a channel of capacity 1024 to one consumer.
+func spsc(n int) {
+	c := make(chan int, 1024)
+	go func() {
+		for i := 0; i < n; i++ {
+			c <- i
+		}
+		close(c)
+	}()
+	sum := 0
+	for v := range c {
+		sum += v
+	}
+	if sum != n*(n-1)/2 {
+		fmt.Fprintln(os.Stderr, "spsc: wrong sum")
+		os.Exit(1)
+	}
+}
+
+var sink int
+
+// selectDefault: n selects over two empty channels with a default case.
+func selectDefault(n int) {
+	a := make(chan int)
+	b := make(chan int)
+	for i := 0; i < n; i++ {
+		select {
+		case v := <-a:
+			sink += v
+		case v := <-b:
+			sink += v
+		default:
+			sink++
+		}
+	}
+}
+
+// selectReadyClosed: n selects where one case (a closed channel) is always ready.
+func selectReadyClosed(n int) {
+	a := make(chan int)
+	close(a)
+	b := make(chan int)
+	for i := 0; i < n; i++ {
+		select {
+		case v := <-a:
+			sink += v + 1
+		case v := <-b:
+			sink += v
+		}
+	}
+}
+
+// selectReadyBuffered: n times, send into a buffered channel, then select over it and an
+// empty channel (the send is included).
+func selectReadyBuffered(n int) {
+	a := make(chan int, 1)
+	b := make(chan int)
+	for i := 0; i < n; i++ {
+		a <- i
+		select {
+		case v := <-a:
+			sink += v
+		case v := <-b:
+			sink += v
+		}
+	}
+}
+
+func main() {
+	o := bench.Parse()
+	scale := 1
+	if o.Quick {
+		scale = 10
+	}
+	var rows []bench.Row
+	for _, w := range o.EdgeWorkerCounts() {
+		runtime.GOMAXPROCS(w)
+		suffix := "_" + bench.WorkersName(w)
+		spawnN := 1_000_000 / scale
+		spawnJoin(spawnN / 10) // warm up
+		rows = append(rows, timed("micro/go/spawn_join"+suffix, uint64(spawnN), func() { spawnJoin(spawnN) }))
+		yieldN := 1_000_000 / scale
+		rows = append(rows, timed("micro/go/gosched_yield_pair"+suffix, uint64(2*yieldN), func() { yieldPair(yieldN) }))
+		pingN := 1_000_000 / scale
+		rows = append(rows, timed("micro/go/chan_unbuffered_pingpong"+suffix, uint64(pingN), func() { pingPong(pingN) }))
+		spscN := 10_000_000 / scale
+		rows = append(rows, timed("micro/go/chan_buffered1024_spsc"+suffix, uint64(spscN), func() { spsc(spscN) }))
+		selN := 10_000_000 / scale
+		rows = append(rows, timed("micro/go/select_default_2empty"+suffix, uint64(selN), func() { selectDefault(selN) }))
+		rows = append(rows, timed("micro/go/select_ready_closed"+suffix, uint64(selN), func() { selectReadyClosed(selN) }))
+		rows = append(rows, timed("micro/go/select_ready_buffered"+suffix, uint64(selN), func() { selectReadyBuffered(selN) }))
+		// A million parked goroutines (2-3 GB) only at the largest GOMAXPROCS, and not quick.
+		counts := []int{100_000}
+		if !o.Quick && w == runtime.NumCPU() {
+			counts = append(counts, 1_000_000)
+		}
+		for _, n := range counts {
+			rss, wake := parked(n, suffix)
+			rows = append(rows, rss, wake)
+		}
+	}
+	bench.Emit("micro", rows)
+}
