@@ -46,23 +46,25 @@ func run(n uint64, m *meter) uint64 {
 func main() {
 	o := bench.Parse()
 	n := o.ItemsBackpressure()
-	expected := bench.ExpectedBackpressure(n)
-	var rows []bench.Row
+	expected := bench.Once(func() uint64 { return bench.ExpectedBackpressure(n) })
+	var cases []bench.Case
 	for _, w := range o.EdgeWorkerCounts() {
-		runtime.GOMAXPROCS(w)
-		runtime.GC()
-		debug.FreeOSMemory()
-		reset := bench.ResetHWM()
-		base := bench.StatusKiB("VmRSS")
-		var m meter
 		name := "backpressure/go/" + bench.CapName(bench.Cap) + "_" + bench.WorkersName(w)
-		row := bench.Measure(name, n, expected, func() uint64 { return run(n, &m) })
-		row["peak_in_flight"] = float64(m.peak)
-		row["peak_rss_delta_kib"] = float64(bench.StatusKiB("VmHWM") - base)
-		if !reset {
-			row["rss_hwm_not_reset"] = 1.0
-		}
-		rows = append(rows, row)
+		cases = append(cases, bench.Case{Name: name, Workers: w, Run: func() bench.Row {
+			want := expected()
+			runtime.GC()
+			debug.FreeOSMemory()
+			reset := bench.ResetHWM()
+			base := bench.StatusKiB("VmRSS")
+			var m meter
+			row := bench.Measure(name, n, want, func() uint64 { return run(n, &m) })
+			row["peak_in_flight"] = float64(m.peak)
+			row["peak_rss_delta_kib"] = float64(bench.StatusKiB("VmHWM") - base)
+			if !reset {
+				row["rss_hwm_not_reset"] = 1.0
+			}
+			return row
+		}})
 	}
-	bench.Emit("backpressure", rows)
+	bench.Main("backpressure", o, cases)
 }

@@ -3,7 +3,6 @@
 package main
 
 import (
-	"runtime"
 	"sync"
 
 	"rillbench/internal/bench"
@@ -42,12 +41,14 @@ func run(n uint64, workers int) uint64 {
 func main() {
 	o := bench.Parse()
 	n := o.ItemsFan()
-	expected := bench.ExpectedFan(n)
-	var rows []bench.Row
+	expected := bench.Once(func() uint64 { return bench.ExpectedFan(n) })
+	var cases []bench.Case
 	for _, w := range o.WorkerCounts() {
-		runtime.GOMAXPROCS(w)
+		w := w
 		name := "fan_out_fan_in/go/" + bench.CapName(bench.Cap) + "_" + bench.WorkersName(w)
-		rows = append(rows, bench.Measure(name, n, expected, func() uint64 { return run(n, w) }))
+		cases = append(cases, bench.Case{Name: name, Workers: w, Run: func() bench.Row {
+			return bench.Measure(name, n, expected(), func() uint64 { return run(n, w) })
+		}})
 	}
-	bench.Emit("fan_out_fan_in", rows)
+	bench.Main("fan_out_fan_in", o, cases)
 }

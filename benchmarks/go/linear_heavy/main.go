@@ -3,7 +3,6 @@
 package main
 
 import (
-	"runtime"
 	"sync/atomic"
 
 	"rillbench/internal/bench"
@@ -46,18 +45,23 @@ func run(n uint64, workers int, ordered bool) uint64 {
 func main() {
 	o := bench.Parse()
 	n := o.ItemsHeavy()
-	expected := map[bool]uint64{true: bench.ExpectedHeavy(n, true), false: bench.ExpectedHeavy(n, false)}
-	var rows []bench.Row
+	expected := map[bool]func() uint64{
+		true:  bench.Once(func() uint64 { return bench.ExpectedHeavy(n, true) }),
+		false: bench.Once(func() uint64 { return bench.ExpectedHeavy(n, false) }),
+	}
+	var cases []bench.Case
 	for _, w := range o.WorkerCounts() {
-		runtime.GOMAXPROCS(w)
 		for _, ordered := range []bool{true, false} {
+			w, ordered := w, ordered
 			order := "_unordered"
 			if ordered {
 				order = "_ordered"
 			}
 			name := "linear_heavy/go/" + bench.CapName(bench.Cap) + "_" + bench.WorkersName(w) + order
-			rows = append(rows, bench.Measure(name, n, expected[ordered], func() uint64 { return run(n, w, ordered) }))
+			cases = append(cases, bench.Case{Name: name, Workers: w, Run: func() bench.Row {
+				return bench.Measure(name, n, expected[ordered](), func() uint64 { return run(n, w, ordered) })
+			}})
 		}
 	}
-	bench.Emit("linear_heavy", rows)
+	bench.Main("linear_heavy", o, cases)
 }

@@ -2,11 +2,7 @@
 // capacity 0, 64 and 1024, with GOMAXPROCS 1 and NumCPU.  See benchmarks/compare/common/work.hpp.
 package main
 
-import (
-	"runtime"
-
-	"rillbench/internal/bench"
-)
+import "rillbench/internal/bench"
 
 func run(n uint64, capacity int) uint64 {
 	c1 := make(chan uint64, capacity)
@@ -32,14 +28,15 @@ func run(n uint64, capacity int) uint64 {
 
 func main() {
 	o := bench.Parse()
-	var rows []bench.Row
+	var cases []bench.Case
 	for _, w := range o.EdgeWorkerCounts() {
-		runtime.GOMAXPROCS(w)
 		for _, c := range bench.TrivialCaps {
-			n := o.ItemsTrivial(c)
+			w, c, n := w, c, o.ItemsTrivial(c)
 			name := "linear_trivial/go/" + bench.CapName(c) + "_" + bench.WorkersName(w)
-			rows = append(rows, bench.Measure(name, n, bench.ExpectedTrivial(n), func() uint64 { return run(n, c) }))
+			cases = append(cases, bench.Case{Name: name, Workers: w, Run: func() bench.Row {
+				return bench.Measure(name, n, bench.ExpectedTrivial(n), func() uint64 { return run(n, c) })
+			}})
 		}
 	}
-	bench.Emit("linear_trivial", rows)
+	bench.Main("linear_trivial", o, cases)
 }

@@ -54,7 +54,7 @@ func yieldPair(n int) {
 // parked measures n goroutines parked on a channel receive: resident-set growth per
 // goroutine once all are parked, then the time to wake them all (close) and join them.
 // The collector is off meanwhile: with a million stacks to scan it would dominate the time.
-func parked(n int, suffix string) (rss, wake bench.Row) {
+func parked(n int, rssName, wakeName string) (rss, wake bench.Row) {
 	runtime.GC()
 	debug.FreeOSMemory()
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
@@ -75,10 +75,10 @@ func parked(n int, suffix string) (rss, wake bench.Row) {
 	spawn := time.Since(t0)
 	time.Sleep(10 * time.Millisecond) // let the last ones reach the receive
 	after := bench.StatusKiB("VmRSS")
-	rss = bench.NewRow(fmt.Sprintf("micro/go/rss_per_parked_%s%s", countName(n), suffix), float64(spawn.Nanoseconds()), 0)
+	rss = bench.NewRow(rssName, float64(spawn.Nanoseconds()), 0)
 	rss["bytes_per_goroutine"] = float64(after-before) * 1024 / float64(n)
 	rss["ns_per_item"] = float64(spawn.Nanoseconds()) / float64(n) // spawn until parked
-	wake = timed(fmt.Sprintf("micro/go/wake_join_parked_%s%s", countName(n), suffix), uint64(n), func() {
+	wake = timed(wakeName, uint64(n), func() {
 		close(start)
 		done.Wait()
 	})
@@ -186,32 +186,54 @@ func main() {
 	if o.Quick {
 		scale = 10
 	}
-	var rows []bench.Row
+	var cases []bench.Case
 	for _, w := range o.EdgeWorkerCounts() {
-		runtime.GOMAXPROCS(w)
 		suffix := "_" + bench.WorkersName(w)
+		add := func(what string, ops int, f func()) {
+			name := "micro/go/" + what + suffix
+			cases = append(cases, bench.Case{Name: name, Workers: w, Run: func() bench.Row {
+				return timed(name, uint64(ops), f)
+			}})
+		}
 		spawnN := 1_000_000 / scale
-		spawnJoin(spawnN / 10) // warm up
-		rows = append(rows, timed("micro/go/spawn_join"+suffix, uint64(spawnN), func() { spawnJoin(spawnN) }))
+		add("spawn_join", spawnN, func() {
+			spawnJoin(spawnN / 10) // warm up
+			spawnJoin(spawnN)
+		})
 		yieldN := 1_000_000 / scale
-		rows = append(rows, timed("micro/go/gosched_yield_pair"+suffix, uint64(2*yieldN), func() { yieldPair(yieldN) }))
+		add("gosched_yield_pair", 2*yieldN, func() { yieldPair(yieldN) })
 		pingN := 1_000_000 / scale
-		rows = append(rows, timed("micro/go/chan_unbuffered_pingpong"+suffix, uint64(pingN), func() { pingPong(pingN) }))
+		add("chan_unbuffered_pingpong", pingN, func() { pingPong(pingN) })
 		spscN := 10_000_000 / scale
-		rows = append(rows, timed("micro/go/chan_buffered1024_spsc"+suffix, uint64(spscN), func() { spsc(spscN) }))
+		add("chan_buffered1024_spsc", spscN, func() { spsc(spscN) })
 		selN := 10_000_000 / scale
-		rows = append(rows, timed("micro/go/select_default_2empty"+suffix, uint64(selN), func() { selectDefault(selN) }))
-		rows = append(rows, timed("micro/go/select_ready_closed"+suffix, uint64(selN), func() { selectReadyClosed(selN) }))
-		rows = append(rows, timed("micro/go/select_ready_buffered"+suffix, uint64(selN), func() { selectReadyBuffered(selN) }))
+		add("select_default_2empty", selN, func() { selectDefault(selN) })
+		add("select_ready_closed", selN, func() { selectReadyClosed(selN) })
+		add("select_ready_buffered", selN, func() { selectReadyBuffered(selN) })
 		// A million parked goroutines (2-3 GB) only at the largest GOMAXPROCS, and not quick.
 		counts := []int{100_000}
 		if !o.Quick && w == runtime.NumCPU() {
 			counts = append(counts, 1_000_000)
 		}
 		for _, n := range counts {
-			rss, wake := parked(n, suffix)
-			rows = append(rows, rss, wake)
+			n := n
+			rssName := "micro/go/rss_per_parked_" + countName(n) + suffix
+			wakeName := "micro/go/wake_join_parked_" + countName(n) + suffix
+			var wake bench.Row
+			cases = append(cases, bench.Case{Name: rssName, Workers: w, Run: func() bench.Row {
+				var rss bench.Row
+				rss, wake = parked(n, rssName, wakeName)
+				return rss
+			}})
+			// Waking needs the goroutines the previous case parked: it runs (and is filtered)
+			// with it, and reports what that case measured.
+			cases = append(cases, bench.Case{Name: wakeName, Workers: w, Run: func() bench.Row {
+				if wake == nil {
+					_, wake = parked(n, rssName, wakeName)
+				}
+				return wake
+			}})
 		}
 	}
-	bench.Emit("micro", rows)
+	bench.Main("micro", o, cases)
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -19,8 +20,10 @@ import (
 
 // Options are the flags every program takes.
 type Options struct {
-	Workers int  // -workers N: run with GOMAXPROCS=N only; 0 sweeps the worker counts
-	Quick   bool // -quick (or RILL_BENCH_QUICK=1): small item counts
+	Workers int            // -workers N: run with GOMAXPROCS=N only; 0 sweeps the worker counts
+	Quick   bool           // -quick (or RILL_BENCH_QUICK=1): small item counts
+	List    bool           // -list: print the names, run nothing
+	Filter  *regexp.Regexp // -filter RE: run only the names RE matches
 }
 
 // Parse parses the flags of a benchmark program.
@@ -28,16 +31,65 @@ func Parse() Options {
 	var o Options
 	flag.IntVar(&o.Workers, "workers", 0, "GOMAXPROCS (and worker goroutines); 0: sweep 1, 2, 4, ..., NumCPU")
 	flag.BoolVar(&o.Quick, "quick", false, "small item counts (also RILL_BENCH_QUICK=1)")
+	flag.BoolVar(&o.List, "list", false, "print the benchmark names and exit")
+	filter := flag.String("filter", "", "run only the benchmarks whose name matches this regular expression")
 	calibrate := flag.Bool("calibrate", false, "print the calibrated work-loop iteration count and exit")
 	flag.Parse()
 	if os.Getenv("RILL_BENCH_QUICK") == "1" {
 		o.Quick = true
+	}
+	if *filter != "" {
+		re, err := regexp.Compile(*filter)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "-filter:", err)
+			os.Exit(2)
+		}
+		o.Filter = re
 	}
 	if *calibrate {
 		fmt.Println(CalibratedIters())
 		os.Exit(0)
 	}
 	return o
+}
+
+// Case is one benchmark: run it with GOMAXPROCS = Workers.
+type Case struct {
+	Name    string
+	Workers int
+	Run     func() Row
+}
+
+// Main lists the cases (-list) or runs those the filter selects, in order, and prints their
+// rows as Google Benchmark JSON.
+func Main(program string, o Options, cases []Case) {
+	if o.List {
+		for _, c := range cases {
+			fmt.Println(c.Name)
+		}
+		return
+	}
+	rows := []Row{}
+	for _, c := range cases {
+		if o.Filter != nil && !o.Filter.MatchString(c.Name) {
+			continue
+		}
+		runtime.GOMAXPROCS(c.Workers)
+		rows = append(rows, c.Run())
+	}
+	Emit(program, rows)
+}
+
+// Once returns f's result, computing it on the first call only.
+func Once(f func() uint64) func() uint64 {
+	var done bool
+	var v uint64
+	return func() uint64 {
+		if !done {
+			v, done = f(), true
+		}
+		return v
+	}
 }
 
 // WorkerCounts returns 1, 2, 4, ... and NumCPU, or just -workers when it was given.
