@@ -842,6 +842,7 @@ void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
   leave_worker_thread(w0);
   tls_worker = saved;
   for (unsigned i = 1; i < started; ++i) rt.worker_at(i).thread.join();
+  rt.drop_timers();
   rt.rethrow_outcome();
 }
 

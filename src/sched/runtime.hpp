@@ -103,7 +103,9 @@ class runtime {
   // timers (sched/timers.cpp)
   void arm(timer& t) noexcept;
   bool cancel(timer& t) noexcept;
+  void rearm(timer& t, std::int64_t when) noexcept;  // only from inside t.fire()
   void run_due_timers(worker& w) noexcept;
+  void drop_timers() noexcept;  // at the end of run(): drop() every timer still armed
 
   fiber* create_fiber(worker& w, std::size_t size, std::size_t align, void (*entry)(void*));
   void discard_fiber(worker& w, fiber* f) noexcept;

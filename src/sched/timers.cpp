@@ -83,9 +83,26 @@ void runtime::arm(timer& t) noexcept {
   }
 }
 
-bool runtime::cancel(timer& t) noexcept {
+void runtime::rearm(timer& t, std::int64_t when) noexcept {
   {
     std::lock_guard lk(timer_mu_);
+    t.when = when;
+    t.state.store(timer_state::armed, std::memory_order_release);
+    t.heap_index = timer_heap_.size();
+    try {
+      timer_heap_.push_back(&t);
+    } catch (...) {
+      std::terminate();
+    }
+    sift_up(timer_heap_, t.heap_index);
+    next_deadline_.store(timer_heap_.front()->when, std::memory_order_relaxed);
+    g_pending_timers.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+bool runtime::cancel(timer& t) noexcept {
+  for (;;) {
+    std::unique_lock lk(timer_mu_);
     switch (t.state.load(std::memory_order_relaxed)) {
       case timer_state::idle:
         t.state.store(timer_state::cancelled, std::memory_order_relaxed);
@@ -104,9 +121,23 @@ bool runtime::cancel(timer& t) noexcept {
       case timer_state::firing:
         break;
     }
+    lk.unlock();
+    // A worker is running fire(); it ends in done, or armed again for a periodic timer.
+    while (t.state.load(std::memory_order_acquire) == timer_state::firing) {
+      std::this_thread::yield();
+    }
   }
-  while (t.state.load(std::memory_order_acquire) != timer_state::done) std::this_thread::yield();
-  return false;
+}
+
+void runtime::drop_timers() noexcept {
+  std::lock_guard lk(timer_mu_);
+  for (timer* t : timer_heap_) {
+    g_pending_timers.fetch_sub(1, std::memory_order_relaxed);
+    t->state.store(timer_state::cancelled, std::memory_order_relaxed);
+    if (t->drop) t->drop(t);
+  }
+  timer_heap_.clear();
+  next_deadline_.store(INT64_MAX, std::memory_order_relaxed);
 }
 
 void runtime::run_due_timers(worker& w) noexcept {

@@ -11,6 +11,7 @@ namespace rill::detail {
 // timer_state: who owns a timer and what may happen next.
 //   idle -> armed (arm) -> firing (a worker popped it) -> done (fire() said so)
 //   idle or armed -> cancelled (cancel)
+//   firing -> armed (rearm, from inside fire(): periodic timers)
 enum class timer_state : std::uint8_t { idle, armed, firing, done, cancelled };
 
 struct timer {
@@ -19,6 +20,8 @@ struct timer {
   // t->fired() before anything that may end t's lifetime (e.g. waking the fiber that
   // owns it).
   void (*fire)(timer* t) noexcept = nullptr;
+  // drop() runs instead of fire() for a timer still armed when its runtime ends.
+  void (*drop)(timer* t) noexcept = nullptr;
   std::size_t heap_index = static_cast<std::size_t>(-1);  // guarded by timer_mu_
   std::atomic<timer_state> state{timer_state::idle};
 

@@ -10,6 +10,7 @@ namespace rill::detail {
 
 void wait_list::push_back(waiter* w) noexcept {
   w->next = nullptr;
+  w->linked = true;
   w->prev = tail;
   if (tail) {
     tail->next = w;
@@ -17,6 +18,18 @@ void wait_list::push_back(waiter* w) noexcept {
     head = w;
   }
   tail = w;
+}
+
+void wait_list::push_front(waiter* w) noexcept {
+  w->prev = nullptr;
+  w->linked = true;
+  w->next = head;
+  if (head) {
+    head->prev = w;
+  } else {
+    tail = w;
+  }
+  head = w;
 }
 
 waiter* wait_list::pop_front() noexcept {
@@ -37,6 +50,7 @@ void wait_list::remove(waiter* w) noexcept {
     tail = w->prev;
   }
   w->next = w->prev = nullptr;
+  w->linked = false;
 }
 
 namespace {
@@ -44,6 +58,19 @@ namespace {
 void after_unlock(context*, void* arg) noexcept { static_cast<spinlock*>(arg)->unlock(); }
 
 }  // namespace
+
+void park_fiber(fiber* self, wait_reason why, const void* object, after_switch_fn after,
+                void* after_arg, void (*cancel)(void*), void* cancel_arg) {
+  self->reason.store(why, std::memory_order_relaxed);
+  self->wait_object.store(object, std::memory_order_relaxed);
+  self->cancel = cancel;
+  self->cancel_arg = cancel_arg;
+  self->state.store(fiber_state::parked, std::memory_order_relaxed);
+  switch_out(self, after, after_arg);
+  self->reason.store(wait_reason::none, std::memory_order_relaxed);
+  self->wait_object.store(nullptr, std::memory_order_relaxed);
+  if (self->aborted && std::uncaught_exceptions() == 0) throw fiber_aborted{};
+}
 
 void park(waiter& w, spinlock& lk, wait_reason why, const void* object, void (*cancel)(void*),
           void* cancel_arg) {
@@ -65,15 +92,7 @@ void park(waiter& w, spinlock& lk, wait_reason why, const void* object, void (*c
     lk.lock();  // already unwinding: park for real; the next deadlock check abandons it
   }
   w.who = self;
-  self->reason.store(why, std::memory_order_relaxed);
-  self->wait_object.store(object, std::memory_order_relaxed);
-  self->cancel = cancel;
-  self->cancel_arg = cancel_arg;
-  self->state.store(fiber_state::parked, std::memory_order_relaxed);
-  switch_out(self, after_unlock, &lk);
-  self->reason.store(wait_reason::none, std::memory_order_relaxed);
-  self->wait_object.store(nullptr, std::memory_order_relaxed);
-  if (self->aborted && std::uncaught_exceptions() == 0) throw fiber_aborted{};
+  park_fiber(self, why, object, after_unlock, &lk, cancel, cancel_arg);
 }
 
 void unpark(waiter& w) noexcept {

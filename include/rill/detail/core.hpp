@@ -66,6 +66,7 @@ struct waiter {
   void* select = nullptr;                // per-use: the select this waiter belongs to
   int index = 0;                         // per-use: the select case this waiter stands for
   bool success = false;                  // per-use: set by the waker before waking
+  bool linked = false;                   // on a wait_list (guarded by that list's lock)
 };
 
 // wait_list: an intrusive FIFO of waiters. Not synchronized: guarded by its owner's lock.
@@ -74,6 +75,7 @@ struct wait_list {
   waiter* tail = nullptr;
   bool empty() const noexcept { return head == nullptr; }
   void push_back(waiter* w) noexcept;
+  void push_front(waiter* w) noexcept;
   waiter* pop_front() noexcept;
   void remove(waiter* w) noexcept;  // w must be on this list
 };

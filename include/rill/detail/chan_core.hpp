@@ -1,0 +1,101 @@
+// The untyped channel core under chan<T> (Go's hchan). Not API.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+
+#include "rill/detail/core.hpp"
+
+namespace rill {
+
+// closed_channel: a send on a closed channel, or a second close (Go panics on both).
+class closed_channel : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+// nil_channel: an operation on a handle that refers to no channel (moved-from, or made
+// with nullptr, or a default-constructed send_chan/recv_chan).
+class nil_channel : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+}  // namespace rill
+
+namespace rill::detail {
+
+// How the core moves values of the element type T without knowing it.
+//   construct(raw, src): ::new (raw) T(std::move(*src)); may throw
+//   emplace(opt, src):   static_cast<std::optional<T>*>(opt)->emplace(std::move(*src)); may throw
+//   destroy(p):          p->~T()
+struct chan_ops {
+  void (*construct)(void* raw, void* src);
+  void (*emplace)(void* opt, void* src);
+  void (*destroy)(void* p) noexcept;
+  std::size_t size;
+  std::size_t align;
+};
+
+class chan_core {
+ public:
+  // create() allocates a channel of `capacity` slots (0: unbuffered). Throws
+  // std::length_error for a capacity whose buffer cannot be addressed, std::bad_alloc.
+  static chan_core* create(std::size_t capacity, const chan_ops* ops);
+  void retain() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void release() noexcept;
+
+  // send() moves *src into the channel; parks until it is delivered or buffered. Throws
+  // closed_channel if the channel is or becomes closed (then *src is left as it was).
+  void send(void* src);
+  // try_send(): like send() but never parks; false when it would.
+  bool try_send(void* src);
+  // recv() emplaces a value into *opt (an empty std::optional<T>); parks until one arrives.
+  // Returns false, leaving *opt empty, once the channel is closed and drained.
+  bool recv(void* opt);
+  // try_recv(): 1 received, 0 would park, -1 closed and drained.
+  int try_recv(void* opt);
+  void close();
+  std::size_t size() noexcept;
+  std::size_t capacity() const noexcept { return cap_; }
+  bool closed() noexcept;
+
+  // For select (src/sync/select.cpp).
+  spinlock mu_;
+  bool closed_ = false;  // guarded by mu_; false -> true once (I3)
+  std::size_t cap_ = 0;
+  std::size_t count_ = 0;  // guarded by mu_
+  std::size_t head_ = 0;   // guarded by mu_: next slot to receive from
+  wait_list recvq_;        // guarded by mu_
+  wait_list sendq_;        // guarded by mu_
+  const chan_ops* ops_ = nullptr;
+  std::atomic<long> refs_{1};
+  char* buf_ = nullptr;
+  std::uint64_t id_ = 0;
+
+  char* slot(std::size_t i) const noexcept { return buf_ + (i % cap_) * ops_->size; }
+};
+
+// One case of a select, as the core sees it.
+enum class case_kind : std::uint8_t { recv, send, timeout, otherwise };
+struct select_case {
+  chan_core* ch = nullptr;  // nullptr: a nil channel (never ready), or a timeout/default
+  case_kind kind = case_kind::recv;
+  void* slot = nullptr;     // recv: std::optional<T>*; send: T*
+  std::int64_t deadline = 0;  // timeout: now_ns() deadline
+};
+
+// select_core() runs a select over n cases and returns the index of the case that ran
+// (for a recv case, *slot holds the value, or is empty if the channel was closed).
+// Throws closed_channel when the chosen case is a send on a closed channel.
+std::size_t select_core(select_case* cases, std::size_t n);
+
+// Timers that send on a channel (time.hpp).
+void start_after(chan_core* ch, std::int64_t deadline, void* value_src);
+struct ticker_state;
+ticker_state* start_ticker(chan_core* ch, std::int64_t period_ns);
+void stop_ticker(ticker_state* t) noexcept;
+
+}  // namespace rill::detail

@@ -1,0 +1,366 @@
+// The channel core (Go's hchan): a ring buffer of `cap_` slots, a queue of parked
+// receivers and one of parked senders, under one spinlock.
+//
+// Invariants, under mu_:
+//   I1  recvq_ and sendq_ are never both non-empty (of unclaimed waiters).
+//   I2  count_ > 0 implies recvq_ holds no unclaimed waiter.
+//   I3  closed_ goes false -> true once.
+//   I4  sendq_ non-empty implies count_ == cap_, except after a throwing move (see recv).
+//   I5  a waiter on a queue belongs to a parked fiber or blocked thread; whoever takes it
+//       off (and, for a select waiter, wins its claim) completes its operation, sets
+//       `success`, and wakes it after releasing mu_.
+//
+// Select waiters: one select parks a waiter on the queue of each of its channels, all
+// pointing at one select_state. Whoever takes such a waiter must first claim the select
+// (CAS done: 0 -> case index + 1); a waiter whose select was already claimed is dropped.
+//
+// Memory model (Go's): the send's write of the value happens before the receive that takes
+// it completes (both sides go through mu_); close() happens before a receive that returns
+// because the channel is closed.
+#include "sync/chan_internal.hpp"
+
+#include <chrono>
+#include <limits>
+#include <new>
+#include <thread>
+
+#include "sched/futex.hpp"
+#include "sched/runtime.hpp"
+#include "sync/wait.hpp"
+
+namespace rill::detail {
+
+namespace {
+
+std::atomic<std::uint64_t> g_chan_ids{1};
+
+[[noreturn]] void throw_closed_send() {
+  throw closed_channel("rill::chan: send on a closed channel");
+}
+
+}  // namespace
+
+std::atomic<std::int64_t> g_live_channels{0};
+
+waiter* dequeue(wait_list& q) noexcept {
+  while (waiter* w = q.pop_front()) {
+    if (!w->select) return w;
+    auto* st = static_cast<select_state*>(w->select);
+    std::uint32_t open = 0;
+    if (st->done.compare_exchange_strong(open, static_cast<std::uint32_t>(w->index) + 1,
+                                         std::memory_order_acq_rel)) {
+      return w;
+    }
+    // Lost: another case of that select already won; its owner cleans up the rest.
+  }
+  return nullptr;
+}
+
+void requeue(wait_list& q, waiter* w) noexcept {
+  if (w->select) static_cast<select_state*>(w->select)->done.store(0, std::memory_order_release);
+  q.push_front(w);
+}
+
+void wake(waiter* w) noexcept {
+  if (!w->select) {
+    unpark(*w);
+    return;
+  }
+  static_cast<select_state*>(w->select)->wake();
+}
+
+void select_state::wake() noexcept {
+  if (who) {
+    who->rt->ready(who, true);
+  } else {
+    futex.store(1, std::memory_order_release);
+    futex_wake(futex);
+  }
+}
+
+chan_core* chan_core::create(std::size_t capacity, const chan_ops* ops) {
+  const std::size_t align = ops->align > alignof(chan_core) ? ops->align : alignof(chan_core);
+  const std::size_t header = (sizeof(chan_core) + align - 1) / align * align;
+  if (ops->size != 0 && capacity > (std::numeric_limits<std::size_t>::max() / 2 - header) /
+                                       ops->size) {
+    throw std::length_error("rill::chan: capacity too large");
+  }
+  const std::size_t bytes = header + capacity * ops->size;
+  void* mem = ::operator new(bytes, std::align_val_t(align));
+  auto* c = ::new (mem) chan_core();
+  c->cap_ = capacity;
+  c->ops_ = ops;
+  c->buf_ = static_cast<char*>(mem) + header;
+  c->id_ = g_chan_ids.fetch_add(1, std::memory_order_relaxed);
+  g_live_channels.fetch_add(1, std::memory_order_relaxed);
+  return c;
+}
+
+void chan_core::release() noexcept {
+  if (refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+  for (std::size_t i = 0; i < count_; ++i) ops_->destroy(slot(head_ + i));
+  const std::size_t align = ops_->align > alignof(chan_core) ? ops_->align : alignof(chan_core);
+  this->~chan_core();
+  ::operator delete(static_cast<void*>(this), std::align_val_t(align));
+  g_live_channels.fetch_sub(1, std::memory_order_relaxed);
+}
+
+bool send_locked(chan_core& c, void* src) {
+  // Requires c.mu_ and !c.closed_. True if done; false if the caller must park. Releases
+  // c.mu_ when it returns true or throws.
+  if (waiter* w = dequeue(c.recvq_)) {
+    try {
+      c.ops_->emplace(w->slot, src);
+    } catch (...) {
+      requeue(c.recvq_, w);
+      c.mu_.unlock();
+      throw;
+    }
+    w->success = true;
+    c.mu_.unlock();
+    wake(w);
+    return true;
+  }
+  if (c.count_ < c.cap_) {
+    try {
+      c.ops_->construct(c.slot(c.head_ + c.count_), src);
+    } catch (...) {
+      c.mu_.unlock();
+      throw;
+    }
+    ++c.count_;
+    c.mu_.unlock();
+    return true;
+  }
+  return false;
+}
+
+int recv_locked(chan_core& c, void* opt) {
+  // Requires c.mu_. 1: received; -1: closed and drained; 0: the caller must park. Releases
+  // c.mu_ unless it returns 0.
+  if (c.count_ > 0) {
+    char* s = c.slot(c.head_);
+    try {
+      c.ops_->emplace(opt, s);
+    } catch (...) {
+      c.mu_.unlock();
+      throw;
+    }
+    c.ops_->destroy(s);
+    ++c.head_;
+    --c.count_;
+    // A sender waits for room (keeps I4): its value goes to the tail, keeping FIFO order.
+    if (waiter* w = dequeue(c.sendq_)) {
+      try {
+        c.ops_->construct(c.slot(c.head_ + c.count_), w->slot);
+      } catch (...) {
+        // Its move threw: it stays parked with its value, to be handed over directly by a
+        // later receive (this is the one way I4 can break).
+        requeue(c.sendq_, w);
+        c.mu_.unlock();
+        return 1;
+      }
+      ++c.count_;
+      w->success = true;
+      c.mu_.unlock();
+      wake(w);
+      return 1;
+    }
+    c.mu_.unlock();
+    return 1;
+  }
+  if (waiter* w = dequeue(c.sendq_)) {
+    try {
+      c.ops_->emplace(opt, w->slot);
+    } catch (...) {
+      requeue(c.sendq_, w);
+      c.mu_.unlock();
+      throw;
+    }
+    w->success = true;
+    c.mu_.unlock();
+    wake(w);
+    return 1;
+  }
+  if (c.closed_) {
+    c.mu_.unlock();
+    return -1;
+  }
+  return 0;
+}
+
+void chan_core::send(void* src) {
+  mu_.lock();
+  if (closed_) {
+    mu_.unlock();
+    throw_closed_send();
+  }
+  if (send_locked(*this, src)) return;
+  waiter w;
+  w.slot = src;
+  sendq_.push_back(&w);
+  list_cancel cancel{&mu_, &sendq_, &w};
+  park(w, mu_, wait_reason::chan_send, this, &list_cancel::run, &cancel);
+  if (!w.success) throw_closed_send();
+}
+
+bool chan_core::try_send(void* src) {
+  mu_.lock();
+  if (closed_) {
+    mu_.unlock();
+    throw_closed_send();
+  }
+  if (send_locked(*this, src)) return true;
+  mu_.unlock();
+  return false;
+}
+
+bool chan_core::recv(void* opt) {
+  mu_.lock();
+  if (int r = recv_locked(*this, opt)) return r > 0;
+  waiter w;
+  w.slot = opt;
+  recvq_.push_back(&w);
+  list_cancel cancel{&mu_, &recvq_, &w};
+  park(w, mu_, wait_reason::chan_recv, this, &list_cancel::run, &cancel);
+  return w.success;
+}
+
+int chan_core::try_recv(void* opt) {
+  mu_.lock();
+  if (int r = recv_locked(*this, opt)) return r;
+  mu_.unlock();
+  return 0;
+}
+
+void chan_core::close() {
+  mu_.lock();
+  if (closed_) {
+    mu_.unlock();
+    throw closed_channel("rill::chan: close of a closed channel");
+  }
+  closed_ = true;
+  wait_list woken;
+  while (waiter* w = dequeue(recvq_)) {
+    w->success = false;
+    woken.push_back(w);
+  }
+  while (waiter* w = dequeue(sendq_)) {
+    w->success = false;
+    woken.push_back(w);
+  }
+  mu_.unlock();
+  while (waiter* w = woken.pop_front()) wake(w);
+}
+
+std::size_t chan_core::size() noexcept {
+  mu_.lock();
+  std::size_t n = count_;
+  mu_.unlock();
+  return n;
+}
+
+bool chan_core::closed() noexcept {
+  mu_.lock();
+  bool c = closed_;
+  mu_.unlock();
+  return c;
+}
+
+// ---- timers that send on a channel ------------------------------------------------------
+
+namespace {
+
+using time_point = std::chrono::steady_clock::time_point;
+
+void send_now(chan_core* ch) noexcept {
+  time_point now = std::chrono::steady_clock::now();
+  try {
+    ch->try_send(&now);  // a full channel drops the tick (Go's ticker does the same)
+  } catch (...) {
+    // closed by its user: nothing to deliver
+  }
+}
+
+struct after_timer : timer {
+  chan_core* ch = nullptr;
+};
+
+}  // namespace
+
+void start_after(chan_core* ch, std::int64_t deadline, void*) {
+  worker* w = current_worker();
+  ch->retain();
+  if (!w) {
+    // A plain thread has no runtime to keep the timer: a short-lived thread does.
+    try {
+      std::thread([ch, deadline] {
+        const std::int64_t left = deadline - now_ns();
+        if (left > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(left));
+        send_now(ch);
+        ch->release();
+      }).detach();
+    } catch (...) {
+      ch->release();
+      throw;
+    }
+    return;
+  }
+  auto* t = new after_timer;
+  t->ch = ch;
+  t->when = deadline;
+  t->fire = [](timer* tt) noexcept {
+    auto* a = static_cast<after_timer*>(tt);
+    send_now(a->ch);
+    a->ch->release();
+    a->fired();
+    delete a;
+  };
+  t->drop = [](timer* tt) noexcept {
+    auto* a = static_cast<after_timer*>(tt);
+    a->ch->release();
+    delete a;
+  };
+  w->rt->arm(*t);
+}
+
+struct ticker_state : timer {
+  chan_core* ch = nullptr;
+  runtime* rt = nullptr;
+  std::int64_t period = 0;
+  std::atomic<bool> dropped{false};
+};
+
+ticker_state* start_ticker(chan_core* ch, std::int64_t period_ns) {
+  worker* w = current_worker();
+  if (!w) throw std::logic_error("rill::ticker: needs a rill runtime (create it in a fiber)");
+  if (period_ns <= 0) throw std::invalid_argument("rill::ticker: non-positive period");
+  auto* t = new ticker_state;
+  ch->retain();
+  t->ch = ch;
+  t->rt = w->rt;
+  t->period = period_ns;
+  t->when = now_ns() + period_ns;
+  t->fire = [](timer* tt) noexcept {
+    auto* k = static_cast<ticker_state*>(tt);
+    send_now(k->ch);
+    std::int64_t next = k->when + k->period;
+    const std::int64_t now = now_ns();
+    if (next <= now) next = now + k->period;  // fell behind: skip ticks rather than burst
+    k->rt->rearm(*k, next);
+  };
+  t->drop = [](timer* tt) noexcept {
+    static_cast<ticker_state*>(tt)->dropped.store(true, std::memory_order_release);
+  };
+  w->rt->arm(*t);
+  return t;
+}
+
+void stop_ticker(ticker_state* t) noexcept {
+  if (!t) return;
+  if (!t->dropped.load(std::memory_order_acquire)) t->rt->cancel(*t);
+  t->ch->release();
+  delete t;
+}
+
+}  // namespace rill::detail

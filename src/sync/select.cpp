@@ -1,0 +1,247 @@
+// select over channel cases (Go's selectgo).
+//
+// 1. Lock every distinct channel of the select in address order (no lock-order deadlock
+//    between two selects).
+// 2. Visit the cases in a random order (Go's pollorder: fairness among ready cases) and run
+//    the first ready one. Else run the default case if there is one; else run an expired
+//    timeout.
+// 3. Otherwise park: put one waiter per channel case on that channel's queue, all pointing
+//    at one select_state; the channel locks are released only once the fiber is parked
+//    (after-switch action), and the timeout's timer is armed then too. Whoever wins the
+//    claim on select_state::done completes that case and wakes us.
+// 4. Woken: lock the channels again and take our remaining waiters off their queues.
+#include <algorithm>
+#include <memory>
+#include <vector>
+
+#include "sched/futex.hpp"
+#include "sync/chan_internal.hpp"
+#include "sync/wait.hpp"
+
+namespace rill::detail {
+namespace {
+
+[[gnu::noinline]] std::uint64_t select_random() noexcept {
+  static thread_local std::uint64_t s = 0;
+  std::uint64_t* p = &s;
+  asm volatile("" : "+r"(p)::"memory");
+  if (*p == 0) *p = static_cast<std::uint64_t>(now_ns()) | 1;
+  std::uint64_t x = *p;
+  x ^= x >> 12;
+  x ^= x << 25;
+  x ^= x >> 27;
+  *p = x;
+  return x * 0x2545F4914F6CDD1DULL;
+}
+
+struct select_timer : timer {
+  select_state* st = nullptr;
+  std::uint32_t index = 0;
+};
+
+struct parked_select {
+  chan_core** locks;
+  std::size_t nlocks;
+  select_timer* tm;
+  runtime* rt;
+  select_case* cases;
+  waiter* ws;
+  std::size_t n;
+};
+
+void lock_all(chan_core** locks, std::size_t n) noexcept {
+  for (std::size_t i = 0; i < n; ++i) locks[i]->mu_.lock();
+}
+void unlock_all(chan_core** locks, std::size_t n) noexcept {
+  for (std::size_t i = n; i-- > 0;) locks[i]->mu_.unlock();
+}
+
+void unlink_waiters(const parked_select& p) noexcept {
+  lock_all(p.locks, p.nlocks);
+  for (std::size_t i = 0; i < p.n; ++i) {
+    waiter& w = p.ws[i];
+    if (!w.linked) continue;
+    chan_core* c = p.cases[i].ch;
+    (p.cases[i].kind == case_kind::recv ? c->recvq_ : c->sendq_).remove(&w);
+  }
+  unlock_all(p.locks, p.nlocks);
+}
+
+void after_park(context*, void* arg) noexcept {
+  // Arm before unlocking: once the channels are unlocked the select may be woken, return
+  // and end the lifetime of *p and of the timer.
+  auto* p = static_cast<parked_select*>(arg);
+  if (p->tm) p->rt->arm(*p->tm);
+  chan_core** locks = p->locks;
+  const std::size_t n = p->nlocks;
+  unlock_all(locks, n);
+}
+
+}  // namespace
+
+std::size_t select_core(select_case* cases, std::size_t n) {
+  // Distinct channels, in lock order; the default and the earliest timeout.
+  chan_core* lock_buf[16];
+  std::unique_ptr<chan_core*[]> lock_heap;
+  chan_core** locks = lock_buf;
+  if (n > 16) {
+    lock_heap.reset(new chan_core*[n]);
+    locks = lock_heap.get();
+  }
+  std::size_t nlocks = 0;
+  std::size_t dflt = n, tmo = n;
+  for (std::size_t i = 0; i < n; ++i) {
+    switch (cases[i].kind) {
+      case case_kind::otherwise: dflt = i; break;
+      case case_kind::timeout:
+        if (tmo == n || cases[i].deadline < cases[tmo].deadline) tmo = i;
+        break;
+      default:
+        if (cases[i].ch) locks[nlocks++] = cases[i].ch;
+    }
+  }
+  std::sort(locks, locks + nlocks);
+  nlocks = static_cast<std::size_t>(std::unique(locks, locks + nlocks) - locks);
+
+  // Random poll order.
+  std::uint32_t order_buf[16];
+  std::unique_ptr<std::uint32_t[]> order_heap;
+  std::uint32_t* order = order_buf;
+  if (n > 16) {
+    order_heap.reset(new std::uint32_t[n]);
+    order = order_heap.get();
+  }
+  for (std::uint32_t i = 0; i < n; ++i) {
+    const std::uint32_t j = static_cast<std::uint32_t>(select_random() % (i + 1));
+    order[i] = order[j];
+    order[j] = i;
+  }
+
+  lock_all(locks, nlocks);
+  for (std::size_t k = 0; k < n; ++k) {
+    const std::uint32_t i = order[k];
+    select_case& sc = cases[i];
+    if (!sc.ch) continue;
+    chan_core& c = *sc.ch;
+    // send_locked/recv_locked release only c.mu_ on success; release the others first.
+    if (sc.kind == case_kind::recv) {
+      if (c.count_ == 0 && c.sendq_.empty() && !c.closed_) continue;
+      for (std::size_t l = 0; l < nlocks; ++l) {
+        if (locks[l] != &c) locks[l]->mu_.unlock();
+      }
+      if (recv_locked(c, sc.slot) == 0) c.mu_.unlock();  // only lost select senders were queued
+      else return i;
+      lock_all(locks, nlocks);
+      continue;
+    }
+    if (c.closed_) {
+      unlock_all(locks, nlocks);
+      throw closed_channel("rill::select: send on a closed channel");
+    }
+    if (c.count_ == c.cap_ && c.recvq_.empty()) continue;
+    for (std::size_t l = 0; l < nlocks; ++l) {
+      if (locks[l] != &c) locks[l]->mu_.unlock();
+    }
+    if (send_locked(c, sc.slot)) return i;
+    c.mu_.unlock();  // only lost select receivers were queued
+    lock_all(locks, nlocks);
+  }
+  if (dflt != n) {
+    unlock_all(locks, nlocks);
+    return dflt;
+  }
+  if (tmo != n && cases[tmo].deadline <= now_ns()) {
+    unlock_all(locks, nlocks);
+    return tmo;
+  }
+  if (nlocks == 0 && tmo == n) {
+    unlock_all(locks, nlocks);
+    // Go: a select with no cases (or only nil channels) blocks forever.
+    throw std::logic_error("rill::select: no case can ever be ready (only nil channels)");
+  }
+
+  // Park.
+  select_state st;
+  fiber* self = current_fiber();
+  st.who = self;
+  waiter ws_buf[8];
+  std::unique_ptr<waiter[]> ws_heap;
+  waiter* ws = ws_buf;
+  if (n > 8) {
+    ws_heap.reset(new waiter[n]);
+    ws = ws_heap.get();
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    select_case& sc = cases[i];
+    if (!sc.ch || sc.kind == case_kind::timeout || sc.kind == case_kind::otherwise) continue;
+    waiter& w = ws[i];
+    w.select = &st;
+    w.index = static_cast<int>(i);
+    w.slot = sc.slot;
+    w.who = self;
+    (sc.kind == case_kind::recv ? sc.ch->recvq_ : sc.ch->sendq_).push_back(&w);
+  }
+  select_timer tm;
+  parked_select p{locks, nlocks, nullptr, nullptr, cases, ws, n};
+  if (tmo != n) {
+    tm.st = &st;
+    tm.index = static_cast<std::uint32_t>(tmo);
+    tm.when = cases[tmo].deadline;
+    tm.fire = [](timer* t) noexcept {
+      auto* s = static_cast<select_timer*>(t);
+      select_state* state = s->st;
+      std::uint32_t open = 0;
+      const bool won = state->done.compare_exchange_strong(open, s->index + 1,
+                                                           std::memory_order_acq_rel);
+      s->fired();
+      if (won) state->wake();
+    };
+  }
+
+  if (self) {
+    if (tmo != n) {
+      p.tm = &tm;
+      p.rt = self->rt;
+    }
+    struct cancel_t {
+      parked_select* p;
+      static void run(void* a) { unlink_waiters(*static_cast<cancel_t*>(a)->p); }
+    } cancel{&p};
+    try {
+      park_fiber(self, wait_reason::select, nullptr, after_park, &p, &cancel_t::run, &cancel);
+    } catch (...) {
+      if (p.tm) self->rt->cancel(tm);
+      throw;
+    }
+    if (p.tm && st.done.load(std::memory_order_acquire) != tmo + 1) self->rt->cancel(tm);
+  } else {
+    // A plain thread: block on the futex, with the timeout as the futex deadline.
+    g_external_waiters.fetch_add(1, std::memory_order_seq_cst);
+    unlock_all(locks, nlocks);
+    for (;;) {
+      if (st.futex.load(std::memory_order_acquire) != 0) break;
+      std::int64_t left = -1;
+      if (tmo != n) {
+        left = cases[tmo].deadline - now_ns();
+        if (left <= 0) {
+          std::uint32_t open = 0;
+          if (st.done.compare_exchange_strong(open, static_cast<std::uint32_t>(tmo) + 1,
+                                              std::memory_order_acq_rel)) {
+            break;
+          }
+          left = -1;  // a channel won meanwhile: its waker is on the way
+        }
+      }
+      futex_wait(st.futex, 0, left);
+    }
+    g_external_waiters.fetch_sub(1, std::memory_order_seq_cst);
+  }
+  const std::size_t won = st.done.load(std::memory_order_acquire) - 1;
+  unlink_waiters(p);
+  if (won != tmo && cases[won].kind == case_kind::send && !ws[won].success) {
+    throw closed_channel("rill::select: send on a closed channel");
+  }
+  return won;
+}
+
+}  // namespace rill::detail
