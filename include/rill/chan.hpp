@@ -189,8 +189,11 @@ class chan : public detail::recv_ops<T, chan<T>>,
   chan() : chan(std::size_t{0}) {}
   explicit chan(std::size_t capacity)
       : h_(detail::chan_core::create(capacity, &detail::ops_for<T>)) {}
-  // chan(nullptr): a nil handle (Go's nil channel).
-  chan(std::nullptr_t) noexcept {}
+  // chan(nullptr): a nil handle (Go's nil channel). A template so that `chan<int> c(0)`
+  // (the literal 0 is also a null pointer constant) means capacity 0, not ambiguity.
+  template <class N>
+    requires std::is_null_pointer_v<N>
+  chan(N) noexcept {}
 
   std::size_t size() const { return h_.core().size(); }
   std::size_t capacity() const { return h_.core().capacity(); }
