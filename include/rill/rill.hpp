@@ -3,6 +3,7 @@
 
 #include "rill/chan.hpp"
 #include "rill/fiber.hpp"
+#include "rill/pipeline.hpp"
 #include "rill/runtime.hpp"
 #include "rill/select.hpp"
 #include "rill/sync.hpp"

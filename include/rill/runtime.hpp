@@ -98,7 +98,7 @@ auto run(F&& main, options opts = {}) {
     F& f;
     detail::main_slot<R>& slot;
   } ctx{main, slot};
-  detail::run_main({opts.workers, opts.stack_size, opts.detect_deadlock},
+  detail::run_main({opts.workers, opts.stack_size, opts.detect_deadlock, false},
                    [](void* p) {
                      auto* c = static_cast<ctx_t*>(p);
                      c->slot.call(c->f);
@@ -125,6 +125,23 @@ void go(F&& f) {
   }
   detail::fiber_start(h);
 }
+
+namespace detail {
+// spawn_in() spawns f as a fiber of rt, from any thread.
+template <class F>
+void spawn_in(runtime* rt, F&& f) {
+  using Fn = std::decay_t<F>;
+  detail::fiber* h = nullptr;
+  void* mem = detail::fiber_create_in(rt, sizeof(Fn), alignof(Fn), &detail::invoke_closure<Fn>, h);
+  try {
+    ::new (mem) Fn(std::forward<F>(f));
+  } catch (...) {
+    detail::fiber_discard(h);
+    throw;
+  }
+  detail::fiber_start(h);
+}
+}  // namespace detail
 
 // stats: counts of the calling thread's runtime (all zero outside a runtime). After run()
 // returns, the runtime is gone; runtime_stats_after_run() gives the counts it left.

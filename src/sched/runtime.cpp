@@ -297,8 +297,6 @@ runtime::~runtime() {
   for (auto& w : workers_) {
     for (stack& s : w->stack_cache) stacks_.release(s);
     w->cached.store(0, std::memory_order_relaxed);
-    g_live_stacks.fetch_sub(static_cast<std::int64_t>(w->stack_cache.size()),
-                            std::memory_order_relaxed);
     w->stack_cache.clear();
   }
 }
@@ -321,18 +319,18 @@ stats runtime::snapshot() noexcept {
   return s;
 }
 
-fiber* runtime::create_fiber(worker& w, std::size_t size, std::size_t align,
+fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align,
                              void (*entry)(void*)) {
   stack s;
-  if (!w.stack_cache.empty()) {
-    s = w.stack_cache.back();
-    w.stack_cache.pop_back();
-    w.cached.store(w.stack_cache.size(), std::memory_order_relaxed);
+  if (w && !w->stack_cache.empty()) {
+    s = w->stack_cache.back();
+    w->stack_cache.pop_back();
+    w->cached.store(w->stack_cache.size(), std::memory_order_relaxed);
     san_unpoison(s.limit(), static_cast<std::size_t>(s.top() - s.limit()));
   } else {
     s = stacks_.allocate();
-    g_live_stacks.fetch_add(1, std::memory_order_relaxed);
   }
+  g_live_stacks.fetch_add(1, std::memory_order_relaxed);
   auto align_down = [](char* p, std::size_t a) {
     return reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(p) & ~(a - 1));
   };
@@ -349,8 +347,8 @@ fiber* runtime::create_fiber(worker& w, std::size_t size, std::size_t align,
       f->closure = ::operator new(size, std::align_val_t(a));
     } catch (...) {
       f->~fiber();
-      w.stack_cache.push_back(s);
-      w.cached.store(w.stack_cache.size(), std::memory_order_relaxed);
+      stacks_.release(s);
+      g_live_stacks.fetch_sub(1, std::memory_order_relaxed);
       throw;
     }
     f->closure_on_heap = true;
@@ -368,22 +366,29 @@ fiber* runtime::create_fiber(worker& w, std::size_t size, std::size_t align,
   return f;
 }
 
-void runtime::discard_fiber(worker& w, fiber* f) noexcept {
+void runtime::discard_fiber(fiber* f) noexcept {
   stack s = f->stk;
   if (f->closure_on_heap) ::operator delete(f->closure);
   san_fiber_destroyed(f->san);
   f->~fiber();
-  w.stack_cache.push_back(s);
-  w.cached.store(w.stack_cache.size(), std::memory_order_relaxed);
+  stacks_.release(s);
+  g_live_stacks.fetch_sub(1, std::memory_order_relaxed);
   g_live_fibers.fetch_sub(1, std::memory_order_relaxed);
-  if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1) begin_shutdown();
+  if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1 && !cfg_.persistent) {
+    begin_shutdown();
+  }
 }
 
-void runtime::start_fiber(worker& w, fiber* f) noexcept {
-  add_to_registry(w, f);
-  w.spawned.store(w.spawned.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+void runtime::start_fiber(worker* w, fiber* f) noexcept {
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
-  push_local(w, f);
+  if (w && w->rt == this) {
+    add_to_registry(*w, f);
+    w->spawned.store(w->spawned.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    push_local(*w, f);
+  } else {
+    add_to_registry(*workers_[0], f);
+    push_global(f);
+  }
   wake_idle();
 }
 
@@ -397,10 +402,12 @@ void runtime::reap(fiber* f) noexcept {
     w->cached.store(w->stack_cache.size(), std::memory_order_relaxed);
   } else {
     stacks_.release(s);
-    g_live_stacks.fetch_sub(1, std::memory_order_relaxed);
   }
+  g_live_stacks.fetch_sub(1, std::memory_order_relaxed);
   g_live_fibers.fetch_sub(1, std::memory_order_relaxed);
-  if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1) begin_shutdown();
+  if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1 && !cfg_.persistent) {
+    begin_shutdown();
+  }
 }
 
 void runtime::add_to_registry(worker& w, fiber* f) noexcept {
@@ -788,7 +795,7 @@ void runtime::start_main(void (*main)(void*), void* arg) {
     void (*main)(void*);
     void* arg;
   };
-  fiber* f = create_fiber(w0, sizeof(ctx_t), alignof(ctx_t), [](void* p) {
+  fiber* f = create_fiber(&w0, sizeof(ctx_t), alignof(ctx_t), [](void* p) {
     auto* c = static_cast<ctx_t*>(p);
     c->main(c->arg);
   });
@@ -849,16 +856,46 @@ void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
 void* fiber_create(std::size_t size, std::size_t align, void (*entry)(void*), fiber*& out) {
   worker* w = current_worker();
   if (!w || !w->current) throw std::logic_error("rill::go: called outside a rill runtime");
-  out = w->rt->create_fiber(*w, size, align, entry);
+  out = w->rt->create_fiber(w, size, align, entry);
   return out->closure;
 }
 
-void fiber_start(fiber* f) noexcept {
+void* fiber_create_in(runtime* rt, std::size_t size, std::size_t align, void (*entry)(void*),
+                      fiber*& out) {
   worker* w = current_worker();
-  f->rt->start_fiber(*w, f);
+  out = rt->create_fiber(w && w->rt == rt ? w : nullptr, size, align, entry);
+  return out->closure;
 }
 
-void fiber_discard(fiber* f) noexcept { f->rt->discard_fiber(*current_worker(), f); }
+void fiber_start(fiber* f) noexcept { f->rt->start_fiber(current_worker(), f); }
+
+void fiber_discard(fiber* f) noexcept { f->rt->discard_fiber(f); }
+
+runtime* current_runtime() noexcept {
+  worker* w = current_worker();
+  return w ? w->rt : nullptr;
+}
+
+// The default runtime: started on first use by a plain thread that runs a pipeline; its
+// workers are background threads that park when idle, and it lives until the process
+// exits (like Go's). Deadlock detection is off: plain threads feed it.
+runtime* default_runtime() {
+  static runtime* rt = [] {
+    run_config cfg{0, 128 * 1024, false, true};
+    auto* r = new runtime(cfg);
+    for (unsigned i = 0; i < r->workers(); ++i) {
+      worker& w = r->worker_at(i);
+      w.thread = std::thread([r, &w] {
+        enter_worker_thread(w);
+        r->run_worker(w);
+        leave_worker_thread(w);
+      });
+      w.thread.detach();
+    }
+    return r;
+  }();
+  return rt;
+}
 
 void fiber_set_name(const char* name) noexcept {
   if (fiber* f = current_fiber()) {

@@ -107,9 +107,10 @@ class runtime {
   void run_due_timers(worker& w) noexcept;
   void drop_timers() noexcept;  // at the end of run(): drop() every timer still armed
 
-  fiber* create_fiber(worker& w, std::size_t size, std::size_t align, void (*entry)(void*));
-  void discard_fiber(worker& w, fiber* f) noexcept;
-  void start_fiber(worker& w, fiber* f) noexcept;
+  // create_fiber(): w is the calling worker of this runtime, or nullptr from outside.
+  fiber* create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*));
+  void discard_fiber(fiber* f) noexcept;
+  void start_fiber(worker* w, fiber* f) noexcept;
   void reap(fiber* f) noexcept;  // on the landing side of a finished fiber
 
   fiber* next_local(worker& w) noexcept;  // runnext or queue, with the fairness rules

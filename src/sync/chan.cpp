@@ -234,10 +234,14 @@ int chan_core::try_recv(void* opt) {
 }
 
 void chan_core::close() {
+  if (!try_close()) throw closed_channel("rill::chan: close of a closed channel");
+}
+
+bool chan_core::try_close() noexcept {
   mu_.lock();
   if (closed_) {
     mu_.unlock();
-    throw closed_channel("rill::chan: close of a closed channel");
+    return false;
   }
   closed_ = true;
   wait_list woken;
@@ -251,6 +255,7 @@ void chan_core::close() {
   }
   mu_.unlock();
   while (waiter* w = woken.pop_front()) wake(w);
+  return true;
 }
 
 std::size_t chan_core::size() noexcept {

@@ -58,6 +58,8 @@ class chan_core {
   // try_recv(): 1 received, 0 would park, -1 closed and drained.
   int try_recv(void* opt);
   void close();
+  // try_close() closes the channel unless it already is; false if it was. Never throws.
+  bool try_close() noexcept;
   std::size_t size() noexcept;
   std::size_t capacity() const noexcept { return cap_; }
   bool closed() noexcept;

@@ -20,7 +20,16 @@ class runtime;
 // `entry(closure)` runs the closure and destroys it. Throws std::logic_error outside a
 // runtime, std::bad_alloc when no stack can be had.
 void* fiber_create(std::size_t size, std::size_t align, void (*entry)(void*), fiber*& out);
-// fiber_start() makes a created fiber runnable on the calling worker.
+// fiber_create_in(): like fiber_create, for a given runtime, from any thread.
+void* fiber_create_in(runtime* rt, std::size_t size, std::size_t align, void (*entry)(void*),
+                      fiber*& out);
+// current_runtime(): the calling thread's runtime, nullptr on a plain thread.
+runtime* current_runtime() noexcept;
+// default_runtime(): the process-wide runtime that pipelines run on when started from a
+// plain thread (RILL_WORKERS workers); started on first use.
+runtime* default_runtime();
+// fiber_start() makes a created fiber runnable on the calling worker (or, from outside its
+// runtime, on that runtime's global queue).
 void fiber_start(fiber* f) noexcept;
 // fiber_discard() releases a created fiber that was never started.
 void fiber_discard(fiber* f) noexcept;
@@ -34,6 +43,7 @@ struct run_config {
   unsigned workers;
   std::size_t stack_size;
   bool detect_deadlock;
+  bool persistent = false;  // keeps running with no fiber alive (the default runtime)
 };
 void run_main(const run_config& cfg, void (*main)(void*), void* arg);
 

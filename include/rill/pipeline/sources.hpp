@@ -1,0 +1,150 @@
+// rill/pipeline/sources.hpp: where items come from. Part of rill/pipeline.hpp.
+//
+// A source drives a sink: drive(sink, ctx) pushes every item into it until the sink says
+// stop or the run is cancelled, then calls sink.finish().
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <ranges>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "rill/pipeline/concepts.hpp"
+
+namespace rill {
+namespace detail {
+
+template <class R>
+struct range_source {
+  static constexpr const char* kind = "from";
+  R range;
+  using value_type = std::remove_cvref_t<decltype(*std::ranges::begin(std::declval<R&>()))>;
+
+  template <class Sink>
+  void drive(Sink& sink, pipe_ctx& ctx) {
+    std::size_t n = 0;
+    for (auto&& v : range) {
+      if (!sink(std::forward<decltype(v)>(v))) break;
+      if ((++n & 1023) == 0 && ctx.stop.load(std::memory_order_relaxed)) break;
+    }
+    sink.finish();
+  }
+};
+
+template <class T>
+struct chan_source {
+  static constexpr const char* kind = "from_chan";
+  recv_chan<T> ch;
+  using value_type = T;
+
+  template <class Sink>
+  void drive(Sink& sink, pipe_ctx& ctx) {
+    for (;;) {
+      std::optional<T> v = ch.try_recv();
+      if (!v) {
+        sink.flush_hint();
+        // Wait for a value, the end of the channel, or the run's cancellation.
+        select(on_recv(ch, [&](std::optional<T> x) { v = std::move(x); }),
+               on_recv(ctx.cancelled));
+        if (!v) break;
+      }
+      if (!sink(std::move(*v))) break;
+    }
+    sink.finish();
+  }
+};
+
+template <class F>
+struct generate_source {
+  static constexpr const char* kind = "generate";
+  F f;
+  using value_type = typename std::remove_cvref_t<std::invoke_result_t<F&>>::value_type;
+
+  template <class Sink>
+  void drive(Sink& sink, pipe_ctx& ctx) {
+    for (;;) {
+      if (ctx.stop.load(std::memory_order_relaxed)) break;
+      auto v = guarded(ctx, nullptr, kind, 0, f);
+      if (!v) break;
+      if (!sink(std::move(*v))) break;
+    }
+    sink.finish();
+  }
+};
+
+// fold_out<In, Stages...>: the item type after the stages.
+template <class In, class... S>
+struct fold_out {
+  using type = In;
+};
+template <class In, class S0, class... S>
+struct fold_out<In, S0, S...> {
+  using type = typename fold_out<typename S0::template out_t<In>, S...>::type;
+};
+
+// flow: a source followed by stages; itself a source.
+template <class Src, class... Stages>
+struct flow : source_tag {
+  Src src;
+  std::tuple<Stages...> stages;
+  using value_type = typename fold_out<typename Src::value_type, Stages...>::type;
+};
+
+template <class... Flows>
+struct merge_source {
+  static constexpr const char* kind = "merge";
+  std::tuple<Flows...> flows;
+  using value_type = std::common_type_t<typename Flows::value_type...>;
+
+  template <class Sink>
+  void drive(Sink& sink, pipe_ctx& ctx);  // in pipeline.hpp (needs the builder)
+};
+
+template <class T>
+inline constexpr bool is_chan_v = false;
+template <class T>
+inline constexpr bool is_chan_v<chan<T>> = true;
+template <class T>
+inline constexpr bool is_chan_v<recv_chan<T>> = true;
+
+}  // namespace detail
+
+// from(range): the items of any std or range-v3 range (an lvalue is referred to, not
+// copied: it must outlive the run; an rvalue is moved in).
+template <class R>
+  requires(std::ranges::viewable_range<R> && !detail::is_chan_v<std::remove_cvref_t<R>>)
+auto from(R&& r) {
+  using V = decltype(std::views::all(std::forward<R>(r)));
+  return detail::flow<detail::range_source<V>>{{}, {std::views::all(std::forward<R>(r))}, {}};
+}
+// from(chan): the values received from a channel until it is closed. Cancellation wakes a
+// source waiting on it; what the pipeline does not take stays in the channel.
+template <class T>
+auto from(const chan<T>& c) {
+  return detail::flow<detail::chan_source<T>>{{}, {recv_chan<T>(c)}, {}};
+}
+template <class T>
+auto from(const recv_chan<T>& c) {
+  return detail::flow<detail::chan_source<T>>{{}, {c}, {}};
+}
+// generate(f): calls f() until it returns an empty std::optional.
+template <class F>
+auto generate(F f) {
+  static_assert(std::is_invocable_v<F&>, "rill::generate(f): f must be callable with no arguments");
+  return detail::flow<detail::generate_source<F>>{{}, {std::move(f)}, {}};
+}
+// merge(sources...): one stream interleaving several sources, each in its own fiber(s);
+// each keeps its own order.
+template <class... Flows>
+auto merge(Flows... fs) {
+  static_assert(sizeof...(Flows) > 0, "rill::merge: needs at least one source");
+  static_assert((detail::is_source_v<Flows> && ...), "rill::merge: every argument must be a source");
+  return detail::flow<detail::merge_source<Flows...>>{{}, {std::tuple<Flows...>(std::move(fs)...)}, {}};
+}
+
+}  // namespace rill

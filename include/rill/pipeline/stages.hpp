@@ -1,0 +1,407 @@
+// rill/pipeline/stages.hpp: the stages between a source and a terminal. Part of
+// rill/pipeline.hpp.
+//
+// Each stage is a value (a description); at run() it becomes a sink: an object with
+//   bool operator()(V&& item)   take one item; false: downstream wants no more
+//   void flush_hint()           the fiber is about to wait for input
+//   void finish()               end of stream
+// wrapping the sink downstream of it. Adjacent stages fuse into one fiber by nesting
+// their sinks; a fiber boundary is a channel (a link) between two fibers.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <iterator>
+#include <optional>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "rill/pipeline/concepts.hpp"
+
+namespace rill {
+namespace detail {
+
+// An item type that marks a stage that cannot take its input (after a static_assert).
+struct bad_item {};
+
+template <class F, class In, bool = std::is_invocable_v<F&, In&&>>
+struct invoke_out {
+  using type = bad_item;
+};
+template <class F, class In>
+struct invoke_out<F, In, true> {
+  using type = std::remove_cvref_t<std::invoke_result_t<F&, In&&>>;
+};
+
+// ---- map ------------------------------------------------------------------------------------
+template <class F>
+struct map_stage : stage_tag {
+  static constexpr const char* kind = "map";
+  static constexpr bool parallel = false;
+  F f;
+  stage_options opt;
+
+  template <class In>
+  static constexpr bool accepts = std::is_invocable_v<F&, In&&> &&
+                                  !std::is_void_v<std::invoke_result_t<F&, In&&>>;
+  template <class In>
+  static void check() {
+    static_assert(accepts<In>,
+                  "rill::map(f): f cannot be called with the upstream item type (or returns void)");
+  }
+  template <class In>
+  using out_t = typename invoke_out<F, In>::type;
+
+  template <class Down>
+  struct sink {
+    map_stage* st;
+    Down* down;
+    pipe_ctx* ctx;
+    int index;
+    template <class V>
+    bool operator()(V&& v) {
+      return (*down)(guarded(*ctx, st->opt.name, kind, index, st->f, std::forward<V>(v)));
+    }
+    void flush_hint() { down->flush_hint(); }
+    void finish() { down->finish(); }
+  };
+  template <class In, class Down>
+  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+    return {this, &down, &ctx, index};
+  }
+};
+
+// ---- filter ---------------------------------------------------------------------------------
+template <class P>
+struct filter_stage : stage_tag {
+  static constexpr const char* kind = "filter";
+  static constexpr bool parallel = false;
+  P p;
+  stage_options opt;
+
+  template <class In>
+  static constexpr bool accepts = std::is_invocable_r_v<bool, P&, const In&>;
+  template <class In>
+  static void check() {
+    static_assert(accepts<In>,
+                  "rill::filter(p): p cannot be called with the upstream item type, or does not "
+                  "return something convertible to bool");
+  }
+  template <class In>
+  using out_t = In;
+
+  template <class Down>
+  struct sink {
+    filter_stage* st;
+    Down* down;
+    pipe_ctx* ctx;
+    int index;
+    template <class V>
+    bool operator()(V&& v) {
+      if (guarded(*ctx, st->opt.name, kind, index, st->p, std::as_const(v))) {
+        return (*down)(std::forward<V>(v));
+      }
+      return true;
+    }
+    void flush_hint() { down->flush_hint(); }
+    void finish() { down->finish(); }
+  };
+  template <class In, class Down>
+  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+    return {this, &down, &ctx, index};
+  }
+};
+
+// ---- tap ------------------------------------------------------------------------------------
+template <class F>
+struct tap_stage : stage_tag {
+  static constexpr const char* kind = "tap";
+  static constexpr bool parallel = false;
+  F f;
+  stage_options opt;
+
+  template <class In>
+  static constexpr bool accepts = std::is_invocable_v<F&, const In&>;
+  template <class In>
+  static void check() {
+    static_assert(accepts<In>, "rill::tap(f): f cannot be called with the upstream item type");
+  }
+  template <class In>
+  using out_t = In;
+
+  template <class Down>
+  struct sink {
+    tap_stage* st;
+    Down* down;
+    pipe_ctx* ctx;
+    int index;
+    template <class V>
+    bool operator()(V&& v) {
+      guarded(*ctx, st->opt.name, kind, index, st->f, std::as_const(v));
+      return (*down)(std::forward<V>(v));
+    }
+    void flush_hint() { down->flush_hint(); }
+    void finish() { down->finish(); }
+  };
+  template <class In, class Down>
+  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+    return {this, &down, &ctx, index};
+  }
+};
+
+// ---- flat_map -------------------------------------------------------------------------------
+template <class R, bool = std::is_same_v<R, bad_item>>
+struct range_item {
+  using type = bad_item;
+};
+template <class R>
+struct range_item<R, false> {
+  using type = std::remove_cvref_t<decltype(*std::begin(std::declval<R&>()))>;
+};
+
+template <class F>
+struct flat_map_stage : stage_tag {
+  static constexpr const char* kind = "flat_map";
+  static constexpr bool parallel = false;
+  F f;
+  stage_options opt;
+
+  template <class In, class = void>
+  struct returns_range : std::false_type {};
+  template <class In>
+  struct returns_range<In, std::void_t<decltype(std::begin(std::declval<std::invoke_result_t<F&, In&&>&>()))>>
+      : std::true_type {};
+  template <class In>
+  static constexpr bool accepts = std::is_invocable_v<F&, In&&> && returns_range<In>::value;
+  template <class In>
+  static void check() {
+    static_assert(accepts<In>,
+                  "rill::flat_map(f): f cannot be called with the upstream item type, or does "
+                  "not return a range");
+  }
+  template <class In>
+  using out_t = typename range_item<typename invoke_out<F, In>::type>::type;
+
+  template <class Down>
+  struct sink {
+    flat_map_stage* st;
+    Down* down;
+    pipe_ctx* ctx;
+    int index;
+    template <class V>
+    bool operator()(V&& v) {
+      auto&& r = guarded(*ctx, st->opt.name, kind, index, st->f, std::forward<V>(v));
+      for (auto&& x : r) {
+        if (!(*down)(std::move(x))) return false;
+      }
+      return true;
+    }
+    void flush_hint() { down->flush_hint(); }
+    void finish() { down->finish(); }
+  };
+  template <class In, class Down>
+  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+    return {this, &down, &ctx, index};
+  }
+};
+
+// ---- take -----------------------------------------------------------------------------------
+struct take_stage : stage_tag {
+  static constexpr const char* kind = "take";
+  static constexpr bool parallel = false;
+  std::size_t n;
+  stage_options opt;
+
+  template <class In>
+  static constexpr bool accepts = true;
+  template <class In>
+  static void check() {}
+  template <class In>
+  using out_t = In;
+
+  template <class Down>
+  struct sink {
+    Down* down;
+    std::size_t left;
+    template <class V>
+    bool operator()(V&& v) {
+      if (left == 0) return false;
+      --left;
+      const bool more = (*down)(std::forward<V>(v));
+      return more && left > 0;  // false after the n-th item: upstream stops at once
+    }
+    void flush_hint() { down->flush_hint(); }
+    void finish() { down->finish(); }
+  };
+  template <class In, class Down>
+  sink<Down> make(Down& down, pipe_ctx&, int) {
+    return {&down, n};
+  }
+};
+
+// ---- batch / unbatch ------------------------------------------------------------------------
+struct batch_stage : stage_tag {
+  static constexpr const char* kind = "batch";
+  static constexpr bool parallel = false;
+  std::size_t n;
+  stage_options opt;
+
+  template <class In>
+  static constexpr bool accepts = true;
+  template <class In>
+  static void check() {}
+  template <class In>
+  using out_t = std::vector<In>;
+
+  template <class In, class Down>
+  struct sink {
+    Down* down;
+    std::size_t n;
+    std::vector<In> cur;
+    template <class V>
+    bool operator()(V&& v) {
+      if (cur.empty()) cur.reserve(n);
+      cur.push_back(std::forward<V>(v));
+      if (cur.size() < n) return true;
+      return (*down)(std::exchange(cur, std::vector<In>{}));
+    }
+    void flush_hint() { down->flush_hint(); }
+    void finish() {
+      if (!cur.empty()) (*down)(std::exchange(cur, std::vector<In>{}));
+      down->finish();
+    }
+  };
+  template <class In, class Down>
+  sink<In, Down> make(Down& down, pipe_ctx&, int) {
+    return {&down, n == 0 ? 1 : n, {}};
+  }
+};
+
+struct unbatch_stage : stage_tag {
+  static constexpr const char* kind = "unbatch";
+  static constexpr bool parallel = false;
+  stage_options opt;
+
+  template <class In, class = void>
+  struct is_range : std::false_type {};
+  template <class In>
+  struct is_range<In, std::void_t<decltype(std::begin(std::declval<In&>()))>> : std::true_type {};
+  template <class In>
+  static constexpr bool accepts = is_range<In>::value;
+  template <class In>
+  static void check() {
+    static_assert(accepts<In>, "rill::unbatch(): the upstream item type is not a range");
+  }
+  template <class In>
+  using out_t = typename range_item<std::conditional_t<accepts<In>, In, bad_item>>::type;
+
+  template <class Down>
+  struct sink {
+    Down* down;
+    template <class V>
+    bool operator()(V&& v) {
+      for (auto&& x : v) {
+        if (!(*down)(std::move(x))) return false;
+      }
+      return true;
+    }
+    void flush_hint() { down->flush_hint(); }
+    void finish() { down->finish(); }
+  };
+  template <class In, class Down>
+  sink<Down> make(Down& down, pipe_ctx&, int) {
+    return {&down};
+  }
+};
+
+// ---- stage_boundary: an identity stage that starts a new fiber --------------------------------
+struct boundary_stage : stage_tag {
+  static constexpr const char* kind = "boundary";
+  static constexpr bool parallel = false;
+  stage_options opt{default_buffer, false, nullptr};
+
+  template <class In>
+  static constexpr bool accepts = true;
+  template <class In>
+  static void check() {}
+  template <class In>
+  using out_t = In;
+
+  template <class Down>
+  struct sink {
+    Down* down;
+    template <class V>
+    bool operator()(V&& v) {
+      return (*down)(std::forward<V>(v));
+    }
+    void flush_hint() { down->flush_hint(); }
+    void finish() { down->finish(); }
+  };
+  template <class In, class Down>
+  sink<Down> make(Down& down, pipe_ctx&, int) {
+    return {&down};
+  }
+};
+
+// ---- par_map: fan out to n fibers, fan in (handled by the builder in pipeline.hpp) -----------
+template <class F>
+struct par_map_stage : stage_tag {
+  static constexpr const char* kind = "par_map";
+  static constexpr bool parallel = true;
+  F f;
+  par_options opt;
+
+  template <class In>
+  static constexpr bool accepts = std::is_invocable_v<F&, In&&> &&
+                                  !std::is_void_v<std::invoke_result_t<F&, In&&>>;
+  template <class In>
+  static void check() {
+    static_assert(accepts<In>,
+                  "rill::par_map(f): f cannot be called with the upstream item type (or returns "
+                  "void)");
+  }
+  template <class In>
+  using out_t = typename invoke_out<F, In>::type;
+};
+
+}  // namespace detail
+
+// map(f): each item v becomes f(v).
+template <class F>
+auto map(F f, stage_options opt = {}) {
+  return detail::map_stage<F>{{}, std::move(f), opt};
+}
+// filter(p): keeps the items for which p(v) is true.
+template <class P>
+auto filter(P p, stage_options opt = {}) {
+  return detail::filter_stage<P>{{}, std::move(p), opt};
+}
+// tap(f): calls f(v) for its side effect and passes v on.
+template <class F>
+auto tap(F f, stage_options opt = {}) {
+  return detail::tap_stage<F>{{}, std::move(f), opt};
+}
+// flat_map(f): f(v) returns a range; its elements go on, in order.
+template <class F>
+auto flat_map(F f, stage_options opt = {}) {
+  return detail::flat_map_stage<F>{{}, std::move(f), opt};
+}
+// take(n): the first n items; then upstream stages stop promptly.
+inline auto take(std::size_t n, stage_options opt = {}) { return detail::take_stage{{}, n, opt}; }
+// batch(n): groups of n consecutive items as std::vector (the last may be shorter).
+inline auto batch(std::size_t n, stage_options opt = {}) {
+  return detail::batch_stage{{}, n, opt};
+}
+// unbatch(): each item is a range; its elements go on, in order.
+inline auto unbatch(stage_options opt = {}) { return detail::unbatch_stage{{}, opt}; }
+// par_map(f, {.workers, .ordered}): f runs on `workers` fibers at once (f must be safe to call
+// concurrently). ordered = true keeps input order with a bounded reorder window.
+template <class F>
+auto par_map(F f, par_options opt = {}) {
+  return detail::par_map_stage<F>{{}, std::move(f), opt};
+}
+// stage_boundary: what follows runs in a new fiber (fusion stops here).
+inline constexpr detail::boundary_stage stage_boundary{};
+
+}  // namespace rill
