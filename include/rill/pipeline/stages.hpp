@@ -13,14 +13,36 @@
 #include <functional>
 #include <iterator>
 #include <optional>
+#include <ranges>
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include <range/v3/range/concepts.hpp>
 
 #include "rill/pipeline/concepts.hpp"
 
 namespace rill {
 namespace detail {
+
+// owns_elements_v<R>: whether a range passed as R (a forwarding-reference type) belongs to
+// the stage, so its elements may be moved downstream: a container received or returned by
+// value. An lvalue (the user's container, e.g. from(vector_of_vectors) | unbatch()) or a
+// view (std or range-v3, over someone else's data) does not: its elements are copied.
+template <class R>
+inline constexpr bool owns_elements_v = !std::is_lvalue_reference_v<R> &&
+                                        !std::ranges::view<std::remove_cvref_t<R>> &&
+                                        !ranges::view_<std::remove_cvref_t<R>>;
+
+// element_of<R>(x): the element x of a range passed as R, moved if the range owns it.
+template <class R, class X>
+decltype(auto) element_of(X&& x) {
+  if constexpr (owns_elements_v<R>) {
+    return std::move(x);
+  } else {
+    return std::forward<X>(x);
+  }
+}
 
 // An item type that marks a stage that cannot take its input (after a static_assert).
 struct bad_item {};
@@ -193,7 +215,7 @@ struct flat_map_stage : stage_tag {
     bool operator()(V&& v) {
       auto&& r = guarded(*ctx, st->opt.name, kind, index, st->f, std::forward<V>(v));
       for (auto&& x : r) {
-        if (!(*down)(std::move(x))) return false;
+        if (!(*down)(element_of<decltype(r)>(std::forward<decltype(x)>(x)))) return false;
       }
       return true;
     }
@@ -302,7 +324,7 @@ struct unbatch_stage : stage_tag {
     template <class V>
     bool operator()(V&& v) {
       for (auto&& x : v) {
-        if (!(*down)(std::move(x))) return false;
+        if (!(*down)(element_of<V>(std::forward<decltype(x)>(x)))) return false;
       }
       return true;
     }
