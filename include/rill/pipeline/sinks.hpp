@@ -175,6 +175,9 @@ struct to_term : terminal_tag {
     }
     void flush_hint() {}
     void finish() { t->ch.core()->try_close(); }
+    // A user function that throws in this fiber skips finish(): close ch here as well, so
+    // that a reader ranging over it sees the end instead of waiting forever.
+    ~sink() { t->ch.core()->try_close(); }
   };
   template <class In>
   sink make(pipe_ctx& ctx, result_slot<void>*, int) {
@@ -202,7 +205,8 @@ auto reduce(T init, Op op) {
 }
 // count(): run() returns the number of items.
 inline auto count() { return detail::count_term{}; }
-// to(ch): sends every item on ch (waiting for room), then closes ch when the stream ends.
+// to(ch): sends every item on ch (waiting for room), then closes ch when the run ends,
+// whatever its outcome (end of stream, an exception, cancellation).
 template <class Ch>
 auto to(const Ch& ch) {
   using T = typename Ch::value_type;
