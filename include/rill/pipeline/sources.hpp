@@ -45,6 +45,9 @@ struct chan_source {
   template <class Sink>
   void drive(Sink& sink, pipe_ctx& ctx) {
     for (;;) {
+      // A channel that never runs dry never reaches the select below: check the stop flag
+      // here too, or cancel() would not stop this source.
+      if (ctx.stop.load(std::memory_order_relaxed)) break;
       std::optional<T> v = ch.try_recv();
       if (!v) {
         sink.flush_hint();
