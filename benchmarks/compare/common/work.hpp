@@ -83,11 +83,11 @@ inline std::vector<unsigned> worker_counts() {
 inline constexpr std::size_t kCap = 64;
 inline std::vector<std::size_t> trivial_caps() { return {0, 64, 1024}; }
 
-// Item counts (full / quick).  Capacity 0 (a hand-off per item) runs 50x fewer items: a
+// Item counts (full / quick).  Capacity 0 (a hand-off per item) runs 100x fewer items: a
 // rendezvous per item costs 1-100 µs with threads, and ns_per_item is what is compared.
 inline std::uint64_t items_trivial(std::size_t cap) {
   const std::uint64_t n = quick() ? 500'000 : 10'000'000;
-  return cap == 0 ? n / 50 : n;
+  return cap == 0 ? n / 100 : n;
 }
 inline std::uint64_t items_heavy() { return quick() ? 20'000 : 200'000; }
 inline std::uint64_t items_fan() { return quick() ? 20'000 : 200'000; }

@@ -204,9 +204,9 @@ func main() {
 		add("gosched_yield_pair", 2*yieldN, func() { yieldPair(yieldN) })
 		pingN := 1_000_000 / scale
 		add("chan_unbuffered_pingpong", pingN, func() { pingPong(pingN) })
-		spscN := 10_000_000 / scale
+		spscN := 2_000_000 / scale
 		add("chan_buffered1024_spsc", spscN, func() { spsc(spscN) })
-		selN := 10_000_000 / scale
+		selN := 2_000_000 / scale
 		add("select_default_2empty", selN, func() { selectDefault(selN) })
 		add("select_ready_closed", selN, func() { selectReadyClosed(selN) })
 		add("select_ready_buffered", selN, func() { selectReadyBuffered(selN) })

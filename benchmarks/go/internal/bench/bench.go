@@ -130,7 +130,7 @@ func (o Options) ItemsTrivial(cap int) uint64 {
 		n = 500_000
 	}
 	if cap == 0 {
-		return n / 50
+		return n / 100
 	}
 	return n
 }
