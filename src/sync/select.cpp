@@ -5,7 +5,8 @@
 // 2. Visit the cases in a random order (Go's pollorder: fairness among ready cases) and run
 //    the first ready one. Else run the default case if there is one; else run an expired
 //    timeout.
-// 3. Otherwise park: put one waiter per channel case on that channel's queue, all pointing
+// 3. Otherwise park: put one waiter per channel case on that channel's queue (in the random
+//    poll order, so that cases sharing a channel are equally likely to be taken), all pointing
 //    at one select_state; the channel locks are released only once the fiber is parked
 //    (after-switch action), and the timeout's timer is armed then too. Whoever wins the
 //    claim on select_state::done completes that case and wakes us.
@@ -171,7 +172,11 @@ std::size_t select_core(select_case* cases, std::size_t n) {
     ws_heap.reset(new waiter[n]);
     ws = ws_heap.get();
   }
-  for (std::size_t i = 0; i < n; ++i) {
+  // Enqueue in the random poll order too: when several of our cases wait on one channel
+  // (two send cases of one channel, say), the partner that comes takes the first waiter,
+  // so index order would always pick the earlier case (Go's TestPseudoRandomSend).
+  for (std::size_t k = 0; k < n; ++k) {
+    const std::uint32_t i = order[k];
     select_case& sc = cases[i];
     if (!sc.ch || sc.kind == case_kind::timeout || sc.kind == case_kind::otherwise) continue;
     waiter& w = ws[i];
