@@ -343,7 +343,7 @@ def write_markdown(path, meta, summary, problems):
                 best = min(cands, key=lambda s: s["median"])
                 L.append(f"| `{r['impl']}/{r['config']}` | {p} | `{best['config']}` | "
                          f"{fmt_num(r['median'])} | {fmt_num(best['median'])} | "
-                         f"{r['median'] / best['median']:.2f} |")
+                         f"{r['median'] / best['median']:.3g} |")
     if problems:
         L.append("")
         L.append("## Problems")
