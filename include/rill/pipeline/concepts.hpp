@@ -319,10 +319,21 @@ struct link_driver {
 };
 
 // reorder_driver: like link_driver, but delivers batches in `seq` order (ordered par_map).
-// The window is bounded by the links' capacities and the worker count.
+// The window is bounded by `tokens`: a par_map worker takes a token before it takes a batch,
+// and the driver gives one back for each batch it delivers, so at most as many batches as
+// there are tokens lie between the workers' input and the sink, however uneven the work
+// (without this, one slow item let the others pile up in the window without bound).
 template <class T>
 struct reorder_driver {
   link_chan<T> ch;
+  chan<char> tokens;
+  void give_token() {
+    try {
+      (void)tokens.try_send('t');  // never full: tokens in the channel + taken <= capacity
+    } catch (const closed_channel&) {
+      // the workers are gone (end of input, or downstream stopped)
+    }
+  }
   template <class Sink>
   void operator()(Sink& sink) {
     std::vector<std::optional<batch<T>>> window;  // window[i] holds seq next + i
@@ -346,11 +357,13 @@ struct reorder_driver {
       while (!window.empty() && window.front()) {
         if (!deliver(*window.front())) {
           ch.core()->try_close();
+          if (tokens) tokens.core()->try_close();  // wakes workers waiting for a token
           sink.finish();
           return;
         }
         window.erase(window.begin());
         ++next;
+        give_token();
       }
     }
     sink.finish();

@@ -128,18 +128,40 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
       auto out = ctx.template link<link_chan<Out>>(shape.capacity);
       unsigned workers = s.opt.workers ? s.opt.workers : runtime_stats().workers;
       if (workers == 0) workers = 1;
+      // Ordered: the reorder window's tokens (see reorder_driver); a worker takes one before
+      // each batch. Unordered: a nil channel, no tokens.
+      chan<char> tokens(nullptr);
+      if (s.opt.ordered) {
+        const std::size_t window = 2 * std::size_t{workers} + shape.capacity;
+        tokens = ctx.template link<chan<char>>(window);
+        try {
+          for (std::size_t k = 0; k < window; ++k) (void)tokens.try_send('t');
+        } catch (const closed_channel&) {
+          // cancelled already: the workers will stop at once
+        }
+      }
       auto left = std::make_shared<std::atomic<unsigned>>(workers);
       const std::string name = stage_name(s.opt.name, S::kind, index);
       for (unsigned k = 0; k < workers; ++k) {
-        ctx.spawn(name, [in, out, left, &s, &ctx, index]() mutable {
+        ctx.spawn(name, [in, out, tokens, left, &s, &ctx, index]() mutable {
           struct last_closes {
             std::atomic<unsigned>* left;
+            link_chan<In>* in;
             link_chan<Out>* out;
+            chan<char>* tokens;
             ~last_closes() {
+              // A worker leaves when the input has ended, downstream stopped, or the run
+              // failed: in the last two cases upstream must stop, and in every case workers
+              // waiting for a token must not wait for one forever.
+              in->core()->try_close();
+              if (*tokens) tokens->core()->try_close();
               if (left->fetch_sub(1) == 1) out->core()->try_close();
             }
-          } guard{left.get(), &out};
-          while (std::optional<batch<In>> b = in.recv()) {
+          } guard{left.get(), &in, &out, &tokens};
+          for (;;) {
+            if (tokens && !tokens.recv()) break;  // ordered: wait for room in the window
+            std::optional<batch<In>> b = in.recv();
+            if (!b) break;
             batch<Out> r;
             r.seq = b->seq;
             r.items.reserve(b->items.size());
@@ -149,15 +171,14 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
             try {
               out.send(std::move(r));
             } catch (const closed_channel&) {
-              in.core()->try_close();  // downstream stopped: stop upstream too
-              return;
+              return;  // downstream stopped: the guard stops upstream too
             }
           }
         });
       }
       if (s.opt.ordered) {
-        build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out}, true, std::string(),
-                          s.opt.buffer);
+        build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out, tokens}, true,
+                          std::string(), s.opt.buffer);
       } else {
         build<I + 1, Out>(st, tail, ctx, link_driver<Out>{out}, true, std::string(),
                           s.opt.buffer);
