@@ -366,22 +366,26 @@ template <class R>
 class pipeline_handle {
  public:
   explicit pipeline_handle(std::shared_ptr<detail::handle_state<R>> st) : st_(std::move(st)) {}
-  pipeline_handle(pipeline_handle&&) noexcept = default;
-  pipeline_handle& operator=(pipeline_handle&&) noexcept = default;
-  ~pipeline_handle() {
-    if (st_) {
-      st_->ctx.user_cancel();
-      st_->done.wait();
+  pipeline_handle(pipeline_handle&& o) noexcept
+      : st_(std::move(o.st_)), waited_(std::exchange(o.waited_, false)) {}
+  pipeline_handle& operator=(pipeline_handle&& o) noexcept {
+    if (this != &o) {
+      stop();
+      st_ = std::move(o.st_);
+      waited_ = std::exchange(o.waited_, false);
     }
+    return *this;
   }
+  ~pipeline_handle() { stop(); }
 
-  // wait() parks until the run ends; returns its result or rethrows its exception. Once.
+  // wait() parks until the run ends; returns its result or rethrows its exception. Once
+  // (a second call throws std::logic_error); failed_stage() stays available after it.
   R wait() {
-    auto st = std::move(st_);
-    if (!st) throw std::logic_error("rill::pipeline_handle: wait() called twice");
-    st->done.wait();
-    if (st->error) std::rethrow_exception(st->error);
-    return st->result.take();
+    if (!st_ || waited_) throw std::logic_error("rill::pipeline_handle: wait() called twice");
+    waited_ = true;
+    st_->done.wait();
+    if (st_->error) std::rethrow_exception(st_->error);
+    return st_->result.take();
   }
   // cancel() stops every stage promptly; wait() then throws pipeline_cancelled (unless
   // the run had already finished).
@@ -392,7 +396,16 @@ class pipeline_handle {
   std::string failed_stage() { return st_ ? st_->ctx.failed_stage() : std::string(); }
 
  private:
+  // stop() cancels a run that was not waited for and waits for it to end.
+  void stop() noexcept {
+    if (st_ && !waited_) {
+      st_->ctx.user_cancel();
+      st_->done.wait();
+    }
+  }
+
   std::shared_ptr<detail::handle_state<R>> st_;
+  bool waited_ = false;
 };
 
 template <class R>
