@@ -52,6 +52,7 @@
 #include <sstream>
 #include <system_error>
 
+#include "rill/fiber.hpp"
 #include "sched/futex.hpp"
 
 namespace rill::detail {
@@ -59,6 +60,7 @@ namespace rill::detail {
 std::atomic<std::int64_t> g_live_fibers{0};
 std::atomic<std::int64_t> g_live_stacks{0};
 std::atomic<std::int64_t> g_pending_timers{0};
+std::atomic<bool> g_chaos{false};
 std::atomic<std::int64_t> g_external_waiters{0};
 
 namespace {
@@ -68,6 +70,7 @@ constexpr std::uint32_t global_check_interval = 61;
 constexpr std::size_t stack_cache_max = 64;
 constexpr int spin_rounds = 4;
 constexpr std::int64_t deadlock_grace_ns = 20'000'000;
+constexpr std::uint64_t chaos_yield_odds = 64;  // RILL_SCHED_SEED: yield at 1 in 64 chaos points
 
 thread_local worker* tls_worker = nullptr;
 
@@ -255,6 +258,12 @@ void fiber_main(bctx::transfer_t t) noexcept {
   exit_to(*self, w->g0, after_reap, nullptr);
 }
 
+void chaos_yield() noexcept {
+  worker* w = current_worker();
+  if (!w || !w->current || !w->rt->chaos()) return;
+  if (next_random(w->rng) % chaos_yield_odds == 0) this_fiber::yield();
+}
+
 void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept {
   if (!self->stk.guarded && !self->stk.canary_intact()) report_overflow(self);
   worker* w = current_worker();
@@ -274,6 +283,7 @@ void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept {
 runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
   if (cfg_.workers == 0) cfg_.workers = default_workers();
   chaos_ = read_chaos_seed();
+  if (chaos_) g_chaos.store(true, std::memory_order_relaxed);
   workers_.reserve(cfg_.workers);
   for (unsigned i = 0; i < cfg_.workers; ++i) {
     auto w = std::make_unique<worker>();
@@ -517,7 +527,9 @@ fiber* runtime::next_local(worker& w) noexcept {
        next_deadline_.load(std::memory_order_relaxed) != INT64_MAX)) {
     return nullptr;  // let the scheduler loop look at the global queue and the timers
   }
-  if (w.runnext_streak < runnext_cap) {
+  // Schedule perturbation (RILL_SCHED_SEED): now and then run the queue before runnext.
+  const bool skip_runnext = chaos_ && (next_random(w.rng) & 3) == 0;
+  if (w.runnext_streak < runnext_cap && !skip_runnext) {
     if (fiber* f = w.runnext.exchange(nullptr, std::memory_order_acquire)) {
       ++w.runnext_streak;
       return f;

@@ -184,6 +184,16 @@ extern std::atomic<std::int64_t> g_live_fibers;
 extern std::atomic<std::int64_t> g_live_stacks;
 extern std::atomic<std::int64_t> g_pending_timers;
 extern std::atomic<std::int64_t> g_external_waiters;  // plain threads parked in rill
+extern std::atomic<bool> g_chaos;  // some runtime runs with RILL_SCHED_SEED set
+
+// chaos_point() marks a decision point for schedule perturbation: the entry of a channel,
+// select or park operation. With RILL_SCHED_SEED set, the calling fiber yields there with
+// probability 1/64 (drawn from its worker's seeded generator); otherwise it costs one
+// relaxed load. Call it with no lock held, from code that may yield.
+void chaos_yield() noexcept;
+inline void chaos_point() noexcept {
+  if (g_chaos.load(std::memory_order_relaxed)) [[unlikely]] chaos_yield();
+}
 
 // switch_out() parks the calling fiber (already marked parked or runnable by the caller)
 // and runs the next fiber of this worker, or the scheduler. `after(self, arg)` runs once the

@@ -190,6 +190,7 @@ int recv_locked(chan_core& c, void* opt) {
 }
 
 void chan_core::send(void* src) {
+  chaos_point();
   mu_.lock();
   if (closed_) {
     mu_.unlock();
@@ -205,6 +206,7 @@ void chan_core::send(void* src) {
 }
 
 bool chan_core::try_send(void* src) {
+  chaos_point();
   mu_.lock();
   if (closed_) {
     mu_.unlock();
@@ -216,6 +218,7 @@ bool chan_core::try_send(void* src) {
 }
 
 bool chan_core::recv(void* opt) {
+  chaos_point();
   mu_.lock();
   if (int r = recv_locked(*this, opt)) return r > 0;
   waiter w;
@@ -227,6 +230,7 @@ bool chan_core::recv(void* opt) {
 }
 
 int chan_core::try_recv(void* opt) {
+  chaos_point();
   mu_.lock();
   if (int r = recv_locked(*this, opt)) return r;
   mu_.unlock();
@@ -234,6 +238,7 @@ int chan_core::try_recv(void* opt) {
 }
 
 void chan_core::close() {
+  chaos_point();
   if (!try_close()) throw closed_channel("rill::chan: close of a closed channel");
 }
 

@@ -81,6 +81,7 @@ void after_park(context*, void* arg) noexcept {
 }  // namespace
 
 std::size_t select_core(select_case* cases, std::size_t n) {
+  chaos_point();
   // Distinct channels, in lock order; the default and the earliest timeout.
   chan_core* lock_buf[16];
   std::unique_ptr<chan_core*[]> lock_heap;

@@ -4,6 +4,7 @@
 #include <exception>
 #include <stdexcept>
 
+#include "sched/runtime.hpp"
 #include "sync/wait.hpp"
 
 namespace rill {
@@ -28,6 +29,7 @@ void wait_group::add(int n) {
 }
 
 void wait_group::wait() {
+  detail::chaos_point();
   mu_.lock();
   if (count_ == 0) {
     mu_.unlock();
@@ -40,6 +42,7 @@ void wait_group::wait() {
 }
 
 void mutex::lock() {
+  detail::chaos_point();
   std::uint32_t s = 0;
   if (state_.compare_exchange_strong(s, locked_bit, std::memory_order_acquire)) return;
   for (int i = 0; i < 64; ++i) {  // brief spin: the holder may be running on another core
@@ -101,6 +104,7 @@ void mutex::unlock() {
 }
 
 void condition_variable::wait(std::unique_lock<mutex>& lk) {
+  detail::chaos_point();
   mu_.lock();
   waiter w;
   waiters_.push_back(&w);
