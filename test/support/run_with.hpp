@@ -15,6 +15,18 @@
 
 namespace test {
 
+// sched_seed(): the schedule-perturbation seed of this process (RILL_SCHED_SEED), or
+// nullptr. print_seed() writes "RILL_SCHED_SEED=<seed>" to stderr so that a failing
+// interleaving can be replayed (the same seed gives the same perturbation decisions).
+inline const char* sched_seed() noexcept { return std::getenv("RILL_SCHED_SEED"); }
+inline void print_seed() noexcept {
+  const char* s = sched_seed();
+  const bool on = s && std::strtoull(s, nullptr, 10) != 0;
+  std::fprintf(stderr, "RILL_SCHED_SEED=%s%s\n", on ? s : "0",
+               on ? " (rerun with it to replay this schedule perturbation)" : " (perturbation off)");
+  std::fflush(stderr);
+}
+
 // watchdog: if the scope lasts longer than `limit`, prints the fiber dump of every runtime
 // and aborts the process (a hang becomes a failure with a diagnosis, not a ctest timeout).
 class watchdog {
@@ -25,7 +37,7 @@ class watchdog {
       if (!cv_.wait_for(lk, limit, [this] { return done_; })) {
         std::fprintf(stderr, "watchdog: test still running after %llds; fibers:\n%s",
                      static_cast<long long>(limit.count()), rill::dump_fibers().c_str());
-        std::fflush(stderr);
+        print_seed();
         std::abort();
       }
     });
