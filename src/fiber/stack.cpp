@@ -47,23 +47,35 @@ bool injected_failure() noexcept {
 
 char* stack::limit() const noexcept { return guarded ? base + page_size : base; }
 
-void stack::write_canary() noexcept {
-  auto* w = reinterpret_cast<std::uint64_t*>(limit());
+char* stack::usable_top() const noexcept { return top() - canary_bytes; }
+
+namespace {
+void fill_canary(char* zone) noexcept {
+  auto* w = reinterpret_cast<std::uint64_t*>(zone);
   for (std::size_t i = 0; i < canary_bytes / sizeof(std::uint64_t); ++i) w[i] = canary_word;
 }
+}  // namespace
 
-bool stack::canary_intact() const noexcept {
-  auto* w = reinterpret_cast<const std::uint64_t*>(limit());
-  for (std::size_t i = 0; i < canary_bytes / sizeof(std::uint64_t); ++i) {
+void stack::write_canary() noexcept { fill_canary(usable_top()); }
+
+bool stack::below_intact(bool full) const noexcept {
+  auto* w = reinterpret_cast<const std::uint64_t*>(base - canary_bytes);
+  const std::size_t n = canary_bytes / sizeof(std::uint64_t);
+  const std::size_t stride = full ? 1 : 8;  // a sample: one word per 64 bytes
+  for (std::size_t i = 0; i < n; i += stride) {
     if (w[i] != canary_word) return false;
   }
-  return true;
+  return full || w[n - 1] == canary_word;
 }
 
 stack_pool::stack_pool(std::size_t stack_size)
     : stack_size_((stack_size + page_size - 1) / page_size * page_size),
-      per_slab_(stack_size_ >= (1u << 20) ? 4 : (8u << 20) / stack_size_) {
+      per_slab_(stack_size_ >= (1u << 20) ? 4 : (32u << 20) / stack_size_) {
   if (stack_size_ < 4 * page_size) stack_size_ = 4 * page_size;
+  // An odd number of pages: stacks a power of two apart would put every fiber's hot top
+  // lines in the same cache sets.
+  if ((stack_size_ / page_size) % 2 == 0) stack_size_ += page_size;
+  per_slab_ = stack_size_ >= (1u << 20) ? 4 : (32u << 20) / stack_size_;
 }
 
 stack_pool::~stack_pool() {
@@ -74,14 +86,20 @@ stack_pool::~stack_pool() {
 }
 
 void stack_pool::add_slab() {
-  const std::size_t bytes = per_slab_ * stack_size_;
+  // [one page whose top is a canary zone][stack 0][stack 1]...: the lowest stack of a slab
+  // has a canary below it too.
+  const std::size_t bytes = page_size + per_slab_ * stack_size_;
   void* p = injected_failure() ? MAP_FAILED
                                : ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
   slabs_.emplace_back(static_cast<char*>(p), bytes);
+  char* first = static_cast<char*>(p) + page_size;
+  fill_canary(first - canary_bytes);
   for (std::size_t i = per_slab_; i-- > 0;) {
-    free_.push_back(stack{static_cast<char*>(p) + i * stack_size_, stack_size_, false});
+    stack s{first + i * stack_size_, stack_size_, false};
+    s.write_canary();  // now: the stack above checks it even before this one is used
+    free_.push_back(s);
   }
 }
 
@@ -101,8 +119,7 @@ stack stack_pool::allocate() {
       g_guarded.fetch_sub(1, std::memory_order_relaxed);  // out of VMAs: fall back to the canary
     }
   }
-  san_unpoison(s.limit(), static_cast<std::size_t>(s.top() - s.limit()));
-  s.write_canary();
+  san_unpoison(s.limit(), static_cast<std::size_t>(s.usable_top() - s.limit()));
   return s;
 }
 

@@ -7,10 +7,15 @@
 //            and aborts. Each guard splits a VMA, so guards are rationed: at most
 //            `guard_budget` stacks of the process are guarded at once (the default
 //            vm.max_map_count of 65530 allows ~32k).
-//   checked  past the budget, a stack gets a canary zone at its low end instead; the
-//            runtime checks it at every switch out of the fiber and at fiber exit, and
-//            aborts with a message naming the fiber when it is damaged. Never a silently
-//            unguarded stack.
+//   checked  past the budget, a stack is checked instead. Every stack (and the page in
+//            front of every slab) carries a canary zone in its top `canary_bytes`, a page
+//            the stack touches anyway, so the check costs no memory. A checked stack that
+//            overflows runs into the canary of the stack (or slab page) below it; the
+//            runtime checks that neighbour's canary, and that the fiber's stack pointer is
+//            in range, at every switch out of the fiber (sampled) and at its exit (fully),
+//            and aborts with a message naming the fiber. Detected: any overflow by frames
+//            of up to canary_bytes; never a silently unguarded stack. (A canary at the low
+//            end of each stack would commit one more page per fiber.)
 #pragma once
 
 #include <cstddef>
@@ -27,11 +32,14 @@ struct stack {
 
   char* limit() const noexcept;        // lowest usable byte
   char* top() const noexcept { return base + size; }
-  void write_canary() noexcept;
-  bool canary_intact() const noexcept;
+  char* usable_top() const noexcept;   // below this stack's own canary zone
+  void write_canary() noexcept;        // writes this stack's canary zone (its top)
+  // below_intact(): the canary zone just below this stack (the neighbour's, or the slab
+  // page's) is intact; `full` checks every word, else a sample.
+  bool below_intact(bool full) const noexcept;
 };
 
-inline constexpr std::size_t canary_bytes = 64;
+inline constexpr std::size_t canary_bytes = 1024;
 
 // stack_pool hands out stacks of one size. Thread safety: allocate/release may be called
 // from any thread (a mutex guards the free list and the slab list).

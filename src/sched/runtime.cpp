@@ -53,12 +53,12 @@
 #include <system_error>
 
 #include "rill/fiber.hpp"
+#include "io/poller.hpp"
 #include "sched/futex.hpp"
 
 namespace rill::detail {
 
-std::atomic<std::int64_t> g_live_fibers{0};
-std::atomic<std::int64_t> g_live_stacks{0};
+std::atomic<std::int64_t> g_abandoned_fibers{0};
 std::atomic<std::int64_t> g_pending_timers{0};
 std::atomic<bool> g_chaos{false};
 std::atomic<std::int64_t> g_external_waiters{0};
@@ -72,7 +72,8 @@ constexpr int spin_rounds = 4;
 constexpr std::int64_t deadlock_grace_ns = 20'000'000;
 constexpr std::uint64_t chaos_yield_odds = 64;  // RILL_SCHED_SEED: yield at 1 in 64 chaos points
 
-thread_local worker* tls_worker = nullptr;
+// initial-exec: one %fs-relative load, not a __tls_get_addr call (the library is PIC).
+[[gnu::tls_model("initial-exec")]] thread_local worker* tls_worker = nullptr;
 
 // Every live runtime, for dumps from plain threads (the test watchdog).
 std::mutex g_runtimes_mu;
@@ -243,7 +244,7 @@ void fiber_main(bctx::transfer_t t) noexcept {
     }
   }
   if (self->closure_on_heap) ::operator delete(self->closure);
-  if (!self->stk.guarded && !self->stk.canary_intact()) report_overflow(self);
+  if (!self->stk.guarded && !self->stk.below_intact(true)) report_overflow(self);
   runtime* rt = self->rt;
   worker* w = current_worker();
   self->state.store(fiber_state::done, std::memory_order_relaxed);
@@ -258,6 +259,12 @@ void fiber_main(bctx::transfer_t t) noexcept {
   exit_to(*self, w->g0, after_reap, nullptr);
 }
 
+void check_stack(fiber* self) noexcept {
+  if (self->stk.guarded) return;
+  char* sp = static_cast<char*>(__builtin_frame_address(0));
+  if (sp < self->stk.limit() || !self->stk.below_intact(false)) report_overflow(self);
+}
+
 void chaos_yield() noexcept {
   worker* w = current_worker();
   if (!w || !w->current || !w->rt->chaos()) return;
@@ -265,7 +272,7 @@ void chaos_yield() noexcept {
 }
 
 void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept {
-  if (!self->stk.guarded && !self->stk.canary_intact()) report_overflow(self);
+  check_stack(self);
   worker* w = current_worker();
   fiber* next = self->rt->next_local(*w);
   if (next) {
@@ -300,6 +307,12 @@ runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
 }
 
 runtime::~runtime() {
+  if (poller* p = poller_.load(std::memory_order_acquire)) {
+    p->detach_runtime();
+    p->release();  // sockets still open keep it until they are closed
+  }
+  // Fibers abandoned after a deadlock whose unwinding parked again: count them as leaked.
+  g_abandoned_fibers.fetch_add(live_fibers_.load(), std::memory_order_relaxed);
   {
     std::lock_guard lk(g_runtimes_mu);
     g_runtimes.erase(std::find(g_runtimes.begin(), g_runtimes.end(), this));
@@ -336,16 +349,19 @@ fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align,
     s = w->stack_cache.back();
     w->stack_cache.pop_back();
     w->cached.store(w->stack_cache.size(), std::memory_order_relaxed);
-    san_unpoison(s.limit(), static_cast<std::size_t>(s.top() - s.limit()));
+    san_unpoison(s.limit(), static_cast<std::size_t>(s.usable_top() - s.limit()));
   } else {
     s = stacks_.allocate();
   }
-  g_live_stacks.fetch_add(1, std::memory_order_relaxed);
   auto align_down = [](char* p, std::size_t a) {
     return reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(p) & ~(a - 1));
   };
-  char* rec = align_down(s.top() - sizeof(fiber), alignof(fiber));
-  auto* f = ::new (rec) fiber();
+  // Colour the record's place in its page, so that the records of many fibers (stacks a
+  // power of two apart) do not all compete for the same cache sets.
+  const std::size_t color = ((reinterpret_cast<std::uintptr_t>(s.base) >> 12) % 16) * 64;
+  char* rec = align_down(s.usable_top() - color - sizeof(fiber), alignof(fiber));
+  auto* f = ::new (rec) fiber;  // default-init: only the members with initializers
+  f->name[0] = 0;
   f->rt = this;
   f->stk = s;
   f->entry = entry;
@@ -358,7 +374,6 @@ fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align,
     } catch (...) {
       f->~fiber();
       stacks_.release(s);
-      g_live_stacks.fetch_sub(1, std::memory_order_relaxed);
       throw;
     }
     f->closure_on_heap = true;
@@ -368,22 +383,29 @@ fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align,
     f->closure = cl;
     sp = align_down(cl, 64);
   }
-  const std::size_t usable = static_cast<std::size_t>(sp - s.limit()) - canary_bytes;
+  const std::size_t usable = static_cast<std::size_t>(sp - s.limit());
   f->fctx = bctx::make_fcontext(sp, usable, &fiber_main);
-  san_fiber_created(f->san, s.limit(), static_cast<std::size_t>(s.top() - s.limit()));
+  san_fiber_created(f->san, s.limit(), static_cast<std::size_t>(s.usable_top() - s.limit()));
+  try {
+    add_to_registry(w ? *w : *workers_[0], f);
+  } catch (...) {
+    if (f->closure_on_heap) ::operator delete(f->closure);
+    san_fiber_destroyed(f->san);
+    f->~fiber();
+    stacks_.release(s);
+    throw;
+  }
   live_fibers_.fetch_add(1, std::memory_order_relaxed);
-  g_live_fibers.fetch_add(1, std::memory_order_relaxed);
   return f;
 }
 
 void runtime::discard_fiber(fiber* f) noexcept {
+  remove_from_registry(f);
   stack s = f->stk;
   if (f->closure_on_heap) ::operator delete(f->closure);
   san_fiber_destroyed(f->san);
   f->~fiber();
   stacks_.release(s);
-  g_live_stacks.fetch_sub(1, std::memory_order_relaxed);
-  g_live_fibers.fetch_sub(1, std::memory_order_relaxed);
   if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1 && !cfg_.persistent) {
     begin_shutdown();
   }
@@ -392,11 +414,9 @@ void runtime::discard_fiber(fiber* f) noexcept {
 void runtime::start_fiber(worker* w, fiber* f) noexcept {
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
   if (w && w->rt == this) {
-    add_to_registry(*w, f);
     w->spawned.store(w->spawned.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     push_local(*w, f);
   } else {
-    add_to_registry(*workers_[0], f);
     push_global(f);
   }
   wake_idle();
@@ -413,33 +433,48 @@ void runtime::reap(fiber* f) noexcept {
   } else {
     stacks_.release(s);
   }
-  g_live_stacks.fetch_sub(1, std::memory_order_relaxed);
-  g_live_fibers.fetch_sub(1, std::memory_order_relaxed);
   if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1 && !cfg_.persistent) {
     begin_shutdown();
   }
 }
 
-void runtime::add_to_registry(worker& w, fiber* f) noexcept {
+void runtime::add_to_registry(worker& w, fiber* f) {
   std::lock_guard lk(w.reg_mu);
+  if (w.reg_free.empty()) {
+    // Grow geometrically; reg_free's capacity never falls below reg_slots' size, so that
+    // remove_from_registry() cannot throw.
+    if (w.reg_slots.size() == w.reg_slots.capacity()) {
+      const std::size_t n = std::max<std::size_t>(64, 2 * w.reg_slots.size());
+      w.reg_free.reserve(n);
+      w.reg_slots.reserve(n);
+    }
+    f->reg_index = static_cast<std::uint32_t>(w.reg_slots.size());
+    w.reg_slots.push_back(f);
+  } else {
+    f->reg_index = w.reg_free.back();
+    w.reg_free.pop_back();
+    w.reg_slots[f->reg_index] = f;
+  }
   f->reg_owner = &w;
-  f->reg_prev = nullptr;
-  f->reg_next = w.reg_head;
-  if (w.reg_head) w.reg_head->reg_prev = f;
-  w.reg_head = f;
 }
 
 void runtime::remove_from_registry(fiber* f) noexcept {
   worker* w = f->reg_owner;
   if (!w) return;
   std::lock_guard lk(w->reg_mu);
-  if (f->reg_prev) {
-    f->reg_prev->reg_next = f->reg_next;
-  } else {
-    w->reg_head = f->reg_next;
-  }
-  if (f->reg_next) f->reg_next->reg_prev = f->reg_prev;
+  w->reg_slots[f->reg_index] = nullptr;
+  w->reg_free.push_back(f->reg_index);  // cannot throw: reserved in add_to_registry
   f->reg_owner = nullptr;
+}
+
+template <class F>
+void runtime::for_each_fiber(F fn) {
+  for (auto& w : workers_) {
+    std::lock_guard lk(w->reg_mu);
+    for (fiber* f : w->reg_slots) {
+      if (f) fn(f);
+    }
+  }
 }
 
 // ---- making fibers runnable -----------------------------------------------------------
@@ -524,8 +559,9 @@ fiber* runtime::next_local(worker& w) noexcept {
   ++w.tick;
   if (w.tick % global_check_interval == 0 &&
       (gq_size_.load(std::memory_order_relaxed) != 0 ||
-       next_deadline_.load(std::memory_order_relaxed) != INT64_MAX)) {
-    return nullptr;  // let the scheduler loop look at the global queue and the timers
+       next_deadline_.load(std::memory_order_relaxed) != INT64_MAX ||
+       io_waiters.load(std::memory_order_relaxed) > 0)) {
+    return nullptr;  // let the scheduler loop look at the global queue, timers and I/O
   }
   // Schedule perturbation (RILL_SCHED_SEED): now and then run the queue before runnext.
   const bool skip_runnext = chaos_ && (next_random(w.rng) & 3) == 0;
@@ -595,6 +631,7 @@ void runtime::wake_worker_locked(worker& w, bool spinning) noexcept {
   idle_epoch_.fetch_add(1, std::memory_order_relaxed);
   w.wake_word.store(1, std::memory_order_release);
   futex_wake(w.wake_word);
+  if (w.polling) poller_.load(std::memory_order_relaxed)->wakeup();  // blocked in epoll_wait
 }
 
 void runtime::stop_spinning(worker& w) noexcept {
@@ -612,11 +649,22 @@ fiber* runtime::find_runnable(worker& w) {
   for (;;) {
     if (shutdown_.load(std::memory_order_acquire)) return nullptr;
     if (next_deadline_.load(std::memory_order_relaxed) != INT64_MAX) run_due_timers(w);
+    // A busy worker polls I/O now and then too, so ready fds do not wait behind a long queue.
+    if (w.tick - w.poll_tick >= global_check_interval) {
+      if (fiber* f = poll_io(w)) {
+        if (w.spinning) stop_spinning(w);
+        return f;
+      }
+    }
     if (fiber* f = pop_global(w)) {
       if (w.spinning) stop_spinning(w);
       return f;
     }
     if (fiber* f = next_local(w)) {
+      if (w.spinning) stop_spinning(w);
+      return f;
+    }
+    if (fiber* f = poll_io(w)) {  // Go's findrunnable: the network before stealing
       if (w.spinning) stop_spinning(w);
       return f;
     }
@@ -653,7 +701,6 @@ void runtime::park_worker(worker& w) {
     }
   }
   bool all_idle = false;
-  bool timer_role = false;
   {
     std::lock_guard lk(idle_mu_);
     if (shutdown_.load(std::memory_order_acquire) || gq_size_.load() != 0) return;
@@ -664,7 +711,6 @@ void runtime::park_worker(worker& w) {
     all_idle = nidle_.fetch_add(1, std::memory_order_seq_cst) + 1 == workers();
     if (!timer_sleeper_ && next_deadline_.load(std::memory_order_relaxed) != INT64_MAX) {
       timer_sleeper_ = &w;
-      timer_role = true;
     }
   }
   std::atomic_thread_fence(std::memory_order_seq_cst);
@@ -679,43 +725,140 @@ void runtime::park_worker(worker& w) {
   };
   if (any_work() || next_deadline_.load(std::memory_order_relaxed) <= now_ns()) {
     if (leave_idle()) return;
-  } else if (all_idle && next_deadline_.load(std::memory_order_relaxed) == INT64_MAX) {
-    on_all_idle(w);
-    if (!w.in_idle || shutdown_.load()) {
-      // woken meanwhile, or shutting down: fall through to consume the wake
-    }
+  } else if (all_idle && next_deadline_.load(std::memory_order_relaxed) == INT64_MAX &&
+             io_waiters.load(std::memory_order_seq_cst) == 0) {
+    on_all_idle(w);  // returns at once if woken meanwhile or shutting down
   }
+  // The sleeper role: one idle worker sleeps until the next timer; while fibers wait on
+  // I/O it sleeps in epoll_wait instead of on its futex (w.polling), so that timers and
+  // I/O share one wait, and its wakers write the poller's eventfd.
+  fiber* ready[2 * poller::max_events];
+  int nready = 0;
+  bool woken = false;
   for (;;) {
     std::int64_t timeout = -1;
     bool is_sleeper;
+    bool polling = false;
+    poller* p = poller_.load(std::memory_order_acquire);
+    const bool io = p && io_waiters.load(std::memory_order_seq_cst) > 0;
     {
       std::lock_guard lk(idle_mu_);
+      poll_waking_.store(false, std::memory_order_relaxed);
       is_sleeper = timer_sleeper_ == &w;
-      if (!is_sleeper && w.in_idle && !timer_sleeper_ &&
-          next_deadline_.load(std::memory_order_relaxed) != INT64_MAX) {
-        timer_sleeper_ = &w;  // the previous sleeper left: take the role
-        is_sleeper = true;
+      if (!is_sleeper && w.in_idle) {
+        const bool timers = next_deadline_.load(std::memory_order_relaxed) != INT64_MAX;
+        if (!timer_sleeper_ && (timers || io)) {
+          timer_sleeper_ = &w;  // the previous sleeper left: take the role
+          is_sleeper = true;
+        } else if (timer_sleeper_ && io && !timer_sleeper_->polling) {
+          // The sleeper waits on its futex while fibers wait on I/O: take the role over.
+          wake_worker_locked(*timer_sleeper_, false);
+          timer_sleeper_ = &w;
+          is_sleeper = true;
+        }
+      }
+      if (is_sleeper && io) {
+        w.polling = polling = true;
+        poll_sleeping_.store(true, std::memory_order_seq_cst);
       }
     }
     if (is_sleeper) {
       const std::int64_t d = next_deadline_.load(std::memory_order_relaxed);
       if (d != INT64_MAX) timeout = std::max<std::int64_t>(d - now_ns(), 0);
     }
-    if (w.wake_word.load(std::memory_order_acquire) == 0) futex_wait(w.wake_word, 0, timeout);
-    if (w.wake_word.exchange(0, std::memory_order_acquire) != 0) break;  // woken
-    if (is_sleeper && next_deadline_.load(std::memory_order_relaxed) <= now_ns()) {
-      if (leave_idle()) {
-        (void)timer_role;
-        return;  // the loop fires the due timers
+    if (polling) {
+      bool fd_woken = false;
+      if (w.wake_word.load(std::memory_order_acquire) == 0) {
+        nready = p->poll(timeout, ready, &fd_woken);
       }
-      // someone is waking us right now: wait for the word
+      {
+        std::lock_guard lk(idle_mu_);
+        w.polling = false;  // from here on, nobody writes the eventfd for us
+        if (!timer_sleeper_ || !timer_sleeper_->polling) {
+          poll_sleeping_.store(false, std::memory_order_seq_cst);
+        }
+      }
+      if (fd_woken) p->drain_wakeup();
+    } else if (w.wake_word.load(std::memory_order_acquire) == 0) {
+      futex_wait(w.wake_word, 0, timeout);
+    }
+    if (w.wake_word.exchange(0, std::memory_order_acquire) != 0) {
+      woken = true;
+      break;
+    }
+    if (nready > 0 ||
+        (is_sleeper && next_deadline_.load(std::memory_order_relaxed) <= now_ns())) {
+      if (leave_idle()) break;  // the loop fires the due timers / runs what I/O readied
+      // someone is waking us right now: its word is set (under idle_mu_)
+      w.wake_word.exchange(0, std::memory_order_acquire);
+      woken = true;
+      break;
     }
   }
-  std::lock_guard lk(idle_mu_);
-  if (w.wake_spinning) {
-    w.spinning = true;  // the waker counted us in nspinning_
-    w.wake_spinning = false;
+  if (woken) {
+    std::lock_guard lk(idle_mu_);
+    if (w.wake_spinning) {
+      w.spinning = true;  // the waker counted us in nspinning_
+      w.wake_spinning = false;
+    }
   }
+  if (nready > 0) {  // this worker runs the first; the rest may be stolen
+    ready[0]->state.store(fiber_state::runnable, std::memory_order_relaxed);
+    push_local(w, ready[0]);
+    inject(w, ready + 1, nready - 1);
+  }
+}
+
+// ---- the netpoller's hooks (io/poller.cpp) ---------------------------------------------
+
+poller* runtime::io_poller() {
+  if (poller* p = poller_.load(std::memory_order_acquire)) return p;
+  std::lock_guard lk(poller_mu_);
+  poller* p = poller_.load(std::memory_order_relaxed);
+  if (!p) {
+    p = new poller(this);
+    poller_.store(p, std::memory_order_release);
+  }
+  return p;
+}
+
+void runtime::io_parking(worker& w) noexcept {
+  if (poll_sleeping_.load(std::memory_order_relaxed) ||
+      poll_waking_.load(std::memory_order_relaxed) ||
+      nidle_.load(std::memory_order_relaxed) == 0 ||
+      nspinning_.load(std::memory_order_relaxed) != 0) {
+    return;  // somebody polls, or will soon
+  }
+  if (w.queue.empty() && !w.runnext.load(std::memory_order_relaxed)) return;  // w will poll
+  std::lock_guard lk(idle_mu_);
+  if (poll_sleeping_.load(std::memory_order_relaxed) || idle_.empty()) return;
+  poll_waking_.store(true, std::memory_order_relaxed);
+  wake_worker_locked(timer_sleeper_ ? *timer_sleeper_ : *idle_.back(), false);
+}
+
+fiber* runtime::poll_io(worker& w) noexcept {
+  w.poll_tick = w.tick;
+  if (io_waiters.load(std::memory_order_relaxed) <= 0 ||
+      poll_sleeping_.load(std::memory_order_relaxed)) {
+    return nullptr;  // nothing to poll, or a worker blocked in epoll_wait gets the events
+  }
+  poller* p = poller_.load(std::memory_order_acquire);
+  if (!p) return nullptr;
+  fiber* ready[2 * poller::max_events];
+  bool fd_woken = false;
+  const int n = p->poll(0, ready, &fd_woken);  // leaves the eventfd to the blocked worker
+  if (n == 0) return nullptr;
+  if (n > 1) inject(w, ready + 1, n - 1);
+  ready[0]->state.store(fiber_state::runnable, std::memory_order_relaxed);
+  return ready[0];
+}
+
+void runtime::inject(worker& w, fiber** fs, int n) noexcept {
+  for (int i = 0; i < n; ++i) {
+    fs[i]->state.store(fiber_state::runnable, std::memory_order_relaxed);
+    push_local(w, fs[i]);
+  }
+  if (n > 0) wake_idle();
 }
 
 void runtime::on_all_idle(worker& w) {
@@ -758,12 +901,9 @@ void runtime::on_all_idle(worker& w) {
 
 std::vector<fiber*> runtime::parked_fibers() {
   std::vector<fiber*> out;
-  for (auto& w : workers_) {
-    std::lock_guard lk(w->reg_mu);
-    for (fiber* f = w->reg_head; f; f = f->reg_next) {
-      if (f->state.load(std::memory_order_relaxed) == fiber_state::parked) out.push_back(f);
-    }
-  }
+  for_each_fiber([&](fiber* f) {
+    if (f->state.load(std::memory_order_relaxed) == fiber_state::parked) out.push_back(f);
+  });
   return out;
 }
 
@@ -781,9 +921,7 @@ void runtime::declare_deadlock() {
 
 std::string runtime::dump() {
   std::ostringstream os;
-  for (auto& w : workers_) {
-    std::lock_guard lk(w->reg_mu);
-    for (fiber* f = w->reg_head; f; f = f->reg_next) {
+  for_each_fiber([&](fiber* f) {
       os << "  fiber " << f->id;
       if (f->name[0]) os << " (" << f->name << ")";
       switch (f->state.load(std::memory_order_relaxed)) {
@@ -796,8 +934,7 @@ std::string runtime::dump() {
         default: os << ": starting"; break;
       }
       os << "\n";
-    }
-  }
+  });
   return os.str();
 }
 
@@ -814,7 +951,6 @@ void runtime::start_main(void (*main)(void*), void* arg) {
   ::new (f->closure) ctx_t{main, arg};
   f->is_main = true;
   std::strncpy(f->name, "main", sizeof f->name - 1);
-  add_to_registry(w0, f);
   w0.spawned.store(1, std::memory_order_relaxed);
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
   push_local(w0, f);
@@ -945,8 +1081,17 @@ stats runtime_stats() noexcept {
 
 stats global_stats() noexcept {
   stats s;
-  s.live_fibers = static_cast<std::size_t>(detail::g_live_fibers.load());
-  s.live_stacks = static_cast<std::size_t>(detail::g_live_stacks.load());
+  {
+    std::lock_guard lk(detail::g_runtimes_mu);
+    for (detail::runtime* rt : detail::g_runtimes) {
+      const stats r = rt->snapshot();
+      s.live_fibers += r.live_fibers;
+      s.live_stacks += r.live_stacks;
+    }
+  }
+  const auto abandoned = static_cast<std::size_t>(detail::g_abandoned_fibers.load());
+  s.live_fibers += abandoned;
+  s.live_stacks += abandoned;
   s.pending_timers = static_cast<std::size_t>(detail::g_pending_timers.load());
   return s;
 }

@@ -34,13 +34,13 @@ struct fiber_aborted {};
 
 struct worker;
 class runtime;
+class poller;
 
 struct fiber : context {
   runtime* rt = nullptr;
   fiber* next = nullptr;  // global queue link; guarded by runtime::gq_mu_
-  fiber* reg_prev = nullptr;  // registry links; guarded by the registering worker's reg_mu
-  fiber* reg_next = nullptr;
-  worker* reg_owner = nullptr;
+  worker* reg_owner = nullptr;  // whose registry lists this fiber (nullptr: none)
+  std::uint32_t reg_index = 0;  // its slot there; guarded by reg_owner->reg_mu
   std::uint64_t id = 0;
   void (*entry)(void*) = nullptr;
   void* closure = nullptr;
@@ -53,7 +53,7 @@ struct fiber : context {
   std::atomic<const void*> wait_object{nullptr};
   void (*cancel)(void*) = nullptr;  // how to take this fiber's waiter off its list
   void* cancel_arg = nullptr;
-  char name[40] = {};
+  char name[40];  // NUL-terminated; name[0] is set at creation (the rest is not cleared)
 };
 
 struct alignas(64) worker {
@@ -66,9 +66,11 @@ struct alignas(64) worker {
   alignas(64) std::atomic<std::uint32_t> wake_word{0};  // futex: 1 once woken
   bool in_idle = false;       // guarded by runtime::idle_mu_
   bool wake_spinning = false;  // guarded by runtime::idle_mu_: set by the waker
+  bool polling = false;        // guarded by runtime::idle_mu_: blocked in the poller's epoll_wait
   // owner thread only:
   bool spinning = false;
   std::uint32_t tick = 0;
+  std::uint32_t poll_tick = 0;  // tick of this worker's last non-blocking poll
   std::uint32_t runnext_streak = 0;
   std::uint64_t rng = 0;
   std::vector<stack> stack_cache;
@@ -77,8 +79,10 @@ struct alignas(64) worker {
   std::atomic<std::uint64_t> steals{0};
   std::atomic<std::uint64_t> spawned{0};
   // registry of fibers started on this worker:
+  // A slot array (not a linked list: adding and removing touch no other fiber's memory).
   spinlock reg_mu;
-  fiber* reg_head = nullptr;  // guarded by reg_mu
+  std::vector<fiber*> reg_slots;        // guarded by reg_mu; nullptr: a free slot
+  std::vector<std::uint32_t> reg_free;  // guarded by reg_mu
   std::thread thread;         // not used by worker 0 (the thread that called run)
   void* altstack = nullptr;
 };
@@ -111,6 +115,8 @@ class runtime {
   fiber* create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*));
   void discard_fiber(fiber* f) noexcept;
   void start_fiber(worker* w, fiber* f) noexcept;
+  template <class F>
+  void for_each_fiber(F f);  // f(fiber*) under each registry lock
   void reap(fiber* f) noexcept;  // on the landing side of a finished fiber
 
   fiber* next_local(worker& w) noexcept;  // runnext or queue, with the fairness rules
@@ -125,6 +131,12 @@ class runtime {
   std::atomic<std::int64_t> io_waiters{0};      // fibers parked on the poller
   std::atomic<std::int64_t> blocking_calls{0};  // rill::blocking calls in flight
 
+  // The netpoller (io/poller.cpp), created on first use; throws std::system_error.
+  poller* io_poller();
+  // io_parking(): a fiber of w is about to park on the poller. If w has other work and
+  // nobody polls, wake an idle worker to block in epoll_wait.
+  void io_parking(worker& w) noexcept;
+
  private:
   fiber* find_runnable(worker& w);
   fiber* pop_global(worker& w) noexcept;
@@ -132,11 +144,13 @@ class runtime {
   bool any_work() noexcept;
   void stop_spinning(worker& w) noexcept;
   void park_worker(worker& w);
+  fiber* poll_io(worker& w) noexcept;                 // non-blocking poll; runs the first
+  void inject(worker& w, fiber** fs, int n) noexcept;  // queue fibers made ready by I/O
   void wake_worker_locked(worker& w, bool spinning) noexcept;  // requires idle_mu_
   void begin_shutdown() noexcept;
   void on_all_idle(worker& w);
   void declare_deadlock();
-  void add_to_registry(worker& w, fiber* f) noexcept;
+  void add_to_registry(worker& w, fiber* f);  // may throw std::bad_alloc
   void remove_from_registry(fiber* f) noexcept;
   std::vector<fiber*> parked_fibers();
 
@@ -159,6 +173,13 @@ class runtime {
   std::atomic<std::uint32_t> nspinning_{0};
   std::atomic<std::uint64_t> idle_epoch_{0};  // bumped whenever an idle worker is woken
   worker* timer_sleeper_ = nullptr;            // guarded by idle_mu_
+  // The netpoller. The timer sleeper blocks in its epoll_wait (w.polling) instead of its
+  // futex while fibers wait on I/O; poll_sleeping_ says one does (a hint, set under
+  // idle_mu_); poll_waking_: an idle worker was woken to take that role.
+  std::atomic<poller*> poller_{nullptr};
+  std::mutex poller_mu_;  // creation only
+  std::atomic<bool> poll_sleeping_{false};
+  std::atomic<bool> poll_waking_{false};
   std::atomic<bool> shutdown_{false};
   bool deadlock_declared_ = false;  // guarded by idle_mu_
 
@@ -180,8 +201,7 @@ class runtime {
 worker* current_worker() noexcept;
 
 // Process-wide accounting and outside-thread activity.
-extern std::atomic<std::int64_t> g_live_fibers;
-extern std::atomic<std::int64_t> g_live_stacks;
+extern std::atomic<std::int64_t> g_abandoned_fibers;  // left by runtimes that ended
 extern std::atomic<std::int64_t> g_pending_timers;
 extern std::atomic<std::int64_t> g_external_waiters;  // plain threads parked in rill
 extern std::atomic<bool> g_chaos;  // some runtime runs with RILL_SCHED_SEED set
@@ -199,5 +219,7 @@ inline void chaos_point() noexcept {
 // and runs the next fiber of this worker, or the scheduler. `after(self, arg)` runs once the
 // fiber's context is saved.
 void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept;
+// check_stack() aborts with a report if the calling fiber's checked stack overflowed.
+void check_stack(fiber* self) noexcept;
 
 }  // namespace rill::detail
