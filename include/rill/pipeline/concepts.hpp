@@ -106,13 +106,13 @@ class pipe_ctx {
   void cancel() noexcept {
     if (stop.exchange(true)) return;
     mu_.lock();
-    std::vector<chan_core*> links;
+    std::vector<chan_handle> links;  // retained: release_links() may run concurrently
     try {
-      for (const chan_handle& h : links_) links.push_back(h.get());
+      links = links_;
     } catch (...) {
     }
     mu_.unlock();
-    for (chan_core* c : links) c->try_close();
+    for (const chan_handle& h : links) h.get()->try_close();
     cancelled.core()->try_close();
   }
   void user_cancel() noexcept {
@@ -136,6 +136,16 @@ class pipe_ctx {
     mu_.unlock();
     if (stop.load()) c.core()->try_close();
     return c;
+  }
+
+  // release_links() drops the run's references to its links once every stage fiber has
+  // ended, so that items a cancelled or failed run left in them are destroyed before
+  // run() or wait() returns (not when the last copy of a pipeline_handle goes).
+  void release_links() noexcept {
+    std::vector<chan_handle> links;
+    mu_.lock();
+    links.swap(links_);
+    mu_.unlock();
   }
 
   // spawn() runs f in a new stage fiber named `name`; its failure fails the run.

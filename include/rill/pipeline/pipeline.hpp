@@ -254,6 +254,7 @@ struct pipeline_model final : pipeline_impl<R> {
       ctx.fail(std::current_exception(), "pipeline");
     }
     ctx.fibers.wait();
+    ctx.release_links();
     this->stats_mu.lock();
     this->last = ctx.stats();
     this->stats_mu.unlock();
