@@ -565,7 +565,10 @@ fiber* runtime::next_local(worker& w) noexcept {
   }
   // Schedule perturbation (RILL_SCHED_SEED): now and then run the queue before runnext.
   const bool skip_runnext = chaos_ && (next_random(w.rng) & 3) == 0;
-  if (w.runnext_streak < runnext_cap && !skip_runnext) {
+  // The slot is read first: most calls find it empty, and the exchange (a locked RMW,
+  // needed because thieves may take the slot too) is paid only when it is not.
+  const bool has_next = w.runnext.load(std::memory_order_relaxed) != nullptr;
+  if (has_next && w.runnext_streak < runnext_cap && !skip_runnext) {
     if (fiber* f = w.runnext.exchange(nullptr, std::memory_order_acquire)) {
       ++w.runnext_streak;
       return f;
@@ -573,7 +576,7 @@ fiber* runtime::next_local(worker& w) noexcept {
   }
   w.runnext_streak = 0;
   if (fiber* f = w.queue.pop()) return f;
-  return w.runnext.exchange(nullptr, std::memory_order_acquire);
+  return has_next ? w.runnext.exchange(nullptr, std::memory_order_acquire) : nullptr;
 }
 
 fiber* runtime::steal(worker& w, bool take_runnext) noexcept {

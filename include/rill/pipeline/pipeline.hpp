@@ -203,8 +203,9 @@ template <class Flow, class Tail>
 void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   using In = typename decltype(fl.src)::value_type;
   auto drive = [&fl, &ctx](auto& sink) { fl.src.drive(sink, ctx); };
-  build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind,
-               default_buffer);
+  std::size_t buffer = default_buffer;
+  if constexpr (requires { fl.src.buffer; }) buffer = fl.src.buffer;
+  build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind, buffer);
 }
 
 template <class... Flows>

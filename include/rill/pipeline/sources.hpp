@@ -23,6 +23,7 @@ template <class R>
 struct range_source {
   static constexpr const char* kind = "from";
   R range;
+  std::size_t buffer = default_buffer;  // capacity of the channel after the source
   using value_type = std::remove_cvref_t<decltype(*std::ranges::begin(std::declval<R&>()))>;
 
   template <class Sink>
@@ -119,11 +120,14 @@ inline constexpr bool is_chan_v<recv_chan<T>> = true;
 
 // from(range): the items of any std or range-v3 range (an lvalue is referred to, not
 // copied: it must outlive the run; an rvalue is moved in).
+// `opt.buffer` sets the capacity of the channel after the source, when the next stage runs
+// in another fiber.
 template <class R>
   requires(std::ranges::viewable_range<R> && !detail::is_chan_v<std::remove_cvref_t<R>>)
-auto from(R&& r) {
+auto from(R&& r, stage_options opt = {}) {
   using V = decltype(std::views::all(std::forward<R>(r)));
-  return detail::flow<detail::range_source<V>>{{}, {std::views::all(std::forward<R>(r))}, {}};
+  return detail::flow<detail::range_source<V>>{
+      {}, {std::views::all(std::forward<R>(r)), opt.buffer}, {}};
 }
 // from(chan): the values received from a channel until it is closed. Cancellation wakes a
 // source waiting on it; what the pipeline does not take stays in the channel.
