@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -154,9 +155,12 @@ class pipe_ctx {
     record_fiber(name);
     fibers.add(1);
     try {
-      go([this, name = std::move(name), f = std::move(f)]() mutable {
+      go([this, name = std::move(name), f = std::optional<F>(std::move(f))]() mutable {
         this_fiber::name(name.c_str());
-        guard_fiber(name, f);
+        guard_fiber(name, *f);
+        // The stage's state (its links, the items left in its batches) goes before done():
+        // run() may return as soon as done() is called, and must leave no item behind.
+        f.reset();
         fibers.done();
       });
     } catch (...) {
@@ -213,6 +217,17 @@ class pipe_ctx {
   std::atomic<bool> user_cancelled_{false};
 };
 
+// never_stops_v<Sink>: the sink never returns false (no take, no link, no channel
+// downstream), so a source may drive it without checking after every item.
+template <class S>
+constexpr bool never_stops_v = [] {
+  if constexpr (requires { S::never_stops; }) {
+    return S::never_stops;
+  } else {
+    return false;
+  }
+}();
+
 // stage_name(): "map#2" or the user's name.
 inline std::string stage_name(const char* user, const char* kind, int index) {
   if (user) return user;
@@ -237,7 +252,7 @@ decltype(auto) guarded(pipe_ctx& ctx, const char* user, const char* kind, int in
 // A link moves items in batches to amortize the channel's synchronization; the user still
 // sees one item at a time. A writer sends its batch when it is full, or when its fiber is
 // about to wait for input (flush_hint), so batching never delays an item indefinitely.
-// Bound: a link with `buffer` b holds at most b items (batch size B = clamp(b/4, 1, 64),
+// Bound: a link with `buffer` b holds at most b items (batch size B = clamp(b/3, 1, 64),
 // channel capacity (b - 2B + 1) / B batches, plus one partial batch in the writer and one
 // in the reader).
 
@@ -255,7 +270,7 @@ struct link_shape {
   std::size_t capacity;
 };
 inline link_shape shape_for(std::size_t buffer) {
-  const std::size_t b = std::clamp<std::size_t>(buffer / 4, 1, 64);
+  const std::size_t b = std::clamp<std::size_t>(buffer / 3, 1, 64);
   const std::size_t cap = buffer >= 2 * b ? (buffer - 2 * b + 1) / b : 0;
   return {b, cap};
 }
@@ -269,13 +284,13 @@ class link_writer {
   }
 
   template <class V>
-  bool operator()(V&& v) {
-    cur_.items.push_back(std::forward<V>(v));
-    if (cur_.items.size() >= b_) return flush();
-    return true;
+  [[gnu::always_inline]] bool operator()(V&& v) {
+    cur_.items.push_back(std::forward<V>(v));  // never reallocates: reserved to b_
+    if (cur_.items.size() < b_) [[likely]] return true;
+    return flush();
   }
   // flush() sends the partial batch; false once the reader has stopped.
-  bool flush() {
+  [[gnu::noinline]] bool flush() {  // out of line: operator() must inline into the loop
     if (!open_) return false;
     if (cur_.items.empty()) return true;
     cur_.seq = seq_++;

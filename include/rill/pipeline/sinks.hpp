@@ -43,6 +43,7 @@ struct sink_term : terminal_tag {
   using result_t = void;
 
   struct sink {
+    static constexpr bool never_stops = true;
     sink_term* t;
     pipe_ctx* ctx;
     int index;
@@ -71,6 +72,7 @@ struct collect_term : terminal_tag {
 
   template <class In>
   struct sink {
+    static constexpr bool never_stops = true;
     result_slot<std::vector<In>>* out;
     std::vector<In> items;
     template <class V>
@@ -104,6 +106,7 @@ struct reduce_term : terminal_tag {
   using result_t = T;
 
   struct sink {
+    static constexpr bool never_stops = true;
     reduce_term* t;
     pipe_ctx* ctx;
     result_slot<T>* out;
@@ -133,6 +136,7 @@ struct count_term : terminal_tag {
   using result_t = std::size_t;
 
   struct sink {
+    static constexpr bool never_stops = true;
     result_slot<std::size_t>* out;
     std::size_t n = 0;
     template <class V>

@@ -28,10 +28,23 @@ struct range_source {
 
   template <class Sink>
   void drive(Sink& sink, pipe_ctx& ctx) {
-    std::size_t n = 0;
-    for (auto&& v : range) {
-      if (!sink(std::forward<decltype(v)>(v))) break;
-      if ((++n & 1023) == 0 && ctx.stop.load(std::memory_order_relaxed)) break;
+    if constexpr (never_stops_v<Sink> && std::ranges::sized_range<R>) {
+      // Chunks of 1024 with no early exit inside (and size_t counters: iota's difference
+      // type may be 128 bits wide), so the fused loop compiles like a plain one.
+      auto it = std::ranges::begin(range);
+      std::size_t left = static_cast<std::size_t>(std::ranges::size(range));
+      while (left != 0) {
+        const std::size_t chunk = left < 1024 ? left : 1024;
+        for (std::size_t k = 0; k < chunk; ++k, ++it) sink(*it);
+        left -= chunk;
+        if (ctx.stop.load(std::memory_order_relaxed)) break;
+      }
+    } else {
+      std::size_t n = 0;
+      for (auto&& v : range) {
+        if (!sink(std::forward<decltype(v)>(v))) break;
+        if ((++n & 1023) == 0 && ctx.stop.load(std::memory_order_relaxed)) break;
+      }
     }
     sink.finish();
   }

@@ -77,6 +77,7 @@ struct map_stage : stage_tag {
 
   template <class Down>
   struct sink {
+    static constexpr bool never_stops = never_stops_v<Down>;
     map_stage* st;
     Down* down;
     pipe_ctx* ctx;
@@ -115,6 +116,7 @@ struct filter_stage : stage_tag {
 
   template <class Down>
   struct sink {
+    static constexpr bool never_stops = never_stops_v<Down>;
     filter_stage* st;
     Down* down;
     pipe_ctx* ctx;
@@ -154,6 +156,7 @@ struct tap_stage : stage_tag {
 
   template <class Down>
   struct sink {
+    static constexpr bool never_stops = never_stops_v<Down>;
     tap_stage* st;
     Down* down;
     pipe_ctx* ctx;
