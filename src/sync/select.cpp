@@ -13,6 +13,7 @@
 // 4. Woken: lock the channels again and take our remaining waiters off their queues.
 #include <algorithm>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "sched/futex.hpp"
@@ -35,9 +36,16 @@ namespace {
   return x * 0x2545F4914F6CDD1DULL;
 }
 
+// select_timer: a parked select's timeout. On the heap, with two owners: the select, and
+// the after-park action that arms it once the channels are unlocked (by then the select may
+// have been woken and have returned). The last owner to let go frees it.
 struct select_timer : timer {
   select_state* st = nullptr;
   std::uint32_t index = 0;
+  std::atomic<int> owners{2};
+  void let_go() noexcept {
+    if (owners.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
 };
 
 struct parked_select {
@@ -69,13 +77,20 @@ void unlink_waiters(const parked_select& p) noexcept {
 }
 
 void after_park(context*, void* arg) noexcept {
-  // Arm before unlocking: once the channels are unlocked the select may be woken, return
-  // and end the lifetime of *p and of the timer.
+  // Read *p before unlocking: once the channels are unlocked the select may be woken and
+  // return, ending *p. Arm only after unlocking: arm() may wake a worker (a syscall), and
+  // the woken thread may preempt this one while it still holds the channel spinlocks; the
+  // select, readied by its timer, then spun on them for the rest of a time slice (a
+  // 10 us timeout took ~10 ms on a loaded 2-core machine). A select woken before the arm
+  // has cancelled the timer, and arm() then leaves it alone.
   auto* p = static_cast<parked_select*>(arg);
-  if (p->tm) p->rt->arm(*p->tm);
-  chan_core** locks = p->locks;
-  const std::size_t n = p->nlocks;
-  unlock_all(locks, n);
+  select_timer* tm = p->tm;
+  runtime* rt = p->rt;
+  unlock_all(p->locks, p->nlocks);
+  if (tm) {
+    rt->arm(*tm);
+    tm->let_go();
+  }
 }
 
 }  // namespace
@@ -118,6 +133,11 @@ std::size_t select_core(select_case* cases, std::size_t n) {
     order[i] = order[j];
     order[j] = i;
   }
+
+  // More than 8 cases: the waiters of a parking select go on the heap, allocated before any
+  // channel is locked (a failed allocation must not leave a channel locked).
+  std::unique_ptr<waiter[]> ws_heap;
+  if (n > 8) ws_heap.reset(new waiter[n]);
 
   lock_all(locks, nlocks);
   for (std::size_t k = 0; k < n; ++k) {
@@ -166,13 +186,16 @@ std::size_t select_core(select_case* cases, std::size_t n) {
   select_state st;
   fiber* self = current_fiber();
   st.who = self;
-  waiter ws_buf[8];
-  std::unique_ptr<waiter[]> ws_heap;
-  waiter* ws = ws_buf;
-  if (n > 8) {
-    ws_heap.reset(new waiter[n]);
-    ws = ws_heap.get();
+  select_timer* tm_owned = nullptr;  // a plain thread uses the futex deadline instead
+  if (self && tmo != n) {
+    tm_owned = new (std::nothrow) select_timer;
+    if (!tm_owned) {
+      unlock_all(locks, nlocks);
+      throw std::bad_alloc();
+    }
   }
+  waiter ws_buf[8];
+  waiter* ws = ws_heap ? ws_heap.get() : ws_buf;
   // Enqueue in the random poll order too: when several of our cases wait on one channel
   // (two send cases of one channel, say), the partner that comes takes the first waiter,
   // so index order would always pick the earlier case (Go's TestPseudoRandomSend).
@@ -187,13 +210,14 @@ std::size_t select_core(select_case* cases, std::size_t n) {
     w.who = self;
     (sc.kind == case_kind::recv ? sc.ch->recvq_ : sc.ch->sendq_).push_back(&w);
   }
-  select_timer tm;
   parked_select p{locks, nlocks, nullptr, nullptr, cases, ws, n};
-  if (tmo != n) {
-    tm.st = &st;
-    tm.index = static_cast<std::uint32_t>(tmo);
-    tm.when = cases[tmo].deadline;
-    tm.fire = [](timer* t) noexcept {
+  if (self && tmo != n) {
+    p.tm = tm_owned;
+    p.rt = self->rt;
+    p.tm->st = &st;
+    p.tm->index = static_cast<std::uint32_t>(tmo);
+    p.tm->when = cases[tmo].deadline;
+    p.tm->fire = [](timer* t) noexcept {
       auto* s = static_cast<select_timer*>(t);
       select_state* state = s->st;
       std::uint32_t open = 0;
@@ -205,10 +229,6 @@ std::size_t select_core(select_case* cases, std::size_t n) {
   }
 
   if (self) {
-    if (tmo != n) {
-      p.tm = &tm;
-      p.rt = self->rt;
-    }
     struct cancel_t {
       parked_select* p;
       static void run(void* a) { unlink_waiters(*static_cast<cancel_t*>(a)->p); }
@@ -216,10 +236,17 @@ std::size_t select_core(select_case* cases, std::size_t n) {
     try {
       park_fiber(self, wait_reason::select, nullptr, after_park, &p, &cancel_t::run, &cancel);
     } catch (...) {
-      if (p.tm) self->rt->cancel(tm);
+      if (p.tm) {
+        self->rt->cancel(*p.tm);
+        p.tm->let_go();
+      }
       throw;
     }
-    if (p.tm && st.done.load(std::memory_order_acquire) != tmo + 1) self->rt->cancel(tm);
+    if (p.tm) {
+      // Not won by the timer: cancel it (armed or not yet: see after_park).
+      if (st.done.load(std::memory_order_acquire) != tmo + 1) self->rt->cancel(*p.tm);
+      p.tm->let_go();
+    }
   } else {
     // A plain thread: block on the futex, with the timeout as the futex deadline.
     g_external_waiters.fetch_add(1, std::memory_order_seq_cst);
