@@ -136,6 +136,7 @@ void yield() {
     std::this_thread::yield();
     return;
   }
+  detail::check_stack(self);  // a yield is a switch out: check the stack like switch_out()
   detail::worker* w = detail::current_worker();
   self->state.store(detail::fiber_state::runnable, std::memory_order_relaxed);
   if (detail::fiber* next = self->rt->next_local(*w)) {
