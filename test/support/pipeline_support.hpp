@@ -1,0 +1,98 @@
+// Test support for the pipeline DSL, shared by test/unit/pipeline*_test.cpp and
+// test/stress/pipeline_stress.cpp: iteration scaling under sanitizers, a counting item type,
+// a goleak-style leak gate for runs on the default runtime, and a random buffer size.
+//
+// Catch2 v2 is not thread-safe: assertions go in the main fiber (or the test's thread)
+// only. Stage functions record what they see in atomics or in per-run state that the main
+// fiber checks after run() returns.
+#pragma once
+
+#include <rill/rill.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <iterator>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "support/run_with.hpp"
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define RILL_PIPELINE_TEST_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define RILL_PIPELINE_TEST_SANITIZED 1
+#endif
+#endif
+#ifndef RILL_PIPELINE_TEST_SANITIZED
+#define RILL_PIPELINE_TEST_SANITIZED 0
+#endif
+
+namespace test {
+
+// sanitized: built with ASan or TSan (iteration counts are cut, TSan is ~10x slower).
+inline constexpr bool sanitized = RILL_PIPELINE_TEST_SANITIZED != 0;
+
+// scaled(n): n normally, n / div (at least 1) under a sanitizer.
+constexpr int scaled(int n, int div = 8) { return sanitized ? (n / div > 0 ? n / div : 1) : n; }
+
+// tracked: an item that counts its live instances, to prove that no item outlives a run.
+struct tracked {
+  static inline std::atomic<long> live{0};
+  int v = 0;
+  tracked() { ++live; }
+  explicit tracked(int x) : v(x) { ++live; }
+  tracked(const tracked& o) : v(o.v) { ++live; }
+  tracked(tracked&& o) noexcept : v(o.v) { ++live; }
+  tracked& operator=(const tracked&) = default;
+  tracked& operator=(tracked&&) noexcept = default;
+  ~tracked() { --live; }
+};
+
+// boom: the exception that test stage functions throw; `at` says which item threw.
+struct boom : std::runtime_error {
+  explicit boom(long at) : std::runtime_error("boom at " + std::to_string(at)), at(at) {}
+  long at;
+};
+
+// wait_no_leaks(): the leak gate for runs on the default runtime, from a plain thread. A
+// stage fiber signals the end of its work just before it returns, so its stack goes back a
+// moment after run() returns: poll as goleak does (up to 2 s), then check.
+inline void wait_no_leaks() {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (std::chrono::steady_clock::now() < deadline) {
+    const rill::stats s = rill::global_stats();
+    if (s.live_fibers == 0 && s.live_stacks == 0 && s.pending_timers == 0) break;
+    std::this_thread::yield();
+  }
+  check_no_leaks();
+}
+
+// leak_gate: for tests that run pipelines on the default runtime from the test's thread:
+// wait_no_leaks() when the test ends, so its fibers are gone before the next test (in the
+// same process) checks for leaks, and so that a leak is reported by the test that caused it.
+struct leak_gate {
+  leak_gate() = default;
+  leak_gate(const leak_gate&) = delete;
+  leak_gate& operator=(const leak_gate&) = delete;
+  ~leak_gate() { wait_no_leaks(); }
+};
+
+// random_buffer(): a stage buffer size, small ones (the edge cases) most often.
+inline std::size_t random_buffer(std::mt19937& rng) {
+  static constexpr std::size_t sizes[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 16, 31, 64, 100, 256, 1000};
+  return sizes[std::uniform_int_distribution<std::size_t>(0, std::size(sizes) - 1)(rng)];
+}
+
+// seed(): a fresh seed per test case, printed on failure (set RILL_TEST_SEED to replay).
+inline std::uint32_t seed() {
+  if (const char* s = std::getenv("RILL_TEST_SEED")) return static_cast<std::uint32_t>(std::strtoul(s, nullptr, 10));
+  return std::random_device{}();
+}
+
+}  // namespace test

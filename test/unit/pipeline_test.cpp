@@ -1,0 +1,974 @@
+// Tests of the pipeline DSL, stage by stage: every source, stage, option and terminal; how
+// a run is laid out (fusion, stats); where it runs (plain thread, fiber, inline_run);
+// start/cancel/stop_token; errors; backpressure; a 10,000-fiber chain and the prime sieve.
+// Randomized comparisons with plain loops are in pipeline_property_test.cpp.
+#include <rill/pipeline.hpp>
+#include <rill/rill.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <functional>
+#include <list>
+#include <map>
+#include <memory>
+#include <numeric>
+#include <optional>
+#include <ranges>
+#include <set>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include <range/v3/view/filter.hpp>
+#include <range/v3/view/iota.hpp>
+#include <range/v3/view/take.hpp>
+#include <range/v3/view/transform.hpp>
+
+#include "support/pipeline_support.hpp"
+#include "support/run_with.hpp"
+
+namespace {
+
+std::vector<int> iota_vec(int n, int from = 0) {
+  std::vector<int> v(static_cast<std::size_t>(n));
+  std::iota(v.begin(), v.end(), from);
+  return v;
+}
+
+// churn(): a stage function that parks for a while on some items, so that fibers
+// interleave and finish out of order.
+int churn(int v) {
+  for (int i = 0; i < (v * 7) % 5; ++i) rill::this_fiber::yield();
+  return v;
+}
+
+struct no_default {
+  explicit no_default(int x) : v(x) {}
+  int v;
+};
+
+}  // namespace
+
+// ---- sources ---------------------------------------------------------------------------
+
+TEST_CASE("pipeline: from(rvalue container) moves it in; collect keeps stream order",
+          "[pipeline][source]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto p = rill::from(iota_vec(1000)) | rill::collect();
+  CHECK(p.run() == iota_vec(1000));
+  CHECK(p.run() == iota_vec(1000));  // the pipeline owns the vector: runs again
+}
+
+TEST_CASE("pipeline: from(lvalue container) refers to it and leaves it unchanged",
+          "[pipeline][source]") {
+  test::leak_gate gate;  // runs on the default runtime
+  std::vector<std::string> words{"alpha", "beta", "gamma"};
+  auto p = rill::from(words) | rill::map([](std::string s) { return s + "!"; }) | rill::collect();
+  CHECK(p.run() == std::vector<std::string>{"alpha!", "beta!", "gamma!"});
+  CHECK(words == std::vector<std::string>{"alpha", "beta", "gamma"});
+  words.push_back("delta");  // referred to, not copied: the next run sees the change
+  CHECK(p.run().size() == 4);
+
+  std::list<int> l{3, 1, 2};
+  CHECK((rill::from(l) | rill::collect()).run() == std::vector<int>{3, 1, 2});
+  const std::map<int, char> m{{1, 'a'}, {2, 'b'}};
+  auto keys = rill::from(m) | rill::map([](const std::pair<const int, char>& kv) { return kv.first; }) |
+              rill::collect();
+  CHECK(keys.run() == std::vector<int>{1, 2});
+}
+
+TEST_CASE("pipeline: from(range-v3 views), rvalue and lvalue", "[pipeline][source]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto evens = ranges::views::iota(0, 100) | ranges::views::filter([](int x) { return x % 2 == 0; }) |
+               ranges::views::transform([](int x) { return x * 10; });
+  auto p = rill::from(evens) | rill::reduce(0L, std::plus<>{});
+  CHECK(p.run() == 10L * 2450);
+  auto q = rill::from(ranges::views::iota(1) | ranges::views::take(10)) | rill::collect();
+  CHECK(q.run() == iota_vec(10, 1));
+  auto r = rill::from(ranges::views::iota(0)) | rill::take(3) | rill::collect();  // infinite
+  CHECK(r.run() == std::vector<int>{0, 1, 2});
+}
+
+TEST_CASE("pipeline: from(std views), including an infinite iota cut by take",
+          "[pipeline][source]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto p = rill::from(std::views::iota(0)) | rill::map([](int v) { return v * v; }) |
+           rill::take(5) | rill::collect();
+  CHECK(p.run() == std::vector<int>{0, 1, 4, 9, 16});
+  auto q = rill::from(std::views::iota(0, 10) | std::views::reverse) | rill::collect();
+  CHECK(q.run() == std::vector<int>{9, 8, 7, 6, 5, 4, 3, 2, 1, 0});
+}
+
+TEST_CASE("pipeline: from(chan) takes values until the channel is closed", "[pipeline][source]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  auto fuse = GENERATE(true, false);
+  test::run_with(workers, [fuse] {
+    rill::chan<int> c(8);
+    rill::go([c]() mutable {
+      for (int i = 0; i < 1000; ++i) c.send(i);
+      c.close();
+    });
+    auto out = (rill::from(c) | rill::map([](int v) { return v + 1; }) | rill::collect())
+                   .run({.fusion = fuse});
+    CHECK(out == iota_vec(1000, 1));
+
+    rill::chan<int> d;  // unbuffered, through a receive-only handle
+    rill::go([d]() mutable {
+      for (int i = 0; i < 100; ++i) d.send(i);
+      d.close();
+    });
+    rill::recv_chan<int> r = d;
+    CHECK((rill::from(r) | rill::count()).run({.fusion = fuse}) == 100);
+  });
+}
+
+TEST_CASE("pipeline: from(chan) with take leaves the rest in the channel", "[pipeline][source]") {
+  test::run_with(2, [] {
+    rill::chan<int> c(10);
+    for (int i = 0; i < 10; ++i) c.send(i);
+    CHECK((rill::from(c) | rill::take(3) | rill::collect()).run() == std::vector<int>{0, 1, 2});
+    CHECK(c.size() == 7);
+    c.close();
+    CHECK((rill::from(c) | rill::collect()).run() == iota_vec(7, 3));
+  });
+}
+
+TEST_CASE("pipeline: from(chan) waiting on an empty channel stops on cancel", "[pipeline][source]") {
+  auto workers = GENERATE(1u, 2u);
+  test::run_with(workers, [] {
+    rill::chan<int> c;
+    auto h = (rill::from(c) | rill::count()).start();
+    rill::this_fiber::yield();
+    h.cancel();
+    CHECK_THROWS_AS(h.wait(), rill::pipeline_cancelled);
+    CHECK_FALSE(c.closed());  // the user's channel is left alone
+  });
+}
+
+TEST_CASE("pipeline: from(chan) stops on cancel even if the channel never runs dry",
+          "[pipeline][source]") {
+  test::run_with(2, [] {
+    rill::chan<int> c(1);
+    c.send(0);
+    std::atomic<long> seen{0};
+    // Each item is fed back into the source channel: try_recv() always finds one.
+    auto h = (rill::from(c) | rill::tap([c](int v) mutable { (void)c.try_send(v + 1); }) |
+              rill::for_each([&](int) { ++seen; }))
+                 .start();
+    while (seen.load() < 100) rill::this_fiber::yield();
+    h.cancel();
+    CHECK_THROWS_AS(h.wait(), rill::pipeline_cancelled);
+  });
+}
+
+TEST_CASE("pipeline: generate(f) calls f until it returns nullopt", "[pipeline][source]") {
+  test::leak_gate gate;  // runs on the default runtime
+  int calls = 0;
+  auto p = rill::generate([&calls]() -> std::optional<int> {
+             ++calls;
+             if (calls > 100) return std::nullopt;
+             return calls;
+           }) |
+           rill::collect();
+  CHECK(p.run() == iota_vec(100, 1));
+  CHECK(calls == 101);
+  // An infinite generator is stopped by take after exactly n calls (fused).
+  int n = 0;
+  auto q = rill::generate([&n]() -> std::optional<int> { return n++; }) | rill::take(7) | rill::count();
+  CHECK(q.run() == 7);
+  CHECK(n == 7);
+}
+
+TEST_CASE("pipeline: merge interleaves sources, each keeping its order", "[pipeline][source]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  test::run_with(workers, [] {
+    rill::chan<int> c(4);
+    rill::go([c]() mutable {
+      for (int i = 0; i < 500; ++i) c.send(20000 + i);
+      c.close();
+    });
+    int g = 0;
+    auto p = rill::merge(rill::from(iota_vec(1000)),
+                         rill::from(iota_vec(700)) | rill::map([](int v) { return 10000 + churn(v); }),
+                         rill::from(c),
+                         rill::generate([&g]() -> std::optional<int> {
+                           if (g == 300) return std::nullopt;
+                           return 30000 + g++;
+                         })) |
+             rill::collect();
+    const std::vector<int> out = p.run();
+    REQUIRE(out.size() == 1000 + 700 + 500 + 300);
+    std::vector<int> parts[4];
+    for (int v : out) parts[v / 10000].push_back(v % 10000);
+    CHECK(parts[0] == iota_vec(1000));
+    CHECK(parts[1] == iota_vec(700));
+    CHECK(parts[2] == iota_vec(500));
+    CHECK(parts[3] == iota_vec(300));
+    // take after merge stops every source.
+    auto q = rill::merge(rill::from(std::views::iota(0)), rill::from(std::views::iota(0))) |
+             rill::take(1000) | rill::count();
+    CHECK(q.run() == 1000);
+  });
+}
+
+TEST_CASE("pipeline: a source that throws fails the run", "[pipeline][source][error]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto thrower = ranges::views::iota(0, 100) | ranges::views::transform([](int v) {
+                   if (v == 42) throw test::boom(v);
+                   return v;
+                 });
+  auto p = rill::from(thrower) | rill::count();
+  CHECK_THROWS_AS(p.run(), test::boom);
+  int i = 0;
+  auto q = rill::generate([&i]() -> std::optional<int> {
+             if (i == 10) throw test::boom(i);
+             return i++;
+           }) |
+           rill::map([](int v) { return v; }, {.fuse = false}) | rill::count();
+  CHECK_THROWS_WITH(q.run(), "boom at 10");
+}
+
+// ---- stages ----------------------------------------------------------------------------
+
+TEST_CASE("pipeline: map transforms each item, also to another type", "[pipeline][stage]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto p = rill::from(iota_vec(5)) | rill::map([](int v) { return std::to_string(v * 3); }) |
+           rill::map([](const std::string& s) { return s.size(); }) | rill::collect();
+  CHECK(p.run() == std::vector<std::size_t>{1, 1, 1, 1, 2});
+}
+
+TEST_CASE("pipeline: filter keeps the items its predicate accepts", "[pipeline][stage]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto fuse = GENERATE(true, false);
+  auto p = rill::from(iota_vec(100)) | rill::filter([](int v) { return v % 7 == 0; }) |
+           rill::filter([](int v) { return v > 20; }) | rill::collect();
+  CHECK(p.run({.fusion = fuse}) == std::vector<int>{21, 28, 35, 42, 49, 56, 63, 70, 77, 84, 91, 98});
+  CHECK((rill::from(iota_vec(10)) | rill::filter([](int) { return false; }) | rill::count())
+            .run({.fusion = fuse}) == 0);
+}
+
+TEST_CASE("pipeline: flat_map expands each item into a range, in order", "[pipeline][stage]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto fuse = GENERATE(true, false);
+  auto rep = rill::from(iota_vec(4)) |
+             rill::flat_map([](int v) { return std::vector<int>(static_cast<std::size_t>(v), v); }) |
+             rill::collect();
+  CHECK(rep.run({.fusion = fuse}) == std::vector<int>{1, 2, 2, 3, 3, 3});
+  auto view = rill::from(iota_vec(4)) | rill::flat_map([](int v) { return std::views::iota(0, v); }) |
+              rill::collect();
+  CHECK(view.run({.fusion = fuse}) == std::vector<int>{0, 0, 1, 0, 1, 2});
+}
+
+TEST_CASE("pipeline: flat_map over the user's data copies, never moves from it",
+          "[pipeline][stage]") {
+  test::leak_gate gate;  // runs on the default runtime
+  std::vector<std::vector<std::string>> table{{"a", "b"}, {}, {"c"}};
+  auto by_ref = rill::from(iota_vec(3)) |
+                rill::flat_map([&table](int i) -> std::vector<std::string>& {
+                  return table[static_cast<std::size_t>(i)];
+                }) |
+                rill::collect();
+  auto by_span = rill::from(iota_vec(3)) | rill::flat_map([&table](int i) {
+                   return std::span<std::string>(table[static_cast<std::size_t>(i)]);
+                 }) |
+                 rill::collect();
+  const std::vector<std::string> abc{"a", "b", "c"};
+  for (int k = 0; k < 2; ++k) {
+    CHECK(by_ref.run() == abc);
+    CHECK(by_span.run() == abc);
+  }
+  CHECK(table == std::vector<std::vector<std::string>>{{"a", "b"}, {}, {"c"}});
+}
+
+TEST_CASE("pipeline: tap sees every item and passes it on unchanged", "[pipeline][stage]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto fuse = GENERATE(true, false);
+  std::vector<int> seen;
+  auto p = rill::from(iota_vec(50)) | rill::tap([&seen](const int& v) { seen.push_back(v); }) |
+           rill::map([](int v) { return -v; }) | rill::collect();
+  const auto out = p.run({.fusion = fuse});
+  CHECK(seen == iota_vec(50));
+  CHECK(out.size() == 50);
+  CHECK(out.back() == -49);
+}
+
+TEST_CASE("pipeline: take passes the first n items", "[pipeline][stage]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto fuse = GENERATE(true, false);
+  auto n = GENERATE(0, 1, 9, 10, 11, 1000);
+  auto p = rill::from(iota_vec(10)) | rill::take(static_cast<std::size_t>(n)) | rill::collect();
+  CHECK(p.run({.fusion = fuse}) == iota_vec(std::min(n, 10)));
+}
+
+TEST_CASE("pipeline: batch groups n items; the last group may be short", "[pipeline][stage]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto fuse = GENERATE(true, false);
+  auto p = rill::from(iota_vec(10)) | rill::batch(3) | rill::collect();
+  CHECK(p.run({.fusion = fuse}) ==
+        std::vector<std::vector<int>>{{0, 1, 2}, {3, 4, 5}, {6, 7, 8}, {9}});
+  CHECK((rill::from(iota_vec(4)) | rill::batch(1) | rill::count()).run({.fusion = fuse}) == 4);
+  CHECK((rill::from(iota_vec(4)) | rill::batch(4) | rill::count()).run({.fusion = fuse}) == 1);
+  CHECK((rill::from(std::vector<int>{}) | rill::batch(4) | rill::count()).run({.fusion = fuse}) == 0);
+}
+
+TEST_CASE("pipeline: unbatch flattens batches; batch | unbatch is the identity",
+          "[pipeline][stage]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto fuse = GENERATE(true, false);
+  auto n = GENERATE(1, 2, 7, 64);
+  auto p = rill::from(iota_vec(1000)) | rill::batch(static_cast<std::size_t>(n)) | rill::unbatch() |
+           rill::collect();
+  CHECK(p.run({.fusion = fuse}) == iota_vec(1000));
+  // Batches that belong to the user are copied from, not moved from: runs repeat.
+  std::vector<std::vector<std::string>> vv{{"a", "b"}, {"c"}};
+  auto q = rill::from(vv) | rill::unbatch() | rill::collect();
+  CHECK(q.run({.fusion = fuse}) == std::vector<std::string>{"a", "b", "c"});
+  CHECK(q.run({.fusion = fuse}) == std::vector<std::string>{"a", "b", "c"});
+  CHECK(vv == std::vector<std::vector<std::string>>{{"a", "b"}, {"c"}});
+}
+
+TEST_CASE("pipeline: par_map ordered gives map's output in order, workers 1..4",
+          "[pipeline][stage][par_map]") {
+  auto workers = GENERATE(1u, 2u, 3u, 4u);
+  test::run_with(2, [workers] {
+    std::vector<int> expect = iota_vec(2000);
+    for (int& v : expect) v = v * 3 + 1;
+    auto p = rill::from(iota_vec(2000)) |
+             rill::par_map([](int v) { return churn(v) * 3 + 1; }, {.workers = workers, .ordered = true}) |
+             rill::collect();
+    CHECK(p.run() == expect);
+    const auto fibers = p.stats().fibers;
+    CHECK(std::count(fibers.begin(), fibers.end(), "par_map#1") == workers);
+  });
+}
+
+TEST_CASE("pipeline: par_map unordered gives every result once, workers 1..4",
+          "[pipeline][stage][par_map]") {
+  auto workers = GENERATE(1u, 2u, 3u, 4u);
+  test::run_with(2, [workers] {
+    auto p = rill::from(iota_vec(2000)) |
+             rill::par_map([](int v) { return churn(v) * 3 + 1; }, {.workers = workers, .ordered = false}) |
+             rill::collect();
+    std::vector<int> out = p.run();
+    std::sort(out.begin(), out.end());
+    std::vector<int> expect = iota_vec(2000);
+    for (int& v : expect) v = v * 3 + 1;
+    CHECK(out == expect);
+  });
+}
+
+TEST_CASE("pipeline: par_map with workers = 0 uses the runtime's worker count",
+          "[pipeline][stage][par_map]") {
+  auto workers = GENERATE(1u, 3u);
+  test::run_with(workers, [workers] {
+    auto p = rill::from(iota_vec(100)) | rill::par_map([](int v) { return v; }) | rill::count();
+    CHECK(p.run() == 100);
+    const auto fibers = p.stats().fibers;
+    CHECK(std::count(fibers.begin(), fibers.end(), "par_map#1") == workers);
+  });
+}
+
+TEST_CASE("pipeline: par_maps in a row, then take", "[pipeline][stage][par_map]") {
+  auto ordered = GENERATE(true, false);
+  test::run_with(2, [ordered] {
+    auto p = rill::from(iota_vec(3000)) |
+             rill::par_map([](int v) { return churn(v); }, {.workers = 3, .ordered = ordered}) |
+             rill::par_map([](int v) { return v * 2; }, {.workers = 2, .ordered = ordered, .buffer = 8}) |
+             rill::collect();
+    std::vector<int> out = p.run();
+    if (!ordered) std::sort(out.begin(), out.end());
+    std::vector<int> expect = iota_vec(3000);
+    for (int& v : expect) v *= 2;
+    CHECK(out == expect);
+    auto q = rill::from(std::views::iota(0)) |
+             rill::par_map([](int v) { return v; }, {.workers = 2, .ordered = ordered}) |
+             rill::take(100) | rill::count();
+    CHECK(q.run() == 100);
+  });
+}
+
+TEST_CASE("pipeline: stage_boundary starts a new fiber, same results", "[pipeline][stage]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto p = rill::from(iota_vec(100)) | rill::map([](int v) { return v + 1; }) | rill::stage_boundary |
+           rill::map([](int v) { return v * 2; }) | rill::collect();
+  std::vector<int> expect = iota_vec(100, 1);
+  for (int& v : expect) v *= 2;
+  CHECK(p.run() == expect);
+  CHECK(p.stats().fibers == std::vector<std::string>{"from|map#1", "boundary#2|map#3|collect"});
+}
+
+TEST_CASE("pipeline: {.fuse = false} gives a stage a fiber of its own", "[pipeline][stage]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto p = rill::from(iota_vec(100)) | rill::map([](int v) { return v + 1; }) |
+           rill::filter([](int v) { return v % 2 == 0; }, {.fuse = false}) |
+           rill::tap([](int) {}) | rill::count();
+  CHECK(p.run() == 50);
+  CHECK(p.stats().fibers == std::vector<std::string>{"from|map#1", "filter#2|tap#3|count"});
+}
+
+TEST_CASE("pipeline: {.buffer = n} of any size gives the same results", "[pipeline][stage]") {
+  auto n = GENERATE(0u, 1u, 2u, 3u, 7u, 8u, 9u, 64u, 1000u);
+  test::run_with(2, [n] {
+    auto p = rill::from(iota_vec(3000)) | rill::map([](int v) { return v * 2; }, {.buffer = n}) |
+             rill::filter([](int v) { return v % 3 != 0; }, {.buffer = n, .fuse = false}) |
+             rill::par_map([](int v) { return churn(v); }, {.workers = 2, .buffer = n}) |
+             rill::stage_boundary | rill::collect();
+    std::vector<int> expect;
+    for (int v : iota_vec(3000)) {
+      if ((v * 2) % 3 != 0) expect.push_back(v * 2);
+    }
+    CHECK(p.run() == expect);
+    CHECK(p.run({.fusion = false}) == expect);
+  });
+}
+
+TEST_CASE("pipeline: {.name} names a stage in stats and in failed_stage()", "[pipeline][stage]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto p = rill::from(iota_vec(10)) | rill::map([](int v) { return v; }, {.name = "identity"}) |
+           rill::map([](int v) {
+             if (v == 5) throw test::boom(v);
+             return v;
+           }, {.fuse = false, .name = "explode"}) |
+           rill::count();
+  CHECK_THROWS_AS(p.run(), test::boom);
+  CHECK(p.stats().fibers == std::vector<std::string>{"from|identity", "explode|count"});
+  test::run_with(2, [&p] {
+    auto h = p.start();
+    CHECK_THROWS_WITH(h.wait(), "boom at 5");
+    CHECK(h.failed_stage() == "explode");
+  });
+}
+
+// ---- terminals -------------------------------------------------------------------------
+
+TEST_CASE("pipeline: sink and for_each call f per item, in order; run() returns void",
+          "[pipeline][terminal]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto fuse = GENERATE(true, false);
+  std::vector<int> a, b;
+  auto p = rill::from(iota_vec(300)) | rill::sink([&a](int v) { a.push_back(v); });
+  auto q = rill::from(iota_vec(300)) | rill::for_each([&b](int v) { b.push_back(v); });
+  static_assert(std::is_void_v<decltype(p.run())>);
+  p.run({.fusion = fuse});
+  q.run({.fusion = fuse});
+  CHECK(a == iota_vec(300));
+  CHECK(b == iota_vec(300));
+}
+
+TEST_CASE("pipeline: reduce folds left to right from init", "[pipeline][terminal]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto fuse = GENERATE(true, false);
+  auto sum = rill::from(iota_vec(1000)) | rill::reduce(0L, std::plus<>{});
+  CHECK(sum.run({.fusion = fuse}) == 999L * 1000 / 2);
+  auto cat = rill::from(std::vector<std::string>{"a", "b", "c", "d"}) |
+             rill::reduce(std::string(">"), [](std::string acc, const std::string& s) { return acc + s; });
+  CHECK(cat.run({.fusion = fuse}) == ">abcd");
+  auto empty = rill::from(std::vector<int>{}) | rill::reduce(7, std::plus<>{});
+  CHECK(empty.run({.fusion = fuse}) == 7);
+  auto counts = rill::from(std::string("abracadabra")) |
+                rill::reduce(std::map<char, int>{}, [](std::map<char, int> m, char c) {
+                  ++m[c];
+                  return m;
+                });
+  CHECK(counts.run({.fusion = fuse}) == std::map<char, int>{{'a', 5}, {'b', 2}, {'c', 1}, {'d', 1}, {'r', 2}});
+}
+
+TEST_CASE("pipeline: count and collect", "[pipeline][terminal]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto fuse = GENERATE(true, false);
+  CHECK((rill::from(iota_vec(12345)) | rill::count()).run({.fusion = fuse}) == 12345);
+  CHECK((rill::from(std::vector<int>{}) | rill::count()).run({.fusion = fuse}) == 0);
+  CHECK((rill::from(std::vector<int>{}) | rill::collect()).run({.fusion = fuse}).empty());
+  std::vector<no_default> nd = (rill::from(iota_vec(3)) | rill::map([](int v) { return no_default(v); }) |
+                                rill::collect())
+                                   .run({.fusion = fuse});
+  REQUIRE(nd.size() == 3);
+  CHECK(nd[2].v == 2);
+}
+
+TEST_CASE("pipeline: to(chan) sends every item, then closes the channel", "[pipeline][terminal]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  test::run_with(workers, [] {
+    rill::chan<int> out(3);
+    std::vector<int> got;
+    rill::wait_group wg;
+    wg.add(1);
+    rill::go([&] {
+      for (int v : out) got.push_back(v);  // ends when the pipeline closes `out`
+      wg.done();
+    });
+    (rill::from(iota_vec(500)) | rill::map([](int v) { return v + 1; }) | rill::to(out)).run();
+    wg.wait();
+    CHECK(got == iota_vec(500, 1));
+    CHECK(out.closed());
+    rill::chan<long> wide;  // to() converts the item to the channel's type
+    rill::send_chan<long> s = wide;
+    rill::go([s] { (rill::from(iota_vec(3)) | rill::to(s)).run(); });
+    long total = 0;
+    for (long v : wide) total += v;
+    CHECK(total == 3);
+  });
+}
+
+TEST_CASE("pipeline: to(chan) closes the channel when the run fails", "[pipeline][terminal][error]") {
+  auto workers = GENERATE(1u, 2u);
+  auto fuse = GENERATE(true, false);
+  test::run_with(workers, [fuse] {
+    rill::chan<int> out(4);
+    auto h = (rill::from(iota_vec(100)) | rill::map([](int v) {
+                if (v == 10) throw test::boom(v);
+                return v;
+              }) |
+              rill::to(out))
+                 .start({.fusion = fuse});
+    int n = 0;
+    for (int v : out) n += v >= 0;  // ends: the channel is closed although map threw
+    CHECK(n <= 10);
+    CHECK_THROWS_AS(h.wait(), test::boom);
+  });
+}
+
+// ---- composition -------------------------------------------------------------------------
+
+TEST_CASE("pipeline: stages compose before a source exists (fragments)", "[pipeline][compose]") {
+  test::leak_gate gate;  // runs on the default runtime
+  auto odd_squares = rill::filter([](int v) { return v % 2 == 1; }) | rill::map([](int v) { return v * v; });
+  auto summed = rill::map([](int v) { return v + 1; }) | rill::reduce(0, std::plus<>{});
+  CHECK((rill::from(iota_vec(6)) | odd_squares | rill::collect()).run() == std::vector<int>{1, 9, 25});
+  CHECK((rill::from(iota_vec(6)) | odd_squares | summed).run() == 2 + 10 + 26);
+  CHECK((rill::from(iota_vec(4)) | summed).run() == 10);
+}
+
+TEST_CASE("pipeline: copies of a pipeline share its stages; runs repeat", "[pipeline][compose]") {
+  test::leak_gate gate;  // runs on the default runtime
+  long calls = 0;
+  auto p = rill::from(iota_vec(10)) | rill::tap([&calls](int) { ++calls; }) | rill::take(4) |
+           rill::reduce(0, std::plus<>{});
+  auto q = p;
+  CHECK(p.run() == 6);
+  CHECK(q.run() == 6);
+  CHECK(calls == 8);
+}
+
+TEST_CASE("pipeline: move-only items go through every stage kind", "[pipeline][compose]") {
+  auto fuse = GENERATE(true, false);
+  test::run_with(2, [fuse] {
+    int i = 0;
+    auto p = rill::generate([&i]() -> std::optional<std::unique_ptr<int>> {
+               if (i == 200) return std::nullopt;
+               return std::make_unique<int>(i++);
+             }) |
+             rill::map([](std::unique_ptr<int> v) {
+               *v += 1;
+               return v;
+             }) |
+             rill::filter([](const std::unique_ptr<int>& v) { return *v % 2 == 0; }) |
+             rill::batch(3) | rill::unbatch() |
+             rill::par_map([](std::unique_ptr<int> v) { return v; }, {.workers = 2}) |
+             rill::flat_map([](std::unique_ptr<int> v) {
+               std::vector<std::unique_ptr<int>> two;
+               two.push_back(std::move(v));
+               two.push_back(std::make_unique<int>(-1));
+               return two;
+             }) |
+             rill::filter([](const std::unique_ptr<int>& v) { return *v >= 0; }) | rill::collect();
+    const auto out = p.run({.fusion = fuse});
+    REQUIRE(out.size() == 100);
+    for (std::size_t k = 0; k < out.size(); ++k) CHECK(*out[k] == static_cast<int>(2 * k + 2));
+  });
+}
+
+// ---- where a pipeline runs --------------------------------------------------------------
+
+TEST_CASE("pipeline: run() works from a plain thread and from inside rill::run",
+          "[pipeline][run]") {
+  auto from_fiber = GENERATE(false, true);
+  auto p = rill::from(iota_vec(10000)) | rill::map([](int v) { return 2L * v; }) |
+           rill::par_map([](long v) { return v + 1; }, {.workers = 2}) |
+           rill::filter([](long v) { return v % 3 != 0; }) | rill::reduce(0L, std::plus<>{});
+  long expect = 0;
+  for (long v = 0; v < 10000; ++v) {
+    if ((2 * v + 1) % 3 != 0) expect += 2 * v + 1;
+  }
+  if (from_fiber) {
+    test::run_with(2, [&] { CHECK(p.run() == expect); });
+  } else {
+    test::watchdog dog;
+    CHECK(p.run() == expect);  // the default runtime
+    test::wait_no_leaks();
+  }
+}
+
+TEST_CASE("pipeline: start() from a plain thread; wait() returns the result", "[pipeline][run]") {
+  test::watchdog dog;
+  auto h = (rill::from(iota_vec(1000)) | rill::count()).start();
+  CHECK(h.wait() == 1000);
+  CHECK_THROWS_AS(h.wait(), std::logic_error);
+  test::wait_no_leaks();
+}
+
+TEST_CASE("pipeline: inline_run gives the same order on every run, even unordered par_map",
+          "[pipeline][run]") {
+  test::watchdog dog;
+  auto p = rill::from(iota_vec(2000)) |
+           rill::par_map([](int v) { return churn(v); }, {.workers = 4, .ordered = false}) |
+           rill::map([](int v) { return v; }, {.fuse = false}) | rill::collect();
+  const std::vector<int> first = p.run(rill::inline_run);
+  REQUIRE(first.size() == 2000);
+  CHECK(first != iota_vec(2000));  // churn really reorders
+  for (int k = 0; k < 4; ++k) CHECK(p.run(rill::inline_run) == first);
+  auto sorted = first;
+  std::sort(sorted.begin(), sorted.end());
+  CHECK(sorted == iota_vec(2000));
+  test::wait_no_leaks();
+}
+
+TEST_CASE("pipeline: stats show fusion: one fiber fused, one per stage unfused", "[pipeline][run]") {
+  test::run_with(2, [] {
+    auto p = rill::from(iota_vec(100)) | rill::map([](int v) { return v * 2; }) |
+             rill::filter([](int v) { return v % 3 == 0; }) | rill::reduce(0L, std::plus<>{});
+    CHECK(p.stats().fibers.empty());  // nothing ran yet
+    const long fused = p.run();
+    CHECK(p.stats().fibers == std::vector<std::string>{"from|map#1|filter#2|reduce"});
+    const long unfused = p.run({.fusion = false});
+    CHECK(p.stats().fibers == std::vector<std::string>{"from", "map#1", "filter#2", "reduce"});
+    CHECK(fused == unfused);
+  });
+}
+
+// ---- cancellation and errors ------------------------------------------------------------
+
+TEST_CASE("pipeline: start() then cancel() stops an endless pipeline", "[pipeline][cancel]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  auto fuse = GENERATE(true, false);
+  test::run_with(workers, [fuse] {
+    std::atomic<long> seen{0};
+    auto h = (rill::from(std::views::iota(0L)) | rill::map([](long v) { return v; }) |
+              rill::par_map([](long v) { return v; }, {.workers = 2}) |
+              rill::for_each([&seen](long) {
+                ++seen;
+                rill::this_fiber::yield();
+              }))
+                 .start({.fusion = fuse});
+    while (seen.load() < 100) rill::this_fiber::yield();
+    h.cancel();
+    CHECK_THROWS_AS(h.wait(), rill::pipeline_cancelled);
+    CHECK(h.failed_stage().empty());
+  });
+}
+
+TEST_CASE("pipeline: a handle that is not waited for cancels and waits on destruction",
+          "[pipeline][cancel]") {
+  test::run_with(2, [] {
+    std::atomic<long> seen{0};
+    {
+      auto h = (rill::from(std::views::iota(0)) | rill::for_each([&seen](int) {
+                  ++seen;
+                  rill::this_fiber::yield();
+                }))
+                   .start();
+      while (seen.load() < 10) rill::this_fiber::yield();
+    }  // ~pipeline_handle: cancel, wait
+    const long after = seen.load();
+    rill::this_fiber::yield();
+    CHECK(seen.load() == after);
+  });
+}
+
+TEST_CASE("pipeline: run(stop_token) stops when a stop is requested", "[pipeline][cancel]") {
+  auto fuse = GENERATE(true, false);
+  SECTION("from inside the pipeline") {
+    test::run_with(2, [fuse] {
+      std::stop_source src;
+      auto p = rill::from(std::views::iota(0)) | rill::tap([&src](int v) {
+                 if (v == 5000) src.request_stop();
+               }) |
+               rill::count();
+      CHECK_THROWS_AS(p.run(src.get_token(), {.fusion = fuse}), rill::pipeline_cancelled);
+    });
+  }
+  SECTION("from another thread, the pipeline run from a plain thread") {
+    test::watchdog dog;
+    std::stop_source src;
+    std::atomic<long> seen{0};
+    std::thread stopper([&] {
+      while (seen.load() < 1000) std::this_thread::yield();
+      src.request_stop();
+    });
+    auto p = rill::from(std::views::iota(0)) | rill::for_each([&seen](int) { ++seen; });
+    CHECK_THROWS_AS(p.run(src.get_token(), {.fusion = fuse}), rill::pipeline_cancelled);
+    stopper.join();
+    test::wait_no_leaks();
+  }
+  SECTION("a token that is never stopped changes nothing") {
+    std::stop_source src;
+    auto p = rill::from(iota_vec(100)) | rill::count();
+    CHECK(p.run(src.get_token(), {.fusion = fuse}) == 100);
+    test::wait_no_leaks();
+  }
+  SECTION("a token stopped before the run") {
+    std::stop_source src;
+    src.request_stop();
+    auto p = rill::from(std::views::iota(0)) | rill::count();
+    CHECK_THROWS_AS(p.run(src.get_token(), {.fusion = fuse}), rill::pipeline_cancelled);
+    test::wait_no_leaks();
+  }
+}
+
+TEST_CASE("pipeline: a stage that swallows every exception still stops on cancel",
+          "[pipeline][cancel]") {
+  auto workers = GENERATE(1u, 2u);
+  auto fuse = GENERATE(true, false);
+  test::run_with(workers, [fuse] {
+    std::atomic<long> seen{0};
+    auto swallow = [&seen](long v) {
+      try {
+        ++seen;
+        rill::this_fiber::yield();
+        if (v % 3 == 0) throw std::runtime_error("swallowed");
+      } catch (...) {
+      }
+      return v;
+    };
+    auto h = (rill::from(std::views::iota(0L)) | rill::map(swallow) |
+              rill::par_map(swallow, {.workers = 2}) | rill::filter([](long) { return true; }) |
+              rill::for_each([swallow](long v) { (void)swallow(v); }))
+                 .start({.fusion = fuse});
+    while (seen.load() < 300) rill::this_fiber::yield();
+    h.cancel();
+    CHECK_THROWS_AS(h.wait(), rill::pipeline_cancelled);
+  });
+}
+
+TEST_CASE("pipeline: run() rethrows the original exception object", "[pipeline][error]") {
+  struct custom : std::exception {
+    explicit custom(int c) : code(c) {}
+    const char* what() const noexcept override { return "custom failure"; }
+    int code;
+  };
+  auto fuse = GENERATE(true, false);
+  test::run_with(2, [fuse] {
+    auto p = rill::from(iota_vec(100)) | rill::map([](int v) {
+               if (v == 17) throw custom(v);
+               return v;
+             }) |
+             rill::count();
+    try {
+      p.run({.fusion = fuse});
+      FAIL("run() returned");
+    } catch (const custom& e) {
+      CHECK(e.code == 17);
+      CHECK(std::string(e.what()) == "custom failure");
+    }
+  });
+}
+
+TEST_CASE("pipeline: no item outlives run() after a failure", "[pipeline][error]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  test::run_with(workers, [] {
+    for (int k = 0; k < 50; ++k) {
+      auto p = rill::from(iota_vec(5000)) | rill::map([](int v) { return test::tracked(v); }) |
+               rill::map([k](test::tracked t) {
+                 if (t.v == 100 * k) throw test::boom(t.v);
+                 return t;
+               }, {.buffer = 64}) |
+               rill::stage_boundary | rill::par_map([](test::tracked t) { return t; }, {.workers = 2}) |
+               rill::for_each([](const test::tracked& t) {
+                 if (t.v == 4000) throw test::boom(t.v);
+               });
+      CHECK_THROWS_AS(p.run({.fusion = k % 2 == 0}), test::boom);
+      CHECK(test::tracked::live.load() == 0);
+    }
+  });
+}
+
+// ---- backpressure and early stop ----------------------------------------------------------
+
+TEST_CASE("pipeline: take stops an endless source after n + buffers + stages items",
+          "[pipeline][backpressure]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  auto buffer = GENERATE(0u, 1u, 5u, 16u, 256u);
+  test::run_with(workers, [buffer] {
+    std::atomic<long> produced{0};
+    auto p = rill::from(std::views::iota(0)) | rill::tap([&produced](int) { ++produced; }) |
+             rill::map([](int v) { return v; }, {.buffer = buffer, .fuse = false}) |
+             rill::map([](int v) { return v; }, {.buffer = buffer, .fuse = false}) | rill::take(5) |
+             rill::collect();
+    const long b = static_cast<long>(buffer), d = static_cast<long>(rill::default_buffer);
+    CHECK(p.run() == iota_vec(5));
+    // Fibers: from|tap, map, map|take|collect; links: after tap (default), after map #2.
+    CHECK(produced.load() <= 5 + (d + b) + 3);
+    produced = 0;
+    // Unfused: six fibers; links after from, tap, map, map and take.
+    CHECK(p.run({.fusion = false}) == iota_vec(5));
+    CHECK(produced.load() <= 5 + (3 * d + 2 * b) + 6);
+    produced = 0;
+    auto fused = rill::from(std::views::iota(0)) | rill::tap([&produced](int) { ++produced; }) |
+                 rill::take(5) | rill::collect();
+    CHECK(fused.run() == iota_vec(5));
+    CHECK(produced.load() == 5);  // fused: exactly n
+  });
+}
+
+TEST_CASE("pipeline: a slow sink holds back a fast source (in flight <= buffers + stages)",
+          "[pipeline][backpressure]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  auto buffer = GENERATE(0u, 1u, 2u, 7u, 64u);
+  test::run_with(workers, [buffer] {
+    std::atomic<long> produced{0}, consumed{0}, peak{0};
+    long i = 0;
+    const long n = test::scaled(20000, 4);
+    auto p = rill::generate([&]() -> std::optional<long> {
+               if (i == n) return std::nullopt;
+               ++produced;
+               return i++;
+             }) |
+             rill::map([](long v) { return v; }, {.buffer = buffer, .fuse = false}) |
+             rill::tap([](long) {}, {.buffer = buffer, .fuse = false}) |
+             rill::for_each([&](long) {
+               const long f = produced.load() - consumed.load();
+               if (f > peak.load()) peak = f;
+               ++consumed;
+               rill::this_fiber::yield();  // slow
+             });
+    p.run({.fusion = false});  // four fibers; links after generate (default), map and tap
+    CHECK(consumed.load() == n);
+    const long bound = static_cast<long>(rill::default_buffer + 2 * buffer) + 4;
+    INFO("peak in flight " << peak.load() << ", bound " << bound);
+    CHECK(peak.load() <= bound);
+  });
+}
+
+TEST_CASE("pipeline: ordered par_map bounds its reorder window when one item is slow",
+          "[pipeline][backpressure][par_map]") {
+  auto workers = GENERATE(2u, 4u);
+  test::run_with(2, [workers] {
+    std::atomic<long> produced{0}, consumed{0}, peak{0};
+    long i = 0;
+    auto p = rill::generate([&]() -> std::optional<long> {
+               if (i == 20000) return std::nullopt;
+               ++produced;
+               return i++;
+             }) |
+             rill::par_map([](long v) {
+               if (v % 5000 == 0) {
+                 for (int k = 0; k < 3000; ++k) rill::this_fiber::yield();
+               }
+               return v;
+             }, {.workers = workers, .ordered = true, .buffer = 16}) |
+             rill::for_each([&](long) {
+               const long f = produced.load() - consumed.load();
+               if (f > peak.load()) peak = f;
+               ++consumed;
+             });
+    p.run();
+    // par_map's input and output links (buffer 16 each), a reorder window of two batches
+    // (4 items each at buffer 16) per worker, one item per fiber. Without a bounded window
+    // one slow item let thousands pile up.
+    const long bound = 2 * 16 + 2 * 4 * static_cast<long>(workers) + workers + 2;
+    INFO("peak in flight " << peak.load() << ", bound " << bound);
+    CHECK(peak.load() <= bound);
+  });
+}
+
+// ---- many fibers -------------------------------------------------------------------------
+
+TEST_CASE("pipeline: a daisy chain of 10,000 pipelines, one fiber each", "[pipeline][chain]") {
+  const int n = test::sanitized ? 2000 : 10000;
+  test::run_with(2, [n] {
+    std::vector<rill::chan<int>> links;
+    links.reserve(static_cast<std::size_t>(n) + 1);
+    for (int i = 0; i <= n; ++i) links.emplace_back();  // unbuffered, as goroutines.go
+    std::vector<rill::pipeline_handle<void>> stages;
+    stages.reserve(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i) {
+      stages.push_back((rill::from(links[static_cast<std::size_t>(i)]) |
+                        rill::map([](int v) { return v + 1; }) | rill::to(links[static_cast<std::size_t>(i) + 1]))
+                           .start());
+    }
+    CHECK(rill::runtime_stats().live_fibers >= static_cast<std::size_t>(n) + 1);
+    rill::go([first = links.front()]() mutable {
+      for (int v = 0; v < 10; ++v) first.send(v);
+      first.close();  // the close travels down the chain: every stage ends
+    });
+    std::vector<int> out;
+    for (int v : links.back()) out.push_back(v);
+    CHECK(out == iota_vec(10, n));
+    for (auto& h : stages) h.wait();
+  });
+}
+
+namespace {
+
+// The first `count` primes by Go's concurrent sieve: a generator feeds a chain of filters,
+// one pipeline (one fiber) per prime found so far: from(ch) | filter(not a multiple) | to(next).
+std::vector<int> sieve(int count) {
+  std::vector<int> primes;
+  rill::chan<int> ch;
+  auto gen = (rill::from(std::views::iota(2)) | rill::to(ch)).start();
+  std::vector<rill::pipeline_handle<void>> filters;
+  for (int i = 0; i < count; ++i) {
+    const int prime = *ch.recv();
+    primes.push_back(prime);
+    rill::chan<int> next;
+    filters.push_back((rill::from(ch) | rill::filter([prime](int v) { return v % prime != 0; }) |
+                       rill::to(next))
+                          .start());
+    ch = next;
+  }
+  gen.cancel();  // closes the generator's channel; the close travels down the chain
+  while (ch.recv()) {
+  }
+  CHECK_THROWS_AS(gen.wait(), rill::pipeline_cancelled);
+  for (auto& f : filters) f.wait();
+  return primes;
+}
+
+std::vector<int> primes_by_trial_division(int count) {
+  std::vector<int> p;
+  for (int v = 2; static_cast<int>(p.size()) < count; ++v) {
+    if (std::all_of(p.begin(), p.end(), [v](int q) { return v % q != 0; })) p.push_back(v);
+  }
+  return p;
+}
+
+}  // namespace
+
+TEST_CASE("pipeline: Go's prime sieve with one pipeline per prime", "[pipeline][chain]") {
+  auto workers = GENERATE(1u, 2u);
+  const int count = test::sanitized ? 200 : 1000;
+  test::run_with(workers, [count] {
+    const std::vector<int> primes = sieve(count);
+    CHECK(primes == primes_by_trial_division(count));
+    if (count == 1000) CHECK(primes.back() == 7919);
+  });
+}
+
+TEST_CASE("pipeline: Go's prime sieve with rill::go and filters as pipelines", "[pipeline][chain]") {
+  const int count = test::sanitized ? 200 : 1000;
+  test::run_with(2, [count] {
+    rill::chan<int> ch;
+    rill::go([ch]() mutable {  // the generator, a plain goroutine
+      for (int v = 2; v <= 7919; ++v) ch.send(v);
+      ch.close();
+    });
+    std::vector<int> primes;
+    for (int i = 0; i < count; ++i) {
+      const int prime = *ch.recv();
+      primes.push_back(prime);
+      rill::chan<int> next;
+      rill::go([in = ch, next, prime] {
+        (rill::from(in) | rill::filter([prime](int v) { return v % prime != 0; }) | rill::to(next)).run();
+      });
+      ch = next;
+    }
+    while (ch.recv()) {
+    }
+    CHECK(primes == primes_by_trial_division(count));
+  });
+}
