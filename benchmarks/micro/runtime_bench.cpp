@@ -1,0 +1,173 @@
+// Micro benchmarks of the runtime (Google Benchmark), each on a fresh runtime with 1 and 2
+// workers; the workloads match benchmarks/go/micro/main.go so the figures compare with Go's:
+//
+//   runtime/spawn_join        ns per fiber: spawn a batch of 1000 fibers, join them with a
+//                             wait_group (stacks are reused: the steady state)
+//   runtime/spawn_join_fresh  ns per fiber: spawn 100k at once (fresh stacks, page faults)
+//   runtime/yield             ns per yield, two fibers yielding to each other
+//   runtime/parked            bytes of RSS per parked fiber (100k and 1M), and ns per fiber
+//                             to wake and join them all
+//   runtime/idle              % of one core a runtime with nothing to do uses over 2 s
+#include <benchmark/benchmark.h>
+#include <sys/resource.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <rill/rill.hpp>
+#include <string>
+
+namespace {
+
+rill::options with_workers(const benchmark::State& state) {
+  rill::options o;
+  o.workers = static_cast<unsigned>(state.range(0));
+  return o;
+}
+
+long rss_kib() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return -1;
+}
+
+void runtime_spawn_join(benchmark::State& state) {
+  constexpr int batch = 1000;
+  rill::run(
+      [&state] {
+        for (auto _ : state) {
+          rill::wait_group wg;
+          wg.add(batch);
+          for (int i = 0; i < batch; ++i) rill::go([&wg] { wg.done(); });
+          wg.wait();
+        }
+      },
+      with_workers(state));
+  state.SetItemsProcessed(state.iterations() * batch);
+  state.counters["ns_per_fiber"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * batch),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+void runtime_spawn_join_fresh(benchmark::State& state) {
+  constexpr int n = 100'000;
+  for (auto _ : state) {
+    rill::run(
+        [] {
+          rill::wait_group wg;
+          wg.add(n);
+          for (int i = 0; i < n; ++i) rill::go([&wg] { wg.done(); });
+          wg.wait();
+        },
+        with_workers(state));
+  }
+  state.SetItemsProcessed(state.iterations() * n);
+  state.counters["ns_per_fiber"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * n),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+void runtime_yield(benchmark::State& state) {
+  rill::run(
+      [&state] {
+        std::atomic<bool> stop{false};
+        rill::wait_group wg;
+        wg.add(1);
+        rill::go([&] {
+          while (!stop.load(std::memory_order_relaxed)) rill::this_fiber::yield();
+          wg.done();
+        });
+        for (auto _ : state) rill::this_fiber::yield();
+        stop = true;
+        wg.wait();
+      },
+      with_workers(state));
+  // Each iteration is one yield of the timed fiber and one of its partner.
+  state.SetItemsProcessed(state.iterations() * 2);
+  state.counters["ns_per_yield"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * 2),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+void runtime_parked(benchmark::State& state) {
+  const long n = state.range(1);
+  double bytes = 0, wake_ns = 0;
+  for (auto _ : state) {
+    rill::run(
+        [&] {
+          const long before = rss_kib();
+          rill::wait_group started, done;
+          rill::mutex mu;
+          rill::condition_variable cv;
+          bool go = false;
+          started.add(static_cast<int>(n));
+          done.add(static_cast<int>(n));
+          for (long i = 0; i < n; ++i) {
+            rill::go([&] {
+              std::unique_lock lk(mu);
+              started.done();
+              cv.wait(lk, [&] { return go; });
+              lk.unlock();
+              done.done();
+            });
+          }
+          started.wait();  // every fiber is parked on the condition variable
+          bytes = (rss_kib() - before) * 1024.0 / static_cast<double>(n);
+          const auto t0 = std::chrono::steady_clock::now();
+          {
+            std::lock_guard lk(mu);
+            go = true;
+          }
+          cv.notify_all();
+          done.wait();
+          wake_ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0)
+                        .count() /
+                    static_cast<double>(n);
+        },
+        with_workers(state));
+  }
+  state.counters["bytes_per_parked_fiber"] = bytes;
+  state.counters["wake_join_ns_per_fiber"] = wake_ns;
+  state.counters["wake_join_ms_total"] = wake_ns * static_cast<double>(n) / 1e6;
+}
+
+void runtime_idle(benchmark::State& state) {
+  double pct = 0;
+  for (auto _ : state) {
+    rill::run(
+        [&] {
+          rusage a{}, b{};
+          getrusage(RUSAGE_SELF, &a);
+          const auto t0 = std::chrono::steady_clock::now();
+          rill::this_fiber::sleep_for(std::chrono::seconds(2));
+          getrusage(RUSAGE_SELF, &b);
+          const double wall =
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+          auto secs = [](const timeval& t) { return t.tv_sec + t.tv_usec / 1e6; };
+          const double cpu =
+              secs(b.ru_utime) - secs(a.ru_utime) + secs(b.ru_stime) - secs(a.ru_stime);
+          pct = 100.0 * cpu / wall;
+        },
+        with_workers(state));
+  }
+  state.counters["idle_cpu_percent_of_one_core"] = pct;
+}
+
+BENCHMARK(runtime_spawn_join)->Arg(1)->Arg(2)->UseRealTime();
+BENCHMARK(runtime_spawn_join_fresh)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(runtime_yield)->Arg(1)->Arg(2)->UseRealTime();
+BENCHMARK(runtime_parked)
+    ->Args({1, 100'000})
+    ->Args({2, 100'000})
+    ->Args({1, 1'000'000})
+    ->Args({2, 1'000'000})
+    ->Iterations(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(runtime_idle)->Arg(2)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+}  // namespace
