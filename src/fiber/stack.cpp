@@ -82,7 +82,13 @@ stack_pool::~stack_pool() {
   for (const stack& s : free_) {
     if (s.guarded) g_guarded.fetch_sub(1, std::memory_order_relaxed);
   }
-  for (auto& [p, n] : slabs_) ::munmap(p, n);
+  for (auto& [p, n] : slabs_) {
+    // Fiber frames that never returned (a finished fiber leaves through exit_to) leave ASan
+    // poison in the slab's shadow; unmapped with it, a later mapping at the same address
+    // (a thread's stack and TLS) would inherit it and report false stack-buffer errors.
+    san_unpoison(p, n);
+    ::munmap(p, n);
+  }
 }
 
 void stack_pool::add_slab() {
