@@ -244,7 +244,14 @@ std::size_t select_core(select_case* cases, std::size_t n) {
     }
     if (p.tm) {
       // Not won by the timer: cancel it (armed or not yet: see after_park).
-      if (st.done.load(std::memory_order_acquire) != tmo + 1) self->rt->cancel(*p.tm);
+      if (st.done.load(std::memory_order_acquire) != tmo + 1) {
+        self->rt->cancel(*p.tm);
+        // cancel() returns false on a timer whose fire() already ended, having read the
+        // state relaxed under timer_mu_, which fire() does not hold. Read it again with
+        // acquire, pairing with fired()'s release, so that the firing worker's last reads
+        // of the timer happen before let_go() may free it (TSan saw this race).
+        (void)p.tm->state.load(std::memory_order_acquire);
+      }
       p.tm->let_go();
     }
   } else {
