@@ -336,7 +336,7 @@ stats runtime::snapshot() noexcept {
   s.live_stacks = stacks_.live() - cached;
   {
     std::lock_guard lk(timer_mu_);
-    s.pending_timers = timer_heap_.size();
+    s.pending_timers = timer_count_;
   }
   s.workers = workers();
   return s;

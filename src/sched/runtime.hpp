@@ -110,6 +110,8 @@ class runtime {
   void rearm(timer& t, std::int64_t when) noexcept;  // only from inside t.fire()
   void run_due_timers(worker& w) noexcept;
   void drop_timers() noexcept;  // at the end of run(): drop() every timer still armed
+  void heap_insert(timer& t) noexcept;  // requires timer_mu_
+  void heap_remove(timer& t) noexcept;  // requires timer_mu_; t is in the heap
 
   // create_fiber(): w is the calling worker of this runtime, or nullptr from outside.
   fiber* create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*));
@@ -184,7 +186,8 @@ class runtime {
   bool deadlock_declared_ = false;  // guarded by idle_mu_
 
   std::mutex timer_mu_;
-  std::vector<timer*> timer_heap_;  // guarded by timer_mu_; min-heap on `when`
+  timer* timer_root_ = nullptr;     // guarded by timer_mu_: a pairing heap on `when`
+  std::size_t timer_count_ = 0;     // guarded by timer_mu_
   std::atomic<std::int64_t> next_deadline_{INT64_MAX};
 
   std::atomic<std::int64_t> live_fibers_{0};

@@ -1,10 +1,15 @@
-// Timers: a binary min-heap per runtime under timer_mu_.
+// Timers: an intrusive pairing heap per runtime under timer_mu_.
+//
+// Why a pairing heap: arm() runs inside after-switch actions (a sleeping fiber, a select
+// with a timeout), where the fiber is already parked and nothing could report a failure; a
+// heap in a std::vector had to std::terminate when it could not grow. The pairing heap
+// links the timers themselves: insert O(1), delete-min and delete O(log n) amortized, no
+// allocation anywhere.
 //
 // Arming and cancelling race with firing; the state machine in timers.hpp settles it:
 // cancel() wins while the timer is idle or armed (it is never fired); once a worker has
 // popped it (firing), cancel() waits until fire() has called fired(), so the owner may
 // free the timer as soon as cancel() returns.
-#include <algorithm>
 #include <thread>
 
 #include "sched/futex.hpp"
@@ -13,47 +18,73 @@
 namespace rill::detail {
 namespace {
 
-bool earlier(const timer* a, const timer* b) noexcept { return a->when < b->when; }
-
-void sift_up(std::vector<timer*>& h, std::size_t i) noexcept {
-  while (i > 0) {
-    std::size_t p = (i - 1) / 2;
-    if (!earlier(h[i], h[p])) break;
-    std::swap(h[i], h[p]);
-    h[i]->heap_index = i;
-    h[p]->heap_index = p;
-    i = p;
+// meld() joins two detached heaps (roots with no siblings and no prev) into one.
+timer* meld(timer* a, timer* b) noexcept {
+  if (!a) return b;
+  if (!b) return a;
+  if (b->when < a->when) {
+    timer* t = a;
+    a = b;
+    b = t;
   }
+  b->prev = a;
+  b->sibling = a->child;
+  if (a->child) a->child->prev = b;
+  a->child = b;
+  return a;
 }
 
-void sift_down(std::vector<timer*>& h, std::size_t i) noexcept {
-  const std::size_t n = h.size();
-  for (;;) {
-    std::size_t l = 2 * i + 1, r = l + 1, m = i;
-    if (l < n && earlier(h[l], h[m])) m = l;
-    if (r < n && earlier(h[r], h[m])) m = r;
-    if (m == i) break;
-    std::swap(h[i], h[m]);
-    h[i]->heap_index = i;
-    h[m]->heap_index = m;
-    i = m;
+// merge_pairs() melds a sibling list into one heap: pairs left to right, then the results
+// right to left (the two-pass rule that gives the amortized bounds).
+timer* merge_pairs(timer* first) noexcept {
+  timer* pairs = nullptr;  // melded pairs, most recent first (linked through `sibling`)
+  while (first) {
+    timer* a = first;
+    timer* b = a->sibling;
+    first = b ? b->sibling : nullptr;
+    a->sibling = a->prev = nullptr;
+    if (b) b->sibling = b->prev = nullptr;
+    timer* m = meld(a, b);
+    m->sibling = pairs;
+    pairs = m;
   }
-}
-
-void remove_at(std::vector<timer*>& h, std::size_t i) noexcept {
-  const std::size_t last = h.size() - 1;
-  if (i != last) {
-    h[i] = h[last];
-    h[i]->heap_index = i;
+  timer* root = nullptr;
+  while (pairs) {
+    timer* next = pairs->sibling;
+    pairs->sibling = nullptr;
+    root = meld(root, pairs);
+    pairs = next;
   }
-  h.pop_back();
-  if (i < h.size()) {
-    sift_down(h, i);
-    sift_up(h, i);
-  }
+  return root;
 }
 
 }  // namespace
+
+void runtime::heap_insert(timer& t) noexcept {  // requires timer_mu_
+  t.child = t.sibling = t.prev = nullptr;
+  timer_root_ = meld(timer_root_, &t);
+  ++timer_count_;
+  next_deadline_.store(timer_root_->when, std::memory_order_relaxed);
+  g_pending_timers.fetch_add(1, std::memory_order_relaxed);
+}
+
+void runtime::heap_remove(timer& t) noexcept {  // requires timer_mu_; t is in the heap
+  if (&t == timer_root_) {
+    timer_root_ = merge_pairs(t.child);
+  } else {
+    if (t.prev->child == &t) {
+      t.prev->child = t.sibling;  // leftmost: prev is the parent
+    } else {
+      t.prev->sibling = t.sibling;
+    }
+    if (t.sibling) t.sibling->prev = t.prev;
+    timer_root_ = meld(timer_root_, merge_pairs(t.child));
+  }
+  t.child = t.sibling = t.prev = nullptr;
+  --timer_count_;
+  next_deadline_.store(timer_root_ ? timer_root_->when : INT64_MAX, std::memory_order_relaxed);
+  g_pending_timers.fetch_sub(1, std::memory_order_relaxed);
+}
 
 void runtime::arm(timer& t) noexcept {
   bool earliest = false;
@@ -61,16 +92,8 @@ void runtime::arm(timer& t) noexcept {
     std::lock_guard lk(timer_mu_);
     if (t.state.load(std::memory_order_relaxed) == timer_state::cancelled) return;
     t.state.store(timer_state::armed, std::memory_order_relaxed);
-    t.heap_index = timer_heap_.size();
-    try {
-      timer_heap_.push_back(&t);
-    } catch (...) {
-      std::terminate();  // a timer that can never fire would hang its owner
-    }
-    sift_up(timer_heap_, t.heap_index);
-    earliest = timer_heap_.front() == &t;
-    next_deadline_.store(timer_heap_.front()->when, std::memory_order_relaxed);
-    g_pending_timers.fetch_add(1, std::memory_order_relaxed);
+    heap_insert(t);
+    earliest = timer_root_ == &t;
   }
   if (earliest) {
     // The sleeping worker (if any) must recompute its timeout; else wake an idle one.
@@ -84,20 +107,10 @@ void runtime::arm(timer& t) noexcept {
 }
 
 void runtime::rearm(timer& t, std::int64_t when) noexcept {
-  {
-    std::lock_guard lk(timer_mu_);
-    t.when = when;
-    t.state.store(timer_state::armed, std::memory_order_release);
-    t.heap_index = timer_heap_.size();
-    try {
-      timer_heap_.push_back(&t);
-    } catch (...) {
-      std::terminate();
-    }
-    sift_up(timer_heap_, t.heap_index);
-    next_deadline_.store(timer_heap_.front()->when, std::memory_order_relaxed);
-    g_pending_timers.fetch_add(1, std::memory_order_relaxed);
-  }
+  std::lock_guard lk(timer_mu_);
+  t.when = when;
+  t.state.store(timer_state::armed, std::memory_order_release);
+  heap_insert(t);
 }
 
 bool runtime::cancel(timer& t) noexcept {
@@ -108,10 +121,7 @@ bool runtime::cancel(timer& t) noexcept {
         t.state.store(timer_state::cancelled, std::memory_order_relaxed);
         return true;
       case timer_state::armed:
-        remove_at(timer_heap_, t.heap_index);
-        next_deadline_.store(timer_heap_.empty() ? INT64_MAX : timer_heap_.front()->when,
-                             std::memory_order_relaxed);
-        g_pending_timers.fetch_sub(1, std::memory_order_relaxed);
+        heap_remove(t);
         t.state.store(timer_state::cancelled, std::memory_order_relaxed);
         return true;
       case timer_state::cancelled:
@@ -131,13 +141,11 @@ bool runtime::cancel(timer& t) noexcept {
 
 void runtime::drop_timers() noexcept {
   std::lock_guard lk(timer_mu_);
-  for (timer* t : timer_heap_) {
-    g_pending_timers.fetch_sub(1, std::memory_order_relaxed);
+  while (timer* t = timer_root_) {
+    heap_remove(*t);
     t->state.store(timer_state::cancelled, std::memory_order_relaxed);
     if (t->drop) t->drop(t);
   }
-  timer_heap_.clear();
-  next_deadline_.store(INT64_MAX, std::memory_order_relaxed);
 }
 
 void runtime::run_due_timers(worker& w) noexcept {
@@ -147,12 +155,9 @@ void runtime::run_due_timers(worker& w) noexcept {
     timer* t;
     {
       std::lock_guard lk(timer_mu_);
-      if (timer_heap_.empty() || timer_heap_.front()->when > now) break;
-      t = timer_heap_.front();
-      remove_at(timer_heap_, 0);
-      next_deadline_.store(timer_heap_.empty() ? INT64_MAX : timer_heap_.front()->when,
-                           std::memory_order_relaxed);
-      g_pending_timers.fetch_sub(1, std::memory_order_relaxed);
+      t = timer_root_;
+      if (!t || t->when > now) break;
+      heap_remove(*t);
       t->state.store(timer_state::firing, std::memory_order_relaxed);
     }
     t->fire(t);

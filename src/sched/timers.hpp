@@ -22,7 +22,12 @@ struct timer {
   void (*fire)(timer* t) noexcept = nullptr;
   // drop() runs instead of fire() for a timer still armed when its runtime ends.
   void (*drop)(timer* t) noexcept = nullptr;
-  std::size_t heap_index = static_cast<std::size_t>(-1);  // guarded by timer_mu_
+  // Links of the runtime's pairing heap, guarded by timer_mu_. Intrusive, so that arming
+  // never allocates: arm() runs in after-switch actions, where a failure could not be
+  // reported to anyone.
+  timer* child = nullptr;    // leftmost child
+  timer* sibling = nullptr;  // next sibling to the right
+  timer* prev = nullptr;     // left sibling, or the parent of a leftmost child; root: nullptr
   std::atomic<timer_state> state{timer_state::idle};
 
   void fired() noexcept { state.store(timer_state::done, std::memory_order_release); }
