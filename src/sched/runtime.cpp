@@ -298,6 +298,7 @@ runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
     w->index = i;
     w->rng = 0x9E3779B97F4A7C15ULL * (i + 1) ^ (chaos_ ? chaos_ : 0x1234567ULL);
     if (w->rng == 0) w->rng = 1;
+    w->stack_cache.reserve(stack_cache_max);  // reap() is noexcept: it must not allocate
     workers_.push_back(std::move(w));
   }
   idle_.reserve(cfg_.workers);
@@ -979,7 +980,10 @@ void runtime::rethrow_outcome() {
 void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
   runtime rt(cfg);
   worker* saved = tls_worker;
-  rt.start_main(main, arg);
+  // The other workers first (they park until there is work), then the main fiber. If a
+  // worker thread or the main fiber cannot be had, stop the workers already started and
+  // report it: running with fewer workers than configured would break deadlock detection,
+  // which waits for every worker to be idle.
   unsigned started = 1;
   try {
     for (; started < rt.workers(); ++started) {
@@ -991,8 +995,11 @@ void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
         tls_worker = nullptr;
       });
     }
+    rt.start_main(main, arg);
   } catch (...) {
-    // Could not start every worker: run with the ones we have.
+    rt.abort_start();
+    for (unsigned i = 1; i < started; ++i) rt.worker_at(i).thread.join();
+    throw;
   }
   worker& w0 = rt.worker_at(0);
   enter_worker_thread(w0);

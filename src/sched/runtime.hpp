@@ -93,6 +93,7 @@ class runtime {
   ~runtime();
 
   void start_main(void (*main)(void*), void* arg);
+  void abort_start() noexcept { begin_shutdown(); }  // run() could not start: stop workers
   void run_worker(worker& w);  // the scheduler loop; returns at shutdown
   void join_workers();
   void rethrow_outcome();

@@ -316,7 +316,13 @@ void start_after(chan_core* ch, std::int64_t deadline, void*) {
     }
     return;
   }
-  auto* t = new after_timer;
+  after_timer* t;
+  try {
+    t = new after_timer;
+  } catch (...) {
+    ch->release();  // the reference taken for the timer
+    throw;
+  }
   t->ch = ch;
   t->when = deadline;
   t->fire = [](timer* tt) noexcept {
