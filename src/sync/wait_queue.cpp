@@ -69,7 +69,15 @@ void park_fiber(fiber* self, wait_reason why, const void* object, after_switch_f
   switch_out(self, after, after_arg);
   self->reason.store(wait_reason::none, std::memory_order_relaxed);
   self->wait_object.store(nullptr, std::memory_order_relaxed);
-  if (self->aborted && std::uncaught_exceptions() == 0) throw fiber_aborted{};
+  if (self->aborted) {
+    if (std::uncaught_exceptions() == 0) throw fiber_aborted{};
+    // Aborted while unwinding: it cannot throw, and returning would report a wait that
+    // never ended (a wait_group::wait() in a destructor would return while the fibers it
+    // waits for still run, and they would outlive the frames they use). Park for good: the
+    // runtime abandons the fiber at its next deadlock check.
+    self->state.store(fiber_state::parked, std::memory_order_relaxed);
+    switch_out(self, nullptr, nullptr);
+  }
 }
 
 void park(waiter& w, spinlock& lk, wait_reason why, const void* object, void (*cancel)(void*),
