@@ -96,7 +96,11 @@ class pipe_ctx {
     mu_.lock();
     if (!error_) {
       error_ = std::move(e);
-      failed_stage_ = stage;
+      try {
+        failed_stage_ = stage;
+      } catch (...) {
+        // out of memory: the failure still surfaces, without its stage's name
+      }
     }
     mu_.unlock();
     cancel();
@@ -106,14 +110,11 @@ class pipe_ctx {
   // and receivers (they see the end).
   void cancel() noexcept {
     if (stop.exchange(true)) return;
+    // Closed under mu_, not from a copy of links_: a copy may fail to allocate, and a link
+    // left open can block a stage forever. try_close() never parks.
     mu_.lock();
-    std::vector<chan_handle> links;  // retained: release_links() may run concurrently
-    try {
-      links = links_;
-    } catch (...) {
-    }
+    for (const chan_handle& h : links_) h.get()->try_close();
     mu_.unlock();
-    for (const chan_handle& h : links) h.get()->try_close();
     cancelled.core()->try_close();
   }
   void user_cancel() noexcept {
