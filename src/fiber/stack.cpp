@@ -95,6 +95,10 @@ void stack_pool::add_slab() {
   // [one page whose top is a canary zone][stack 0][stack 1]...: the lowest stack of a slab
   // has a canary below it too.
   const std::size_t bytes = page_size + per_slab_ * stack_size_;
+  // Grow the lists before mapping, so that a failure cannot leak the mapping, and so that
+  // free_ can hold every stack of every slab: release() is noexcept and must not allocate.
+  slabs_.reserve(slabs_.size() + 1);
+  free_.reserve((slabs_.size() + 1) * per_slab_);
   void* p = injected_failure() ? MAP_FAILED
                                : ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

@@ -43,14 +43,16 @@ class rill_listener : public Catch::TestEventListenerBase {
     const char* s = std::getenv("RILL_WATCHDOG_S");
     dog_ = std::make_unique<watchdog>(std::chrono::seconds(s ? std::atoi(s) : 240));
   }
+  // Also called from Catch's handler of a fatal signal (a crash, an abort), then with the
+  // test failed; the watchdog may be the thread that aborted: leave it, do not join it.
   void testCaseEnded(const Catch::TestCaseStats& stats) override {
-    dog_.reset();
-    if (stats.totals.assertions.failed > 0) print_seed();
+    if (dog_ && dog_->fired()) {
+      (void)dog_.release();  // it printed the seed already
+    } else {
+      dog_.reset();
+      if (stats.totals.assertions.failed > 0) print_seed();
+    }
     TestEventListenerBase::testCaseEnded(stats);
-  }
-  void fatalErrorEncountered(Catch::StringRef name) override {
-    print_seed();
-    TestEventListenerBase::fatalErrorEncountered(name);
   }
 
  private:

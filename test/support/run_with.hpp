@@ -5,6 +5,7 @@
 #include <rill/rill.hpp>
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -35,6 +36,8 @@ class watchdog {
     thread_ = std::thread([this, limit] {
       std::unique_lock lk(mu_);
       if (!cv_.wait_for(lk, limit, [this] { return done_; })) {
+        fired_.store(true);
+        lk.unlock();
         std::fprintf(stderr, "watchdog: test still running after %llds; fibers:\n%s",
                      static_cast<long long>(limit.count()), rill::dump_fibers().c_str());
         print_seed();
@@ -50,6 +53,8 @@ class watchdog {
     cv_.notify_all();
     thread_.join();
   }
+  // fired(): the limit passed; this watchdog's thread is printing the dump and aborting.
+  bool fired() const noexcept { return fired_.load(); }
   static std::chrono::seconds limit_from_env() {
     const char* s = std::getenv("RILL_WATCHDOG_S");
     return std::chrono::seconds(s ? std::atoi(s) : 60);
@@ -59,6 +64,7 @@ class watchdog {
   std::mutex mu_;
   std::condition_variable cv_;
   bool done_ = false;
+  std::atomic<bool> fired_{false};
   std::thread thread_;
 };
 
