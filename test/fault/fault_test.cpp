@@ -239,6 +239,38 @@ int selects() {
   return got;
 }
 
+// More fibers alive at once than one stack slab holds (so a second slab is mapped), joined
+// through a wait_group; a rill::mutex and condition_variable hand a counter around.
+long many_fibers() {
+  constexpr int n = 300;
+  rill::chan<int> gate;  // unbuffered: every fiber stays alive until main closes it
+  rill::mutex mu;
+  rill::condition_variable cv;
+  long total = 0;
+  int arrived = 0;
+  group g;
+  g.on_fail_close(gate.core());
+  for (int i = 0; i < n; ++i) {
+    g.go([&, i] {
+      {
+        std::lock_guard lk(mu);
+        ++arrived;
+      }
+      cv.notify_one();
+      (void)gate.recv();  // nullopt once closed
+      std::lock_guard lk(mu);
+      total += i;
+    });
+  }
+  {
+    std::unique_lock lk(mu);
+    cv.wait(lk, [&] { return arrived == n; });
+  }
+  gate.close();
+  g.wait();
+  return total;
+}
+
 long pipeline_sum() {
   std::vector<int> in(n_items);
   std::iota(in.begin(), in.end(), 0);
@@ -247,7 +279,12 @@ long pipeline_sum() {
                            rill::par_map([](long v) { return v + 1; }, {.workers = 2}) |
                            rill::collect())
                               .run();
-  return std::accumulate(out.begin(), out.end(), 0L);
+  // Unordered par_map, flat_map, batch and take, with fusion off (every stage a fiber).
+  const long n = (rill::from(in) | rill::flat_map([](int v) { return std::vector<int>{v, v}; }) |
+                  rill::par_map([](int v) { return v; }, {.workers = 2, .ordered = false}) |
+                  rill::batch(4) | rill::take(10) | rill::count())
+                     .run({.fusion = false});
+  return std::accumulate(out.begin(), out.end(), 0L) + n;
 }
 
 long expected() {
@@ -257,10 +294,12 @@ long expected() {
   for (long i = 0; i < n_items; ++i) {
     if ((i * 3) % 2 == 0) pipe += i * 3 + 1;
   }
-  return fan_sum + 7 + pipe;
+  pipe += 10;  // take(10) batches
+  const long many = 300 * 299 / 2;
+  return fan_sum + 7 + pipe + many;
 }
 
-long workload() { return fan(3) + selects() + pipeline_sum(); }
+long workload() { return fan(3) + selects() + many_fibers() + pipeline_sum(); }
 
 // ---- the sweep ----------------------------------------------------------------------------
 
