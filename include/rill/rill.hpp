@@ -3,7 +3,10 @@
 
 #include "rill/chan.hpp"
 #include "rill/fiber.hpp"
+#include "rill/io.hpp"
+#include "rill/net.hpp"
 #include "rill/pipeline.hpp"
+#include "rill/pipeline/io.hpp"
 #include "rill/runtime.hpp"
 #include "rill/select.hpp"
 #include "rill/sync.hpp"

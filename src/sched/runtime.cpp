@@ -754,14 +754,17 @@ void runtime::park_worker(worker& w) {
         if (!timer_sleeper_ && (timers || io)) {
           timer_sleeper_ = &w;  // the previous sleeper left: take the role
           is_sleeper = true;
-        } else if (timer_sleeper_ && io && !timer_sleeper_->polling) {
+        } else if (timer_sleeper_ && io && !timer_sleeper_->polling &&
+                   !poll_sleeping_.load(std::memory_order_relaxed)) {
           // The sleeper waits on its futex while fibers wait on I/O: take the role over.
           wake_worker_locked(*timer_sleeper_, false);
           timer_sleeper_ = &w;
           is_sleeper = true;
         }
       }
-      if (is_sleeper && io) {
+      // At most one worker blocks in epoll_wait: epoll wakes a single waiter per event, so
+      // a second one could swallow the eventfd write meant for the first.
+      if (is_sleeper && io && !poll_sleeping_.load(std::memory_order_relaxed)) {
         w.polling = polling = true;
         poll_sleeping_.store(true, std::memory_order_seq_cst);
       }
@@ -775,14 +778,17 @@ void runtime::park_worker(worker& w) {
       if (w.wake_word.load(std::memory_order_acquire) == 0) {
         nready = p->poll(timeout, ready, &fd_woken);
       }
+      // Drain before giving up the role: a later poller's wake-up is never consumed here.
+      if (fd_woken) p->drain_wakeup();
       {
         std::lock_guard lk(idle_mu_);
         w.polling = false;  // from here on, nobody writes the eventfd for us
-        if (!timer_sleeper_ || !timer_sleeper_->polling) {
-          poll_sleeping_.store(false, std::memory_order_seq_cst);
+        poll_sleeping_.store(false, std::memory_order_seq_cst);
+        if (timer_sleeper_ && timer_sleeper_ != &w && io_waiters.load() > 0) {
+          // A sleeper that could not poll while we were in epoll_wait: let it now.
+          wake_worker_locked(*timer_sleeper_, false);
         }
       }
-      if (fd_woken) p->drain_wakeup();
     } else if (w.wake_word.load(std::memory_order_acquire) == 0) {
       futex_wait(w.wake_word, 0, timeout);
     }
@@ -833,7 +839,7 @@ void runtime::io_parking(worker& w) noexcept {
       nspinning_.load(std::memory_order_relaxed) != 0) {
     return;  // somebody polls, or will soon
   }
-  if (w.queue.empty() && !w.runnext.load(std::memory_order_relaxed)) return;  // w will poll
+  if (!w.current) return;  // w goes back to its scheduler loop, which polls
   std::lock_guard lk(idle_mu_);
   if (poll_sleeping_.load(std::memory_order_relaxed) || idle_.empty()) return;
   poll_waking_.store(true, std::memory_order_relaxed);

@@ -136,8 +136,9 @@ class runtime {
 
   // The netpoller (io/poller.cpp), created on first use; throws std::system_error.
   poller* io_poller();
-  // io_parking(): a fiber of w is about to park on the poller. If w has other work and
-  // nobody polls, wake an idle worker to block in epoll_wait.
+  // io_parking(): a fiber of w has just parked on the poller (called on the landing side,
+  // no lock held). If w runs another fiber and nobody polls, wake an idle worker to block
+  // in epoll_wait.
   void io_parking(worker& w) noexcept;
 
  private:
@@ -177,8 +178,9 @@ class runtime {
   std::atomic<std::uint64_t> idle_epoch_{0};  // bumped whenever an idle worker is woken
   worker* timer_sleeper_ = nullptr;            // guarded by idle_mu_
   // The netpoller. The timer sleeper blocks in its epoll_wait (w.polling) instead of its
-  // futex while fibers wait on I/O; poll_sleeping_ says one does (a hint, set under
-  // idle_mu_); poll_waking_: an idle worker was woken to take that role.
+  // futex while fibers wait on I/O; poll_sleeping_: a worker is inside that epoll_wait
+  // (at most one; written under idle_mu_); poll_waking_: an idle worker was woken to take
+  // that role.
   std::atomic<poller*> poller_{nullptr};
   std::mutex poller_mu_;  // creation only
   std::atomic<bool> poll_sleeping_{false};

@@ -1,0 +1,218 @@
+// rill/pipeline/io.hpp: pipeline sources and sinks on sockets and fds.
+//
+//   auto conn = rill::net::tcp_stream::connect("127.0.0.1", port);
+//   rill::read_lines(conn)                  // a source: one std::string per line
+//       | rill::map(to_upper)
+//       | rill::write_lines(out_fd)         // a terminal: each item and a '\n'
+//       ;  .run();
+//
+// read_lines(src) reads until end of stream and yields each line without its '\n' (a last
+// line without one is yielded too). write_lines(dst) writes each item (anything that
+// converts to std::string_view) followed by '\n', buffering up to 64 KiB and writing when
+// the buffer fills, when the upstream stage is about to wait for input, and at the end.
+// Both park their fiber on the netpoller while the fd is not ready; a cancelled run (an
+// exception in another stage, take(n), cancel()) wakes them at once.
+//
+// `src`/`dst` is a net::tcp_stream (referred to, not owned: it must outlive the run; it is
+// not closed at the end) or an fd: a socket, pipe, tty or regular file (not owned, not
+// closed; made non-blocking for the run and restored after; a regular file is read and
+// written directly). Errors (the OS error, io_errc::deadline_exceeded from the stream's
+// deadline) fail the run like any stage's exception.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+#include "rill/io.hpp"
+#include "rill/net.hpp"
+#include "rill/pipeline/concepts.hpp"
+#include "rill/pipeline/pipeline.hpp"
+#include "rill/pipeline/sinks.hpp"
+#include "rill/pipeline/sources.hpp"
+
+namespace rill {
+namespace detail {
+
+// io_lease: access to a stream (a borrowed reference on its registration) or to an fd
+// (registered for the lease; non-blocking during it) for one source or sink.
+class io_lease {
+ public:
+  explicit io_lease(net::tcp_stream& s);  // throws io_errc::closed if s is closed
+  explicit io_lease(int fd);              // throws std::system_error (EBADF, ...)
+  io_lease(io_lease&& o) noexcept;
+  io_lease& operator=(io_lease&&) = delete;
+  ~io_lease();
+
+  // try_read/try_write: one syscall; -1 on EAGAIN. read/write: wait on EAGAIN; -1 once
+  // *stop is set (checked before each wait).
+  long try_read(void* buf, std::size_t n, const char* what);
+  long try_write(const void* buf, std::size_t n, const char* what);
+  long read(void* buf, std::size_t n, const std::atomic<bool>* stop, const char* what);
+  long write(const void* buf, std::size_t n, const std::atomic<bool>* stop, const char* what);
+  // ref(): the registration to interrupt on cancel (empty for a regular file).
+  io_ref ref() const noexcept { return ref_; }
+
+ private:
+  enum kind_t : unsigned char { none, stream, fd_registered, file };
+  io_ref ref_;
+  int fd_ = -1;
+  int saved_flags_ = -1;
+  kind_t kind_ = none;
+};
+
+// cancel_watch: a helper fiber that interrupts the lease's wait when the run is cancelled,
+// so a source or sink parked on a silent peer stops promptly. Ends with its owner.
+class cancel_watch {
+ public:
+  cancel_watch(pipe_ctx& ctx, io_ref r, int dir) {
+    wg_.add(1);
+    go([this, &ctx, r, dir] {
+      select(on_recv(ctx.cancelled), on_recv(done_));
+      if (ctx.stop.load()) io_interrupt(r, dir);
+      wg_.done();
+    });
+  }
+  cancel_watch(const cancel_watch&) = delete;
+  cancel_watch& operator=(const cancel_watch&) = delete;
+  ~cancel_watch() {
+    done_.close();
+    wg_.wait();
+  }
+
+ private:
+  chan<char> done_{0};
+  wait_group wg_;
+};
+
+template <class Target>
+struct line_source {
+  static constexpr const char* kind = "read_lines";
+  using value_type = std::string;
+  Target target;  // net::tcp_stream* or int
+
+  template <class Sink>
+  void drive(Sink& sink, pipe_ctx& ctx) {
+    constexpr std::size_t chunk = 64 * 1024;
+    constexpr const char* what = "rill::read_lines";
+    io_lease io = open();
+    std::unique_ptr<cancel_watch> watch;
+    std::string buf;
+    std::size_t start = 0, scanned = 0;
+    for (;;) {
+      bool stopped = false;
+      for (std::size_t nl; (nl = buf.find('\n', scanned)) != std::string::npos;) {
+        if (!sink(buf.substr(start, nl - start))) {
+          stopped = true;
+          break;
+        }
+        start = scanned = nl + 1;
+      }
+      if (stopped || ctx.stop.load(std::memory_order_relaxed)) break;
+      buf.erase(0, start);
+      start = 0;
+      scanned = buf.size();
+      buf.resize(scanned + chunk);
+      long r = io.try_read(buf.data() + scanned, chunk, what);
+      if (r < 0) {
+        sink.flush_hint();  // about to wait: let what we produced go downstream
+        if (!watch && io.ref()) watch = std::make_unique<cancel_watch>(ctx, io.ref(), io_read);
+        r = io.read(buf.data() + scanned, chunk, &ctx.stop, what);
+      }
+      buf.resize(scanned + static_cast<std::size_t>(r < 0 ? 0 : r));
+      if (r < 0) break;  // cancelled
+      if (r == 0) {      // end of stream
+        if (!buf.empty()) sink(std::move(buf));
+        break;
+      }
+    }
+    sink.finish();
+  }
+
+ private:
+  io_lease open() {
+    if constexpr (std::is_same_v<Target, int>) {
+      return io_lease(target);
+    } else {
+      return io_lease(*target);
+    }
+  }
+};
+
+template <class Target>
+struct line_sink_term : terminal_tag {
+  static constexpr const char* kind = "write_lines";
+  Target target;
+  template <class In>
+  static constexpr bool accepts = std::is_convertible_v<In&&, std::string_view>;
+  template <class In>
+  static void check() {
+    static_assert(accepts<In>, "rill::write_lines: items must convert to std::string_view");
+  }
+  template <class In>
+  using result_t = void;
+
+  struct sink {
+    pipe_ctx* ctx;
+    io_lease io;
+    std::string buf{};
+    std::unique_ptr<cancel_watch> watch{};
+    bool open = true;
+
+    template <class V>
+    bool operator()(V&& v) {
+      const std::string_view s(v);
+      buf.append(s.data(), s.size());
+      buf.push_back('\n');
+      if (buf.size() >= 64 * 1024) return flush();
+      return true;
+    }
+    void flush_hint() { flush(); }
+    void finish() { flush(); }
+
+    // flush() writes the buffer; false once the run is cancelled.
+    bool flush() {
+      constexpr const char* what = "rill::write_lines";
+      std::size_t put = 0;
+      while (open && put < buf.size()) {
+        long r = io.try_write(buf.data() + put, buf.size() - put, what);
+        if (r < 0) {
+          if (!watch && io.ref()) watch = std::make_unique<cancel_watch>(*ctx, io.ref(), io_write);
+          r = io.write(buf.data() + put, buf.size() - put, &ctx->stop, what);
+        }
+        if (r < 0) open = false;  // cancelled: what is left is dropped
+        else put += static_cast<std::size_t>(r);
+      }
+      buf.clear();
+      return open;
+    }
+  };
+
+  template <class In>
+  sink make(pipe_ctx& ctx, result_slot<void>*, int) {
+    if constexpr (std::is_same_v<Target, int>) {
+      return sink{&ctx, io_lease(target)};
+    } else {
+      return sink{&ctx, io_lease(*target)};
+    }
+  }
+};
+
+}  // namespace detail
+
+// read_lines(stream) / read_lines(fd): a source of the lines read from a socket or an fd.
+inline auto read_lines(net::tcp_stream& s) {
+  return detail::flow<detail::line_source<net::tcp_stream*>>{{}, {&s}, {}};
+}
+inline auto read_lines(int fd) { return detail::flow<detail::line_source<int>>{{}, {fd}, {}}; }
+
+// write_lines(stream) / write_lines(fd): a terminal that writes each item and a '\n'.
+inline auto write_lines(net::tcp_stream& s) {
+  return detail::line_sink_term<net::tcp_stream*>{{}, &s};
+}
+inline auto write_lines(int fd) { return detail::line_sink_term<int>{{}, fd}; }
+
+}  // namespace rill
