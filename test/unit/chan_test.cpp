@@ -26,9 +26,9 @@ namespace {
 // Clang 14 cannot instantiate libstdc++ 12's std::views adaptors (even over std::vector),
 // so the std::views checks run under gcc and newer clang only; range-v3 runs everywhere.
 #if defined(__clang__) && __clang_major__ < 15
-constexpr bool std_views_work = false;
+#define RILL_TEST_STD_VIEWS 0
 #else
-constexpr bool std_views_work = true;
+#define RILL_TEST_STD_VIEWS 1
 #endif
 
 struct empty {};
@@ -790,13 +790,15 @@ TEST_CASE("chan: std::views and range-v3 views compose over a channel", "[chan][
         c.close();
       });
     };
-    if constexpr (std_views_work) {
+#if RILL_TEST_STD_VIEWS
+    {
       rill::chan<int> c(2);
       fill(c);
       std::vector<int> got;
       for (int v : c | std::views::transform([](int x) { return x * 10; })) got.push_back(v);
       CHECK(got == std::vector<int>{0, 10, 20, 30, 40, 50, 60, 70, 80, 90});
     }
+#endif
     rill::chan<int> d;
     fill(d);
     rill::recv_chan<int> r = d;

@@ -1,22 +1,460 @@
+// Tests of the runtime: run(), go(), yield, options, stats, parallelism, stealing, and
+// fibers made ready from plain threads.
 #include <rill/rill.hpp>
-#include <catch2/catch.hpp>
-#include <atomic>
 
-TEST_CASE("runtime: run returns main's result", "[runtime]") {
-  auto workers = GENERATE(1u, 2u, 4u);
-  rill::options o;
-  o.workers = workers;
-  CHECK(rill::run([] { return 42; }, o) == 42);
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support/run_with.hpp"
+
+namespace {
+
+// run_opts() is test::run_with() with full options: tests where a plain thread wakes the
+// fibers turn deadlock detection off, since a thread that is running (not parked in rill)
+// when every fiber is parked is indistinguishable from a deadlock for longer than the
+// detector's grace period if the OS deschedules it.
+template <class F>
+auto run_opts(rill::options o, F&& f) {
+  test::watchdog dog;
+  struct leak_check {
+    ~leak_check() { test::check_no_leaks(); }
+  } lc;
+  return rill::run(std::forward<F>(f), o);
 }
 
-TEST_CASE("runtime: go spawns fibers that all finish before run returns", "[runtime]") {
-  auto workers = GENERATE(1u, 2u, 4u);
+rill::options no_detect(unsigned workers) {
   rill::options o;
   o.workers = workers;
+  o.detect_deadlock = false;
+  return o;
+}
+
+// spin_work() burns roughly `iters` loop iterations of CPU without touching shared state.
+void spin_work(int iters) {
+  volatile unsigned x = 0;
+  for (int i = 0; i < iters; ++i) x = x + static_cast<unsigned>(i);
+}
+
+struct custom_error : std::exception {
+  explicit custom_error(int c) : code(c) {}
+  const char* what() const noexcept override { return "custom"; }
+  int code;
+};
+
+}  // namespace
+
+// ---- run -------------------------------------------------------------------------------
+
+TEST_CASE("runtime: run returns the main fiber's value", "[runtime][run]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  CHECK(test::run_with(workers, [] { return 42; }) == 42);
+  CHECK(test::run_with(workers, [] { return std::string(1000, 'x'); }) == std::string(1000, 'x'));
+}
+
+TEST_CASE("runtime: run returns a move-only result", "[runtime][run]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  std::unique_ptr<int> p = test::run_with(workers, [] { return std::make_unique<int>(7); });
+  REQUIRE(p);
+  CHECK(*p == 7);
+}
+
+TEST_CASE("runtime: run with a void main returns once main and its fibers finish",
+          "[runtime][run]") {
+  auto workers = GENERATE(1u, 2u, 4u);
   std::atomic<int> n{0};
-  rill::run([&] {
-    for (int i = 0; i < 10000; ++i) rill::go([&] { n++; });
-  }, o);
-  CHECK(n == 10000);
+  test::run_with(workers, [&] {
+    for (int i = 0; i < 100; ++i) {
+      rill::go([&] {
+        rill::this_fiber::yield();
+        n.fetch_add(1);
+      });
+    }
+  });  // main returns at once; run still waits for the 100 fibers
+  CHECK(n.load() == 100);
+}
+
+TEST_CASE("runtime: an exception escaping main is rethrown by run with its type and message",
+          "[runtime][run][exceptions]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  SECTION("std::runtime_error") {
+    try {
+      test::run_with(workers, []() -> int { throw std::runtime_error("main failed: 17"); });
+      FAIL("run did not throw");
+    } catch (const std::runtime_error& e) {
+      CHECK(std::string(e.what()) == "main failed: 17");
+    }
+  }
+  SECTION("a user type, thrown after fibers ran and parked") {
+    std::atomic<int> n{0};
+    try {
+      test::run_with(workers, [&] {
+        rill::wait_group wg;
+        wg.add(10);
+        for (int i = 0; i < 10; ++i) {
+          rill::go([&] {
+            n.fetch_add(1);
+            wg.done();
+          });
+        }
+        wg.wait();
+        throw custom_error(99);
+      });
+      FAIL("run did not throw");
+    } catch (const custom_error& e) {
+      CHECK(e.code == 99);
+    }
+    CHECK(n.load() == 10);
+  }
+  SECTION("a non-std exception") {
+    CHECK_THROWS_AS(test::run_with(workers, [] { throw 5; }), int);
+  }
+}
+
+TEST_CASE("runtime: run can be called again after a run that threw", "[runtime][run]") {
+  CHECK_THROWS_AS(test::run_with(2, [] { throw std::logic_error("x"); }), std::logic_error);
+  CHECK(test::run_with(2, [] { return 3; }) == 3);
+}
+
+TEST_CASE("runtime: go outside a runtime throws std::logic_error", "[runtime][go]") {
+  CHECK_THROWS_AS(rill::go([] {}), std::logic_error);
+  // Also from a plain thread while a runtime is running elsewhere.
+  bool threw = false;
+  test::run_with(2, [&] {
+    std::thread t([&] {
+      try {
+        rill::go([] {});
+      } catch (const std::logic_error&) {
+        threw = true;
+      }
+    });
+    t.join();
+  });
+  CHECK(threw);
   CHECK(rill::global_stats().live_fibers == 0);
+}
+
+// ---- go --------------------------------------------------------------------------------
+
+TEST_CASE("runtime: 10,000 spawned fibers all run", "[runtime][go]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  constexpr int n = 10'000;
+  std::vector<std::atomic<int>> ran(n);
+  test::run_with(workers, [&] {
+    for (int i = 0; i < n; ++i) rill::go([&ran, i] { ran[i].fetch_add(1); });
+  });
+  int once = 0;
+  for (auto& r : ran) once += r.load() == 1;
+  CHECK(once == n);
+}
+
+TEST_CASE("runtime: go accepts move-only closures and destroys them", "[runtime][go]") {
+  auto workers = GENERATE(1u, 2u);
+  auto alive = std::make_shared<int>(0);
+  std::weak_ptr<int> weak = alive;
+  test::run_with(workers, [&, p = std::move(alive)]() mutable {
+    auto u = std::make_unique<std::shared_ptr<int>>(std::move(p));
+    rill::go([u = std::move(u)] { **u += 1; });
+  });
+  CHECK(weak.expired());  // the closure (and the last shared_ptr) was destroyed
+}
+
+namespace {
+void tree(int depth, std::atomic<int>& nodes, rill::wait_group& wg) {
+  nodes.fetch_add(1);
+  if (depth > 0) {
+    wg.add(2);
+    rill::go([depth, &nodes, &wg] { tree(depth - 1, nodes, wg); });
+    rill::go([depth, &nodes, &wg] { tree(depth - 1, nodes, wg); });
+  }
+  wg.done();
+}
+}  // namespace
+
+TEST_CASE("runtime: nested spawn trees run every node", "[runtime][go]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  constexpr int depth = 11;  // 4095 fibers
+  std::atomic<int> nodes{0};
+  test::run_with(workers, [&] {
+    rill::wait_group wg;
+    wg.add(1);
+    rill::go([&] { tree(depth, nodes, wg); });
+    wg.wait();
+    CHECK(nodes.load() == (1 << (depth + 1)) - 1);
+  });
+  CHECK(nodes.load() == (1 << (depth + 1)) - 1);
+}
+
+// ---- yield -----------------------------------------------------------------------------
+
+TEST_CASE("runtime: on one worker, two yielding fibers alternate", "[runtime][yield]") {
+  std::string seq;  // one worker: no data race
+  test::run_with(1, [&] {
+    rill::wait_group wg;
+    wg.add(2);
+    for (char c : {'A', 'B'}) {
+      rill::go([&, c] {
+        for (int i = 0; i < 20; ++i) {
+          seq += c;
+          rill::this_fiber::yield();
+        }
+        wg.done();
+      });
+    }
+    wg.wait();
+  });
+  std::string expect;
+  for (int i = 0; i < 20; ++i) expect += "AB";
+  CHECK(seq == expect);
+}
+
+TEST_CASE("runtime: yield from a plain thread returns", "[runtime][yield]") {
+  rill::this_fiber::yield();
+  SUCCEED();
+}
+
+TEST_CASE("runtime: a yielding fiber does not starve the global queue", "[runtime][yield]") {
+  // Fibers readied from a plain thread go to the global queue; a fiber that only yields
+  // on the same worker must let them run.
+  std::atomic<bool> seen{false};
+  test::run_with(1, [&] {
+    rill::wait_group wg;
+    wg.add(1);
+    rill::go([&] {
+      wg.wait();  // readied later from the plain thread: lands in the global queue
+      seen.store(true);
+    });
+    std::thread t([&] { wg.done(); });
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!seen.load() && std::chrono::steady_clock::now() < deadline) {
+      rill::this_fiber::yield();
+    }
+    t.join();
+    CHECK(seen.load());
+  });
+}
+
+// ---- options and stats -------------------------------------------------------------------
+
+TEST_CASE("runtime: RILL_WORKERS sets the worker count when options.workers is 0",
+          "[runtime][options]") {
+  const char* old = std::getenv("RILL_WORKERS");
+  const std::optional<std::string> saved = old ? std::optional<std::string>(old) : std::nullopt;
+  auto n = GENERATE(1, 3);
+  ::setenv("RILL_WORKERS", std::to_string(n).c_str(), 1);
+  rill::options o;  // workers == 0
+  const unsigned seen = rill::run([] { return rill::runtime_stats().workers; }, o);
+  if (saved) {
+    ::setenv("RILL_WORKERS", saved->c_str(), 1);
+  } else {
+    ::unsetenv("RILL_WORKERS");
+  }
+  CHECK(seen == static_cast<unsigned>(n));
+  // An explicit count wins over the variable.
+  ::setenv("RILL_WORKERS", "3", 1);
+  rill::options two;
+  two.workers = 2;
+  CHECK(rill::run([] { return rill::runtime_stats().workers; }, two) == 2u);
+  if (saved) {
+    ::setenv("RILL_WORKERS", saved->c_str(), 1);
+  } else {
+    ::unsetenv("RILL_WORKERS");
+  }
+}
+
+TEST_CASE("runtime: runtime_stats inside run counts workers, live and spawned fibers",
+          "[runtime][stats]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  CHECK(rill::runtime_stats().workers == 0);  // outside a runtime: all zero
+  CHECK(rill::runtime_stats().live_fibers == 0);
+  test::run_with(workers, [&] {
+    rill::stats s = rill::runtime_stats();
+    CHECK(s.workers == workers);
+    CHECK(s.live_fibers == 1);  // main
+    CHECK(s.fibers_spawned == 1);
+    CHECK(s.pending_timers == 0);
+    rill::wait_group gate, parked;
+    gate.add(1);
+    parked.add(50);
+    for (int i = 0; i < 50; ++i) {
+      rill::go([&] {
+        parked.done();
+        gate.wait();
+      });
+    }
+    parked.wait();
+    s = rill::runtime_stats();
+    CHECK(s.live_fibers == 51);  // main + 50 parked
+    CHECK(s.fibers_spawned == 51);
+    CHECK(s.live_stacks == 51);
+    gate.done();
+  });
+}
+
+// ---- parallelism and stealing --------------------------------------------------------------
+
+TEST_CASE("runtime: fibers run in parallel on several workers", "[runtime][parallel]") {
+  // Each fiber raises its flag and spins, without yielding, until it sees the other's: only
+  // possible if both run at the same time on different threads.
+  auto workers = GENERATE(2u, 4u);
+  std::atomic<bool> a{false}, b{false};
+  std::atomic<bool> timed_out{false};
+  std::thread::id ta, tb;
+  test::run_with(workers, [&] {
+    rill::wait_group wg;
+    wg.add(2);
+    auto spin = [&](std::atomic<bool>& mine, std::atomic<bool>& other, std::thread::id& tid) {
+      tid = std::this_thread::get_id();
+      mine.store(true);
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+      while (!other.load()) {
+        if (std::chrono::steady_clock::now() > deadline) {
+          timed_out.store(true);
+          break;
+        }
+      }
+      wg.done();
+    };
+    rill::go([&] { spin(a, b, ta); });
+    rill::go([&] { spin(b, a, tb); });
+    wg.wait();
+  });
+  CHECK_FALSE(timed_out.load());
+  CHECK(ta != tb);
+}
+
+TEST_CASE("runtime: idle workers steal work spawned on one worker", "[runtime][steal]") {
+  auto workers = GENERATE(2u, 4u);
+  test::run_with(workers, [&] {
+    std::uint64_t steals = 0;
+    std::set<std::thread::id> threads;
+    std::mutex threads_mu;
+    for (int round = 0; round < 50 && steals == 0; ++round) {
+      rill::wait_group wg;
+      wg.add(500);
+      for (int i = 0; i < 500; ++i) {
+        rill::go([&] {
+          spin_work(20'000);
+          {
+            std::lock_guard lk(threads_mu);  // never held across a switch
+            threads.insert(std::this_thread::get_id());
+          }
+          wg.done();
+        });
+      }
+      wg.wait();
+      steals = rill::runtime_stats().steals;
+    }
+    CHECK(steals > 0);
+    CHECK(threads.size() >= 2);
+  });
+}
+
+// ---- fibers readied from plain threads -------------------------------------------------------
+
+TEST_CASE("runtime: a fiber readied from a plain thread runs", "[runtime][external]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  SECTION("through a wait_group") {
+    int got = 0;
+    run_opts(no_detect(workers), [&] {
+      rill::wait_group wg;
+      wg.add(1);
+      int value = 0;
+      std::thread t([&] {
+        value = 11;
+        wg.done();
+      });
+      wg.wait();  // the plain thread's done() happens before this returns
+      got = value;
+      t.join();
+    });
+    CHECK(got == 11);
+  }
+  SECTION("through a mutex the thread holds") {
+    rill::mutex m;
+    m.lock();  // held by this plain thread
+    std::atomic<bool> locked_by_fiber{false};
+    std::thread unlocker;
+    run_opts(no_detect(workers), [&] {
+      unlocker = std::thread([&] {
+        // Wait until the fiber is parked on the mutex, then hand it over.
+        while (rill::dump_fibers().find("parked on mutex") == std::string::npos) {
+          std::this_thread::yield();
+        }
+        m.unlock();
+      });
+      std::lock_guard lk(m);  // parks until the plain thread unlocks
+      locked_by_fiber.store(true);
+    });
+    unlocker.join();
+    CHECK(locked_by_fiber.load());
+  }
+  SECTION("through a condition_variable") {
+    rill::mutex m;
+    rill::condition_variable cv;
+    bool ready = false;
+    std::thread t;
+    int woken = 0;
+    run_opts(no_detect(workers), [&] {
+      rill::wait_group wg;
+      wg.add(10);
+      for (int i = 0; i < 10; ++i) {
+        rill::go([&] {
+          std::unique_lock lk(m);
+          cv.wait(lk, [&] { return ready; });
+          ++woken;
+          wg.done();
+        });
+      }
+      t = std::thread([&] {
+        {
+          std::lock_guard lk(m);
+          ready = true;
+        }
+        cv.notify_all();
+      });
+      wg.wait();
+    });
+    t.join();
+    CHECK(woken == 10);
+  }
+}
+
+TEST_CASE("runtime: many fibers readied from several plain threads all run",
+          "[runtime][external]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  constexpr int per_thread = 200, threads = 3;
+  std::vector<std::unique_ptr<rill::wait_group>> gates;
+  for (int i = 0; i < per_thread * threads; ++i) {
+    gates.push_back(std::make_unique<rill::wait_group>());
+    gates.back()->add(1);
+  }
+  std::atomic<int> ran{0};
+  std::vector<std::thread> ts;
+  run_opts(no_detect(workers), [&] {
+    for (int i = 0; i < per_thread * threads; ++i) {
+      rill::go([&, i] {
+        gates[i]->wait();
+        ran.fetch_add(1);
+      });
+    }
+    for (int k = 0; k < threads; ++k) {
+      ts.emplace_back([&, k] {
+        for (int i = k; i < per_thread * threads; i += threads) gates[i]->done();
+      });
+    }
+  });
+  for (auto& t : ts) t.join();
+  CHECK(ran.load() == per_thread * threads);
 }

@@ -122,6 +122,26 @@ struct merge_source {
   void drive(Sink& sink, pipe_ctx& ctx);  // in pipeline.hpp (needs the builder)
 };
 
+// range_ref: an lvalue range, referred to. Not std::views::all (ref_view/owning_view): their
+// view_interface base cannot be instantiated by clang 14 with libstdc++ 12's <ranges> (the
+// tsan preset's toolchain), which made every from(range) fail to compile there. An rvalue
+// range is stored as it is, moved in.
+template <class R>
+struct range_ref {
+  R* r;
+  auto begin() const { return std::ranges::begin(*r); }
+  auto end() const { return std::ranges::end(*r); }
+  auto size() const
+    requires std::ranges::sized_range<R>
+  {
+    return std::ranges::size(*r);
+  }
+};
+template <class R>
+using stored_range_t =
+    std::conditional_t<std::is_lvalue_reference_v<R>, range_ref<std::remove_reference_t<R>>,
+                       std::remove_cvref_t<R>>;
+
 template <class T>
 inline constexpr bool is_chan_v = false;
 template <class T>
@@ -138,9 +158,12 @@ inline constexpr bool is_chan_v<recv_chan<T>> = true;
 template <class R>
   requires(std::ranges::viewable_range<R> && !detail::is_chan_v<std::remove_cvref_t<R>>)
 auto from(R&& r, stage_options opt = {}) {
-  using V = decltype(std::views::all(std::forward<R>(r)));
-  return detail::flow<detail::range_source<V>>{
-      {}, {std::views::all(std::forward<R>(r)), opt.buffer}, {}};
+  using V = detail::stored_range_t<R>;
+  if constexpr (std::is_lvalue_reference_v<R>) {
+    return detail::flow<detail::range_source<V>>{{}, {V{&r}, opt.buffer}, {}};
+  } else {
+    return detail::flow<detail::range_source<V>>{{}, {V(std::move(r)), opt.buffer}, {}};
+  }
 }
 // from(chan): the values received from a channel until it is closed. Cancellation wakes a
 // source waiting on it; what the pipeline does not take stays in the channel.

@@ -1,0 +1,139 @@
+// Death tests for stack overflow detection (research/reliability.md T20).
+//
+//   rill_death_tests child <frame-bytes> <depth|inf>
+//       runs a fiber that recurses with frames of <frame-bytes>, touching every byte of each
+//       frame and yielding every few levels, to <depth> levels or for ever. An overflow
+//       must end the process with "rill: fiber N ... overflowed its N-byte stack".
+//   rill_death_tests expect <guarded|canary> <frame-bytes>
+//       runs the child (canary: with RILL_GUARD_BUDGET=0, so no stack has a guard page),
+//       and prints "detected: <the runtime's message>" if it died of a signal after
+//       reporting the overflow, else "NOT detected: ..." with what happened. Exit 0 iff
+//       detected.
+//   rill_death_tests expect-ok <guarded|canary> <frame-bytes>
+//       the child recurses to about a third of its stack and must exit normally, silently.
+#include <rill/rill.hpp>
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <regex>
+#include <string>
+
+namespace {
+
+constexpr std::size_t stack_size = 128 * 1024;
+
+volatile int g_sink;
+
+template <std::size_t Frame>
+[[gnu::noinline]] int recurse(long depth, long max_depth, int yield_every) {
+  char frame[Frame];
+  std::memset(frame, static_cast<int>(depth & 0x7f), Frame);  // every byte of the frame
+  asm volatile("" : : "r"(frame) : "memory");
+  if (depth % yield_every == 0) rill::this_fiber::yield();  // a switch out: checked there
+  if (depth >= max_depth) return frame[Frame / 2];
+  return recurse<Frame>(depth + 1, max_depth, yield_every) + frame[depth % Frame];
+}
+
+int run_child(std::size_t frame, long max_depth) {
+  // Yield often enough that a canary-checked stack is caught within about 64 KiB past its
+  // end (well inside the neighbouring stack).
+  const int yield_every = frame >= 65536 ? 1 : static_cast<int>(65536 / frame / 4);
+  rill::options o;
+  o.workers = 2;
+  o.stack_size = stack_size;
+  rill::run(
+      [&] {
+        rill::wait_group wg;
+        wg.add(1);
+        rill::go([&] {
+          rill::this_fiber::name("recursion");
+          switch (frame) {
+            case 256: g_sink = recurse<256>(1, max_depth, yield_every); break;
+            case 4096: g_sink = recurse<4096>(1, max_depth, yield_every); break;
+            case 65536: g_sink = recurse<65536>(1, max_depth, yield_every); break;
+            default: std::abort();
+          }
+          wg.done();
+        });
+        wg.wait();
+      },
+      o);
+  return 0;
+}
+
+struct outcome {
+  int status = 0;
+  std::string err;
+};
+
+outcome spawn_child(const char* self, bool canary, const char* frame, const char* depth) {
+  int fds[2];
+  if (::pipe(fds) != 0) std::abort();
+  const pid_t pid = ::fork();
+  if (pid < 0) std::abort();
+  if (pid == 0) {
+    ::dup2(fds[1], 2);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    if (canary) ::setenv("RILL_GUARD_BUDGET", "0", 1);
+    ::execl(self, self, "child", frame, depth, static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  outcome r;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) != 0;) {
+    if (n > 0) r.err.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(fds[0]);
+  ::waitpid(pid, &r.status, 0);
+  return r;
+}
+
+std::string describe(int status) {
+  if (WIFSIGNALED(status)) return std::string("killed by ") + ::strsignal(WTERMSIG(status));
+  if (WIFEXITED(status)) return "exited with " + std::to_string(WEXITSTATUS(status));
+  return "?";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc == 4 && std::strcmp(argv[1], "child") == 0) {
+    const long depth = std::strcmp(argv[3], "inf") == 0 ? (1L << 40) : std::atol(argv[3]);
+    return run_child(std::strtoul(argv[2], nullptr, 10), depth);
+  }
+  if (argc == 4 && (std::strcmp(argv[1], "expect") == 0 || std::strcmp(argv[1], "expect-ok") == 0)) {
+    const bool canary = std::strcmp(argv[2], "canary") == 0;
+    const std::size_t frame = std::strtoul(argv[3], nullptr, 10);
+    if (std::strcmp(argv[1], "expect-ok") == 0) {
+      // About a third of the stack: must not be reported.
+      const std::string depth = std::to_string(stack_size / 3 / (frame + 64));
+      const outcome r = spawn_child(argv[0], canary, argv[3], depth.c_str());
+      const bool ok = WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0 && r.err.empty();
+      std::printf("%s: %s, %s-byte frames to depth %s: %s; stderr: \"%s\"\n",
+                  ok ? "no false positive" : "FALSE POSITIVE", argv[2], argv[3], depth.c_str(),
+                  describe(r.status).c_str(), r.err.c_str());
+      return ok ? 0 : 1;
+    }
+    const outcome r = spawn_child(argv[0], canary, argv[3], "inf");
+    static const std::regex message(
+        R"(rill: fiber [0-9]+( \([^)]*\))? overflowed its [0-9]+-byte stack[^\n]*)");
+    std::smatch m;
+    const bool said = std::regex_search(r.err, m, message);
+    const bool died = WIFSIGNALED(r.status);
+    std::printf("%s: %s, %zu-byte frames: %s; %s\n",
+                said && died ? "detected" : "NOT detected", argv[2], frame,
+                describe(r.status).c_str(),
+                said ? m.str().c_str() : ("stderr: \"" + r.err + "\"").c_str());
+    return said && died ? 0 : 1;
+  }
+  std::fprintf(stderr, "usage: %s child <frame> <depth|inf> | expect[-ok] <guarded|canary> <frame>\n",
+               argv[0]);
+  return 2;
+}

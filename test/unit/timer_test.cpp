@@ -1,0 +1,192 @@
+// Timers: this_fiber::sleep_for / sleep_until park the fiber (not its thread) for at least
+// the requested time; many sleepers all wake; zero and negative durations yield; nothing is
+// left pending.
+#include <rill/rill.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "support/run_with.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+// Lateness bound: only a sanity check (the machine may be loaded); early wake-ups are the
+// real failure and are checked exactly.
+constexpr auto slack = 2s;
+
+}  // namespace
+
+TEST_CASE("timer: sleep_for parks for at least the duration", "[timer]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  test::run_with(workers, [] {
+    for (auto d : {1ms, 5ms, 20ms}) {
+      const auto t0 = clock_type::now();
+      rill::this_fiber::sleep_for(d);
+      const auto elapsed = clock_type::now() - t0;
+      CHECK(elapsed >= d);
+      CHECK(elapsed < d + slack);
+    }
+    CHECK(rill::runtime_stats().pending_timers == 0);
+  });
+}
+
+TEST_CASE("timer: a sleeping fiber holds no worker", "[timer]") {
+  // One worker: while main sleeps, another fiber runs to completion.
+  test::run_with(1, [] {
+    std::atomic<bool> ran{false};
+    rill::go([&] { ran.store(true); });
+    rill::this_fiber::sleep_for(10ms);
+    CHECK(ran.load());
+  });
+}
+
+TEST_CASE("timer: 1000 concurrent sleepers of 0..20 ms all wake, none early", "[timer]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  constexpr int n = 1000;
+  std::atomic<int> woke{0}, early{0}, late{0};
+  test::run_with(workers, [&] {
+    std::mt19937 rng(12345);
+    std::uniform_int_distribution<int> us(0, 20'000);
+    rill::wait_group wg;
+    wg.add(n);
+    for (int i = 0; i < n; ++i) {
+      const auto d = std::chrono::microseconds(us(rng));
+      rill::go([&, d] {
+        const auto t0 = clock_type::now();
+        rill::this_fiber::sleep_for(d);
+        const auto elapsed = clock_type::now() - t0;
+        if (elapsed < d) early.fetch_add(1);
+        if (elapsed >= d + slack) late.fetch_add(1);
+        woke.fetch_add(1);
+        wg.done();
+      });
+    }
+    wg.wait();
+    CHECK(rill::runtime_stats().pending_timers == 0);
+  });
+  CHECK(woke.load() == n);
+  CHECK(early.load() == 0);
+  CHECK(late.load() == 0);
+}
+
+TEST_CASE("timer: sleepers wake in deadline order on one worker", "[timer]") {
+  std::vector<int> order;  // one worker: no race
+  test::run_with(1, [&] {
+    rill::wait_group wg;
+    wg.add(5);
+    for (int i : {4, 2, 0, 3, 1}) {
+      rill::go([&, i] {
+        rill::this_fiber::sleep_for(std::chrono::milliseconds(2 + 4 * i));
+        order.push_back(i);
+        wg.done();
+      });
+    }
+    wg.wait();
+  });
+  CHECK(order == std::vector<int>{0, 1, 2, 3, 4});
+}
+
+TEST_CASE("timer: sleep_for of zero or a negative duration yields", "[timer]") {
+  // One worker: the spawned fiber can only run if the sleeper gave up the worker.
+  auto d = GENERATE(as<std::chrono::nanoseconds>{}, 0ns, -1ns, -std::chrono::nanoseconds(1s));
+  test::run_with(1, [d] {
+    bool ran = false;
+    rill::go([&] { ran = true; });
+    const auto t0 = clock_type::now();
+    rill::this_fiber::sleep_for(d);
+    CHECK(ran);
+    CHECK(clock_type::now() - t0 < slack);
+    CHECK(rill::runtime_stats().pending_timers == 0);
+  });
+}
+
+TEST_CASE("timer: sleep_until a time point far in the past returns at once", "[timer]") {
+  test::run_with(2, [] {
+    const auto t0 = clock_type::now();
+    rill::this_fiber::sleep_until(clock_type::time_point{});  // the clock's epoch
+    rill::this_fiber::sleep_until(t0 - 1h);
+    CHECK(clock_type::now() - t0 < slack);
+    CHECK(rill::runtime_stats().pending_timers == 0);
+  });
+}
+
+TEST_CASE("timer: sleep_until waits for the time point", "[timer]") {
+  auto workers = GENERATE(1u, 2u);
+  test::run_with(workers, [] {
+    const auto until = clock_type::now() + 15ms;
+    rill::this_fiber::sleep_until(until);
+    CHECK(clock_type::now() >= until);
+    CHECK(clock_type::now() < until + slack);
+    // Past time points return at once.
+    const auto t0 = clock_type::now();
+    rill::this_fiber::sleep_until(t0 - 1s);
+    CHECK(clock_type::now() - t0 < slack);
+  });
+}
+
+TEST_CASE("timer: timers fire while every worker stays busy", "[timer]") {
+  // The workers never go idle (fibers keep yielding), so timers must be fired from the
+  // scheduling loop, not only by an idle worker.
+  auto workers = GENERATE(1u, 2u);
+  test::run_with(workers, [workers] {
+    std::atomic<bool> woke{false};
+    std::atomic<bool> timed_out{false};
+    rill::wait_group wg;
+    wg.add(1 + static_cast<int>(workers));
+    rill::go([&] {
+      rill::this_fiber::sleep_for(5ms);
+      woke.store(true);
+      wg.done();
+    });
+    for (unsigned i = 0; i < workers; ++i) {
+      rill::go([&] {
+        const auto deadline = clock_type::now() + 10s;
+        while (!woke.load()) {
+          if (clock_type::now() > deadline) {
+            timed_out.store(true);
+            break;
+          }
+          rill::this_fiber::yield();
+        }
+        wg.done();
+      });
+    }
+    wg.wait();
+    CHECK(woke.load());
+    CHECK_FALSE(timed_out.load());
+  });
+}
+
+TEST_CASE("timer: sleep_for on a plain thread sleeps the thread", "[timer]") {
+  const auto t0 = clock_type::now();
+  rill::this_fiber::sleep_for(2ms);
+  CHECK(clock_type::now() - t0 >= 2ms);
+  rill::this_fiber::sleep_for(-5ms);  // returns at once
+}
+
+TEST_CASE("timer: no timer is left pending after sleepers finish", "[timer]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  test::run_with(workers, [] {
+    rill::wait_group wg;
+    wg.add(100);
+    for (int i = 0; i < 100; ++i) {
+      rill::go([&, i] {
+        rill::this_fiber::sleep_for(std::chrono::microseconds(50 * (i % 10)));
+        wg.done();
+      });
+    }
+    // While they sleep, some timers are pending (those not yet fired).
+    CHECK(rill::runtime_stats().pending_timers <= 100);
+    wg.wait();
+    CHECK(rill::runtime_stats().pending_timers == 0);
+  });
+  CHECK(rill::global_stats().pending_timers == 0);
+}
