@@ -30,15 +30,16 @@ inline void print_seed() noexcept {
 
 // watchdog: if the scope lasts longer than `limit`, prints the fiber dump of every runtime
 // and aborts the process (a hang becomes a failure with a diagnosis, not a ctest timeout).
+// `what` names what is running (default "test"); it must outlive the watchdog.
 class watchdog {
  public:
-  explicit watchdog(std::chrono::seconds limit = limit_from_env()) {
-    thread_ = std::thread([this, limit] {
+  explicit watchdog(std::chrono::seconds limit = limit_from_env(), const char* what = "test") {
+    thread_ = std::thread([this, limit, what] {
       std::unique_lock lk(mu_);
       if (!cv_.wait_for(lk, limit, [this] { return done_; })) {
         fired_.store(true);
         lk.unlock();
-        std::fprintf(stderr, "watchdog: test still running after %llds; fibers:\n%s",
+        std::fprintf(stderr, "watchdog: %s still running after %llds; fibers:\n%s", what,
                      static_cast<long long>(limit.count()), rill::dump_fibers().c_str());
         print_seed();
         std::abort();
