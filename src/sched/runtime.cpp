@@ -960,7 +960,10 @@ void runtime::start_main(void (*main)(void*), void* arg) {
   });
   ::new (f->closure) ctx_t{main, arg};
   f->is_main = true;
-  std::strncpy(f->name, "main", sizeof f->name - 1);
+  {
+    std::lock_guard lk(w0.reg_mu);  // f is registered: dump() may read its name already
+    std::strncpy(f->name, "main", sizeof f->name - 1);
+  }
   w0.spawned.store(1, std::memory_order_relaxed);
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
   push_local(w0, f);
@@ -1063,6 +1066,9 @@ runtime* default_runtime() {
 
 void fiber_set_name(const char* name) noexcept {
   if (fiber* f = current_fiber()) {
+    // dump() reads names under the registry lock, from any thread (the test watchdog).
+    std::unique_lock<spinlock> lk;
+    if (f->reg_owner) lk = std::unique_lock<spinlock>(f->reg_owner->reg_mu);
     std::strncpy(f->name, name, sizeof f->name - 1);
     f->name[sizeof f->name - 1] = 0;
   }
