@@ -252,9 +252,9 @@ TEST_CASE("runtime stress: a deadlock with many parked fibers unwinds every one"
     ~on_unwind() { n.fetch_add(1, std::memory_order_relaxed); }
   };
   bool threw = false;
+  rill::wait_group never, arrived;  // shared with the fibers: outlive run()
   try {
     test::run_with(workers, [&] {
-      rill::wait_group never, arrived;
       never.add(1);
       arrived.add(static_cast<int>(n));
       for (long i = 0; i < n; ++i) {

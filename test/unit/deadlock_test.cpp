@@ -98,9 +98,11 @@ TEST_CASE("deadlock: two fibers locking two mutexes in opposite orders are repor
           "[deadlock]") {
   auto workers = GENERATE(1u, 2u, 4u);
   std::atomic<int> unwound{0};
+  // Shared objects outlive run(): the aborted main fiber unwinds (destroying its locals)
+  // while the other aborted fibers still unlock these mutexes.
+  rill::mutex a, b;
+  rill::wait_group both_hold, finished;
   const std::string what = expect_deadlock(workers, [&] {
-    rill::mutex a, b;
-    rill::wait_group both_hold, finished;
     both_hold.add(2);
     finished.add(2);
     struct on_unwind {
@@ -133,10 +135,10 @@ TEST_CASE("deadlock: two fibers locking two mutexes in opposite orders are repor
 TEST_CASE("deadlock: a fiber waiting on a condition_variable nobody notifies is reported",
           "[deadlock]") {
   auto workers = GENERATE(1u, 2u);
-  const std::string what = expect_deadlock(workers, [] {
-    rill::mutex m;
-    rill::condition_variable cv;
-    rill::wait_group wg;
+  rill::mutex m;  // outlive run(): the aborted waiter re-locks m while unwinding
+  rill::condition_variable cv;
+  rill::wait_group wg;
+  const std::string what = expect_deadlock(workers, [&] {
     wg.add(1);
     rill::go([&] {
       rill::this_fiber::name("cv-waiter");
@@ -159,10 +161,10 @@ TEST_CASE("deadlock: every parked fiber is unwound and nothing leaks", "[deadloc
     explicit counted(std::atomic<int>& c, std::atomic<int>& dd) : d(dd) { c.fetch_add(1); }
     ~counted() { d.fetch_add(1); }
   };
+  rill::mutex m;  // shared with the fibers: outlives run()
+  rill::condition_variable cv;
+  rill::wait_group never, started;
   expect_deadlock(workers, [&] {
-    rill::mutex m;
-    rill::condition_variable cv;
-    rill::wait_group never, started;
     never.add(1);
     started.add(n);
     m.lock();  // main holds m for ever
