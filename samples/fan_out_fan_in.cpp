@@ -8,7 +8,8 @@
 
 #include <chrono>
 #include <cstdio>
-#include <ranges>
+
+#include <range/v3/view/iota.hpp>
 
 namespace {
 
@@ -38,7 +39,7 @@ int main() {
     long total_steps = 0;
     int next_id = 1;
     bool in_order = true;
-    auto pipeline = rill::from(std::views::iota(1, n + 1))
+    auto pipeline = rill::from(ranges::views::iota(1, n + 1))
                   | rill::par_map(lookup, {.workers = workers, .ordered = true})
                   | rill::for_each([&](const result& r) {
                       in_order = in_order && r.id == next_id++;

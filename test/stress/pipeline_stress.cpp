@@ -11,10 +11,11 @@
 #include <chrono>
 #include <cstdio>
 #include <optional>
-#include <ranges>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include <range/v3/view/iota.hpp>
 
 #include "support/pipeline_support.hpp"
 #include "support/run_with.hpp"
@@ -133,7 +134,7 @@ TEST_CASE("pipeline stress: concurrent throws in three stages surface exactly on
           return v;
         };
       };
-      auto p = rill::from(std::views::iota(0, 1000)) | rill::map(thrower("a"), {.buffer = 0}) |
+      auto p = rill::from(ranges::views::iota(0, 1000)) | rill::map(thrower("a"), {.buffer = 0}) |
                rill::stage_boundary | rill::par_map([](int v) { return v; }, {.workers = 2, .ordered = false}) |
                rill::map(thrower("b"), {.fuse = false}) | rill::stage_boundary |
                rill::map(thrower("c")) | rill::count();
@@ -187,7 +188,7 @@ TEST_CASE("pipeline stress: the prime sieve, first primes exact", "[pipeline][st
   std::vector<int> primes;
   test::run_with(workers, [&] {
     rill::chan<int> ch;
-    auto gen = (rill::from(std::views::iota(2)) | rill::to(ch)).start();
+    auto gen = (rill::from(ranges::views::iota(2)) | rill::to(ch)).start();
     std::vector<rill::pipeline_handle<void>> filters;
     for (int i = 0; i < count; ++i) {
       const int prime = *ch.recv();

@@ -27,6 +27,7 @@
 #include <range/v3/view/chunk.hpp>
 #include <range/v3/view/filter.hpp>
 #include <range/v3/view/for_each.hpp>
+#include <range/v3/view/iota.hpp>
 #include <range/v3/view/join.hpp>
 #include <range/v3/view/repeat_n.hpp>
 #include <range/v3/view/take.hpp>
@@ -362,7 +363,7 @@ TEST_CASE("pipeline property: cancel at a random moment ends the run, leaking no
     const int delay = r.between(0, 300);
     INFO("run " << i << ": endless " << endless << ", n " << n << ", fusion " << fusion << ", delay " << delay);
     auto make = [&] {
-      return rill::from(std::views::iota(0, endless ? std::numeric_limits<int>::max() : n)) |
+      return rill::from(ranges::views::iota(0, endless ? std::numeric_limits<int>::max() : n)) |
              rill::map([](int x) { return test::tracked(x); }, {.buffer = b, .fuse = r.coin()}) |
              rill::par_map([](test::tracked t) { return t.v; }, {.workers = w, .ordered = r.coin(), .buffer = b}) |
              rill::filter([](int x) { return x % 5 != 0; }, {.fuse = r.coin()}) | rill::count();
@@ -448,7 +449,7 @@ TEST_CASE("pipeline property: take(n) stops the source within n + buffers + fibe
       const bool fusion = r.coin();
       const auto n = static_cast<std::size_t>(r.between(0, 300));
       std::atomic<long> produced{0};
-      auto pipe = rill::from(std::views::iota(0)) | rill::tap([&produced](int) { ++produced; }) |
+      auto pipe = rill::from(ranges::views::iota(0)) | rill::tap([&produced](int) { ++produced; }) |
                   rill::map([](int x) { return x; }, {.buffer = b[0], .fuse = fuse[0]}) |
                   rill::map([](int x) { return x; }, {.buffer = b[1], .fuse = fuse[1]}) |
                   rill::take(n, {.buffer = b[2], .fuse = fuse[2]}) | rill::count();

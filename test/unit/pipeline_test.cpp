@@ -94,6 +94,9 @@ TEST_CASE("pipeline: from(range-v3 views), rvalue and lvalue", "[pipeline][sourc
   CHECK(r.run() == std::vector<int>{0, 1, 2});
 }
 
+// clang 14 cannot instantiate libstdc++ 12's std views at all (view_interface), so the
+// other tests use range-v3's; std views are tested where the compiler can build them.
+#if !defined(__clang__) || __clang_major__ >= 15
 TEST_CASE("pipeline: from(std views), including an infinite iota cut by take",
           "[pipeline][source]") {
   test::leak_gate gate;  // runs on the default runtime
@@ -102,7 +105,11 @@ TEST_CASE("pipeline: from(std views), including an infinite iota cut by take",
   CHECK(p.run() == std::vector<int>{0, 1, 4, 9, 16});
   auto q = rill::from(std::views::iota(0, 10) | std::views::reverse) | rill::collect();
   CHECK(q.run() == std::vector<int>{9, 8, 7, 6, 5, 4, 3, 2, 1, 0});
+  auto r = rill::from(iota_vec(4)) | rill::flat_map([](int v) { return std::views::iota(0, v); }) |
+           rill::collect();
+  CHECK(r.run() == std::vector<int>{0, 0, 1, 0, 1, 2});
 }
+#endif
 
 TEST_CASE("pipeline: from(chan) takes values until the channel is closed", "[pipeline][source]") {
   auto workers = GENERATE(1u, 2u, 4u);
@@ -210,7 +217,7 @@ TEST_CASE("pipeline: merge interleaves sources, each keeping its order", "[pipel
     CHECK(parts[2] == iota_vec(500));
     CHECK(parts[3] == iota_vec(300));
     // take after merge stops every source.
-    auto q = rill::merge(rill::from(std::views::iota(0)), rill::from(std::views::iota(0))) |
+    auto q = rill::merge(rill::from(ranges::views::iota(0)), rill::from(ranges::views::iota(0))) |
              rill::take(1000) | rill::count();
     CHECK(q.run() == 1000);
   });
@@ -259,7 +266,7 @@ TEST_CASE("pipeline: flat_map expands each item into a range, in order", "[pipel
              rill::flat_map([](int v) { return std::vector<int>(static_cast<std::size_t>(v), v); }) |
              rill::collect();
   CHECK(rep.run({.fusion = fuse}) == std::vector<int>{1, 2, 2, 3, 3, 3});
-  auto view = rill::from(iota_vec(4)) | rill::flat_map([](int v) { return std::views::iota(0, v); }) |
+  auto view = rill::from(iota_vec(4)) | rill::flat_map([](int v) { return ranges::views::iota(0, v); }) |
               rill::collect();
   CHECK(view.run({.fusion = fuse}) == std::vector<int>{0, 0, 1, 0, 1, 2});
 }
@@ -385,7 +392,7 @@ TEST_CASE("pipeline: par_maps in a row, then take", "[pipeline][stage][par_map]"
     std::vector<int> expect = iota_vec(3000);
     for (int& v : expect) v *= 2;
     CHECK(out == expect);
-    auto q = rill::from(std::views::iota(0)) |
+    auto q = rill::from(ranges::views::iota(0)) |
              rill::par_map([](int v) { return v; }, {.workers = 2, .ordered = ordered}) |
              rill::take(100) | rill::count();
     CHECK(q.run() == 100);
@@ -648,7 +655,7 @@ TEST_CASE("pipeline: start() then cancel() stops an endless pipeline", "[pipelin
   auto fuse = GENERATE(true, false);
   test::run_with(workers, [fuse] {
     std::atomic<long> seen{0};
-    auto h = (rill::from(std::views::iota(0L)) | rill::map([](long v) { return v; }) |
+    auto h = (rill::from(ranges::views::iota(0)) | rill::map([](long v) { return v; }) |
               rill::par_map([](long v) { return v; }, {.workers = 2}) |
               rill::for_each([&seen](long) {
                 ++seen;
@@ -667,7 +674,7 @@ TEST_CASE("pipeline: a handle that is not waited for cancels and waits on destru
   test::run_with(2, [] {
     std::atomic<long> seen{0};
     {
-      auto h = (rill::from(std::views::iota(0)) | rill::for_each([&seen](int) {
+      auto h = (rill::from(ranges::views::iota(0)) | rill::for_each([&seen](int) {
                   ++seen;
                   rill::this_fiber::yield();
                 }))
@@ -685,7 +692,7 @@ TEST_CASE("pipeline: run(stop_token) stops when a stop is requested", "[pipeline
   SECTION("from inside the pipeline") {
     test::run_with(2, [fuse] {
       std::stop_source src;
-      auto p = rill::from(std::views::iota(0)) | rill::tap([&src](int v) {
+      auto p = rill::from(ranges::views::iota(0)) | rill::tap([&src](int v) {
                  if (v == 5000) src.request_stop();
                }) |
                rill::count();
@@ -700,7 +707,7 @@ TEST_CASE("pipeline: run(stop_token) stops when a stop is requested", "[pipeline
       while (seen.load() < 1000) std::this_thread::yield();
       src.request_stop();
     });
-    auto p = rill::from(std::views::iota(0)) | rill::for_each([&seen](int) { ++seen; });
+    auto p = rill::from(ranges::views::iota(0)) | rill::for_each([&seen](int) { ++seen; });
     CHECK_THROWS_AS(p.run(src.get_token(), {.fusion = fuse}), rill::pipeline_cancelled);
     stopper.join();
     test::wait_no_leaks();
@@ -714,7 +721,7 @@ TEST_CASE("pipeline: run(stop_token) stops when a stop is requested", "[pipeline
   SECTION("a token stopped before the run") {
     std::stop_source src;
     src.request_stop();
-    auto p = rill::from(std::views::iota(0)) | rill::count();
+    auto p = rill::from(ranges::views::iota(0)) | rill::count();
     CHECK_THROWS_AS(p.run(src.get_token(), {.fusion = fuse}), rill::pipeline_cancelled);
     test::wait_no_leaks();
   }
@@ -735,7 +742,7 @@ TEST_CASE("pipeline: a stage that swallows every exception still stops on cancel
       }
       return v;
     };
-    auto h = (rill::from(std::views::iota(0L)) | rill::map(swallow) |
+    auto h = (rill::from(ranges::views::iota(0)) | rill::map(swallow) |
               rill::par_map(swallow, {.workers = 2}) | rill::filter([](long) { return true; }) |
               rill::for_each([swallow](long v) { (void)swallow(v); }))
                  .start({.fusion = fuse});
@@ -795,7 +802,7 @@ TEST_CASE("pipeline: take stops an endless source after n + buffers + stages ite
   auto buffer = GENERATE(0u, 1u, 5u, 16u, 256u);
   test::run_with(workers, [buffer] {
     std::atomic<long> produced{0};
-    auto p = rill::from(std::views::iota(0)) | rill::tap([&produced](int) { ++produced; }) |
+    auto p = rill::from(ranges::views::iota(0)) | rill::tap([&produced](int) { ++produced; }) |
              rill::map([](int v) { return v; }, {.buffer = buffer, .fuse = false}) |
              rill::map([](int v) { return v; }, {.buffer = buffer, .fuse = false}) | rill::take(5) |
              rill::collect();
@@ -808,7 +815,7 @@ TEST_CASE("pipeline: take stops an endless source after n + buffers + stages ite
     CHECK(p.run({.fusion = false}) == iota_vec(5));
     CHECK(produced.load() <= 5 + (3 * d + 2 * b) + 6);
     produced = 0;
-    auto fused = rill::from(std::views::iota(0)) | rill::tap([&produced](int) { ++produced; }) |
+    auto fused = rill::from(ranges::views::iota(0)) | rill::tap([&produced](int) { ++produced; }) |
                  rill::take(5) | rill::collect();
     CHECK(fused.run() == iota_vec(5));
     CHECK(produced.load() == 5);  // fused: exactly n
@@ -879,8 +886,8 @@ TEST_CASE("pipeline: ordered par_map bounds its reorder window when one item is 
 // ---- many fibers -------------------------------------------------------------------------
 
 TEST_CASE("pipeline: a daisy chain of 10,000 pipelines, one fiber each", "[pipeline][chain]") {
-  const int n = test::sanitized ? 2000 : 10000;
-  test::run_with(2, [n] {
+  constexpr int n = test::sanitized ? 2000 : 10000;
+  test::run_with(2, [] {
     std::vector<rill::chan<int>> links;
     links.reserve(static_cast<std::size_t>(n) + 1);
     for (int i = 0; i <= n; ++i) links.emplace_back();  // unbuffered, as goroutines.go
@@ -910,7 +917,7 @@ namespace {
 std::vector<int> sieve(int count) {
   std::vector<int> primes;
   rill::chan<int> ch;
-  auto gen = (rill::from(std::views::iota(2)) | rill::to(ch)).start();
+  auto gen = (rill::from(ranges::views::iota(2)) | rill::to(ch)).start();
   std::vector<rill::pipeline_handle<void>> filters;
   for (int i = 0; i < count; ++i) {
     const int prime = *ch.recv();
@@ -941,8 +948,8 @@ std::vector<int> primes_by_trial_division(int count) {
 
 TEST_CASE("pipeline: Go's prime sieve with one pipeline per prime", "[pipeline][chain]") {
   auto workers = GENERATE(1u, 2u);
-  const int count = test::sanitized ? 200 : 1000;
-  test::run_with(workers, [count] {
+  constexpr int count = test::sanitized ? 200 : 1000;
+  test::run_with(workers, [] {
     const std::vector<int> primes = sieve(count);
     CHECK(primes == primes_by_trial_division(count));
     if (count == 1000) CHECK(primes.back() == 7919);
@@ -950,8 +957,8 @@ TEST_CASE("pipeline: Go's prime sieve with one pipeline per prime", "[pipeline][
 }
 
 TEST_CASE("pipeline: Go's prime sieve with rill::go and filters as pipelines", "[pipeline][chain]") {
-  const int count = test::sanitized ? 200 : 1000;
-  test::run_with(2, [count] {
+  constexpr int count = test::sanitized ? 200 : 1000;
+  test::run_with(2, [] {
     rill::chan<int> ch;
     rill::go([ch]() mutable {  // the generator, a plain goroutine
       for (int v = 2; v <= 7919; ++v) ch.send(v);
