@@ -308,6 +308,8 @@ runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
 }
 
 runtime::~runtime() {
+  // An outside thread that readied the last fiber may still be in wake_idle().
+  while (outside_readies_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   if (poller* p = poller_.load(std::memory_order_acquire)) {
     p->detach_runtime();
     p->release();  // sockets still open keep it until they are closed
@@ -494,8 +496,10 @@ void runtime::ready(fiber* f, bool to_runnext) noexcept {
     wake_idle();
     return;
   }
+  outside_readies_.fetch_add(1, std::memory_order_acq_rel);  // see ~runtime
   push_global(f);
   wake_idle();
+  outside_readies_.fetch_sub(1, std::memory_order_release);
 }
 
 void runtime::push_local(worker& w, fiber* f) noexcept {

@@ -198,6 +198,10 @@ class runtime {
   std::exception_ptr main_exception_;  // written by the main fiber before it finishes
   std::exception_ptr deadlock_;        // written by the worker that declares it
   std::atomic<bool> aborting_{false};
+  // Outside threads (the blocking pool, a plain thread closing a socket or sending on a
+  // channel) inside ready(): the fiber they ready may finish the runtime before ready()
+  // returns, so the destructor waits for them.
+  std::atomic<std::int64_t> outside_readies_{0};
 
   friend void fiber_main(bctx::transfer_t t) noexcept;
 };
