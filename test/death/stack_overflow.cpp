@@ -10,7 +10,8 @@
 //       reporting the overflow, else "NOT detected: ..." with what happened. Exit 0 iff
 //       detected.
 //   rill_death_tests expect-ok <guarded|canary> <frame-bytes>
-//       the child recurses to about a third of its stack and must exit normally, silently.
+//       the child recurses through about a third of its stack (at least one frame) and must
+//       exit normally, silently.
 #include <rill/rill.hpp>
 
 #include <signal.h>
@@ -112,8 +113,10 @@ int main(int argc, char** argv) {
     const bool canary = std::strcmp(argv[2], "canary") == 0;
     const std::size_t frame = std::strtoul(argv[3], nullptr, 10);
     if (std::strcmp(argv[1], "expect-ok") == 0) {
-      // About a third of the stack: must not be reported.
-      const std::string depth = std::to_string(stack_size / 3 / (frame + 64));
+      // About a third of the stack (at least one frame: half of it for 64 KiB frames): must
+      // not be reported.
+      const std::size_t levels = stack_size / 3 / (frame + 64);
+      const std::string depth = std::to_string(levels > 0 ? levels : 1);
       const outcome r = spawn_child(argv[0], canary, argv[3], depth.c_str());
       const bool ok = WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0 && r.err.empty();
       std::printf("%s: %s, %s-byte frames to depth %s: %s; stderr: \"%s\"\n",
