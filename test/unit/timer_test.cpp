@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <optional>
 #include <random>
 #include <thread>
 #include <vector>
@@ -82,9 +83,12 @@ TEST_CASE("timer: sleepers wake in deadline order on one worker", "[timer]") {
   test::run_with(1, [&] {
     rill::wait_group wg;
     wg.add(5);
+    // Deadlines from one base, 15 ms apart and the first 30 ms away: the order holds unless
+    // the worker thread is descheduled for that long before every sleeper has parked.
+    const auto base = clock_type::now();
     for (int i : {4, 2, 0, 3, 1}) {
       rill::go([&, i] {
-        rill::this_fiber::sleep_for(std::chrono::milliseconds(2 + 4 * i));
+        rill::this_fiber::sleep_until(base + std::chrono::milliseconds(30 + 15 * i));
         order.push_back(i);
         wg.done();
       });
@@ -189,4 +193,48 @@ TEST_CASE("timer: no timer is left pending after sleepers finish", "[timer]") {
     CHECK(rill::runtime_stats().pending_timers == 0);
   });
   CHECK(rill::global_stats().pending_timers == 0);
+}
+
+TEST_CASE("timer: select timeouts with random deadlines, half raced by a value, each end once "
+          "and none early (the timer heap under arbitrary removals)",
+          "[timer]") {
+  // Every parked select arms a timer; those that receive first cancel it, which removes an
+  // arbitrary node from the runtime's timer heap (a pairing heap) while others are added
+  // and popped.
+  auto workers = GENERATE(1u, 2u);
+  constexpr int n = 1000;
+  std::atomic<int> values{0}, timeouts{0}, early{0};
+  test::run_with(workers, [&] {
+    std::mt19937 rng(777);
+    std::uniform_int_distribution<int> us(0, 10'000);
+    rill::wait_group wg;
+    wg.add(2 * n);
+    for (int i = 0; i < n; ++i) {
+      rill::chan<int> c(1);
+      const auto d = std::chrono::microseconds(us(rng));
+      const auto send_after = std::chrono::microseconds(us(rng));
+      const bool raced = i % 2 == 0;
+      rill::go([&, c, d]() mutable {
+        const auto t0 = clock_type::now();
+        rill::select(rill::on_recv(c, [&](std::optional<int>) { values.fetch_add(1); }),
+                     rill::after(d, [&] {
+                       timeouts.fetch_add(1);
+                       if (clock_type::now() - t0 < d) early.fetch_add(1);
+                     }));
+        wg.done();
+      });
+      rill::go([&, c, send_after, raced]() mutable {
+        if (raced) {
+          rill::this_fiber::sleep_for(send_after);
+          (void)c.try_send(1);
+        }
+        wg.done();
+      });
+    }
+    wg.wait();
+    CHECK(rill::runtime_stats().pending_timers == 0);
+  });
+  CHECK(values.load() + timeouts.load() == n);
+  CHECK(timeouts.load() >= n / 2);  // the unraced half can only time out
+  CHECK(early.load() == 0);
 }
