@@ -108,17 +108,21 @@ TEST_CASE("chan: a buffered send completes without a receiver while there is roo
     // and the second parks.
     rill::chan<int> c(1);
     std::atomic<int> completed{0};
-    rill::go([&completed, c]() mutable {
+    rill::wait_group wg;
+    wg.add(1);
+    rill::go([&completed, &wg, c]() mutable {
       for (int i = 0; i < 2; ++i) {
         c.send(i);
         completed = i + 1;
       }
+      wg.done();
     });
     test::await_senders(c, 1);
     CHECK(completed.load() == 1);
     CHECK(c.size() == 1);
     CHECK(c.recv() == 0);
     CHECK(c.recv() == 1);
+    wg.wait();  // `completed` outlives the fiber's last write
   });
 }
 

@@ -484,7 +484,7 @@ TEST_CASE("select: more than 16 cases", "[select]") {
     }
     // Parked on all 20, woken by the 18th.
     rill::chan<std::size_t> result(1);
-    rill::go([&] {
+    rill::go([&cs, result]() mutable {
       std::optional<int> v;
       result.send(select_over(cs, v));
     });
