@@ -118,9 +118,14 @@ namespace rill::this_fiber {
 
 namespace {
 
+// A yielding fiber queues behind the one it hands its worker to, which may never park (a
+// busy loop): an idle worker must be told, or the yielder waits for that loop to end. Go's
+// Gosched() calls wakep() for the same reason.
 void after_push_local(detail::context* left, void*) noexcept {
   auto* f = static_cast<detail::fiber*>(left);
-  f->rt->push_local(*detail::current_worker(), f);
+  detail::runtime* rt = f->rt;  // once pushed, f may be stolen, run and freed
+  rt->push_local(*detail::current_worker(), f);
+  rt->wake_idle();
 }
 
 void after_push_global(detail::context* left, void*) noexcept {

@@ -4,7 +4,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <deque>
 #include <mutex>
 #include <stdexcept>
@@ -27,6 +29,13 @@ auto run_opts(unsigned workers, bool detect, F&& f) {
   o.workers = workers;
   o.detect_deadlock = detect;
   return rill::run(std::forward<F>(f), o);
+}
+
+// perturbed(): RILL_SCHED_SEED is on, so a lock or wait may yield at entry (chaos points)
+// and the one-worker orders some tests check are not guaranteed.
+bool perturbed() {
+  const char* s = test::sched_seed();
+  return s && std::strtoull(s, nullptr, 10) != 0;
 }
 
 // wait_for_external_waiters() yields the calling fiber until n plain threads are parked in
@@ -289,7 +298,10 @@ TEST_CASE("mutex: unlock hands the lock to parked waiters in FIFO order", "[sync
     m.unlock();
     wg.wait();
   });
+  const std::vector<int> fifo = order;
+  std::sort(order.begin(), order.end());  // under perturbation only the set is guaranteed
   CHECK(order == std::vector<int>{0, 1, 2, 3, 4});
+  if (!perturbed()) CHECK(fifo == std::vector<int>{0, 1, 2, 3, 4});
 }
 
 // ---- condition_variable -----------------------------------------------------------------------
@@ -412,7 +424,7 @@ TEST_CASE("condition_variable: notify_one wakes one waiter at a time",
       cv.notify_one();
       rill::this_fiber::yield();
       std::lock_guard lk(m);
-      CHECK(consumed == i + 1);
+      if (!perturbed()) CHECK(consumed == i + 1);
     }
     wg.wait();
   });
