@@ -98,7 +98,7 @@ chan_core* chan_core::create(std::size_t capacity, const chan_ops* ops) {
 
 void chan_core::release() noexcept {
   if (refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  for (std::size_t i = 0; i < count_; ++i) ops_->destroy(slot(head_ + i));
+  for (std::size_t i = 0; i < count(); ++i) ops_->destroy(slot(head_ + i));
   const std::size_t align = ops_->align > alignof(chan_core) ? ops_->align : alignof(chan_core);
   this->~chan_core();
   ::operator delete(static_cast<void*>(this), std::align_val_t(align));
@@ -121,14 +121,14 @@ bool send_locked(chan_core& c, void* src) {
     wake(w);
     return true;
   }
-  if (c.count_ < c.cap_) {
+  if (c.count() < c.cap_) {
     try {
-      c.ops_->construct(c.slot(c.head_ + c.count_), src);
+      c.ops_->construct(c.slot(c.head_ + c.count()), src);
     } catch (...) {
       c.mu_.unlock();
       throw;
     }
-    ++c.count_;
+    c.set_count(c.count() + 1);
     c.mu_.unlock();
     return true;
   }
@@ -138,7 +138,7 @@ bool send_locked(chan_core& c, void* src) {
 int recv_locked(chan_core& c, void* opt) {
   // Requires c.mu_. 1: received; -1: closed and drained; 0: the caller must park. Releases
   // c.mu_ unless it returns 0.
-  if (c.count_ > 0) {
+  if (c.count() > 0) {
     char* s = c.slot(c.head_);
     try {
       c.ops_->emplace(opt, s);
@@ -148,11 +148,11 @@ int recv_locked(chan_core& c, void* opt) {
     }
     c.ops_->destroy(s);
     ++c.head_;
-    --c.count_;
+    c.set_count(c.count() - 1);
     // A sender waits for room (keeps I4): its value goes to the tail, keeping FIFO order.
     if (waiter* w = dequeue(c.sendq_)) {
       try {
-        c.ops_->construct(c.slot(c.head_ + c.count_), w->slot);
+        c.ops_->construct(c.slot(c.head_ + c.count()), w->slot);
       } catch (...) {
         // Its move threw: it stays parked with its value, to be handed over directly by a
         // later receive (this is the one way I4 can break).
@@ -160,7 +160,7 @@ int recv_locked(chan_core& c, void* opt) {
         c.mu_.unlock();
         return 1;
       }
-      ++c.count_;
+      c.set_count(c.count() + 1);
       w->success = true;
       c.mu_.unlock();
       wake(w);
@@ -182,7 +182,7 @@ int recv_locked(chan_core& c, void* opt) {
     wake(w);
     return 1;
   }
-  if (c.closed_) {
+  if (c.is_closed()) {
     c.mu_.unlock();
     return -1;
   }
@@ -192,7 +192,7 @@ int recv_locked(chan_core& c, void* opt) {
 void chan_core::send(void* src) {
   chaos_point();
   mu_.lock();
-  if (closed_) {
+  if (is_closed()) {
     mu_.unlock();
     throw_closed_send();
   }
@@ -207,8 +207,9 @@ void chan_core::send(void* src) {
 
 bool chan_core::try_send(void* src) {
   chaos_point();
+  if (probe_send() == 0) return false;  // full (or unbuffered) with no receiver, and open
   mu_.lock();
-  if (closed_) {
+  if (is_closed()) {
     mu_.unlock();
     throw_closed_send();
   }
@@ -231,6 +232,7 @@ bool chan_core::recv(void* opt) {
 
 int chan_core::try_recv(void* opt) {
   chaos_point();
+  if (probe_recv() == 0) return 0;  // empty with no sender, and open
   mu_.lock();
   if (int r = recv_locked(*this, opt)) return r;
   mu_.unlock();
@@ -244,11 +246,11 @@ void chan_core::close() {
 
 bool chan_core::try_close() noexcept {
   mu_.lock();
-  if (closed_) {
+  if (is_closed()) {
     mu_.unlock();
     return false;
   }
-  closed_ = true;
+  closed_.store(true, std::memory_order_relaxed);
   wait_list woken;
   while (waiter* w = dequeue(recvq_)) {
     w->success = false;
@@ -265,14 +267,14 @@ bool chan_core::try_close() noexcept {
 
 std::size_t chan_core::size() noexcept {
   mu_.lock();
-  std::size_t n = count_;
+  std::size_t n = count();
   mu_.unlock();
   return n;
 }
 
 bool chan_core::closed() noexcept {
   mu_.lock();
-  bool c = closed_;
+  bool c = is_closed();
   mu_.unlock();
   return c;
 }

@@ -134,6 +134,46 @@ std::size_t select_core(select_case* cases, std::size_t n) {
     order[j] = i;
   }
 
+  // Fast paths (lock-free probes; Go takes them for a single case with default only).
+  // In poll order, the first case that looks ready runs under its own channel's lock alone.
+  // If none looks ready and there is a default, the default runs without taking any lock,
+  // provided every channel was unchanged from before the first look to after the last (a
+  // double collect through the channels' sequence locks): at that instant no case was ready.
+  if (n <= 16) {
+    std::uint32_t seq[16];
+    bool settled = true;
+    for (std::size_t k = 0; k < n; ++k) {
+      const std::uint32_t i = order[k];
+      select_case& sc = cases[i];
+      if (!sc.ch || sc.kind == case_kind::timeout || sc.kind == case_kind::otherwise) continue;
+      chan_core& c = *sc.ch;
+      seq[i] = c.mu_.read_begin();
+      const bool recv = sc.kind == case_kind::recv;
+      if (!(recv ? c.recv_ready() : c.send_ready())) continue;
+      c.mu_.lock();
+      if (recv) {
+        if (c.recv_ready() && recv_locked(c, sc.slot) != 0) return i;
+      } else if (c.is_closed()) {
+        c.mu_.unlock();
+        throw closed_channel("rill::select: send on a closed channel");
+      } else if (c.send_ready() && send_locked(c, sc.slot)) {
+        return i;
+      }
+      c.mu_.unlock();  // not ready after all (a lost select waiter): the full path decides
+      settled = false;
+      break;
+    }
+    if (settled && dflt != n) {
+      bool unchanged = true;
+      for (std::size_t i = 0; i < n && unchanged; ++i) {
+        const select_case& sc = cases[i];
+        if (!sc.ch || sc.kind == case_kind::timeout || sc.kind == case_kind::otherwise) continue;
+        unchanged = sc.ch->mu_.read_valid(seq[i]);
+      }
+      if (unchanged) return dflt;
+    }
+  }
+
   // More than 8 cases: the waiters of a parking select go on the heap, allocated before any
   // channel is locked (a failed allocation must not leave a channel locked).
   std::unique_ptr<waiter[]> ws_heap;
@@ -147,7 +187,7 @@ std::size_t select_core(select_case* cases, std::size_t n) {
     chan_core& c = *sc.ch;
     // send_locked/recv_locked release only c.mu_ on success; release the others first.
     if (sc.kind == case_kind::recv) {
-      if (c.count_ == 0 && c.sendq_.empty() && !c.closed_) continue;
+      if (!c.recv_ready()) continue;
       for (std::size_t l = 0; l < nlocks; ++l) {
         if (locks[l] != &c) locks[l]->mu_.unlock();
       }
@@ -156,11 +196,11 @@ std::size_t select_core(select_case* cases, std::size_t n) {
       lock_all(locks, nlocks);
       continue;
     }
-    if (c.closed_) {
+    if (c.is_closed()) {
       unlock_all(locks, nlocks);
       throw closed_channel("rill::select: send on a closed channel");
     }
-    if (c.count_ == c.cap_ && c.recvq_.empty()) continue;
+    if (!c.send_ready()) continue;
     for (std::size_t l = 0; l < nlocks; ++l) {
       if (locks[l] != &c) locks[l]->mu_.unlock();
     }

@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <exception>
 #include <stdexcept>
+#include <utility>
 
 #include "sched/runtime.hpp"
 #include "sync/wait.hpp"
@@ -21,8 +22,7 @@ void wait_group::add(int n) {
   }
   count_ += n;
   if (count_ == 0) {
-    wake = waiters_;
-    waiters_ = {};
+    wake = std::move(waiters_);
   }
   mu_.unlock();
   while (waiter* w = wake.pop_front()) detail::unpark(*w);
@@ -134,8 +134,7 @@ void condition_variable::notify_one() noexcept {
 
 void condition_variable::notify_all() noexcept {
   mu_.lock();
-  detail::wait_list all = waiters_;
-  waiters_ = {};
+  detail::wait_list all = std::move(waiters_);
   mu_.unlock();
   while (waiter* w = all.pop_front()) detail::unpark(*w);
 }

@@ -15,25 +15,26 @@ void wait_list::push_back(waiter* w) noexcept {
   if (tail) {
     tail->next = w;
   } else {
-    head = w;
+    head.store(w, std::memory_order_relaxed);
   }
   tail = w;
 }
 
 void wait_list::push_front(waiter* w) noexcept {
+  waiter* h = head.load(std::memory_order_relaxed);
   w->prev = nullptr;
   w->linked = true;
-  w->next = head;
-  if (head) {
-    head->prev = w;
+  w->next = h;
+  if (h) {
+    h->prev = w;
   } else {
     tail = w;
   }
-  head = w;
+  head.store(w, std::memory_order_relaxed);
 }
 
 waiter* wait_list::pop_front() noexcept {
-  waiter* w = head;
+  waiter* w = head.load(std::memory_order_relaxed);
   if (w) remove(w);
   return w;
 }
@@ -42,7 +43,7 @@ void wait_list::remove(waiter* w) noexcept {
   if (w->prev) {
     w->prev->next = w->next;
   } else {
-    head = w->next;
+    head.store(w->next, std::memory_order_relaxed);
   }
   if (w->next) {
     w->next->prev = w->prev;

@@ -15,10 +15,12 @@
 #include <cstdint>
 #include <cstdlib>
 #include <iterator>
+#include <numeric>
 #include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "support/run_with.hpp"
 
@@ -94,5 +96,25 @@ inline std::uint32_t seed() {
   if (const char* s = std::getenv("RILL_TEST_SEED")) return static_cast<std::uint32_t>(std::strtoul(s, nullptr, 10));
   return std::random_device{}();
 }
+
+// iota_vec(n, from): {from, from + 1, ..., from + n - 1}.
+inline std::vector<int> iota_vec(int n, int from = 0) {
+  std::vector<int> v(static_cast<std::size_t>(n));
+  std::iota(v.begin(), v.end(), from);
+  return v;
+}
+
+// churn(): a stage function that parks for a while on some items, so that fibers
+// interleave and finish out of order.
+inline int churn(int v) {
+  for (int i = 0; i < (v * 7) % 5; ++i) rill::this_fiber::yield();
+  return v;
+}
+
+// no_default: an item type with no default constructor.
+struct no_default {
+  explicit no_default(int x) : v(x) {}
+  int v;
+};
 
 }  // namespace test

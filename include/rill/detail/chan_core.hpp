@@ -65,10 +65,34 @@ class chan_core {
   bool closed() noexcept;
 
   // For select (src/sync/select.cpp).
+  //
+  // count_, closed_ and the queues' heads are written under mu_ only, but are atomics
+  // (relaxed) so that a lock-free probe may read them through mu_'s sequence (see
+  // spinlock): try_send/try_recv that would fail, and select with default, then take no
+  // lock at all (Go's fast paths).
   spinlock mu_;
-  bool closed_ = false;  // guarded by mu_; false -> true once (I3)
+  std::atomic<bool> closed_{false};  // guarded by mu_; false -> true once (I3)
   std::size_t cap_ = 0;
-  std::size_t count_ = 0;  // guarded by mu_
+  std::atomic<std::size_t> count_{0};  // guarded by mu_
+  std::size_t count() const noexcept { return count_.load(std::memory_order_relaxed); }
+  void set_count(std::size_t n) noexcept { count_.store(n, std::memory_order_relaxed); }
+  bool is_closed() const noexcept { return closed_.load(std::memory_order_relaxed); }
+  // recv_ready()/send_ready(): the operation would not park (it may still fail: a queued
+  // waiter may belong to a select that another case already won). Under mu_, or in a probe.
+  bool recv_ready() const noexcept { return count() > 0 || !sendq_.empty() || is_closed(); }
+  bool send_ready() const noexcept { return is_closed() || count() < cap_ || !recvq_.empty(); }
+  // probe_recv()/probe_send(): lock-free; 1 ready, 0 not ready (both at one instant during
+  // the call), -1 unknown (the channel was locked or changed meanwhile).
+  int probe_recv() const noexcept {
+    const std::uint32_t v = mu_.read_begin();
+    const bool r = recv_ready();
+    return mu_.read_valid(v) ? r : -1;
+  }
+  int probe_send() const noexcept {
+    const std::uint32_t v = mu_.read_begin();
+    const bool r = send_ready();
+    return mu_.read_valid(v) ? r : -1;
+  }
   std::size_t head_ = 0;   // guarded by mu_: next slot to receive from
   wait_list recvq_;        // guarded by mu_
   wait_list sendq_;        // guarded by mu_

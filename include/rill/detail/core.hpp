@@ -50,19 +50,43 @@ void run_main(const run_config& cfg, void (*main)(void*), void* arg);
 // current_fiber() is the calling fiber, or nullptr on a thread that is not running one.
 fiber* current_fiber() noexcept;
 
-// A test-and-test-and-set spinlock for short critical sections in the core.
+// A test-and-test-and-set spinlock for short critical sections in the core, which is also a
+// sequence lock: its word is odd while held and grows by 2 with every critical section, so a
+// reader can take a consistent lock-free snapshot of atomic fields it guards:
+//   v = read_begin(); ...relaxed loads...; if (read_valid(v)) the loads saw one state.
 class spinlock {
  public:
   void lock() noexcept {
-    while (locked_.exchange(true, std::memory_order_acquire)) {
-      while (locked_.load(std::memory_order_relaxed)) __builtin_ia32_pause();
+    for (;;) {
+      std::uint32_t v = word_.load(std::memory_order_relaxed);
+      if (!(v & 1) && word_.compare_exchange_weak(v, v + 1, std::memory_order_acquire,
+                                                  std::memory_order_relaxed)) {
+        return;
+      }
+      while (word_.load(std::memory_order_relaxed) & 1) __builtin_ia32_pause();
     }
   }
-  bool try_lock() noexcept { return !locked_.exchange(true, std::memory_order_acquire); }
-  void unlock() noexcept { locked_.store(false, std::memory_order_release); }
+  bool try_lock() noexcept {
+    std::uint32_t v = word_.load(std::memory_order_relaxed);
+    return !(v & 1) && word_.compare_exchange_strong(v, v + 1, std::memory_order_acquire,
+                                                     std::memory_order_relaxed);
+  }
+  void unlock() noexcept {
+    word_.store(word_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+  }
+
+  // read_begin(): the sequence to validate a lock-free read with; odd (never valid) while
+  // the lock is held.
+  std::uint32_t read_begin() const noexcept { return word_.load(std::memory_order_acquire); }
+  // read_valid(v): true if no critical section began or ended since read_begin() gave v,
+  // and none was under way then.
+  bool read_valid(std::uint32_t v) const noexcept {
+    std::atomic_thread_fence(std::memory_order_acquire);
+    return !(v & 1) && word_.load(std::memory_order_relaxed) == v;
+  }
 
  private:
-  std::atomic<bool> locked_{false};
+  std::atomic<std::uint32_t> word_{0};
 };
 
 // waiter: one fiber or one plain thread parked on a wait queue (Go's sudog). Lives on the
@@ -80,10 +104,25 @@ struct waiter {
 };
 
 // wait_list: an intrusive FIFO of waiters. Not synchronized: guarded by its owner's lock.
+// `head` is atomic (relaxed) so that a channel's lock-free readiness probe may read it.
 struct wait_list {
-  waiter* head = nullptr;
+  std::atomic<waiter*> head{nullptr};
   waiter* tail = nullptr;
-  bool empty() const noexcept { return head == nullptr; }
+  wait_list() = default;
+  // Moving takes every waiter, leaving `o` empty.
+  wait_list(wait_list&& o) noexcept
+      : head(o.head.load(std::memory_order_relaxed)), tail(o.tail) {
+    o.head.store(nullptr, std::memory_order_relaxed);
+    o.tail = nullptr;
+  }
+  wait_list& operator=(wait_list&& o) noexcept {
+    head.store(o.head.load(std::memory_order_relaxed), std::memory_order_relaxed);
+    o.head.store(nullptr, std::memory_order_relaxed);
+    tail = o.tail;
+    o.tail = nullptr;
+    return *this;
+  }
+  bool empty() const noexcept { return head.load(std::memory_order_relaxed) == nullptr; }
   void push_back(waiter* w) noexcept;
   void push_front(waiter* w) noexcept;
   waiter* pop_front() noexcept;
