@@ -97,7 +97,90 @@ void after_park(context*, void* arg) noexcept {
 
 std::size_t select_core(select_case* cases, std::size_t n) {
   chaos_point();
-  // Distinct channels, in lock order; the default and the earliest timeout.
+  std::size_t dflt = n, tmo = n;  // the default, and the earliest timeout
+  auto note_special = [&](std::size_t i) {
+    if (cases[i].kind == case_kind::otherwise) {
+      dflt = i;
+    } else if (cases[i].kind == case_kind::timeout) {
+      if (tmo == n || cases[i].deadline < cases[tmo].deadline) tmo = i;
+    }
+  };
+
+  // Fast paths: lock-free probes of every channel case (Go takes such a path for a single
+  // case with a default only).
+  //   - Some cases look ready: pick one of them uniformly (what the first ready case of a
+  //     random poll order would be) and run it under its own channel's lock alone.
+  //   - None looks ready and there is a default: run the default without taking any lock,
+  //     provided every channel was unchanged from before its probe to after the last probe
+  //     (a double collect through the channels' sequence locks), so that at that instant no
+  //     case was ready.
+  //   - Otherwise, or if the chosen case was not ready after all (a lost select waiter), the
+  //     full path below decides under every lock.
+  if (n <= 16) {
+    std::uint32_t seq[16];
+    std::uint32_t ready[16];
+    std::uint32_t nready = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const select_case& sc = cases[i];
+      if (sc.kind != case_kind::recv && sc.kind != case_kind::send) {
+        note_special(i);
+      } else if (sc.ch) {
+        seq[i] = sc.ch->mu_.read_begin();
+        const bool r = sc.kind == case_kind::recv ? sc.ch->recv_ready() : sc.ch->send_ready();
+        if (r) ready[nready++] = static_cast<std::uint32_t>(i);
+      }
+    }
+    if (nready == 0 && dflt != n) {
+      bool unchanged = true;
+      for (std::size_t i = 0; i < n && unchanged; ++i) {
+        const select_case& sc = cases[i];
+        if (sc.ch && (sc.kind == case_kind::recv || sc.kind == case_kind::send)) {
+          unchanged = sc.ch->mu_.read_valid(seq[i]);
+        }
+      }
+      if (unchanged) return dflt;
+    } else if (nready > 0) {
+      const std::uint32_t i =
+          nready == 1 ? ready[0]
+                      : ready[((select_random() & 0xffffffffu) * std::uint64_t{nready}) >> 32];
+      select_case& sc = cases[i];
+      chan_core& c = *sc.ch;
+      c.mu_.lock();
+      if (sc.kind == case_kind::recv) {
+        if (c.recv_ready() && recv_locked(c, sc.slot) != 0) return i;
+      } else if (c.is_closed()) {
+        c.mu_.unlock();
+        throw closed_channel("rill::select: send on a closed channel");
+      } else if (c.send_ready() && send_locked(c, sc.slot)) {
+        return i;
+      }
+      c.mu_.unlock();
+    }
+  } else {
+    for (std::size_t i = 0; i < n; ++i) note_special(i);
+  }
+
+  // Random poll order (Fisher-Yates; each draw takes 32 random bits, scaled to [0, i] by a
+  // multiply and shift rather than a division).
+  std::uint32_t order_buf[16];
+  std::unique_ptr<std::uint32_t[]> order_heap;
+  std::uint32_t* order = order_buf;
+  if (n > 16) {
+    order_heap.reset(new std::uint32_t[n]);
+    order = order_heap.get();
+  }
+  order[0] = 0;
+  std::uint64_t bits = 0;
+  for (std::uint32_t i = 1; i < n; ++i) {
+    if ((i & 1) == 1) bits = select_random();
+    const std::uint32_t j =
+        static_cast<std::uint32_t>(((bits & 0xffffffffu) * (std::uint64_t{i} + 1)) >> 32);
+    bits >>= 32;
+    order[i] = order[j];
+    order[j] = i;
+  }
+
+  // Distinct channels, in lock order (no lock-order deadlock between two selects).
   chan_core* lock_buf[16];
   std::unique_ptr<chan_core*[]> lock_heap;
   chan_core** locks = lock_buf;
@@ -106,73 +189,13 @@ std::size_t select_core(select_case* cases, std::size_t n) {
     locks = lock_heap.get();
   }
   std::size_t nlocks = 0;
-  std::size_t dflt = n, tmo = n;
   for (std::size_t i = 0; i < n; ++i) {
-    switch (cases[i].kind) {
-      case case_kind::otherwise: dflt = i; break;
-      case case_kind::timeout:
-        if (tmo == n || cases[i].deadline < cases[tmo].deadline) tmo = i;
-        break;
-      default:
-        if (cases[i].ch) locks[nlocks++] = cases[i].ch;
+    if (cases[i].ch && (cases[i].kind == case_kind::recv || cases[i].kind == case_kind::send)) {
+      locks[nlocks++] = cases[i].ch;
     }
   }
   std::sort(locks, locks + nlocks);
   nlocks = static_cast<std::size_t>(std::unique(locks, locks + nlocks) - locks);
-
-  // Random poll order.
-  std::uint32_t order_buf[16];
-  std::unique_ptr<std::uint32_t[]> order_heap;
-  std::uint32_t* order = order_buf;
-  if (n > 16) {
-    order_heap.reset(new std::uint32_t[n]);
-    order = order_heap.get();
-  }
-  for (std::uint32_t i = 0; i < n; ++i) {
-    const std::uint32_t j = static_cast<std::uint32_t>(select_random() % (i + 1));
-    order[i] = order[j];
-    order[j] = i;
-  }
-
-  // Fast paths (lock-free probes; Go takes them for a single case with default only).
-  // In poll order, the first case that looks ready runs under its own channel's lock alone.
-  // If none looks ready and there is a default, the default runs without taking any lock,
-  // provided every channel was unchanged from before the first look to after the last (a
-  // double collect through the channels' sequence locks): at that instant no case was ready.
-  if (n <= 16) {
-    std::uint32_t seq[16];
-    bool settled = true;
-    for (std::size_t k = 0; k < n; ++k) {
-      const std::uint32_t i = order[k];
-      select_case& sc = cases[i];
-      if (!sc.ch || sc.kind == case_kind::timeout || sc.kind == case_kind::otherwise) continue;
-      chan_core& c = *sc.ch;
-      seq[i] = c.mu_.read_begin();
-      const bool recv = sc.kind == case_kind::recv;
-      if (!(recv ? c.recv_ready() : c.send_ready())) continue;
-      c.mu_.lock();
-      if (recv) {
-        if (c.recv_ready() && recv_locked(c, sc.slot) != 0) return i;
-      } else if (c.is_closed()) {
-        c.mu_.unlock();
-        throw closed_channel("rill::select: send on a closed channel");
-      } else if (c.send_ready() && send_locked(c, sc.slot)) {
-        return i;
-      }
-      c.mu_.unlock();  // not ready after all (a lost select waiter): the full path decides
-      settled = false;
-      break;
-    }
-    if (settled && dflt != n) {
-      bool unchanged = true;
-      for (std::size_t i = 0; i < n && unchanged; ++i) {
-        const select_case& sc = cases[i];
-        if (!sc.ch || sc.kind == case_kind::timeout || sc.kind == case_kind::otherwise) continue;
-        unchanged = sc.ch->mu_.read_valid(seq[i]);
-      }
-      if (unchanged) return dflt;
-    }
-  }
 
   // More than 8 cases: the waiters of a parking select go on the heap, allocated before any
   // channel is locked (a failed allocation must not leave a channel locked).
