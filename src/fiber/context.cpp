@@ -13,10 +13,19 @@ namespace rill::detail {
 
 namespace {
 
-// __cxa_get_globals() is declared `const`, so a compiler may keep its result across a
-// switch; this accessor is opaque and launders the pointer.
+// The calling thread's exception state. __cxa_get_globals() is declared `const`, so a
+// compiler may keep its result across a switch; this accessor is opaque and launders the
+// pointer. The address is cached per thread (libstdc++ reaches it through __tls_get_addr,
+// ~30 instructions, twice per round trip of a channel ping-pong): only switch_to() and
+// exit_to() call this, before they switch, so the thread asked is the thread that runs.
+[[gnu::tls_model("initial-exec")]] thread_local eh_state* tls_eh = nullptr;
+
 [[gnu::noinline]] eh_state* thread_eh() noexcept {
-  eh_state* p = reinterpret_cast<eh_state*>(__cxxabiv1::__cxa_get_globals());
+  eh_state* p = tls_eh;
+  if (!p) [[unlikely]] {
+    p = reinterpret_cast<eh_state*>(__cxxabiv1::__cxa_get_globals());
+    tls_eh = p;
+  }
   asm volatile("" : "+r"(p)::"memory");
   return p;
 }
