@@ -257,10 +257,35 @@ decltype(auto) guarded(pipe_ctx& ctx, const char* user, const char* kind, int in
 // channel capacity (b - 2B + 1) / B batches, plus one partial batch in the writer and one
 // in the reader).
 
+// A batch of one item (links of batch size 1, e.g. `.buffer = 0`) holds it in `single`, so
+// that an unbuffered link allocates nothing per item; larger batches use `items`.
 template <class T>
 struct batch {
   std::uint64_t seq = 0;  // position in the stream, for ordered par_map
   std::vector<T> items;
+  std::optional<T> single;
+  batch() = default;
+  batch(batch&&) = default;
+  // By hand: std::optional<T>'s is deleted for item types that are not assignable (a
+  // std::pair<const K, V> from a map), and a batch is replaced, never assigned item-wise.
+  batch& operator=(batch&& o) {
+    seq = o.seq;
+    items = std::move(o.items);
+    single.reset();
+    if (o.single) single.emplace(std::move(*o.single));
+    return *this;
+  }
+  bool empty() const noexcept { return !single && items.empty(); }
+  std::size_t size() const noexcept { return single ? 1 : items.size(); }
+  // each(f): f(T&&) for every item, in order, while f returns true; false if f stopped.
+  template <class F>
+  bool each(F&& f) {
+    if (single) return f(std::move(*single));
+    for (T& v : items) {
+      if (!f(std::move(v))) return false;
+    }
+    return true;
+  }
 };
 
 template <class T>
@@ -281,11 +306,15 @@ class link_writer {
  public:
   link_writer(link_chan<T> ch, std::size_t batch_size, std::atomic<int>* writers = nullptr)
       : ch_(std::move(ch)), b_(batch_size), writers_(writers) {
-    cur_.items.reserve(b_);
+    if (b_ > 1) cur_.items.reserve(b_);
   }
 
   template <class V>
   [[gnu::always_inline]] bool operator()(V&& v) {
+    if (b_ == 1) {
+      cur_.single.emplace(std::forward<V>(v));
+      return flush();
+    }
     cur_.items.push_back(std::forward<V>(v));  // never reallocates: reserved to b_
     if (cur_.items.size() < b_) [[likely]] return true;
     return flush();
@@ -293,7 +322,7 @@ class link_writer {
   // flush() sends the partial batch; false once the reader has stopped.
   [[gnu::noinline]] bool flush() {  // out of line: operator() must inline into the loop
     if (!open_) return false;
-    if (cur_.items.empty()) return true;
+    if (cur_.empty()) return true;
     cur_.seq = seq_++;
     try {
       ch_.send(std::move(cur_));
@@ -301,7 +330,7 @@ class link_writer {
       open_ = false;  // downstream stopped (take, cancel): stop producing
     }
     cur_ = batch<T>{};
-    cur_.items.reserve(b_);
+    if (b_ > 1) cur_.items.reserve(b_);
     return open_;
   }
   void flush_hint() { flush(); }
@@ -332,12 +361,10 @@ struct link_driver {
         b = ch.recv();
         if (!b) break;
       }
-      for (T& v : b->items) {
-        if (!sink(std::move(v))) {
-          ch.core()->try_close();  // stop upstream promptly
-          sink.finish();
-          return;
-        }
+      if (!b->each([&](T&& v) { return sink(std::move(v)); })) {
+        ch.core()->try_close();  // stop upstream promptly
+        sink.finish();
+        return;
       }
     }
     sink.finish();
@@ -364,12 +391,7 @@ struct reorder_driver {
   void operator()(Sink& sink) {
     std::vector<std::optional<batch<T>>> window;  // window[i] holds seq next + i
     std::uint64_t next = 0;
-    auto deliver = [&](batch<T>& b) {
-      for (T& v : b.items) {
-        if (!sink(std::move(v))) return false;
-      }
-      return true;
-    };
+    auto deliver = [&](batch<T>& b) { return b.each([&](T&& v) { return sink(std::move(v)); }); };
     for (;;) {
       std::optional<batch<T>> b = ch.try_recv();
       if (!b) {

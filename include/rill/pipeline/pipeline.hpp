@@ -164,9 +164,14 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
             if (!b) break;
             batch<Out> r;
             r.seq = b->seq;
-            r.items.reserve(b->items.size());
-            for (In& v : b->items) {
-              r.items.push_back(guarded(ctx, s.opt.name, S::kind, index, s.f, std::move(v)));
+            if (b->single) {
+              r.single.emplace(
+                  guarded(ctx, s.opt.name, S::kind, index, s.f, std::move(*b->single)));
+            } else {
+              r.items.reserve(b->items.size());
+              for (In& v : b->items) {
+                r.items.push_back(guarded(ctx, s.opt.name, S::kind, index, s.f, std::move(v)));
+              }
             }
             try {
               out.send(std::move(r));
