@@ -178,6 +178,11 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
             } catch (const closed_channel&) {
               return;  // downstream stopped: the guard stops upstream too
             }
+            // The send may have readied the downstream fiber into this worker's runnext
+            // slot, where it would wait for this worker's next park: a whole batch of work
+            // later, with the ordered window's tokens held back meanwhile (the workers then
+            // stall on them). Let it run now; it parks again as soon as it has delivered.
+            this_fiber::yield();
           }
         });
       }
