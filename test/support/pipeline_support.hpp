@@ -9,6 +9,9 @@
 
 #include <rill/rill.hpp>
 
+#include <catch2/catch.hpp>
+
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstddef>
@@ -20,6 +23,8 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+
+#include <range/v3/view/iota.hpp>
 #include <vector>
 
 #include "support/run_with.hpp"
@@ -116,5 +121,38 @@ struct no_default {
   explicit no_default(int x) : v(x) {}
   int v;
 };
+
+// sieve(count): the first `count` primes by Go's concurrent sieve: a generator feeds a chain of filters,
+// one pipeline (one fiber) per prime found so far: from(ch) | filter(not a multiple) | to(next).
+inline std::vector<int> sieve(int count) {
+  std::vector<int> primes;
+  rill::chan<int> ch;
+  auto gen = (rill::from(ranges::views::iota(2)) | rill::to(ch)).start();
+  std::vector<rill::pipeline_handle<void>> filters;
+  for (int i = 0; i < count; ++i) {
+    const int prime = *ch.recv();
+    primes.push_back(prime);
+    rill::chan<int> next;
+    filters.push_back((rill::from(ch) | rill::filter([prime](int v) { return v % prime != 0; }) |
+                       rill::to(next))
+                          .start());
+    ch = next;
+  }
+  gen.cancel();  // closes the generator's channel; the close travels down the chain
+  while (ch.recv()) {
+  }
+  CHECK_THROWS_AS(gen.wait(), rill::pipeline_cancelled);  // Catch2: call from the main fiber
+  for (auto& f : filters) f.wait();
+  return primes;
+}
+
+// primes_by_trial_division(count): the first `count` primes, the plain way.
+inline std::vector<int> primes_by_trial_division(int count) {
+  std::vector<int> p;
+  for (int v = 2; static_cast<int>(p.size()) < count; ++v) {
+    if (std::all_of(p.begin(), p.end(), [v](int q) { return v % q != 0; })) p.push_back(v);
+  }
+  return p;
+}
 
 }  // namespace test

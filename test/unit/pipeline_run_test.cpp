@@ -406,48 +406,13 @@ TEST_CASE("pipeline: a daisy chain of 10,000 pipelines, one fiber each", "[pipel
   });
 }
 
-namespace {
-
-// The first `count` primes by Go's concurrent sieve: a generator feeds a chain of filters,
-// one pipeline (one fiber) per prime found so far: from(ch) | filter(not a multiple) | to(next).
-std::vector<int> sieve(int count) {
-  std::vector<int> primes;
-  rill::chan<int> ch;
-  auto gen = (rill::from(ranges::views::iota(2)) | rill::to(ch)).start();
-  std::vector<rill::pipeline_handle<void>> filters;
-  for (int i = 0; i < count; ++i) {
-    const int prime = *ch.recv();
-    primes.push_back(prime);
-    rill::chan<int> next;
-    filters.push_back((rill::from(ch) | rill::filter([prime](int v) { return v % prime != 0; }) |
-                       rill::to(next))
-                          .start());
-    ch = next;
-  }
-  gen.cancel();  // closes the generator's channel; the close travels down the chain
-  while (ch.recv()) {
-  }
-  CHECK_THROWS_AS(gen.wait(), rill::pipeline_cancelled);
-  for (auto& f : filters) f.wait();
-  return primes;
-}
-
-std::vector<int> primes_by_trial_division(int count) {
-  std::vector<int> p;
-  for (int v = 2; static_cast<int>(p.size()) < count; ++v) {
-    if (std::all_of(p.begin(), p.end(), [v](int q) { return v % q != 0; })) p.push_back(v);
-  }
-  return p;
-}
-
-}  // namespace
 
 TEST_CASE("pipeline: Go's prime sieve with one pipeline per prime", "[pipeline][chain]") {
   auto workers = GENERATE(1u, 2u);
   constexpr int count = test::sanitized ? 200 : 1000;
   test::run_with(workers, [] {
-    const std::vector<int> primes = sieve(count);
-    CHECK(primes == primes_by_trial_division(count));
+    const std::vector<int> primes = test::sieve(count);
+    CHECK(primes == test::primes_by_trial_division(count));
     if (count == 1000) CHECK(primes.back() == 7919);
   });
 }
@@ -472,6 +437,6 @@ TEST_CASE("pipeline: Go's prime sieve with rill::go and filters as pipelines", "
     }
     while (ch.recv()) {
     }
-    CHECK(primes == primes_by_trial_division(count));
+    CHECK(primes == test::primes_by_trial_division(count));
   });
 }
