@@ -52,8 +52,8 @@
 #include <sstream>
 #include <system_error>
 
-#include "rill/fiber.hpp"
 #include "io/poller.hpp"
+#include "rill/fiber.hpp"
 #include "sched/futex.hpp"
 
 namespace rill::detail {
@@ -174,8 +174,8 @@ constexpr std::size_t altstack_size = 64 * 1024;
 void enter_worker_thread(worker& w) {
   tls_worker = &w;
   san_thread_context(w.g0.san);
-  void* p = ::mmap(nullptr, altstack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
+  void* p =
+      ::mmap(nullptr, altstack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p != MAP_FAILED) {
     stack_t ss{};
     ss.ss_sp = p;
@@ -244,8 +244,8 @@ void fiber_main(bctx::transfer_t t) noexcept {
       } catch (...) {
       }
       std::fprintf(stderr, "rill: exception escaped fiber %llu%s%s%s: %s\n",
-                   static_cast<unsigned long long>(self->id), self->name[0] ? " (" : "",
-                   self->name, self->name[0] ? ")" : "", what.c_str());
+                   static_cast<unsigned long long>(self->id), self->name[0] ? " (" : "", self->name,
+                   self->name[0] ? ")" : "", what.c_str());
       std::terminate();
     }
   }
@@ -351,8 +351,7 @@ stats runtime::snapshot() noexcept {
   return s;
 }
 
-fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align,
-                             void (*entry)(void*)) {
+fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*)) {
   stack s;
   if (w && !w->stack_cache.empty()) {
     s = w->stack_cache.back();
@@ -813,8 +812,7 @@ void runtime::park_worker(worker& w) {
       woken = true;
       break;
     }
-    if (nready > 0 ||
-        (is_sleeper && next_deadline_.load(std::memory_order_relaxed) <= now_ns())) {
+    if (nready > 0 || (is_sleeper && next_deadline_.load(std::memory_order_relaxed) <= now_ns())) {
       if (leave_idle()) break;  // the loop fires the due timers / runs what I/O readied
       // someone is waking us right now: its word is set (under idle_mu_)
       w.wake_word.exchange(0, std::memory_order_acquire);
@@ -851,8 +849,7 @@ poller* runtime::io_poller() {
 
 void runtime::io_parking(worker& w) noexcept {
   if (poll_sleeping_.load(std::memory_order_relaxed) ||
-      poll_waking_.load(std::memory_order_relaxed) ||
-      nidle_.load(std::memory_order_relaxed) == 0 ||
+      poll_waking_.load(std::memory_order_relaxed) || nidle_.load(std::memory_order_relaxed) == 0 ||
       nspinning_.load(std::memory_order_relaxed) != 0) {
     return;  // somebody polls, or will soon
   }
@@ -949,18 +946,24 @@ void runtime::declare_deadlock() {
 std::string runtime::dump() {
   std::ostringstream os;
   for_each_fiber([&](fiber* f) {
-      os << "  fiber " << f->id;
-      if (f->name[0]) os << " (" << f->name << ")";
-      switch (f->state.load(std::memory_order_relaxed)) {
-        case fiber_state::parked:
-          os << ": parked on " << to_string(f->reason.load(std::memory_order_relaxed));
-          if (const void* o = f->wait_object.load(std::memory_order_relaxed)) os << " " << o;
-          break;
-        case fiber_state::runnable: os << ": runnable"; break;
-        case fiber_state::running: os << ": running"; break;
-        default: os << ": starting"; break;
-      }
-      os << "\n";
+    os << "  fiber " << f->id;
+    if (f->name[0]) os << " (" << f->name << ")";
+    switch (f->state.load(std::memory_order_relaxed)) {
+      case fiber_state::parked:
+        os << ": parked on " << to_string(f->reason.load(std::memory_order_relaxed));
+        if (const void* o = f->wait_object.load(std::memory_order_relaxed)) os << " " << o;
+        break;
+      case fiber_state::runnable:
+        os << ": runnable";
+        break;
+      case fiber_state::running:
+        os << ": running";
+        break;
+      default:
+        os << ": starting";
+        break;
+    }
+    os << "\n";
   });
   return os.str();
 }
@@ -1097,18 +1100,30 @@ namespace rill {
 
 const char* to_string(wait_reason r) noexcept {
   switch (r) {
-    case wait_reason::none: return "nothing";
-    case wait_reason::chan_send: return "chan send";
-    case wait_reason::chan_recv: return "chan recv";
-    case wait_reason::select: return "select";
-    case wait_reason::sleep: return "sleep";
-    case wait_reason::wait_group: return "wait_group";
-    case wait_reason::mutex: return "mutex";
-    case wait_reason::cond_var: return "condition_variable";
-    case wait_reason::io_read: return "I/O read";
-    case wait_reason::io_write: return "I/O write";
-    case wait_reason::blocking_call: return "blocking call";
-    case wait_reason::pipeline: return "pipeline";
+    case wait_reason::none:
+      return "nothing";
+    case wait_reason::chan_send:
+      return "chan send";
+    case wait_reason::chan_recv:
+      return "chan recv";
+    case wait_reason::select:
+      return "select";
+    case wait_reason::sleep:
+      return "sleep";
+    case wait_reason::wait_group:
+      return "wait_group";
+    case wait_reason::mutex:
+      return "mutex";
+    case wait_reason::cond_var:
+      return "condition_variable";
+    case wait_reason::io_read:
+      return "I/O read";
+    case wait_reason::io_write:
+      return "I/O write";
+    case wait_reason::blocking_call:
+      return "blocking call";
+    case wait_reason::pipeline:
+      return "pipeline";
   }
   return "?";
 }

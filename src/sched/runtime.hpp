@@ -38,7 +38,7 @@ class poller;
 
 struct fiber : context {
   runtime* rt = nullptr;
-  fiber* next = nullptr;  // global queue link; guarded by runtime::gq_mu_
+  fiber* next = nullptr;        // global queue link; guarded by runtime::gq_mu_
   worker* reg_owner = nullptr;  // whose registry lists this fiber (nullptr: none)
   std::uint32_t reg_index = 0;  // its slot there; guarded by reg_owner->reg_mu
   std::uint64_t id = 0;
@@ -49,7 +49,7 @@ struct fiber : context {
   bool aborted = false;  // set once, by the deadlock handler, before the fiber is readied
   stack stk;
   std::atomic<fiber_state> state{fiber_state::created};  // informative (dumps); relaxed
-  std::atomic<wait_reason> reason{};  // relaxed: read by dumps only
+  std::atomic<wait_reason> reason{};                     // relaxed: read by dumps only
   std::atomic<const void*> wait_object{nullptr};
   void (*cancel)(void*) = nullptr;  // how to take this fiber's waiter off its list
   void* cancel_arg = nullptr;
@@ -59,12 +59,12 @@ struct fiber : context {
 struct alignas(64) worker {
   runtime* rt = nullptr;
   unsigned index = 0;
-  context g0;               // this thread's own stack, running the scheduler loop
+  context g0;                // this thread's own stack, running the scheduler loop
   fiber* current = nullptr;  // owner thread only
   run_queue queue;
   alignas(64) std::atomic<fiber*> runnext{nullptr};
   alignas(64) std::atomic<std::uint32_t> wake_word{0};  // futex: 1 once woken
-  bool in_idle = false;       // guarded by runtime::idle_mu_
+  bool in_idle = false;                                 // guarded by runtime::idle_mu_
   bool wake_spinning = false;  // guarded by runtime::idle_mu_: set by the waker
   bool polling = false;        // guarded by runtime::idle_mu_: blocked in the poller's epoll_wait
   // owner thread only:
@@ -83,7 +83,7 @@ struct alignas(64) worker {
   spinlock reg_mu;
   std::vector<fiber*> reg_slots;        // guarded by reg_mu; nullptr: a free slot
   std::vector<std::uint32_t> reg_free;  // guarded by reg_mu
-  std::thread thread;         // not used by worker 0 (the thread that called run)
+  std::thread thread;                   // not used by worker 0 (the thread that called run)
   void* altstack = nullptr;
 };
 
@@ -94,7 +94,7 @@ class runtime {
 
   void start_main(void (*main)(void*), void* arg);
   void abort_start() noexcept { begin_shutdown(); }  // run() could not start: stop workers
-  void run_worker(worker& w);  // the scheduler loop; returns at shutdown
+  void run_worker(worker& w);                        // the scheduler loop; returns at shutdown
   void join_workers();
   void rethrow_outcome();
 
@@ -110,7 +110,7 @@ class runtime {
   bool cancel(timer& t) noexcept;
   void rearm(timer& t, std::int64_t when) noexcept;  // only from inside t.fire()
   void run_due_timers(worker& w) noexcept;
-  void drop_timers() noexcept;  // at the end of run(): drop() every timer still armed
+  void drop_timers() noexcept;          // at the end of run(): drop() every timer still armed
   void heap_insert(timer& t) noexcept;  // requires timer_mu_
   void heap_remove(timer& t) noexcept;  // requires timer_mu_; t is in the heap
 
@@ -119,7 +119,7 @@ class runtime {
   void discard_fiber(fiber* f) noexcept;
   void start_fiber(worker* w, fiber* f) noexcept;
   template <class F>
-  void for_each_fiber(F f);  // f(fiber*) under each registry lock
+  void for_each_fiber(F f);      // f(fiber*) under each registry lock
   void reap(fiber* f) noexcept;  // on the landing side of a finished fiber
 
   fiber* next_local(worker& w) noexcept;  // runnext or queue, with the fairness rules
@@ -148,8 +148,8 @@ class runtime {
   bool any_work() noexcept;
   void stop_spinning(worker& w) noexcept;
   void park_worker(worker& w);
-  fiber* poll_io(worker& w) noexcept;                 // non-blocking poll; runs the first
-  void inject(worker& w, fiber** fs, int n) noexcept;  // queue fibers made ready by I/O
+  fiber* poll_io(worker& w) noexcept;                          // non-blocking poll; runs the first
+  void inject(worker& w, fiber** fs, int n) noexcept;          // queue fibers made ready by I/O
   void wake_worker_locked(worker& w, bool spinning) noexcept;  // requires idle_mu_
   void begin_shutdown() noexcept;
   void on_all_idle(worker& w);
@@ -176,7 +176,7 @@ class runtime {
   std::atomic<std::uint32_t> nidle_{0};
   std::atomic<std::uint32_t> nspinning_{0};
   std::atomic<std::uint64_t> idle_epoch_{0};  // bumped whenever an idle worker is woken
-  worker* timer_sleeper_ = nullptr;            // guarded by idle_mu_
+  worker* timer_sleeper_ = nullptr;           // guarded by idle_mu_
   // The netpoller. The timer sleeper blocks in its epoll_wait (w.polling) instead of its
   // futex while fibers wait on I/O; poll_sleeping_: a worker is inside that epoll_wait
   // (at most one; written under idle_mu_); poll_waking_: an idle worker was woken to take
@@ -189,8 +189,8 @@ class runtime {
   bool deadlock_declared_ = false;  // guarded by idle_mu_
 
   std::mutex timer_mu_;
-  timer* timer_root_ = nullptr;     // guarded by timer_mu_: a pairing heap on `when`
-  std::size_t timer_count_ = 0;     // guarded by timer_mu_
+  timer* timer_root_ = nullptr;  // guarded by timer_mu_: a pairing heap on `when`
+  std::size_t timer_count_ = 0;  // guarded by timer_mu_
   std::atomic<std::int64_t> next_deadline_{INT64_MAX};
 
   std::atomic<std::int64_t> live_fibers_{0};
@@ -214,7 +214,7 @@ worker* current_worker() noexcept;
 extern std::atomic<std::int64_t> g_abandoned_fibers;  // left by runtimes that ended
 extern std::atomic<std::int64_t> g_pending_timers;
 extern std::atomic<std::int64_t> g_external_waiters;  // plain threads parked in rill
-extern std::atomic<bool> g_chaos;  // some runtime runs with RILL_SCHED_SEED set
+extern std::atomic<bool> g_chaos;                     // some runtime runs with RILL_SCHED_SEED set
 
 // chaos_point() marks a decision point for schedule perturbation: the entry of a channel,
 // select or park operation. With RILL_SCHED_SEED set, the calling fiber yields there with
@@ -222,7 +222,8 @@ extern std::atomic<bool> g_chaos;  // some runtime runs with RILL_SCHED_SEED set
 // relaxed load. Call it with no lock held, from code that may yield.
 void chaos_yield() noexcept;
 inline void chaos_point() noexcept {
-  if (g_chaos.load(std::memory_order_relaxed)) [[unlikely]] chaos_yield();
+  if (g_chaos.load(std::memory_order_relaxed)) [[unlikely]]
+    chaos_yield();
 }
 
 // switch_out() parks the calling fiber (already marked parked or runnable by the caller)

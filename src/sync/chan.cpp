@@ -17,8 +17,6 @@
 // Memory model (Go's): the send's write of the value happens before the receive that takes
 // it completes (both sides go through mu_); close() happens before a receive that returns
 // because the channel is closed.
-#include "sync/chan_internal.hpp"
-
 #include <chrono>
 #include <limits>
 #include <new>
@@ -26,6 +24,7 @@
 
 #include "sched/futex.hpp"
 #include "sched/runtime.hpp"
+#include "sync/chan_internal.hpp"
 #include "sync/wait.hpp"
 
 namespace rill::detail {
@@ -81,8 +80,8 @@ void select_state::wake() noexcept {
 chan_core* chan_core::create(std::size_t capacity, const chan_ops* ops) {
   const std::size_t align = ops->align > alignof(chan_core) ? ops->align : alignof(chan_core);
   const std::size_t header = (sizeof(chan_core) + align - 1) / align * align;
-  if (ops->size != 0 && capacity > (std::numeric_limits<std::size_t>::max() / 2 - header) /
-                                       ops->size) {
+  if (ops->size != 0 &&
+      capacity > (std::numeric_limits<std::size_t>::max() / 2 - header) / ops->size) {
     throw std::length_error("rill::chan: capacity too large");
   }
   const std::size_t bytes = header + capacity * ops->size;

@@ -214,8 +214,10 @@ std::size_t select_core(select_case* cases, std::size_t n) {
       for (std::size_t l = 0; l < nlocks; ++l) {
         if (locks[l] != &c) locks[l]->mu_.unlock();
       }
-      if (recv_locked(c, sc.slot) == 0) c.mu_.unlock();  // only lost select senders were queued
-      else return i;
+      if (recv_locked(c, sc.slot) == 0)
+        c.mu_.unlock();  // only lost select senders were queued
+      else
+        return i;
       lock_all(locks, nlocks);
       continue;
     }
@@ -284,8 +286,8 @@ std::size_t select_core(select_case* cases, std::size_t n) {
       auto* s = static_cast<select_timer*>(t);
       select_state* state = s->st;
       std::uint32_t open = 0;
-      const bool won = state->done.compare_exchange_strong(open, s->index + 1,
-                                                           std::memory_order_acq_rel);
+      const bool won =
+          state->done.compare_exchange_strong(open, s->index + 1, std::memory_order_acq_rel);
       s->fired();
       if (won) state->wake();
     };

@@ -12,8 +12,6 @@
 //   rill_death_tests expect-ok <guarded|canary> <frame-bytes>
 //       the child recurses through about a third of its stack (at least one frame) and must
 //       exit normally, silently.
-#include <rill/rill.hpp>
-
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <regex>
+#include <rill/rill.hpp>
 #include <string>
 
 namespace {
@@ -54,10 +53,17 @@ int run_child(std::size_t frame, long max_depth) {
         rill::go([&] {
           rill::this_fiber::name("recursion");
           switch (frame) {
-            case 256: g_sink = recurse<256>(1, max_depth, yield_every); break;
-            case 4096: g_sink = recurse<4096>(1, max_depth, yield_every); break;
-            case 65536: g_sink = recurse<65536>(1, max_depth, yield_every); break;
-            default: std::abort();
+            case 256:
+              g_sink = recurse<256>(1, max_depth, yield_every);
+              break;
+            case 4096:
+              g_sink = recurse<4096>(1, max_depth, yield_every);
+              break;
+            case 65536:
+              g_sink = recurse<65536>(1, max_depth, yield_every);
+              break;
+            default:
+              std::abort();
           }
           wg.done();
         });
@@ -109,7 +115,8 @@ int main(int argc, char** argv) {
     const long depth = std::strcmp(argv[3], "inf") == 0 ? (1L << 40) : std::atol(argv[3]);
     return run_child(std::strtoul(argv[2], nullptr, 10), depth);
   }
-  if (argc == 4 && (std::strcmp(argv[1], "expect") == 0 || std::strcmp(argv[1], "expect-ok") == 0)) {
+  if (argc == 4 &&
+      (std::strcmp(argv[1], "expect") == 0 || std::strcmp(argv[1], "expect-ok") == 0)) {
     const bool canary = std::strcmp(argv[2], "canary") == 0;
     const std::size_t frame = std::strtoul(argv[3], nullptr, 10);
     if (std::strcmp(argv[1], "expect-ok") == 0) {
@@ -130,13 +137,13 @@ int main(int argc, char** argv) {
     std::smatch m;
     const bool said = std::regex_search(r.err, m, message);
     const bool died = WIFSIGNALED(r.status);
-    std::printf("%s: %s, %zu-byte frames: %s; %s\n",
-                said && died ? "detected" : "NOT detected", argv[2], frame,
-                describe(r.status).c_str(),
+    std::printf("%s: %s, %zu-byte frames: %s; %s\n", said && died ? "detected" : "NOT detected",
+                argv[2], frame, describe(r.status).c_str(),
                 said ? m.str().c_str() : ("stderr: \"" + r.err + "\"").c_str());
     return said && died ? 0 : 1;
   }
-  std::fprintf(stderr, "usage: %s child <frame> <depth|inf> | expect[-ok] <guarded|canary> <frame>\n",
+  std::fprintf(stderr,
+               "usage: %s child <frame> <depth|inf> | expect[-ok] <guarded|canary> <frame>\n",
                argv[0]);
   return 2;
 }

@@ -27,8 +27,6 @@
 //   [flags: bit0 two workers] [nchans-1 (%4)] [cap per channel (%5)]...
 //   [nfibers-1 (%5)] [main yields] then, per fiber: [nops (%24)] ops...
 //   op: [kind (%7)] then kind-specific bytes (channel %nchans, case count, default flag).
-#include <rill/rill.hpp>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -38,6 +36,7 @@
 #include <deque>
 #include <map>
 #include <optional>
+#include <rill/rill.hpp>
 #include <string>
 #include <vector>
 
@@ -249,8 +248,8 @@ class model {
       same = same && r.index == want.index;
     }
     if (!same) {
-      fail("fiber " + std::to_string(f) + " " + kind_name[int(fs.op.kind)] + " returned " +
-           str(r) + ", the model says " + str(want) +
+      fail("fiber " + std::to_string(f) + " " + kind_name[int(fs.op.kind)] + " returned " + str(r) +
+           ", the model says " + str(want) +
            (fs.cases ? " (one of the cases " + mask_str(fs.cases) + ")" : std::string()));
     }
     fs.parked = false;
@@ -326,9 +325,9 @@ class model {
   void observe(const mval& m, std::uint64_t v, const std::string& where) {
     const std::uint64_t c = v - m.base;
     if (v < m.base || c >= max_cases || !(m.cases & (1u << c)) || !narrow(m.cons, int(c))) {
-      fail(where + ": got value " + std::to_string(sender_of(v)) + ":" +
-           std::to_string(seq_of(v)) + ", the model has " + std::to_string(sender_of(m.base)) +
-           ":" + std::to_string(seq_of(m.base)) + " + one of " + mask_str(m.cases));
+      fail(where + ": got value " + std::to_string(sender_of(v)) + ":" + std::to_string(seq_of(v)) +
+           ", the model has " + std::to_string(sender_of(m.base)) + ":" +
+           std::to_string(seq_of(m.base)) + " + one of " + mask_str(m.cases));
     }
   }
 
@@ -466,8 +465,8 @@ class model {
 
   void expect(int f, const result& got, const result& want) {
     if (!(got == want)) {
-      fail("fiber " + std::to_string(f) + " " + kind_name[int(fibers_[f].op.kind)] +
-           " returned " + str(got) + " at once, the model says " + str(want));
+      fail("fiber " + std::to_string(f) + " " + kind_name[int(fibers_[f].op.kind)] + " returned " +
+           str(got) + " at once, the model says " + str(want));
     }
   }
 
@@ -511,7 +510,8 @@ class model {
           closed_send |= op.cases[c].send && chans_[op.cases[c].ch].closed;
         }
         if (r.kind == result::closed && r.index < 0) {
-          if (!closed_send) fail("select threw closed_channel with no send case on a closed channel");
+          if (!closed_send)
+            fail("select threw closed_channel with no send case on a closed channel");
           return;
         }
         if (r.index == op.ncases) {
@@ -559,8 +559,8 @@ struct run_state {
   std::vector<chan_t> chans;
   model* m = nullptr;  // one worker only
   // per fiber, written by that fiber only:
-  std::vector<std::vector<std::uint64_t>> sent_ok;     // values whose send succeeded
-  std::vector<std::vector<observation>> received;      // values received, in order
+  std::vector<std::vector<std::uint64_t>> sent_ok;  // values whose send succeeded
+  std::vector<std::vector<observation>> received;   // values received, in order
 };
 
 // run_op(): runs one op of fiber f and reports it to the model.
@@ -666,12 +666,12 @@ void check_conservation(run_state& rs, const std::vector<std::vector<std::uint64
   auto take = [&](std::uint64_t x, const char* where) {
     auto it = sent.find(x);
     if (it == sent.end()) {
-      fail(std::string("value ") + std::to_string(sender_of(x)) + ":" +
-           std::to_string(seq_of(x)) + " " + where + " was never sent successfully");
+      fail(std::string("value ") + std::to_string(sender_of(x)) + ":" + std::to_string(seq_of(x)) +
+           " " + where + " was never sent successfully");
     }
     if (it->second++) {
-      fail(std::string("value ") + std::to_string(sender_of(x)) + ":" +
-           std::to_string(seq_of(x)) + " delivered twice (" + where + ")");
+      fail(std::string("value ") + std::to_string(sender_of(x)) + ":" + std::to_string(seq_of(x)) +
+           " delivered twice (" + where + ")");
     }
   };
   // FIFO per (channel, sender): per receiver, increasing; left-over values newer than any
@@ -684,9 +684,8 @@ void check_conservation(run_state& rs, const std::vector<std::vector<std::uint64
       const auto key = std::make_pair(o.ch, sender_of(o.v));
       auto it = last.find(key);
       if (it != last.end() && it->second >= seq_of(o.v)) {
-        fail("fiber " + std::to_string(f) + " received sender " +
-             std::to_string(sender_of(o.v)) + "'s values out of order on channel " +
-             std::to_string(o.ch));
+        fail("fiber " + std::to_string(f) + " received sender " + std::to_string(sender_of(o.v)) +
+             "'s values out of order on channel " + std::to_string(o.ch));
       }
       last[key] = seq_of(o.v);
       auto& nr = newest_received[key];
@@ -775,7 +774,8 @@ void run_scenario(const scenario& s) {
     fail(std::string("run() threw: ") + e.what());
   }
   const rill::stats st = rill::global_stats();
-  if (st.live_fibers || st.live_stacks || st.pending_timers) fail("the run leaked fibers, stacks or timers");
+  if (st.live_fibers || st.live_stacks || st.pending_timers)
+    fail("the run leaked fibers, stacks or timers");
   if (g_live_items.load() != items_before) fail("values leaked or destroyed twice");
   g_scenario = nullptr;
 }

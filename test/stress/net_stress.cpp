@@ -2,21 +2,19 @@
 // RILL_STRESS_SCALE: many connections and round trips, fd-number reuse with readiness in
 // flight, many deadlines, a long stream of small messages under edge-triggered epoll, and
 // an EMFILE storm. Loopback only. Figures are printed as `FIGURE name=value` lines.
-#include <rill/io.hpp>
-#include <rill/net.hpp>
-#include <rill/rill.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <rill/io.hpp>
+#include <rill/net.hpp>
+#include <rill/rill.hpp>
 #include <string>
 #include <vector>
 
@@ -185,7 +183,8 @@ TEST_CASE("net stress: an EMFILE storm does not make a backing-off accept loop s
     constexpr int clients_n = 40;
     auto ln = tcp_listener::listen("127.0.0.1", 0);
     std::vector<tcp_stream> clients;
-    for (int i = 0; i < clients_n; ++i) clients.push_back(tcp_stream::connect("127.0.0.1", ln.port()));
+    for (int i = 0; i < clients_n; ++i)
+      clients.push_back(tcp_stream::connect("127.0.0.1", ln.port()));
     std::vector<tcp_stream> accepted;
     std::atomic<int> emfiles{0};
     double storm_cpu = 0, storm_wall = 0;

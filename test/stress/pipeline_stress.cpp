@@ -1,21 +1,18 @@
 // Stress tests of the pipeline DSL (ctest label "stress", sized by RILL_STRESS_SCALE):
 // the cancellation matrix (T23), long daisy chains and the prime sieve (T26), backpressure
 // over a long run (T25). Each prints FIGURE lines for CI to trend.
-#include <rill/pipeline.hpp>
-#include <rill/rill.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
 #include <optional>
+#include <range/v3/view/iota.hpp>
+#include <rill/pipeline.hpp>
+#include <rill/rill.hpp>
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include <range/v3/view/iota.hpp>
 
 #include "support/pipeline_support.hpp"
 #include "support/run_with.hpp"
@@ -62,8 +59,8 @@ TEST_CASE("pipeline stress: the cancellation matrix ends every run with one outc
           for (stopper how : {stopper::exception, stopper::take, stopper::cancel}) {
             for (std::size_t cap : {std::size_t{0}, std::size_t{1}, std::size_t{16}}) {
               for (bool fusion : {true, false}) {
-                INFO(name(where) << " at " << name(at) << ", stopped by " << name(how) << ", buffer "
-                                 << cap << ", fusion " << fusion << ", rep " << rep);
+                INFO(name(where) << " at " << name(at) << ", stopped by " << name(how)
+                                 << ", buffer " << cap << ", fusion " << fusion << ", rep " << rep);
                 const int k = at == when::first ? 0 : at == when::mid ? n / 2 : n - 1;
                 auto boom_at = [k, where](site here, int v) {
                   if (here == where && v == k) throw test::boom(v);
@@ -75,16 +72,22 @@ TEST_CASE("pipeline stress: the cancellation matrix ends every run with one outc
                            boom_at(site::source, next);
                            return test::tracked(next++);
                          }) |
-                         rill::map([boom_at](test::tracked t) {
-                           boom_at(site::map, t.v);
-                           return t;
-                         }, {.buffer = cap}) |
-                         rill::filter([boom_at](const test::tracked& t) {
-                           boom_at(site::filter, t.v);
-                           return true;
-                         }, {.buffer = cap, .fuse = false}) |
-                         rill::par_map([](test::tracked t) { return t; }, {.workers = 2, .buffer = cap}) |
-                         rill::take(how == stopper::take ? static_cast<std::size_t>(k) : std::size_t(n)) |
+                         rill::map(
+                             [boom_at](test::tracked t) {
+                               boom_at(site::map, t.v);
+                               return t;
+                             },
+                             {.buffer = cap}) |
+                         rill::filter(
+                             [boom_at](const test::tracked& t) {
+                               boom_at(site::filter, t.v);
+                               return true;
+                             },
+                             {.buffer = cap, .fuse = false}) |
+                         rill::par_map([](test::tracked t) { return t; },
+                                       {.workers = 2, .buffer = cap}) |
+                         rill::take(how == stopper::take ? static_cast<std::size_t>(k)
+                                                         : std::size_t(n)) |
                          rill::for_each([&seen, boom_at](const test::tracked& t) {
                            boom_at(site::sink, t.v);
                            ++seen;
@@ -117,9 +120,10 @@ TEST_CASE("pipeline stress: the cancellation matrix ends every run with one outc
       }
     }
   });
-  std::printf("FIGURE pipeline_cancel_matrix_runs_w%u=%ld\nFIGURE pipeline_cancel_matrix_ms_w%u=%ld\n"
-              "FIGURE pipeline_cancel_matrix_values=%ld exceptions=%ld cancels=%ld\n",
-              workers, runs, workers, ms_since(t0), values, exceptions, cancels);
+  std::printf(
+      "FIGURE pipeline_cancel_matrix_runs_w%u=%ld\nFIGURE pipeline_cancel_matrix_ms_w%u=%ld\n"
+      "FIGURE pipeline_cancel_matrix_values=%ld exceptions=%ld cancels=%ld\n",
+      workers, runs, workers, ms_since(t0), values, exceptions, cancels);
   CHECK(values + exceptions + cancels == runs);
 }
 
@@ -135,7 +139,8 @@ TEST_CASE("pipeline stress: concurrent throws in three stages surface exactly on
         };
       };
       auto p = rill::from(ranges::views::iota(0, 1000)) | rill::map(thrower("a"), {.buffer = 0}) |
-               rill::stage_boundary | rill::par_map([](int v) { return v; }, {.workers = 2, .ordered = false}) |
+               rill::stage_boundary |
+               rill::par_map([](int v) { return v; }, {.workers = 2, .ordered = false}) |
                rill::map(thrower("b"), {.fuse = false}) | rill::stage_boundary |
                rill::map(thrower("c")) | rill::count();
       try {
@@ -177,8 +182,8 @@ TEST_CASE("pipeline stress: a daisy chain of pipelines, fused and unfused", "[pi
     CHECK(sum == 1L * items * (items - 1) / 2 + 1L * items * n);
     for (auto& h : stages) h.wait();
   });
-  std::printf("FIGURE pipeline_daisy_chain_%s_stages=%d items=%d ms=%ld\n", fusion ? "fused" : "unfused",
-              n, items, ms_since(t0));
+  std::printf("FIGURE pipeline_daisy_chain_%s_stages=%d items=%d ms=%ld\n",
+              fusion ? "fused" : "unfused", n, items, ms_since(t0));
 }
 
 TEST_CASE("pipeline stress: the prime sieve, first primes exact", "[pipeline][stress]") {

@@ -3,17 +3,15 @@
 // (RILL_STRESS_SCALE): scale 1 is 100k fibers in an optimized build and 20k under a
 // sanitizer (the CI runs the stress label at small scale under TSan); scale 10 reaches the
 // 1,000,000 fibers of T16's long mode.
-#include <rill/rill.hpp>
-
 #include <sys/resource.h>
 
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <random>
+#include <rill/rill.hpp>
 #include <string>
 #include <thread>
 #include <vector>
@@ -127,7 +125,8 @@ TEST_CASE("runtime stress: spawn storms from many fibers at once", "[runtime][st
     wg.wait();
     figure("stress_spawn_storm_ns_per_fiber_" + std::to_string(workers) + "w",
            1e6 * ms_since(t0) / static_cast<double>(per * spawners));
-    CHECK(rill::runtime_stats().fibers_spawned == static_cast<std::uint64_t>(1 + spawners + per * spawners));
+    CHECK(rill::runtime_stats().fibers_spawned ==
+          static_cast<std::uint64_t>(1 + spawners + per * spawners));
   });
   CHECK(ran.load() == per * spawners);
 }

@@ -7,10 +7,6 @@
 // failures in atomics.
 #pragma once
 
-#include <rill/io.hpp>
-#include <rill/net.hpp>
-#include <rill/rill.hpp>
-
 #include <sys/resource.h>
 #include <time.h>
 
@@ -18,6 +14,9 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <rill/io.hpp>
+#include <rill/net.hpp>
+#include <rill/rill.hpp>
 #include <string>
 #include <system_error>
 #include <utility>

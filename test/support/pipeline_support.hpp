@@ -7,12 +7,9 @@
 // fiber checks after run() returns.
 #pragma once
 
-#include <rill/rill.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -20,11 +17,11 @@
 #include <iterator>
 #include <numeric>
 #include <random>
+#include <range/v3/view/iota.hpp>
+#include <rill/rill.hpp>
 #include <stdexcept>
 #include <string>
 #include <thread>
-
-#include <range/v3/view/iota.hpp>
 #include <vector>
 
 #include "support/run_with.hpp"
@@ -98,7 +95,8 @@ inline std::size_t random_buffer(std::mt19937& rng) {
 
 // seed(): a fresh seed per test case, printed on failure (set RILL_TEST_SEED to replay).
 inline std::uint32_t seed() {
-  if (const char* s = std::getenv("RILL_TEST_SEED")) return static_cast<std::uint32_t>(std::strtoul(s, nullptr, 10));
+  if (const char* s = std::getenv("RILL_TEST_SEED"))
+    return static_cast<std::uint32_t>(std::strtoul(s, nullptr, 10));
   return std::random_device{}();
 }
 
@@ -122,8 +120,9 @@ struct no_default {
   int v;
 };
 
-// sieve(count): the first `count` primes by Go's concurrent sieve: a generator feeds a chain of filters,
-// one pipeline (one fiber) per prime found so far: from(ch) | filter(not a multiple) | to(next).
+// sieve(count): the first `count` primes by Go's concurrent sieve: a generator feeds a chain of
+// filters, one pipeline (one fiber) per prime found so far: from(ch) | filter(not a multiple) |
+// to(next).
 inline std::vector<int> sieve(int count) {
   std::vector<int> primes;
   rill::chan<int> ch;
@@ -133,9 +132,9 @@ inline std::vector<int> sieve(int count) {
     const int prime = *ch.recv();
     primes.push_back(prime);
     rill::chan<int> next;
-    filters.push_back((rill::from(ch) | rill::filter([prime](int v) { return v % prime != 0; }) |
-                       rill::to(next))
-                          .start());
+    filters.push_back(
+        (rill::from(ch) | rill::filter([prime](int v) { return v % prime != 0; }) | rill::to(next))
+            .start());
     ch = next;
   }
   gen.cancel();  // closes the generator's channel; the close travels down the chain

@@ -2,15 +2,14 @@
 // and fail on leaked fibers, stacks or timers.
 #pragma once
 
-#include <rill/rill.hpp>
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <rill/rill.hpp>
 #include <thread>
 #include <utility>
 
@@ -23,8 +22,9 @@ inline const char* sched_seed() noexcept { return std::getenv("RILL_SCHED_SEED")
 inline void print_seed() noexcept {
   const char* s = sched_seed();
   const bool on = s && std::strtoull(s, nullptr, 10) != 0;
-  std::fprintf(stderr, "RILL_SCHED_SEED=%s%s\n", on ? s : "0",
-               on ? " (rerun with it to replay this schedule perturbation)" : " (perturbation off)");
+  std::fprintf(
+      stderr, "RILL_SCHED_SEED=%s%s\n", on ? s : "0",
+      on ? " (rerun with it to replay this schedule perturbation)" : " (perturbation off)");
   std::fflush(stderr);
 }
 

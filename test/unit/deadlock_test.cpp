@@ -3,14 +3,12 @@
 // rill::deadlock_error with a dump, after unwinding every parked fiber; no false positive
 // while a timer or a plain thread can still wake a fiber; options.detect_deadlock = false
 // turns it off.
-#include <rill/rill.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <future>
 #include <mutex>
+#include <rill/rill.hpp>
 #include <string>
 #include <thread>
 
@@ -75,8 +73,7 @@ void wait_until_parked(const char* what, int n) {
 
 }  // namespace
 
-TEST_CASE("deadlock: main waiting on a wait_group nobody finishes is reported",
-          "[deadlock]") {
+TEST_CASE("deadlock: main waiting on a wait_group nobody finishes is reported", "[deadlock]") {
   auto workers = GENERATE(1u, 2u, 4u);
   const auto t0 = std::chrono::steady_clock::now();
   const std::string what = expect_deadlock(workers, [] {
@@ -173,7 +170,9 @@ TEST_CASE("deadlock: every parked fiber is unwound and nothing leaks", "[deadloc
         counted c(constructed, destroyed);
         started.done();
         switch (i % 3) {
-          case 0: never.wait(); break;
+          case 0:
+            never.wait();
+            break;
           case 1: {
             std::lock_guard lk(m);
             break;
@@ -206,12 +205,12 @@ TEST_CASE("deadlock: a runtime runs normally after a deadlock was reported", "[d
     wg.wait();
   });
   CHECK(test::run_with(2, [] {
-    rill::wait_group wg;
-    wg.add(1);
-    rill::go([&] { wg.done(); });
-    wg.wait();
-    return 5;
-  }) == 5);
+          rill::wait_group wg;
+          wg.add(1);
+          rill::go([&] { wg.done(); });
+          wg.wait();
+          return 5;
+        }) == 5);
 }
 
 TEST_CASE("deadlock: a deadlock after timers have fired is still reported", "[deadlock]") {
@@ -240,8 +239,10 @@ TEST_CASE("deadlock: no false positive while a fiber sleeps", "[deadlock]") {
   SUCCEED();
 }
 
-TEST_CASE("deadlock: no false positive while a plain thread is parked on a wait_group the "
-          "fibers finish", "[deadlock]") {
+TEST_CASE(
+    "deadlock: no false positive while a plain thread is parked on a wait_group the "
+    "fibers finish",
+    "[deadlock]") {
   auto workers = GENERATE(1u, 2u, 4u);
   for (int round = 0; round < 10; ++round) {
     rill::wait_group fibers_done, thread_done;
@@ -270,8 +271,10 @@ TEST_CASE("deadlock: no false positive while a plain thread is parked on a wait_
   SUCCEED();
 }
 
-TEST_CASE("deadlock: no false positive while every fiber waits on a plain thread that is "
-          "itself parked in rill", "[deadlock]") {
+TEST_CASE(
+    "deadlock: no false positive while every fiber waits on a plain thread that is "
+    "itself parked in rill",
+    "[deadlock]") {
   // The runtime sits idle, its only fiber parked, for longer than the grace period, while a
   // plain thread (parked in rill, so counted) can still wake it: not a deadlock.
   rill::wait_group release_thread, main_may_go;

@@ -16,17 +16,15 @@
 // measured, about half of the sleeps of 2-8 fibers on 2 workers resume on the other thread
 // (a plain yield almost never moves a fiber: it stays in its worker's queue). Each probe
 // runs until it has seen enough migrations (or an iteration cap) and reports the counts.
-#include <rill/rill.hpp>
-
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <rill/rill.hpp>
 #include <stdexcept>
 #include <string>
 
@@ -90,8 +88,10 @@ void figure(const char* name, long value) {
 
 }  // namespace
 
-TEST_CASE("migration: thread_local through an opaque accessor is the current thread's after "
-          "a move", "[migration][tls]") {
+TEST_CASE(
+    "migration: thread_local through an opaque accessor is the current thread's after "
+    "a move",
+    "[migration][tls]") {
   tally t;
   std::atomic<long> naive_stale{0};
   std::atomic<long> wrong_fiber{0};
@@ -127,8 +127,10 @@ TEST_CASE("migration: thread_local through an opaque accessor is the current thr
   CHECK(wrong_fiber.load() == 0);
 }
 
-TEST_CASE("migration: throw; in a catch block spanning a suspension rethrows the fiber's own "
-          "exception", "[migration][exceptions]") {
+TEST_CASE(
+    "migration: throw; in a catch block spanning a suspension rethrows the fiber's own "
+    "exception",
+    "[migration][exceptions]") {
   // 1 worker: the other fiber throws and catches while this one is suspended in its catch
   // block (the probe's eh1). 2 workers: the same while moving between threads (ehmig).
   auto workers = GENERATE(1u, 2u);
@@ -176,8 +178,10 @@ TEST_CASE("migration: throw; in a catch block spanning a suspension rethrows the
   if (workers > 1) CHECK(t.migrations.load() > 0);
 }
 
-TEST_CASE("migration: uncaught_exceptions is per fiber while another suspends during "
-          "unwinding", "[migration][exceptions]") {
+TEST_CASE(
+    "migration: uncaught_exceptions is per fiber while another suspends during "
+    "unwinding",
+    "[migration][exceptions]") {
   auto workers = GENERATE(1u, 2u);
   std::atomic<long> observer_wrong{0}, observations{0};
   std::atomic<long> unwinder_wrong{0};
@@ -230,8 +234,7 @@ TEST_CASE("migration: uncaught_exceptions is per fiber while another suspends du
   });
   figure(workers == 1 ? "uncaught_observer_wrong_1w" : "uncaught_observer_wrong_2w",
          observer_wrong.load());
-  figure(workers == 1 ? "uncaught_migrations_1w" : "uncaught_migrations_2w",
-         t.migrations.load());
+  figure(workers == 1 ? "uncaught_migrations_1w" : "uncaught_migrations_2w", t.migrations.load());
   CHECK(observations.load() == 300);
   CHECK(observer_wrong.load() == 0);
   CHECK(unwinder_wrong.load() == 0);

@@ -3,13 +3,6 @@
 // writer parked on a peer that stops reading, EMFILE in accept, timers and I/O sharing one
 // wait, blocking() on the pool, the pipeline source and sink, and deadlock accounting.
 // Loopback only; every wait is bounded (deadlines, the watchdog).
-#include <rill/io.hpp>
-#include <rill/net.hpp>
-#include <rill/pipeline/io.hpp>
-#include <rill/rill.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -17,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cctype>
 #include <chrono>
 #include <cstring>
@@ -24,6 +18,10 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <rill/io.hpp>
+#include <rill/net.hpp>
+#include <rill/pipeline/io.hpp>
+#include <rill/rill.hpp>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -187,9 +185,8 @@ TEST_CASE("net: closing a stream wakes its parked reader with io_errc::closed", 
         (void)p.a.read(buf, sizeof buf);
         outcome = 3;
       } catch (const std::system_error& e) {
-        outcome = e.code() == rill::io_errc::closed && e.code() == std::errc::bad_file_descriptor
-                      ? 1
-                      : 2;
+        outcome =
+            e.code() == rill::io_errc::closed && e.code() == std::errc::bad_file_descriptor ? 1 : 2;
       }
       wg.done();
     });
@@ -227,8 +224,7 @@ TEST_CASE("net: closing a listener wakes its parked accept", "[net][close]") {
   });
 }
 
-TEST_CASE("net: a reused fd number never receives another registration's wake-up",
-          "[net][reuse]") {
+TEST_CASE("net: a reused fd number never receives another registration's wake-up", "[net][reuse]") {
   // Readiness is in flight on registration A (its peer writes while A is closed); B, opened
   // right after, usually gets A's fd number and A's descriptor (with a new seq). A wait on
   // B's read side, which has no data, must never report ready.

@@ -3,25 +3,15 @@
 // at a random item in any stage position surfaces unchanged and leaks nothing; cancellation
 // at a random moment ends every run; take and a slow sink keep the source within the bound
 // of the links (concepts.hpp). The seed is printed on failure; RILL_TEST_SEED replays it.
-#include <rill/pipeline.hpp>
-#include <rill/rill.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <functional>
 #include <limits>
 #include <optional>
 #include <random>
-#include <ranges>
-#include <stdexcept>
-#include <string>
-#include <thread>
-#include <vector>
-
 #include <range/v3/numeric/accumulate.hpp>
 #include <range/v3/range/conversion.hpp>
 #include <range/v3/view/chunk.hpp>
@@ -32,6 +22,13 @@
 #include <range/v3/view/repeat_n.hpp>
 #include <range/v3/view/take.hpp>
 #include <range/v3/view/transform.hpp>
+#include <ranges>
+#include <rill/pipeline.hpp>
+#include <rill/rill.hpp>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "support/pipeline_support.hpp"
 #include "support/run_with.hpp"
@@ -55,7 +52,9 @@ struct rand_gen {
   int between(int lo, int hi) { return std::uniform_int_distribution<int>(lo, hi)(rng); }
   bool coin() { return between(0, 1) == 1; }
   std::size_t buffer() { return test::random_buffer(rng); }
-  unsigned workers() { return std::array<unsigned, 3>{1, 2, 4}[static_cast<std::size_t>(between(0, 2))]; }
+  unsigned workers() {
+    return std::array<unsigned, 3>{1, 2, 4}[static_cast<std::size_t>(between(0, 2))];
+  }
   std::vector<int> input(int max_size) {
     std::vector<int> v(static_cast<std::size_t>(between(0, max_size)));
     for (int& x : v) x = between(-1000, 1000);
@@ -84,9 +83,9 @@ void random_case(rand_gen& r) {
                 rill::flat_map(g, {.buffer = r.buffer(), .fuse = r.coin()}) |
                 rill::tap([&tapped](int) { ++tapped; }, {.buffer = r.buffer(), .fuse = r.coin()}) |
                 rill::take(n, {.buffer = r.buffer(), .fuse = r.coin()}) | rill::collect();
-    const std::vector<int> expect =
-        v | rv::transform(f) | rv::filter(p) |
-        rv::for_each([](int x) { return rv::repeat_n(x, copies(x)); }) | rv::take(n) | ranges::to<std::vector>();
+    const std::vector<int> expect = v | rv::transform(f) | rv::filter(p) |
+                                    rv::for_each([](int x) { return rv::repeat_n(x, copies(x)); }) |
+                                    rv::take(n) | ranges::to<std::vector>();
     CHECK(pipe.run(o) == expect);
     CHECK(tapped >= static_cast<long>(expect.size()));
   }
@@ -107,11 +106,12 @@ void random_case(rand_gen& r) {
   {  // batch | unbatch | par_map (ordered) | filter
     const auto k = static_cast<std::size_t>(r.between(1, 40));
     const unsigned w = r.workers();
-    auto pipe = rill::from(v) | rill::batch(k, {.buffer = r.buffer(), .fuse = r.coin()}) |
-                rill::unbatch({.buffer = r.buffer(), .fuse = r.coin()}) |
-                rill::par_map(slow, {.workers = w, .ordered = true, .buffer = r.buffer()}) |
-                rill::filter([](long x) { return x % 4 == 0; }, {.buffer = r.buffer(), .fuse = r.coin()}) |
-                rill::collect();
+    auto pipe =
+        rill::from(v) | rill::batch(k, {.buffer = r.buffer(), .fuse = r.coin()}) |
+        rill::unbatch({.buffer = r.buffer(), .fuse = r.coin()}) |
+        rill::par_map(slow, {.workers = w, .ordered = true, .buffer = r.buffer()}) |
+        rill::filter([](long x) { return x % 4 == 0; }, {.buffer = r.buffer(), .fuse = r.coin()}) |
+        rill::collect();
     const std::vector<long> expect =
         v | rv::chunk(k) | rv::join | rv::transform([](int x) { return 2L * x; }) |
         rv::filter([](long x) { return x % 4 == 0; }) | ranges::to<std::vector>();
@@ -119,7 +119,8 @@ void random_case(rand_gen& r) {
   }
   {  // par_map (unordered) | map; the multiset of results
     const unsigned w = r.workers();
-    auto pipe = rill::from(v) | rill::par_map(slow, {.workers = w, .ordered = false, .buffer = r.buffer()}) |
+    auto pipe = rill::from(v) |
+                rill::par_map(slow, {.workers = w, .ordered = false, .buffer = r.buffer()}) |
                 rill::map([](long x) { return x + 1; }, {.buffer = r.buffer(), .fuse = r.coin()}) |
                 rill::collect();
     const std::vector<long> expect =
@@ -128,9 +129,10 @@ void random_case(rand_gen& r) {
   }
   {  // merge of two sources: each keeps its order; together, every item once
     const std::vector<int> w = r.input(500);
-    auto pipe = rill::merge(rill::from(v) | rill::map([](int x) { return 2 * x; }, {.fuse = r.coin()}),
-                            rill::from(w) | rill::map([](int x) { return 2 * x + 1; })) |
-                rill::collect();
+    auto pipe =
+        rill::merge(rill::from(v) | rill::map([](int x) { return 2 * x; }, {.fuse = r.coin()}),
+                    rill::from(w) | rill::map([](int x) { return 2 * x + 1; })) |
+        rill::collect();
     const std::vector<int> out = pipe.run(o);
     std::vector<int> evens, odds;
     for (int x : out) (x % 2 == 0 ? evens : odds).push_back(x);
@@ -184,19 +186,37 @@ struct item {
 };
 
 enum class position {
-  source, map, filter, flat_map, tap, par_map_ordered, par_map_unordered, after_batch, late_map, reduce, count_
+  source,
+  map,
+  filter,
+  flat_map,
+  tap,
+  par_map_ordered,
+  par_map_unordered,
+  after_batch,
+  late_map,
+  reduce,
+  count_
 };
 
 const char* name(position pos) {
-  static const char* names[] = {"source", "map", "filter", "flat_map", "tap", "par_map ordered",
-                                "par_map unordered", "flat_map after batch", "late map", "reduce"};
+  static const char* names[] = {"source",
+                                "map",
+                                "filter",
+                                "flat_map",
+                                "tap",
+                                "par_map ordered",
+                                "par_map unordered",
+                                "flat_map after batch",
+                                "late map",
+                                "reduce"};
   return names[static_cast<int>(pos)];
 }
 
 struct failure_case {
   position pos;
-  int n;      // input size
-  int k;      // the input whose processing throws
+  int n;  // input size
+  int k;  // the input whose processing throws
   bool fusion;
   std::size_t b1, b2;
   unsigned w;
@@ -221,32 +241,44 @@ void run_failing(const failure_case& c, long& delivered, int& max_src) {
         at(position::source, pos, next);
         return item{next++, test::tracked(0)};
       }) |
-      rill::map([at, pos](item x) {
-        at(position::map, pos, x.src);
-        return x;
-      }, {.buffer = c.b1, .fuse = false}) |
-      rill::filter([at, pos](const item& x) {
-        at(position::filter, pos, x.src);
-        return true;
-      }, {.buffer = c.b2}) |
-      rill::flat_map([at, pos](item x) {
-        at(position::flat_map, pos, x.src);
-        return std::vector<item>{x};
-      }, {.buffer = c.b1, .fuse = false}) |
+      rill::map(
+          [at, pos](item x) {
+            at(position::map, pos, x.src);
+            return x;
+          },
+          {.buffer = c.b1, .fuse = false}) |
+      rill::filter(
+          [at, pos](const item& x) {
+            at(position::filter, pos, x.src);
+            return true;
+          },
+          {.buffer = c.b2}) |
+      rill::flat_map(
+          [at, pos](item x) {
+            at(position::flat_map, pos, x.src);
+            return std::vector<item>{x};
+          },
+          {.buffer = c.b1, .fuse = false}) |
       rill::tap([at, pos](const item& x) { at(position::tap, pos, x.src); }, {.buffer = c.b2}) |
-      rill::par_map([at, pos](item x) {
-        at(position::par_map_ordered, pos, x.src);
-        return x;
-      }, {.workers = c.w, .ordered = true, .buffer = c.b1}) |
-      rill::par_map([at, pos](item x) {
-        at(position::par_map_unordered, pos, x.src);
-        return x;
-      }, {.workers = c.w, .ordered = pos != position::par_map_unordered, .buffer = c.b2}) |
+      rill::par_map(
+          [at, pos](item x) {
+            at(position::par_map_ordered, pos, x.src);
+            return x;
+          },
+          {.workers = c.w, .ordered = true, .buffer = c.b1}) |
+      rill::par_map(
+          [at, pos](item x) {
+            at(position::par_map_unordered, pos, x.src);
+            return x;
+          },
+          {.workers = c.w, .ordered = pos != position::par_map_unordered, .buffer = c.b2}) |
       rill::batch(3, {.buffer = c.b1}) |
-      rill::flat_map([at, pos](std::vector<item> b) {
-        for (const item& x : b) at(position::after_batch, pos, x.src);
-        return b;
-      }, {.fuse = false}) |
+      rill::flat_map(
+          [at, pos](std::vector<item> b) {
+            for (const item& x : b) at(position::after_batch, pos, x.src);
+            return b;
+          },
+          {.fuse = false}) |
       rill::map([at, pos](item x) {
         at(position::late_map, pos, x.src);
         return x;
@@ -268,7 +300,7 @@ void run_failing(const failure_case& c, long& delivered, int& max_src) {
 
 // check_failure(): the promises of a failed run, checked right after run() has thrown.
 void check_failure(const failure_case& c, long delivered, int max_src) {
-  CHECK(test::tracked::live.load() == 0);  // no item outlives run()
+  CHECK(test::tracked::live.load() == 0);      // no item outlives run()
   if (c.pos != position::par_map_unordered) {  // (there, later items may overtake item k)
     CHECK(delivered <= c.k);
     CHECK(max_src < c.k);  // nothing at or after the failing item reaches the terminal
@@ -289,7 +321,8 @@ TEST_CASE("pipeline property: random pipelines compute what the plain range-v3 l
   });
 }
 
-TEST_CASE("pipeline property: run() from a plain thread computes the same", "[pipeline][property]") {
+TEST_CASE("pipeline property: run() from a plain thread computes the same",
+          "[pipeline][property]") {
   const std::uint32_t seed = test::seed();
   INFO("seed " << seed << " (RILL_TEST_SEED replays it)");
   rand_gen r{std::mt19937(seed)};
@@ -301,7 +334,8 @@ TEST_CASE("pipeline property: run() from a plain thread computes the same", "[pi
     const unsigned w = r.workers();
     auto pipe = rill::from(v) | rill::map(f, {.buffer = r.buffer()}) |
                 rill::par_map(slow, {.workers = w, .ordered = r.coin(), .buffer = r.buffer()}) |
-                rill::filter([](long x) { return x % 3 != 0; }, {.fuse = r.coin()}) | rill::collect();
+                rill::filter([](long x) { return x % 3 != 0; }, {.fuse = r.coin()}) |
+                rill::collect();
     const std::vector<long> expect = v | rv::transform([](int x) { return 2L * f(x); }) |
                                      rv::filter([](long x) { return x % 3 != 0; }) |
                                      ranges::to<std::vector>();
@@ -327,8 +361,8 @@ TEST_CASE("pipeline property: an exception at a random item in any stage surface
     c.b2 = r.buffer();
     c.w = r.workers();
     INFO("run " << i << ": stage " << name(c.pos) << ", throws at " << c.k << " of " << c.n
-                << ", fusion " << c.fusion << ", buffers " << c.b1 << "/" << c.b2 << ", par_map workers "
-                << c.w);
+                << ", fusion " << c.fusion << ", buffers " << c.b1 << "/" << c.b2
+                << ", par_map workers " << c.w);
     long delivered = 0;
     int max_src = -1;
     if (i % 4 == 0) {  // from this thread, on the default runtime
@@ -361,11 +395,13 @@ TEST_CASE("pipeline property: cancel at a random moment ends the run, leaking no
     const unsigned w = r.workers();
     const std::size_t b = r.buffer();
     const int delay = r.between(0, 300);
-    INFO("run " << i << ": endless " << endless << ", n " << n << ", fusion " << fusion << ", delay " << delay);
+    INFO("run " << i << ": endless " << endless << ", n " << n << ", fusion " << fusion
+                << ", delay " << delay);
     auto make = [&] {
       return rill::from(ranges::views::iota(0, endless ? std::numeric_limits<int>::max() : n)) |
              rill::map([](int x) { return test::tracked(x); }, {.buffer = b, .fuse = r.coin()}) |
-             rill::par_map([](test::tracked t) { return t.v; }, {.workers = w, .ordered = r.coin(), .buffer = b}) |
+             rill::par_map([](test::tracked t) { return t.v; },
+                           {.workers = w, .ordered = r.coin(), .buffer = b}) |
              rill::filter([](int x) { return x % 5 != 0; }, {.fuse = r.coin()}) | rill::count();
     };
     const std::size_t expect = static_cast<std::size_t>(n - (n + 4) / 5);
@@ -417,7 +453,8 @@ struct layout {
   long sum_buffers = 0;
   long fibers = 1;
 };
-layout layout_of(const std::array<std::size_t, 3>& buffers, const std::array<bool, 3>& fuse, bool fusion) {
+layout layout_of(const std::array<std::size_t, 3>& buffers, const std::array<bool, 3>& fuse,
+                 bool fusion) {
   layout l;
   std::size_t last = rill::default_buffer;
   for (std::size_t i = 0; i < 3; ++i) {
@@ -460,8 +497,9 @@ TEST_CASE("pipeline property: take(n) stops the source within n + buffers + fibe
         l.sum_buffers += static_cast<long>(rill::default_buffer);
         ++l.fibers;
       }
-      INFO("buffers " << b[0] << "/" << b[1] << "/" << b[2] << ", fuse " << fuse[0] << fuse[1] << fuse[2]
-                      << ", fusion " << fusion << ", n " << n << ": produced " << produced.load());
+      INFO("buffers " << b[0] << "/" << b[1] << "/" << b[2] << ", fuse " << fuse[0] << fuse[1]
+                      << fuse[2] << ", fusion " << fusion << ", n " << n << ": produced "
+                      << produced.load());
       CHECK(produced.load() <= static_cast<long>(n) + l.sum_buffers + l.fibers);
     }
   });
@@ -496,8 +534,8 @@ TEST_CASE("pipeline property: with a slow sink, items in flight stay within buff
                   });
       pipe.run({.fusion = fusion});
       const layout l = layout_of(b, fuse, fusion);
-      INFO("buffers " << b[0] << "/" << b[1] << "/" << b[2] << ", fuse " << fuse[0] << fuse[1] << fuse[2]
-                      << ", fusion " << fusion << ": peak " << peak.load() << ", bound "
+      INFO("buffers " << b[0] << "/" << b[1] << "/" << b[2] << ", fuse " << fuse[0] << fuse[1]
+                      << fuse[2] << ", fusion " << fusion << ": peak " << peak.load() << ", bound "
                       << l.sum_buffers + l.fibers);
       CHECK(consumed.load() == n);
       CHECK(peak.load() <= l.sum_buffers + l.fibers);

@@ -2,20 +2,22 @@
 // where a run happens (plain thread, fiber, inline_run) and how it is laid out (fusion,
 // stats); start/cancel/stop_token; errors; backpressure; a 10,000-fiber chain and the prime
 // sieve. Stage-by-stage tests are in pipeline_test.cpp.
-#include <rill/pipeline.hpp>
-#include <rill/rill.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <functional>
 #include <list>
 #include <map>
 #include <memory>
 #include <numeric>
 #include <optional>
+#include <range/v3/view/filter.hpp>
+#include <range/v3/view/iota.hpp>
+#include <range/v3/view/take.hpp>
+#include <range/v3/view/transform.hpp>
 #include <ranges>
+#include <rill/pipeline.hpp>
+#include <rill/rill.hpp>
 #include <set>
 #include <stdexcept>
 #include <stop_token>
@@ -23,11 +25,6 @@
 #include <thread>
 #include <type_traits>
 #include <vector>
-
-#include <range/v3/view/filter.hpp>
-#include <range/v3/view/iota.hpp>
-#include <range/v3/view/take.hpp>
-#include <range/v3/view/transform.hpp>
 
 #include "support/pipeline_support.hpp"
 #include "support/run_with.hpp"
@@ -40,9 +37,11 @@ using test::no_default;
 
 TEST_CASE("pipeline: stages compose before a source exists (fragments)", "[pipeline][compose]") {
   test::leak_gate gate;  // runs on the default runtime
-  auto odd_squares = rill::filter([](int v) { return v % 2 == 1; }) | rill::map([](int v) { return v * v; });
+  auto odd_squares =
+      rill::filter([](int v) { return v % 2 == 1; }) | rill::map([](int v) { return v * v; });
   auto summed = rill::map([](int v) { return v + 1; }) | rill::reduce(0, std::plus<>{});
-  CHECK((rill::from(iota_vec(6)) | odd_squares | rill::collect()).run() == std::vector<int>{1, 9, 25});
+  CHECK((rill::from(iota_vec(6)) | odd_squares | rill::collect()).run() ==
+        std::vector<int>{1, 9, 25});
   CHECK((rill::from(iota_vec(6)) | odd_squares | summed).run() == 2 + 10 + 26);
   CHECK((rill::from(iota_vec(4)) | summed).run() == 10);
 }
@@ -131,7 +130,8 @@ TEST_CASE("pipeline: inline_run gives the same order on every run, even unordere
   test::wait_no_leaks();
 }
 
-TEST_CASE("pipeline: stats show fusion: one fiber fused, one per stage unfused", "[pipeline][run]") {
+TEST_CASE("pipeline: stats show fusion: one fiber fused, one per stage unfused",
+          "[pipeline][run]") {
   test::run_with(2, [] {
     auto p = rill::from(iota_vec(100)) | rill::map([](int v) { return v * 2; }) |
              rill::filter([](int v) { return v % 3 == 0; }) | rill::reduce(0L, std::plus<>{});
@@ -151,13 +151,12 @@ TEST_CASE("pipeline: start() then cancel() stops an endless pipeline", "[pipelin
   auto fuse = GENERATE(true, false);
   test::run_with(workers, [fuse] {
     std::atomic<long> seen{0};
-    auto h = (rill::from(ranges::views::iota(0)) | rill::map([](long v) { return v; }) |
-              rill::par_map([](long v) { return v; }, {.workers = 2}) |
-              rill::for_each([&seen](long) {
-                ++seen;
-                rill::this_fiber::yield();
-              }))
-                 .start({.fusion = fuse});
+    auto h =
+        (rill::from(ranges::views::iota(0)) | rill::map([](long v) { return v; }) |
+         rill::par_map([](long v) { return v; }, {.workers = 2}) | rill::for_each([&seen](long) {
+           ++seen;
+           rill::this_fiber::yield();
+         })).start({.fusion = fuse});
     while (seen.load() < 100) rill::this_fiber::yield();
     h.cancel();
     CHECK_THROWS_AS(h.wait(), rill::pipeline_cancelled);
@@ -173,8 +172,7 @@ TEST_CASE("pipeline: a handle that is not waited for cancels and waits on destru
       auto h = (rill::from(ranges::views::iota(0)) | rill::for_each([&seen](int) {
                   ++seen;
                   rill::this_fiber::yield();
-                }))
-                   .start();
+                })).start();
       while (seen.load() < 10) rill::this_fiber::yield();
     }  // ~pipeline_handle: cancel, wait
     const long after = seen.load();
@@ -240,8 +238,9 @@ TEST_CASE("pipeline: a stage that swallows every exception still stops on cancel
     };
     auto h = (rill::from(ranges::views::iota(0)) | rill::map(swallow) |
               rill::par_map(swallow, {.workers = 2}) | rill::filter([](long) { return true; }) |
-              rill::for_each([swallow](long v) { (void)swallow(v); }))
-                 .start({.fusion = fuse});
+              rill::for_each([swallow](long v) {
+                (void)swallow(v);
+              })).start({.fusion = fuse});
     while (seen.load() < 300) rill::this_fiber::yield();
     h.cancel();
     CHECK_THROWS_AS(h.wait(), rill::pipeline_cancelled);
@@ -276,11 +275,14 @@ TEST_CASE("pipeline: no item outlives run() after a failure", "[pipeline][error]
   test::run_with(workers, [] {
     for (int k = 0; k < 50; ++k) {
       auto p = rill::from(iota_vec(5000)) | rill::map([](int v) { return test::tracked(v); }) |
-               rill::map([k](test::tracked t) {
-                 if (t.v == 100 * k) throw test::boom(t.v);
-                 return t;
-               }, {.buffer = 64}) |
-               rill::stage_boundary | rill::par_map([](test::tracked t) { return t; }, {.workers = 2}) |
+               rill::map(
+                   [k](test::tracked t) {
+                     if (t.v == 100 * k) throw test::boom(t.v);
+                     return t;
+                   },
+                   {.buffer = 64}) |
+               rill::stage_boundary |
+               rill::par_map([](test::tracked t) { return t; }, {.workers = 2}) |
                rill::for_each([](const test::tracked& t) {
                  if (t.v == 4000) throw test::boom(t.v);
                });
@@ -332,8 +334,7 @@ TEST_CASE("pipeline: a slow sink holds back a fast source (in flight <= buffers 
                return i++;
              }) |
              rill::map([](long v) { return v; }, {.buffer = buffer, .fuse = false}) |
-             rill::tap([](long) {}, {.buffer = buffer, .fuse = false}) |
-             rill::for_each([&](long) {
+             rill::tap([](long) {}, {.buffer = buffer, .fuse = false}) | rill::for_each([&](long) {
                const long f = produced.load() - consumed.load();
                if (f > peak.load()) peak = f;
                ++consumed;
@@ -358,12 +359,14 @@ TEST_CASE("pipeline: ordered par_map bounds its reorder window when one item is 
                ++produced;
                return i++;
              }) |
-             rill::par_map([](long v) {
-               if (v % 5000 == 0) {
-                 for (int k = 0; k < 3000; ++k) rill::this_fiber::yield();
-               }
-               return v;
-             }, {.workers = workers, .ordered = true, .buffer = 16}) |
+             rill::par_map(
+                 [](long v) {
+                   if (v % 5000 == 0) {
+                     for (int k = 0; k < 3000; ++k) rill::this_fiber::yield();
+                   }
+                   return v;
+                 },
+                 {.workers = workers, .ordered = true, .buffer = 16}) |
              rill::for_each([&](long) {
                const long f = produced.load() - consumed.load();
                if (f > peak.load()) peak = f;
@@ -391,7 +394,8 @@ TEST_CASE("pipeline: a daisy chain of 10,000 pipelines, one fiber each", "[pipel
     stages.reserve(static_cast<std::size_t>(n));
     for (int i = 0; i < n; ++i) {
       stages.push_back((rill::from(links[static_cast<std::size_t>(i)]) |
-                        rill::map([](int v) { return v + 1; }) | rill::to(links[static_cast<std::size_t>(i) + 1]))
+                        rill::map([](int v) { return v + 1; }) |
+                        rill::to(links[static_cast<std::size_t>(i) + 1]))
                            .start());
     }
     CHECK(rill::runtime_stats().live_fibers >= static_cast<std::size_t>(n) + 1);
@@ -406,7 +410,6 @@ TEST_CASE("pipeline: a daisy chain of 10,000 pipelines, one fiber each", "[pipel
   });
 }
 
-
 TEST_CASE("pipeline: Go's prime sieve with one pipeline per prime", "[pipeline][chain]") {
   auto workers = GENERATE(1u, 2u);
   constexpr int count = test::sanitized ? 200 : 1000;
@@ -417,7 +420,8 @@ TEST_CASE("pipeline: Go's prime sieve with one pipeline per prime", "[pipeline][
   });
 }
 
-TEST_CASE("pipeline: Go's prime sieve with rill::go and filters as pipelines", "[pipeline][chain]") {
+TEST_CASE("pipeline: Go's prime sieve with rill::go and filters as pipelines",
+          "[pipeline][chain]") {
   constexpr int count = test::sanitized ? 200 : 1000;
   test::run_with(2, [] {
     rill::chan<int> ch;
@@ -431,7 +435,8 @@ TEST_CASE("pipeline: Go's prime sieve with rill::go and filters as pipelines", "
       primes.push_back(prime);
       rill::chan<int> next;
       rill::go([in = ch, next, prime] {
-        (rill::from(in) | rill::filter([prime](int v) { return v % prime != 0; }) | rill::to(next)).run();
+        (rill::from(in) | rill::filter([prime](int v) { return v % prime != 0; }) | rill::to(next))
+            .run();
       });
       ch = next;
     }

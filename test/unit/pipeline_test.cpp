@@ -1,20 +1,22 @@
 // Tests of the pipeline DSL, stage by stage: every source, stage, option and terminal.
 // Composition, where a run happens, cancellation, errors, backpressure and many fibers are in
 // pipeline_run_test.cpp; randomized comparisons with plain loops in pipeline_property_test.cpp.
-#include <rill/pipeline.hpp>
-#include <rill/rill.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <functional>
 #include <list>
 #include <map>
 #include <memory>
 #include <numeric>
 #include <optional>
+#include <range/v3/view/filter.hpp>
+#include <range/v3/view/iota.hpp>
+#include <range/v3/view/take.hpp>
+#include <range/v3/view/transform.hpp>
 #include <ranges>
+#include <rill/pipeline.hpp>
+#include <rill/rill.hpp>
 #include <set>
 #include <stdexcept>
 #include <stop_token>
@@ -23,18 +25,12 @@
 #include <type_traits>
 #include <vector>
 
-#include <range/v3/view/filter.hpp>
-#include <range/v3/view/iota.hpp>
-#include <range/v3/view/take.hpp>
-#include <range/v3/view/transform.hpp>
-
 #include "support/pipeline_support.hpp"
 #include "support/run_with.hpp"
 
 using test::churn;
 using test::iota_vec;
 using test::no_default;
-
 
 // ---- sources ---------------------------------------------------------------------------
 
@@ -59,14 +55,16 @@ TEST_CASE("pipeline: from(lvalue container) refers to it and leaves it unchanged
   std::list<int> l{3, 1, 2};
   CHECK((rill::from(l) | rill::collect()).run() == std::vector<int>{3, 1, 2});
   const std::map<int, char> m{{1, 'a'}, {2, 'b'}};
-  auto keys = rill::from(m) | rill::map([](const std::pair<const int, char>& kv) { return kv.first; }) |
+  auto keys = rill::from(m) |
+              rill::map([](const std::pair<const int, char>& kv) { return kv.first; }) |
               rill::collect();
   CHECK(keys.run() == std::vector<int>{1, 2});
 }
 
 TEST_CASE("pipeline: from(range-v3 views), rvalue and lvalue", "[pipeline][source]") {
   test::leak_gate gate;  // runs on the default runtime
-  auto evens = ranges::views::iota(0, 100) | ranges::views::filter([](int x) { return x % 2 == 0; }) |
+  auto evens = ranges::views::iota(0, 100) |
+               ranges::views::filter([](int x) { return x % 2 == 0; }) |
                ranges::views::transform([](int x) { return x * 10; });
   auto p = rill::from(evens) | rill::reduce(0L, std::plus<>{});
   CHECK(p.run() == 10L * 2450);
@@ -127,7 +125,8 @@ TEST_CASE("pipeline: from(chan) with take leaves the rest in the channel", "[pip
   });
 }
 
-TEST_CASE("pipeline: from(chan) waiting on an empty channel stops on cancel", "[pipeline][source]") {
+TEST_CASE("pipeline: from(chan) waiting on an empty channel stops on cancel",
+          "[pipeline][source]") {
   auto workers = GENERATE(1u, 2u);
   test::run_with(workers, [] {
     rill::chan<int> c;
@@ -147,8 +146,9 @@ TEST_CASE("pipeline: from(chan) stops on cancel even if the channel never runs d
     std::atomic<long> seen{0};
     // Each item is fed back into the source channel: try_recv() always finds one.
     auto h = (rill::from(c) | rill::tap([c](int v) mutable { (void)c.try_send(v + 1); }) |
-              rill::for_each([&](int) { ++seen; }))
-                 .start();
+              rill::for_each([&](int) {
+                ++seen;
+              })).start();
     while (seen.load() < 100) rill::this_fiber::yield();
     h.cancel();
     CHECK_THROWS_AS(h.wait(), rill::pipeline_cancelled);
@@ -168,7 +168,8 @@ TEST_CASE("pipeline: generate(f) calls f until it returns nullopt", "[pipeline][
   CHECK(calls == 101);
   // An infinite generator is stopped by take after exactly n calls (fused).
   int n = 0;
-  auto q = rill::generate([&n]() -> std::optional<int> { return n++; }) | rill::take(7) | rill::count();
+  auto q =
+      rill::generate([&n]() -> std::optional<int> { return n++; }) | rill::take(7) | rill::count();
   CHECK(q.run() == 7);
   CHECK(n == 7);
 }
@@ -182,14 +183,14 @@ TEST_CASE("pipeline: merge interleaves sources, each keeping its order", "[pipel
       c.close();
     });
     int g = 0;
-    auto p = rill::merge(rill::from(iota_vec(1000)),
-                         rill::from(iota_vec(700)) | rill::map([](int v) { return 10000 + churn(v); }),
-                         rill::from(c),
-                         rill::generate([&g]() -> std::optional<int> {
-                           if (g == 300) return std::nullopt;
-                           return 30000 + g++;
-                         })) |
-             rill::collect();
+    auto p =
+        rill::merge(rill::from(iota_vec(1000)),
+                    rill::from(iota_vec(700)) | rill::map([](int v) { return 10000 + churn(v); }),
+                    rill::from(c), rill::generate([&g]() -> std::optional<int> {
+                      if (g == 300) return std::nullopt;
+                      return 30000 + g++;
+                    })) |
+        rill::collect();
     const std::vector<int> out = p.run();
     REQUIRE(out.size() == 1000 + 700 + 500 + 300);
     std::vector<int> parts[4];
@@ -236,7 +237,8 @@ TEST_CASE("pipeline: filter keeps the items its predicate accepts", "[pipeline][
   auto fuse = GENERATE(true, false);
   auto p = rill::from(iota_vec(100)) | rill::filter([](int v) { return v % 7 == 0; }) |
            rill::filter([](int v) { return v > 20; }) | rill::collect();
-  CHECK(p.run({.fusion = fuse}) == std::vector<int>{21, 28, 35, 42, 49, 56, 63, 70, 77, 84, 91, 98});
+  CHECK(p.run({.fusion = fuse}) ==
+        std::vector<int>{21, 28, 35, 42, 49, 56, 63, 70, 77, 84, 91, 98});
   CHECK((rill::from(iota_vec(10)) | rill::filter([](int) { return false; }) | rill::count())
             .run({.fusion = fuse}) == 0);
 }
@@ -244,12 +246,13 @@ TEST_CASE("pipeline: filter keeps the items its predicate accepts", "[pipeline][
 TEST_CASE("pipeline: flat_map expands each item into a range, in order", "[pipeline][stage]") {
   test::leak_gate gate;  // runs on the default runtime
   auto fuse = GENERATE(true, false);
-  auto rep = rill::from(iota_vec(4)) |
-             rill::flat_map([](int v) { return std::vector<int>(static_cast<std::size_t>(v), v); }) |
-             rill::collect();
+  auto rep =
+      rill::from(iota_vec(4)) |
+      rill::flat_map([](int v) { return std::vector<int>(static_cast<std::size_t>(v), v); }) |
+      rill::collect();
   CHECK(rep.run({.fusion = fuse}) == std::vector<int>{1, 2, 2, 3, 3, 3});
-  auto view = rill::from(iota_vec(4)) | rill::flat_map([](int v) { return ranges::views::iota(0, v); }) |
-              rill::collect();
+  auto view = rill::from(iota_vec(4)) |
+              rill::flat_map([](int v) { return ranges::views::iota(0, v); }) | rill::collect();
   CHECK(view.run({.fusion = fuse}) == std::vector<int>{0, 0, 1, 0, 1, 2});
 }
 
@@ -302,7 +305,8 @@ TEST_CASE("pipeline: batch groups n items; the last group may be short", "[pipel
         std::vector<std::vector<int>>{{0, 1, 2}, {3, 4, 5}, {6, 7, 8}, {9}});
   CHECK((rill::from(iota_vec(4)) | rill::batch(1) | rill::count()).run({.fusion = fuse}) == 4);
   CHECK((rill::from(iota_vec(4)) | rill::batch(4) | rill::count()).run({.fusion = fuse}) == 1);
-  CHECK((rill::from(std::vector<int>{}) | rill::batch(4) | rill::count()).run({.fusion = fuse}) == 0);
+  CHECK((rill::from(std::vector<int>{}) | rill::batch(4) | rill::count()).run({.fusion = fuse}) ==
+        0);
 }
 
 TEST_CASE("pipeline: unbatch flattens batches; batch | unbatch is the identity",
@@ -328,7 +332,8 @@ TEST_CASE("pipeline: par_map ordered gives map's output in order, workers 1..4",
     std::vector<int> expect = iota_vec(2000);
     for (int& v : expect) v = v * 3 + 1;
     auto p = rill::from(iota_vec(2000)) |
-             rill::par_map([](int v) { return churn(v) * 3 + 1; }, {.workers = workers, .ordered = true}) |
+             rill::par_map([](int v) { return churn(v) * 3 + 1; },
+                           {.workers = workers, .ordered = true}) |
              rill::collect();
     CHECK(p.run() == expect);
     const auto fibers = p.stats().fibers;
@@ -341,7 +346,8 @@ TEST_CASE("pipeline: par_map unordered gives every result once, workers 1..4",
   auto workers = GENERATE(1u, 2u, 3u, 4u);
   test::run_with(2, [workers] {
     auto p = rill::from(iota_vec(2000)) |
-             rill::par_map([](int v) { return churn(v) * 3 + 1; }, {.workers = workers, .ordered = false}) |
+             rill::par_map([](int v) { return churn(v) * 3 + 1; },
+                           {.workers = workers, .ordered = false}) |
              rill::collect();
     std::vector<int> out = p.run();
     std::sort(out.begin(), out.end());
@@ -367,7 +373,8 @@ TEST_CASE("pipeline: par_maps in a row, then take", "[pipeline][stage][par_map]"
   test::run_with(2, [ordered] {
     auto p = rill::from(iota_vec(3000)) |
              rill::par_map([](int v) { return churn(v); }, {.workers = 3, .ordered = ordered}) |
-             rill::par_map([](int v) { return v * 2; }, {.workers = 2, .ordered = ordered, .buffer = 8}) |
+             rill::par_map([](int v) { return v * 2; },
+                           {.workers = 2, .ordered = ordered, .buffer = 8}) |
              rill::collect();
     std::vector<int> out = p.run();
     if (!ordered) std::sort(out.begin(), out.end());
@@ -383,8 +390,8 @@ TEST_CASE("pipeline: par_maps in a row, then take", "[pipeline][stage][par_map]"
 
 TEST_CASE("pipeline: stage_boundary starts a new fiber, same results", "[pipeline][stage]") {
   test::leak_gate gate;  // runs on the default runtime
-  auto p = rill::from(iota_vec(100)) | rill::map([](int v) { return v + 1; }) | rill::stage_boundary |
-           rill::map([](int v) { return v * 2; }) | rill::collect();
+  auto p = rill::from(iota_vec(100)) | rill::map([](int v) { return v + 1; }) |
+           rill::stage_boundary | rill::map([](int v) { return v * 2; }) | rill::collect();
   std::vector<int> expect = iota_vec(100, 1);
   for (int& v : expect) v *= 2;
   CHECK(p.run() == expect);
@@ -394,8 +401,8 @@ TEST_CASE("pipeline: stage_boundary starts a new fiber, same results", "[pipelin
 TEST_CASE("pipeline: {.fuse = false} gives a stage a fiber of its own", "[pipeline][stage]") {
   test::leak_gate gate;  // runs on the default runtime
   auto p = rill::from(iota_vec(100)) | rill::map([](int v) { return v + 1; }) |
-           rill::filter([](int v) { return v % 2 == 0; }, {.fuse = false}) |
-           rill::tap([](int) {}) | rill::count();
+           rill::filter([](int v) { return v % 2 == 0; }, {.fuse = false}) | rill::tap([](int) {}) |
+           rill::count();
   CHECK(p.run() == 50);
   CHECK(p.stats().fibers == std::vector<std::string>{"from|map#1", "filter#2|tap#3|count"});
 }
@@ -419,10 +426,12 @@ TEST_CASE("pipeline: {.buffer = n} of any size gives the same results", "[pipeli
 TEST_CASE("pipeline: {.name} names a stage in stats and in failed_stage()", "[pipeline][stage]") {
   test::leak_gate gate;  // runs on the default runtime
   auto p = rill::from(iota_vec(10)) | rill::map([](int v) { return v; }, {.name = "identity"}) |
-           rill::map([](int v) {
-             if (v == 5) throw test::boom(v);
-             return v;
-           }, {.fuse = false, .name = "explode"}) |
+           rill::map(
+               [](int v) {
+                 if (v == 5) throw test::boom(v);
+                 return v;
+               },
+               {.fuse = false, .name = "explode"}) |
            rill::count();
   CHECK_THROWS_AS(p.run(), test::boom);
   CHECK(p.stats().fibers == std::vector<std::string>{"from|identity", "explode|count"});
@@ -454,8 +463,9 @@ TEST_CASE("pipeline: reduce folds left to right from init", "[pipeline][terminal
   auto fuse = GENERATE(true, false);
   auto sum = rill::from(iota_vec(1000)) | rill::reduce(0L, std::plus<>{});
   CHECK(sum.run({.fusion = fuse}) == 999L * 1000 / 2);
-  auto cat = rill::from(std::vector<std::string>{"a", "b", "c", "d"}) |
-             rill::reduce(std::string(">"), [](std::string acc, const std::string& s) { return acc + s; });
+  auto cat =
+      rill::from(std::vector<std::string>{"a", "b", "c", "d"}) |
+      rill::reduce(std::string(">"), [](std::string acc, const std::string& s) { return acc + s; });
   CHECK(cat.run({.fusion = fuse}) == ">abcd");
   auto empty = rill::from(std::vector<int>{}) | rill::reduce(7, std::plus<>{});
   CHECK(empty.run({.fusion = fuse}) == 7);
@@ -464,7 +474,8 @@ TEST_CASE("pipeline: reduce folds left to right from init", "[pipeline][terminal
                   ++m[c];
                   return m;
                 });
-  CHECK(counts.run({.fusion = fuse}) == std::map<char, int>{{'a', 5}, {'b', 2}, {'c', 1}, {'d', 1}, {'r', 2}});
+  CHECK(counts.run({.fusion = fuse}) ==
+        std::map<char, int>{{'a', 5}, {'b', 2}, {'c', 1}, {'d', 1}, {'r', 2}});
 }
 
 TEST_CASE("pipeline: count and collect", "[pipeline][terminal]") {
@@ -473,9 +484,9 @@ TEST_CASE("pipeline: count and collect", "[pipeline][terminal]") {
   CHECK((rill::from(iota_vec(12345)) | rill::count()).run({.fusion = fuse}) == 12345);
   CHECK((rill::from(std::vector<int>{}) | rill::count()).run({.fusion = fuse}) == 0);
   CHECK((rill::from(std::vector<int>{}) | rill::collect()).run({.fusion = fuse}).empty());
-  std::vector<no_default> nd = (rill::from(iota_vec(3)) | rill::map([](int v) { return no_default(v); }) |
-                                rill::collect())
-                                   .run({.fusion = fuse});
+  std::vector<no_default> nd =
+      (rill::from(iota_vec(3)) | rill::map([](int v) { return no_default(v); }) | rill::collect())
+          .run({.fusion = fuse});
   REQUIRE(nd.size() == 3);
   CHECK(nd[2].v == 2);
 }
@@ -504,7 +515,8 @@ TEST_CASE("pipeline: to(chan) sends every item, then closes the channel", "[pipe
   });
 }
 
-TEST_CASE("pipeline: to(chan) closes the channel when the run fails", "[pipeline][terminal][error]") {
+TEST_CASE("pipeline: to(chan) closes the channel when the run fails",
+          "[pipeline][terminal][error]") {
   auto workers = GENERATE(1u, 2u);
   auto fuse = GENERATE(true, false);
   test::run_with(workers, [fuse] {

@@ -1,16 +1,14 @@
 // Tests of the runtime: run(), go(), yield, options, stats, parallelism, stealing, and
 // fibers made ready from plain threads.
-#include <rill/rill.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <cstdlib>
 #include <future>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <rill/rill.hpp>
 #include <set>
 #include <stdexcept>
 #include <string>

@@ -1,14 +1,12 @@
 // Tests of rill/sync.hpp: wait_group, mutex, condition_variable, once_flag, from fibers
 // and from plain threads.
-#include <rill/rill.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <algorithm>
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
+#include <rill/rill.hpp>
 #include <stdexcept>
 #include <thread>
 #include <vector>
@@ -315,7 +313,7 @@ TEST_CASE("condition_variable: bounded producer/consumer delivers every item onc
     constexpr std::size_t cap = 8;
     rill::mutex m;
     rill::condition_variable not_empty, not_full;
-    std::deque<int> q;         // guarded by m
+    std::deque<int> q;               // guarded by m
     int producers_left = producers;  // guarded by m
     std::atomic<long> sum{0};
     std::atomic<int> count{0};
@@ -486,8 +484,7 @@ TEST_CASE("once_flag: call_once runs f exactly once; every caller sees its effec
 TEST_CASE("once_flag: an exception from f leaves the flag unset", "[sync][once]") {
   test::run_with(2, [] {
     rill::once_flag once;
-    CHECK_THROWS_AS(once.call_once([] { throw std::runtime_error("first"); }),
-                    std::runtime_error);
+    CHECK_THROWS_AS(once.call_once([] { throw std::runtime_error("first"); }), std::runtime_error);
     int n = 0;
     once.call_once([&] { ++n; });
     once.call_once([&] { ++n; });

@@ -1,14 +1,12 @@
 // Timers: this_fiber::sleep_for / sleep_until park the fiber (not its thread) for at least
 // the requested time; many sleepers all wake; zero and negative durations yield; nothing is
 // left pending.
-#include <rill/rill.hpp>
-
-#include <catch2/catch.hpp>
-
 #include <atomic>
+#include <catch2/catch.hpp>
 #include <chrono>
 #include <optional>
 #include <random>
+#include <rill/rill.hpp>
 #include <thread>
 #include <vector>
 
@@ -195,9 +193,10 @@ TEST_CASE("timer: no timer is left pending after sleepers finish", "[timer]") {
   CHECK(rill::global_stats().pending_timers == 0);
 }
 
-TEST_CASE("timer: select timeouts with random deadlines, half raced by a value, each end once "
-          "and none early (the timer heap under arbitrary removals)",
-          "[timer]") {
+TEST_CASE(
+    "timer: select timeouts with random deadlines, half raced by a value, each end once "
+    "and none early (the timer heap under arbitrary removals)",
+    "[timer]") {
   // Every parked select arms a timer; those that receive first cancel it, which removes an
   // arbitrary node from the runtime's timer heap (a pairing heap) while others are added
   // and popped.

@@ -93,9 +93,9 @@ class chan_core {
     const bool r = send_ready();
     return mu_.read_valid(v) ? r : -1;
   }
-  std::size_t head_ = 0;   // guarded by mu_: next slot to receive from
-  wait_list recvq_;        // guarded by mu_
-  wait_list sendq_;        // guarded by mu_
+  std::size_t head_ = 0;  // guarded by mu_: next slot to receive from
+  wait_list recvq_;       // guarded by mu_
+  wait_list sendq_;       // guarded by mu_
   const chan_ops* ops_ = nullptr;
   std::atomic<long> refs_{1};
   char* buf_ = nullptr;
@@ -109,7 +109,7 @@ enum class case_kind : std::uint8_t { recv, send, timeout, otherwise };
 struct select_case {
   chan_core* ch = nullptr;  // nullptr: a nil channel (never ready), or a timeout/default
   case_kind kind = case_kind::recv;
-  void* slot = nullptr;     // recv: std::optional<T>*; send: T*
+  void* slot = nullptr;       // recv: std::optional<T>*; send: T*
   std::int64_t deadline = 0;  // timeout: now_ns() deadline
 };
 

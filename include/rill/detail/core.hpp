@@ -94,13 +94,13 @@ class spinlock {
 struct waiter {
   waiter* next = nullptr;
   waiter* prev = nullptr;
-  fiber* who = nullptr;                  // nullptr: a plain thread, woken through `futex`
-  std::atomic<std::uint32_t> futex{0};   // thread waiters: 1 once woken
-  void* slot = nullptr;                  // per-use payload (e.g. the value being handed over)
-  void* select = nullptr;                // per-use: the select this waiter belongs to
-  int index = 0;                         // per-use: the select case this waiter stands for
-  bool success = false;                  // per-use: set by the waker before waking
-  bool linked = false;                   // on a wait_list (guarded by that list's lock)
+  fiber* who = nullptr;                 // nullptr: a plain thread, woken through `futex`
+  std::atomic<std::uint32_t> futex{0};  // thread waiters: 1 once woken
+  void* slot = nullptr;                 // per-use payload (e.g. the value being handed over)
+  void* select = nullptr;               // per-use: the select this waiter belongs to
+  int index = 0;                        // per-use: the select case this waiter stands for
+  bool success = false;                 // per-use: set by the waker before waking
+  bool linked = false;                  // on a wait_list (guarded by that list's lock)
 };
 
 // wait_list: an intrusive FIFO of waiters. Not synchronized: guarded by its owner's lock.
@@ -110,8 +110,7 @@ struct wait_list {
   waiter* tail = nullptr;
   wait_list() = default;
   // Moving takes every waiter, leaving `o` empty.
-  wait_list(wait_list&& o) noexcept
-      : head(o.head.load(std::memory_order_relaxed)), tail(o.tail) {
+  wait_list(wait_list&& o) noexcept : head(o.head.load(std::memory_order_relaxed)), tail(o.tail) {
     o.head.store(nullptr, std::memory_order_relaxed);
     o.tail = nullptr;
   }

@@ -211,10 +211,10 @@ class pipe_ctx {
 
  private:
   spinlock mu_;
-  std::exception_ptr error_;                  // guarded by mu_
-  std::string failed_stage_;                  // guarded by mu_
-  std::vector<chan_handle> links_;            // guarded by mu_
-  pipeline_stats stats_;                      // guarded by mu_
+  std::exception_ptr error_;        // guarded by mu_
+  std::string failed_stage_;        // guarded by mu_
+  std::vector<chan_handle> links_;  // guarded by mu_
+  pipeline_stats stats_;            // guarded by mu_
   std::atomic<bool> user_cancelled_{false};
 };
 
@@ -316,7 +316,8 @@ class link_writer {
       return flush();
     }
     cur_.items.push_back(std::forward<V>(v));  // never reallocates: reserved to b_
-    if (cur_.items.size() < b_) [[likely]] return true;
+    if (cur_.items.size() < b_) [[likely]]
+      return true;
     return flush();
   }
   // flush() sends the partial batch; false once the reader has stopped.

@@ -89,12 +89,11 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
 // cut(): the segment so far runs in a new fiber, feeding a link; building goes on from the
 // link's reader, in the calling fiber.
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
-void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg,
-         std::size_t buffer) {
+void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, std::size_t buffer) {
   const link_shape shape = shape_for(buffer);
   auto l = ctx.template link<link_chan<In>>(shape.capacity);
-  ctx.spawn(std::move(seg),
-            [drive = std::move(drive), w = link_writer<In>(l, shape.batch)]() mutable { drive(w); });
+  ctx.spawn(std::move(seg), [drive = std::move(drive),
+                             w = link_writer<In>(l, shape.batch)]() mutable { drive(w); });
   build<I, In>(st, tail, ctx, link_driver<In>{l}, true, std::string(), default_buffer);
 }
 
@@ -187,11 +186,10 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
         });
       }
       if (s.opt.ordered) {
-        build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out, tokens}, true,
-                          std::string(), s.opt.buffer);
-      } else {
-        build<I + 1, Out>(st, tail, ctx, link_driver<Out>{out}, true, std::string(),
+        build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out, tokens}, true, std::string(),
                           s.opt.buffer);
+      } else {
+        build<I + 1, Out>(st, tail, ctx, link_driver<Out>{out}, true, std::string(), s.opt.buffer);
       }
     } else {
       if (!fresh && (!ctx.fusion || !s.opt.fuse)) {
@@ -203,8 +201,7 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
         drive(sink);
       };
       build<I + 1, Out>(st, tail, ctx, std::move(next), false,
-                        join(std::move(seg), stage_name(s.opt.name, S::kind, index)),
-                        s.opt.buffer);
+                        join(std::move(seg), stage_name(s.opt.name, S::kind, index)), s.opt.buffer);
     }
   }
 }
@@ -227,9 +224,10 @@ void merge_source<Flows...>::drive(Sink& sink, pipe_ctx& ctx) {
   auto writers = std::make_shared<std::atomic<int>>(static_cast<int>(sizeof...(Flows)));
   std::apply(
       [&](auto&... fl) {
-        (ctx.spawn("merge", [&fl, &ctx, tail = link_tail<T>{l, shape.batch, writers}]() mutable {
-          build_flow(fl, tail, ctx);
-        }),
+        (ctx.spawn("merge",
+                   [&fl, &ctx, tail = link_tail<T>{l, shape.batch, writers}]() mutable {
+                     build_flow(fl, tail, ctx);
+                   }),
          ...);
       },
       flows);
@@ -257,7 +255,8 @@ struct pipeline_model final : pipeline_impl<R> {
 
   R execute(pipe_ctx& ctx) override {
     using In = typename Flow::value_type;
-    terminal_tail<Term, In> tail{&term, {}, static_cast<int>(std::tuple_size_v<decltype(flow.stages)>) + 1};
+    terminal_tail<Term, In> tail{
+        &term, {}, static_cast<int>(std::tuple_size_v<decltype(flow.stages)>) + 1};
     try {
       build_flow(flow, tail, ctx);
     } catch (const stage_failed&) {
@@ -488,20 +487,20 @@ auto finish_with(flow<Src, Have...>&& f, Term&& t) {
     return poisoned{};
   } else {
     using R = typename T::template result_t<In>;
-    return pipeline<R>(std::make_shared<pipeline_model<R, F, T>>(std::move(f), std::forward<Term>(t)));
+    return pipeline<R>(
+        std::make_shared<pipeline_model<R, F, T>>(std::move(f), std::forward<Term>(t)));
   }
 }
 
 // source | stage(s)
 template <class Src, class... Have, class St>
-  requires(is_stage_v<St> && !std::is_same_v<std::remove_cvref_t<St>, poisoned>)
-auto operator|(flow<Src, Have...> f, St st) {
+requires(is_stage_v<St> && !std::is_same_v<std::remove_cvref_t<St>, poisoned>) auto operator|(
+    flow<Src, Have...> f, St st) {
   return append(std::move(f), as_stages<St>::get(std::move(st)));
 }
 // source | terminal
 template <class Src, class... Have, class T>
-  requires(is_terminal_v<T> && !is_stage_v<T>)
-auto operator|(flow<Src, Have...> f, T t) {
+requires(is_terminal_v<T> && !is_stage_v<T>) auto operator|(flow<Src, Have...> f, T t) {
   return finish_with(std::move(f), std::move(t));
 }
 // source | stages + terminal
@@ -516,18 +515,22 @@ auto operator|(flow<Src, Have...> f, sink_fragment<Term, S...> sf) {
 }
 // stage | stage: a fragment
 template <class A, class B>
-  requires(is_stage_v<A> && is_stage_v<B> && !is_source_v<A> && !is_terminal_v<B>)
-auto operator|(A a, B b) {
-  return std::apply([](auto&&... s) { return fragment<std::remove_cvref_t<decltype(s)>...>{{}, {std::move(s)...}}; },
-                    std::tuple_cat(as_stages<A>::get(std::move(a)), as_stages<B>::get(std::move(b))));
+requires(is_stage_v<A>&& is_stage_v<B> && !is_source_v<A> && !is_terminal_v<B>) auto operator|(
+    A a, B b) {
+  return std::apply(
+      [](auto&&... s) {
+        return fragment<std::remove_cvref_t<decltype(s)>...>{{}, {std::move(s)...}};
+      },
+      std::tuple_cat(as_stages<A>::get(std::move(a)), as_stages<B>::get(std::move(b))));
 }
 // stage | terminal: a sink fragment
 template <class A, class T>
-  requires(is_stage_v<A> && !is_source_v<A> && is_terminal_v<T> && !is_stage_v<T>)
-auto operator|(A a, T t) {
+requires(is_stage_v<A> && !is_source_v<A> && is_terminal_v<T> && !is_stage_v<T>) auto operator|(
+    A a, T t) {
   return std::apply(
       [&](auto&&... s) {
-        return sink_fragment<T, std::remove_cvref_t<decltype(s)>...>{{}, {std::move(s)...}, std::move(t)};
+        return sink_fragment<T, std::remove_cvref_t<decltype(s)>...>{
+            {}, {std::move(s)...}, std::move(t)};
       },
       as_stages<A>::get(std::move(a)));
 }

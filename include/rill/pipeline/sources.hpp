@@ -66,8 +66,7 @@ struct chan_source {
       if (!v) {
         sink.flush_hint();
         // Wait for a value, the end of the channel, or the run's cancellation.
-        select(on_recv(ch, [&](std::optional<T> x) { v = std::move(x); }),
-               on_recv(ctx.cancelled));
+        select(on_recv(ch, [&](std::optional<T> x) { v = std::move(x); }), on_recv(ctx.cancelled));
         if (!v) break;
       }
       if (!sink(std::move(*v))) break;
@@ -131,11 +130,7 @@ struct range_ref {
   R* r;
   auto begin() const { return std::ranges::begin(*r); }
   auto end() const { return std::ranges::end(*r); }
-  auto size() const
-    requires std::ranges::sized_range<R>
-  {
-    return std::ranges::size(*r);
-  }
+  auto size() const requires std::ranges::sized_range<R> { return std::ranges::size(*r); }
 };
 template <class R>
 using stored_range_t =
@@ -156,8 +151,8 @@ inline constexpr bool is_chan_v<recv_chan<T>> = true;
 // `opt.buffer` sets the capacity of the channel after the source, when the next stage runs
 // in another fiber.
 template <class R>
-  requires(std::ranges::viewable_range<R> && !detail::is_chan_v<std::remove_cvref_t<R>>)
-auto from(R&& r, stage_options opt = {}) {
+requires(std::ranges::viewable_range<R> &&
+         !detail::is_chan_v<std::remove_cvref_t<R>>) auto from(R&& r, stage_options opt = {}) {
   using V = detail::stored_range_t<R>;
   if constexpr (std::is_lvalue_reference_v<R>) {
     return detail::flow<detail::range_source<V>>{{}, {V{&r}, opt.buffer}, {}};
@@ -186,8 +181,10 @@ auto generate(F f) {
 template <class... Flows>
 auto merge(Flows... fs) {
   static_assert(sizeof...(Flows) > 0, "rill::merge: needs at least one source");
-  static_assert((detail::is_source_v<Flows> && ...), "rill::merge: every argument must be a source");
-  return detail::flow<detail::merge_source<Flows...>>{{}, {std::tuple<Flows...>(std::move(fs)...)}, {}};
+  static_assert((detail::is_source_v<Flows> && ...),
+                "rill::merge: every argument must be a source");
+  return detail::flow<detail::merge_source<Flows...>>{
+      {}, {std::tuple<Flows...>(std::move(fs)...)}, {}};
 }
 
 }  // namespace rill
