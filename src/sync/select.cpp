@@ -147,11 +147,11 @@ std::size_t select_core(select_case* cases, std::size_t n) {
       chan_core& c = *sc.ch;
       c.mu_.lock();
       if (sc.kind == case_kind::recv) {
-        if (c.recv_ready() && recv_locked(c, sc.slot) != 0) return i;
+        if (recv_locked(c, sc.slot) != 0) return i;  // 0: not ready after all, still locked
       } else if (c.is_closed()) {
         c.mu_.unlock();
         throw closed_channel("rill::select: send on a closed channel");
-      } else if (c.send_ready() && send_locked(c, sc.slot)) {
+      } else if (send_locked(c, sc.slot)) {
         return i;
       }
       c.mu_.unlock();
