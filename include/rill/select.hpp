@@ -42,6 +42,13 @@ struct recv_case {
     c.kind = case_kind::recv;
     c.slot = &value;
   }
+  // idle(seq)/unchanged(seq): the lock-free probe of the default fast path (see select()).
+  bool idle(std::uint32_t& seq) const noexcept {
+    if (!ch) return true;
+    seq = ch->mu_.read_begin();
+    return !ch->recv_ready();
+  }
+  bool unchanged(std::uint32_t seq) const noexcept { return !ch || ch->mu_.read_valid(seq); }
   void run() {
     if constexpr (std::is_invocable_v<F&, std::optional<T>>) {
       std::invoke(f, std::move(value));
@@ -61,6 +68,12 @@ struct send_case {
     c.kind = case_kind::send;
     c.slot = &value;
   }
+  bool idle(std::uint32_t& seq) const noexcept {
+    if (!ch) return true;
+    seq = ch->mu_.read_begin();
+    return !ch->send_ready();
+  }
+  bool unchanged(std::uint32_t seq) const noexcept { return !ch || ch->mu_.read_valid(seq); }
   void run() { std::invoke(f); }
 };
 
@@ -72,6 +85,9 @@ struct timeout_case {
     c.kind = case_kind::timeout;
     c.deadline = deadline;
   }
+  // A timeout never keeps the default from running (the default wins over an expired one).
+  bool idle(std::uint32_t&) const noexcept { return true; }
+  bool unchanged(std::uint32_t) const noexcept { return true; }
   void run() { std::invoke(f); }
 };
 
@@ -79,6 +95,8 @@ template <class F>
 struct default_case {
   F f;
   void describe(select_case& c) { c.kind = case_kind::otherwise; }
+  bool idle(std::uint32_t&) const noexcept { return true; }
+  bool unchanged(std::uint32_t) const noexcept { return true; }
   void run() { std::invoke(f); }
 };
 
@@ -129,6 +147,29 @@ std::size_t select(Cases&&... cases) {
   static_assert((0 + ... + detail::is_default_case<std::decay_t<Cases>>) <= 1,
                 "rill::select: at most one otherwise() case");
   constexpr std::size_t n = sizeof...(Cases);
+  constexpr bool has_default = (0 + ... + detail::is_default_case<std::decay_t<Cases>>) == 1;
+  if constexpr (has_default) {
+    // Go's non-blocking select: when no case is ready, run the default without a lock or a
+    // call. Every channel is probed through its sequence lock and then checked unchanged
+    // (a double collect), so at one instant no case was ready. Anything else (a case looks
+    // ready, a channel was locked or changed meanwhile, schedule perturbation on) takes
+    // select_core(), which decides under the locks.
+    if (!detail::g_chaos.load(std::memory_order_relaxed)) {
+      std::uint32_t seq[n] = {};
+      std::size_t k = 0;
+      if ((... && cases.idle(seq[k++]))) {
+        k = 0;
+        if ((... && cases.unchanged(seq[k++]))) {
+          constexpr bool is_default[] = {detail::is_default_case<std::decay_t<Cases>>...};
+          k = 0;
+          ((is_default[k++] ? (cases.run(), 0) : 0), ...);
+          std::size_t won = 0;
+          while (!is_default[won]) ++won;
+          return won;
+        }
+      }
+    }
+  }
   detail::select_case descs[n];
   std::size_t i = 0;
   (cases.describe(descs[i++]), ...);

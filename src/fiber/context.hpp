@@ -37,11 +37,47 @@ struct switch_msg {
   bool finishing;
 };
 
+// The raw jump (context.cpp): Boost.Context's frame layout, without the floating-point
+// control words (see there).
+#if defined(__x86_64__) && defined(__ELF__)
+extern "C" bctx::transfer_t rill_jump_fcontext(bctx::fcontext_t to, void* data) noexcept;
+inline bctx::transfer_t jump(bctx::fcontext_t to, void* data) noexcept {
+  return rill_jump_fcontext(to, data);
+}
+#else
+inline bctx::transfer_t jump(bctx::fcontext_t to, void* data) noexcept {
+  return bctx::jump_fcontext(to, data);
+}
+#endif
+
+// thread_eh(): the calling thread's C++ exception state (context.cpp). Out of line, like
+// current_worker() (see sched/runtime.hpp), so it is recomputed after every switch.
+[[gnu::noinline]] eh_state* thread_eh() noexcept;
+
+// land() runs first on the landing side of every switch.
+inline void land(bctx::transfer_t t) noexcept {
+  auto* m = static_cast<switch_msg*>(t.data);
+  context* from = m->from;
+  after_switch_fn after = m->after;
+  void* arg = m->arg;
+  san_after_switch(m->to->san);
+  from->fctx = t.fctx;
+  if (after) after(from, arg);
+}
+
 // switch_to() suspends `from` and resumes `to` on the calling thread. `after(from, arg)`
 // runs on the landing side once from's context is saved. Returns when `from` is resumed
-// (possibly on another thread).
-void switch_to(context& from, context& to, after_switch_fn after = nullptr,
-               void* arg = nullptr) noexcept;
+// (possibly on another thread). Inline: it is on the path of every park and yield.
+inline void switch_to(context& from, context& to, after_switch_fn after = nullptr,
+                      void* arg = nullptr) noexcept {
+  eh_state* g = thread_eh();
+  from.eh = *g;
+  *g = to.eh;
+  switch_msg msg{&from, &to, after, arg, false};
+  bctx::fcontext_t target = to.fctx;
+  san_before_switch(from.san, to.san, false);
+  land(jump(target, &msg));
+}
 
 // exit_to() leaves `from` for good (a finished fiber); never returns.
 [[noreturn]] void exit_to(context& from, context& to, after_switch_fn after, void* arg) noexcept;

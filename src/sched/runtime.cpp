@@ -64,9 +64,18 @@ std::atomic<bool> g_chaos{false};
 std::atomic<std::int64_t> g_external_waiters{0};
 
 namespace {
+// initial-exec: one %fs-relative load, not a __tls_get_addr call (the library is PIC).
+[[gnu::tls_model("initial-exec")]] thread_local worker* tls_worker = nullptr;
+}  // namespace
 
-constexpr std::uint32_t runnext_cap = 64;
-constexpr std::uint32_t global_check_interval = 61;
+worker* current_worker() noexcept {
+  worker** p = &tls_worker;
+  asm volatile("" : "+r"(p)::"memory");
+  return *p;
+}
+
+namespace {
+
 constexpr std::size_t stack_cache_max = 64;
 constexpr int spin_rounds = 4;
 // A worker about to block in epoll_wait first polls without blocking for up to this long.
@@ -78,19 +87,9 @@ constexpr std::int64_t io_spin_ns = 50'000;
 constexpr std::int64_t deadlock_grace_ns = 20'000'000;
 constexpr std::uint64_t chaos_yield_odds = 64;  // RILL_SCHED_SEED: yield at 1 in 64 chaos points
 
-// initial-exec: one %fs-relative load, not a __tls_get_addr call (the library is PIC).
-[[gnu::tls_model("initial-exec")]] thread_local worker* tls_worker = nullptr;
-
 // Every live runtime, for dumps from plain threads (the test watchdog).
 std::mutex g_runtimes_mu;
 std::vector<runtime*> g_runtimes;  // guarded by g_runtimes_mu
-
-std::uint64_t next_random(std::uint64_t& s) noexcept {  // xorshift64*
-  s ^= s >> 12;
-  s ^= s << 25;
-  s ^= s >> 27;
-  return s * 0x2545F4914F6CDD1DULL;
-}
 
 unsigned default_workers() {
   if (const char* s = std::getenv("RILL_WORKERS")) {
@@ -124,7 +123,20 @@ void write_num(std::uint64_t v) noexcept {
   write_str(buf + i);
 }
 
-[[noreturn]] void report_overflow(const fiber* f) noexcept {
+}  // namespace
+
+namespace {
+// Set by the first overflow report. An overflow of a checked stack may have corrupted a
+// neighbouring stack before it was caught; another worker running that neighbour can crash
+// while the report is being written. Its SIGSEGV handler then waits for the report's abort
+// instead of killing the process with half a message.
+std::atomic<bool> g_reporting_overflow{false};
+}  // namespace
+
+void report_overflow(const fiber* f) noexcept {
+  if (g_reporting_overflow.exchange(true)) {
+    for (;;) ::pause();  // another thread reports (and aborts)
+  }
   write_str("rill: fiber ");
   write_num(f->id);
   if (f->name[0]) {
@@ -139,6 +151,8 @@ void write_num(std::uint64_t v) noexcept {
   std::abort();
 }
 
+namespace {
+
 struct sigaction g_prev_segv;
 
 void on_segv(int sig, siginfo_t* si, void* uc) {
@@ -147,6 +161,9 @@ void on_segv(int sig, siginfo_t* si, void* uc) {
     const fiber* f = w->current;
     auto* a = static_cast<char*>(si->si_addr);
     if (a >= f->stk.base - 65536 && a < f->stk.limit()) report_overflow(f);
+  }
+  if (g_reporting_overflow.load()) {
+    for (;;) ::pause();  // see g_reporting_overflow
   }
   if (g_prev_segv.sa_flags & SA_SIGINFO) {
     g_prev_segv.sa_sigaction(sig, si, uc);
@@ -196,12 +213,6 @@ void leave_worker_thread(worker& w) {
 }
 
 }  // namespace
-
-worker* current_worker() noexcept {
-  worker** p = &tls_worker;
-  asm volatile("" : "+r"(p)::"memory");
-  return *p;
-}
 
 [[gnu::noinline]] fiber* current_fiber() noexcept {
   worker* w = current_worker();
@@ -255,6 +266,7 @@ void fiber_main(bctx::transfer_t t) noexcept {
   worker* w = current_worker();
   self->state.store(fiber_state::done, std::memory_order_relaxed);
   rt->remove_from_registry(self);
+  probe_switch_stack();
   fiber* next = rt->next_local(*w);
   if (next) {
     w->current = next;
@@ -265,8 +277,7 @@ void fiber_main(bctx::transfer_t t) noexcept {
   exit_to(*self, w->g0, after_reap, nullptr);
 }
 
-void check_stack(fiber* self) noexcept {
-  if (self->stk.guarded) return;
+void check_stack_slow(fiber* self) noexcept {
   char* sp = static_cast<char*>(__builtin_frame_address(0));
   if (sp < self->stk.limit() || !self->stk.below_intact(false)) report_overflow(self);
 }
@@ -275,20 +286,6 @@ void chaos_yield() noexcept {
   worker* w = current_worker();
   if (!w || !w->current || !w->rt->chaos()) return;
   if (next_random(w->rng) % chaos_yield_odds == 0) this_fiber::yield();
-}
-
-void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept {
-  check_stack(self);
-  worker* w = current_worker();
-  fiber* next = self->rt->next_local(*w);
-  if (next) {
-    w->current = next;
-    next->state.store(fiber_state::running, std::memory_order_relaxed);
-    switch_to(*self, *next, after, arg);
-  } else {
-    w->current = nullptr;
-    switch_to(*self, w->g0, after, arg);
-  }
 }
 
 // ---- runtime --------------------------------------------------------------------------
@@ -302,6 +299,7 @@ runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
     auto w = std::make_unique<worker>();
     w->rt = this;
     w->index = i;
+    w->solo = cfg_.workers == 1;
     w->rng = 0x9E3779B97F4A7C15ULL * (i + 1) ^ (chaos_ ? chaos_ : 0x1234567ULL);
     if (w->rng == 0) w->rng = 1;
     w->stack_cache.reserve(stack_cache_max);  // reap() is noexcept: it must not allocate
@@ -487,9 +485,7 @@ void runtime::for_each_fiber(F fn) {
 
 // ---- making fibers runnable -----------------------------------------------------------
 
-void runtime::ready(fiber* f, bool to_runnext) noexcept {
-  f->state.store(fiber_state::runnable, std::memory_order_relaxed);
-  worker* w = current_worker();
+void runtime::ready_slow(worker* w, fiber* f, bool to_runnext) noexcept {
   if (w && w->rt == this) {
     if (chaos_ && (next_random(w->rng) & 1)) to_runnext = false;
     if (to_runnext) {
@@ -507,8 +503,7 @@ void runtime::ready(fiber* f, bool to_runnext) noexcept {
   outside_readies_.fetch_sub(1, std::memory_order_release);
 }
 
-void runtime::push_local(worker& w, fiber* f) noexcept {
-  if (w.queue.push(f)) return;
+void runtime::push_overflow(worker& w, fiber* f) noexcept {
   fiber* batch[run_queue::capacity / 2 + 1];
   std::uint32_t n = w.queue.take_half(batch);
   batch[n++] = f;
@@ -563,30 +558,6 @@ fiber* runtime::pop_global(worker& w) noexcept {
   if (!gq_head_) gq_tail_ = nullptr;
   gq_size_.fetch_sub(n, std::memory_order_relaxed);
   return first;
-}
-
-fiber* runtime::next_local(worker& w) noexcept {
-  ++w.tick;
-  if (w.tick % global_check_interval == 0 &&
-      (gq_size_.load(std::memory_order_relaxed) != 0 ||
-       next_deadline_.load(std::memory_order_relaxed) != INT64_MAX ||
-       io_waiters.load(std::memory_order_relaxed) > 0)) {
-    return nullptr;  // let the scheduler loop look at the global queue, timers and I/O
-  }
-  // Schedule perturbation (RILL_SCHED_SEED): now and then run the queue before runnext.
-  const bool skip_runnext = chaos_ && (next_random(w.rng) & 3) == 0;
-  // The slot is read first: most calls find it empty, and the exchange (a locked RMW,
-  // needed because thieves may take the slot too) is paid only when it is not.
-  const bool has_next = w.runnext.load(std::memory_order_relaxed) != nullptr;
-  if (has_next && w.runnext_streak < runnext_cap && !skip_runnext) {
-    if (fiber* f = w.runnext.exchange(nullptr, std::memory_order_acquire)) {
-      ++w.runnext_streak;
-      return f;
-    }
-  }
-  w.runnext_streak = 0;
-  if (fiber* f = w.queue.pop()) return f;
-  return has_next ? w.runnext.exchange(nullptr, std::memory_order_acquire) : nullptr;
 }
 
 fiber* runtime::steal(worker& w, bool take_runnext) noexcept {

@@ -67,6 +67,10 @@ struct alignas(64) worker {
   bool in_idle = false;                                 // guarded by runtime::idle_mu_
   bool wake_spinning = false;  // guarded by runtime::idle_mu_: set by the waker
   bool polling = false;        // guarded by runtime::idle_mu_: blocked in the poller's epoll_wait
+  // solo: the runtime has this one worker, so nobody steals from it and no worker can be
+  // idle while it runs a fiber: its runnext slot and queue head need no atomic
+  // read-modify-write, and readying a fiber wakes nobody.
+  bool solo = false;
   // owner thread only:
   bool spinning = false;
   std::uint32_t tick = 0;
@@ -100,8 +104,8 @@ class runtime {
 
   // ready() makes a parked or new fiber runnable. From a worker of this runtime it goes
   // in that worker's runnext slot (`to_runnext`) or queue; otherwise in the global queue.
-  void ready(fiber* f, bool to_runnext) noexcept;
-  void push_local(worker& w, fiber* f) noexcept;
+  inline void ready(fiber* f, bool to_runnext) noexcept;
+  inline void push_local(worker& w, fiber* f) noexcept;
   void push_global(fiber* f) noexcept;
   void wake_idle() noexcept;  // wake an idle worker if none is spinning
 
@@ -122,7 +126,7 @@ class runtime {
   void for_each_fiber(F f);      // f(fiber*) under each registry lock
   void reap(fiber* f) noexcept;  // on the landing side of a finished fiber
 
-  fiber* next_local(worker& w) noexcept;  // runnext or queue, with the fairness rules
+  inline fiber* next_local(worker& w) noexcept;  // runnext or queue, with the fairness rules
   std::string dump();
 
   const run_config& config() const noexcept { return cfg_; }
@@ -142,6 +146,8 @@ class runtime {
   void io_parking(worker& w) noexcept;
 
  private:
+  void ready_slow(worker* w, fiber* f, bool to_runnext) noexcept;
+  void push_overflow(worker& w, fiber* f) noexcept;  // the local queue is full
   fiber* find_runnable(worker& w);
   fiber* pop_global(worker& w) noexcept;
   fiber* steal(worker& w, bool take_runnext) noexcept;
@@ -206,15 +212,16 @@ class runtime {
   friend void fiber_main(bctx::transfer_t t) noexcept;
 };
 
-// The calling thread's worker (nullptr off the runtime's threads). Opaque: the value is
-// recomputed on every call, never cached across a switch.
-worker* current_worker() noexcept;
+// The calling thread's worker (nullptr off the runtime's threads). Out of line on purpose:
+// a compiler may compute a thread_local's address once and reuse it across a call, and a
+// fiber may come back from a switch on another thread. A noinline accessor is recomputed on
+// every call (the QEMU coroutine rule; research/reliability.md).
+[[gnu::noinline]] worker* current_worker() noexcept;
 
 // Process-wide accounting and outside-thread activity.
 extern std::atomic<std::int64_t> g_abandoned_fibers;  // left by runtimes that ended
 extern std::atomic<std::int64_t> g_pending_timers;
 extern std::atomic<std::int64_t> g_external_waiters;  // plain threads parked in rill
-extern std::atomic<bool> g_chaos;                     // some runtime runs with RILL_SCHED_SEED set
 
 // chaos_point() marks a decision point for schedule perturbation: the entry of a channel,
 // select or park operation. With RILL_SCHED_SEED set, the calling fiber yields there with
@@ -226,11 +233,119 @@ inline void chaos_point() noexcept {
     chaos_yield();
 }
 
+// ---- the hot path, inline: every park, wake and yield goes through it ----------------
+
+inline constexpr std::uint32_t runnext_cap = 64;  // runnext turns in a row before the queue
+inline constexpr std::uint32_t global_check_interval = 61;  // ticks between global looks
+
+inline std::uint64_t next_random(std::uint64_t& s) noexcept {  // xorshift64*
+  s ^= s >> 12;
+  s ^= s << 25;
+  s ^= s >> 27;
+  return s * 0x2545F4914F6CDD1DULL;
+}
+
+// A fiber made ready by a fiber of this worker goes to runnext (see runtime.cpp, "Rejected":
+// a runnext hand-off wakes nobody); the fiber it displaces goes to the queue.
+inline void runtime::ready(fiber* f, bool to_runnext) noexcept {
+  f->state.store(fiber_state::runnable, std::memory_order_relaxed);
+  worker* w = current_worker();
+  if (!w || w->rt != this || chaos_) [[unlikely]] {
+    ready_slow(w, f, to_runnext);
+    return;
+  }
+  const bool solo = w->solo && w->current;  // see worker::solo
+  if (to_runnext) {
+    fiber* old;
+    if (solo) {
+      old = w->runnext.load(std::memory_order_relaxed);
+      w->runnext.store(f, std::memory_order_relaxed);
+    } else {
+      old = w->runnext.exchange(f, std::memory_order_acq_rel);
+    }
+    if (!old) return;
+    f = old;
+  }
+  push_local(*w, f);
+  if (!solo) wake_idle();
+}
+
+inline void runtime::push_local(worker& w, fiber* f) noexcept {
+  if (!w.queue.push(f)) [[unlikely]]
+    push_overflow(w, f);
+}
+
+inline fiber* runtime::next_local(worker& w) noexcept {
+  ++w.tick;
+  if (w.tick % global_check_interval == 0 &&
+      (gq_size_.load(std::memory_order_relaxed) != 0 ||
+       next_deadline_.load(std::memory_order_relaxed) != INT64_MAX ||
+       io_waiters.load(std::memory_order_relaxed) > 0)) {
+    return nullptr;  // let the scheduler loop look at the global queue, timers and I/O
+  }
+  // Schedule perturbation (RILL_SCHED_SEED): now and then run the queue before runnext.
+  const bool skip_runnext = chaos_ && (next_random(w.rng) & 3) == 0;
+  // The slot is read first: most calls find it empty, and the exchange (a locked RMW,
+  // needed because thieves may take the slot too) is paid only when it is not.
+  fiber* const next = w.runnext.load(std::memory_order_relaxed);
+  if (w.solo) {  // see worker::solo
+    if (next && w.runnext_streak < runnext_cap && !skip_runnext) {
+      ++w.runnext_streak;
+      w.runnext.store(nullptr, std::memory_order_relaxed);
+      return next;
+    }
+    w.runnext_streak = 0;
+    if (fiber* f = w.queue.pop_unshared()) return f;
+    if (next) w.runnext.store(nullptr, std::memory_order_relaxed);
+    return next;
+  }
+  if (next && w.runnext_streak < runnext_cap && !skip_runnext) {
+    if (fiber* f = w.runnext.exchange(nullptr, std::memory_order_acquire)) {
+      ++w.runnext_streak;
+      return f;
+    }
+  }
+  w.runnext_streak = 0;
+  if (fiber* f = w.queue.pop()) return f;
+  return next ? w.runnext.exchange(nullptr, std::memory_order_acquire) : nullptr;
+}
+
+// check_stack() aborts with a report if the calling fiber's checked stack overflowed.
+[[noreturn]] void report_overflow(const fiber* f) noexcept;
+void check_stack_slow(fiber* self) noexcept;
+inline void check_stack(fiber* self) noexcept {
+  if (!self->stk.guarded) check_stack_slow(self);
+}
+
+// probe_switch_stack() touches the stack as deep as the rest of a switch will go (the calls
+// to thread_eh() and the jump, and the jump's register frame). A guarded stack that has no
+// room for them then faults here, while w->current still names the fiber, so the SIGSEGV
+// handler can name the fiber that overflowed (past this point w->current is the next one).
+// `or $0` writes back what it read: nothing below the stack pointer is live.
+inline void probe_switch_stack() noexcept {
+#if defined(__x86_64__)
+  asm volatile("orq $0, -256(%%rsp)" ::: "memory");
+#endif
+}
+
 // switch_out() parks the calling fiber (already marked parked or runnable by the caller)
 // and runs the next fiber of this worker, or the scheduler. `after(self, arg)` runs once the
-// fiber's context is saved.
-void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept;
-// check_stack() aborts with a report if the calling fiber's checked stack overflowed.
-void check_stack(fiber* self) noexcept;
+// fiber's context is saved. `w` is the calling worker, read before the switch.
+inline void switch_out(fiber* self, worker* w, after_switch_fn after, void* arg) noexcept {
+  check_stack(self);
+  probe_switch_stack();
+  fiber* next = self->rt->next_local(*w);
+  if (next) {
+    w->current = next;
+    next->state.store(fiber_state::running, std::memory_order_relaxed);
+    switch_to(*self, *next, after, arg);
+  } else {
+    w->current = nullptr;
+    switch_to(*self, w->g0, after, arg);
+  }
+}
+inline void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept {
+  switch_out(self, current_worker(), after, arg);
+}
 
 }  // namespace rill::detail

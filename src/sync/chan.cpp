@@ -41,31 +41,9 @@ std::atomic<std::uint64_t> g_chan_ids{1};
 
 std::atomic<std::int64_t> g_live_channels{0};
 
-waiter* dequeue(wait_list& q) noexcept {
-  while (waiter* w = q.pop_front()) {
-    if (!w->select) return w;
-    auto* st = static_cast<select_state*>(w->select);
-    std::uint32_t open = 0;
-    if (st->done.compare_exchange_strong(open, static_cast<std::uint32_t>(w->index) + 1,
-                                         std::memory_order_acq_rel)) {
-      return w;
-    }
-    // Lost: another case of that select already won; its owner cleans up the rest.
-  }
-  return nullptr;
-}
-
 void requeue(wait_list& q, waiter* w) noexcept {
   if (w->select) static_cast<select_state*>(w->select)->done.store(0, std::memory_order_release);
   q.push_front(w);
-}
-
-void wake(waiter* w) noexcept {
-  if (!w->select) {
-    unpark(*w);
-    return;
-  }
-  static_cast<select_state*>(w->select)->wake();
 }
 
 void select_state::wake() noexcept {
@@ -89,6 +67,7 @@ chan_core* chan_core::create(std::size_t capacity, const chan_ops* ops) {
   auto* c = ::new (mem) chan_core();
   c->cap_ = capacity;
   c->ops_ = ops;
+  c->elem_size_ = ops->size;
   c->buf_ = static_cast<char*>(mem) + header;
   c->id_ = g_chan_ids.fetch_add(1, std::memory_order_relaxed);
   g_live_channels.fetch_add(1, std::memory_order_relaxed);
@@ -97,14 +76,16 @@ chan_core* chan_core::create(std::size_t capacity, const chan_ops* ops) {
 
 void chan_core::release() noexcept {
   if (refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-  for (std::size_t i = 0; i < count(); ++i) ops_->destroy(slot(head_ + i));
+  for (std::size_t i = 0; i < count(); ++i) ops_->destroy(slot(i));
   const std::size_t align = ops_->align > alignof(chan_core) ? ops_->align : alignof(chan_core);
   this->~chan_core();
   ::operator delete(static_cast<void*>(this), std::align_val_t(align));
   g_live_channels.fetch_sub(1, std::memory_order_relaxed);
 }
 
-bool send_locked(chan_core& c, void* src) {
+namespace {
+
+[[gnu::always_inline]] inline bool send_locked_inline(chan_core& c, void* src) {
   // Requires c.mu_ and !c.closed_. True if done; false if the caller must park. Releases
   // c.mu_ when it returns true or throws.
   if (waiter* w = dequeue(c.recvq_)) {
@@ -122,7 +103,7 @@ bool send_locked(chan_core& c, void* src) {
   }
   if (c.count() < c.cap_) {
     try {
-      c.ops_->construct(c.slot(c.head_ + c.count()), src);
+      c.ops_->construct(c.slot(c.count()), src);
     } catch (...) {
       c.mu_.unlock();
       throw;
@@ -134,11 +115,11 @@ bool send_locked(chan_core& c, void* src) {
   return false;
 }
 
-int recv_locked(chan_core& c, void* opt) {
+[[gnu::always_inline]] inline int recv_locked_inline(chan_core& c, void* opt) {
   // Requires c.mu_. 1: received; -1: closed and drained; 0: the caller must park. Releases
   // c.mu_ unless it returns 0.
   if (c.count() > 0) {
-    char* s = c.slot(c.head_);
+    char* s = c.slot(0);
     try {
       c.ops_->emplace(opt, s);
     } catch (...) {
@@ -146,12 +127,12 @@ int recv_locked(chan_core& c, void* opt) {
       throw;
     }
     c.ops_->destroy(s);
-    ++c.head_;
+    c.advance_head();
     c.set_count(c.count() - 1);
     // A sender waits for room (keeps I4): its value goes to the tail, keeping FIFO order.
     if (waiter* w = dequeue(c.sendq_)) {
       try {
-        c.ops_->construct(c.slot(c.head_ + c.count()), w->slot);
+        c.ops_->construct(c.slot(c.count()), w->slot);
       } catch (...) {
         // Its move threw: it stays parked with its value, to be handed over directly by a
         // later receive (this is the one way I4 can break).
@@ -188,6 +169,11 @@ int recv_locked(chan_core& c, void* opt) {
   return 0;
 }
 
+}  // namespace
+
+bool send_locked(chan_core& c, void* src) { return send_locked_inline(c, src); }
+int recv_locked(chan_core& c, void* opt) { return recv_locked_inline(c, opt); }
+
 void chan_core::send(void* src) {
   chaos_point();
   mu_.lock();
@@ -195,7 +181,7 @@ void chan_core::send(void* src) {
     mu_.unlock();
     throw_closed_send();
   }
-  if (send_locked(*this, src)) return;
+  if (send_locked_inline(*this, src)) return;
   waiter w;
   w.slot = src;
   sendq_.push_back(&w);
@@ -212,7 +198,7 @@ bool chan_core::try_send(void* src) {
     mu_.unlock();
     throw_closed_send();
   }
-  if (send_locked(*this, src)) return true;
+  if (send_locked_inline(*this, src)) return true;
   mu_.unlock();
   return false;
 }
@@ -220,7 +206,7 @@ bool chan_core::try_send(void* src) {
 bool chan_core::recv(void* opt) {
   chaos_point();
   mu_.lock();
-  if (int r = recv_locked(*this, opt)) return r > 0;
+  if (int r = recv_locked_inline(*this, opt)) return r > 0;
   waiter w;
   w.slot = opt;
   recvq_.push_back(&w);
@@ -233,7 +219,7 @@ int chan_core::try_recv(void* opt) {
   chaos_point();
   if (probe_recv() == 0) return 0;  // empty with no sender, and open
   mu_.lock();
-  if (int r = recv_locked(*this, opt)) return r;
+  if (int r = recv_locked_inline(*this, opt)) return r;
   mu_.unlock();
   return 0;
 }

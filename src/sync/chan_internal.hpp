@@ -6,6 +6,7 @@
 
 #include "rill/detail/chan_core.hpp"
 #include "sched/runtime.hpp"
+#include "sync/wait.hpp"
 
 namespace rill::detail {
 
@@ -19,11 +20,29 @@ struct select_state {
 
 // dequeue() pops the first waiter of q that is not a lost select waiter (claiming the
 // select for it); nullptr if none. Requires the channel's lock.
-waiter* dequeue(wait_list& q) noexcept;
+inline waiter* dequeue(wait_list& q) noexcept {
+  while (waiter* w = q.pop_front()) {
+    if (!w->select) return w;
+    auto* st = static_cast<select_state*>(w->select);
+    std::uint32_t open = 0;
+    if (st->done.compare_exchange_strong(open, static_cast<std::uint32_t>(w->index) + 1,
+                                         std::memory_order_acq_rel)) {
+      return w;
+    }
+    // Lost: another case of that select already won; its owner cleans up the rest.
+  }
+  return nullptr;
+}
 // requeue() puts back a waiter whose operation failed (a throwing move), unclaiming it.
 void requeue(wait_list& q, waiter* w) noexcept;
 // wake() wakes the owner of a dequeued waiter. Call with no channel lock held.
-void wake(waiter* w) noexcept;
+inline void wake(waiter* w) noexcept {
+  if (!w->select) {
+    unpark(*w);
+    return;
+  }
+  static_cast<select_state*>(w->select)->wake();
+}
 
 bool send_locked(chan_core& c, void* src);
 int recv_locked(chan_core& c, void* opt);

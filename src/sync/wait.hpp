@@ -4,6 +4,7 @@
 #include "fiber/context.hpp"
 #include "rill/detail/core.hpp"
 #include "rill/runtime.hpp"
+#include "sched/runtime.hpp"
 
 namespace rill::detail {
 
@@ -21,10 +22,65 @@ struct list_cancel {
   }
 };
 
+void park_fiber_aborted(fiber* self);  // throws fiber_aborted, or parks for good
+void park_thread(waiter& w, spinlock& lk);
+void park_aborted(fiber* self, waiter& w, spinlock& lk, wait_reason why, const void* object,
+                  void (*cancel)(void*), void* cancel_arg);
+void unpark_thread(waiter& w) noexcept;
+
 // park_fiber() parks `self` (the calling fiber): records why, switches out, runs
 // after(self, after_arg) once its context is saved. Throws fiber_aborted if the runtime
 // aborted the fiber after a deadlock (having called cancel(cancel_arg) first).
-void park_fiber(fiber* self, wait_reason why, const void* object, after_switch_fn after,
-                void* after_arg, void (*cancel)(void*), void* cancel_arg);
+inline void park_fiber(fiber* self, worker* w, wait_reason why, const void* object,
+                       after_switch_fn after, void* after_arg, void (*cancel)(void*),
+                       void* cancel_arg) {
+  self->reason.store(why, std::memory_order_relaxed);
+  self->wait_object.store(object, std::memory_order_relaxed);
+  self->cancel = cancel;
+  self->cancel_arg = cancel_arg;
+  self->state.store(fiber_state::parked, std::memory_order_relaxed);
+  switch_out(self, w, after, after_arg);
+  self->reason.store(wait_reason::none, std::memory_order_relaxed);
+  self->wait_object.store(nullptr, std::memory_order_relaxed);
+  if (self->aborted) [[unlikely]]
+    park_fiber_aborted(self);
+}
+inline void park_fiber(fiber* self, wait_reason why, const void* object, after_switch_fn after,
+                       void* after_arg, void (*cancel)(void*), void* cancel_arg) {
+  park_fiber(self, current_worker(), why, object, after, after_arg, cancel, cancel_arg);
+}
+
+inline void after_unlock(context*, void* arg) noexcept { static_cast<spinlock*>(arg)->unlock(); }
+
+// park() parks the caller (fiber or plain thread) until unpark(w) is called. `lk` is held
+// by the caller, and w is already on a wait list guarded by lk; park() releases lk once
+// the caller is parked (for a fiber: after its context is saved) and returns with lk
+// released. `cancel(arg)` is how the runtime takes w off its list when it aborts a
+// deadlocked fiber (it is called with nothing locked; it must lock what it needs).
+inline void park(waiter& w, spinlock& lk, wait_reason why, const void* object,
+                 void (*cancel)(void*) = nullptr, void* cancel_arg = nullptr) {
+  worker* wk = current_worker();
+  fiber* self = wk ? wk->current : nullptr;
+  if (!self) {
+    park_thread(w, lk);
+    return;
+  }
+  if (self->aborted) [[unlikely]] {
+    park_aborted(self, w, lk, why, object, cancel, cancel_arg);
+    return;
+  }
+  w.who = self;
+  park_fiber(self, wk, why, object, after_unlock, &lk, cancel, cancel_arg);
+}
+
+// unpark() wakes the party parked on w. The caller must have taken w off its list, and
+// must not touch w afterwards (its owner may return at once).
+inline void unpark(waiter& w) noexcept {
+  if (fiber* f = w.who) {
+    f->rt->ready(f, true);
+  } else {
+    unpark_thread(w);
+  }
+}
 
 }  // namespace rill::detail

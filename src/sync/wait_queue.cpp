@@ -5,112 +5,43 @@
 #include "rill/fiber.hpp"
 #include "sched/futex.hpp"
 #include "sched/runtime.hpp"
+#include "sync/wait.hpp"
 
 namespace rill::detail {
 
-void wait_list::push_back(waiter* w) noexcept {
-  w->next = nullptr;
-  w->linked = true;
-  w->prev = tail;
-  if (tail) {
-    tail->next = w;
-  } else {
-    head.store(w, std::memory_order_relaxed);
-  }
-  tail = w;
+void park_thread(waiter& w, spinlock& lk) {
+  g_external_waiters.fetch_add(1, std::memory_order_seq_cst);
+  lk.unlock();
+  while (w.futex.load(std::memory_order_acquire) == 0) futex_wait(w.futex, 0);
+  g_external_waiters.fetch_sub(1, std::memory_order_seq_cst);
 }
 
-void wait_list::push_front(waiter* w) noexcept {
-  waiter* h = head.load(std::memory_order_relaxed);
-  w->prev = nullptr;
-  w->linked = true;
-  w->next = h;
-  if (h) {
-    h->prev = w;
-  } else {
-    tail = w;
+void park_aborted(fiber* self, waiter& w, spinlock& lk, wait_reason why, const void* object,
+                  void (*cancel)(void*), void* cancel_arg) {
+  // Parking again while the runtime unwinds this fiber after a deadlock.
+  lk.unlock();
+  if (std::uncaught_exceptions() == 0) {
+    if (cancel) cancel(cancel_arg);
+    throw fiber_aborted{};
   }
-  head.store(w, std::memory_order_relaxed);
-}
-
-waiter* wait_list::pop_front() noexcept {
-  waiter* w = head.load(std::memory_order_relaxed);
-  if (w) remove(w);
-  return w;
-}
-
-void wait_list::remove(waiter* w) noexcept {
-  if (w->prev) {
-    w->prev->next = w->next;
-  } else {
-    head.store(w->next, std::memory_order_relaxed);
-  }
-  if (w->next) {
-    w->next->prev = w->prev;
-  } else {
-    tail = w->prev;
-  }
-  w->next = w->prev = nullptr;
-  w->linked = false;
-}
-
-namespace {
-
-void after_unlock(context*, void* arg) noexcept { static_cast<spinlock*>(arg)->unlock(); }
-
-}  // namespace
-
-void park_fiber(fiber* self, wait_reason why, const void* object, after_switch_fn after,
-                void* after_arg, void (*cancel)(void*), void* cancel_arg) {
-  self->reason.store(why, std::memory_order_relaxed);
-  self->wait_object.store(object, std::memory_order_relaxed);
-  self->cancel = cancel;
-  self->cancel_arg = cancel_arg;
-  self->state.store(fiber_state::parked, std::memory_order_relaxed);
-  switch_out(self, after, after_arg);
-  self->reason.store(wait_reason::none, std::memory_order_relaxed);
-  self->wait_object.store(nullptr, std::memory_order_relaxed);
-  if (self->aborted) {
-    if (std::uncaught_exceptions() == 0) throw fiber_aborted{};
-    // Aborted while unwinding: it cannot throw, and returning would report a wait that
-    // never ended (a wait_group::wait() in a destructor would return while the fibers it
-    // waits for still run, and they would outlive the frames they use). Park for good: the
-    // runtime abandons the fiber at its next deadlock check.
-    self->state.store(fiber_state::parked, std::memory_order_relaxed);
-    switch_out(self, nullptr, nullptr);
-  }
-}
-
-void park(waiter& w, spinlock& lk, wait_reason why, const void* object, void (*cancel)(void*),
-          void* cancel_arg) {
-  fiber* self = current_fiber();
-  if (!self) {
-    g_external_waiters.fetch_add(1, std::memory_order_seq_cst);
-    lk.unlock();
-    while (w.futex.load(std::memory_order_acquire) == 0) futex_wait(w.futex, 0);
-    g_external_waiters.fetch_sub(1, std::memory_order_seq_cst);
-    return;
-  }
-  if (self->aborted) {
-    // Parking again while the runtime unwinds this fiber after a deadlock.
-    lk.unlock();
-    if (std::uncaught_exceptions() == 0) {
-      if (cancel) cancel(cancel_arg);
-      throw fiber_aborted{};
-    }
-    lk.lock();  // already unwinding: park for real; the next deadlock check abandons it
-  }
+  lk.lock();  // already unwinding: park for real; the next deadlock check abandons it
   w.who = self;
   park_fiber(self, why, object, after_unlock, &lk, cancel, cancel_arg);
 }
 
-void unpark(waiter& w) noexcept {
-  if (fiber* f = w.who) {
-    f->rt->ready(f, true);
-  } else {
-    w.futex.store(1, std::memory_order_release);
-    futex_wake(w.futex);
-  }
+void park_fiber_aborted(fiber* self) {
+  if (std::uncaught_exceptions() == 0) throw fiber_aborted{};
+  // Aborted while unwinding: it cannot throw, and returning would report a wait that
+  // never ended (a wait_group::wait() in a destructor would return while the fibers it
+  // waits for still run, and they would outlive the frames they use). Park for good: the
+  // runtime abandons the fiber at its next deadlock check.
+  self->state.store(fiber_state::parked, std::memory_order_relaxed);
+  switch_out(self, nullptr, nullptr);
+}
+
+void unpark_thread(waiter& w) noexcept {
+  w.futex.store(1, std::memory_order_release);
+  futex_wake(w.futex);
 }
 
 }  // namespace rill::detail
@@ -122,11 +53,12 @@ namespace {
 // A yielding fiber queues behind the one it hands its worker to, which may never park (a
 // busy loop): an idle worker must be told, or the yielder waits for that loop to end. Go's
 // Gosched() calls wakep() for the same reason.
-void after_push_local(detail::context* left, void*) noexcept {
+void after_push_local(detail::context* left, void* arg) noexcept {
   auto* f = static_cast<detail::fiber*>(left);
-  detail::runtime* rt = f->rt;  // once pushed, f may be stolen, run and freed
-  rt->push_local(*detail::current_worker(), f);
-  rt->wake_idle();
+  auto* w = static_cast<detail::worker*>(arg);  // the landing side runs on the same thread
+  detail::runtime* rt = f->rt;                  // once pushed, f may be stolen, run and freed
+  rt->push_local(*w, f);
+  if (!w->solo) rt->wake_idle();
 }
 
 void after_push_global(detail::context* left, void*) noexcept {
@@ -145,18 +77,19 @@ void after_arm(detail::context* left, void* arg) noexcept {
 }  // namespace
 
 void yield() {
-  detail::fiber* self = detail::current_fiber();
+  detail::worker* w = detail::current_worker();
+  detail::fiber* self = w ? w->current : nullptr;
   if (!self) {
     std::this_thread::yield();
     return;
   }
   detail::check_stack(self);  // a yield is a switch out: check the stack like switch_out()
-  detail::worker* w = detail::current_worker();
+  detail::probe_switch_stack();
   self->state.store(detail::fiber_state::runnable, std::memory_order_relaxed);
   if (detail::fiber* next = self->rt->next_local(*w)) {
     w->current = next;
     next->state.store(detail::fiber_state::running, std::memory_order_relaxed);
-    detail::switch_to(*self, *next, after_push_local, nullptr);
+    detail::switch_to(*self, *next, after_push_local, w);
   } else {
     // Nothing local: let the scheduler look at the global queue, the timers and the other
     // workers; this fiber queues behind what it finds.

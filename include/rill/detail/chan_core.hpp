@@ -93,7 +93,7 @@ class chan_core {
     const bool r = send_ready();
     return mu_.read_valid(v) ? r : -1;
   }
-  std::size_t head_ = 0;  // guarded by mu_: next slot to receive from
+  std::size_t head_ = 0;  // guarded by mu_: next slot to receive from, < cap_ (0 if cap_ is 0)
   wait_list recvq_;       // guarded by mu_
   wait_list sendq_;       // guarded by mu_
   const chan_ops* ops_ = nullptr;
@@ -101,7 +101,16 @@ class chan_core {
   char* buf_ = nullptr;
   std::uint64_t id_ = 0;
 
-  char* slot(std::size_t i) const noexcept { return buf_ + (i % cap_) * ops_->size; }
+  std::size_t elem_size_ = 0;  // ops_->size, kept here: one load less per buffered op
+  // slot(k): the k-th buffered value from the head, k <= cap_ (no division: head_ < cap_).
+  char* slot(std::size_t k) const noexcept {
+    std::size_t i = head_ + k;
+    if (i >= cap_) i -= cap_;
+    return buf_ + i * elem_size_;
+  }
+  void advance_head() noexcept {
+    if (++head_ == cap_) head_ = 0;
+  }
 };
 
 // One case of a select, as the core sees it.

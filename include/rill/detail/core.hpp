@@ -50,6 +50,10 @@ void run_main(const run_config& cfg, void (*main)(void*), void* arg);
 // current_fiber() is the calling fiber, or nullptr on a thread that is not running one.
 fiber* current_fiber() noexcept;
 
+// g_chaos: some runtime runs with RILL_SCHED_SEED set (schedule perturbation); inline fast
+// paths in headers step aside for the compiled ones, which have the perturbation points.
+extern std::atomic<bool> g_chaos;
+
 // A test-and-test-and-set spinlock for short critical sections in the core, which is also a
 // sequence lock: its word is odd while held and grows by 2 with every critical section, so a
 // reader can take a consistent lock-free snapshot of atomic fields it guards:
@@ -122,22 +126,49 @@ struct wait_list {
     return *this;
   }
   bool empty() const noexcept { return head.load(std::memory_order_relaxed) == nullptr; }
-  void push_back(waiter* w) noexcept;
-  void push_front(waiter* w) noexcept;
-  waiter* pop_front() noexcept;
-  void remove(waiter* w) noexcept;  // w must be on this list
+  void push_back(waiter* w) noexcept {
+    w->next = nullptr;
+    w->linked = true;
+    w->prev = tail;
+    if (tail) {
+      tail->next = w;
+    } else {
+      head.store(w, std::memory_order_relaxed);
+    }
+    tail = w;
+  }
+  void push_front(waiter* w) noexcept {
+    waiter* h = head.load(std::memory_order_relaxed);
+    w->prev = nullptr;
+    w->linked = true;
+    w->next = h;
+    if (h) {
+      h->prev = w;
+    } else {
+      tail = w;
+    }
+    head.store(w, std::memory_order_relaxed);
+  }
+  waiter* pop_front() noexcept {
+    waiter* w = head.load(std::memory_order_relaxed);
+    if (w) remove(w);
+    return w;
+  }
+  void remove(waiter* w) noexcept {  // w must be on this list
+    if (w->prev) {
+      w->prev->next = w->next;
+    } else {
+      head.store(w->next, std::memory_order_relaxed);
+    }
+    if (w->next) {
+      w->next->prev = w->prev;
+    } else {
+      tail = w->prev;
+    }
+    w->next = w->prev = nullptr;
+    w->linked = false;
+  }
 };
-
-// park() parks the caller (fiber or plain thread) until unpark(w) is called. `lk` is held
-// by the caller, and w is already on a wait list guarded by lk; park() releases lk once
-// the caller is parked (for a fiber: after its context is saved) and returns with lk
-// released. `cancel(arg)` is how the runtime takes w off its list when it aborts a
-// deadlocked fiber (it is called with nothing locked; it must lock what it needs).
-void park(waiter& w, spinlock& lk, wait_reason why, const void* object,
-          void (*cancel)(void*) = nullptr, void* cancel_arg = nullptr);
-// unpark() wakes the party parked on w. The caller must have taken w off its list, and
-// must not touch w afterwards (its owner may return at once).
-void unpark(waiter& w) noexcept;
 
 // The clock used by timers, in nanoseconds (CLOCK_MONOTONIC).
 std::int64_t now_ns() noexcept;
