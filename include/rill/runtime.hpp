@@ -5,6 +5,11 @@
 // Fibers are cooperatively scheduled: one switches only where it parks (a channel
 // operation, a lock, a sleep, I/O) or yields. A fiber may resume on another worker thread,
 // so code must not keep a `thread_local` address or `errno` across a suspension point.
+// The C++ exception state travels with the fiber (`throw;` works across a suspension). The
+// floating-point control state (rounding mode, exception masks: fesetround, fesetenv,
+// _mm_setcsr) belongs to the worker thread, not to the fiber, as in Go: a fiber that changes
+// it must restore it before it suspends. (Saving it at every switch, as Boost.Context does,
+// cost more than the rest of the switch.)
 //
 // Thread safety: every function here may be called from any fiber of a runtime; `run` may
 // also be called from any plain thread (several runtimes may coexist).

@@ -20,7 +20,7 @@ extern "C" __cxa_eh_globals* __cxa_get_globals() noexcept;
 // stays in step with the calls (a ret would mispredict on every switch).
 #if defined(__x86_64__) && defined(__ELF__)
 asm(R"(
-  .text
+  .pushsection .text
   .globl rill_jump_fcontext
   .hidden rill_jump_fcontext
   .type rill_jump_fcontext,@function
@@ -47,6 +47,7 @@ rill_jump_fcontext:
   movq %rax, %rdi
   jmp *%r8
   .size rill_jump_fcontext, .-rill_jump_fcontext
+  .popsection
 )");
 #endif
 

@@ -38,14 +38,19 @@ struct switch_msg {
 };
 
 // The raw jump (context.cpp): Boost.Context's frame layout, without the floating-point
-// control words (see there).
+// control words (see there). Always inline: a real call frame around the jump would be
+// entered on one fiber and left on another, and TSan (which instruments function entry and
+// exit, and has already been told about the switch) would crash on it.
 #if defined(__x86_64__) && defined(__ELF__)
-extern "C" bctx::transfer_t rill_jump_fcontext(bctx::fcontext_t to, void* data) noexcept;
-inline bctx::transfer_t jump(bctx::fcontext_t to, void* data) noexcept {
+// Declared as Boost declares jump_fcontext, without noexcept: declared noexcept, clang 14's
+// TSan build crashed in __tsan_func_entry after a few dozen fiber exits (its instrumentation
+// differs for calls that cannot throw; the cause was not pinned down).
+extern "C" bctx::transfer_t rill_jump_fcontext(bctx::fcontext_t to, void* data);
+[[gnu::always_inline]] inline bctx::transfer_t jump(bctx::fcontext_t to, void* data) noexcept {
   return rill_jump_fcontext(to, data);
 }
 #else
-inline bctx::transfer_t jump(bctx::fcontext_t to, void* data) noexcept {
+[[gnu::always_inline]] inline bctx::transfer_t jump(bctx::fcontext_t to, void* data) noexcept {
   return bctx::jump_fcontext(to, data);
 }
 #endif

@@ -113,15 +113,9 @@ void stack_pool::add_slab() {
   }
 }
 
-stack stack_pool::allocate() {
-  stack s;
-  {
-    std::lock_guard lk(mu_);
-    if (free_.empty()) add_slab();
-    s = free_.back();
-    free_.pop_back();
-    ++live_;
-  }
+namespace {
+
+void prepare(stack& s) noexcept {
   if (!s.guarded && take_guard()) {
     if (::mprotect(s.base, page_size, PROT_NONE) == 0) {
       s.guarded = true;
@@ -130,13 +124,37 @@ stack stack_pool::allocate() {
     }
   }
   san_unpoison(s.limit(), static_cast<std::size_t>(s.usable_top() - s.limit()));
+}
+
+}  // namespace
+
+stack stack_pool::allocate() {
+  stack s;
+  allocate_many(&s, 1);
   return s;
 }
 
-void stack_pool::release(stack s) noexcept {
+std::size_t stack_pool::allocate_many(stack* out, std::size_t n) {
+  std::size_t got = 0;
+  {
+    std::lock_guard lk(mu_);
+    if (free_.empty()) add_slab();  // may throw: nothing taken yet
+    while (got < n && !free_.empty()) {
+      out[got++] = free_.back();
+      free_.pop_back();
+    }
+    live_ += got;
+  }
+  for (std::size_t i = 0; i < got; ++i) prepare(out[i]);
+  return got;
+}
+
+void stack_pool::release(stack s) noexcept { release_many(&s, 1); }
+
+void stack_pool::release_many(const stack* s, std::size_t n) noexcept {
   std::lock_guard lk(mu_);
-  free_.push_back(s);
-  --live_;
+  for (std::size_t i = 0; i < n; ++i) free_.push_back(s[i]);  // reserved: cannot throw
+  live_ -= n;
 }
 
 std::size_t stack_pool::live() const noexcept {

@@ -53,8 +53,13 @@ class stack_pool {
   // allocate() returns a stack, reusing a pooled one when it can. Throws std::bad_alloc
   // (or std::system_error) when the address space cannot be reserved.
   stack allocate();
-  // release() returns s to the pool.
+  // allocate_many() takes between 1 and n stacks into out[] under one lock (a worker's
+  // stack cache refills in batches, as Go's stackcache does); returns how many. Throws as
+  // allocate() when it can take none.
+  std::size_t allocate_many(stack* out, std::size_t n);
+  // release() returns s to the pool; release_many() returns n stacks under one lock.
   void release(stack s) noexcept;
+  void release_many(const stack* s, std::size_t n) noexcept;
 
   std::size_t stack_size() const noexcept { return stack_size_; }
   std::size_t live() const noexcept;  // stacks handed out and not yet released

@@ -77,6 +77,7 @@ worker* current_worker() noexcept {
 namespace {
 
 constexpr std::size_t stack_cache_max = 64;
+constexpr std::uint64_t id_block = 64;  // fiber ids a worker takes at a time
 constexpr int spin_rounds = 4;
 // A worker about to block in epoll_wait first polls without blocking for up to this long.
 // A blocked thread's wake-up costs tens of microseconds on a virtual machine (the idle vCPU
@@ -351,7 +352,14 @@ stats runtime::snapshot() noexcept {
 
 fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*)) {
   stack s;
-  if (w && !w->stack_cache.empty()) {
+  if (w && w->stack_cache.empty()) {
+    // Refill half the cache under one pool lock (a spawn burst would otherwise take the
+    // pool's mutex once per fiber).
+    stack batch[stack_cache_max / 2];
+    const std::size_t n = stacks_.allocate_many(batch, stack_cache_max / 2);
+    for (std::size_t i = 0; i < n; ++i) w->stack_cache.push_back(batch[i]);  // reserved
+  }
+  if (w) {
     s = w->stack_cache.back();
     w->stack_cache.pop_back();
     w->cached.store(w->stack_cache.size(), std::memory_order_relaxed);
@@ -371,7 +379,15 @@ fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align, voi
   f->rt = this;
   f->stk = s;
   f->entry = entry;
-  f->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  if (w) {  // ids in blocks per worker: no shared counter per spawn
+    if (w->id_next == w->id_end) {
+      w->id_next = next_id_.fetch_add(id_block, std::memory_order_relaxed);
+      w->id_end = w->id_next + id_block;
+    }
+    f->id = w->id_next++;
+  } else {
+    f->id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  }
   const std::size_t a = std::max<std::size_t>(align, 16);
   char* sp;
   if (size > s.size / 4 || a > 4096) {
@@ -422,6 +438,7 @@ void runtime::start_fiber(worker* w, fiber* f) noexcept {
   if (w && w->rt == this) {
     w->spawned.store(w->spawned.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     push_local(*w, f);
+    if (w->solo && w->current) return;  // see worker::solo
   } else {
     push_global(f);
   }
@@ -433,7 +450,13 @@ void runtime::reap(fiber* f) noexcept {
   san_fiber_destroyed(f->san);
   f->~fiber();
   worker* w = current_worker();
-  if (w && w->rt == this && w->stack_cache.size() < stack_cache_max) {
+  if (w && w->rt == this) {
+    if (w->stack_cache.size() == stack_cache_max) {
+      // Give half back under one pool lock (see create_fiber).
+      const std::size_t keep = stack_cache_max / 2;
+      stacks_.release_many(w->stack_cache.data() + keep, stack_cache_max - keep);
+      w->stack_cache.resize(keep);
+    }
     w->stack_cache.push_back(s);
     w->cached.store(w->stack_cache.size(), std::memory_order_relaxed);
   } else {

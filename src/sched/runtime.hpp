@@ -77,6 +77,7 @@ struct alignas(64) worker {
   std::uint32_t poll_tick = 0;  // tick of this worker's last non-blocking poll
   std::uint32_t runnext_streak = 0;
   std::uint64_t rng = 0;
+  std::uint64_t id_next = 0, id_end = 0;  // this worker's block of fiber ids
   std::vector<stack> stack_cache;
   // written by the owner, read by stats from any thread:
   std::atomic<std::size_t> cached{0};
