@@ -19,7 +19,7 @@ struct fiber;
 
 class run_queue {
  public:
-  static constexpr std::uint32_t capacity = 256;
+  static constexpr std::uint32_t capacity = 1024;  // see runtime.cpp, "Where fibers wait"
 
   // push() appends f (owner only); false when full.
   bool push(fiber* f) noexcept {
@@ -55,13 +55,15 @@ class run_queue {
     return f;
   }
 
-  // take_half() removes half of the fibers (owner only, when push() failed) into out[],
-  // returning how many; the caller moves them to the global queue.
-  std::uint32_t take_half(fiber** out) noexcept {
+  // take_half() removes half of the fibers, at most `max`, from the head (owner only, when
+  // push() failed) into out[], returning how many; the caller moves them to the global
+  // queue.
+  std::uint32_t take_half(fiber** out, std::uint32_t max) noexcept {
     std::uint32_t h = head_.load(std::memory_order_acquire);
     for (;;) {
       const std::uint32_t t = tail_.load(std::memory_order_relaxed);
-      const std::uint32_t n = (t - h) / 2;
+      std::uint32_t n = (t - h) / 2;
+      if (n > max) n = max;
       if (n == 0) return 0;
       for (std::uint32_t i = 0; i < n; ++i) {
         out[i] = buf_[(h + i) % capacity].load(std::memory_order_relaxed);

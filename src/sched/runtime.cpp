@@ -10,7 +10,9 @@
 //     (a channel hand-off). It runs next, on this core, while the data is hot. A fiber that
 //     keeps refilling runnext (a ping-pong pair) is capped at `runnext_cap` turns in a row so
 //     the rest of the queue is not starved.
-//   - the local run_queue (256 slots, lock-free, others steal half of it);
+//   - the local run_queue (1024 slots, lock-free, others steal half of it; Go has 256,
+//     but a burst of spawns that overflows it pays for the global queue's mutex and a walk
+//     through cold fiber records: 1000 spawns+joins took 137 ns each with 256, 99 with 1024);
 //   - the global queue (mutex), for overflow and for fibers readied from outside threads;
 //     checked every 61 scheduling ticks so nothing starves in it.
 //
@@ -527,20 +529,28 @@ void runtime::ready_slow(worker* w, fiber* f, bool to_runnext) noexcept {
 }
 
 void runtime::push_overflow(worker& w, fiber* f) noexcept {
-  fiber* batch[run_queue::capacity / 2 + 1];
-  std::uint32_t n = w.queue.take_half(batch);
-  batch[n++] = f;
-  std::lock_guard lk(gq_mu_);
-  for (std::uint32_t i = 0; i < n; ++i) {
-    batch[i]->next = nullptr;
+  // Half the local queue moves to the global queue (Go's runqputslow), in chunks: this runs
+  // on a fiber's stack, which may be small.
+  auto append = [this](fiber* g) {  // requires gq_mu_
+    g->next = nullptr;
     if (gq_tail_) {
-      gq_tail_->next = batch[i];
+      gq_tail_->next = g;
     } else {
-      gq_head_ = batch[i];
+      gq_head_ = g;
     }
-    gq_tail_ = batch[i];
+    gq_tail_ = g;
+  };
+  fiber* chunk[32];
+  std::uint32_t moved = 0;
+  std::lock_guard lk(gq_mu_);
+  while (moved < run_queue::capacity / 2) {
+    const std::uint32_t n = w.queue.take_half(chunk, 32);
+    if (n == 0) break;
+    for (std::uint32_t i = 0; i < n; ++i) append(chunk[i]);
+    moved += n;
   }
-  gq_size_.fetch_add(n, std::memory_order_release);
+  append(f);
+  gq_size_.fetch_add(moved + 1, std::memory_order_release);
 }
 
 void runtime::push_global(fiber* f) noexcept {
