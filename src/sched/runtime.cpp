@@ -80,7 +80,9 @@ namespace {
 
 constexpr std::size_t stack_cache_max = 64;
 constexpr std::uint64_t id_block = 64;  // fiber ids a worker takes at a time
-constexpr int spin_rounds = 4;
+constexpr int spin_rounds = 4;                   // steal attempts before reading the clock
+constexpr std::int64_t spin_ns = 20'000;         // how long an idle worker spins
+constexpr std::int64_t steal_runnext_ns = 5'000;  // spinning this long before taking runnext
 // A worker about to block in epoll_wait first polls without blocking for up to this long.
 // A blocked thread's wake-up costs tens of microseconds on a virtual machine (the idle vCPU
 // halts and must be woken by an interrupt): a request-response peer usually answers within
@@ -614,6 +616,18 @@ fiber* runtime::steal(worker& w, bool take_runnext) noexcept {
   return nullptr;
 }
 
+bool runtime::nothing_queued() const noexcept {
+  if (gq_size_.load(std::memory_order_relaxed) != 0 ||
+      next_deadline_.load(std::memory_order_relaxed) != INT64_MAX ||
+      io_waiters.load(std::memory_order_relaxed) != 0) {
+    return false;
+  }
+  for (auto& w : workers_) {
+    if (!w->queue.empty() || w->runnext.load(std::memory_order_relaxed)) return false;
+  }
+  return true;
+}
+
 bool runtime::any_work() noexcept {
   if (gq_size_.load(std::memory_order_seq_cst) != 0) return true;
   for (auto& w : workers_) {
@@ -693,8 +707,15 @@ fiber* runtime::find_runnable(worker& w) {
         nspinning_.fetch_add(1, std::memory_order_seq_cst);
       }
       if (w.spinning) {
-        for (int round = 0; round < spin_rounds; ++round) {
-          if (fiber* f = steal(w, round == spin_rounds - 1)) {
+        // Spin for a while before parking: a spinning worker needs no futex wake (see
+        // wake_idle), and on a virtual machine a wake costs microseconds on both sides. A
+        // runnext slot is taken only after steal_runnext_ns: its owner is likely to run it
+        // itself when its current fiber parks (Go's runqgrab waits 3 us for that too), and
+        // a producer/consumer pair then stays on one core.
+        const std::int64_t start = now_ns();
+        for (int round = 0;; ++round) {
+          const std::int64_t spun = round < spin_rounds ? 0 : now_ns() - start;
+          if (fiber* f = steal(w, spun >= steal_runnext_ns)) {
             stop_spinning(w);
             return f;
           }
@@ -702,6 +723,8 @@ fiber* runtime::find_runnable(worker& w) {
             stop_spinning(w);
             return f;
           }
+          if (spun >= spin_ns) break;
+          for (int i = 0; i < 16; ++i) __builtin_ia32_pause();
         }
       }
     }

@@ -128,6 +128,9 @@ class runtime {
   void reap(fiber* f) noexcept;  // on the landing side of a finished fiber
 
   inline fiber* next_local(worker& w) noexcept;  // runnext or queue, with the fairness rules
+  // nothing_queued(): no fiber waits in any run queue or runnext slot, and no timer or I/O
+  // wait is pending (a relaxed look, for yield()).
+  bool nothing_queued() const noexcept;
   std::string dump();
 
   const run_config& config() const noexcept { return cfg_; }

@@ -90,9 +90,13 @@ void yield() {
     w->current = next;
     next->state.store(detail::fiber_state::running, std::memory_order_relaxed);
     detail::switch_to(*self, *next, after_push_local, w);
+  } else if (self->rt->nothing_queued()) {
+    // Nothing runnable on this worker, in the global queue, or due from timers or I/O:
+    // there is nobody to yield to, so the caller goes on (as sched_yield with an idle CPU).
+    self->state.store(detail::fiber_state::running, std::memory_order_relaxed);
   } else {
-    // Nothing local: let the scheduler look at the global queue, the timers and the other
-    // workers; this fiber queues behind what it finds.
+    // Nothing local: let the scheduler look at the global queue, the timers and the I/O;
+    // this fiber queues behind what it finds.
     w->current = nullptr;
     detail::switch_to(*self, w->g0, after_push_global, nullptr);
   }
