@@ -88,6 +88,10 @@ class chan_handle {
   chan_core* core_ = nullptr;
 };
 
+// Values of these types are copied by the inline buffered fast path (chan_core.hpp).
+template <class T>
+inline constexpr bool buffered_fast_path = std::is_trivially_copyable_v<T> && sizeof(T) <= 64;
+
 // The receiving operations, shared by chan<T> and recv_chan<T>.
 template <class T, class Self>
 class recv_ops {
@@ -96,7 +100,11 @@ class recv_ops {
   // std::nullopt only in the latter case. From a plain thread it blocks the thread.
   [[nodiscard]] std::optional<T> recv() {
     std::optional<T> v;
-    self().h_.core().recv(&v);
+    if constexpr (buffered_fast_path<T>) {
+      self().h_.core().recv_buffered(&v);
+    } else {
+      self().h_.core().recv(&v);
+    }
     return v;
   }
   // try_recv() never parks: a value if one is ready, else std::nullopt (also when closed
@@ -131,7 +139,11 @@ class recv_ops {
     T* operator->() const { return &*cur_->v; }
     iterator& operator++() {
       cur_->v.reset();
-      cur_->c->recv(&cur_->v);
+      if constexpr (buffered_fast_path<T>) {
+        cur_->c->recv_buffered(&cur_->v);
+      } else {
+        cur_->c->recv(&cur_->v);
+      }
       return *this;
     }
     void operator++(int) { ++*this; }
@@ -158,7 +170,13 @@ class send_ops {
  public:
   // send() parks until v is delivered to a receiver or buffered. Throws closed_channel if
   // the channel is closed, or closes while the sender waits (v is then not consumed).
-  void send(T v) { self().h_.core().send(&v); }
+  void send(T v) {
+    if constexpr (buffered_fast_path<T>) {
+      self().h_.core().send_buffered(&v);
+    } else {
+      self().h_.core().send(&v);
+    }
+  }
   // try_send() never parks: true if v was delivered or buffered; false, leaving v
   // untouched, if it would have to wait. Throws closed_channel on a closed channel.
   [[nodiscard]] bool try_send(T& v) { return self().h_.core().try_send(&v); }

@@ -177,6 +177,10 @@ int recv_locked(chan_core& c, void* opt) { return recv_locked_inline(c, opt); }
 void chan_core::send(void* src) {
   chaos_point();
   mu_.lock();
+  send_with_lock(src);
+}
+
+void chan_core::send_with_lock(void* src) {
   if (is_closed()) {
     mu_.unlock();
     throw_closed_send();
@@ -206,6 +210,10 @@ bool chan_core::try_send(void* src) {
 bool chan_core::recv(void* opt) {
   chaos_point();
   mu_.lock();
+  return recv_with_lock(opt);
+}
+
+bool chan_core::recv_with_lock(void* opt) {
   if (int r = recv_locked_inline(*this, opt)) return r > 0;
   waiter w;
   w.slot = opt;

@@ -2,6 +2,9 @@
 #pragma once
 
 #include <atomic>
+#include <bit>
+#include <cstring>
+#include <optional>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -52,6 +55,48 @@ class chan_core {
   void send(void* src);
   // try_send(): like send() but never parks; false when it would.
   bool try_send(void* src);
+  // send_with_lock()/recv_with_lock(): send()/recv() for a caller that holds mu_ already
+  // (an inline fast path that found it could not finish; they release mu_).
+  void send_with_lock(void* src);
+  bool recv_with_lock(void* opt);
+
+  // The inline fast path of a buffered channel of a trivially copyable T (chan<T> uses it):
+  // a value that goes to, or comes from, the ring buffer with nobody to hand over to is
+  // copied under the lock with no call into the core. Anything else (unbuffered, full,
+  // empty, waiters queued, closed, schedule perturbation on) continues in the core, the
+  // lock held.
+  template <class T>
+  void send_buffered(T* src) {
+    if (cap_ == 0 || g_chaos.load(std::memory_order_relaxed)) {
+      send(src);
+      return;
+    }
+    mu_.lock();
+    const std::size_t n = count();
+    if (n < cap_ && recvq_.empty() && !is_closed()) [[likely]] {
+      std::memcpy(slot(n), src, sizeof(T));
+      set_count(n + 1);
+      mu_.unlock();
+      return;
+    }
+    send_with_lock(src);
+  }
+  template <class T>
+  bool recv_buffered(std::optional<T>* opt) {
+    if (cap_ == 0 || g_chaos.load(std::memory_order_relaxed)) return recv(opt);
+    mu_.lock();
+    const std::size_t n = count();
+    if (n > 0 && sendq_.empty()) [[likely]] {
+      alignas(T) unsigned char raw[sizeof(T)];
+      std::memcpy(raw, slot(0), sizeof(T));
+      advance_head();
+      set_count(n - 1);
+      mu_.unlock();
+      opt->emplace(std::bit_cast<T>(raw));
+      return true;
+    }
+    return recv_with_lock(opt);
+  }
   // recv() emplaces a value into *opt (an empty std::optional<T>); parks until one arrives.
   // Returns false, leaving *opt empty, once the channel is closed and drained.
   bool recv(void* opt);
