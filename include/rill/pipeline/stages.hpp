@@ -83,7 +83,7 @@ struct map_stage : stage_tag {
     pipe_ctx* ctx;
     int index;
     template <class V>
-    bool operator()(V&& v) {
+    [[gnu::always_inline]] bool operator()(V&& v) {
       return (*down)(guarded(*ctx, st->opt.name, kind, index, st->f, std::forward<V>(v)));
     }
     void flush_hint() { down->flush_hint(); }
@@ -122,7 +122,7 @@ struct filter_stage : stage_tag {
     pipe_ctx* ctx;
     int index;
     template <class V>
-    bool operator()(V&& v) {
+    [[gnu::always_inline]] bool operator()(V&& v) {
       if (guarded(*ctx, st->opt.name, kind, index, st->p, std::as_const(v))) {
         return (*down)(std::forward<V>(v));
       }
@@ -162,7 +162,7 @@ struct tap_stage : stage_tag {
     pipe_ctx* ctx;
     int index;
     template <class V>
-    bool operator()(V&& v) {
+    [[gnu::always_inline]] bool operator()(V&& v) {
       guarded(*ctx, st->opt.name, kind, index, st->f, std::as_const(v));
       return (*down)(std::forward<V>(v));
     }
