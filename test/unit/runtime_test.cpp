@@ -282,21 +282,27 @@ TEST_CASE("runtime: runtime_stats inside run counts workers, live and spawned fi
     CHECK(s.live_fibers == 1);  // main
     CHECK(s.fibers_spawned == 1);
     CHECK(s.pending_timers == 0);
-    rill::wait_group gate, parked;
+    // `left` keeps gate alive until every fiber is past gate.wait(): a fiber can be
+    // between parked.done() and gate.wait() on another worker when gate opens (this test
+    // used to return and destroy gate meanwhile, a use after scope seen under load).
+    rill::wait_group gate, parked, left;
     gate.add(1);
     parked.add(50);
+    left.add(50);
     for (int i = 0; i < 50; ++i) {
       rill::go([&] {
         parked.done();
         gate.wait();
+        left.done();
       });
     }
     parked.wait();
     s = rill::runtime_stats();
-    CHECK(s.live_fibers == 51);  // main + 50 parked
+    CHECK(s.live_fibers == 51);  // main + 50 parked (or about to park)
     CHECK(s.fibers_spawned == 51);
     CHECK(s.live_stacks == 51);
     gate.done();
+    left.wait();
   });
 }
 
