@@ -723,6 +723,10 @@ fiber* runtime::find_runnable(worker& w) {
             stop_spinning(w);
             return f;
           }
+          // A due timer ends the spin (the loop above fires it). The network is not polled
+          // here: a non-blocking epoll_wait per round, racing the worker that holds the
+          // poller role, made one echo connection slower (16.2k round trips/s against 18.5k).
+          if (next_deadline_.load(std::memory_order_relaxed) <= start + spun) break;
           if (spun >= spin_ns) break;
           for (int i = 0; i < 16; ++i) __builtin_ia32_pause();
         }
