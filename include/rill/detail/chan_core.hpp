@@ -3,10 +3,10 @@
 
 #include <atomic>
 #include <bit>
-#include <cstring>
-#include <optional>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <optional>
 #include <stdexcept>
 
 #include "rill/detail/core.hpp"
