@@ -31,11 +31,10 @@
 #include <memory>
 #include <new>
 #include <optional>
+#include <range/v3/range_fwd.hpp>
 #include <ranges>
 #include <type_traits>
 #include <utility>
-
-#include <range/v3/range_fwd.hpp>
 
 #include "rill/detail/chan_core.hpp"
 
@@ -53,7 +52,9 @@ namespace detail {
 template <class T>
 inline constexpr chan_ops ops_for{
     [](void* raw, void* src) { ::new (raw) T(std::move(*static_cast<T*>(src))); },
-    [](void* opt, void* src) { static_cast<std::optional<T>*>(opt)->emplace(std::move(*static_cast<T*>(src))); },
+    [](void* opt, void* src) {
+      static_cast<std::optional<T>*>(opt)->emplace(std::move(*static_cast<T*>(src)));
+    },
     [](void* p) noexcept { static_cast<T*>(p)->~T(); },
     sizeof(T),
     alignof(T),
@@ -210,8 +211,8 @@ class chan : public detail::recv_ops<T, chan<T>>,
   // chan(nullptr): a nil handle (Go's nil channel). A template so that `chan<int> c(0)`
   // (the literal 0 is also a null pointer constant) means capacity 0, not ambiguity.
   template <class N>
-    requires std::is_null_pointer_v<N>
-  chan(N) noexcept {}
+  requires std::is_null_pointer_v<N> chan(N)
+  noexcept {}
 
   std::size_t size() const { return h_.core().size(); }
   std::size_t capacity() const { return h_.core().capacity(); }

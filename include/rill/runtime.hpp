@@ -80,13 +80,17 @@ template <class R>
 struct main_slot {
   std::optional<R> value;
   template <class F>
-  void call(F& f) { value.emplace(std::invoke(f)); }
+  void call(F& f) {
+    value.emplace(std::invoke(f));
+  }
   R take() { return std::move(*value); }
 };
 template <>
 struct main_slot<void> {
   template <class F>
-  void call(F& f) { std::invoke(f); }
+  void call(F& f) {
+    std::invoke(f);
+  }
   void take() {}
 };
 }  // namespace detail
@@ -103,12 +107,13 @@ auto run(F&& main, options opts = {}) {
     F& f;
     detail::main_slot<R>& slot;
   } ctx{main, slot};
-  detail::run_main({opts.workers, opts.stack_size, opts.detect_deadlock, false},
-                   [](void* p) {
-                     auto* c = static_cast<ctx_t*>(p);
-                     c->slot.call(c->f);
-                   },
-                   &ctx);
+  detail::run_main(
+      {opts.workers, opts.stack_size, opts.detect_deadlock, false},
+      [](void* p) {
+        auto* c = static_cast<ctx_t*>(p);
+        c->slot.call(c->f);
+      },
+      &ctx);
   return slot.take();
 }
 

@@ -26,14 +26,14 @@
 namespace rill::detail {
 
 struct stack {
-  char* base = nullptr;   // lowest address of the mapping (the guard page, when guarded)
-  std::size_t size = 0;   // whole mapping, guard included
+  char* base = nullptr;  // lowest address of the mapping (the guard page, when guarded)
+  std::size_t size = 0;  // whole mapping, guard included
   bool guarded = false;
 
-  char* limit() const noexcept;        // lowest usable byte
+  char* limit() const noexcept;  // lowest usable byte
   char* top() const noexcept { return base + size; }
-  char* usable_top() const noexcept;   // below this stack's own canary zone
-  void write_canary() noexcept;        // writes this stack's canary zone (its top)
+  char* usable_top() const noexcept;  // below this stack's own canary zone
+  void write_canary() noexcept;       // writes this stack's canary zone (its top)
   // below_intact(): the canary zone just below this stack (the neighbour's, or the slab
   // page's) is intact; `full` checks every word, else a sample.
   bool below_intact(bool full) const noexcept;
@@ -70,9 +70,9 @@ class stack_pool {
   std::size_t stack_size_;
   std::size_t per_slab_;
   mutable std::mutex mu_;
-  std::vector<stack> free_;                        // guarded by mu_
+  std::vector<stack> free_;                           // guarded by mu_
   std::vector<std::pair<char*, std::size_t>> slabs_;  // guarded by mu_
-  std::size_t live_ = 0;                           // guarded by mu_
+  std::size_t live_ = 0;                              // guarded by mu_
 };
 
 // Process-wide count of guarded stacks, and the cap (RILL_GUARD_BUDGET overrides it).

@@ -88,8 +88,8 @@ class run_queue {
       if (n == 0) return nullptr;
       if (n > capacity / 2) continue;  // read head_ and tail_ at different times; retry
       for (std::uint32_t i = 0; i < n; ++i) {
-        dst.buf_[(dt + i) % capacity].store(buf_[(h + i) % capacity].load(std::memory_order_relaxed),
-                                            std::memory_order_relaxed);
+        dst.buf_[(dt + i) % capacity].store(
+            buf_[(h + i) % capacity].load(std::memory_order_relaxed), std::memory_order_relaxed);
       }
       if (head_.compare_exchange_weak(h, h + n, std::memory_order_acq_rel,
                                       std::memory_order_relaxed)) {

@@ -79,9 +79,9 @@ worker* current_worker() noexcept {
 namespace {
 
 constexpr std::size_t stack_cache_max = 64;
-constexpr std::uint64_t id_block = 64;  // fiber ids a worker takes at a time
-constexpr int spin_rounds = 4;                   // steal attempts before reading the clock
-constexpr std::int64_t spin_ns = 20'000;         // how long an idle worker spins
+constexpr std::uint64_t id_block = 64;            // fiber ids a worker takes at a time
+constexpr int spin_rounds = 4;                    // steal attempts before reading the clock
+constexpr std::int64_t spin_ns = 20'000;          // how long an idle worker spins
 constexpr std::int64_t steal_runnext_ns = 5'000;  // spinning this long before taking runnext
 // A worker about to block in epoll_wait first polls without blocking for up to this long.
 // A blocked thread's wake-up costs tens of microseconds on a virtual machine (the idle vCPU
@@ -442,7 +442,7 @@ void runtime::start_fiber(worker* w, fiber* f) noexcept {
   if (w && w->rt == this) {
     w->spawned.store(w->spawned.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     push_local(*w, f);
-    if (w->solo && w->current) return;  // see worker::solo
+    if (w->alone()) return;  // see worker::solo
   } else {
     push_global(f);
   }
@@ -512,18 +512,7 @@ void runtime::for_each_fiber(F fn) {
 
 // ---- making fibers runnable -----------------------------------------------------------
 
-void runtime::ready_slow(worker* w, fiber* f, bool to_runnext) noexcept {
-  if (w && w->rt == this) {
-    if (chaos_ && (next_random(w->rng) & 1)) to_runnext = false;
-    if (to_runnext) {
-      fiber* old = w->runnext.exchange(f, std::memory_order_acq_rel);
-      if (!old) return;  // see "Rejected" above: no wake for a runnext hand-off
-      f = old;
-    }
-    push_local(*w, f);
-    wake_idle();
-    return;
-  }
+void runtime::ready_outside(fiber* f) noexcept {
   outside_readies_.fetch_add(1, std::memory_order_acq_rel);  // see ~runtime
   push_global(f);
   wake_idle();
@@ -616,16 +605,9 @@ fiber* runtime::steal(worker& w, bool take_runnext) noexcept {
   return nullptr;
 }
 
-bool runtime::nothing_queued() const noexcept {
-  if (gq_size_.load(std::memory_order_relaxed) != 0 ||
-      next_deadline_.load(std::memory_order_relaxed) != INT64_MAX ||
-      io_waiters.load(std::memory_order_relaxed) != 0) {
-    return false;
-  }
-  for (auto& w : workers_) {
-    if (!w->queue.empty() || w->runnext.load(std::memory_order_relaxed)) return false;
-  }
-  return true;
+bool runtime::nothing_queued() noexcept {
+  return next_deadline_.load(std::memory_order_relaxed) == INT64_MAX &&
+         io_waiters.load(std::memory_order_relaxed) == 0 && !any_work();
 }
 
 bool runtime::any_work() noexcept {
@@ -716,8 +698,7 @@ fiber* runtime::find_runnable(worker& w) {
         // polls the network) is the better wait then, and one echo connection's round trip
         // took ~5 us longer with this spin in front of it.
         const std::int64_t start = now_ns();
-        const std::int64_t spin_for =
-            io_waiters.load(std::memory_order_relaxed) > 0 ? 0 : spin_ns;
+        const std::int64_t spin_for = io_waiters.load(std::memory_order_relaxed) > 0 ? 0 : spin_ns;
         for (int round = 0;; ++round) {
           const std::int64_t spun = round < spin_rounds ? 0 : now_ns() - start;
           if (fiber* f = steal(w, spun >= steal_runnext_ns)) {

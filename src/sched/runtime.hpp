@@ -71,6 +71,9 @@ struct alignas(64) worker {
   // idle while it runs a fiber: its runnext slot and queue head need no atomic
   // read-modify-write, and readying a fiber wakes nobody.
   bool solo = false;
+  // alone(): solo and running a fiber (not the scheduler loop): no other worker exists to
+  // steal or to be woken. Owner thread only.
+  bool alone() const noexcept { return solo && current; }
   // owner thread only:
   bool spinning = false;
   std::uint32_t tick = 0;
@@ -129,8 +132,8 @@ class runtime {
 
   inline fiber* next_local(worker& w) noexcept;  // runnext or queue, with the fairness rules
   // nothing_queued(): no fiber waits in any run queue or runnext slot, and no timer or I/O
-  // wait is pending (a relaxed look, for yield()).
-  bool nothing_queued() const noexcept;
+  // wait is pending (for yield(); not a snapshot).
+  bool nothing_queued() noexcept;
   std::string dump();
 
   const run_config& config() const noexcept { return cfg_; }
@@ -150,7 +153,7 @@ class runtime {
   void io_parking(worker& w) noexcept;
 
  private:
-  void ready_slow(worker* w, fiber* f, bool to_runnext) noexcept;
+  void ready_outside(fiber* f) noexcept;  // from a thread that is not a worker of this runtime
   void push_overflow(worker& w, fiber* f) noexcept;  // the local queue is full
   fiber* find_runnable(worker& w);
   fiber* pop_global(worker& w) noexcept;
@@ -254,14 +257,15 @@ inline std::uint64_t next_random(std::uint64_t& s) noexcept {  // xorshift64*
 inline void runtime::ready(fiber* f, bool to_runnext) noexcept {
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
   worker* w = current_worker();
-  if (!w || w->rt != this || chaos_) [[unlikely]] {
-    ready_slow(w, f, to_runnext);
+  if (!w || w->rt != this) [[unlikely]] {
+    ready_outside(f);
     return;
   }
-  const bool solo = w->solo && w->current;  // see worker::solo
+  if (chaos_ && (next_random(w->rng) & 1)) to_runnext = false;
+  const bool alone = w->alone();
   if (to_runnext) {
     fiber* old;
-    if (solo) {
+    if (alone) {
       old = w->runnext.load(std::memory_order_relaxed);
       w->runnext.store(f, std::memory_order_relaxed);
     } else {
@@ -271,7 +275,7 @@ inline void runtime::ready(fiber* f, bool to_runnext) noexcept {
     f = old;
   }
   push_local(*w, f);
-  if (!solo) wake_idle();
+  if (!alone) wake_idle();
 }
 
 inline void runtime::push_local(worker& w, fiber* f) noexcept {

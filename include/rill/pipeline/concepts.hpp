@@ -238,8 +238,8 @@ inline std::string stage_name(const char* user, const char* kind, int index) {
 // guarded(): calls a user function; on an exception records it against the stage and
 // throws stage_failed.
 template <class F, class... A>
-[[gnu::always_inline]] inline decltype(auto) guarded(pipe_ctx& ctx, const char* user, const char* kind, int index, F& f,
-                       A&&... a) {
+[[gnu::always_inline]] inline decltype(auto) guarded(pipe_ctx& ctx, const char* user,
+                                                     const char* kind, int index, F& f, A&&... a) {
   try {
     return std::invoke(f, std::forward<A>(a)...);
   } catch (...) {

@@ -13,12 +13,11 @@
 #include <functional>
 #include <iterator>
 #include <optional>
+#include <range/v3/range/concepts.hpp>
 #include <ranges>
 #include <type_traits>
 #include <utility>
 #include <vector>
-
-#include <range/v3/range/concepts.hpp>
 
 #include "rill/pipeline/concepts.hpp"
 
@@ -30,9 +29,9 @@ namespace detail {
 // value. An lvalue (the user's container, e.g. from(vector_of_vectors) | unbatch()) or a
 // view (std or range-v3, over someone else's data) does not: its elements are copied.
 template <class R>
-inline constexpr bool owns_elements_v = !std::is_lvalue_reference_v<R> &&
-                                        !std::ranges::view<std::remove_cvref_t<R>> &&
-                                        !ranges::view_<std::remove_cvref_t<R>>;
+inline constexpr bool owns_elements_v =
+    !std::is_lvalue_reference_v<R> && !std::ranges::view<std::remove_cvref_t<R>> &&
+    !ranges::view_<std::remove_cvref_t<R>>;
 
 // element_of<R>(x): the element x of a range passed as R, moved if the range owns it.
 template <class R, class X>
@@ -65,8 +64,8 @@ struct map_stage : stage_tag {
   stage_options opt;
 
   template <class In>
-  static constexpr bool accepts = std::is_invocable_v<F&, In&&> &&
-                                  !std::is_void_v<std::invoke_result_t<F&, In&&>>;
+  static constexpr bool accepts =
+      std::is_invocable_v<F&, In&&> && !std::is_void_v<std::invoke_result_t<F&, In&&>>;
   template <class In>
   static void check() {
     static_assert(accepts<In>,
@@ -195,10 +194,11 @@ struct flat_map_stage : stage_tag {
   template <class In, class = void>
   struct returns_range : std::false_type {};
   template <class In>
-  struct returns_range<In, std::void_t<decltype(std::begin(std::declval<std::invoke_result_t<F&, In&&>&>()))>>
+  struct returns_range<
+      In, std::void_t<decltype(std::begin(std::declval<std::invoke_result_t<F&, In&&>&>()))>>
       : std::true_type {};
   template <class In>
-  static constexpr bool accepts = std::is_invocable_v<F&, In&&> && returns_range<In>::value;
+  static constexpr bool accepts = std::is_invocable_v<F&, In&&>&& returns_range<In>::value;
   template <class In>
   static void check() {
     static_assert(accepts<In>,
@@ -378,8 +378,8 @@ struct par_map_stage : stage_tag {
   par_options opt;
 
   template <class In>
-  static constexpr bool accepts = std::is_invocable_v<F&, In&&> &&
-                                  !std::is_void_v<std::invoke_result_t<F&, In&&>>;
+  static constexpr bool accepts =
+      std::is_invocable_v<F&, In&&> && !std::is_void_v<std::invoke_result_t<F&, In&&>>;
   template <class In>
   static void check() {
     static_assert(accepts<In>,
@@ -415,9 +415,7 @@ auto flat_map(F f, stage_options opt = {}) {
 // take(n): the first n items; then upstream stages stop promptly.
 inline auto take(std::size_t n, stage_options opt = {}) { return detail::take_stage{{}, n, opt}; }
 // batch(n): groups of n consecutive items as std::vector (the last may be shorter).
-inline auto batch(std::size_t n, stage_options opt = {}) {
-  return detail::batch_stage{{}, n, opt};
-}
+inline auto batch(std::size_t n, stage_options opt = {}) { return detail::batch_stage{{}, n, opt}; }
 // unbatch(): each item is a range; its elements go on, in order.
 inline auto unbatch(stage_options opt = {}) { return detail::unbatch_stage{{}, opt}; }
 // par_map(f, {.workers, .ordered}): f runs on `workers` fibers at once (f must be safe to call
