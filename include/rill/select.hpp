@@ -32,6 +32,24 @@ struct noop {
   void operator()() const noexcept {}
 };
 
+// The default fast path's probe of one channel case (nil: never ready): idle() starts a
+// lock-free read of the channel's state, unchanged() checks that it stayed the same.
+inline bool channel_idle(const chan_core* ch, bool recv, std::uint32_t& seq) noexcept {
+  if (!ch) return true;
+  seq = ch->mu_.read_begin();
+  return recv ? !ch->recv_ready() : !ch->send_ready();
+}
+inline bool channel_unchanged(const chan_core* ch, std::uint32_t seq) noexcept {
+  return !ch || ch->mu_.read_valid(seq);
+}
+
+// Cases on no channel never keep the default from running (it wins over an expired
+// timeout too).
+struct no_channel_probe {
+  bool idle(std::uint32_t&) const noexcept { return true; }
+  bool unchanged(std::uint32_t) const noexcept { return true; }
+};
+
 template <class T, class F>
 struct recv_case {
   chan_core* ch;
@@ -43,12 +61,8 @@ struct recv_case {
     c.slot = &value;
   }
   // idle(seq)/unchanged(seq): the lock-free probe of the default fast path (see select()).
-  bool idle(std::uint32_t& seq) const noexcept {
-    if (!ch) return true;
-    seq = ch->mu_.read_begin();
-    return !ch->recv_ready();
-  }
-  bool unchanged(std::uint32_t seq) const noexcept { return !ch || ch->mu_.read_valid(seq); }
+  bool idle(std::uint32_t& seq) const noexcept { return channel_idle(ch, true, seq); }
+  bool unchanged(std::uint32_t seq) const noexcept { return channel_unchanged(ch, seq); }
   void run() {
     if constexpr (std::is_invocable_v<F&, std::optional<T>>) {
       std::invoke(f, std::move(value));
@@ -68,35 +82,26 @@ struct send_case {
     c.kind = case_kind::send;
     c.slot = &value;
   }
-  bool idle(std::uint32_t& seq) const noexcept {
-    if (!ch) return true;
-    seq = ch->mu_.read_begin();
-    return !ch->send_ready();
-  }
-  bool unchanged(std::uint32_t seq) const noexcept { return !ch || ch->mu_.read_valid(seq); }
+  bool idle(std::uint32_t& seq) const noexcept { return channel_idle(ch, false, seq); }
+  bool unchanged(std::uint32_t seq) const noexcept { return channel_unchanged(ch, seq); }
   void run() { std::invoke(f); }
 };
 
 template <class F>
-struct timeout_case {
+struct timeout_case : no_channel_probe {
   std::int64_t deadline;
   F f;
   void describe(select_case& c) {
     c.kind = case_kind::timeout;
     c.deadline = deadline;
   }
-  // A timeout never keeps the default from running (the default wins over an expired one).
-  bool idle(std::uint32_t&) const noexcept { return true; }
-  bool unchanged(std::uint32_t) const noexcept { return true; }
   void run() { std::invoke(f); }
 };
 
 template <class F>
-struct default_case {
+struct default_case : no_channel_probe {
   F f;
   void describe(select_case& c) { c.kind = case_kind::otherwise; }
-  bool idle(std::uint32_t&) const noexcept { return true; }
-  bool unchanged(std::uint32_t) const noexcept { return true; }
   void run() { std::invoke(f); }
 };
 
@@ -131,23 +136,23 @@ template <class Rep, class Period, class F>
 auto after(std::chrono::duration<Rep, Period> d, F f) {
   const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
   const std::int64_t now = detail::now_ns();
-  return detail::timeout_case<F>{ns > INT64_MAX - now ? INT64_MAX : now + ns, std::move(f)};
+  return detail::timeout_case<F>{{}, ns > INT64_MAX - now ? INT64_MAX : now + ns, std::move(f)};
 }
 
 // otherwise(f): Go's `default:`; runs when no other case is ready.
 template <class F = detail::noop>
 auto otherwise(F f = {}) {
-  return detail::default_case<F>{std::move(f)};
+  return detail::default_case<F>{{}, std::move(f)};
 }
 
 // select(cases...) runs exactly one case (see above) and returns its index.
 template <class... Cases>
 std::size_t select(Cases&&... cases) {
   static_assert(sizeof...(Cases) > 0, "rill::select: needs at least one case");
-  static_assert((0 + ... + detail::is_default_case<std::decay_t<Cases>>) <= 1,
-                "rill::select: at most one otherwise() case");
+  constexpr int defaults = (0 + ... + detail::is_default_case<std::decay_t<Cases>>);
+  static_assert(defaults <= 1, "rill::select: at most one otherwise() case");
   constexpr std::size_t n = sizeof...(Cases);
-  constexpr bool has_default = (0 + ... + detail::is_default_case<std::decay_t<Cases>>) == 1;
+  constexpr bool has_default = defaults == 1;
   if constexpr (has_default) {
     // Go's non-blocking select: when no case is ready, run the default without a lock or a
     // call. Every channel is probed through its sequence lock and then checked unchanged
