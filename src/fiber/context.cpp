@@ -90,6 +90,8 @@ eh_state* thread_eh() noexcept {
 void on_landing(bctx::transfer_t t) noexcept { land(t); }
 
 void san_thread_context(san_ctx& c) noexcept {
+#if RILL_ASAN
+  // Only ASan needs the bounds; pthread_getattr_np reads /proc/self/maps on the main thread.
   pthread_attr_t attr;
   void* addr = nullptr;
   std::size_t size = 0;
@@ -99,6 +101,7 @@ void san_thread_context(san_ctx& c) noexcept {
   }
   c.stack_bottom = addr;
   c.stack_size = size;
+#endif
 #if RILL_TSAN
   c.tsan = __tsan_get_current_fiber();
 #endif

@@ -16,6 +16,7 @@ namespace rill::detail {
 namespace {
 
 constexpr std::size_t page_size = 4096;
+constexpr std::size_t fresh_batch = 4;  // stacks carved per allocate_many() at most
 constexpr std::uint64_t canary_word = 0xfaceb00cdeadbeefULL;
 
 std::atomic<std::size_t> g_guarded{0};
@@ -104,13 +105,24 @@ void stack_pool::add_slab() {
                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
   slabs_.emplace_back(static_cast<char*>(p), bytes);
-  char* first = static_cast<char*>(p) + page_size;
-  fill_canary(first - canary_bytes);
-  for (std::size_t i = per_slab_; i-- > 0;) {
-    stack s{first + i * stack_size_, stack_size_, false};
-    s.write_canary();  // now: the stack above checks it even before this one is used
-    free_.push_back(s);
+  carved_ = 0;
+  fill_canary(static_cast<char*>(p) + page_size - canary_bytes);
+}
+
+// carve() hands out the newest slab's stacks in address order, the first time each is used,
+// so that a runtime that runs a few fibers touches a few pages, not a page per stack of a
+// 32 MiB slab. Each stack's canary is written before the stack above it is carved: a stack
+// in use always has an intact zone below it to check.
+std::size_t stack_pool::carve(stack* out, std::size_t n) {
+  if (slabs_.empty() || carved_ == per_slab_) add_slab();  // may throw: nothing taken yet
+  char* first = slabs_.back().first + page_size;
+  std::size_t got = 0;
+  for (; got < n && carved_ < per_slab_; ++got, ++carved_) {
+    stack s{first + carved_ * stack_size_, stack_size_, false};
+    s.write_canary();
+    out[got] = s;
   }
+  return got;
 }
 
 namespace {
@@ -138,11 +150,12 @@ std::size_t stack_pool::allocate_many(stack* out, std::size_t n) {
   std::size_t got = 0;
   {
     std::lock_guard lk(mu_);
-    if (free_.empty()) add_slab();  // may throw: nothing taken yet
     while (got < n && !free_.empty()) {
       out[got++] = free_.back();
       free_.pop_back();
     }
+    // Fresh stacks cost a page fault and a guard each, whatever the batch: carve few.
+    if (got == 0) got = carve(out, n < fresh_batch ? n : fresh_batch);
     live_ += got;
   }
   for (std::size_t i = 0; i < got; ++i) prepare(out[i]);

@@ -65,14 +65,16 @@ class stack_pool {
   std::size_t live() const noexcept;  // stacks handed out and not yet released
 
  private:
-  void add_slab();  // requires mu_
+  void add_slab();                               // requires mu_
+  std::size_t carve(stack* out, std::size_t n);  // requires mu_; fresh stacks of the newest slab
 
   std::size_t stack_size_;
   std::size_t per_slab_;
   mutable std::mutex mu_;
   std::vector<stack> free_;                           // guarded by mu_
   std::vector<std::pair<char*, std::size_t>> slabs_;  // guarded by mu_
-  std::size_t live_ = 0;                              // guarded by mu_
+  std::size_t carved_ = 0;  // stacks of the newest slab handed out at least once; by mu_
+  std::size_t live_ = 0;    // guarded by mu_
 };
 
 // Process-wide count of guarded stacks, and the cap (RILL_GUARD_BUDGET overrides it).

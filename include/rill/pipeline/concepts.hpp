@@ -295,8 +295,10 @@ struct link_shape {
   std::size_t batch;
   std::size_t capacity;
 };
-inline link_shape shape_for(std::size_t buffer) {
-  const std::size_t b = std::clamp<std::size_t>(buffer / 3, 1, 64);
+// shape_for(buffer, max_batch): the batch size and channel capacity (in batches) of a link
+// that holds at most `buffer` items.
+inline link_shape shape_for(std::size_t buffer, std::size_t max_batch = 64) {
+  const std::size_t b = std::clamp<std::size_t>(buffer / 3, 1, max_batch);
   const std::size_t cap = buffer >= 2 * b ? (buffer - 2 * b + 1) / b : 0;
   return {b, cap};
 }

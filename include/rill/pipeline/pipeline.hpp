@@ -120,7 +120,9 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
     if constexpr (S::parallel) {
       // Fan out: the segment so far feeds `in`; n workers map `in` to `out`.
       const link_shape shape = shape_for(s.opt.buffer);
-      const link_shape in_shape{std::min<std::size_t>(shape.batch, 16), shape.capacity};
+      // Smaller input batches spread the work evenly over the workers; the link still holds
+      // at most `buffer` items, in more batches.
+      const link_shape in_shape = shape_for(s.opt.buffer, 16);
       auto in = ctx.template link<link_chan<In>>(in_shape.capacity);
       ctx.spawn(std::move(seg), [drive = std::move(drive),
                                  w = link_writer<In>(in, in_shape.batch)]() mutable { drive(w); });
