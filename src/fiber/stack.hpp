@@ -73,8 +73,9 @@ class stack_pool {
   mutable std::mutex mu_;
   std::vector<stack> free_;                           // guarded by mu_
   std::vector<std::pair<char*, std::size_t>> slabs_;  // guarded by mu_
-  std::size_t carved_ = 0;  // stacks of the newest slab handed out at least once; by mu_
-  std::size_t live_ = 0;    // guarded by mu_
+  std::size_t carved_ = 0;        // stacks of the newest slab handed out at least once; by mu_
+  std::size_t carved_total_ = 0;  // stacks of every slab handed out at least once; by mu_
+  std::size_t live_ = 0;          // guarded by mu_
 };
 
 // Process-wide count of guarded stacks, and the cap (RILL_GUARD_BUDGET overrides it).
