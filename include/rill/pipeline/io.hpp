@@ -149,7 +149,7 @@ struct line_sink_term : terminal_tag {
   template <class In>
   static constexpr bool accepts = std::is_convertible_v<In&&, std::string_view>;
   template <class In>
-  static void check() {
+  static constexpr void check() {
     static_assert(accepts<In>, "rill::write_lines: items must convert to std::string_view");
   }
   template <class In>
@@ -183,8 +183,10 @@ struct line_sink_term : terminal_tag {
           if (!watch && io.ref()) watch = std::make_unique<cancel_watch>(*ctx, io.ref(), io_write);
           r = io.write(buf.data() + put, buf.size() - put, &ctx->stop, what);
         }
-        if (r < 0) open = false;  // cancelled: what is left is dropped
-        else put += static_cast<std::size_t>(r);
+        if (r < 0)
+          open = false;  // cancelled: what is left is dropped
+        else
+          put += static_cast<std::size_t>(r);
       }
       buf.clear();
       return open;

@@ -450,9 +450,19 @@ pipeline_handle<R> pipeline<R>::start(run_options o) const {
 
 namespace detail {
 
-// A pipeline that failed a static_assert: further composition is accepted silently so that
-// the first error stays the only one.
-struct poisoned : source_tag, stage_tag, terminal_tag {};
+// A pipeline that failed a static_assert: further composition, and the use of its result,
+// are accepted silently so that the first error stays the only one. (Never defined: the
+// program does not compile.)
+struct poisoned : source_tag, stage_tag, terminal_tag {
+  template <class... A>
+  poisoned run(A&&...) const;
+  template <class... A>
+  poisoned start(A&&...) const;
+  poisoned stats() const;
+  poisoned wait() const;
+  template <class T>
+  operator T() const;
+};
 
 template <class In>
 constexpr bool accept_chain() {

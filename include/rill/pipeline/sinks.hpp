@@ -36,7 +36,7 @@ struct sink_term : terminal_tag {
   template <class In>
   static constexpr bool accepts = std::is_invocable_v<F&, In&&>;
   template <class In>
-  static void check() {
+  static constexpr void check() {
     static_assert(accepts<In>, "rill::sink(f): f cannot be called with the upstream item type");
   }
   template <class In>
@@ -66,7 +66,7 @@ struct collect_term : terminal_tag {
   template <class In>
   static constexpr bool accepts = true;
   template <class In>
-  static void check() {}
+  static constexpr void check() {}
   template <class In>
   using result_t = std::vector<In>;
 
@@ -97,7 +97,7 @@ struct reduce_term : terminal_tag {
   template <class In>
   static constexpr bool accepts = std::is_invocable_r_v<T, Op&, T, In&&>;
   template <class In>
-  static void check() {
+  static constexpr void check() {
     static_assert(accepts<In>,
                   "rill::reduce(init, op): op(acc, item) cannot be called with the accumulator "
                   "and the upstream item type, or its result does not convert to the accumulator");
@@ -131,7 +131,7 @@ struct count_term : terminal_tag {
   template <class In>
   static constexpr bool accepts = true;
   template <class In>
-  static void check() {}
+  static constexpr void check() {}
   template <class In>
   using result_t = std::size_t;
 
@@ -160,7 +160,7 @@ struct to_term : terminal_tag {
   template <class In>
   static constexpr bool accepts = std::is_constructible_v<T, In&&>;
   template <class In>
-  static void check() {
+  static constexpr void check() {
     static_assert(accepts<In>, "rill::to(chan): the channel's type cannot be made from the item");
   }
   template <class In>

@@ -55,6 +55,13 @@ struct invoke_out<F, In, true> {
   using type = std::remove_cvref_t<std::invoke_result_t<F&, In&&>>;
 };
 
+// maps_to_value<F, In>: f can take an In and returns a value. (Through invoke_out: naming
+// std::invoke_result_t of a call that is not valid is a hard error, not false, and would
+// bury the stage's static_assert under errors from <type_traits>.)
+template <class F, class In>
+inline constexpr bool maps_to_value =
+    std::is_invocable_v<F&, In&&> && !std::is_void_v<typename invoke_out<F, In>::type>;
+
 // ---- map ------------------------------------------------------------------------------------
 template <class F>
 struct map_stage : stage_tag {
@@ -64,10 +71,9 @@ struct map_stage : stage_tag {
   stage_options opt;
 
   template <class In>
-  static constexpr bool accepts =
-      std::is_invocable_v<F&, In&&> && !std::is_void_v<std::invoke_result_t<F&, In&&>>;
+  static constexpr bool accepts = maps_to_value<F, In>;
   template <class In>
-  static void check() {
+  static constexpr void check() {
     static_assert(accepts<In>,
                   "rill::map(f): f cannot be called with the upstream item type (or returns void)");
   }
@@ -105,7 +111,7 @@ struct filter_stage : stage_tag {
   template <class In>
   static constexpr bool accepts = std::is_invocable_r_v<bool, P&, const In&>;
   template <class In>
-  static void check() {
+  static constexpr void check() {
     static_assert(accepts<In>,
                   "rill::filter(p): p cannot be called with the upstream item type, or does not "
                   "return something convertible to bool");
@@ -147,7 +153,7 @@ struct tap_stage : stage_tag {
   template <class In>
   static constexpr bool accepts = std::is_invocable_v<F&, const In&>;
   template <class In>
-  static void check() {
+  static constexpr void check() {
     static_assert(accepts<In>, "rill::tap(f): f cannot be called with the upstream item type");
   }
   template <class In>
@@ -200,7 +206,7 @@ struct flat_map_stage : stage_tag {
   template <class In>
   static constexpr bool accepts = std::is_invocable_v<F&, In&&>&& returns_range<In>::value;
   template <class In>
-  static void check() {
+  static constexpr void check() {
     static_assert(accepts<In>,
                   "rill::flat_map(f): f cannot be called with the upstream item type, or does "
                   "not return a range");
@@ -241,7 +247,7 @@ struct take_stage : stage_tag {
   template <class In>
   static constexpr bool accepts = true;
   template <class In>
-  static void check() {}
+  static constexpr void check() {}
   template <class In>
   using out_t = In;
 
@@ -275,7 +281,7 @@ struct batch_stage : stage_tag {
   template <class In>
   static constexpr bool accepts = true;
   template <class In>
-  static void check() {}
+  static constexpr void check() {}
   template <class In>
   using out_t = std::vector<In>;
 
@@ -315,7 +321,7 @@ struct unbatch_stage : stage_tag {
   template <class In>
   static constexpr bool accepts = is_range<In>::value;
   template <class In>
-  static void check() {
+  static constexpr void check() {
     static_assert(accepts<In>, "rill::unbatch(): the upstream item type is not a range");
   }
   template <class In>
@@ -349,7 +355,7 @@ struct boundary_stage : stage_tag {
   template <class In>
   static constexpr bool accepts = true;
   template <class In>
-  static void check() {}
+  static constexpr void check() {}
   template <class In>
   using out_t = In;
 
@@ -378,10 +384,9 @@ struct par_map_stage : stage_tag {
   par_options opt;
 
   template <class In>
-  static constexpr bool accepts =
-      std::is_invocable_v<F&, In&&> && !std::is_void_v<std::invoke_result_t<F&, In&&>>;
+  static constexpr bool accepts = maps_to_value<F, In>;
   template <class In>
-  static void check() {
+  static constexpr void check() {
     static_assert(accepts<In>,
                   "rill::par_map(f): f cannot be called with the upstream item type (or returns "
                   "void)");
