@@ -21,6 +21,7 @@
 // stages promptly; no fiber, stack or channel outlives run().
 #pragma once
 
+#include "rill/pipeline/broadcast.hpp"
 #include "rill/pipeline/concepts.hpp"
 #include "rill/pipeline/pipeline.hpp"
 #include "rill/pipeline/sinks.hpp"

@@ -1,6 +1,7 @@
 // Pipelines that must not compile, one per CASE, each with one readable error: the stage's
 // static_assert, naming the stage (the acceptance rule of the pipeline issue). CASE 0 is
 // the control: a correct pipeline, which must compile with the same command.
+#include <memory>
 #include <rill/rill.hpp>
 #include <string>
 #include <vector>
@@ -44,5 +45,14 @@ int main() {
   auto p = rill::from(std::vector<int>{1}) | rill::map([](int v) { return v; }) |
            rill::map([](nope) { return 1; }) | rill::sink([](int) {});
   p.run();
+#elif CASE == 8  // broadcast of move-only items to two branches
+  auto p = rill::from(std::vector<int>{1}) |
+           rill::map([](int v) { return std::make_unique<int>(v); }) |
+           rill::broadcast(rill::count(), rill::count());
+  (void)p.run();
+#elif CASE == 9  // a broadcast branch whose stage cannot take the item
+  auto p = rill::from(std::vector<int>{1}) |
+           rill::broadcast(rill::count(), rill::filter([](nope) { return true; }) | rill::count());
+  (void)p.run();
 #endif
 }

@@ -23,6 +23,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "support/pipeline_support.hpp"
@@ -532,5 +533,105 @@ TEST_CASE("pipeline: to(chan) closes the channel when the run fails",
     for (int v : out) n += v >= 0;  // ends: the channel is closed although map threw
     CHECK(n <= 10);
     CHECK_THROWS_AS(h.wait(), test::boom);
+  });
+}
+
+// ---- broadcast -----------------------------------------------------------------------
+
+TEST_CASE("pipeline: broadcast gives every branch every item, in order; run() returns a tuple",
+          "[pipeline][terminal][broadcast]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  auto fuse = GENERATE(true, false);
+  test::run_with(workers, [fuse] {
+    std::vector<int> seen;
+    auto p = rill::from(iota_vec(1000)) | rill::map([](int v) { return churn(v); }) |
+             rill::broadcast(
+                 rill::collect(), rill::filter([](int v) { return v % 3 == 0; }) | rill::count(),
+                 rill::map([](int v) { return long{v}; }) | rill::reduce(0L, std::plus<>{}),
+                 rill::sink([&seen](int v) { seen.push_back(v); }));
+    static_assert(std::is_same_v<decltype(p.run()),
+                                 std::tuple<std::vector<int>, std::size_t, long, std::monostate>>);
+    for (int round = 0; round < 2; ++round) {  // a pipeline runs again with fresh branches
+      seen.clear();
+      auto [all, thirds, sum, none] = p.run({.fusion = fuse});
+      (void)none;
+      CHECK(all == iota_vec(1000));
+      CHECK(thirds == 334);
+      CHECK(sum == 999L * 1000 / 2);
+      CHECK(seen == iota_vec(1000));
+    }
+    // Each branch runs in fibers of its own, named after its position.
+    const auto fibers = p.stats().fibers;
+    CHECK(std::count_if(fibers.begin(), fibers.end(),
+                        [](const std::string& f) { return f.rfind("broadcast[", 0) == 0; }) == 4);
+  });
+}
+
+TEST_CASE("pipeline: a broadcast branch that stops early leaves the others every item",
+          "[pipeline][terminal][broadcast]") {
+  auto workers = GENERATE(1u, 2u);
+  test::run_with(workers, [] {
+    auto p =
+        rill::from(iota_vec(5000)) | rill::broadcast(rill::take(3) | rill::collect(), rill::count(),
+                                                     rill::take(0) | rill::count());
+    auto [first, n, zero] = p.run();
+    CHECK(first == std::vector{0, 1, 2});
+    CHECK(n == 5000);
+    CHECK(zero == 0);
+    // When every branch has stopped, so does the source, even an endless one.
+    auto q = rill::from(ranges::views::iota(0)) |
+             rill::broadcast(rill::take(10) | rill::count(), rill::take(20) | rill::collect());
+    auto [ten, twenty] = q.run();
+    CHECK(ten == 10);
+    CHECK(twenty.size() == 20);
+  });
+}
+
+TEST_CASE("pipeline: an exception in a broadcast branch fails the run and names the stage",
+          "[pipeline][terminal][broadcast][error]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  auto fuse = GENERATE(true, false);
+  test::run_with(workers, [fuse] {
+    test::tracked::live = 0;
+    auto p = rill::from(iota_vec(2000)) | rill::map([](int v) { return test::tracked{v}; }) |
+             rill::broadcast(rill::count(), rill::map(
+                                                [](const test::tracked& t) {
+                                                  if (t.v == 777) throw test::boom(t.v);
+                                                  return t.v;
+                                                },
+                                                {.name = "explode"}) |
+                                                rill::collect());
+    auto h = p.start({.fusion = fuse});
+    CHECK_THROWS_WITH(h.wait(), "boom at 777");
+    CHECK(h.failed_stage() == "explode");
+    CHECK(test::tracked::live == 0);  // no item outlives the run
+  });
+}
+
+TEST_CASE("pipeline: cancel() stops an endless source feeding a broadcast",
+          "[pipeline][terminal][broadcast][cancel]") {
+  auto workers = GENERATE(1u, 2u);
+  test::run_with(workers, [] {
+    std::atomic<long> seen{0};
+    auto h = (rill::from(ranges::views::iota(0)) |
+              rill::broadcast(rill::count(), rill::for_each([&seen](int) {
+                                ++seen;
+                                rill::this_fiber::yield();
+                              })))
+                 .start();
+    while (seen.load() < 100) rill::this_fiber::yield();
+    h.cancel();
+    CHECK_THROWS_AS(h.wait(), rill::pipeline_cancelled);
+  });
+}
+
+TEST_CASE("pipeline: broadcast with one branch takes move-only items",
+          "[pipeline][terminal][broadcast]") {
+  test::run_with(2, [] {
+    auto p =
+        rill::from(iota_vec(100)) | rill::map([](int v) { return std::make_unique<int>(v); }) |
+        rill::broadcast(rill::map([](std::unique_ptr<int> u) { return *u; }) | rill::collect());
+    auto [out] = p.run();
+    CHECK(out == iota_vec(100));
   });
 }

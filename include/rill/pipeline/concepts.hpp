@@ -150,10 +150,11 @@ class pipe_ctx {
     mu_.unlock();
   }
 
-  // spawn() runs f in a new stage fiber named `name`; its failure fails the run.
+  // spawn() runs f in a new stage fiber named `name`; its failure fails the run. `record`:
+  // list it in the run's stats now (false: f records its own layout as it builds it).
   template <class F>
-  void spawn(std::string name, F f) {
-    record_fiber(name);
+  void spawn(std::string name, F f, bool record = true) {
+    if (record) record_fiber(name);
     fibers.add(1);
     try {
       go([this, name = std::move(name), f = std::optional<F>(std::move(f))]() mutable {

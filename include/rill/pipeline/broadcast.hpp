@@ -1,0 +1,252 @@
+// rill/pipeline/broadcast.hpp: broadcast(branch...), the terminal that sends every item to
+// several branches, each a terminal or stages ending in one. Part of rill/pipeline.hpp.
+//
+//   auto p = rill::from(words)
+//          | rill::broadcast(rill::count(),
+//                            rill::filter(is_long) | rill::collect(),
+//                            rill::map(length) | rill::reduce(0L, std::plus<>{}));
+//   auto [n, long_words, letters] = p.run();  // std::tuple<std::size_t, std::vector, long>
+//
+// Each branch runs in fibers of its own, fed by a link of its own (default buffer); a branch
+// whose terminal returns void gives std::monostate in the tuple. Every branch sees every
+// item, in order; a slow branch makes the source wait (the links are bounded), and a branch
+// that stops early (take) stops receiving while the others go on. Items are copied to every
+// branch but the last, which gets the original: with several branches the item type must be
+// copyable. An exception in any branch fails the whole run, as anywhere in a pipeline.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "rill/pipeline/pipeline.hpp"
+
+namespace rill {
+namespace detail {
+
+// chain_out<In, S...>: the item type after stages S... (bad_item where one cannot take it).
+template <class In, class... S>
+struct chain_out {
+  using type = In;
+};
+template <class In, class S0, class... S>
+struct chain_out<In, S0, S...> {
+  using type = typename chain_out<typename S0::template out_t<In>, S...>::type;
+};
+
+// chain_ok<In, S...>(): every stage takes what the one before gives (no static_assert).
+template <class In>
+constexpr bool chain_ok() {
+  return true;
+}
+template <class In, class S0, class... S>
+constexpr bool chain_ok() {
+  if constexpr (!S0::template accepts<In>) {
+    return false;
+  } else {
+    return chain_ok<typename S0::template out_t<In>, S...>();
+  }
+}
+
+template <class T>
+struct as_branch {  // a bare terminal: a branch with no stages
+  using type = sink_fragment<T>;
+  static type get(T t) { return type{{}, {}, std::move(t)}; }
+};
+template <class Term, class... S>
+struct as_branch<sink_fragment<Term, S...>> {
+  using type = sink_fragment<Term, S...>;
+  static type get(type b) { return b; }
+};
+
+template <class B>
+struct branch_traits;
+template <class Term, class... S>
+struct branch_traits<sink_fragment<Term, S...>> {
+  template <class In>
+  using out_t = typename chain_out<In, S...>::type;
+  template <class In>
+  static constexpr bool accepts() {
+    if constexpr (!chain_ok<In, S...>()) {
+      return false;
+    } else {
+      return Term::template accepts<out_t<In>>;
+    }
+  }
+  template <class In>
+  static constexpr void check() {
+    if constexpr (!chain_ok<In, S...>()) {
+      (void)accept_chain<In, S...>();  // the failing stage's static_assert
+    } else {
+      Term::template check<out_t<In>>();
+    }
+  }
+  template <class In>
+  using raw_result_t = typename Term::template result_t<out_t<In>>;
+  template <class In>
+  using result_t =
+      std::conditional_t<std::is_void_v<raw_result_t<In>>, std::monostate, raw_result_t<In>>;
+};
+
+template <class... B>
+struct broadcast_term : terminal_tag {
+  static constexpr const char* kind = "broadcast";
+  static constexpr std::size_t n = sizeof...(B);
+  std::tuple<B...> branches;
+
+  template <class In>
+  static constexpr bool copyable = n == 1 || std::is_copy_constructible_v<std::remove_cvref_t<In>>;
+  template <class In>
+  static constexpr bool accepts = copyable<In> && (branch_traits<B>::template accepts<In>() && ...);
+  template <class In>
+  static constexpr void check() {
+    static_assert(copyable<In>,
+                  "rill::broadcast: the item type must be copyable to go to several branches");
+    check_from<In, 0>();
+  }
+  template <class In, std::size_t K>
+  static constexpr void check_from() {
+    if constexpr (K < n) {
+      using BK = std::tuple_element_t<K, std::tuple<B...>>;
+      if constexpr (!branch_traits<BK>::template accepts<In>()) {
+        branch_traits<BK>::template check<In>();
+      } else {
+        check_from<In, K + 1>();
+      }
+    }
+  }
+  template <class In>
+  using result_t = std::tuple<typename branch_traits<B>::template result_t<In>...>;
+
+  // What the branch fibers share with the sink: their results, and a count of those still
+  // running (the sink's finish() waits for it before it assembles the tuple).
+  template <class In>
+  struct state {
+    std::tuple<result_slot<typename branch_traits<B>::template raw_result_t<In>>...> results;
+    bool done_ok[n] = {};  // done_ok[k]: branch k's terminal finished
+    wait_group running;
+  };
+
+  template <class In>
+  struct sink {
+    std::shared_ptr<state<In>> st;
+    std::vector<link_writer<In>> writers;
+    std::vector<char> open;
+    result_slot<result_t<In>>* out;
+
+    template <class V>
+    bool operator()(V&& v) {
+      bool any = false;
+      if constexpr (n > 1) {  // copies to all but the last branch
+        for (std::size_t k = 0; k + 1 < n; ++k) {
+          if (open[k]) {
+            open[k] = writers[k](static_cast<const std::remove_cvref_t<V>&>(v));
+            any = any || open[k];
+          }
+        }
+      }
+      if (open[n - 1]) {
+        open[n - 1] = writers[n - 1](std::forward<V>(v));
+        any = any || open[n - 1];
+      }
+      return any;
+    }
+    void flush_hint() {
+      for (std::size_t k = 0; k < n; ++k) {
+        if (open[k]) writers[k].flush_hint();
+      }
+    }
+    void finish() {
+      for (auto& w : writers) w.finish();  // the branches see the end of the stream
+      st->running.wait();
+      if (all_ok(std::make_index_sequence<n>{})) {
+        out->set(take_all(std::make_index_sequence<n>{}));
+      }  // else a branch failed or the run was cancelled: run() throws, the tuple is unused
+    }
+    template <std::size_t... K>
+    bool all_ok(std::index_sequence<K...>) {
+      return (st->done_ok[K] && ...);
+    }
+    template <std::size_t K>
+    auto take_one() {
+      using R = typename branch_traits<
+          std::tuple_element_t<K, std::tuple<B...>>>::template raw_result_t<In>;
+      if constexpr (std::is_void_v<R>) {
+        return std::monostate{};
+      } else {
+        return std::get<K>(st->results).take();
+      }
+    }
+    template <std::size_t... K>
+    result_t<In> take_all(std::index_sequence<K...>) {
+      return result_t<In>(take_one<K>()...);
+    }
+  };
+
+  template <class In>
+  sink<In> make(pipe_ctx& ctx, result_slot<result_t<In>>* out, int index) {
+    sink<In> s{std::make_shared<state<In>>(), {}, std::vector<char>(n, 1), out};
+    s.writers.reserve(n);
+    start_branches<In>(ctx, s, index, std::make_index_sequence<n>{});
+    return s;
+  }
+
+  template <class In, std::size_t... K>
+  void start_branches(pipe_ctx& ctx, sink<In>& s, int index, std::index_sequence<K...>) {
+    (start_branch<In, K>(ctx, s, index), ...);
+  }
+
+  template <class In, std::size_t K>
+  void start_branch(pipe_ctx& ctx, sink<In>& s, int index) {
+    using BK = std::tuple_element_t<K, std::tuple<B...>>;
+    using Out = typename branch_traits<BK>::template out_t<In>;
+    const link_shape shape = shape_for(default_buffer);
+    auto l = ctx.template link<link_chan<In>>(shape.capacity);
+    s.writers.emplace_back(l, shape.batch);
+    s.st->running.add(1);
+    try {
+      ctx.spawn(
+          "broadcast#" + std::to_string(index) + "[" + std::to_string(K) + "]",
+          [st = s.st, l, b = &std::get<K>(branches), &ctx, index]() mutable {
+            struct leave {
+              wait_group* wg;
+              ~leave() { wg->done(); }
+            } guard{&st->running};
+            using Term = std::remove_cvref_t<decltype(b->term)>;
+            terminal_tail<Term, Out> tail{&b->term, {}, index};
+            build<0, In>(b->stages, tail, ctx, link_driver<In>{l}, true,
+                         "broadcast[" + std::to_string(K) + "]", default_buffer);
+            if constexpr (!std::is_void_v<typename terminal_tail<Term, Out>::result_type>) {
+              if (!tail.result.value) return;  // the terminal never finished (stopped)
+              std::get<K>(st->results).set(tail.result.take());
+            }
+            st->done_ok[K] = true;
+          },
+          /*record=*/false);
+    } catch (...) {
+      s.st->running.done();
+      throw;
+    }
+  }
+};
+
+}  // namespace detail
+
+// broadcast(branch...): a terminal that sends every item to each branch (a terminal, or
+// stages ending in a terminal); run() returns a std::tuple of the branches' results, with
+// std::monostate for a branch whose terminal gives void.
+template <class... B>
+auto broadcast(B... b) {
+  static_assert(sizeof...(B) > 0, "rill::broadcast: needs at least one branch");
+  static_assert((detail::is_terminal_v<B> && ...),
+                "rill::broadcast: each branch must end in a terminal (collect(), sink(f), ...)");
+  return detail::broadcast_term<typename detail::as_branch<B>::type...>{
+      {}, {detail::as_branch<B>::get(std::move(b))...}};
+}
+
+}  // namespace rill
