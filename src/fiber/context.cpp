@@ -57,8 +57,9 @@ namespace {
 // __cxa_get_globals() is declared `const`, so a compiler may keep its result across a
 // switch: thread_eh() is opaque and launders the pointer. The address is cached per thread
 // (libstdc++ reaches it through __tls_get_addr, ~30 instructions, twice per round trip of a
-// channel ping-pong): only switch_to() and exit_to() call this, before they switch, so the
-// thread asked is the thread that runs.
+// channel ping-pong): it is asked only by exit_to(), before it switches, and once per worker
+// thread when the worker starts (worker::eh, which every switch_to() of that worker uses):
+// the thread asked is always the thread that runs.
 [[gnu::tls_model("initial-exec")]] thread_local eh_state* tls_eh = nullptr;
 }  // namespace
 

@@ -73,9 +73,10 @@ inline void land(bctx::transfer_t t) noexcept {
 // switch_to() suspends `from` and resumes `to` on the calling thread. `after(from, arg)`
 // runs on the landing side once from's context is saved. Returns when `from` is resumed
 // (possibly on another thread). Inline: it is on the path of every park and yield.
-inline void switch_to(context& from, context& to, after_switch_fn after = nullptr,
+// `g` is the calling thread's exception state (thread_eh(), or a copy the caller keeps per
+// thread: a worker's `eh`).
+inline void switch_to(context& from, context& to, eh_state* g, after_switch_fn after = nullptr,
                       void* arg = nullptr) noexcept {
-  eh_state* g = thread_eh();
   from.eh = *g;
   *g = to.eh;
   switch_msg msg{&from, &to, after, arg, false};

@@ -195,6 +195,7 @@ constexpr std::size_t altstack_size = 64 * 1024;
 
 void enter_worker_thread(worker& w) {
   tls_worker = &w;
+  w.eh = thread_eh();
   san_thread_context(w.g0.san);
   void* p =
       ::mmap(nullptr, altstack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -1010,7 +1011,7 @@ void runtime::run_worker(worker& w) {
   while (fiber* f = find_runnable(w)) {
     w.current = f;
     f->state.store(fiber_state::running, std::memory_order_relaxed);
-    switch_to(w.g0, *f);
+    switch_to(w.g0, *f, w.eh);
     // Back on the scheduler stack: the fiber that switched here parked or finished with
     // nothing else to run locally.
   }

@@ -61,6 +61,7 @@ struct alignas(64) worker {
   unsigned index = 0;
   context g0;                // this thread's own stack, running the scheduler loop
   fiber* current = nullptr;  // owner thread only
+  eh_state* eh = nullptr;    // this thread's C++ exception state (thread_eh()), for switches
   run_queue queue;
   alignas(64) std::atomic<fiber*> runnext{nullptr};
   alignas(64) std::atomic<std::uint32_t> wake_word{0};  // futex: 1 once woken
@@ -346,10 +347,10 @@ inline void switch_out(fiber* self, worker* w, after_switch_fn after, void* arg)
   if (next) {
     w->current = next;
     next->state.store(fiber_state::running, std::memory_order_relaxed);
-    switch_to(*self, *next, after, arg);
+    switch_to(*self, *next, w->eh, after, arg);
   } else {
     w->current = nullptr;
-    switch_to(*self, w->g0, after, arg);
+    switch_to(*self, w->g0, w->eh, after, arg);
   }
 }
 inline void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept {

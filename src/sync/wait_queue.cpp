@@ -89,7 +89,15 @@ void yield() {
   if (detail::fiber* next = self->rt->next_local(*w)) {
     w->current = next;
     next->state.store(detail::fiber_state::running, std::memory_order_relaxed);
-    detail::switch_to(*self, *next, after_push_local, w);
+    if (w->solo) {
+      // One worker: nobody else can take self from the queue before this thread has left
+      // it (the next fiber's landing saves self's context first), so self queues now and
+      // the switch needs no after-switch action.
+      self->rt->push_local(*w, self);
+      detail::switch_to(*self, *next, w->eh);
+    } else {
+      detail::switch_to(*self, *next, w->eh, after_push_local, w);
+    }
   } else if (self->rt->nothing_queued()) {
     // Nothing runnable on this worker, in the global queue, or due from timers or I/O:
     // there is nobody to yield to, so the caller goes on (as sched_yield with an idle CPU).
@@ -98,7 +106,7 @@ void yield() {
     // Nothing local: let the scheduler look at the global queue, the timers and the I/O;
     // this fiber queues behind what it finds.
     w->current = nullptr;
-    detail::switch_to(*self, w->g0, after_push_global, nullptr);
+    detail::switch_to(*self, w->g0, w->eh, after_push_global, nullptr);
   }
 }
 
