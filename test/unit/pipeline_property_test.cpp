@@ -127,6 +127,22 @@ void random_case(rand_gen& r) {
         v | rv::transform([](int x) { return 2L * x + 1; }) | ranges::to<std::vector>();
     CHECK(sorted(pipe.run(o)) == sorted(expect));
   }
+  {  // broadcast: each branch computes what its own range-v3 loop computes
+    const auto n = static_cast<std::size_t>(r.between(0, 2000));
+    auto pipe =
+        rill::from(v) | rill::map(f, {.buffer = r.buffer(), .fuse = r.coin()}) |
+        rill::broadcast(rill::filter(p, {.buffer = r.buffer(), .fuse = r.coin()}) | rill::collect(),
+                        rill::take(n, {.buffer = r.buffer(), .fuse = r.coin()}) | rill::count(),
+                        rill::flat_map(g, {.buffer = r.buffer(), .fuse = r.coin()}) |
+                            rill::reduce(0L, std::plus<>{}));
+    const auto [kept, taken, total] = pipe.run(o);
+    const std::vector<int> mapped = v | rv::transform(f) | ranges::to<std::vector>();
+    CHECK(kept == (mapped | rv::filter(p) | ranges::to<std::vector>()));
+    CHECK(taken == std::min(n, mapped.size()));
+    CHECK(total ==
+          ranges::accumulate(
+              mapped | rv::for_each([](int x) { return rv::repeat_n(x, copies(x)); }), 0L));
+  }
   {  // merge of two sources: each keeps its order; together, every item once
     const std::vector<int> w = r.input(500);
     auto pipe =
