@@ -29,30 +29,6 @@
 namespace rill {
 namespace detail {
 
-// chain_out<In, S...>: the item type after stages S... (bad_item where one cannot take it).
-template <class In, class... S>
-struct chain_out {
-  using type = In;
-};
-template <class In, class S0, class... S>
-struct chain_out<In, S0, S...> {
-  using type = typename chain_out<typename S0::template out_t<In>, S...>::type;
-};
-
-// chain_ok<In, S...>(): every stage takes what the one before gives (no static_assert).
-template <class In>
-constexpr bool chain_ok() {
-  return true;
-}
-template <class In, class S0, class... S>
-constexpr bool chain_ok() {
-  if constexpr (!S0::template accepts<In>) {
-    return false;
-  } else {
-    return chain_ok<typename S0::template out_t<In>, S...>();
-  }
-}
-
 template <class T>
 struct as_branch {  // a bare terminal: a branch with no stages
   using type = sink_fragment<T>;
@@ -69,10 +45,10 @@ struct branch_traits;
 template <class Term, class... S>
 struct branch_traits<sink_fragment<Term, S...>> {
   template <class In>
-  using out_t = typename chain_out<In, S...>::type;
+  using out_t = typename fold_out<In, S...>::type;
   template <class In>
   static constexpr bool accepts() {
-    if constexpr (!chain_ok<In, S...>()) {
+    if constexpr (!chain_accepts<false, In, S...>()) {
       return false;
     } else {
       return Term::template accepts<out_t<In>>;
@@ -80,8 +56,8 @@ struct branch_traits<sink_fragment<Term, S...>> {
   }
   template <class In>
   static constexpr void check() {
-    if constexpr (!chain_ok<In, S...>()) {
-      (void)accept_chain<In, S...>();  // the failing stage's static_assert
+    if constexpr (!chain_accepts<false, In, S...>()) {
+      (void)chain_accepts<true, In, S...>();  // the failing stage's static_assert
     } else {
       Term::template check<out_t<In>>();
     }

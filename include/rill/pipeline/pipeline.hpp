@@ -464,24 +464,26 @@ struct poisoned : source_tag, stage_tag, terminal_tag {
   operator T() const;
 };
 
-template <class In>
-constexpr bool accept_chain() {
+// chain_accepts<Report, In, S...>(): every stage takes what the one before gives; with
+// Report, the first stage that does not fires its static_assert.
+template <bool Report, class In>
+constexpr bool chain_accepts() {
   return true;
 }
-template <class In, class S0, class... S>
-constexpr bool accept_chain() {
+template <bool Report, class In, class S0, class... S>
+constexpr bool chain_accepts() {
   if constexpr (!S0::template accepts<In>) {
-    S0::template check<In>();
+    if constexpr (Report) S0::template check<In>();
     return false;
   } else {
-    return accept_chain<typename S0::template out_t<In>, S...>();
+    return chain_accepts<Report, typename S0::template out_t<In>, S...>();
   }
 }
 
 template <class Src, class... Have, class... Add>
 auto append(flow<Src, Have...>&& f, std::tuple<Add...>&& add) {
   using In = typename flow<Src, Have...>::value_type;
-  if constexpr (!accept_chain<In, Add...>()) {
+  if constexpr (!chain_accepts<true, In, Add...>()) {
     return poisoned{};
   } else {
     return flow<Src, Have..., Add...>{
