@@ -9,6 +9,7 @@
 // before the wait() it wakes returns.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -26,7 +27,8 @@ class wait_group {
   wait_group& operator=(const wait_group&) = delete;
 
   // add() adds n (may be negative) to the counter; when it reaches zero every wait()
-  // returns. Throws std::logic_error if the counter would go negative.
+  // returns. Throws std::logic_error if the counter would go negative or past INT32_MAX
+  // (the counter is left as it was).
   void add(int n = 1);
   // done() is add(-1).
   void done() { add(-1); }
@@ -34,8 +36,12 @@ class wait_group {
   void wait();
 
  private:
+  // state_: the counter in the high 32 bits, the number of waiters counted in the low 32
+  // (Go's WaitGroup): add() is one atomic add, unless it brings the counter to zero while
+  // waiters are counted. A waiter counts itself, and queues itself on waiters_, in one
+  // critical section of mu_, only while the counter is above zero.
+  std::atomic<std::uint64_t> state_{0};
   detail::spinlock mu_;
-  long count_ = 0;             // guarded by mu_
   detail::wait_list waiters_;  // guarded by mu_
 };
 
@@ -103,3 +109,5 @@ class once_flag {
 };
 
 }  // namespace rill
+
+#include "rill/context.hpp"  // context and error_group (they build on the above)

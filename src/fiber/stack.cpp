@@ -16,7 +16,7 @@
 namespace rill::detail {
 namespace {
 
-constexpr std::size_t page_size = 4096;
+constexpr std::size_t page_size = stack_page_size;
 constexpr std::uint64_t canary_word = 0xfaceb00cdeadbeefULL;
 
 std::atomic<std::size_t> g_guarded{0};
@@ -45,10 +45,6 @@ bool injected_failure() noexcept {
 }
 
 }  // namespace
-
-char* stack::limit() const noexcept { return guarded ? base + page_size : base; }
-
-char* stack::usable_top() const noexcept { return top() - canary_bytes; }
 
 namespace {
 void fill_canary(char* zone) noexcept {
@@ -92,6 +88,10 @@ stack_pool::~stack_pool() {
   }
 }
 
+stack stack_pool::nth(std::size_t slab, std::size_t k) const noexcept {
+  return stack{slabs_[slab].first + page_size + k * stack_size_, stack_size_, false};
+}
+
 void stack_pool::add_slab() {
   // [one page whose top is a canary zone][stack 0][stack 1]...: the lowest stack of a slab
   // has a canary below it too.
@@ -115,11 +115,11 @@ void stack_pool::add_slab() {
 // in use always has an intact zone below it to check.
 std::size_t stack_pool::carve(stack* out, std::size_t n) {
   if (slabs_.empty() || carved_ == per_slab_) add_slab();  // may throw: nothing taken yet
-  char* first = slabs_.back().first + page_size;
   std::size_t got = 0;
   for (; got < n && carved_ < per_slab_; ++got, ++carved_) {
-    stack s{first + carved_ * stack_size_, stack_size_, false};
+    stack s = nth(slabs_.size() - 1, carved_);
     s.write_canary();
+    ::new (s.slot()) stack_slot;
     out[got] = s;
   }
   carved_total_ += got;

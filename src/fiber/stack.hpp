@@ -23,23 +23,50 @@
 #include <mutex>
 #include <vector>
 
+#include "rill/detail/core.hpp"
+
 namespace rill::detail {
+
+// stack_slot: one per stack a pool has carved, for as long as the pool lives. It is the
+// runtime's registry of fibers, as Go's allgs: a stack is registered once, when it is
+// carved, and a fiber that starts or ends on it writes only its own slot, so spawning and
+// finishing touch no list shared with other workers. The slot lives in the stack itself,
+// at the top of its usable area, just above where the runtime puts the fiber's record
+// (stack::record_top()): the lines a spawn writes anyway. `owner` is the fiber running on
+// the stack (nullptr while the stack is pooled); `lk` guards it, and keeps the owner's
+// record alive for a reader that holds it (dump(), deadlock detection).
+struct stack_slot {
+  spinlock lk;
+  void* owner = nullptr;  // guarded by lk
+};
+
+inline constexpr std::size_t canary_bytes = 1024;
+inline constexpr std::size_t stack_page_size = 4096;
 
 struct stack {
   char* base = nullptr;  // lowest address of the mapping (the guard page, when guarded)
   std::size_t size = 0;  // whole mapping, guard included
   bool guarded = false;
 
-  char* limit() const noexcept;  // lowest usable byte
+  char* limit() const noexcept {
+    return guarded ? base + stack_page_size : base;
+  }  // lowest usable byte
   char* top() const noexcept { return base + size; }
-  char* usable_top() const noexcept;  // below this stack's own canary zone
-  void write_canary() noexcept;       // writes this stack's canary zone (its top)
+  char* usable_top() const noexcept { return top() - canary_bytes; }  // below the canary zone
+  // slot(): this stack's registry slot, constructed when the stack is carved. It sits at a
+  // place "coloured" by the stack's address (one of 16 cache lines below usable_top()), so
+  // that the slots and fiber records of many stacks do not all compete for the same cache
+  // sets; record_top() is the slot's address, where a fiber's record may end.
+  stack_slot* slot() const noexcept {
+    const std::size_t color = ((reinterpret_cast<std::uintptr_t>(base) >> 12) % 16) * 64;
+    return reinterpret_cast<stack_slot*>(usable_top() - color - 64);
+  }
+  char* record_top() const noexcept { return reinterpret_cast<char*>(slot()); }
+  void write_canary() noexcept;  // writes this stack's canary zone (its top)
   // below_intact(): the canary zone just below this stack (the neighbour's, or the slab
   // page's) is intact; `full` checks every word, else a sample.
   bool below_intact(bool full) const noexcept;
 };
-
-inline constexpr std::size_t canary_bytes = 1024;
 
 // stack_pool hands out stacks of one size. Thread safety: allocate/release may be called
 // from any thread (a mutex guards the free list and the slab list).
@@ -64,9 +91,21 @@ class stack_pool {
   std::size_t stack_size() const noexcept { return stack_size_; }
   std::size_t live() const noexcept;  // stacks handed out and not yet released
 
+  // for_each_slot() calls f(stack_slot&) for the slot of every stack carved so far, under
+  // the pool's lock (lock order: the pool's lock before a slot's).
+  template <class F>
+  void for_each_slot(F f) {
+    std::lock_guard lk(mu_);
+    for (std::size_t i = 0; i < slabs_.size(); ++i) {
+      const std::size_t n = i + 1 == slabs_.size() ? carved_ : per_slab_;
+      for (std::size_t j = 0; j < n; ++j) f(*nth(i, j).slot());
+    }
+  }
+
  private:
   void add_slab();                               // requires mu_
   std::size_t carve(stack* out, std::size_t n);  // requires mu_; fresh stacks of the newest slab
+  stack nth(std::size_t slab, std::size_t k) const noexcept;  // requires mu_; unguarded view
 
   std::size_t stack_size_;
   std::size_t per_slab_;

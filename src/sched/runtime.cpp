@@ -79,6 +79,7 @@ worker* current_worker() noexcept {
 namespace {
 
 constexpr std::size_t stack_cache_max = 64;
+constexpr std::int64_t fiber_credit_batch = 64;   // see count_spawn
 constexpr std::uint64_t id_block = 64;            // fiber ids a worker takes at a time
 constexpr int spin_rounds = 4;                    // steal attempts before reading the clock
 constexpr std::int64_t spin_ns = 20'000;          // how long an idle worker spins
@@ -339,13 +340,15 @@ runtime::~runtime() {
 
 stats runtime::snapshot() noexcept {
   stats s;
-  s.live_fibers = static_cast<std::size_t>(live_fibers_.load(std::memory_order_relaxed));
+  std::int64_t live = live_fibers_.load(std::memory_order_relaxed);
   std::size_t cached = 0;
   for (auto& w : workers_) {
+    live -= w->credit.load(std::memory_order_relaxed);
     s.fibers_spawned += w->spawned.load(std::memory_order_relaxed);
     s.steals += w->steals.load(std::memory_order_relaxed);
     cached += w->cached.load(std::memory_order_relaxed);
   }
+  s.live_fibers = live > 0 ? static_cast<std::size_t>(live) : 0;  // a racy sum: never below 0
   s.live_stacks = stacks_.live() - cached;
   {
     std::lock_guard lk(timer_mu_);
@@ -375,10 +378,9 @@ fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align, voi
   auto align_down = [](char* p, std::size_t a) {
     return reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(p) & ~(a - 1));
   };
-  // Colour the record's place in its page, so that the records of many fibers (stacks a
-  // power of two apart) do not all compete for the same cache sets.
-  const std::size_t color = ((reinterpret_cast<std::uintptr_t>(s.base) >> 12) % 16) * 64;
-  char* rec = align_down(s.usable_top() - color - sizeof(fiber), alignof(fiber));
+  // The record ends where the stack's registry slot begins (a coloured place: see
+  // stack::slot()).
+  char* rec = align_down(s.record_top() - sizeof(fiber), alignof(fiber));
   auto* f = ::new (rec) fiber;  // default-init: only the members with initializers
   f->name[0] = 0;
   f->rt = this;
@@ -413,17 +415,54 @@ fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align, voi
   const std::size_t usable = static_cast<std::size_t>(sp - s.limit());
   f->fctx = bctx::make_fcontext(sp, usable, &fiber_main);
   san_fiber_created(f->san, s.limit(), static_cast<std::size_t>(s.usable_top() - s.limit()));
-  try {
-    add_to_registry(w ? *w : *workers_[0], f);
-  } catch (...) {
-    if (f->closure_on_heap) ::operator delete(f->closure);
-    san_fiber_destroyed(f->san);
-    f->~fiber();
-    stacks_.release(s);
-    throw;
-  }
-  live_fibers_.fetch_add(1, std::memory_order_relaxed);
+  add_to_registry(f);
+  count_spawn(w);
   return f;
+}
+
+// Fiber accounting. live_fibers_ counts the live fibers plus the credit the workers hold:
+// a worker takes credit for fiber_credit_batch spawns at a time, and keeps what its
+// finishing fibers give back (up to twice that), so spawning and finishing do not each
+// write one counter shared by every worker (spawn+join with 2 workers spent a tenth of its
+// time on that line). A worker gives all its credit back whenever it runs out of work
+// (find_runnable), so the count falls to zero once every fiber has finished and every
+// worker has looked for work since: run() ends then.
+void runtime::count_spawn(worker* w) noexcept {
+  if (!w || w->rt != this) {
+    live_fibers_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  std::int64_t c = w->credit.load(std::memory_order_relaxed);
+  if (c == 0) {
+    live_fibers_.fetch_add(fiber_credit_batch, std::memory_order_relaxed);
+    c = fiber_credit_batch;
+  }
+  w->credit.store(c - 1, std::memory_order_relaxed);
+}
+
+void runtime::count_exit() noexcept {
+  worker* w = current_worker();
+  if (!w || w->rt != this) {
+    if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1 && !cfg_.persistent) {
+      begin_shutdown();
+    }
+    return;
+  }
+  std::int64_t c = w->credit.load(std::memory_order_relaxed) + 1;
+  if (c > 2 * fiber_credit_batch) {
+    live_fibers_.fetch_sub(fiber_credit_batch, std::memory_order_acq_rel);  // c stays > 0
+    c -= fiber_credit_batch;
+  }
+  w->credit.store(c, std::memory_order_relaxed);
+}
+
+void runtime::return_credit(worker& w) noexcept {
+  const std::int64_t c = w.credit.load(std::memory_order_relaxed);
+  if (c == 0) return;
+  w.credit.store(0, std::memory_order_relaxed);
+  if (live_fibers_.fetch_sub(c, std::memory_order_acq_rel) == c && !cfg_.persistent) {
+    begin_shutdown();
+  }
 }
 
 void runtime::discard_fiber(fiber* f) noexcept {
@@ -433,9 +472,7 @@ void runtime::discard_fiber(fiber* f) noexcept {
   san_fiber_destroyed(f->san);
   f->~fiber();
   stacks_.release(s);
-  if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1 && !cfg_.persistent) {
-    begin_shutdown();
-  }
+  count_exit();
 }
 
 void runtime::start_fiber(worker* w, fiber* f) noexcept {
@@ -467,48 +504,27 @@ void runtime::reap(fiber* f) noexcept {
   } else {
     stacks_.release(s);
   }
-  if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1 && !cfg_.persistent) {
-    begin_shutdown();
-  }
+  count_exit();
 }
 
-void runtime::add_to_registry(worker& w, fiber* f) {
-  std::lock_guard lk(w.reg_mu);
-  if (w.reg_free.empty()) {
-    // Grow geometrically; reg_free's capacity never falls below reg_slots' size, so that
-    // remove_from_registry() cannot throw.
-    if (w.reg_slots.size() == w.reg_slots.capacity()) {
-      const std::size_t n = std::max<std::size_t>(64, 2 * w.reg_slots.size());
-      w.reg_free.reserve(n);
-      w.reg_slots.reserve(n);
-    }
-    f->reg_index = static_cast<std::uint32_t>(w.reg_slots.size());
-    w.reg_slots.push_back(f);
-  } else {
-    f->reg_index = w.reg_free.back();
-    w.reg_free.pop_back();
-    w.reg_slots[f->reg_index] = f;
-  }
-  f->reg_owner = &w;
+void runtime::add_to_registry(fiber* f) noexcept {
+  stack_slot* s = f->stk.slot();
+  std::lock_guard lk(s->lk);
+  s->owner = f;
 }
 
 void runtime::remove_from_registry(fiber* f) noexcept {
-  worker* w = f->reg_owner;
-  if (!w) return;
-  std::lock_guard lk(w->reg_mu);
-  w->reg_slots[f->reg_index] = nullptr;
-  w->reg_free.push_back(f->reg_index);  // cannot throw: reserved in add_to_registry
-  f->reg_owner = nullptr;
+  stack_slot* s = f->stk.slot();
+  std::lock_guard lk(s->lk);
+  s->owner = nullptr;
 }
 
 template <class F>
 void runtime::for_each_fiber(F fn) {
-  for (auto& w : workers_) {
-    std::lock_guard lk(w->reg_mu);
-    for (fiber* f : w->reg_slots) {
-      if (f) fn(f);
-    }
-  }
+  stacks_.for_each_slot([&](stack_slot& s) {
+    std::lock_guard lk(s.lk);
+    if (s.owner) fn(static_cast<fiber*>(s.owner));
+  });
 }
 
 // ---- making fibers runnable -----------------------------------------------------------
@@ -682,6 +698,7 @@ fiber* runtime::find_runnable(worker& w) {
       if (w.spinning) stop_spinning(w);
       return f;
     }
+    return_credit(w);  // out of work: see count_spawn
     if (workers() > 1) {
       // Spin: look for work to steal. Cap spinners at half the busy workers (Go's rule).
       const std::uint32_t busy = workers() - nidle_.load(std::memory_order_relaxed);
@@ -999,7 +1016,7 @@ void runtime::start_main(void (*main)(void*), void* arg) {
   ::new (f->closure) ctx_t{main, arg};
   f->is_main = true;
   {
-    std::lock_guard lk(w0.reg_mu);  // f is registered: dump() may read its name already
+    std::lock_guard lk(f->stk.slot()->lk);  // f is registered: dump() may read its name already
     std::strncpy(f->name, "main", sizeof f->name - 1);
   }
   w0.spawned.store(1, std::memory_order_relaxed);
@@ -1015,6 +1032,7 @@ void runtime::run_worker(worker& w) {
     // Back on the scheduler stack: the fiber that switched here parked or finished with
     // nothing else to run locally.
   }
+  return_credit(w);  // shut down (or aborted at start): ~runtime counts what is left as leaked
 }
 
 void runtime::rethrow_outcome() {
@@ -1104,9 +1122,8 @@ runtime* default_runtime() {
 
 void fiber_set_name(const char* name) noexcept {
   if (fiber* f = current_fiber()) {
-    // dump() reads names under the registry lock, from any thread (the test watchdog).
-    std::unique_lock<spinlock> lk;
-    if (f->reg_owner) lk = std::unique_lock<spinlock>(f->reg_owner->reg_mu);
+    // dump() reads names under the registry slot's lock, from any thread (the test watchdog).
+    std::lock_guard lk(f->stk.slot()->lk);
     std::strncpy(f->name, name, sizeof f->name - 1);
     f->name[sizeof f->name - 1] = 0;
   }

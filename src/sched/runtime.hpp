@@ -38,9 +38,7 @@ class poller;
 
 struct fiber : context {
   runtime* rt = nullptr;
-  fiber* next = nullptr;        // global queue link; guarded by runtime::gq_mu_
-  worker* reg_owner = nullptr;  // whose registry lists this fiber (nullptr: none)
-  std::uint32_t reg_index = 0;  // its slot there; guarded by reg_owner->reg_mu
+  fiber* next = nullptr;  // global queue link; guarded by runtime::gq_mu_
   std::uint64_t id = 0;
   void (*entry)(void*) = nullptr;
   void* closure = nullptr;
@@ -87,11 +85,7 @@ struct alignas(64) worker {
   std::atomic<std::size_t> cached{0};
   std::atomic<std::uint64_t> steals{0};
   std::atomic<std::uint64_t> spawned{0};
-  // registry of fibers started on this worker:
-  // A slot array (not a linked list: adding and removing touch no other fiber's memory).
-  spinlock reg_mu;
-  std::vector<fiber*> reg_slots;        // guarded by reg_mu; nullptr: a free slot
-  std::vector<std::uint32_t> reg_free;  // guarded by reg_mu
+  std::atomic<std::int64_t> credit{0};  // spawns counted in live_fibers_ ahead (count_spawn)
   std::thread thread;                   // not used by worker 0 (the thread that called run)
   void* altstack = nullptr;
 };
@@ -126,9 +120,12 @@ class runtime {
   // create_fiber(): w is the calling worker of this runtime, or nullptr from outside.
   fiber* create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*));
   void discard_fiber(fiber* f) noexcept;
+  void count_spawn(worker* w) noexcept;  // fiber accounting: see runtime.cpp
+  void count_exit() noexcept;
+  void return_credit(worker& w) noexcept;
   void start_fiber(worker* w, fiber* f) noexcept;
   template <class F>
-  void for_each_fiber(F f);      // f(fiber*) under each registry lock
+  void for_each_fiber(F f);      // f(fiber*) for every live fiber, under its registry slot's lock
   void reap(fiber* f) noexcept;  // on the landing side of a finished fiber
 
   inline fiber* next_local(worker& w) noexcept;  // runnext or queue, with the fairness rules
@@ -168,8 +165,8 @@ class runtime {
   void begin_shutdown() noexcept;
   void on_all_idle(worker& w);
   void declare_deadlock();
-  void add_to_registry(worker& w, fiber* f);  // may throw std::bad_alloc
-  void remove_from_registry(fiber* f) noexcept;
+  static void add_to_registry(fiber* f) noexcept;  // see stack_slot
+  static void remove_from_registry(fiber* f) noexcept;
   std::vector<fiber*> parked_fibers();
 
   run_config cfg_;
@@ -178,8 +175,8 @@ class runtime {
   stack_pool stacks_;
 
   // Lock order (outer first): a channel's or wait queue's lock -> timer_mu_ -> idle_mu_ ->
-  // gq_mu_ -> a worker's reg_mu. Nothing is held across a context switch except what an
-  // after-switch action releases.
+  // gq_mu_ -> the stack pool's lock -> a stack slot's lock (the registry). Nothing is held across a
+  // context switch except what an after-switch action releases.
   std::mutex gq_mu_;
   fiber* gq_head_ = nullptr;  // guarded by gq_mu_
   fiber* gq_tail_ = nullptr;  // guarded by gq_mu_

@@ -14,27 +14,47 @@ using detail::list_cancel;
 using detail::waiter;
 
 void wait_group::add(int n) {
+  const auto delta = static_cast<std::uint64_t>(static_cast<std::int64_t>(n)) << 32;
+  const std::uint64_t s = state_.fetch_add(delta, std::memory_order_acq_rel) + delta;
+  const auto count = static_cast<std::int64_t>(static_cast<std::int32_t>(s >> 32));
+  const bool overflow = n > 0 && count < 0;  // wrapped past INT32_MAX
+  if (count < 0 || overflow) {
+    state_.fetch_sub(delta, std::memory_order_relaxed);
+    throw std::logic_error(overflow ? "rill::wait_group: counter overflow"
+                                    : "rill::wait_group: negative counter");
+  }
+  const auto counted = static_cast<std::uint32_t>(s);
+  if (count > 0 || counted == 0) return;
+  // The counter reached zero with waiters counted: each is on waiters_ once mu_ is ours
+  // (it counted and queued itself under mu_). Wake those, and no more: a waiter that came
+  // after the counter went up again is not ours (nor are waiters another add() that saw the
+  // same zero took first).
   detail::wait_list wake;
   mu_.lock();
-  if (count_ + n < 0) {
-    mu_.unlock();
-    throw std::logic_error("rill::wait_group: negative counter");
+  std::uint32_t k = 0;
+  while (k < counted) {
+    waiter* w = waiters_.pop_front();
+    if (!w) break;
+    wake.push_back(w);
+    ++k;
   }
-  count_ += n;
-  if (count_ == 0) {
-    wake = std::move(waiters_);
-  }
+  state_.fetch_sub(k, std::memory_order_relaxed);
   mu_.unlock();
   while (waiter* w = wake.pop_front()) detail::unpark(*w);
 }
 
 void wait_group::wait() {
   detail::chaos_point();
+  if ((state_.load(std::memory_order_acquire) >> 32) == 0) return;
   mu_.lock();
-  if (count_ == 0) {
-    mu_.unlock();
-    return;
-  }
+  std::uint64_t s = state_.load(std::memory_order_acquire);
+  do {
+    if ((s >> 32) == 0) {
+      mu_.unlock();
+      return;
+    }
+  } while (!state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel,
+                                         std::memory_order_acquire));
   waiter w;
   waiters_.push_back(&w);
   list_cancel c{&mu_, &waiters_, &w};

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
+#include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <deque>
 #include <mutex>
@@ -108,6 +110,48 @@ TEST_CASE("wait_group: a negative counter throws std::logic_error", "[sync][wait
     wg.done();
     CHECK_THROWS_AS(wg.done(), std::logic_error);
     wg.wait();  // still zero
+  });
+}
+
+TEST_CASE("wait_group: a counter past INT32_MAX throws and is left as it was",
+          "[sync][wait_group]") {
+  rill::wait_group wg;
+  wg.add(INT32_MAX);
+  CHECK_THROWS_AS(wg.add(1), std::logic_error);
+  wg.add(-INT32_MAX);  // back to zero: the failed add changed nothing
+  wg.wait();
+  SUCCEED();
+}
+
+TEST_CASE("wait_group: waiters racing the last done() are all woken, round after round",
+          "[sync][wait_group]") {
+  // The counter reaches zero while waiters are still counting themselves in: each round,
+  // the waiters and the fibers calling done() start together on every worker. A waiter
+  // that is counted but not woken hangs the round (the watchdog reports it); one woken
+  // early sees fewer than all done() calls.
+  auto workers = GENERATE(1u, 2u, 4u);
+  test::run_with(workers, [] {
+    rill::wait_group wg;
+    for (int round = 0; round < 500; ++round) {
+      std::atomic<int> dones{0}, early{0};
+      rill::wait_group all;
+      wg.add(3);
+      all.add(6);
+      for (int i = 0; i < 3; ++i) {
+        rill::go([&] {
+          wg.wait();
+          if (dones.load() != 3) early.fetch_add(1);
+          all.done();
+        });
+        rill::go([&] {
+          dones.fetch_add(1);
+          wg.done();
+          all.done();
+        });
+      }
+      all.wait();
+      REQUIRE(early.load() == 0);
+    }
   });
 }
 
