@@ -9,8 +9,9 @@
 // A context is a cheap handle with shared ownership (copies refer to one context). It is
 // cancelled once: by cancel(), by its deadline, or when its parent is; then done() is
 // closed, stop_token() reports a stop, and err() says why. Cancelling a context cancels
-// every context derived from it (before its own done() is closed), never its parent. Contexts work from fibers of any runtime
-// and from plain threads.
+// every context derived from it, never its parent. By the time done() is closed, the stop
+// has been requested and every context derived from this one is cancelled. Contexts work
+// from fibers of any runtime and from plain threads.
 //
 // Memory ordering: cancel() happens before a receive on done() that returns because it is
 // closed, and before cancelled()/err() that report it.

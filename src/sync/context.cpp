@@ -3,8 +3,8 @@
 // Each state links its children in an intrusive list under its mutex; a child unlinks
 // itself when it is cancelled or destroyed, so a long-lived root does not collect the
 // children it has outlived. cancel() marks the state under its mutex (once), takes strong
-// references to its children, and then, holding no lock, cancels the children, closes
-// done() and requests the stop (which runs the users' stop callbacks). A child that is being
+// references to its children, and then, holding no lock, cancels the children, requests
+// the stop (which runs the users' stop callbacks) and closes done(). A child that is being
 // destroyed (no strong reference left) has no descendants alive either: they would hold
 // it as their parent. Lock order: a parent's mutex before its child's; the deadline
 // service's mutex is a leaf.
@@ -106,8 +106,8 @@ void deadline_service::loop() {
       continue;
     }
     const auto first = queue_.begin();
-    if (std::chrono::steady_clock::now() < first->first) {
-      cv_.wait_until(lk, first->first);
+    if (const time_point when = first->first; std::chrono::steady_clock::now() < when) {
+      cv_.wait_until(lk, when);  // a copy: the entry may go while we wait
       continue;
     }
     context_state* s = first->second;
@@ -171,8 +171,8 @@ void cancel_state(context_state& s, context_err why) noexcept {
     std::shared_ptr<context_state> keep = std::move(c->cancel_keep);
     cancel_state(*c, why);
   }
+  s.stop.request_stop();  // before done(): whoever wakes on done() sees the stop
   s.done.core()->try_close();
-  s.stop.request_stop();
   if (s.own_deadline) deadlines().remove(&s);
   if (s.parent) {
     std::lock_guard lk(s.parent->mu);
