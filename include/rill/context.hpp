@@ -17,6 +17,7 @@
 // closed, and before cancelled()/err() that report it.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <exception>
 #include <memory>
@@ -139,6 +140,7 @@ class error_group {
  private:
   template <class F>
   void start(F&& f) {
+    running_.fetch_add(1, std::memory_order_relaxed);
     wg_.add(1);
     try {
       rill::go([this, fn = std::forward<F>(f)]() mutable {
@@ -166,6 +168,7 @@ class error_group {
   mutex mu_;
   std::exception_ptr first_;  // guarded by mu_
   int limit_ = 0;
+  std::atomic<int> running_{0};    // fibers started and not finished
   chan<std::monostate> slots_{1};  // with a limit: one item per running fiber
 };
 

@@ -253,7 +253,7 @@ std::stop_token context::stop_token() const noexcept { return s_->stop.get_token
 
 void error_group::set_limit(int n) {
   if (n < 0) throw std::invalid_argument("rill::error_group: negative limit");
-  if (slots_.size() != 0) {
+  if (running_.load(std::memory_order_acquire) != 0) {
     throw std::logic_error("rill::error_group: set_limit while fibers of the group run");
   }
   limit_ = n;
@@ -270,6 +270,7 @@ void error_group::fail(std::exception_ptr e) noexcept {
 
 void error_group::finish() noexcept {
   if (limit_) (void)slots_.try_recv();
+  running_.fetch_sub(1, std::memory_order_release);
   wg_.done();  // the last touch of the group: wait() may return and the group go away
 }
 

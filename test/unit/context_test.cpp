@@ -321,6 +321,13 @@ TEST_CASE("error_group: set_limit bounds the fibers running at once; try_go", "[
     CHECK(h.try_go([] {}));
     h.wait();
     CHECK_THROWS_AS(h.set_limit(-1), std::invalid_argument);
+    rill::chan<int> gate2;
+    h.set_limit(0);  // no limit
+    h.go([gate2]() mutable { (void)gate2.recv(); });
+    CHECK_THROWS_AS(h.set_limit(2), std::logic_error);  // a fiber of the group runs
+    gate2.close();
+    h.wait();
+    h.set_limit(2);
   });
 }
 
