@@ -2,12 +2,13 @@
 //
 // Each state links its children in an intrusive list under its mutex; a child unlinks
 // itself when it is cancelled or destroyed, so a long-lived root does not collect the
-// children it has outlived. cancel() marks the state under its mutex (once), takes strong
-// references to its children, and then, holding no lock, cancels the children, requests
-// the stop (which runs the users' stop callbacks) and closes done(). A child that is being
-// destroyed (no strong reference left) has no descendants alive either: they would hold
-// it as their parent. Lock order: a parent's mutex before its child's; the deadline
-// service's mutex is a leaf.
+// children it has outlived. cancel() marks the states of the subtree one mutex at a time
+// (err set once, children unlinked and kept alive by strong references), and then,
+// holding no lock, finishes them deepest first: requests each one's stop (which runs the
+// users' stop callbacks) and closes its done(). A child that is being destroyed (no
+// strong reference left) has no descendants alive either: they would hold it as their
+// parent. No two state mutexes are ever held at once; the deadline service's mutex is
+// taken with none of them held.
 //
 // Deadlines: one service thread for the process, started on first use, sleeps until the
 // earliest deadline. It holds no reference to a context (a context that nobody refers to
@@ -45,10 +46,11 @@ struct context_state : std::enable_shared_from_this<context_state> {
   context_state* prev = nullptr;
   context_state* next = nullptr;
   bool linked = false;
-  // A parent's cancel() keeps its unlinked children alive through these until it has
-  // cancelled them (no allocation in cancel()); owned by that cancel() once unlinked.
+  // A cancel() keeps the states of the subtree it cancels alive through these until it has
+  // finished them (no allocation, no recursion); owned by that cancel() once unlinked.
   std::shared_ptr<context_state> cancel_keep;
   context_state* cancel_next = nullptr;
+  context_state* marked_next = nullptr;
 
   bool own_deadline = false;  // set before the state is shared: a deadline of its own
   bool timed = false;         // guarded by the deadline service's mutex: in its queue
@@ -144,37 +146,63 @@ void unlink_child(context_state& parent, context_state& c) noexcept {  // requir
   c.linked = false;
 }
 
-void cancel_state(context_state& s, context_err why) noexcept {
-  context_state* children = nullptr;  // through cancel_next, each kept by its cancel_keep
-  {
-    std::lock_guard lk(s.mu);
-    if (s.err.load(std::memory_order_relaxed) != context_err::none) return;
-    s.err.store(why, std::memory_order_release);
-    for (context_state* c = s.first_child; c;) {
-      context_state* next = c->next;
-      c->prev = c->next = nullptr;
-      c->linked = false;
-      c->cancel_keep = c->weak_from_this().lock();  // empty: being destroyed, no descendants
-      if (c->cancel_keep) {
-        c->cancel_next = children;
-        children = c;
-      }
-      c = next;
+// mark() sets x's err, unless it has one, and moves x's children to the `pending` stack,
+// each kept alive by its cancel_keep. False if x was cancelled already.
+bool mark(context_state& x, context_err why, context_state*& pending) noexcept {
+  std::lock_guard lk(x.mu);
+  if (x.err.load(std::memory_order_relaxed) != context_err::none) return false;
+  x.err.store(why, std::memory_order_release);
+  for (context_state* c = x.first_child; c;) {
+    context_state* next = c->next;
+    c->prev = c->next = nullptr;
+    c->linked = false;
+    c->cancel_keep = c->weak_from_this().lock();  // empty: being destroyed, no descendants
+    if (c->cancel_keep) {
+      c->cancel_next = pending;
+      pending = c;
     }
-    s.first_child = nullptr;
+    c = next;
   }
-  // The subtree first: whoever sees done() closed sees every context derived from this one
-  // cancelled too (those derived from now on start cancelled: err is set).
-  while (context_state* c = children) {
-    children = c->cancel_next;
+  x.first_child = nullptr;
+  return true;
+}
+
+// finish() completes the cancel of a marked state: its stop, then done() (whoever wakes on
+// done() sees the stop), then its deadline goes.
+void finish(context_state& x) noexcept {
+  x.stop.request_stop();
+  x.done.core()->try_close();
+  if (x.own_deadline) deadlines().remove(&x);
+}
+
+// cancel_state() cancels s and its subtree without recursion (a chain of contexts may be
+// deep). Every state is marked before its children are, and finished after its whole
+// subtree: whoever sees done() closed sees every context derived from it cancelled too
+// (and those derived from now on start cancelled: err is set). A subtree some other
+// cancel() marked first is that cancel's to finish.
+void cancel_state(context_state& s, context_err why) noexcept {
+  context_state* pending = nullptr;  // through cancel_next: children to mark
+  if (!mark(s, why, pending)) return;
+  context_state* marked = nullptr;  // through marked_next: most recently marked first
+  while (context_state* c = pending) {
+    pending = c->cancel_next;
     c->cancel_next = nullptr;
-    std::shared_ptr<context_state> keep = std::move(c->cancel_keep);
-    cancel_state(*c, why);
+    if (mark(*c, why, pending)) {
+      c->marked_next = marked;
+      marked = c;
+    } else {
+      c->cancel_keep.reset();
+    }
   }
-  s.stop.request_stop();  // before done(): whoever wakes on done() sees the stop
-  s.done.core()->try_close();
-  if (s.own_deadline) deadlines().remove(&s);
-  if (s.parent) {
+  // Marked after their ancestors, so finished before them.
+  while (context_state* c = marked) {
+    marked = c->marked_next;
+    c->marked_next = nullptr;
+    finish(*c);
+    c->cancel_keep.reset();  // may destroy c: its parent is still kept (or is s)
+  }
+  finish(s);
+  if (s.parent) {  // the others were unlinked by their parents' mark()
     std::lock_guard lk(s.parent->mu);
     unlink_child(*s.parent, s);
   }

@@ -85,6 +85,16 @@ TEST_CASE("context: cancelling a parent cancels its whole subtree, never the oth
   CHECK(done_closed(late));
 }
 
+TEST_CASE("context: cancelling the root of a long chain reaches its leaf", "[context]") {
+  rill::context root;
+  std::vector<rill::context> chain{root};
+  for (int i = 0; i < 2000; ++i) chain.push_back(chain.back().with_cancel());
+  root.cancel();
+  CHECK(chain.back().err() == rill::context_err::cancelled);
+  CHECK(chain.back().done().closed());
+  while (!chain.empty()) chain.pop_back();  // leaf first: no deep release
+}
+
 TEST_CASE("context: children that go away are unlinked; the rest are cancelled", "[context]") {
   // Under ASan, a dead child left on its parent's list is a use after free at cancel().
   rill::context root;
