@@ -118,8 +118,9 @@ class error_group {
   // of the group run.
   void set_limit(int n);
 
-  // go(f) starts f() (or f(context())) in a new fiber, after waiting for room under the
-  // limit. try_go(f) starts it only if there is room now; false if not.
+  // go(f) starts f() (or f(context())) in a new fiber of the calling fiber's runtime, after
+  // waiting for room under the limit; like rill::go it throws std::logic_error outside a
+  // runtime. try_go(f) starts it only if there is room now; false if not.
   template <class F>
   void go(F&& f) {
     if (limit_) slots_.send(std::monostate{});

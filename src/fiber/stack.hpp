@@ -31,8 +31,8 @@ namespace rill::detail {
 // runtime's registry of fibers, as Go's allgs: a stack is registered once, when it is
 // carved, and a fiber that starts or ends on it writes only its own slot, so spawning and
 // finishing touch no list shared with other workers. The slot lives in the stack itself,
-// at the top of its usable area, just above where the runtime puts the fiber's record
-// (stack::record_top()): the lines a spawn writes anyway. `owner` is the fiber running on
+// near the top of its usable area, in the line just above the fiber's record
+// (stack::record_top()), in the page a spawn writes anyway. `owner` is the fiber running on
 // the stack (nullptr while the stack is pooled); `lk` guards it, and keeps the owner's
 // record alive for a reader that holds it (dump(), deadlock detection).
 struct stack_slot {
@@ -48,9 +48,8 @@ struct stack {
   std::size_t size = 0;  // whole mapping, guard included
   bool guarded = false;
 
-  char* limit() const noexcept {
-    return guarded ? base + stack_page_size : base;
-  }  // lowest usable byte
+  // limit(): the lowest usable byte.
+  char* limit() const noexcept { return guarded ? base + stack_page_size : base; }
   char* top() const noexcept { return base + size; }
   char* usable_top() const noexcept { return top() - canary_bytes; }  // below the canary zone
   // slot(): this stack's registry slot, constructed when the stack is carved. It sits at a

@@ -341,6 +341,16 @@ TEST_CASE("error_group: set_limit bounds the fibers running at once; try_go", "[
   });
 }
 
+TEST_CASE("error_group: go() outside a runtime throws and leaves the group usable",
+          "[error_group]") {
+  rill::error_group g;
+  g.set_limit(1);
+  CHECK_THROWS_AS(g.go([] {}), std::logic_error);
+  CHECK_THROWS_AS(g.go([] {}), std::logic_error);  // the slot the first took was given back
+  g.wait();                                        // nothing counted as running
+  SUCCEED();
+}
+
 TEST_CASE("error_group: the destructor waits for the group's fibers", "[error_group]") {
   test::run_with(2, [] {
     std::atomic<int> ran{0};
