@@ -18,6 +18,7 @@
 //            end of each stack would commit one more page per fiber.)
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -33,11 +34,12 @@ namespace rill::detail {
 // finishing touch no list shared with other workers. The slot lives in the stack itself,
 // near the top of its usable area, in the line just above the fiber's record
 // (stack::record_top()), in the page a spawn writes anyway. `owner` is the fiber running on
-// the stack (nullptr while the stack is pooled); `lk` guards it, and keeps the owner's
-// record alive for a reader that holds it (dump(), deadlock detection).
+// the stack (nullptr while the stack is pooled): a spawn publishes it with a release store;
+// an exit clears it under `lk`, which a reader (dump(), deadlock detection) holds while it
+// reads the owner's record, so the record outlives the read.
 struct stack_slot {
   spinlock lk;
-  void* owner = nullptr;  // guarded by lk
+  std::atomic<void*> owner{nullptr};
 };
 
 inline constexpr std::size_t canary_bytes = 1024;

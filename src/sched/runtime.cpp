@@ -440,12 +440,16 @@ void runtime::count_spawn(worker* w) noexcept {
   w->credit.store(c - 1, std::memory_order_relaxed);
 }
 
+void runtime::uncount(std::int64_t n) noexcept {
+  if (live_fibers_.fetch_sub(n, std::memory_order_acq_rel) == n && !cfg_.persistent) {
+    begin_shutdown();
+  }
+}
+
 void runtime::count_exit() noexcept {
   worker* w = current_worker();
   if (!w || w->rt != this) {
-    if (live_fibers_.fetch_sub(1, std::memory_order_acq_rel) == 1 && !cfg_.persistent) {
-      begin_shutdown();
-    }
+    uncount(1);
     return;
   }
   std::int64_t c = w->credit.load(std::memory_order_relaxed) + 1;
@@ -460,9 +464,7 @@ void runtime::return_credit(worker& w) noexcept {
   const std::int64_t c = w.credit.load(std::memory_order_relaxed);
   if (c == 0) return;
   w.credit.store(0, std::memory_order_relaxed);
-  if (live_fibers_.fetch_sub(c, std::memory_order_acq_rel) == c && !cfg_.persistent) {
-    begin_shutdown();
-  }
+  uncount(c);
 }
 
 void runtime::discard_fiber(fiber* f) noexcept {
@@ -508,22 +510,22 @@ void runtime::reap(fiber* f) noexcept {
 }
 
 void runtime::add_to_registry(fiber* f) noexcept {
-  stack_slot* s = f->stk.slot();
-  std::lock_guard lk(s->lk);
-  s->owner = f;
+  // No lock: a reader that finds the owner sees its record whole (release/acquire), and an
+  // exit, not a spawn, is what a reader must be kept from.
+  f->stk.slot()->owner.store(f, std::memory_order_release);
 }
 
 void runtime::remove_from_registry(fiber* f) noexcept {
   stack_slot* s = f->stk.slot();
   std::lock_guard lk(s->lk);
-  s->owner = nullptr;
+  s->owner.store(nullptr, std::memory_order_relaxed);
 }
 
 template <class F>
 void runtime::for_each_fiber(F fn) {
   stacks_.for_each_slot([&](stack_slot& s) {
     std::lock_guard lk(s.lk);
-    if (s.owner) fn(static_cast<fiber*>(s.owner));
+    if (void* f = s.owner.load(std::memory_order_acquire)) fn(static_cast<fiber*>(f));
   });
 }
 

@@ -123,6 +123,7 @@ class runtime {
   void count_spawn(worker* w) noexcept;  // fiber accounting: see runtime.cpp
   void count_exit() noexcept;
   void return_credit(worker& w) noexcept;
+  void uncount(std::int64_t n) noexcept;  // n fewer in live_fibers_; the last one shuts down
   void start_fiber(worker* w, fiber* f) noexcept;
   template <class F>
   void for_each_fiber(F f);      // f(fiber*) for every live fiber, under its registry slot's lock

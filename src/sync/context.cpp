@@ -49,8 +49,7 @@ struct context_state : std::enable_shared_from_this<context_state> {
   // A cancel() keeps the states of the subtree it cancels alive through these until it has
   // finished them (no allocation, no recursion); owned by that cancel() once unlinked.
   std::shared_ptr<context_state> cancel_keep;
-  context_state* cancel_next = nullptr;
-  context_state* marked_next = nullptr;
+  context_state* cancel_next = nullptr;  // on one of cancel_state()'s two stacks at a time
 
   bool own_deadline = false;  // set before the state is shared: a deadline of its own
   bool timed = false;         // guarded by the deadline service's mutex: in its queue
@@ -183,12 +182,12 @@ void finish(context_state& x) noexcept {
 void cancel_state(context_state& s, context_err why) noexcept {
   context_state* pending = nullptr;  // through cancel_next: children to mark
   if (!mark(s, why, pending)) return;
-  context_state* marked = nullptr;  // through marked_next: most recently marked first
+  context_state* marked = nullptr;  // through cancel_next: most recently marked first
   while (context_state* c = pending) {
     pending = c->cancel_next;
     c->cancel_next = nullptr;
     if (mark(*c, why, pending)) {
-      c->marked_next = marked;
+      c->cancel_next = marked;
       marked = c;
     } else {
       c->cancel_keep.reset();
@@ -196,8 +195,8 @@ void cancel_state(context_state& s, context_err why) noexcept {
   }
   // Marked after their ancestors, so finished before them.
   while (context_state* c = marked) {
-    marked = c->marked_next;
-    c->marked_next = nullptr;
+    marked = c->cancel_next;
+    c->cancel_next = nullptr;
     finish(*c);
     c->cancel_keep.reset();  // may destroy c: its parent is still kept (or is s)
   }

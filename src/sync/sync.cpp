@@ -17,11 +17,10 @@ void wait_group::add(int n) {
   const auto delta = static_cast<std::uint64_t>(static_cast<std::int64_t>(n)) << 32;
   const std::uint64_t s = state_.fetch_add(delta, std::memory_order_acq_rel) + delta;
   const auto count = static_cast<std::int64_t>(static_cast<std::int32_t>(s >> 32));
-  const bool overflow = n > 0 && count < 0;  // wrapped past INT32_MAX
-  if (count < 0 || overflow) {
+  if (count < 0) {  // below zero, or (n > 0) wrapped past INT32_MAX
     state_.fetch_sub(delta, std::memory_order_relaxed);
-    throw std::logic_error(overflow ? "rill::wait_group: counter overflow"
-                                    : "rill::wait_group: negative counter");
+    throw std::logic_error(n > 0 ? "rill::wait_group: counter overflow"
+                                 : "rill::wait_group: negative counter");
   }
   const auto counted = static_cast<std::uint32_t>(s);
   if (count > 0 || counted == 0) return;
