@@ -333,23 +333,30 @@ runtime::~runtime() {
   }
   for (auto& w : workers_) {
     for (stack& s : w->stack_cache) stacks_.release(s);
-    w->cached.store(0, std::memory_order_relaxed);
+    w->cached.store(0, std::memory_order_release);
     w->stack_cache.clear();
   }
 }
 
+// The workers' credit and cached stacks are read before the totals they are part of. A
+// worker lowers a total before it lowers its own share (return_credit, the stack cache's
+// release) and raises its credit before the total, so a snapshot taken while workers give
+// back what they hold may count too few for a moment, never too many: a leak check that
+// polls until it sees zero sees no leak that is not there.
 stats runtime::snapshot() noexcept {
   stats s;
-  std::int64_t live = live_fibers_.load(std::memory_order_relaxed);
+  std::int64_t credit = 0;
   std::size_t cached = 0;
   for (auto& w : workers_) {
-    live -= w->credit.load(std::memory_order_relaxed);
+    credit += w->credit.load(std::memory_order_acquire);
+    cached += w->cached.load(std::memory_order_acquire);
     s.fibers_spawned += w->spawned.load(std::memory_order_relaxed);
     s.steals += w->steals.load(std::memory_order_relaxed);
-    cached += w->cached.load(std::memory_order_relaxed);
   }
+  const std::int64_t live = live_fibers_.load(std::memory_order_acquire) - credit;
   s.live_fibers = live > 0 ? static_cast<std::size_t>(live) : 0;  // a racy sum: never below 0
-  s.live_stacks = stacks_.live() - cached;
+  const std::size_t stacks = stacks_.live();
+  s.live_stacks = stacks > cached ? stacks - cached : 0;
   {
     std::lock_guard lk(timer_mu_);
     s.pending_timers = timer_count_;
@@ -370,7 +377,7 @@ fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align, voi
   if (w) {
     s = w->stack_cache.back();
     w->stack_cache.pop_back();
-    w->cached.store(w->stack_cache.size(), std::memory_order_relaxed);
+    w->cached.store(w->stack_cache.size(), std::memory_order_release);
     san_unpoison(s.limit(), static_cast<std::size_t>(s.usable_top() - s.limit()));
   } else {
     s = stacks_.allocate();
@@ -432,12 +439,14 @@ void runtime::count_spawn(worker* w) noexcept {
     live_fibers_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  std::int64_t c = w->credit.load(std::memory_order_relaxed);
+  const std::int64_t c = w->credit.load(std::memory_order_relaxed);
   if (c == 0) {
+    // Credit first, then the count: snapshot() may under-count for a moment, never over.
+    w->credit.store(fiber_credit_batch - 1, std::memory_order_release);
     live_fibers_.fetch_add(fiber_credit_batch, std::memory_order_relaxed);
-    c = fiber_credit_batch;
+    return;
   }
-  w->credit.store(c - 1, std::memory_order_relaxed);
+  w->credit.store(c - 1, std::memory_order_release);
 }
 
 void runtime::uncount(std::int64_t n) noexcept {
@@ -457,14 +466,15 @@ void runtime::count_exit() noexcept {
     live_fibers_.fetch_sub(fiber_credit_batch, std::memory_order_acq_rel);  // c stays > 0
     c -= fiber_credit_batch;
   }
-  w->credit.store(c, std::memory_order_relaxed);
+  w->credit.store(c, std::memory_order_release);
 }
 
+// The count first, then the credit (see snapshot()).
 void runtime::return_credit(worker& w) noexcept {
   const std::int64_t c = w.credit.load(std::memory_order_relaxed);
   if (c == 0) return;
-  w.credit.store(0, std::memory_order_relaxed);
   uncount(c);
+  w.credit.store(0, std::memory_order_release);
 }
 
 void runtime::discard_fiber(fiber* f) noexcept {
@@ -502,7 +512,7 @@ void runtime::reap(fiber* f) noexcept {
       w->stack_cache.resize(keep);
     }
     w->stack_cache.push_back(s);
-    w->cached.store(w->stack_cache.size(), std::memory_order_relaxed);
+    w->cached.store(w->stack_cache.size(), std::memory_order_release);
   } else {
     stacks_.release(s);
   }
