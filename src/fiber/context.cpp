@@ -16,10 +16,17 @@ extern "C" __cxa_eh_globals* __cxa_get_globals() noexcept;
 // control state belongs to the worker thread, not to the fiber, as in Go (see
 // include/rill/fiber.hpp). Frame, from the saved stack pointer up: 0x00 MXCSR/x87 (unused
 // here), 0x08 r12, 0x10 r13, 0x18 r14, 0x20 r15, 0x28 rbx, 0x30 rbp, 0x38 return address.
-// The return address is popped with ret, not with pop and an indirect jmp (as Boost
-// does): the call into the jump pushed a return-stack-buffer entry, and only a ret pops
-// it. With the jmp every switch left one stale entry behind, so the fiber's next return
-// mispredicted; with ret a yield between two fibers went from 22.8 to 11.4 ns here.
+//
+// How the jump leaves matters as much as what it saves. The call into the jump pushed a
+// return-stack-buffer entry. Boost pops the return address and leaves with an indirect
+// jmp, which never pops that entry: the resumed fiber's next return then mispredicts. So
+// a context that was suspended by this jump is resumed with ret (a yield between two
+// fibers: 22.8 -> 11.4 ns here). A fresh frame from make_fcontext is entered with the jmp:
+// a ret would always mispredict its trampoline, which the indirect predictor learns, and
+// a fiber that starts never returns past it (with ret for every switch, spawn+join with
+// 1 worker was 20-25 ns per fiber slower). The two are told apart by the return address,
+// compared with the trampoline's (rill_fresh_frame_ra, read from a frame made at start-up;
+// while it is unset every jump takes the ret).
 #if defined(__x86_64__) && defined(__ELF__)
 asm(R"(
   .pushsection .text
@@ -43,13 +50,37 @@ rill_jump_fcontext:
   movq 0x20(%rsp), %r15
   movq 0x28(%rsp), %rbx
   movq 0x30(%rsp), %rbp
-  leaq 0x38(%rsp), %rsp
+  movq 0x38(%rsp), %r8
   movq %rsi, %rdx
   movq %rax, %rdi
+  cmpq rill_fresh_frame_ra(%rip), %r8
+  je 1f
+  leaq 0x38(%rsp), %rsp
   ret
+1:
+  leaq 0x40(%rsp), %rsp
+  jmp *%r8
   .size rill_jump_fcontext, .-rill_jump_fcontext
   .popsection
 )");
+#endif
+
+#if defined(__x86_64__) && defined(__ELF__)
+// The return address of a fresh make_fcontext frame (see rill_jump_fcontext).
+extern "C" {
+[[gnu::visibility("hidden")]] void* rill_fresh_frame_ra = nullptr;
+}
+
+namespace {
+void* read_fresh_frame_ra() noexcept {
+  alignas(64) static char frame[1024];
+  boost::context::detail::fcontext_t f = boost::context::detail::make_fcontext(
+      frame + sizeof frame, sizeof frame, [](boost::context::detail::transfer_t) {});
+  return *reinterpret_cast<void**>(static_cast<char*>(f) + 0x38);
+}
+[[maybe_unused]] const bool fresh_frame_ra_read =
+    (rill_fresh_frame_ra = read_fresh_frame_ra(), true);
+}  // namespace
 #endif
 
 namespace rill::detail {
