@@ -110,7 +110,27 @@ class stack_pool {
 
   std::size_t stack_size_;
   std::size_t per_slab_;
-  mutable std::mutex mu_;
+  // The pool's mutex spins a little before it sleeps: its critical sections are short
+  // (a batch of 32 stacks) except when a slab is carved, and two workers trade stacks
+  // through it all the time (one spawns, the other finishes what it stole and gives its
+  // full cache back). A plain std::mutex made that a futex sleep and wake, microseconds
+  // each here, in some runs of every batch of spawn+join with 2 workers (210-340 ns/fiber
+  // against 105-120).
+  class spin_then_block {
+   public:
+    void lock() noexcept {
+      for (int i = 0; i < 100; ++i) {
+        if (mu_.try_lock()) return;
+        for (int k = 0; k < 8; ++k) __builtin_ia32_pause();
+      }
+      mu_.lock();
+    }
+    void unlock() noexcept { mu_.unlock(); }
+
+   private:
+    std::mutex mu_;
+  };
+  mutable spin_then_block mu_;
   std::vector<stack> free_;                           // guarded by mu_
   std::vector<std::pair<char*, std::size_t>> slabs_;  // guarded by mu_
   std::size_t carved_ = 0;        // stacks of the newest slab handed out at least once; by mu_
