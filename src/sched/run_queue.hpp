@@ -21,14 +21,20 @@ class run_queue {
  public:
   static constexpr std::uint32_t capacity = 1024;  // see runtime.cpp, "Where fibers wait"
 
-  // push() appends f (owner only); false when full.
-  bool push(fiber* f) noexcept {
+  // push() appends f (owner only); false when full. `was_empty` tells whether the owner saw
+  // the queue empty before the push (a thief may have emptied it a moment ago unseen).
+  bool push(fiber* f, bool& was_empty) noexcept {
     const std::uint32_t t = tail_.load(std::memory_order_relaxed);
     const std::uint32_t h = head_.load(std::memory_order_acquire);  // keeps Q3
     if (t - h >= capacity) return false;
     buf_[t % capacity].store(f, std::memory_order_relaxed);
     tail_.store(t + 1, std::memory_order_release);
+    was_empty = t == h;
     return true;
+  }
+  bool push(fiber* f) noexcept {
+    bool was_empty;
+    return push(f, was_empty);
   }
 
   // pop() takes the oldest fiber (owner only); nullptr when empty.

@@ -491,8 +491,7 @@ void runtime::start_fiber(worker* w, fiber* f) noexcept {
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
   if (w && w->rt == this) {
     w->spawned.store(w->spawned.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    push_local(*w, f);
-    if (w->alone()) return;  // see worker::solo
+    if (!push_local(*w, f) || w->alone()) return;  // see worker::solo
   } else {
     push_global(f);
   }
@@ -647,6 +646,16 @@ bool runtime::any_work() noexcept {
   return false;
 }
 
+// wake_idle() is the pusher's half of the idle protocol: publish the work, fence, then look
+// at nidle_ (park_worker does the mirror image: count itself idle, fence, look for work).
+//
+// A push onto a non-empty queue wakes nobody (push_local returns false). The push that
+// made the queue non-empty ran wake_idle(), so a worker that went idle after it found the
+// queue non-empty when it looked again; and a thief that emptied the queue since (unseen
+// by the owner) is awake, and woke a spinner if it was the last (stop_spinning), which
+// finds this push. Go's runqput + wakep skip the fence altogether. The fence and the two
+// shared lines it reads cost a spawn with 2 workers ~7% of its time (the fence waits for
+// the new fiber's record, whose lines the other worker last wrote).
 void runtime::wake_idle() noexcept {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (nidle_.load(std::memory_order_seq_cst) == 0 ||

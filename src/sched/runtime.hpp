@@ -104,7 +104,10 @@ class runtime {
   // ready() makes a parked or new fiber runnable. From a worker of this runtime it goes
   // in that worker's runnext slot (`to_runnext`) or queue; otherwise in the global queue.
   inline void ready(fiber* f, bool to_runnext) noexcept;
-  inline void push_local(worker& w, fiber* f) noexcept;
+  // push_local() queues f on w (owner only). True when the push may need an idle worker
+  // woken (see "A push onto a non-empty queue" in runtime.cpp): the queue looked empty
+  // before, or it was full and half of it went to the global queue.
+  inline bool push_local(worker& w, fiber* f) noexcept;
   void push_global(fiber* f) noexcept;
   void wake_idle() noexcept;  // wake an idle worker if none is spinning
 
@@ -273,13 +276,16 @@ inline void runtime::ready(fiber* f, bool to_runnext) noexcept {
     if (!old) return;
     f = old;
   }
-  push_local(*w, f);
-  if (!alone) wake_idle();
+  if (push_local(*w, f) && !alone) wake_idle();
 }
 
-inline void runtime::push_local(worker& w, fiber* f) noexcept {
-  if (!w.queue.push(f)) [[unlikely]]
+inline bool runtime::push_local(worker& w, fiber* f) noexcept {
+  bool was_empty;
+  if (!w.queue.push(f, was_empty)) [[unlikely]] {
     push_overflow(w, f);
+    return true;
+  }
+  return was_empty;
 }
 
 inline fiber* runtime::next_local(worker& w) noexcept {

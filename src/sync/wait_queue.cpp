@@ -57,8 +57,7 @@ void after_push_local(detail::context* left, void* arg) noexcept {
   auto* f = static_cast<detail::fiber*>(left);
   auto* w = static_cast<detail::worker*>(arg);  // the landing side runs on the same thread
   detail::runtime* rt = f->rt;                  // once pushed, f may be stolen, run and freed
-  rt->push_local(*w, f);
-  if (!w->alone()) rt->wake_idle();
+  if (rt->push_local(*w, f) && !w->alone()) rt->wake_idle();
 }
 
 void after_push_global(detail::context* left, void*) noexcept {
