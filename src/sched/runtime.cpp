@@ -28,8 +28,9 @@
 // Rejected: a wake (futex syscall, ~1-2 us) for every fiber made ready, as Go's ready()
 // does. A fiber readied into an empty runnext slot wakes nobody: the readier is usually
 // about to park (channel ping-pong, a pipeline stage waiting for its next item), and the
-// pair then runs on one core at the cost of a context switch. Anything that lands in a run
-// queue does wake an idle worker.
+// pair then runs on one core at the cost of a context switch. A fiber that lands in an
+// empty run queue does wake an idle worker; one that lands behind others does not (the
+// push that made the queue non-empty did: see wake_idle).
 //
 // Timers: a heap per runtime. Busy workers fire due timers every 61 ticks; the one idle
 // worker holding the `timer_sleeper_` role sleeps until the next deadline.
