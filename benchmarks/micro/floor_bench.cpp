@@ -1,0 +1,217 @@
+// Floors: what the bare mechanisms under a channel and a switch cost on this machine, with
+// none of rill in them. They say how far a target can be reached at all; rill's own figures
+// (chan_bench.cpp, runtime_bench.cpp) are read against them.
+//
+//   floor/switch_one_place    ns per switch between two contexts that both switch from the
+//                             same function (every return is predicted)
+//   floor/switch_two_places   the same, the two switching from different functions: the
+//                             return stack buffer holds the calls of the context that left,
+//                             so the returns on the other side mispredict (a yield or a
+//                             channel wait from two different loops is this case)
+//   floor/lock_pairs          ns per item for two lock/unlock pairs of a spinlock (one for a
+//                             send, one for a receive), and nothing else
+//   floor/mpmc_ring           ns per item through a bounded lock-free MPMC ring (one CAS per
+//                             push and per pop; batches of 1024 on one thread, as a producer
+//                             and a consumer on one worker): no waiting, no close, no handles
+//
+// The switch is the same code as rill's (src/fiber/context.cpp), kept here so that the
+// floor does not depend on the library.
+#include <benchmark/benchmark.h>
+
+#include <atomic>
+#include <boost/context/detail/fcontext.hpp>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace {
+
+namespace bctx = boost::context::detail;
+
+#if defined(__x86_64__) && defined(__ELF__)
+#define RILL_FLOOR_SWITCH 1
+// Saves the callee-saved registers, switches stacks, resumes the other side with ret.
+asm(R"(
+  .pushsection .text
+  .type rill_floor_jump,@function
+  .p2align 4
+rill_floor_jump:
+  leaq -0x38(%rsp), %rsp
+  movq %r12, 0x08(%rsp)
+  movq %r13, 0x10(%rsp)
+  movq %r14, 0x18(%rsp)
+  movq %r15, 0x20(%rsp)
+  movq %rbx, 0x28(%rsp)
+  movq %rbp, 0x30(%rsp)
+  movq %rsp, %rax
+  movq %rdi, %rsp
+  movq 0x08(%rsp), %r12
+  movq 0x10(%rsp), %r13
+  movq 0x18(%rsp), %r14
+  movq 0x20(%rsp), %r15
+  movq 0x28(%rsp), %rbx
+  movq 0x30(%rsp), %rbp
+  movq %rsi, %rdx
+  movq %rax, %rdi
+  leaq 0x38(%rsp), %rsp
+  ret
+  .size rill_floor_jump, .-rill_floor_jump
+  .popsection
+)");
+extern "C" bctx::transfer_t rill_floor_jump(bctx::fcontext_t to, void* data);
+
+// One switch out and back in. Both sides switch through this one function, so the return
+// into it is always predicted; what differs is the loop it returns to.
+[[gnu::noipa]] bctx::fcontext_t step(bctx::fcontext_t to) {
+  return rill_floor_jump(to, nullptr).fctx;
+}
+
+// n switches out and back in. Two identical loops: the timed side runs `loop`; the partner
+// runs `loop` too (one place: every return is predicted) or `loop_other` (two places: each
+// return from step() lands in the other loop than the one the return stack buffer holds).
+[[gnu::noipa]] bctx::fcontext_t loop(bctx::fcontext_t other, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) other = step(other);
+  return other;
+}
+[[gnu::noipa]] bctx::fcontext_t loop_other(bctx::fcontext_t other, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) other = step(other);
+  static volatile int finished = 0;  // keeps the two loops distinct functions
+  finished = finished + 1;
+  return other;
+}
+
+// The partner switches back each time it is resumed. When the benchmark ends it is left
+// suspended and its stack is freed without unwinding: it holds nothing.
+void partner_one_place(bctx::transfer_t t) { loop(t.fctx, INT64_MAX); }
+void partner_two_places(bctx::transfer_t t) { loop_other(t.fctx, INT64_MAX); }
+
+void run_switches(benchmark::State& state, void (*partner)(bctx::transfer_t)) {
+  constexpr std::size_t stack_bytes = 64 * 1024;
+  constexpr std::int64_t per_iteration = 1000;
+  std::unique_ptr<char[]> stack(new char[stack_bytes]);
+  bctx::fcontext_t other = bctx::make_fcontext(stack.get() + stack_bytes, stack_bytes, partner);
+  other = step(other);  // start it: it switches straight back
+  for (auto _ : state) other = loop(other, per_iteration);
+  state.SetItemsProcessed(state.iterations() * per_iteration * 2);
+  state.counters["ns_per_switch"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * per_iteration * 2),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+void floor_switch_one_place(benchmark::State& state) { run_switches(state, partner_one_place); }
+void floor_switch_two_places(benchmark::State& state) { run_switches(state, partner_two_places); }
+#endif
+
+// A spinlock as rill's: a CAS to lock, a release store to unlock.
+class spinlock {
+ public:
+  void lock() noexcept {
+    std::uint32_t free = 0;
+    while (!word_.compare_exchange_weak(free, 1, std::memory_order_acquire)) free = 0;
+  }
+  void unlock() noexcept { word_.store(0, std::memory_order_release); }
+
+ private:
+  std::atomic<std::uint32_t> word_{0};
+};
+
+void floor_lock_pairs(benchmark::State& state) {
+  spinlock a, b;
+  std::int64_t x = 0;
+  for (auto _ : state) {
+    a.lock();
+    ++x;
+    a.unlock();
+    b.lock();
+    --x;
+    b.unlock();
+  }
+  benchmark::DoNotOptimize(x);
+  state.SetItemsProcessed(state.iterations());
+}
+
+// A bounded MPMC ring (Vyukov's design): a sequence number per cell, one CAS on the tail per
+// push and one on the head per pop.
+class mpmc_ring {
+ public:
+  explicit mpmc_ring(std::size_t capacity) : mask_(capacity - 1), cells_(capacity) {
+    for (std::size_t i = 0; i < capacity; ++i) cells_[i].seq.store(i, std::memory_order_relaxed);
+  }
+  bool push(std::int64_t v) noexcept {
+    std::size_t pos = tail_.load(std::memory_order_relaxed);
+    for (;;) {
+      cell& c = cells_[pos & mask_];
+      const std::size_t seq = c.seq.load(std::memory_order_acquire);
+      const auto diff = static_cast<std::intptr_t>(seq) - static_cast<std::intptr_t>(pos);
+      if (diff == 0) {
+        if (tail_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+          c.value = v;
+          c.seq.store(pos + 1, std::memory_order_release);
+          return true;
+        }
+      } else if (diff < 0) {
+        return false;  // full
+      } else {
+        pos = tail_.load(std::memory_order_relaxed);
+      }
+    }
+  }
+  bool pop(std::int64_t& v) noexcept {
+    std::size_t pos = head_.load(std::memory_order_relaxed);
+    for (;;) {
+      cell& c = cells_[pos & mask_];
+      const std::size_t seq = c.seq.load(std::memory_order_acquire);
+      const auto diff = static_cast<std::intptr_t>(seq) - static_cast<std::intptr_t>(pos + 1);
+      if (diff == 0) {
+        if (head_.compare_exchange_weak(pos, pos + 1, std::memory_order_relaxed)) {
+          v = c.value;
+          c.seq.store(pos + mask_ + 1, std::memory_order_release);
+          return true;
+        }
+      } else if (diff < 0) {
+        return false;  // empty
+      } else {
+        pos = head_.load(std::memory_order_relaxed);
+      }
+    }
+  }
+
+ private:
+  struct cell {
+    std::atomic<std::size_t> seq{0};
+    std::int64_t value = 0;
+  };
+  std::size_t mask_;
+  std::vector<cell> cells_;
+  alignas(64) std::atomic<std::size_t> tail_{0};
+  alignas(64) std::atomic<std::size_t> head_{0};
+};
+
+void floor_mpmc_ring(benchmark::State& state) {
+  constexpr std::int64_t batch = 1024;
+  mpmc_ring ring(batch);
+  std::int64_t sum = 0;
+  std::int64_t v = 0;
+  for (auto _ : state) {
+    for (std::int64_t i = 0; i < batch; ++i) ring.push(i);
+    for (std::int64_t i = 0; i < batch; ++i) {
+      ring.pop(v);
+      sum += v;
+    }
+  }
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(state.iterations() * batch);
+  state.counters["ns_per_item"] =
+      benchmark::Counter(static_cast<double>(state.iterations() * batch),
+                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+}  // namespace
+
+#if RILL_FLOOR_SWITCH
+BENCHMARK(floor_switch_one_place)->Name("floor/switch_one_place");
+BENCHMARK(floor_switch_two_places)->Name("floor/switch_two_places");
+#endif
+BENCHMARK(floor_lock_pairs)->Name("floor/lock_pairs");
+BENCHMARK(floor_mpmc_ring)->Name("floor/mpmc_ring");
