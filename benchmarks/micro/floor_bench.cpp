@@ -3,11 +3,12 @@
 // (chan_bench.cpp, runtime_bench.cpp) are read against them.
 //
 //   floor/switch_one_place    ns per switch between two contexts that both switch from the
-//                             same function (every return is predicted)
-//   floor/switch_two_places   the same, the two switching from different functions: the
-//                             return stack buffer holds the calls of the context that left,
-//                             so the returns on the other side mispredict (a yield or a
-//                             channel wait from two different loops is this case)
+//                             same loop (every return is predicted)
+//   floor/switch_two_places   the same, the two switching through one function called from
+//                             two different loops: the return stack buffer holds the calls
+//                             of the context that left, so each return into the loop
+//                             mispredicts, once per switch (two fibers that yield, or wait on
+//                             a channel, from different places are this case)
 //   floor/lock_pairs          ns per item for two lock/unlock pairs of a spinlock (one for a
 //                             send, one for a receive), and nothing else
 //   floor/mpmc_ring           ns per item through a bounded lock-free MPMC ring (one CAS per
