@@ -26,7 +26,7 @@ using after_switch_fn = void (*)(context* left, void* arg) noexcept;
 struct context {
   bctx::fcontext_t fctx = nullptr;  // valid only while this context is suspended
   eh_state eh;
-  san_ctx san;
+  [[no_unique_address]] san_ctx san;
 };
 
 struct switch_msg {
