@@ -202,36 +202,41 @@ std::size_t select_core(select_case* cases, std::size_t n) {
   std::unique_ptr<waiter[]> ws_heap;
   if (n > 8) ws_heap.reset(new waiter[n]);
 
+  // A case that looks ready may hold only lost select waiters (their selects were won
+  // elsewhere). Trying it drops them, but with the other channels unlocked (send_locked and
+  // recv_locked release only c.mu_ on success, so the others are released first); while
+  // they were unlocked a partner may have parked on a case visited before. So after a
+  // failed try the scan starts over under all the locks: each try drops at least one lost
+  // waiter, so this ends. (Continuing the scan instead let a receiving select park beside
+  // a parked sender on one channel: both waited for ever; Go's TestSelectStress under
+  // RILL_SCHED_SEED=11 deadlocked about once in 100 runs.)
   lock_all(locks, nlocks);
-  for (std::size_t k = 0; k < n; ++k) {
-    const std::uint32_t i = order[k];
+  for (std::size_t k = 0; k < n;) {
+    const std::uint32_t i = order[k++];
     select_case& sc = cases[i];
     if (!sc.ch) continue;
     chan_core& c = *sc.ch;
-    // send_locked/recv_locked release only c.mu_ on success; release the others first.
     if (sc.kind == case_kind::recv) {
       if (!c.recv_ready()) continue;
       for (std::size_t l = 0; l < nlocks; ++l) {
         if (locks[l] != &c) locks[l]->mu_.unlock();
       }
-      if (recv_locked(c, sc.slot) == 0)
-        c.mu_.unlock();  // only lost select senders were queued
-      else
-        return i;
-      lock_all(locks, nlocks);
-      continue;
+      if (recv_locked(c, sc.slot) != 0) return i;
+      c.mu_.unlock();  // only lost select senders were queued: dropped now
+    } else {
+      if (c.is_closed()) {
+        unlock_all(locks, nlocks);
+        throw closed_channel("rill::select: send on a closed channel");
+      }
+      if (!c.send_ready()) continue;
+      for (std::size_t l = 0; l < nlocks; ++l) {
+        if (locks[l] != &c) locks[l]->mu_.unlock();
+      }
+      if (send_locked(c, sc.slot)) return i;
+      c.mu_.unlock();  // only lost select receivers were queued: dropped now
     }
-    if (c.is_closed()) {
-      unlock_all(locks, nlocks);
-      throw closed_channel("rill::select: send on a closed channel");
-    }
-    if (!c.send_ready()) continue;
-    for (std::size_t l = 0; l < nlocks; ++l) {
-      if (locks[l] != &c) locks[l]->mu_.unlock();
-    }
-    if (send_locked(c, sc.slot)) return i;
-    c.mu_.unlock();  // only lost select receivers were queued
     lock_all(locks, nlocks);
+    k = 0;
   }
   if (dflt != n) {
     unlock_all(locks, nlocks);
