@@ -6,7 +6,9 @@
 //   runtime/spawn_join_fresh  ns per fiber: spawn 100k at once (fresh stacks, page faults)
 //   runtime/yield             ns per yield, two fibers yielding to each other
 //   runtime/parked            bytes of RSS per parked fiber (100k and 1M), and ns per fiber
-//                             to wake and join them all
+//                             to wake and join them all: each fiber waits in a receive on
+//                             one channel, and closing it wakes them all (Go's program does
+//                             the same: `<-start`, then close(start))
 //   runtime/idle              % of one core a runtime with nothing to do uses over 2 s
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
@@ -101,28 +103,23 @@ void runtime_parked(benchmark::State& state) {
         [&] {
           const long before = rss_kib();
           rill::wait_group started, done;
-          rill::mutex mu;
-          rill::condition_variable cv;
-          bool go = false;
+          rill::chan<int> start;
           started.add(static_cast<int>(n));
           done.add(static_cast<int>(n));
           for (long i = 0; i < n; ++i) {
             rill::go([&] {
-              std::unique_lock lk(mu);
               started.done();
-              cv.wait(lk, [&] { return go; });
-              lk.unlock();
+              (void)start.recv();
               done.done();
             });
           }
-          started.wait();  // every fiber is parked on the condition variable
+          started.wait();
+          // Let the last ones reach the receive (with 2 workers this fiber may run while
+          // they are between done() and recv()), as Go's program does.
+          rill::this_fiber::sleep_for(std::chrono::milliseconds(10));
           bytes = (rss_kib() - before) * 1024.0 / static_cast<double>(n);
           const auto t0 = std::chrono::steady_clock::now();
-          {
-            std::lock_guard lk(mu);
-            go = true;
-          }
-          cv.notify_all();
+          start.close();
           done.wait();
           wake_ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0)
                         .count() /
