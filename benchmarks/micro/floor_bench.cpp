@@ -18,8 +18,8 @@
 //   floor/mpmc_ring_batch     the same ring filled with 1024 items, then drained (the order
 //                             a producer and a consumer on one worker run in)
 //
-// The switch is the same code as rill's (src/fiber/context.cpp), kept here so that the
-// floor does not depend on the library.
+// The switch and the lock are rill's own (src/fiber/context.cpp, rill/detail/core.hpp);
+// the switch floors need rill as a static library (its jump is a hidden symbol).
 #include <benchmark/benchmark.h>
 
 #include <atomic>
@@ -28,48 +28,23 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <rill/detail/core.hpp>
 #include <vector>
 
 namespace {
 
 namespace bctx = boost::context::detail;
 
-#if defined(__x86_64__) && defined(__ELF__)
+#if defined(__x86_64__) && defined(__ELF__) && RILL_STATIC_LIBRARY
 #define RILL_FLOOR_SWITCH 1
-// Saves the callee-saved registers, switches stacks, resumes the other side with ret.
-asm(R"(
-  .pushsection .text
-  .type rill_floor_jump,@function
-  .p2align 4
-rill_floor_jump:
-  leaq -0x38(%rsp), %rsp
-  movq %r12, 0x08(%rsp)
-  movq %r13, 0x10(%rsp)
-  movq %r14, 0x18(%rsp)
-  movq %r15, 0x20(%rsp)
-  movq %rbx, 0x28(%rsp)
-  movq %rbp, 0x30(%rsp)
-  movq %rsp, %rax
-  movq %rdi, %rsp
-  movq 0x08(%rsp), %r12
-  movq 0x10(%rsp), %r13
-  movq 0x18(%rsp), %r14
-  movq 0x20(%rsp), %r15
-  movq 0x28(%rsp), %rbx
-  movq 0x30(%rsp), %rbp
-  movq %rsi, %rdx
-  movq %rax, %rdi
-  leaq 0x38(%rsp), %rsp
-  ret
-  .size rill_floor_jump, .-rill_floor_jump
-  .popsection
-)");
-extern "C" bctx::transfer_t rill_floor_jump(bctx::fcontext_t to, void* data);
+// rill's own switch (src/fiber/context.cpp), a hidden symbol of the static library: the
+// floor is the switch every park and yield makes, with nothing of the scheduler around it.
+extern "C" bctx::transfer_t rill_jump_fcontext(bctx::fcontext_t to, void* data);
 
 // One switch out and back in. Both sides switch through this one function, so the return
 // into it is always predicted; what differs is the loop it returns to.
 [[gnu::noipa]] bctx::fcontext_t step(bctx::fcontext_t to) {
-  return rill_floor_jump(to, nullptr).fctx;
+  return rill_jump_fcontext(to, nullptr).fctx;
 }
 
 // n switches out and back in. Two identical loops: the timed side runs `loop`; the partner
@@ -111,21 +86,8 @@ void floor_switch_one_place(benchmark::State& state) { run_switches(state, partn
 void floor_switch_two_places(benchmark::State& state) { run_switches(state, partner_two_places); }
 #endif
 
-// A spinlock as rill's: a CAS to lock, a release store to unlock.
-class spinlock {
- public:
-  void lock() noexcept {
-    std::uint32_t free = 0;
-    while (!word_.compare_exchange_weak(free, 1, std::memory_order_acquire)) free = 0;
-  }
-  void unlock() noexcept { word_.store(0, std::memory_order_release); }
-
- private:
-  std::atomic<std::uint32_t> word_{0};
-};
-
 void floor_lock_pairs(benchmark::State& state) {
-  spinlock a, b;
+  rill::detail::spinlock a, b;  // the channels' lock
   std::int64_t x = 0;
   for (auto _ : state) {
     a.lock();
