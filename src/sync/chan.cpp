@@ -8,7 +8,8 @@
 //   I4  sendq_ non-empty implies count_ == cap_, except after a throwing move (see recv).
 //   I5  a waiter on a queue belongs to a parked fiber or blocked thread; whoever takes it
 //       off (and, for a select waiter, wins its claim) completes its operation, sets
-//       `success`, and wakes it after releasing mu_.
+//       `success`, and wakes it after releasing mu_; if the value's move throws, it puts
+//       the waiter back instead (put_back(): a select is woken to run again).
 //
 // Select waiters: one select parks a waiter on the queue of each of its channels, all
 // pointing at one select_state. Whoever takes such a waiter must first claim the select
@@ -41,10 +42,23 @@ std::atomic<std::uint64_t> g_chan_ids{1};
 
 std::atomic<std::int64_t> g_live_channels{0};
 
-void requeue(wait_list& q, waiter* w) noexcept {
-  if (w->select) static_cast<select_state*>(w->select)->done.store(0, std::memory_order_release);
-  q.push_front(w);
+select_state* put_back(wait_list& q, waiter* w) noexcept {
+  if (!w->select) {
+    q.push_front(w);
+    return nullptr;
+  }
+  auto* st = static_cast<select_state*>(w->select);
+  st->done.store(select_state::retry, std::memory_order_release);  // we hold its claim
+  return st;
 }
+
+namespace {
+// unlock_and_retry(): the end of a failed handover, once put_back() has run.
+void unlock_and_retry(chan_core& c, select_state* st) noexcept {
+  c.mu_.unlock();
+  if (st) st->wake();
+}
+}  // namespace
 
 void select_state::wake() noexcept {
   if (who) {
@@ -92,8 +106,7 @@ namespace {
     try {
       c.ops_->emplace(w->slot, src);
     } catch (...) {
-      requeue(c.recvq_, w);
-      c.mu_.unlock();
+      unlock_and_retry(c, put_back(c.recvq_, w));
       throw;
     }
     w->success = true;
@@ -134,10 +147,9 @@ namespace {
       try {
         c.ops_->construct(c.slot(c.count()), w->slot);
       } catch (...) {
-        // Its move threw: it stays parked with its value, to be handed over directly by a
-        // later receive (this is the one way I4 can break).
-        requeue(c.sendq_, w);
-        c.mu_.unlock();
+        // Its move threw: it keeps its value, parked, to be handed over directly by a
+        // later receive (this is the one way I4 can break), or, a select, runs again.
+        unlock_and_retry(c, put_back(c.sendq_, w));
         return 1;
       }
       c.set_count(c.count() + 1);
@@ -153,8 +165,7 @@ namespace {
     try {
       c.ops_->emplace(opt, w->slot);
     } catch (...) {
-      requeue(c.sendq_, w);
-      c.mu_.unlock();
+      unlock_and_retry(c, put_back(c.sendq_, w));
       throw;
     }
     w->success = true;

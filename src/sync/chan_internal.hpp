@@ -10,8 +10,10 @@
 
 namespace rill::detail {
 
-// select_state: one parked select. `done` is claimed once: 0 -> winning case index + 1.
+// select_state: one parked select. `done` is claimed once: 0 -> winning case index + 1, or
+// -> `retry` when the winner's handover failed (a move threw) and the select must run again.
 struct select_state {
+  static constexpr std::uint32_t retry = 0xffffffffu;
   std::atomic<std::uint32_t> done{0};
   fiber* who = nullptr;                 // the selecting fiber; nullptr: a plain thread
   std::atomic<std::uint32_t> futex{0};  // plain thread: 1 once woken
@@ -33,8 +35,12 @@ inline waiter* dequeue(wait_list& q) noexcept {
   }
   return nullptr;
 }
-// requeue() puts back a waiter whose operation failed (a throwing move), unclaiming it.
-void requeue(wait_list& q, waiter* w) noexcept;
+// put_back() returns a dequeued waiter whose handover failed (its value's move threw). A
+// plain waiter goes back to the front of q, still parked: nullptr. A select's waiter does
+// not: while its select was claimed, a waker on another of its channels may have dropped
+// the waiter there as lost, so the select is marked `retry` (it takes its other waiters off
+// and runs again): put_back() returns it, to be woken once the channel is unlocked.
+select_state* put_back(wait_list& q, waiter* w) noexcept;
 // wake() wakes the owner of a dequeued waiter. Call with no channel lock held.
 inline void wake(waiter* w) noexcept {
   if (!w->select) {

@@ -10,7 +10,8 @@
 //    at one select_state; the channel locks are released only once the fiber is parked
 //    (after-switch action), and the timeout's timer is armed then too. Whoever wins the
 //    claim on select_state::done completes that case and wakes us.
-// 4. Woken: lock the channels again and take our remaining waiters off their queues.
+// 4. Woken: lock the channels again and take our remaining waiters off their queues. If the
+//    case that won could not be completed (its value's move threw), run again from 1.
 #include <algorithm>
 #include <memory>
 #include <new>
@@ -93,9 +94,23 @@ void after_park(context*, void* arg) noexcept {
   }
 }
 
+// select_once() is one pass of select_core(); `again` when a handover to the parked select
+// failed and it must run again.
+constexpr std::size_t again = static_cast<std::size_t>(-1);
+std::size_t select_once(select_case* cases, std::size_t n);
+
 }  // namespace
 
 std::size_t select_core(select_case* cases, std::size_t n) {
+  for (;;) {
+    const std::size_t won = select_once(cases, n);
+    if (won != again) return won;
+  }
+}
+
+namespace {
+
+std::size_t select_once(select_case* cases, std::size_t n) {
   chaos_point();
   std::size_t dflt = n, tmo = n;  // the default, and the earliest timeout
   auto note_special = [&](std::size_t i) {
@@ -346,12 +361,15 @@ std::size_t select_core(select_case* cases, std::size_t n) {
     }
     g_external_waiters.fetch_sub(1, std::memory_order_seq_cst);
   }
-  const std::size_t won = st.done.load(std::memory_order_acquire) - 1;
+  const std::uint32_t done = st.done.load(std::memory_order_acquire);
   unlink_waiters(p);
+  if (done == select_state::retry) return again;
+  const std::size_t won = done - 1;
   if (won != tmo && cases[won].kind == case_kind::send && !ws[won].success) {
     throw closed_channel("rill::select: send on a closed channel");
   }
   return won;
 }
 
+}  // namespace
 }  // namespace rill::detail

@@ -7,6 +7,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <rill/rill.hpp>
@@ -675,4 +676,77 @@ TEST_CASE(
     "[select][stress]") {
   auto workers = GENERATE(1u, 2u, 4u);
   test::run_with(workers, [] { test::select_stress(2000); });
+}
+
+// ---- a handover whose move throws ---------------------------------------------------------
+
+namespace {
+
+// trap: an element whose next move, once armed, runs `on_move` and then throws. The hook
+// runs inside a channel operation, under that channel's lock, while the select it hands
+// over to is claimed: it stands for a party on another channel of the select at that
+// moment.
+struct trap_error : std::exception {};
+struct trap {
+  static inline std::function<void()> on_move;
+  explicit trap(int v) : value(v) {}
+  trap(trap&& o) : value(o.value) {
+    if (auto hook = std::exchange(on_move, nullptr)) {
+      hook();
+      throw trap_error{};
+    }
+  }
+  trap(const trap&) = delete;
+  trap& operator=(const trap&) = delete;
+  int value;
+};
+
+}  // namespace
+
+TEST_CASE(
+    "select: when the move into or out of a parked select throws, the thrower gets the "
+    "exception and the select runs again on all its cases",
+    "[select][throwing]") {
+  auto workers = GENERATE(1u, 2u, 4u);
+  test::run_with(workers, [] {
+    // A receiving select: the sender's move throws while a sender on the select's other
+    // channel finds the select claimed and drops its waiter there. The select must not be
+    // left parked on the first channel alone.
+    rill::chan<trap> a;
+    rill::chan<int> b;
+    rill::chan<std::pair<std::size_t, int>> result(1);
+    rill::go([=]() mutable {
+      int got = 0;
+      const std::size_t won =
+          rill::select(rill::on_recv(a, [&](std::optional<trap> v) { got = v ? v->value : -1; }),
+                       rill::on_recv(b, [&](std::optional<int> v) { got = v.value_or(-1); }));
+      result.send({won, got});
+    });
+    test::await_receivers(a, 1);
+    test::await_receivers(b, 1);
+    bool dropped_taken = true;
+    trap::on_move = [&, b]() mutable { dropped_taken = b.try_send(0); };
+    CHECK_THROWS_AS(a.send(trap{1}), trap_error);
+    CHECK_FALSE(dropped_taken);  // the select was claimed: its waiter on b was dropped
+    b.send(7);                   // deadlock_error if the select were parked on `a` alone
+    CHECK(result.recv() == std::pair<std::size_t, int>{1, 7});
+    CHECK(test::queued(a.core(), false) == 0);
+
+    // A sending select: the receiver's move out of it throws while a receiver on the other
+    // channel drops the select's waiter there.
+    rill::chan<int> c;
+    rill::go([=]() mutable {
+      const std::size_t won = rill::select(rill::on_send(a, trap{2}), rill::on_send(c, 3));
+      result.send({won, 0});
+    });
+    test::await_senders(a, 1);
+    test::await_senders(c, 1);
+    bool dropped_got = true;
+    trap::on_move = [&, c]() mutable { dropped_got = c.try_recv().has_value(); };
+    CHECK_THROWS_AS(a.recv(), trap_error);
+    CHECK_FALSE(dropped_got);
+    CHECK(c.recv() == 3);
+    CHECK(result.recv()->first == 1);
+    CHECK(test::queued(a.core(), true) == 0);
+  });
 }
