@@ -17,6 +17,14 @@
 //                             no handles
 //   floor/mpmc_ring_batch     the same ring filled with 1024 items, then drained (the order
 //                             a producer and a consumer on one worker run in)
+//   floor/ping_pong           ns per round trip of an unbuffered ping-pong with none of a
+//                             channel's work: each side takes the lock of the channel it
+//                             sends on and of the one it receives from (four lock/unlock
+//                             pairs a round trip), then switches to the other from its own
+//                             loop (two switches from two places)
+//   floor/locked_ring_batch   ns per item through a ring under rill's spinlock, filled with
+//                             1024 items, then drained: a buffered channel's fast path with
+//                             no handle, no closed flag and no wait queues to check
 //
 // The switch and the lock are rill's own (src/fiber/context.cpp, rill/detail/core.hpp);
 // the switch floors need rill as a static library (its jump is a hidden symbol).
@@ -84,6 +92,49 @@ void run_switches(benchmark::State& state, void (*partner)(bctx::transfer_t)) {
 
 void floor_switch_one_place(benchmark::State& state) { run_switches(state, partner_one_place); }
 void floor_switch_two_places(benchmark::State& state) { run_switches(state, partner_two_places); }
+
+// Ping-pong: the timed side sends on `ping` and receives from `pong`; the partner receives
+// from `ping` and sends on `pong`. A channel operation here is its lock pair alone.
+rill::detail::spinlock ping_lock, pong_lock;
+std::int64_t ping_x = 0, pong_x = 0;
+
+inline void lock_pair(rill::detail::spinlock& l, std::int64_t& x, std::int64_t d) {
+  l.lock();
+  x += d;
+  l.unlock();
+}
+[[gnu::noipa]] bctx::fcontext_t ping_loop(bctx::fcontext_t other, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    lock_pair(ping_lock, ping_x, 1);  // send
+    lock_pair(pong_lock, pong_x, 1);  // receive: nothing there yet, so park
+    other = step(other);
+  }
+  return other;
+}
+[[gnu::noipa]] bctx::fcontext_t pong_loop(bctx::fcontext_t other, std::int64_t n) {
+  for (std::int64_t i = 0; i < n; ++i) {
+    lock_pair(pong_lock, pong_x, -1);  // send the reply
+    lock_pair(ping_lock, ping_x, -1);  // receive the next: park
+    other = step(other);
+  }
+  return other;
+}
+void partner_pong(bctx::transfer_t t) { pong_loop(t.fctx, INT64_MAX); }
+
+void floor_ping_pong(benchmark::State& state) {
+  constexpr std::size_t stack_bytes = 64 * 1024;
+  constexpr std::int64_t per_iteration = 1000;
+  std::unique_ptr<char[]> stack(new char[stack_bytes]);
+  bctx::fcontext_t other =
+      bctx::make_fcontext(stack.get() + stack_bytes, stack_bytes, partner_pong);
+  other = step(other);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : state) other = ping_loop(other, per_iteration);
+  const auto t1 = std::chrono::steady_clock::now();
+  const auto trips = static_cast<double>(state.iterations() * per_iteration);
+  state.SetItemsProcessed(state.iterations() * per_iteration);
+  state.counters["ns_per_item"] = std::chrono::duration<double, std::nano>(t1 - t0).count() / trips;
+}
 #endif
 
 void floor_lock_pairs(benchmark::State& state) {
@@ -206,12 +257,75 @@ void floor_mpmc_ring_batch(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
 }
 
+// A ring of ints under one spinlock, as a buffered channel keeps its buffer.
+class locked_ring {
+ public:
+  explicit locked_ring(std::size_t capacity) : mask_(capacity - 1), buf_(capacity) {}
+  bool push(std::int64_t v) noexcept {
+    lock_.lock();
+    const bool ok = count_ <= mask_;
+    if (ok) {
+      buf_[(head_ + count_) & mask_] = v;
+      ++count_;
+    }
+    lock_.unlock();
+    return ok;
+  }
+  bool pop(std::int64_t& v) noexcept {
+    lock_.lock();
+    const bool ok = count_ != 0;
+    if (ok) {
+      v = buf_[head_];
+      head_ = (head_ + 1) & mask_;
+      --count_;
+    }
+    lock_.unlock();
+    return ok;
+  }
+
+ private:
+  rill::detail::spinlock lock_;
+  std::size_t head_ = 0;
+  std::size_t count_ = 0;
+  std::size_t mask_;
+  std::vector<std::int64_t> buf_;
+};
+
+void floor_locked_ring_batch(benchmark::State& state) {
+  constexpr std::int64_t capacity = 1024;
+  locked_ring ring(capacity);
+  std::int64_t sum = 0;
+  std::int64_t v = 0;
+  std::int64_t next = 0;
+  std::int64_t held = 0;
+  bool filling = true;
+  for (auto _ : state) {  // two pushes or two pops: a time per iteration is a time per item
+    if (filling) {
+      ring.push(next++);
+      ring.push(next++);
+      held += 2;
+      filling = held < capacity;
+    } else {
+      ring.pop(v);
+      sum += v;
+      ring.pop(v);
+      sum += v;
+      held -= 2;
+      filling = held == 0;
+    }
+  }
+  benchmark::DoNotOptimize(sum);
+  state.SetItemsProcessed(state.iterations());
+}
+
 }  // namespace
 
 #if RILL_FLOOR_SWITCH
 BENCHMARK(floor_switch_one_place)->Name("floor/switch_one_place");
 BENCHMARK(floor_switch_two_places)->Name("floor/switch_two_places");
+BENCHMARK(floor_ping_pong)->Name("floor/ping_pong");
 #endif
 BENCHMARK(floor_lock_pairs)->Name("floor/lock_pairs");
 BENCHMARK(floor_mpmc_ring)->Name("floor/mpmc_ring");
 BENCHMARK(floor_mpmc_ring_batch)->Name("floor/mpmc_ring_batch");
+BENCHMARK(floor_locked_ring_batch)->Name("floor/locked_ring_batch");

@@ -54,43 +54,59 @@ fiber* current_fiber() noexcept;
 // paths in headers step aside for the compiled ones, which have the perturbation points.
 extern std::atomic<bool> g_chaos;
 
-// A test-and-test-and-set spinlock for short critical sections in the core, which is also a
-// sequence lock: its word is odd while held and grows by 2 with every critical section, so a
+// A spinlock for short critical sections in the core, which is also a sequence lock: its
+// sequence is odd while a critical section is under way and grows by 2 with each, so a
 // reader can take a consistent lock-free snapshot of atomic fields it guards:
 //   v = read_begin(); ...relaxed loads...; if (read_valid(v)) the loads saw one state.
+//
+// The lock word and the sequence are two words. Only the holder writes the sequence, with
+// plain stores; the lock word is taken with an exchange and released with a plain store.
+// Kept in one word (odd while held, taken with a compare-exchange of the value just read,
+// released by storing that value + 1), each lock and unlock cost twice as much here: a
+// ring of 1024 items under the lock, filled then drained, took 11.7 ns per item against
+// 5.7 (a compare-exchange whose operands come from a load of the word that the last unlock
+// stored waits on that store).
 class spinlock {
  public:
   void lock() noexcept {
-    for (;;) {
-      std::uint32_t v = word_.load(std::memory_order_relaxed);
-      if (!(v & 1) && word_.compare_exchange_weak(v, v + 1, std::memory_order_acquire,
-                                                  std::memory_order_relaxed)) {
-        return;
-      }
-      while (word_.load(std::memory_order_relaxed) & 1) __builtin_ia32_pause();
+    while (held_.exchange(1, std::memory_order_acquire) != 0) {
+      while (held_.load(std::memory_order_relaxed) != 0) __builtin_ia32_pause();
     }
+    begin_write();
   }
   bool try_lock() noexcept {
-    std::uint32_t v = word_.load(std::memory_order_relaxed);
-    return !(v & 1) && word_.compare_exchange_strong(v, v + 1, std::memory_order_acquire,
-                                                     std::memory_order_relaxed);
+    if (held_.load(std::memory_order_relaxed) != 0 ||
+        held_.exchange(1, std::memory_order_acquire) != 0) {
+      return false;
+    }
+    begin_write();
+    return true;
   }
   void unlock() noexcept {
-    word_.store(word_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    seq_.store(seq_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+    held_.store(0, std::memory_order_release);
   }
 
   // read_begin(): the sequence to validate a lock-free read with; odd (never valid) while
-  // the lock is held.
-  std::uint32_t read_begin() const noexcept { return word_.load(std::memory_order_acquire); }
+  // a critical section is under way.
+  std::uint32_t read_begin() const noexcept { return seq_.load(std::memory_order_acquire); }
   // read_valid(v): true if no critical section began or ended since read_begin() gave v,
   // and none was under way then.
   bool read_valid(std::uint32_t v) const noexcept {
     std::atomic_thread_fence(std::memory_order_acquire);
-    return !(v & 1) && word_.load(std::memory_order_relaxed) == v;
+    return !(v & 1) && seq_.load(std::memory_order_relaxed) == v;
   }
 
  private:
-  std::atomic<std::uint32_t> word_{0};
+  // The sequence turns odd before the critical section writes anything (the fence orders
+  // that store before the section's stores; a reader that sees one of them sees it too).
+  void begin_write() noexcept {
+    seq_.store(seq_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);
+  }
+
+  std::atomic<std::uint32_t> held_{0};
+  std::atomic<std::uint32_t> seq_{0};
 };
 
 // waiter: one fiber or one plain thread parked on a wait queue (Go's sudog). Lives on the
