@@ -116,7 +116,7 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
     using S = std::tuple_element_t<I, Stages>;
     S& s = std::get<I>(st);
     using Out = typename S::template out_t<In>;
-    const int index = static_cast<int>(I) + 1;
+    constexpr int index = static_cast<int>(I) + 1;
     if constexpr (S::parallel) {
       // Fan out: the segment so far feeds `in`; n workers map `in` to `out`.
       const link_shape shape = shape_for(s.opt.buffer);
@@ -144,7 +144,7 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
       auto left = std::make_shared<std::atomic<unsigned>>(workers);
       const std::string name = stage_name(s.opt.name, S::kind, index);
       for (unsigned k = 0; k < workers; ++k) {
-        ctx.spawn(name, [in, out, tokens, left, &s, &ctx, index]() mutable {
+        ctx.spawn(name, [in, out, tokens, left, &s, &ctx]() mutable {
           struct last_closes {
             std::atomic<unsigned>* left;
             link_chan<In>* in;
