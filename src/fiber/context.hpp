@@ -77,8 +77,14 @@ inline void land(bctx::transfer_t t) noexcept {
 // thread: a worker's `eh`).
 inline void switch_to(context& from, context& to, eh_state* g, after_switch_fn after = nullptr,
                       void* arg = nullptr) noexcept {
-  from.eh = *g;
-  *g = to.eh;
+  // Stores only where the state differs (outside a catch block both are empty): every
+  // store still in flight delays the next locked instruction (a channel's lock), which
+  // waits for the store buffer to drain.
+  const eh_state cur = *g;
+  if (from.eh.caught != cur.caught || from.eh.uncaught != cur.uncaught) [[unlikely]]
+    from.eh = cur;
+  if (to.eh.caught != cur.caught || to.eh.uncaught != cur.uncaught) [[unlikely]]
+    *g = to.eh;
   switch_msg msg{&from, &to, after, arg, false};
   bctx::fcontext_t target = to.fctx;
   san_before_switch(from.san, to.san, false);

@@ -40,8 +40,8 @@ inline void park_fiber(fiber* self, worker* w, wait_reason why, const void* obje
   self->cancel_arg = cancel_arg;
   self->state.store(fiber_state::parked, std::memory_order_relaxed);
   switch_out(self, w, after, after_arg);
-  self->reason.store(wait_reason::none, std::memory_order_relaxed);
-  self->wait_object.store(nullptr, std::memory_order_relaxed);
+  // reason and wait_object are left as they are: they are read only while the fiber is
+  // parked (dump()), and every park sets both.
   if (self->aborted) [[unlikely]]
     park_fiber_aborted(self);
 }

@@ -129,9 +129,9 @@ void sleep_until_ns(std::int64_t deadline) {
     f->rt->ready(f, false);
   };
   self->reason.store(wait_reason::sleep, std::memory_order_relaxed);
+  self->wait_object.store(nullptr, std::memory_order_relaxed);
   self->state.store(detail::fiber_state::parked, std::memory_order_relaxed);
   detail::switch_out(self, after_arm, &s);
-  self->reason.store(wait_reason::none, std::memory_order_relaxed);
 }
 
 }  // namespace rill::this_fiber

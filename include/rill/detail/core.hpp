@@ -181,8 +181,7 @@ struct wait_list {
     } else {
       tail = w->prev;
     }
-    w->next = w->prev = nullptr;
-    w->linked = false;
+    w->linked = false;  // its next and prev are stale now: only `linked` is read off a list
   }
 };
 
