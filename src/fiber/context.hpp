@@ -81,8 +81,7 @@ inline void switch_to(context& from, context& to, eh_state* g, after_switch_fn a
   // store still in flight delays the next locked instruction (a channel's lock), which
   // waits for the store buffer to drain.
   const eh_state cur = *g;
-  if (from.eh.caught != cur.caught || from.eh.uncaught != cur.uncaught) [[unlikely]]
-    from.eh = cur;
+  from.eh = cur;
   if (to.eh.caught != cur.caught || to.eh.uncaught != cur.uncaught) [[unlikely]]
     *g = to.eh;
   switch_msg msg{&from, &to, after, arg, false};

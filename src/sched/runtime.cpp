@@ -66,16 +66,24 @@ std::atomic<std::int64_t> g_pending_timers{0};
 std::atomic<bool> g_chaos{false};
 std::atomic<std::int64_t> g_external_waiters{0};
 
-namespace {
-// initial-exec: one %fs-relative load, not a __tls_get_addr call (the library is PIC).
-[[gnu::tls_model("initial-exec")]] thread_local worker* tls_worker = nullptr;
-}  // namespace
+}  // namespace rill::detail
 
+// initial-exec: one %fs-relative load, not a __tls_get_addr call (the library is PIC).
+// Read through current_worker() (runtime.hpp); written here only.
+extern "C" {
+[[gnu::visibility("hidden"),
+  gnu::tls_model("initial-exec")]] __thread rill::detail::worker* rill_tls_worker = nullptr;
+}
+
+namespace rill::detail {
+
+#if !RILL_INLINE_CURRENT_WORKER
 worker* current_worker() noexcept {
-  worker** p = &tls_worker;
+  worker** p = &rill_tls_worker;
   asm volatile("" : "+r"(p)::"memory");
   return *p;
 }
+#endif
 
 namespace {
 
@@ -163,7 +171,7 @@ namespace {
 struct sigaction g_prev_segv;
 
 void on_segv(int sig, siginfo_t* si, void* uc) {
-  worker* w = tls_worker;
+  worker* w = rill_tls_worker;
   if (w && w->current) {
     const fiber* f = w->current;
     auto* a = static_cast<char*>(si->si_addr);
@@ -196,7 +204,7 @@ void install_segv_handler() {
 constexpr std::size_t altstack_size = 64 * 1024;
 
 void enter_worker_thread(worker& w) {
-  tls_worker = &w;
+  rill_tls_worker = &w;
   w.eh = thread_eh();
   san_thread_context(w.g0.san);
   void* p =
@@ -1066,7 +1074,7 @@ void runtime::rethrow_outcome() {
 
 void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
   runtime rt(cfg);
-  worker* saved = tls_worker;
+  worker* saved = rill_tls_worker;
   // The other workers first (they park until there is work), then the main fiber. If a
   // worker thread or the main fiber cannot be had, stop the workers already started and
   // report it: running with fewer workers than configured would break deadlock detection,
@@ -1079,7 +1087,7 @@ void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
         enter_worker_thread(w);
         rt.run_worker(w);
         leave_worker_thread(w);
-        tls_worker = nullptr;
+        rill_tls_worker = nullptr;
       });
     }
     rt.start_main(main, arg);
@@ -1092,7 +1100,7 @@ void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
   enter_worker_thread(w0);
   rt.run_worker(w0);
   leave_worker_thread(w0);
-  tls_worker = saved;
+  rill_tls_worker = saved;
   for (unsigned i = 1; i < started; ++i) rt.worker_at(i).thread.join();
   rt.drop_timers();
   rt.rethrow_outcome();
