@@ -53,10 +53,9 @@ class run_queue {
   }
 
   // pop_unshared(): pop() for a queue nobody steals from (a runtime of one worker): no
-  // read-modify-write.
-  // The oldest fiber comes from front_, one load, not two (head_, then its cell): a yield
-  // waits for that load, and for the stack pointer it finds there, before its mispredicted
-  // return can resolve.
+  // read-modify-write, and the oldest fiber comes from front_, one load rather than two
+  // (head_, then its cell): a yield waits for that load, and for the stack pointer it finds
+  // there, before its mispredicted return can resolve.
   fiber* pop_unshared() noexcept {
     fiber* const f = front_;
     if (!f) return nullptr;
