@@ -74,24 +74,32 @@ extern "C" bctx::transfer_t rill_jump_fcontext(bctx::fcontext_t to, void* data);
 void partner_one_place(bctx::transfer_t t) { loop(t.fctx, INT64_MAX); }
 void partner_two_places(bctx::transfer_t t) { loop_other(t.fctx, INT64_MAX); }
 
-void run_switches(benchmark::State& state, void (*partner)(bctx::transfer_t)) {
+// run_pair() times `timed`, 1000 steps per call, against `partner` started on a stack of
+// its own; each step is `items_per_step` items (in the report's `ns_per_item` counter).
+using loop_fn = bctx::fcontext_t (*)(bctx::fcontext_t other, std::int64_t n);
+void run_pair(benchmark::State& state, void (*partner)(bctx::transfer_t), loop_fn timed,
+              std::int64_t items_per_step) {
   constexpr std::size_t stack_bytes = 64 * 1024;
   constexpr std::int64_t per_iteration = 1000;
   std::unique_ptr<char[]> stack(new char[stack_bytes]);
   bctx::fcontext_t other = bctx::make_fcontext(stack.get() + stack_bytes, stack_bytes, partner);
   other = step(other);  // start it: it switches straight back
   const auto t0 = std::chrono::steady_clock::now();
-  for (auto _ : state) other = loop(other, per_iteration);
+  for (auto _ : state) other = timed(other, per_iteration);
   const auto t1 = std::chrono::steady_clock::now();
-  const auto switches = static_cast<double>(state.iterations() * per_iteration * 2);
-  state.SetItemsProcessed(state.iterations() * per_iteration * 2);
-  // In ns, as the side-by-side report reads an `ns_per_item` counter.
+  const std::int64_t items = state.iterations() * per_iteration * items_per_step;
+  state.SetItemsProcessed(items);
   state.counters["ns_per_item"] =
-      std::chrono::duration<double, std::nano>(t1 - t0).count() / switches;
+      std::chrono::duration<double, std::nano>(t1 - t0).count() / static_cast<double>(items);
 }
 
-void floor_switch_one_place(benchmark::State& state) { run_switches(state, partner_one_place); }
-void floor_switch_two_places(benchmark::State& state) { run_switches(state, partner_two_places); }
+// A step of `loop` is two switches: out and back in.
+void floor_switch_one_place(benchmark::State& state) {
+  run_pair(state, partner_one_place, loop, 2);
+}
+void floor_switch_two_places(benchmark::State& state) {
+  run_pair(state, partner_two_places, loop, 2);
+}
 
 // Ping-pong: the timed side sends on `ping` and receives from `pong`; the partner receives
 // from `ping` and sends on `pong`. A channel operation here is its lock pair alone.
@@ -121,20 +129,8 @@ inline void lock_pair(rill::detail::spinlock& l, std::int64_t& x, std::int64_t d
 }
 void partner_pong(bctx::transfer_t t) { pong_loop(t.fctx, INT64_MAX); }
 
-void floor_ping_pong(benchmark::State& state) {
-  constexpr std::size_t stack_bytes = 64 * 1024;
-  constexpr std::int64_t per_iteration = 1000;
-  std::unique_ptr<char[]> stack(new char[stack_bytes]);
-  bctx::fcontext_t other =
-      bctx::make_fcontext(stack.get() + stack_bytes, stack_bytes, partner_pong);
-  other = step(other);
-  const auto t0 = std::chrono::steady_clock::now();
-  for (auto _ : state) other = ping_loop(other, per_iteration);
-  const auto t1 = std::chrono::steady_clock::now();
-  const auto trips = static_cast<double>(state.iterations() * per_iteration);
-  state.SetItemsProcessed(state.iterations() * per_iteration);
-  state.counters["ns_per_item"] = std::chrono::duration<double, std::nano>(t1 - t0).count() / trips;
-}
+// A step of `ping_loop` is one round trip.
+void floor_ping_pong(benchmark::State& state) { run_pair(state, partner_pong, ping_loop, 1); }
 #endif
 
 void floor_lock_pairs(benchmark::State& state) {
@@ -230,9 +226,10 @@ void floor_mpmc_ring(benchmark::State& state) {
 // The same in the pattern of a buffered channel with one producer and one consumer on one
 // worker: 1024 pushes (the producer runs until the channel is full), then 1024 pops. Two
 // pushes or two pops per iteration, so a time per iteration is again a time per item.
-void floor_mpmc_ring_batch(benchmark::State& state) {
+template <class Ring>
+void run_ring_batch(benchmark::State& state) {
   constexpr std::int64_t capacity = 1024;
-  mpmc_ring ring(capacity);
+  Ring ring(capacity);
   std::int64_t sum = 0;
   std::int64_t v = 0;
   std::int64_t next = 0;
@@ -256,6 +253,8 @@ void floor_mpmc_ring_batch(benchmark::State& state) {
   benchmark::DoNotOptimize(sum);
   state.SetItemsProcessed(state.iterations());
 }
+
+void floor_mpmc_ring_batch(benchmark::State& state) { run_ring_batch<mpmc_ring>(state); }
 
 // A ring of ints under one spinlock, as a buffered channel keeps its buffer.
 class locked_ring {
@@ -291,32 +290,7 @@ class locked_ring {
   std::vector<std::int64_t> buf_;
 };
 
-void floor_locked_ring_batch(benchmark::State& state) {
-  constexpr std::int64_t capacity = 1024;
-  locked_ring ring(capacity);
-  std::int64_t sum = 0;
-  std::int64_t v = 0;
-  std::int64_t next = 0;
-  std::int64_t held = 0;
-  bool filling = true;
-  for (auto _ : state) {  // two pushes or two pops: a time per iteration is a time per item
-    if (filling) {
-      ring.push(next++);
-      ring.push(next++);
-      held += 2;
-      filling = held < capacity;
-    } else {
-      ring.pop(v);
-      sum += v;
-      ring.pop(v);
-      sum += v;
-      held -= 2;
-      filling = held == 0;
-    }
-  }
-  benchmark::DoNotOptimize(sum);
-  state.SetItemsProcessed(state.iterations());
-}
+void floor_locked_ring_batch(benchmark::State& state) { run_ring_batch<locked_ring>(state); }
 
 }  // namespace
 

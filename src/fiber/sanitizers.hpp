@@ -73,7 +73,8 @@ inline void san_after_switch(san_ctx& self) noexcept {
   (void)self;
 }
 
-inline void san_fiber_created(san_ctx& c, void* bottom, std::size_t size) noexcept {
+inline void san_fiber_created([[maybe_unused]] san_ctx& c, [[maybe_unused]] void* bottom,
+                              [[maybe_unused]] std::size_t size) noexcept {
 #if RILL_ASAN
   c.stack_bottom = bottom;
   c.stack_size = size;
@@ -82,9 +83,6 @@ inline void san_fiber_created(san_ctx& c, void* bottom, std::size_t size) noexce
 #if RILL_TSAN
   c.tsan = __tsan_create_fiber(0);
 #endif
-  (void)c;
-  (void)bottom;
-  (void)size;
 }
 
 inline void san_fiber_destroyed(san_ctx& c) noexcept {

@@ -42,22 +42,25 @@ std::atomic<std::uint64_t> g_chan_ids{1};
 
 std::atomic<std::int64_t> g_live_channels{0};
 
-select_state* put_back(wait_list& q, waiter* w) noexcept {
+namespace {
+
+// put_back() ends a handover that failed (the value's move threw) on waiter w, dequeued
+// from q of channel c, and releases c.mu_. A plain waiter goes back to the front of q, still
+// parked. A select's waiter does not: while its select was claimed, a waker on another of
+// its channels may have dropped the waiter there as lost, so the select is marked `retry`
+// and woken (it takes its other waiters off and runs again).
+void put_back(chan_core& c, wait_list& q, waiter* w) noexcept {
   if (!w->select) {
     q.push_front(w);
-    return nullptr;
+    c.mu_.unlock();
+    return;
   }
   auto* st = static_cast<select_state*>(w->select);
   st->done.store(select_state::retry, std::memory_order_release);  // we hold its claim
-  return st;
+  c.mu_.unlock();
+  st->wake();
 }
 
-namespace {
-// unlock_and_retry(): the end of a failed handover, once put_back() has run.
-void unlock_and_retry(chan_core& c, select_state* st) noexcept {
-  c.mu_.unlock();
-  if (st) st->wake();
-}
 }  // namespace
 
 void select_state::wake() noexcept {
@@ -106,7 +109,7 @@ namespace {
     try {
       c.ops_->emplace(w->slot, src);
     } catch (...) {
-      unlock_and_retry(c, put_back(c.recvq_, w));
+      put_back(c, c.recvq_, w);
       throw;
     }
     w->success = true;
@@ -149,7 +152,7 @@ namespace {
       } catch (...) {
         // Its move threw: it keeps its value, parked, to be handed over directly by a
         // later receive (this is the one way I4 can break), or, a select, runs again.
-        unlock_and_retry(c, put_back(c.sendq_, w));
+        put_back(c, c.sendq_, w);
         return 1;
       }
       c.set_count(c.count() + 1);
@@ -165,7 +168,7 @@ namespace {
     try {
       c.ops_->emplace(opt, w->slot);
     } catch (...) {
-      unlock_and_retry(c, put_back(c.sendq_, w));
+      put_back(c, c.sendq_, w);
       throw;
     }
     w->success = true;

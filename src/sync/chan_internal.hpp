@@ -35,12 +35,6 @@ inline waiter* dequeue(wait_list& q) noexcept {
   }
   return nullptr;
 }
-// put_back() returns a dequeued waiter whose handover failed (its value's move threw). A
-// plain waiter goes back to the front of q, still parked: nullptr. A select's waiter does
-// not: while its select was claimed, a waker on another of its channels may have dropped
-// the waiter there as lost, so the select is marked `retry` (it takes its other waiters off
-// and runs again): put_back() returns it, to be woken once the channel is unlocked.
-select_state* put_back(wait_list& q, waiter* w) noexcept;
 // wake() wakes the owner of a dequeued waiter. Call with no channel lock held.
 inline void wake(waiter* w) noexcept {
   if (!w->select) {

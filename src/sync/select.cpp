@@ -94,6 +94,20 @@ void after_park(context*, void* arg) noexcept {
   }
 }
 
+// run_locked() runs channel case sc holding its channel's lock and no other: true when it
+// ran (the lock released), false when it could not after all (only lost select waiters were
+// queued, dropped now; the lock still held). A send on a closed channel releases the lock
+// and throws.
+bool run_locked(select_case& sc) {
+  chan_core& c = *sc.ch;
+  if (sc.kind == case_kind::recv) return recv_locked(c, sc.slot) != 0;
+  if (c.is_closed()) {
+    c.mu_.unlock();
+    throw closed_channel("rill::select: send on a closed channel");
+  }
+  return send_locked(c, sc.slot);
+}
+
 // select_once() is one pass of select_core(); `again` when a handover to the parked select
 // failed and it must run again.
 constexpr std::size_t again = static_cast<std::size_t>(-1);
@@ -158,17 +172,9 @@ std::size_t select_once(select_case* cases, std::size_t n) {
       const std::uint32_t i =
           nready == 1 ? ready[0]
                       : ready[((select_random() & 0xffffffffu) * std::uint64_t{nready}) >> 32];
-      select_case& sc = cases[i];
-      chan_core& c = *sc.ch;
+      chan_core& c = *cases[i].ch;
       c.mu_.lock();
-      if (sc.kind == case_kind::recv) {
-        if (recv_locked(c, sc.slot) != 0) return i;  // 0: not ready after all, still locked
-      } else if (c.is_closed()) {
-        c.mu_.unlock();
-        throw closed_channel("rill::select: send on a closed channel");
-      } else if (send_locked(c, sc.slot)) {
-        return i;
-      }
+      if (run_locked(cases[i])) return i;
       c.mu_.unlock();
     }
   } else {
@@ -231,25 +237,12 @@ std::size_t select_once(select_case* cases, std::size_t n) {
     select_case& sc = cases[i];
     if (!sc.ch) continue;
     chan_core& c = *sc.ch;
-    if (sc.kind == case_kind::recv) {
-      if (!c.recv_ready()) continue;
-      for (std::size_t l = 0; l < nlocks; ++l) {
-        if (locks[l] != &c) locks[l]->mu_.unlock();
-      }
-      if (recv_locked(c, sc.slot) != 0) return i;
-      c.mu_.unlock();  // only lost select senders were queued: dropped now
-    } else {
-      if (c.is_closed()) {
-        unlock_all(locks, nlocks);
-        throw closed_channel("rill::select: send on a closed channel");
-      }
-      if (!c.send_ready()) continue;
-      for (std::size_t l = 0; l < nlocks; ++l) {
-        if (locks[l] != &c) locks[l]->mu_.unlock();
-      }
-      if (send_locked(c, sc.slot)) return i;
-      c.mu_.unlock();  // only lost select receivers were queued: dropped now
+    if (!(sc.kind == case_kind::recv ? c.recv_ready() : c.send_ready())) continue;
+    for (std::size_t l = 0; l < nlocks; ++l) {
+      if (locks[l] != &c) locks[l]->mu_.unlock();
     }
+    if (run_locked(sc)) return i;
+    c.mu_.unlock();
     lock_all(locks, nlocks);
     k = 0;
   }
