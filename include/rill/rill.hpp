@@ -2,6 +2,7 @@
 #pragma once
 
 #include "rill/chan.hpp"
+#include "rill/context.hpp"
 #include "rill/fiber.hpp"
 #include "rill/io.hpp"
 #include "rill/net.hpp"
