@@ -11,22 +11,25 @@ extern "C" __cxa_eh_globals* __cxa_get_globals() noexcept;
 
 // The switch itself. Boost.Context's jump_fcontext also saves and restores MXCSR and the
 // x87 control word; on this machine (AMD EPYC, KVM) stmxcsr/ldmxcsr/fnstcw/fldcw made a
-// switch cost 7.5 ns instead of 3. rill_jump_fcontext keeps Boost's frame layout (so frames
-// made by make_fcontext work unchanged) and skips those two words: the floating-point
-// control state belongs to the worker thread, not to the fiber, as in Go (see
-// include/rill/fiber.hpp). Frame, from the saved stack pointer up: 0x00 MXCSR/x87 (unused
-// here), 0x08 r12, 0x10 r13, 0x18 r14, 0x20 r15, 0x28 rbx, 0x30 rbp, 0x38 return address.
+// switch cost 7.5 ns instead of 3. rill_jump_fcontext keeps Boost's frame layout and skips
+// those two words: the floating-point control state belongs to the worker thread, not to
+// the fiber, as in Go (see include/rill/fiber.hpp). Frame, from the saved stack pointer
+// up: 0x00 MXCSR/x87 (unused here), 0x08 r12, 0x10 r13, 0x18 r14, 0x20 r15, 0x28 rbx,
+// 0x30 rbp, 0x38 return address.
 //
 // How the jump leaves matters as much as what it saves. The call into the jump pushed a
 // return-stack-buffer entry. Boost pops the return address and leaves with an indirect
 // jmp, which never pops that entry: the resumed fiber's next return then mispredicts. So
-// a context that was suspended by this jump is resumed with ret (a yield between two
-// fibers: 22.8 -> 11.4 ns here). A fresh frame from make_fcontext is entered with the jmp:
-// a ret would always mispredict its trampoline, which the indirect predictor learns, and
-// a fiber that starts never returns past it (with ret for every switch, spawn+join with
-// 1 worker was 20-25 ns per fiber slower). The two are told apart by the return address,
-// compared with the trampoline's (rill_fresh_frame_ra, read from a frame made at start-up;
-// while it is unset every jump takes the ret).
+// a suspended context is resumed with ret (a yield between two fibers: 22.8 -> 11.4 ns
+// here).
+//
+// A fiber that has not started has no frame (make_context() in context.hpp): its context
+// is the address of one word, just below its stack top, that holds its entry function,
+// tagged with bit 0. The jump sees the tag, moves the stack pointer there, clears the word
+// (the entry's return address: there is none) and enters the entry with an indirect jmp
+// (a ret would always mispredict; the entry never returns past it). A spawn then writes
+// no register frame, one cache line fewer, and the first switch reads none: for a fiber
+// stolen by another worker, a line that no longer crosses between the cores twice.
 #if defined(__x86_64__) && defined(__ELF__)
 asm(R"(
   .pushsection .text
@@ -43,6 +46,8 @@ rill_jump_fcontext:
   movq %rbx, 0x28(%rsp)
   movq %rbp, 0x30(%rsp)
   movq %rsp, %rax
+  testq $1, %rdi
+  jnz 1f
   movq %rdi, %rsp
   movq 0x08(%rsp), %r12
   movq 0x10(%rsp), %r13
@@ -50,37 +55,20 @@ rill_jump_fcontext:
   movq 0x20(%rsp), %r15
   movq 0x28(%rsp), %rbx
   movq 0x30(%rsp), %rbp
-  movq 0x38(%rsp), %r8
   movq %rsi, %rdx
   movq %rax, %rdi
-  cmpq rill_fresh_frame_ra(%rip), %r8
-  je 1f
   leaq 0x38(%rsp), %rsp
   ret
 1:
-  leaq 0x40(%rsp), %rsp
+  leaq -1(%rdi), %rsp
+  movq %rax, %rdi
+  movq (%rsp), %r8
+  movq $0, (%rsp)
+  xorl %ebp, %ebp
   jmp *%r8
   .size rill_jump_fcontext, .-rill_jump_fcontext
   .popsection
 )");
-#endif
-
-#if defined(__x86_64__) && defined(__ELF__)
-// The return address of a fresh make_fcontext frame (see rill_jump_fcontext).
-extern "C" {
-[[gnu::visibility("hidden")]] void* rill_fresh_frame_ra = nullptr;
-}
-
-namespace {
-void* read_fresh_frame_ra() noexcept {
-  alignas(64) static char frame[1024];
-  boost::context::detail::fcontext_t f = boost::context::detail::make_fcontext(
-      frame + sizeof frame, sizeof frame, [](boost::context::detail::transfer_t) {});
-  return *reinterpret_cast<void**>(static_cast<char*>(f) + 0x38);
-}
-[[maybe_unused]] const bool fresh_frame_ra_read =
-    (rill_fresh_frame_ra = read_fresh_frame_ra(), true);
-}  // namespace
 #endif
 
 namespace rill::detail {

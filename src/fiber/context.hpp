@@ -8,6 +8,9 @@
 #pragma once
 
 #include <boost/context/detail/fcontext.hpp>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
 
 #include "fiber/sanitizers.hpp"
 
@@ -54,6 +57,23 @@ extern "C" bctx::transfer_t rill_jump_fcontext(bctx::fcontext_t to, void* data);
   return bctx::jump_fcontext(to, data);
 }
 #endif
+
+// make_context() makes the context of a fiber that has not started: switched to, it runs
+// entry(transfer) on the stack below `sp` (16-byte aligned; `size` bytes usable below it).
+// On x86-64 ELF it writes one word, the entry, just below sp, and returns that word's
+// address tagged with bit 0 (the jump in context.cpp starts such a context without a
+// register frame); elsewhere it is Boost's make_fcontext.
+inline bctx::fcontext_t make_context(char* sp, std::size_t size,
+                                     void (*entry)(bctx::transfer_t)) noexcept {
+#if defined(__x86_64__) && defined(__ELF__)
+  (void)size;
+  char* word = sp - sizeof entry;
+  std::memcpy(word, &entry, sizeof entry);
+  return reinterpret_cast<bctx::fcontext_t>(reinterpret_cast<std::uintptr_t>(word) | 1);
+#else
+  return bctx::make_fcontext(sp, size, entry);
+#endif
+}
 
 // thread_eh(): the calling thread's C++ exception state (context.cpp). Out of line, like
 // current_worker() (see sched/runtime.hpp), so it is recomputed after every switch.

@@ -137,7 +137,8 @@ poll_desc* poller::allocate() {
   std::lock_guard lk(mu_);
   if (!free_) {
     if (nchunks_ == max_chunks) throw_os_error(EMFILE, "rill: too many registered fds");
-    void* mem = ::operator new(sizeof(poll_desc) * chunk_size, std::align_val_t(alignof(poll_desc)));
+    void* mem =
+        ::operator new(sizeof(poll_desc) * chunk_size, std::align_val_t(alignof(poll_desc)));
     auto* chunk = static_cast<poll_desc*>(mem);
     for (std::uint32_t k = chunk_size; k-- > 0;) {
       poll_desc* pd = ::new (chunk + k) poll_desc();
@@ -181,16 +182,20 @@ io_ref poller::open(int fd, bool owns_fd) {
     pd->owns_fd = false;  // the caller keeps its fd when registering fails
     pd->state.fetch_or(poll_desc::closing_bit, std::memory_order_acq_rel);
     pd->state.fetch_sub(1, std::memory_order_acq_rel);
-    finish(pd);
+    // Not in the epoll set: no EPOLL_CTL_DEL. With EEXIST the fd is there under another
+    // registration (a rill socket's fd passed to wait_readable), which a DEL would remove.
+    finish(pd, false);
     throw_os_error(err, "rill: epoll_ctl(EPOLL_CTL_ADD)");
   }
   return {pd, seq};
 }
 
-void poller::finish(poll_desc* pd) noexcept {
+void poller::finish(poll_desc* pd, bool added) noexcept {
   // Deregister before closing: after close(2) the number may name another file at once.
-  epoll_event ev{};
-  ::epoll_ctl(epfd_, EPOLL_CTL_DEL, pd->fd, &ev);  // fails harmlessly if it was never added
+  if (added) {
+    epoll_event ev{};
+    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, pd->fd, &ev);
+  }
   if (pd->owns_fd) ::close(pd->fd);
   pd->mu.lock();
   const std::uint32_t seq = poll_desc::seq_of(pd->state.load(std::memory_order_relaxed));
@@ -224,7 +229,8 @@ int poller::poll(std::int64_t timeout_ns, fiber** out, bool* woken) noexcept {
     n = ::epoll_pwait2(epfd_, evs, max_events, tp, nullptr);
     if (n < 0 && errno == ENOSYS) {  // kernel < 5.11: millisecond timeouts, rounded up
       const std::int64_t ms = timeout_ns < 0 ? -1 : (timeout_ns + 999'999) / 1'000'000;
-      n = ::epoll_wait(epfd_, evs, max_events, static_cast<int>(std::min<std::int64_t>(ms, INT32_MAX)));
+      n = ::epoll_wait(epfd_, evs, max_events,
+                       static_cast<int>(std::min<std::int64_t>(ms, INT32_MAX)));
     }
   }
   if (n <= 0) return 0;  // EINTR: the caller loops
@@ -314,6 +320,7 @@ bool is_open(const poll_desc& pd, std::uint32_t seq) noexcept {
 // is noticed.
 io_status wait_thread(poll_desc& pd, std::uint32_t seq, int dir) {
   constexpr std::int64_t slice_ns = 50'000'000;
+  external_wait counted;  // a fiber it will wake is not deadlocked
   for (;;) {
     if (!is_open(pd, seq)) return io_status::closed;
     const std::int64_t deadline = pd.dir[dir].deadline.load(std::memory_order_acquire);
@@ -351,8 +358,7 @@ io_status io_wait(io_ref ref, int dir) {
     auto* it = static_cast<io_timer*>(t);
     poll_desc& p = *it->pd;
     p.mu.lock();
-    fiber* f = p.dir[it->dir].waiter == it->me ? handoff(p, it->dir, io_waiter::recheck)
-                                               : nullptr;
+    fiber* f = p.dir[it->dir].waiter == it->me ? handoff(p, it->dir, io_waiter::recheck) : nullptr;
     p.mu.unlock();
     t->fired();  // before waking: the timer lives on the woken fiber's stack
     wake(f);
@@ -417,9 +423,14 @@ io_status io_wait(io_ref ref, int dir) {
     }
     rt->io_waiters.fetch_sub(1, std::memory_order_seq_cst);
     switch (me.result) {
-      case io_waiter::ready: disarm(); return io_status::ready;
-      case io_waiter::closed: disarm(); return io_status::closed;
-      default: break;  // a deadline passed or changed: look again
+      case io_waiter::ready:
+        disarm();
+        return io_status::ready;
+      case io_waiter::closed:
+        disarm();
+        return io_status::closed;
+      default:
+        break;  // a deadline passed or changed: look again
     }
     pd.mu.lock();
   }
@@ -506,8 +517,8 @@ long io_try_read(io_ref r, void* buf, std::size_t n, const char* what) {
 
 long io_try_write(io_ref r, const void* buf, std::size_t n, const char* what) {
   for (;;) {
-    const ssize_t put = r.pd->is_socket ? ::send(r.pd->fd, buf, n, MSG_NOSIGNAL)
-                                        : ::write(r.pd->fd, buf, n);
+    const ssize_t put =
+        r.pd->is_socket ? ::send(r.pd->fd, buf, n, MSG_NOSIGNAL) : ::write(r.pd->fd, buf, n);
     if (put >= 0) return static_cast<long>(put);
     const int err = errno;
     if (err == EINTR) continue;
@@ -574,17 +585,23 @@ class io_category_impl final : public std::error_category {
   const char* name() const noexcept override { return "rill.io"; }
   std::string message(int c) const override {
     switch (static_cast<io_errc>(c)) {
-      case io_errc::deadline_exceeded: return "i/o deadline exceeded";
-      case io_errc::closed: return "use of a closed connection";
-      case io_errc::unexpected_eof: return "unexpected end of stream";
+      case io_errc::deadline_exceeded:
+        return "i/o deadline exceeded";
+      case io_errc::closed:
+        return "use of a closed connection";
+      case io_errc::unexpected_eof:
+        return "unexpected end of stream";
     }
     return "unknown rill.io error";
   }
   bool equivalent(int c, const std::error_condition& cond) const noexcept override {
     switch (static_cast<io_errc>(c)) {
-      case io_errc::deadline_exceeded: return cond == std::errc::timed_out;
-      case io_errc::closed: return cond == std::errc::bad_file_descriptor;
-      default: return default_error_condition(c) == cond;
+      case io_errc::deadline_exceeded:
+        return cond == std::errc::timed_out;
+      case io_errc::closed:
+        return cond == std::errc::bad_file_descriptor;
+      default:
+        return default_error_condition(c) == cond;
     }
   }
 };
@@ -594,14 +611,18 @@ bool wait_raw(int fd, io_deadline deadline, int dir) {
   const std::int64_t when =
       deadline == no_deadline
           ? INT64_MAX
-          : std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch()).count();
+          : std::chrono::duration_cast<std::chrono::nanoseconds>(deadline.time_since_epoch())
+                .count();
   if (!detail::current_fiber()) {
+    detail::external_wait counted;  // a fiber it will wake is not deadlocked
     for (;;) {
       std::int64_t left_ms = -1;
       if (when != INT64_MAX) {
         const std::int64_t left = when - detail::now_ns();
-        if (left <= 0) left_ms = 0;
-        else left_ms = std::min<std::int64_t>((left + 999'999) / 1'000'000, INT32_MAX);
+        if (left <= 0)
+          left_ms = 0;
+        else
+          left_ms = std::min<std::int64_t>((left + 999'999) / 1'000'000, INT32_MAX);
       }
       pollfd p{fd, static_cast<short>(dir == detail::io_read ? POLLIN : POLLOUT), 0};
       const int r = ::poll(&p, 1, static_cast<int>(left_ms));
@@ -652,6 +673,8 @@ const std::error_category& io_category() noexcept {
 }
 
 bool wait_readable(int fd, io_deadline deadline) { return wait_raw(fd, deadline, detail::io_read); }
-bool wait_writable(int fd, io_deadline deadline) { return wait_raw(fd, deadline, detail::io_write); }
+bool wait_writable(int fd, io_deadline deadline) {
+  return wait_raw(fd, deadline, detail::io_write);
+}
 
 }  // namespace rill

@@ -46,15 +46,17 @@ struct poll_desc {
   std::uint32_t index = 0;  // constant: position in the poller's table
   poller* owner = nullptr;  // constant
   struct direction {
-    bool ready = false;             // guarded by mu: an edge no waiter has consumed
-    io_waiter* waiter = nullptr;    // guarded by mu
+    bool ready = false;           // guarded by mu: an edge no waiter has consumed
+    io_waiter* waiter = nullptr;  // guarded by mu
     std::atomic<std::int64_t> deadline{INT64_MAX};
   } dir[2];
   poll_desc* next_free = nullptr;  // guarded by the poller's mu_
 
   static constexpr std::uint64_t closing_bit = 1ULL << 31;
   static constexpr std::uint64_t refs_mask = closing_bit - 1;
-  static std::uint32_t seq_of(std::uint64_t s) noexcept { return static_cast<std::uint32_t>(s >> 32); }
+  static std::uint32_t seq_of(std::uint64_t s) noexcept {
+    return static_cast<std::uint32_t>(s >> 32);
+  }
 };
 
 class poller {
@@ -76,8 +78,9 @@ class poller {
 
   // open() registers fd; see io_open(). Returns the new registration.
   io_ref open(int fd, bool owns_fd);
-  // finish() ends a registration whose refs reached 0 with closing set (D4).
-  void finish(poll_desc* pd) noexcept;
+  // finish() ends a registration whose refs reached 0 with closing set (D4); `added`: its
+  // fd is in the epoll set (false when EPOLL_CTL_ADD failed).
+  void finish(poll_desc* pd, bool added = true) noexcept;
 
   // poll() waits up to timeout_ns (< 0: no limit; 0: just looks) for events and stores the
   // fibers they make runnable in out[0 .. 2 * max_events) (not yet readied: the caller
@@ -106,8 +109,8 @@ class poller {
   int evfd_ = -1;
   std::atomic<long> refs_{1};
   std::mutex mu_;
-  poll_desc* free_ = nullptr;          // guarded by mu_
-  std::uint32_t nchunks_ = 0;          // guarded by mu_
+  poll_desc* free_ = nullptr;                        // guarded by mu_
+  std::uint32_t nchunks_ = 0;                        // guarded by mu_
   std::atomic<poll_desc*> chunks_[max_chunks] = {};  // written under mu_, read lock-free
 };
 

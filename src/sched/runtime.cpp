@@ -39,7 +39,10 @@
 // outside thread in flight while fibers are alive, it waits a short grace period and, if
 // nothing happened, declares a deadlock: run() will throw deadlock_error with a dump, and
 // every parked fiber is taken off its wait list and resumed with fiber_aborted, so its
-// destructors run. A fiber that parks again while unwinding is abandoned at the next check.
+// destructors run. A fiber that parks again while unwinding is woken as usual when its wait
+// ends, or abandoned at the next check. Runtimes of one process may share channels: while
+// another runtime could still run a fiber (a worker awake, work queued, a timer, I/O wait
+// or blocking call pending), no deadlock is declared, and the check is repeated.
 #include "sched/runtime.hpp"
 
 #include <signal.h>
@@ -100,6 +103,7 @@ constexpr std::int64_t steal_runnext_ns = 5'000;  // spinning this long before t
 // so an idle runtime still sleeps.
 constexpr std::int64_t io_spin_ns = 50'000;
 constexpr std::int64_t deadlock_grace_ns = 20'000'000;
+constexpr std::int64_t max_deadlock_recheck_ns = 200'000'000;  // see on_all_idle
 constexpr std::uint64_t chaos_yield_odds = 64;  // RILL_SCHED_SEED: yield at 1 in 64 chaos points
 
 // Every live runtime, for dumps from plain threads (the test watchdog).
@@ -422,14 +426,14 @@ fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align, voi
       throw;
     }
     f->closure_on_heap = true;
-    sp = align_down(rec, 64);
+    sp = align_down(rec, 16);
   } else {
     char* cl = align_down(rec - size, a);
     f->closure = cl;
-    sp = align_down(cl, 64);
+    sp = align_down(cl, 16);  // the first frame shares the closure's line
   }
   const std::size_t usable = static_cast<std::size_t>(sp - s.limit());
-  f->fctx = bctx::make_fcontext(sp, usable, &fiber_main);
+  f->fctx = make_context(sp, usable, &fiber_main);
   san_fiber_created(f->san, s.limit(), static_cast<std::size_t>(s.usable_top() - s.limit()));
   add_to_registry(f);
   count_spawn(w);
@@ -950,19 +954,48 @@ void runtime::inject(worker& w, fiber** fs, int n) noexcept {
   if (n > 0) wake_idle();
 }
 
+bool runtime::may_act() noexcept {
+  return nidle_.load(std::memory_order_seq_cst) != workers() || any_work() ||
+         next_deadline_.load(std::memory_order_seq_cst) != INT64_MAX ||
+         io_waiters.load(std::memory_order_seq_cst) != 0 ||
+         blocking_calls.load(std::memory_order_seq_cst) != 0 ||
+         outside_readies_.load(std::memory_order_seq_cst) != 0;
+}
+
+// others_may_act(): some other runtime of the process may act (see may_act()); else adds
+// up their wake-up epochs in `epochs`, for the caller to compare across its grace period.
+bool runtime::others_may_act(std::uint64_t& epochs) noexcept {
+  std::lock_guard lk(g_runtimes_mu);
+  for (runtime* rt : g_runtimes) {
+    if (rt == this) continue;
+    if (rt->may_act()) return true;
+    epochs += rt->idle_epoch_.load(std::memory_order_seq_cst) + 1;  // +1: a runtime came or went
+  }
+  return false;
+}
+
 void runtime::on_all_idle(worker& w) {
   // Every worker is idle and no timer is pending. If fibers are alive and nothing can wake
-  // them, this is a deadlock; wait a grace period first, for outside threads.
+  // them, this is a deadlock; wait a grace period first, for outside threads. A fiber of
+  // another runtime may wake ours (a shared channel): while one might, wait and look again
+  // (the wait grows to max_deadlock_recheck_ns; any wake-up of this worker ends it).
   if (!cfg_.detect_deadlock) return;
   if (live_fibers_.load(std::memory_order_acquire) == 0) return;
   const std::uint64_t epoch = idle_epoch_.load(std::memory_order_relaxed);
-  const std::int64_t deadline = now_ns() + deadlock_grace_ns;
-  while (w.wake_word.load(std::memory_order_acquire) == 0) {
-    const std::int64_t left = deadline - now_ns();
-    if (left <= 0) break;
-    futex_wait(w.wake_word, 0, left);
+  for (std::int64_t grace = deadlock_grace_ns;;
+       grace = std::min(2 * grace, max_deadlock_recheck_ns)) {
+    std::uint64_t before = 0, after = 0;
+    const bool busy = others_may_act(before);
+    const std::int64_t deadline = now_ns() + grace;
+    while (w.wake_word.load(std::memory_order_acquire) == 0) {
+      const std::int64_t left = deadline - now_ns();
+      if (left <= 0) break;
+      futex_wait(w.wake_word, 0, left);
+    }
+    if (w.wake_word.load(std::memory_order_acquire) != 0) return;
+    if (live_fibers_.load(std::memory_order_acquire) == 0) return;
+    if (!busy && !others_may_act(after) && after == before) break;
   }
-  if (w.wake_word.load(std::memory_order_acquire) != 0) return;
   {
     std::lock_guard lk(idle_mu_);
     if (!w.in_idle || nidle_.load() != workers() || idle_epoch_.load() != epoch ||
@@ -1002,6 +1035,7 @@ void runtime::declare_deadlock() {
   aborting_.store(true);
   for (fiber* f : parked_fibers()) {
     f->aborted = true;
+    f->abort_wake = true;
     if (f->cancel) f->cancel(f->cancel_arg);
     f->state.store(fiber_state::runnable, std::memory_order_relaxed);
     push_global(f);

@@ -45,6 +45,10 @@ struct fiber : context {
   bool closure_on_heap = false;
   bool is_main = false;
   bool aborted = false;  // set once, by the deadlock handler, before the fiber is readied
+  // abort_wake: the wake that ends the fiber's current park is the deadlock handler's
+  // (set with `aborted`, cleared by the woken fiber). A fiber that parks again while it
+  // unwinds after the abort is woken normally, and its wait completes.
+  bool abort_wake = false;
   stack stk;
   std::atomic<fiber_state> state{fiber_state::created};  // informative (dumps); relaxed
   std::atomic<wait_reason> reason{};                     // relaxed: read by dumps only
@@ -161,6 +165,11 @@ class runtime {
   fiber* pop_global(worker& w) noexcept;
   fiber* steal(worker& w, bool take_runnext) noexcept;
   bool any_work() noexcept;
+  // may_act(): this runtime could still run a fiber on its own: a worker is awake, work
+  // is queued, or a timer, I/O wait, blocking call or outside ready() is in flight (a
+  // snapshot, read by other runtimes' deadlock checks under g_runtimes_mu).
+  bool may_act() noexcept;
+  bool others_may_act(std::uint64_t& epochs) noexcept;
   void stop_spinning(worker& w) noexcept;
   void park_worker(worker& w);
   fiber* poll_io(worker& w) noexcept;                          // non-blocking poll; runs the first
@@ -254,6 +263,14 @@ inline worker* current_worker() noexcept {
 extern std::atomic<std::int64_t> g_abandoned_fibers;  // left by runtimes that ended
 extern std::atomic<std::int64_t> g_pending_timers;
 extern std::atomic<std::int64_t> g_external_waiters;  // plain threads parked in rill
+// external_wait: counts the calling plain thread in g_external_waiters while it blocks in
+// rill (deadlock detection waits while one could still act).
+struct external_wait {
+  external_wait() noexcept { g_external_waiters.fetch_add(1, std::memory_order_seq_cst); }
+  ~external_wait() { g_external_waiters.fetch_sub(1, std::memory_order_seq_cst); }
+  external_wait(const external_wait&) = delete;
+  external_wait& operator=(const external_wait&) = delete;
+};
 
 // chaos_point() marks a decision point for schedule perturbation: the entry of a channel,
 // select or park operation. With RILL_SCHED_SEED set, the calling fiber yields there with

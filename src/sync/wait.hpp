@@ -30,7 +30,8 @@ void unpark_thread(waiter& w) noexcept;
 
 // park_fiber() parks `self` (the calling fiber): records why, switches out, runs
 // after(self, after_arg) once its context is saved. Throws fiber_aborted if the runtime
-// aborted the fiber after a deadlock (having called cancel(cancel_arg) first).
+// aborted the fiber after a deadlock while it was parked here (having called
+// cancel(cancel_arg) first).
 inline void park_fiber(fiber* self, worker* w, wait_reason why, const void* object,
                        after_switch_fn after, void* after_arg, void (*cancel)(void*),
                        void* cancel_arg) {
@@ -42,7 +43,7 @@ inline void park_fiber(fiber* self, worker* w, wait_reason why, const void* obje
   switch_out(self, w, after, after_arg);
   // reason and wait_object are left as they are: they are read only while the fiber is
   // parked (dump()), and every park sets both.
-  if (self->aborted) [[unlikely]]
+  if (self->abort_wake) [[unlikely]]
     park_fiber_aborted(self);
 }
 inline void park_fiber(fiber* self, wait_reason why, const void* object, after_switch_fn after,

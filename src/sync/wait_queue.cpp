@@ -24,12 +24,15 @@ void park_aborted(fiber* self, waiter& w, spinlock& lk, wait_reason why, const v
     if (cancel) cancel(cancel_arg);
     throw fiber_aborted{};
   }
-  lk.lock();  // already unwinding: park for real; the next deadlock check abandons it
+  // Already unwinding: park for real. A wake completes the wait as usual; if nothing can
+  // wake it, the next deadlock check abandons the fiber.
+  lk.lock();
   w.who = self;
   park_fiber(self, why, object, after_unlock, &lk, cancel, cancel_arg);
 }
 
 void park_fiber_aborted(fiber* self) {
+  self->abort_wake = false;
   if (std::uncaught_exceptions() == 0) throw fiber_aborted{};
   // Aborted while unwinding: it cannot throw, and returning would report a wait that
   // never ended (a wait_group::wait() in a destructor would return while the fibers it

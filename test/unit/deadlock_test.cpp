@@ -3,9 +3,13 @@
 // rill::deadlock_error with a dump, after unwinding every parked fiber; no false positive
 // while a timer or a plain thread can still wake a fiber; options.detect_deadlock = false
 // turns it off.
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <fstream>
 #include <future>
 #include <mutex>
 #include <rill/rill.hpp>
@@ -298,6 +302,188 @@ TEST_CASE(
   parked.join();
   releaser.join();
   SUCCEED();
+}
+
+TEST_CASE(
+    "deadlock: a fiber that waits again while it unwinds after the abort completes that "
+    "wait",
+    "[deadlock]") {
+  // The abort resumes every parked fiber with an exception. A destructor that then waits
+  // (a blocking call; a mutex another unwinding fiber holds) is woken as usual when its
+  // wait ends: its wait completes and the fiber finishes.
+  auto workers = GENERATE(1u, 2u);
+  std::atomic<int> blocking_done{0}, lock_done{0};
+  rill::mutex m;
+  const std::string what = expect_deadlock(workers, [&] {
+    rill::wait_group never, started;
+    never.add(1);
+    started.add(2);
+    rill::go([&] {  // holds m until the other fiber waits for it
+      std::unique_lock hold(m);
+      struct release_when_wanted {
+        std::unique_lock<rill::mutex>& hold;
+        ~release_when_wanted() {
+          while (rill::dump_fibers().find("parked on mutex") == std::string::npos) {
+            rill::this_fiber::yield();
+          }
+          hold.unlock();
+        }
+      } r{hold};
+      started.done();
+      never.wait();
+    });
+    rill::go([&] {
+      struct lock_on_exit {
+        rill::mutex& m;
+        std::atomic<int>& done;
+        ~lock_on_exit() {
+          std::lock_guard g(m);
+          done.fetch_add(1);
+        }
+      } l{m, lock_done};
+      started.done();
+      never.wait();
+    });
+    struct blocking_on_exit {
+      std::atomic<int>& done;
+      ~blocking_on_exit() {
+        done.fetch_add(rill::blocking([] { return 1; }));
+      }
+    } b{blocking_done};
+    started.wait();
+    never.wait();
+  });
+  CHECK(contains(what, "wait_group"));
+  CHECK(blocking_done.load() == 1);
+  CHECK(lock_done.load() == 1);
+  CHECK(m.try_lock());
+  m.unlock();
+}
+
+// run_on_thread(): a second runtime (one worker) on a plain thread, running f as its main
+// fiber; what it throws is kept in `error` (Catch's assertions are for the test's thread).
+template <class F>
+std::thread run_on_thread(F f, std::exception_ptr& error) {
+  return std::thread([f, &error] {
+    rill::options o;
+    o.workers = 1;
+    try {
+      rill::run(f, o);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  });
+}
+
+TEST_CASE("deadlock: no false positive while a fiber of another runtime will wake ours",
+          "[deadlock]") {
+  // Runtime A's only fiber waits on a channel that a fiber of runtime B sends on once it
+  // has slept (a timer of B) or computed (B busy) for longer than A's grace period: A sits
+  // idle meanwhile, and must not call that a deadlock.
+  const bool b_sleeps = GENERATE(true, false);
+  test::watchdog dog;
+  rill::chan<int> c;
+  std::exception_ptr b_error, a_error;
+  std::thread b = run_on_thread(
+      [&] {
+        if (b_sleeps) {
+          rill::this_fiber::sleep_for(100ms);
+        } else {
+          const auto until = std::chrono::steady_clock::now() + 100ms;
+          while (std::chrono::steady_clock::now() < until) rill::this_fiber::yield();
+        }
+        c.send(7);
+      },
+      b_error);
+  rill::options o;
+  o.workers = 1;
+  int v = 0;
+  try {
+    v = rill::run([&] { return *c.recv(); }, o);
+  } catch (...) {
+    a_error = std::current_exception();
+  }
+  b.join();
+  CHECK_FALSE(a_error);
+  CHECK_FALSE(b_error);
+  CHECK(v == 7);
+  test::check_no_leaks();
+}
+
+TEST_CASE("deadlock: two runtimes whose fibers wait on each other are both reported",
+          "[deadlock]") {
+  test::watchdog dog;
+  rill::chan<int> to_a, to_b;
+  std::exception_ptr b_error, a_error;
+  std::thread b = run_on_thread(
+      [&] {
+        (void)to_b.recv();
+        to_a.send(1);
+      },
+      b_error);
+  rill::options o;
+  o.workers = 1;
+  try {
+    rill::run(
+        [&] {
+          (void)to_a.recv();
+          to_b.send(1);
+        },
+        o);
+  } catch (...) {
+    a_error = std::current_exception();
+  }
+  b.join();
+  auto what = [](const std::exception_ptr& e) -> std::string {
+    try {
+      if (e) std::rethrow_exception(e);
+    } catch (const rill::deadlock_error& d) {
+      return d.what();
+    } catch (...) {
+      return "another exception";
+    }
+    return "no exception";
+  };
+  CHECK(contains(what(a_error), "parked on chan recv"));
+  CHECK(contains(what(b_error), "parked on chan recv"));
+  test::check_no_leaks();
+}
+
+// blocked_in_poll(tid): the thread `tid` of this process is inside poll(2) (or ppoll).
+bool blocked_in_poll(long tid) {
+  std::ifstream f("/proc/self/task/" + std::to_string(tid) + "/syscall");
+  long nr = -1;
+  f >> nr;
+  return nr == SYS_poll || nr == SYS_ppoll;
+}
+
+TEST_CASE(
+    "deadlock: no false positive while every fiber waits on a plain thread blocked in a "
+    "socket read",
+    "[deadlock][net]") {
+  // As above, with the plain thread blocked in rill's I/O (poll(2) on a socket of the
+  // default runtime) rather than on a channel: it is counted as a party that can act.
+  auto ln = rill::net::listen("127.0.0.1", 0);
+  auto client = rill::net::connect("127.0.0.1", ln.port());
+  auto server = ln.accept();
+  rill::chan<int> got(1);
+  std::atomic<long> reader_tid{0};
+  std::thread reader([&] {
+    reader_tid.store(static_cast<long>(::syscall(SYS_gettid)));
+    char b;
+    if (client.read(&b, 1) == 1) got.send(b);
+  });
+  while (reader_tid.load() == 0 || !blocked_in_poll(reader_tid.load())) std::this_thread::yield();
+  std::thread releaser([&] {
+    wait_until_parked("chan recv", 1);
+    std::this_thread::sleep_for(100ms);  // idle for longer than the grace period
+    server.write_all("x");
+  });
+  int v = 0;
+  test::run_with(1, [&] { v = *got.recv(); });
+  reader.join();
+  releaser.join();
+  CHECK(v == 'x');
 }
 
 TEST_CASE("deadlock: detect_deadlock = false leaves a fiber parked for a plain thread",

@@ -663,6 +663,39 @@ TEST_CASE("net: wait_readable on a rill socket's fd and on a regular file", "[ne
   });
 }
 
+TEST_CASE("net: waiting on a rill socket's fd leaves the socket's own registration working",
+          "[net][wait]") {
+  for (unsigned workers : {1u, 2u}) {
+    test::net_run(workers, [] {
+      auto p = test::connected_pair();
+      // The socket's fd is registered already (EEXIST): wait_readable waits on a duplicate,
+      // and both directions' raw waits leave the socket's own registration in epoll.
+      CHECK_FALSE(rill::wait_readable(p.a.native_handle(), clk::now() + 5ms));
+      CHECK(rill::wait_writable(p.a.native_handle(), clk::now() + 1s));
+      // A read that has to wait is still woken by data that arrives later.
+      p.a.set_read_deadline(clk::now() + 10s);
+      std::size_t got = 0;
+      std::string error;
+      rill::wait_group wg;
+      wg.add(1);
+      rill::go([&] {
+        char b[4];
+        try {
+          got = p.a.read(b, sizeof b);
+        } catch (const std::exception& e) {
+          error = e.what();  // before the fix: "i/o deadline exceeded" after 10 s
+        }
+        wg.done();
+      });
+      test::wait_parked_on("I/O read");
+      p.b.write_all("abc");
+      wg.wait();
+      CHECK(error.empty());
+      CHECK(got == 3);
+    });
+  }
+}
+
 TEST_CASE("net: two fibers reading one stream at once is a logic_error", "[net][misuse]") {
   test::net_run(1, [] {
     auto p = test::connected_pair();
