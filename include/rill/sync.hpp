@@ -33,6 +33,8 @@ class wait_group {
   // done() is add(-1).
   void done() { add(-1); }
   // wait() parks until the counter is zero; returns at once if it is.
+  // Reuse (Go's rule): a wait_group may count a new set of events (add() from zero) only
+  // after every wait() of the previous set has returned.
   void wait();
 
  private:
