@@ -15,6 +15,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +35,9 @@ static void die(const char* what) {
   exit(1);
 }
 
-// write_all: the reply is small; if the peer's window is full, wait for it.
+// write_all: the reply is small; if the peer's window is full, wait for it (stalling the
+// thread's other connections: an echo client reads its replies, so it does not happen in
+// the benchmark).
 static int write_all(int fd, const char* p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
@@ -54,7 +57,12 @@ static int write_all(int fd, const char* p, size_t n) {
 static void accept_all(void) {
   for (;;) {
     int c = accept4(listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (c < 0) return;  // EAGAIN (drained), or EMFILE: retried at the next readiness
+    if (c < 0) {
+      // EAGAIN: drained. Out of fds (EMFILE/ENFILE), the level-triggered listener would be
+      // reported again at once: back off a little (scripts/bench_echo raises the limit).
+      if (errno == EMFILE || errno == ENFILE) usleep(1000);
+      return;
+    }
     int one = 1;
     setsockopt(c, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = c};
@@ -89,7 +97,11 @@ static void* loop(void* arg) {
 int main(int argc, char** argv) {
   int port = argc > 1 ? atoi(argv[1]) : 0;
   if (argc > 2) nthreads = atoi(argv[2]);
-  if (nthreads < 1 || nthreads > max_threads) nthreads = 2;
+  if (nthreads < 1 || nthreads > max_threads) {
+    fprintf(stderr, "epoll_echo_server: THREADS must be 1..%d\n", max_threads);
+    return 2;
+  }
+  signal(SIGPIPE, SIG_IGN);  // a peer that resets: write() fails with EPIPE, as in rill and Go
   listener = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (listener < 0) die("socket");
   int one = 1;

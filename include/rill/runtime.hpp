@@ -37,7 +37,12 @@ struct options {
   // Bytes of address space reserved per fiber stack (committed lazily, page by page).
   std::size_t stack_size = 128 * 1024;
   // When every fiber is parked with no timer, I/O wait or outside thread able to wake
-  // one, run() throws deadlock_error instead of hanging.
+  // one, run() throws deadlock_error instead of hanging. Outside parties that count: a
+  // plain thread waiting in rill (a channel, a lock, a socket), and another runtime of the
+  // process that could still run a fiber (a worker busy, or a timer, I/O wait or blocking
+  // call pending): while one exists the runtime waits and checks again. A plain thread
+  // that is not inside rill is not seen: one that will send later needs
+  // detect_deadlock = false.
   bool detect_deadlock = true;
 };
 

@@ -42,7 +42,8 @@
 // destructors run. A fiber that parks again while unwinding is woken as usual when its wait
 // ends, or abandoned at the next check. Runtimes of one process may share channels: while
 // another runtime could still run a fiber (a worker awake, work queued, a timer, I/O wait
-// or blocking call pending), no deadlock is declared, and the check is repeated.
+// or blocking call pending), or a plain thread waits in rill, no deadlock is declared, and
+// the check is repeated.
 #include "sched/runtime.hpp"
 
 #include <signal.h>
@@ -977,8 +978,9 @@ bool runtime::others_may_act(std::uint64_t& epochs) noexcept {
 void runtime::on_all_idle(worker& w) {
   // Every worker is idle and no timer is pending. If fibers are alive and nothing can wake
   // them, this is a deadlock; wait a grace period first, for outside threads. A fiber of
-  // another runtime may wake ours (a shared channel): while one might, wait and look again
-  // (the wait grows to max_deadlock_recheck_ns; any wake-up of this worker ends it).
+  // another runtime (a shared channel) or a plain thread waiting in rill may wake ours:
+  // while one might, wait and look again (the wait grows to max_deadlock_recheck_ns; any
+  // wake-up of this worker ends it).
   if (!cfg_.detect_deadlock) return;
   if (live_fibers_.load(std::memory_order_acquire) == 0) return;
   const std::uint64_t epoch = idle_epoch_.load(std::memory_order_relaxed);
@@ -994,7 +996,12 @@ void runtime::on_all_idle(worker& w) {
     }
     if (w.wake_word.load(std::memory_order_acquire) != 0) return;
     if (live_fibers_.load(std::memory_order_acquire) == 0) return;
-    if (!busy && !others_may_act(after) && after == before) break;
+    // A plain thread waiting in rill may wake a fiber of ours too, and when its wait ends
+    // nothing here wakes up: look again later as well.
+    if (!busy && !others_may_act(after) && after == before &&
+        g_external_waiters.load(std::memory_order_seq_cst) == 0) {
+      break;
+    }
   }
   {
     std::lock_guard lk(idle_mu_);

@@ -203,8 +203,7 @@ void chan_core::send_with_lock(void* src) {
   waiter w;
   w.slot = src;
   sendq_.push_back(&w);
-  list_cancel cancel{&mu_, &sendq_, &w};
-  park(w, mu_, wait_reason::chan_send, this, &list_cancel::run, &cancel);
+  park(w, mu_, sendq_, wait_reason::chan_send, this);
   if (!w.success) throw_closed_send();
 }
 
@@ -232,8 +231,7 @@ bool chan_core::recv_with_lock(void* opt) {
   waiter w;
   w.slot = opt;
   recvq_.push_back(&w);
-  list_cancel cancel{&mu_, &recvq_, &w};
-  park(w, mu_, wait_reason::chan_recv, this, &list_cancel::run, &cancel);
+  park(w, mu_, recvq_, wait_reason::chan_recv, this);
   return w.success;
 }
 

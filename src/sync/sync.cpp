@@ -10,7 +10,6 @@
 
 namespace rill {
 
-using detail::list_cancel;
 using detail::waiter;
 
 void wait_group::add(int n) {
@@ -56,8 +55,7 @@ void wait_group::wait() {
                                          std::memory_order_acquire));
   waiter w;
   waiters_.push_back(&w);
-  list_cancel c{&mu_, &waiters_, &w};
-  detail::park(w, mu_, wait_reason::wait_group, this, &list_cancel::run, &c);
+  detail::park(w, mu_, waiters_, wait_reason::wait_group, this);
 }
 
 void mutex::lock() {
@@ -87,8 +85,7 @@ void mutex::lock() {
   }
   waiter w;
   waiters_.push_back(&w);
-  list_cancel c{&mu_, &waiters_, &w};
-  detail::park(w, mu_, wait_reason::mutex, this, &list_cancel::run, &c);
+  detail::park(w, mu_, waiters_, wait_reason::mutex, this);
   // unlock() handed us the lock: locked_bit stayed set. Acquire its writes:
   (void)state_.load(std::memory_order_acquire);
 }
@@ -134,9 +131,8 @@ void condition_variable::wait(std::unique_lock<mutex>& lk) {
     mu_.unlock();
     throw;
   }
-  list_cancel c{&mu_, &waiters_, &w};
   try {
-    detail::park(w, mu_, wait_reason::cond_var, this, &list_cancel::run, &c);
+    detail::park(w, mu_, waiters_, wait_reason::cond_var, this);
   } catch (...) {
     lk.lock();
     throw;

@@ -24,8 +24,9 @@ struct list_cancel {
 
 void park_fiber_aborted(fiber* self);  // throws fiber_aborted, or parks for good
 void park_thread(waiter& w, spinlock& lk);
-void park_aborted(fiber* self, waiter& w, spinlock& lk, wait_reason why, const void* object,
-                  void (*cancel)(void*), void* cancel_arg);
+// park_aborted(): park() for a fiber the runtime has aborted after a deadlock (see there).
+void park_aborted(fiber* self, waiter& w, spinlock& lk, wait_list& list, wait_reason why,
+                  const void* object);
 void unpark_thread(waiter& w) noexcept;
 
 // park_fiber() parks `self` (the calling fiber): records why, switches out, runs
@@ -54,12 +55,11 @@ inline void park_fiber(fiber* self, wait_reason why, const void* object, after_s
 inline void after_unlock(context*, void* arg) noexcept { static_cast<spinlock*>(arg)->unlock(); }
 
 // park() parks the caller (fiber or plain thread) until unpark(w) is called. `lk` is held
-// by the caller, and w is already on a wait list guarded by lk; park() releases lk once
-// the caller is parked (for a fiber: after its context is saved) and returns with lk
-// released. `cancel(arg)` is how the runtime takes w off its list when it aborts a
-// deadlocked fiber (it is called with nothing locked; it must lock what it needs).
-inline void park(waiter& w, spinlock& lk, wait_reason why, const void* object,
-                 void (*cancel)(void*) = nullptr, void* cancel_arg = nullptr) {
+// by the caller, and w is already on `list`, guarded by lk; park() releases lk once the
+// caller is parked (for a fiber: after its context is saved) and returns with lk released.
+// If the runtime aborts the fiber after a deadlock, it takes w off `list` (under lk) and
+// park() throws fiber_aborted.
+inline void park(waiter& w, spinlock& lk, wait_list& list, wait_reason why, const void* object) {
   worker* wk = current_worker();
   fiber* self = wk ? wk->current : nullptr;
   if (!self) {
@@ -67,11 +67,12 @@ inline void park(waiter& w, spinlock& lk, wait_reason why, const void* object,
     return;
   }
   if (self->aborted) [[unlikely]] {
-    park_aborted(self, w, lk, why, object, cancel, cancel_arg);
+    park_aborted(self, w, lk, list, why, object);
     return;
   }
   w.who = self;
-  park_fiber(self, wk, why, object, after_unlock, &lk, cancel, cancel_arg);
+  list_cancel cancel{&lk, &list, &w};
+  park_fiber(self, wk, why, object, after_unlock, &lk, &list_cancel::run, &cancel);
 }
 
 // unpark() wakes the party parked on w. The caller must have taken w off its list, and

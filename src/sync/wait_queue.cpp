@@ -16,19 +16,20 @@ void park_thread(waiter& w, spinlock& lk) {
   g_external_waiters.fetch_sub(1, std::memory_order_seq_cst);
 }
 
-void park_aborted(fiber* self, waiter& w, spinlock& lk, wait_reason why, const void* object,
-                  void (*cancel)(void*), void* cancel_arg) {
-  // Parking again while the runtime unwinds this fiber after a deadlock.
-  lk.unlock();
+void park_aborted(fiber* self, waiter& w, spinlock& lk, wait_list& list, wait_reason why,
+                  const void* object) {
+  // Parking again after the runtime aborted this fiber. lk is held throughout: w was put on
+  // `list` under it, so no waker can have taken w yet.
   if (std::uncaught_exceptions() == 0) {
-    if (cancel) cancel(cancel_arg);
+    list.remove(&w);
+    lk.unlock();
     throw fiber_aborted{};
   }
-  // Already unwinding: park for real. A wake completes the wait as usual; if nothing can
-  // wake it, the next deadlock check abandons the fiber.
-  lk.lock();
+  // Already unwinding (a destructor that waits): park for real. A wake completes the wait
+  // as usual; if nothing can wake it, the next deadlock check abandons the fiber.
   w.who = self;
-  park_fiber(self, why, object, after_unlock, &lk, cancel, cancel_arg);
+  list_cancel cancel{&lk, &list, &w};
+  park_fiber(self, why, object, after_unlock, &lk, &list_cancel::run, &cancel);
 }
 
 void park_fiber_aborted(fiber* self) {

@@ -383,9 +383,11 @@ TEST_CASE("deadlock: no false positive while a fiber of another runtime will wak
   const bool b_sleeps = GENERATE(true, false);
   test::watchdog dog;
   rill::chan<int> c;
+  std::atomic<bool> b_started{false};
   std::exception_ptr b_error, a_error;
   std::thread b = run_on_thread(
       [&] {
+        b_started.store(true);
         if (b_sleeps) {
           rill::this_fiber::sleep_for(100ms);
         } else {
@@ -399,7 +401,12 @@ TEST_CASE("deadlock: no false positive while a fiber of another runtime will wak
   o.workers = 1;
   int v = 0;
   try {
-    v = rill::run([&] { return *c.recv(); }, o);
+    v = rill::run(
+        [&] {
+          while (!b_started.load()) rill::this_fiber::yield();  // B's runtime exists
+          return *c.recv();
+        },
+        o);
   } catch (...) {
     a_error = std::current_exception();
   }
@@ -454,7 +461,10 @@ bool blocked_in_poll(long tid) {
   std::ifstream f("/proc/self/task/" + std::to_string(tid) + "/syscall");
   long nr = -1;
   f >> nr;
-  return nr == SYS_poll || nr == SYS_ppoll;
+#ifdef SYS_poll
+  if (nr == SYS_poll) return true;
+#endif
+  return nr == SYS_ppoll;
 }
 
 TEST_CASE(
@@ -484,6 +494,29 @@ TEST_CASE(
   reader.join();
   releaser.join();
   CHECK(v == 'x');
+}
+
+TEST_CASE("deadlock: still reported once a plain thread that waited in rill has left",
+          "[deadlock]") {
+  // While a plain thread waits in rill (here wait_readable on a pipe, with a deadline) the
+  // runtime does not declare; once the thread has left, a later check does.
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  std::atomic<long> tid{0};
+  std::thread t([&] {
+    tid.store(static_cast<long>(::syscall(SYS_gettid)));
+    (void)rill::wait_readable(fds[0], std::chrono::steady_clock::now() + 150ms);
+  });
+  while (tid.load() == 0 || !blocked_in_poll(tid.load())) std::this_thread::yield();
+  const std::string what = expect_deadlock(1, [] {
+    rill::wait_group never;
+    never.add(1);
+    never.wait();
+  });
+  t.join();
+  ::close(fds[0]);
+  ::close(fds[1]);
+  CHECK(contains(what, "wait_group"));
 }
 
 TEST_CASE("deadlock: detect_deadlock = false leaves a fiber parked for a plain thread",
