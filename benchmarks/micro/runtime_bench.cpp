@@ -3,6 +3,9 @@
 //
 //   runtime/spawn_join        ns per fiber: spawn a batch of 1000 fibers, join them with a
 //                             wait_group (stacks are reused: the steady state)
+//   runtime/spawn_join_batches  spawn_join, each batch timed: the 10th, 50th and 90th
+//                             percentile of a batch's time, in us (with 2 workers it moves
+//                             in modes that last seconds: benchmarks/README.md)
 //   runtime/spawn_join_fresh  ns per fiber: spawn 100k at once (fresh stacks, page faults)
 //   runtime/yield             ns per yield, two fibers yielding to each other
 //   runtime/parked            bytes of RSS per parked fiber (100k and 1M), and ns per fiber
@@ -13,12 +16,14 @@
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <rill/rill.hpp>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -53,6 +58,30 @@ void runtime_spawn_join(benchmark::State& state) {
   state.counters["ns_per_fiber"] =
       benchmark::Counter(static_cast<double>(state.iterations() * batch),
                          benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
+void runtime_spawn_join_batches(benchmark::State& state) {
+  constexpr int batch = 1000;
+  std::vector<double> us;
+  rill::run(
+      [&] {
+        for (auto _ : state) {
+          const auto t0 = std::chrono::steady_clock::now();
+          rill::wait_group wg;
+          wg.add(batch);
+          for (int i = 0; i < batch; ++i) rill::go([&wg] { wg.done(); });
+          wg.wait();
+          us.push_back(
+              std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                  .count());
+        }
+      },
+      with_workers(state));
+  std::sort(us.begin(), us.end());
+  auto pct = [&](double p) { return us[static_cast<std::size_t>(p * (us.size() - 1))]; };
+  state.counters["batch_us_p10"] = pct(0.10);
+  state.counters["batch_us_p50"] = pct(0.50);
+  state.counters["batch_us_p90"] = pct(0.90);
 }
 
 void runtime_spawn_join_fresh(benchmark::State& state) {
@@ -155,6 +184,7 @@ void runtime_idle(benchmark::State& state) {
 }
 
 BENCHMARK(runtime_spawn_join)->Arg(1)->Arg(2)->UseRealTime();
+BENCHMARK(runtime_spawn_join_batches)->Arg(1)->Arg(2)->UseRealTime();
 BENCHMARK(runtime_spawn_join_fresh)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(runtime_yield)->Arg(1)->Arg(2)->UseRealTime();
 BENCHMARK(runtime_parked)
