@@ -984,10 +984,10 @@ void runtime::on_all_idle(worker& w) {
   if (!cfg_.detect_deadlock) return;
   if (live_fibers_.load(std::memory_order_acquire) == 0) return;
   const std::uint64_t epoch = idle_epoch_.load(std::memory_order_relaxed);
+  std::uint64_t before = 0;
+  bool busy = others_may_act(before);
   for (std::int64_t grace = deadlock_grace_ns;;
        grace = std::min(2 * grace, max_deadlock_recheck_ns)) {
-    std::uint64_t before = 0, after = 0;
-    const bool busy = others_may_act(before);
     const std::int64_t deadline = now_ns() + grace;
     while (w.wake_word.load(std::memory_order_acquire) == 0) {
       const std::int64_t left = deadline - now_ns();
@@ -998,16 +998,18 @@ void runtime::on_all_idle(worker& w) {
     if (live_fibers_.load(std::memory_order_acquire) == 0) return;
     // A plain thread waiting in rill may wake a fiber of ours too, and when its wait ends
     // nothing here wakes up: look again later as well.
-    if (!busy && !others_may_act(after) && after == before &&
+    std::uint64_t after = 0;
+    const bool busy_now = others_may_act(after);
+    if (!busy && !busy_now && after == before &&
         g_external_waiters.load(std::memory_order_seq_cst) == 0) {
       break;
     }
+    busy = busy_now;  // this round's end is the next one's start
+    before = after;
   }
   {
     std::lock_guard lk(idle_mu_);
-    if (!w.in_idle || nidle_.load() != workers() || idle_epoch_.load() != epoch ||
-        next_deadline_.load() != INT64_MAX || io_waiters.load() != 0 ||
-        blocking_calls.load() != 0 || g_external_waiters.load() != 0 || any_work() ||
+    if (!w.in_idle || idle_epoch_.load() != epoch || may_act() || g_external_waiters.load() != 0 ||
         shutdown_.load()) {
       return;
     }

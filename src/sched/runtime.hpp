@@ -167,7 +167,8 @@ class runtime {
   bool any_work() noexcept;
   // may_act(): this runtime could still run a fiber on its own: a worker is awake, work
   // is queued, or a timer, I/O wait, blocking call or outside ready() is in flight (a
-  // snapshot, read by other runtimes' deadlock checks under g_runtimes_mu).
+  // snapshot: the deadlock check reads it of its own runtime, under idle_mu_, and of the
+  // others, under g_runtimes_mu).
   bool may_act() noexcept;
   bool others_may_act(std::uint64_t& epochs) noexcept;
   void stop_spinning(worker& w) noexcept;

@@ -334,7 +334,7 @@ std::size_t select_once(select_case* cases, std::size_t n) {
     }
   } else {
     // A plain thread: block on the futex, with the timeout as the futex deadline.
-    g_external_waiters.fetch_add(1, std::memory_order_seq_cst);
+    external_wait counted;
     unlock_all(locks, nlocks);
     for (;;) {
       if (st.futex.load(std::memory_order_acquire) != 0) break;
@@ -352,7 +352,6 @@ std::size_t select_once(select_case* cases, std::size_t n) {
       }
       futex_wait(st.futex, 0, left);
     }
-    g_external_waiters.fetch_sub(1, std::memory_order_seq_cst);
   }
   const std::uint32_t done = st.done.load(std::memory_order_acquire);
   unlink_waiters(p);

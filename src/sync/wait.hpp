@@ -24,9 +24,10 @@ struct list_cancel {
 
 void park_fiber_aborted(fiber* self);  // throws fiber_aborted, or parks for good
 void park_thread(waiter& w, spinlock& lk);
-// park_aborted(): park() for a fiber the runtime has aborted after a deadlock (see there).
-void park_aborted(fiber* self, waiter& w, spinlock& lk, wait_list& list, wait_reason why,
-                  const void* object);
+// throw_unless_unwinding(): park() in a fiber the runtime has aborted after a deadlock.
+// Not unwinding: takes w off `list`, releases lk and throws fiber_aborted. Unwinding (a
+// destructor that waits): returns, and the fiber parks as usual.
+void throw_unless_unwinding(waiter& w, spinlock& lk, wait_list& list);
 void unpark_thread(waiter& w) noexcept;
 
 // park_fiber() parks `self` (the calling fiber): records why, switches out, runs
@@ -66,10 +67,8 @@ inline void park(waiter& w, spinlock& lk, wait_list& list, wait_reason why, cons
     park_thread(w, lk);
     return;
   }
-  if (self->aborted) [[unlikely]] {
-    park_aborted(self, w, lk, list, why, object);
-    return;
-  }
+  if (self->aborted) [[unlikely]]
+    throw_unless_unwinding(w, lk, list);
   w.who = self;
   list_cancel cancel{&lk, &list, &w};
   park_fiber(self, wk, why, object, after_unlock, &lk, &list_cancel::run, &cancel);

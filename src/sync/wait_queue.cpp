@@ -10,26 +10,21 @@
 namespace rill::detail {
 
 void park_thread(waiter& w, spinlock& lk) {
-  g_external_waiters.fetch_add(1, std::memory_order_seq_cst);
+  external_wait counted;
   lk.unlock();
   while (w.futex.load(std::memory_order_acquire) == 0) futex_wait(w.futex, 0);
-  g_external_waiters.fetch_sub(1, std::memory_order_seq_cst);
 }
 
-void park_aborted(fiber* self, waiter& w, spinlock& lk, wait_list& list, wait_reason why,
-                  const void* object) {
-  // Parking again after the runtime aborted this fiber. lk is held throughout: w was put on
-  // `list` under it, so no waker can have taken w yet.
+void throw_unless_unwinding(waiter& w, spinlock& lk, wait_list& list) {
+  // lk is held: w was put on `list` under it, so no waker can have taken w yet.
   if (std::uncaught_exceptions() == 0) {
     list.remove(&w);
     lk.unlock();
     throw fiber_aborted{};
   }
-  // Already unwinding (a destructor that waits): park for real. A wake completes the wait
-  // as usual; if nothing can wake it, the next deadlock check abandons the fiber.
-  w.who = self;
-  list_cancel cancel{&lk, &list, &w};
-  park_fiber(self, why, object, after_unlock, &lk, &list_cancel::run, &cancel);
+  // Already unwinding (a destructor that waits): the caller parks for real. A wake
+  // completes the wait as usual; if nothing can wake it, the next deadlock check abandons
+  // the fiber.
 }
 
 void park_fiber_aborted(fiber* self) {

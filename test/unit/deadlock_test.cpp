@@ -360,19 +360,24 @@ TEST_CASE(
   m.unlock();
 }
 
-// run_on_thread(): a second runtime (one worker) on a plain thread, running f as its main
-// fiber; what it throws is kept in `error` (Catch's assertions are for the test's thread).
+// run_catching(): runs f as the main fiber of a runtime of one worker; what it throws is
+// kept in `error`. With several runtimes at once, the leak check (global) waits for all.
+template <class F>
+void run_catching(F f, std::exception_ptr& error) {
+  rill::options o;
+  o.workers = 1;
+  try {
+    rill::run(f, o);
+  } catch (...) {
+    error = std::current_exception();
+  }
+}
+
+// run_on_thread(): run_catching() on a plain thread (Catch's assertions are for the test's
+// thread).
 template <class F>
 std::thread run_on_thread(F f, std::exception_ptr& error) {
-  return std::thread([f, &error] {
-    rill::options o;
-    o.workers = 1;
-    try {
-      rill::run(f, o);
-    } catch (...) {
-      error = std::current_exception();
-    }
-  });
+  return std::thread([f, &error] { run_catching(f, error); });
 }
 
 TEST_CASE("deadlock: no false positive while a fiber of another runtime will wake ours",
@@ -397,19 +402,13 @@ TEST_CASE("deadlock: no false positive while a fiber of another runtime will wak
         c.send(7);
       },
       b_error);
-  rill::options o;
-  o.workers = 1;
   int v = 0;
-  try {
-    v = rill::run(
-        [&] {
-          while (!b_started.load()) rill::this_fiber::yield();  // B's runtime exists
-          return *c.recv();
-        },
-        o);
-  } catch (...) {
-    a_error = std::current_exception();
-  }
+  run_catching(
+      [&] {
+        while (!b_started.load()) rill::this_fiber::yield();  // B's runtime exists
+        v = *c.recv();
+      },
+      a_error);
   b.join();
   CHECK_FALSE(a_error);
   CHECK_FALSE(b_error);
@@ -428,18 +427,12 @@ TEST_CASE("deadlock: two runtimes whose fibers wait on each other are both repor
         to_a.send(1);
       },
       b_error);
-  rill::options o;
-  o.workers = 1;
-  try {
-    rill::run(
-        [&] {
-          (void)to_a.recv();
-          to_b.send(1);
-        },
-        o);
-  } catch (...) {
-    a_error = std::current_exception();
-  }
+  run_catching(
+      [&] {
+        (void)to_a.recv();
+        to_b.send(1);
+      },
+      a_error);
   b.join();
   auto what = [](const std::exception_ptr& e) -> std::string {
     try {
@@ -467,6 +460,12 @@ bool blocked_in_poll(long tid) {
   return nr == SYS_ppoll;
 }
 
+// wait_until_in_poll(): returns once the thread that stored its id in `tid` is blocked in
+// poll(2).
+void wait_until_in_poll(const std::atomic<long>& tid) {
+  while (tid.load() == 0 || !blocked_in_poll(tid.load())) std::this_thread::yield();
+}
+
 TEST_CASE(
     "deadlock: no false positive while every fiber waits on a plain thread blocked in a "
     "socket read",
@@ -483,7 +482,7 @@ TEST_CASE(
     char b;
     if (client.read(&b, 1) == 1) got.send(b);
   });
-  while (reader_tid.load() == 0 || !blocked_in_poll(reader_tid.load())) std::this_thread::yield();
+  wait_until_in_poll(reader_tid);
   std::thread releaser([&] {
     wait_until_parked("chan recv", 1);
     std::this_thread::sleep_for(100ms);  // idle for longer than the grace period
@@ -507,7 +506,7 @@ TEST_CASE("deadlock: still reported once a plain thread that waited in rill has 
     tid.store(static_cast<long>(::syscall(SYS_gettid)));
     (void)rill::wait_readable(fds[0], std::chrono::steady_clock::now() + 150ms);
   });
-  while (tid.load() == 0 || !blocked_in_poll(tid.load())) std::this_thread::yield();
+  wait_until_in_poll(tid);
   const std::string what = expect_deadlock(1, [] {
     rill::wait_group never;
     never.add(1);
