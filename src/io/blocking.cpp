@@ -115,6 +115,7 @@ void blocking_call(void (*fn)(void*) noexcept, void* arg) {
     fn(arg);
     return;
   }
+  flush_before_park();
   pool().reserve();
   runtime* rt = self->rt;
   rt->blocking_calls.fetch_add(1, std::memory_order_seq_cst);

@@ -341,6 +341,7 @@ io_status io_wait(io_ref ref, int dir) {
   poll_desc& pd = *ref.pd;
   fiber* self = current_fiber();
   if (!self) return wait_thread(pd, ref.seq, dir);
+  flush_before_park();
   runtime* rt = self->rt;
   if (pd.owner->rt() != rt) {
     throw std::logic_error("rill: an fd registered in one runtime waited on from another");

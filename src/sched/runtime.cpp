@@ -240,6 +240,11 @@ void leave_worker_thread(worker& w) {
   return w ? w->current : nullptr;
 }
 
+park_hooks* current_park_hooks() noexcept {
+  fiber* f = current_fiber();
+  return f ? &f->hooks : nullptr;
+}
+
 std::int64_t now_ns() noexcept {
   timespec ts;
   ::clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -195,11 +195,20 @@ void chan_core::send(void* src) {
 }
 
 void chan_core::send_with_lock(void* src) {
-  if (is_closed()) {
+  for (;;) {
+    if (is_closed()) {
+      mu_.unlock();
+      throw_closed_send();
+    }
+    if (send_locked_inline(*this, src)) return;
+    // About to park: the fiber's park hooks go first, with no lock held.
+    park_hooks* hooks = armed_park_hooks();
+    if (!hooks) [[likely]]
+      break;
     mu_.unlock();
-    throw_closed_send();
+    run_park_hooks(*hooks);
+    mu_.lock();
   }
-  if (send_locked_inline(*this, src)) return;
   waiter w;
   w.slot = src;
   sendq_.push_back(&w);
@@ -227,7 +236,15 @@ bool chan_core::recv(void* opt) {
 }
 
 bool chan_core::recv_with_lock(void* opt) {
-  if (int r = recv_locked_inline(*this, opt)) return r > 0;
+  for (;;) {
+    if (int r = recv_locked_inline(*this, opt)) return r > 0;
+    park_hooks* hooks = armed_park_hooks();
+    if (!hooks) [[likely]]
+      break;
+    mu_.unlock();
+    run_park_hooks(*hooks);
+    mu_.lock();
+  }
   waiter w;
   w.slot = opt;
   recvq_.push_back(&w);

@@ -181,6 +181,10 @@ std::size_t select_once(select_case* cases, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) note_special(i);
   }
 
+  // Nothing was ready: the select may park. The fiber's park hooks run first, with no
+  // lock held (what they flush may make a case ready: the full path below looks again).
+  if (dflt == n) flush_before_park();
+
   // Random poll order (Fisher-Yates; each draw takes 32 random bits, scaled to [0, i] by a
   // multiply and shift rather than a division).
   std::uint32_t order_buf[16];

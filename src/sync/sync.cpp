@@ -44,6 +44,7 @@ void wait_group::add(int n) {
 void wait_group::wait() {
   detail::chaos_point();
   if ((state_.load(std::memory_order_acquire) >> 32) == 0) return;
+  detail::flush_before_park();
   mu_.lock();
   std::uint64_t s = state_.load(std::memory_order_acquire);
   do {
@@ -70,6 +71,7 @@ void mutex::lock() {
     }
     __builtin_ia32_pause();
   }
+  detail::flush_before_park();
   mu_.lock();
   for (;;) {
     s = state_.load(std::memory_order_relaxed);
@@ -121,6 +123,7 @@ void mutex::unlock() {
 
 void condition_variable::wait(std::unique_lock<mutex>& lk) {
   detail::chaos_point();
+  detail::flush_before_park();
   mu_.lock();
   waiter w;
   waiters_.push_back(&w);

@@ -22,6 +22,23 @@ struct list_cancel {
   }
 };
 
+// armed_park_hooks(): the calling fiber's park hooks if they are armed, else nullptr.
+// Every operation that may park asks before it parks; one that holds a lock drops it,
+// runs them (run_park_hooks) and decides again, since a hook may have changed what it
+// waits for (a flushed batch may have woken its reader).
+inline park_hooks* armed_park_hooks() noexcept {
+  worker* wk = current_worker();
+  fiber* self = wk ? wk->current : nullptr;
+  if (!self || !self->hooks.armed) [[likely]]
+    return nullptr;
+  return &self->hooks;
+}
+// flush_before_park(): for an operation that holds no lock: runs the armed hooks, if any.
+inline void flush_before_park() noexcept {
+  if (park_hooks* h = armed_park_hooks()) [[unlikely]]
+    run_park_hooks(*h);
+}
+
 void park_fiber_aborted(fiber* self);  // throws fiber_aborted, or parks for good
 void park_thread(waiter& w, spinlock& lk);
 // throw_unless_unwinding(): park() in a fiber the runtime has aborted after a deadlock.

@@ -119,6 +119,7 @@ void sleep_until_ns(std::int64_t deadline) {
     yield();
     return;
   }
+  detail::flush_before_park();
   sleeper s;
   s.when = deadline;
   s.f = self;

@@ -50,6 +50,41 @@ void run_main(const run_config& cfg, void (*main)(void*), void* arg);
 // current_fiber() is the calling fiber, or nullptr on a thread that is not running one.
 fiber* current_fiber() noexcept;
 
+// Park hooks: work that a fiber must do before it parks, whatever it parks on (a channel,
+// a select, a lock, a wait_group, a timer, I/O, a blocking call). The pipeline's link
+// writers hang here, so that no item waits in a partial batch while the fiber that holds
+// it sleeps. A hook's owner registers it once from the fiber that runs it and arms the
+// list (a plain store) whenever it holds work; a fiber about to park runs every hook of
+// an armed list, with no lock held, and disarms it. A hook must not park: it may only try.
+struct park_hook {
+  void (*run)(park_hook*) noexcept = nullptr;
+  park_hook* next = nullptr;  // owner fiber only
+};
+struct park_hooks {
+  park_hook* head = nullptr;  // owner fiber only
+  bool armed = false;         // owner fiber only
+};
+// current_park_hooks(): the calling fiber's list; nullptr on a plain thread.
+park_hooks* current_park_hooks() noexcept;
+// add_park_hook()/remove_park_hook(): from the fiber that owns `hooks`.
+inline void add_park_hook(park_hooks& hooks, park_hook& h) noexcept {
+  h.next = hooks.head;
+  hooks.head = &h;
+}
+inline void remove_park_hook(park_hooks& hooks, park_hook& h) noexcept {
+  for (park_hook** p = &hooks.head; *p; p = &(*p)->next) {
+    if (*p == &h) {
+      *p = h.next;
+      return;
+    }
+  }
+}
+// run_park_hooks() disarms the list and runs each hook once.
+inline void run_park_hooks(park_hooks& hooks) noexcept {
+  hooks.armed = false;
+  for (park_hook* h = hooks.head; h; h = h->next) h->run(h);
+}
+
 // g_chaos: some runtime runs with RILL_SCHED_SEED set (schedule perturbation); inline fast
 // paths in headers step aside for the compiled ones, which have the perturbation points.
 extern std::atomic<bool> g_chaos;

@@ -183,7 +183,7 @@ struct broadcast_term : terminal_tag {
     using Out = typename branch_traits<BK>::template out_t<In>;
     const link_shape shape = shape_for(default_buffer);
     auto l = ctx.template link<link_chan<In>>(shape.capacity);
-    s.writers.emplace_back(l, shape.batch);
+    s.writers.emplace_back(l, batch_policy{shape.batch});
     s.st->running.add(1);
     try {
       ctx.spawn(
@@ -196,7 +196,7 @@ struct broadcast_term : terminal_tag {
             using Term = std::remove_cvref_t<decltype(b->term)>;
             terminal_tail<Term, Out> tail{&b->term, {}, index};
             build<0, In>(b->stages, tail, ctx, link_driver<In>{l}, true,
-                         "broadcast[" + std::to_string(K) + "]", default_buffer);
+                         "broadcast[" + std::to_string(K) + "]", default_buffer, 0);
             if constexpr (!std::is_void_v<typename terminal_tail<Term, Out>::result_type>) {
               if (!tail.result.value) return;  // the terminal never finished (stopped)
               std::get<K>(st->results).set(tail.result.take());

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -26,14 +27,24 @@ namespace rill {
 // far ahead of a slow sink.
 inline constexpr std::size_t default_buffer = 256;
 
-// stage_options: per-stage settings, e.g. `rill::map(f, {.buffer = 16})`.
+// stage_options: per-stage settings, e.g. `rill::map(f, {.buffer = 16})`. Every field
+// overrides what the pipeline would decide from what it measures (see "How a pipeline
+// runs" in rill/pipeline/pipeline.hpp).
 struct stage_options {
-  // Capacity (items) of the channel after this stage, when the stage ends a fiber.
+  // Capacity (items) of the link after this stage, when the next stage runs in another
+  // fiber: the bound on the items between the two.
   std::size_t buffer = default_buffer;
-  // false: the stage runs in a fiber of its own instead of being fused with its neighbours.
-  bool fuse = true;
+  // Unset: the pipeline decides (stages start fused with their neighbours, and a stage
+  // whose measured cost gains from a fiber of its own gets one). false: this stage always
+  // runs in a fiber of its own; true: it always runs in the fiber of the stage before it.
+  std::optional<bool> fuse{};
   // Name in error reports and stats (default: the stage kind and its position).
   const char* name = nullptr;
+  // Items per hand-off on the link after this stage. 0: adaptive (one item at a time while
+  // items are slow or scarce, more while they stream; never longer than a small bound of
+  // the writer's running time). n: always batches of up to n (still sent when the fiber
+  // waits, so no item waits for a batch to fill while its fiber sleeps).
+  std::size_t batch_size = 0;
 };
 
 // par_options: settings of par_map, e.g. `{.workers = 4, .ordered = true}`.
@@ -42,6 +53,10 @@ struct par_options {
   bool ordered = true;   // keep input order (bounded reorder window) or emit as finished
   std::size_t buffer = default_buffer;
   const char* name = nullptr;
+  // Items handed to a worker at a time. 0: adaptive, from the measured work per item (one
+  // at a time when items are slow, so few slow items spread over every worker; up to 16
+  // when they are cheap). n: up to n.
+  std::size_t batch_size = 0;
 };
 
 // run_options: how one run executes.
@@ -61,9 +76,22 @@ class pipeline_cancelled : public std::runtime_error {
   pipeline_cancelled() : std::runtime_error("rill: pipeline cancelled") {}
 };
 
-// pipeline_stats: how the last run was laid out (which stages were fused into one fiber).
+// stage_stats: one stage of the last run, as the pipeline laid it out.
+struct stage_stats {
+  std::string name;
+  unsigned fibers = 1;  // fibers that run it (par_map: its workers)
+  bool fused = false;   // runs in the fiber of the stage before it (no link between them)
+  // Measured work per item (0: not measured; the pipeline measures a stage only when the
+  // fiber that runs it is slow enough for a split to matter).
+  std::chrono::nanoseconds cost_per_item{0};
+  std::size_t batch_size = 0;  // items per hand-off on the link after it, last seen (0: no link)
+  std::string decision;        // why it is laid out so (fused, split, pinned by an option)
+};
+
+// pipeline_stats: how the last run was laid out.
 struct pipeline_stats {
   std::vector<std::string> fibers;  // one entry per stage fiber: its stages, '|'-separated
+  std::vector<stage_stats> stages;  // one per stage in pipeline order, source and terminal too
 };
 
 namespace detail {
@@ -87,6 +115,7 @@ struct stage_failed {};
 class pipe_ctx {
  public:
   bool fusion = true;
+  unsigned workers = 1;  // of the runtime the run is on
   std::atomic<bool> stop{false};
   wait_group fibers;
   chan<char> cancelled{0};  // closed on cancel: wakes sources/sinks blocked on user channels
@@ -181,6 +210,38 @@ class pipe_ctx {
     }
   }
 
+  // stage_at(index, f): f(stats of stage `index`) under the lock; the entry is made on
+  // first use. Stages are numbered from the source (0) to the terminal.
+  template <class F>
+  void stage_at(int index, F f) noexcept {
+    mu_.lock();
+    try {
+      if (index >= 0) {
+        const auto k = static_cast<std::size_t>(index);
+        if (stats_.stages.size() <= k) stats_.stages.resize(k + 1);
+        f(stats_.stages[k]);
+      }
+    } catch (...) {
+      // out of memory: the stats miss this entry
+    }
+    mu_.unlock();
+  }
+  // rename_fiber(): a split moved stages out of the fiber listed as `from`.
+  void rename_fiber(const std::string& from, const std::string& to, const std::string& added) {
+    mu_.lock();
+    try {
+      for (std::string& f : stats_.fibers) {
+        if (f == from) {
+          f = to;
+          break;
+        }
+      }
+      stats_.fibers.push_back(added);
+    } catch (...) {
+    }
+    mu_.unlock();
+  }
+
   void record_fiber(const std::string& stages) {
     mu_.lock();
     try {
@@ -248,179 +309,6 @@ template <class F, class... A>
     throw stage_failed{};
   }
 }
-
-// ---- links: channels of batches between stage fibers ---------------------------------------
-//
-// A link moves items in batches to amortize the channel's synchronization; the user still
-// sees one item at a time. A writer sends its batch when it is full, or when its fiber is
-// about to wait for input (flush_hint), so batching never delays an item indefinitely.
-// Bound: a link with `buffer` b holds at most b items (batch size B = clamp(b/3, 1, 64),
-// channel capacity (b - 2B + 1) / B batches, plus one partial batch in the writer and one
-// in the reader).
-
-// A batch of one item (links of batch size 1, e.g. `.buffer = 0`) holds it in `single`, so
-// that an unbuffered link allocates nothing per item; larger batches use `items`.
-template <class T>
-struct batch {
-  std::uint64_t seq = 0;  // position in the stream, for ordered par_map
-  std::vector<T> items;
-  std::optional<T> single;
-  batch() = default;
-  batch(batch&&) = default;
-  // By hand: std::optional<T>'s is deleted for item types that are not assignable (a
-  // std::pair<const K, V> from a map), and a batch is replaced, never assigned item-wise.
-  batch& operator=(batch&& o) {
-    seq = o.seq;
-    items = std::move(o.items);
-    single.reset();
-    if (o.single) single.emplace(std::move(*o.single));
-    return *this;
-  }
-  bool empty() const noexcept { return !single && items.empty(); }
-  std::size_t size() const noexcept { return single ? 1 : items.size(); }
-  // each(f): f(T&&) for every item, in order, while f returns true; false if f stopped.
-  template <class F>
-  bool each(F&& f) {
-    if (single) return f(std::move(*single));
-    for (T& v : items) {
-      if (!f(std::move(v))) return false;
-    }
-    return true;
-  }
-};
-
-template <class T>
-using link_chan = chan<batch<T>>;
-
-struct link_shape {
-  std::size_t batch;
-  std::size_t capacity;
-};
-// shape_for(buffer, max_batch): the batch size and channel capacity (in batches) of a link
-// that holds at most `buffer` items.
-inline link_shape shape_for(std::size_t buffer, std::size_t max_batch = 64) {
-  const std::size_t b = std::clamp<std::size_t>(buffer / 3, 1, max_batch);
-  const std::size_t cap = buffer >= 2 * b ? (buffer - 2 * b + 1) / b : 0;
-  return {b, cap};
-}
-
-template <class T>
-class link_writer {
- public:
-  link_writer(link_chan<T> ch, std::size_t batch_size, std::atomic<int>* writers = nullptr)
-      : ch_(std::move(ch)), b_(batch_size), writers_(writers) {
-    if (b_ > 1) cur_.items.reserve(b_);
-  }
-
-  template <class V>
-  [[gnu::always_inline]] bool operator()(V&& v) {
-    if (b_ == 1) {
-      cur_.single.emplace(std::forward<V>(v));
-      return flush();
-    }
-    cur_.items.push_back(std::forward<V>(v));  // never reallocates: reserved to b_
-    if (cur_.items.size() < b_) [[likely]]
-      return true;
-    return flush();
-  }
-  // flush() sends the partial batch; false once the reader has stopped.
-  [[gnu::noinline]] bool flush() {  // out of line: operator() must inline into the loop
-    if (!open_) return false;
-    if (cur_.empty()) return true;
-    cur_.seq = seq_++;
-    try {
-      ch_.send(std::move(cur_));
-    } catch (const closed_channel&) {
-      open_ = false;  // downstream stopped (take, cancel): stop producing
-    }
-    cur_ = batch<T>{};
-    if (b_ > 1) cur_.items.reserve(b_);
-    return open_;
-  }
-  void flush_hint() { flush(); }
-  void finish() {
-    flush();
-    if (!writers_ || writers_->fetch_sub(1) == 1) ch_.core()->try_close();
-  }
-
- private:
-  link_chan<T> ch_;
-  std::size_t b_;
-  std::atomic<int>* writers_;  // shared by several writers (merge): the last one closes
-  batch<T> cur_;
-  std::uint64_t seq_ = 0;
-  bool open_ = true;
-};
-
-// link_driver: drives a sink with the items of a link, in arrival order.
-template <class T>
-struct link_driver {
-  link_chan<T> ch;
-  template <class Sink>
-  void operator()(Sink& sink) {
-    for (;;) {
-      std::optional<batch<T>> b = ch.try_recv();
-      if (!b) {
-        sink.flush_hint();  // about to wait: let what we produced go downstream
-        b = ch.recv();
-        if (!b) break;
-      }
-      if (!b->each([&](T&& v) { return sink(std::move(v)); })) {
-        ch.core()->try_close();  // stop upstream promptly
-        sink.finish();
-        return;
-      }
-    }
-    sink.finish();
-  }
-};
-
-// reorder_driver: like link_driver, but delivers batches in `seq` order (ordered par_map).
-// The window is bounded by `tokens`: a par_map worker takes a token before it takes a batch,
-// and the driver gives one back for each batch it delivers, so at most as many batches as
-// there are tokens lie between the workers' input and the sink, however uneven the work
-// (without this, one slow item let the others pile up in the window without bound).
-template <class T>
-struct reorder_driver {
-  link_chan<T> ch;
-  chan<char> tokens;
-  void give_token() {
-    try {
-      (void)tokens.try_send('t');  // never full: tokens in the channel + taken <= capacity
-    } catch (const closed_channel&) {
-      // the workers are gone (end of input, or downstream stopped)
-    }
-  }
-  template <class Sink>
-  void operator()(Sink& sink) {
-    std::vector<std::optional<batch<T>>> window;  // window[i] holds seq next + i
-    std::uint64_t next = 0;
-    auto deliver = [&](batch<T>& b) { return b.each([&](T&& v) { return sink(std::move(v)); }); };
-    for (;;) {
-      std::optional<batch<T>> b = ch.try_recv();
-      if (!b) {
-        sink.flush_hint();
-        b = ch.recv();
-        if (!b) break;
-      }
-      const std::uint64_t off = b->seq - next;
-      if (off >= window.size()) window.resize(off + 1);
-      window[off] = std::move(b);
-      while (!window.empty() && window.front()) {
-        if (!deliver(*window.front())) {
-          ch.core()->try_close();
-          if (tokens) tokens.core()->try_close();  // wakes workers waiting for a token
-          sink.finish();
-          return;
-        }
-        window.erase(window.begin());
-        ++next;
-        give_token();
-      }
-    }
-    sink.finish();
-  }
-};
 
 }  // namespace detail
 }  // namespace rill

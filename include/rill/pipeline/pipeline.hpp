@@ -24,6 +24,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "rill/pipeline/links.hpp"
 #include "rill/pipeline/sinks.hpp"
 #include "rill/pipeline/sources.hpp"
 #include "rill/pipeline/stages.hpp"
@@ -79,142 +80,223 @@ struct link_tail {
   std::size_t batch_size;
   std::shared_ptr<std::atomic<int>> writers;
   const char* name() const { return "merge"; }
-  link_writer<T> make_sink(pipe_ctx&) { return link_writer<T>(ch, batch_size, writers.get()); }
+  link_writer<T> make_sink(pipe_ctx&) {
+    return link_writer<T>(ch, batch_policy{batch_size}, writers.get());
+  }
 };
 
-template <std::size_t I, class In, class Stages, class Tail, class Drive>
-void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::string seg,
-           std::size_t buffer);
+// name_at<K>(): the name of stage K of the chain (K == size: the tail), for stats and fibers.
+template <std::size_t K, class Stages, class Tail>
+std::string name_at(Stages& st, Tail& tail) {
+  if constexpr (K == std::tuple_size_v<Stages>) {
+    return tail.name();
+  } else {
+    using S = std::tuple_element_t<K, Stages>;
+    return stage_name(std::get<K>(st).opt.name, S::kind, static_cast<int>(K) + 1);
+  }
+}
 
-// cut(): the segment so far runs in a new fiber, feeding a link; building goes on from the
-// link's reader, in the calling fiber.
-template <std::size_t I, class In, class Stages, class Tail, class Drive>
-void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, std::size_t buffer) {
-  const link_shape shape = shape_for(buffer);
-  auto l = ctx.template link<link_chan<In>>(shape.capacity);
-  ctx.spawn(std::move(seg), [drive = std::move(drive),
-                             w = link_writer<In>(l, shape.batch)]() mutable { drive(w); });
-  build<I, In>(st, tail, ctx, link_driver<In>{l}, true, std::string(), default_buffer);
+// is_parallel_at<K>(): stage K exists and is a par_map.
+template <std::size_t K, class Stages>
+constexpr bool is_parallel_at() {
+  if constexpr (K < std::tuple_size_v<Stages>) {
+    return std::tuple_element_t<K, Stages>::parallel;
+  } else {
+    return false;
+  }
+}
+
+// may_split_before<K>(): whether the pipeline may split in front of stage K (the tail at
+// K == size): that stage would be fused by default and the user did not pin it.
+template <std::size_t K, class Stages>
+bool may_split_before(Stages& st, pipe_ctx& ctx) {
+  if (!ctx.fusion) return false;
+  if constexpr (K == std::tuple_size_v<Stages>) {
+    return true;
+  } else {
+    using S = std::tuple_element_t<K, Stages>;
+    if constexpr (S::parallel) {
+      return false;
+    } else {
+      return !std::get<K>(st).opt.fuse.has_value();
+    }
+  }
 }
 
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::string seg,
-           std::size_t buffer) {
+           std::size_t buffer, std::size_t batch_size);
+
+// cut(): the segment so far runs in a new fiber, feeding a link; building goes on from the
+// link's reader, in the calling fiber. `buffer` and `batch_size` are the options of the stage
+// before the link.
+template <std::size_t I, class In, class Stages, class Tail, class Drive>
+void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, std::size_t buffer,
+         std::size_t batch_size) {
+  const link_shape shape = shape_for(buffer);
+  auto l = ctx.template link<link_chan<In>>(shape.capacity);
+  batch_policy pol{batch_size ? batch_size : shape.batch, batch_size != 0, nullptr, &ctx,
+                   static_cast<int>(I)};
+  ctx.spawn(seg, [drive = std::move(drive), w = link_writer<In>(l, pol), &ctx, seg]() mutable {
+    segment sg(ctx, seg);
+    drive(w, sg);
+  });
+  build<I, In>(st, tail, ctx, link_driver<In>{l}, true, std::string(), default_buffer, 0);
+}
+
+template <std::size_t I, class In, class Stages, class Tail, class Drive>
+void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::string seg,
+           std::size_t buffer, std::size_t batch_size) {
   constexpr std::size_t n = std::tuple_size_v<Stages>;
   auto join = [](std::string a, const std::string& b) {
     return a.empty() ? b : std::move(a) + "|" + b;
   };
   if constexpr (I == n) {
     if (!ctx.fusion && !fresh) {
-      cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer);
+      cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size);
       return;
     }
-    ctx.record_fiber(join(std::move(seg), tail.name()));
+    const std::string name = join(std::move(seg), tail.name());
+    ctx.record_fiber(name);
+    ctx.stage_at(static_cast<int>(n) + 1, [&](stage_stats& s) {
+      s.name = tail.name();
+      s.fused = !fresh;
+      if (s.decision.empty()) s.decision = fresh ? "reads a link" : "fused";
+    });
+    segment sg(ctx, name);
     auto sink = tail.make_sink(ctx);
-    drive(sink);
+    drive(sink, sg);
   } else {
     using S = std::tuple_element_t<I, Stages>;
     S& s = std::get<I>(st);
     using Out = typename S::template out_t<In>;
     constexpr int index = static_cast<int>(I) + 1;
     if constexpr (S::parallel) {
-      // Fan out: the segment so far feeds `in`; n workers map `in` to `out`.
-      const link_shape shape = shape_for(s.opt.buffer);
-      // Smaller input batches spread the work evenly over the workers; the link still holds
-      // at most `buffer` items, in more batches.
-      const link_shape in_shape = shape_for(s.opt.buffer, 16);
-      auto in = ctx.template link<link_chan<In>>(in_shape.capacity);
-      ctx.spawn(std::move(seg), [drive = std::move(drive),
-                                 w = link_writer<In>(in, in_shape.batch)]() mutable { drive(w); });
-      auto out = ctx.template link<link_chan<Out>>(shape.capacity);
-      unsigned workers = s.opt.workers ? s.opt.workers : runtime_stats().workers;
-      if (workers == 0) workers = 1;
-      // Ordered: the reorder window's tokens (see reorder_driver); a worker takes one before
-      // each batch. Unordered: a nil channel, no tokens.
-      chan<char> tokens(nullptr);
-      if (s.opt.ordered) {
-        const std::size_t window = 2 * std::size_t{workers} + shape.capacity;
-        tokens = ctx.template link<chan<char>>(window);
-        try {
-          for (std::size_t k = 0; k < window; ++k) (void)tokens.try_send('t');
-        } catch (const closed_channel&) {
-          // cancelled already: the workers will stop at once
-        }
-      }
-      auto left = std::make_shared<std::atomic<unsigned>>(workers);
-      const std::string name = stage_name(s.opt.name, S::kind, index);
-      for (unsigned k = 0; k < workers; ++k) {
-        ctx.spawn(name, [in, out, tokens, left, &s, &ctx]() mutable {
-          struct last_closes {
-            std::atomic<unsigned>* left;
-            link_chan<In>* in;
-            link_chan<Out>* out;
-            chan<char>* tokens;
-            ~last_closes() {
-              // A worker leaves when the input has ended, downstream stopped, or the run
-              // failed: in the last two cases upstream must stop, and in every case workers
-              // waiting for a token must not wait for one forever.
-              in->core()->try_close();
-              if (*tokens) tokens->core()->try_close();
-              if (left->fetch_sub(1) == 1) out->core()->try_close();
-            }
-          } guard{left.get(), &in, &out, &tokens};
-          for (;;) {
-            if (tokens && !tokens.recv()) break;  // ordered: wait for room in the window
-            std::optional<batch<In>> b = in.recv();
-            if (!b) break;
-            batch<Out> r;
-            r.seq = b->seq;
-            if (b->single) {
-              r.single.emplace(
-                  guarded(ctx, s.opt.name, S::kind, index, s.f, std::move(*b->single)));
-            } else {
-              r.items.reserve(b->items.size());
-              for (In& v : b->items) {
-                r.items.push_back(guarded(ctx, s.opt.name, S::kind, index, s.f, std::move(v)));
-              }
-            }
-            try {
-              out.send(std::move(r));
-            } catch (const closed_channel&) {
-              return;  // downstream stopped: the guard stops upstream too
-            }
-            // The send may have readied the downstream fiber into this worker's runnext
-            // slot, where it would wait for this worker's next park: a whole batch of work
-            // later, with the ordered window's tokens held back meanwhile (the workers then
-            // stall on them). Let it run now; it parks again as soon as it has delivered.
-            this_fiber::yield();
-          }
-        });
-      }
-      if (s.opt.ordered) {
-        build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out, tokens}, true, std::string(),
-                          s.opt.buffer);
-      } else {
-        build<I + 1, Out>(st, tail, ctx, link_driver<Out>{out}, true, std::string(), s.opt.buffer);
-      }
+      build_par_map<I, In>(st, tail, ctx, std::move(drive), std::move(seg));
     } else {
-      if (!fresh && (!ctx.fusion || !s.opt.fuse)) {
-        cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer);
+      const bool pinned_cut = !ctx.fusion || (s.opt.fuse.has_value() && !*s.opt.fuse);
+      if (!fresh && pinned_cut) {
+        cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size);
         return;
       }
-      auto next = [drive = std::move(drive), &s, &ctx, index](auto& down) mutable {
-        auto sink = s.template make<In>(down, ctx, index);
-        drive(sink);
+      const std::string name = stage_name(s.opt.name, S::kind, index);
+      ctx.stage_at(index, [&](stage_stats& x) {
+        x.name = name;
+        x.fused = !fresh;
+        x.decision = fresh                    ? "reads a link"
+                     : s.opt.fuse.has_value() ? "fused (pinned: .fuse = true)"
+                                              : "fused";
+      });
+      // The boundary after this stage, in front of what follows it in this fiber.
+      auto next = [drive = std::move(drive), &s, &st, &tail, &ctx](auto& down,
+                                                                   segment& sg) mutable {
+        using Down = std::remove_cvref_t<decltype(down)>;
+        if constexpr (is_parallel_at<I + 1, Stages>()) {
+          // The link to par_map follows: nothing to split.
+          auto sink = s.template make<In>(down, ctx, index);
+          drive(sink, sg);
+        } else {
+          const bool candidate = may_split_before<I + 1>(st, ctx);
+          if (!candidate) {
+            auto sink = s.template make<In>(down, ctx, index);
+            drive(sink, sg);
+          } else {
+            split_point<Out, Down> sp(down, sg, index, name_at<I + 1>(st, tail), s.opt.buffer,
+                                      s.opt.batch_size);
+            auto sink = s.template make<In>(sp, ctx, index);
+            drive(sink, sg);
+          }
+        }
       };
-      build<I + 1, Out>(st, tail, ctx, std::move(next), false,
-                        join(std::move(seg), stage_name(s.opt.name, S::kind, index)), s.opt.buffer);
+      build<I + 1, Out>(st, tail, ctx, std::move(next), false, join(std::move(seg), name),
+                        s.opt.buffer, s.opt.batch_size);
     }
+  }
+}
+
+// par_state: what a par_map's workers share with the writer that feeds them.
+struct par_state {
+  // How many items to hand a worker at a time, from the workers' measured work per item.
+  std::atomic<std::size_t> handout{1};
+  std::atomic<std::int64_t> cost_ns{0};  // smoothed work per item (a racy average: a hint)
+  std::atomic<unsigned> left{0};         // workers still running
+};
+
+// build_par_map(): the segment so far feeds `in`; n workers map `in` to `out`; building
+// goes on from `out`'s reader (in input order when ordered).
+template <std::size_t I, class In, class Stages, class Tail, class Drive>
+void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg) {
+  using S = std::tuple_element_t<I, Stages>;
+  S& s = std::get<I>(st);
+  using Out = typename S::template out_t<In>;
+  constexpr int index = static_cast<int>(I) + 1;
+  const std::size_t pinned = s.opt.batch_size;
+  const link_shape shape = shape_for(s.opt.buffer);
+  // Units of at most 16 items (or the user's): the link still holds at most `buffer` items,
+  // in more batches.
+  const link_shape in_shape = shape_for(s.opt.buffer, pinned ? pinned : 16);
+  auto state = std::make_shared<par_state>();
+  auto in = ctx.template link<link_chan<In>>(in_shape.capacity);
+  batch_policy pol{pinned ? pinned : in_shape.batch, pinned != 0,
+                   pinned ? nullptr : &state->handout, &ctx, static_cast<int>(I)};
+  ctx.spawn(seg, [drive = std::move(drive), w = link_writer<In>(in, pol), &ctx, seg, state]() mutable {
+    segment sg(ctx, seg);
+    drive(w, sg);
+  });
+  auto out = ctx.template link<link_chan<Out>>(shape.capacity);
+  unsigned workers = s.opt.workers ? s.opt.workers : ctx.workers;
+  if (workers == 0) workers = 1;
+  // Ordered: the reorder window's tokens (see reorder_driver); a worker takes one before
+  // each batch. Unordered: a nil channel, no tokens.
+  chan<char> tokens(nullptr);
+  if (s.opt.ordered) {
+    const std::size_t window = 2 * std::size_t{workers} + shape.capacity;
+    tokens = ctx.template link<chan<char>>(window);
+    try {
+      for (std::size_t k = 0; k < window; ++k) (void)tokens.try_send('t');
+    } catch (const closed_channel&) {
+      // cancelled already: the workers will stop at once
+    }
+  }
+  state->left.store(workers);
+  const std::string name = stage_name(s.opt.name, S::kind, index);
+  ctx.stage_at(index, [&](stage_stats& x) {
+    x.name = name;
+    x.fibers = workers;
+    x.decision = pinned ? "par_map, pinned hand-out of " + std::to_string(pinned)
+                        : "par_map, hand-out sized from measured work per item";
+  });
+  for (unsigned k = 0; k < workers; ++k) {
+    ctx.spawn(name, [in, out, tokens, state, &s, &ctx, pinned]() mutable {
+      s.template work<In, Out>(ctx, index, in, out, tokens, *state, pinned);
+    });
+  }
+  if (s.opt.ordered) {
+    build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out, tokens}, true, std::string(),
+                      s.opt.buffer, 0);
+  } else {
+    build<I + 1, Out>(st, tail, ctx, link_driver<Out>{out}, true, std::string(), s.opt.buffer, 0);
   }
 }
 
 template <class Flow, class Tail>
 void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   using In = typename decltype(fl.src)::value_type;
-  auto drive = [&fl, &ctx](auto& sink) { fl.src.drive(sink, ctx); };
   std::size_t buffer = default_buffer;
   if constexpr (requires { fl.src.buffer; }) buffer = fl.src.buffer;
-  build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind, buffer);
+  ctx.stage_at(0, [&](stage_stats& s) {
+    s.name = decltype(fl.src)::kind;
+    s.decision = "source";
+  });
+  // The first boundary, between the source and the first stage: it also carries the
+  // source's ticks to the segment.
+  auto drive = [&fl, &ctx, &tail, buffer](auto& sink, segment& sg) {
+    using Sink = std::remove_cvref_t<decltype(sink)>;
+    const bool candidate = may_split_before<0>(fl.stages, ctx);
+    split_point<In, Sink> head(sink, sg, 0, name_at<0>(fl.stages, tail), buffer, 0, candidate);
+    fl.src.drive(head, ctx);
+  };
+  build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind, buffer, 0);
 }
 
 template <class... Flows>
@@ -257,6 +339,7 @@ struct pipeline_model final : pipeline_impl<R> {
 
   R execute(pipe_ctx& ctx) override {
     using In = typename Flow::value_type;
+    ctx.workers = std::max(1u, runtime_stats().workers);
     terminal_tail<Term, In> tail{
         &term, {}, static_cast<int>(std::tuple_size_v<decltype(flow.stages)>) + 1};
     try {

@@ -26,24 +26,36 @@ struct range_source {
   std::size_t buffer = default_buffer;  // capacity of the channel after the source
   using value_type = std::remove_cvref_t<decltype(*std::ranges::begin(std::declval<R&>()))>;
 
+  // drive(): the items go in chunks that grow from 1 to 1024; after each, the sink hears
+  // how many went (tick: the fiber measures its work per chunk, not per item) and the run's
+  // stop flag is checked.
   template <class Sink>
   void drive(Sink& sink, pipe_ctx& ctx) {
+    constexpr bool ticks = requires { sink.tick(std::size_t{}); };
+    std::size_t chunk = 1;
     if constexpr (never_stops_v<Sink> && std::ranges::sized_range<R>) {
-      // Chunks of 1024 with no early exit inside (and size_t counters: iota's difference
-      // type may be 128 bits wide), so the fused loop compiles like a plain one.
+      // No early exit inside a chunk (and size_t counters: iota's difference type may be
+      // 128 bits wide), so the fused loop compiles like a plain one.
       auto it = std::ranges::begin(range);
       std::size_t left = static_cast<std::size_t>(std::ranges::size(range));
       while (left != 0) {
-        const std::size_t chunk = left < 1024 ? left : 1024;
-        for (std::size_t k = 0; k < chunk; ++k, ++it) sink(*it);
-        left -= chunk;
+        const std::size_t c = left < chunk ? left : chunk;
+        for (std::size_t k = 0; k < c; ++k, ++it) sink(*it);
+        left -= c;
+        if constexpr (ticks) sink.tick(c);
+        if (chunk < 1024) chunk *= 2;
         if (ctx.stop.load(std::memory_order_relaxed)) break;
       }
     } else {
       std::size_t n = 0;
       for (auto&& v : range) {
         if (!sink(std::forward<decltype(v)>(v))) break;
-        if ((++n & 1023) == 0 && ctx.stop.load(std::memory_order_relaxed)) break;
+        if (++n == chunk) {
+          if constexpr (ticks) sink.tick(n);
+          n = 0;
+          if (chunk < 1024) chunk *= 2;
+          if (ctx.stop.load(std::memory_order_relaxed)) break;
+        }
       }
     }
     sink.finish();
@@ -63,13 +75,17 @@ struct chan_source {
       // here too, or cancel() would not stop this source.
       if (ctx.stop.load(std::memory_order_relaxed)) break;
       std::optional<T> v = ch.try_recv();
+      std::int64_t waited = 0;
       if (!v) {
         sink.flush_hint();
         // Wait for a value, the end of the channel, or the run's cancellation.
+        const std::int64_t t0 = now_ns();
         select(on_recv(ch, [&](std::optional<T> x) { v = std::move(x); }), on_recv(ctx.cancelled));
+        waited = now_ns() - t0;
         if (!v) break;
       }
       if (!sink(std::move(*v))) break;
+      if constexpr (requires { sink.tick(std::size_t{}, std::int64_t{}); }) sink.tick(1, waited);
     }
     sink.finish();
   }
@@ -88,6 +104,7 @@ struct generate_source {
       auto v = guarded(ctx, nullptr, kind, 0, f);
       if (!v) break;
       if (!sink(std::move(*v))) break;
+      if constexpr (requires { sink.tick(std::size_t{}); }) sink.tick(1);
     }
     sink.finish();
   }

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "rill/pipeline/concepts.hpp"
+#include "rill/pipeline/links.hpp"
 
 namespace rill {
 namespace detail {
@@ -393,6 +394,66 @@ struct par_map_stage : stage_tag {
   }
   template <class In>
   using out_t = typename invoke_out<F, In>::type;
+
+  // work(): one worker's loop. Takes a unit of input (after a token of the reorder window,
+  // when ordered), maps it, and sends the results on as one batch with the unit's `seq`.
+  // Unless the hand-out is pinned, it times each unit and updates the shared hand-out size
+  // (state.handout: about handout_bound_ns of work, 1 to 16 items), which the writer that
+  // feeds the workers reads at each batch: few slow items spread over every worker.
+  template <class In, class Out, class State>
+  void work(pipe_ctx& ctx, int index, link_chan<In>& in, link_chan<Out>& out,
+            chan<char>& tokens, State& state, std::size_t pinned) {
+    struct last_closes {
+      State* state;
+      link_chan<In>* in;
+      link_chan<Out>* out;
+      chan<char>* tokens;
+      ~last_closes() {
+        // A worker leaves when the input has ended, downstream stopped, or the run failed:
+        // in the last two cases upstream must stop, and in every case workers waiting for
+        // a token must not wait for one forever.
+        in->core()->try_close();
+        if (*tokens) tokens->core()->try_close();
+        if (state->left.fetch_sub(1) == 1) out->core()->try_close();
+      }
+    } guard{&state, &in, &out, &tokens};
+    for (;;) {
+      if (tokens && !tokens.recv()) break;  // ordered: wait for room in the window
+      std::optional<batch<In>> b = in.recv();
+      if (!b) break;
+      const std::int64_t t0 = pinned ? 0 : now_ns();
+      batch<Out> r;
+      r.seq = b->seq;
+      if (b->single) {
+        r.single.emplace(guarded(ctx, opt.name, kind, index, f, std::move(*b->single)));
+      } else {
+        r.items.reserve(b->items.size());
+        for (In& v : b->items) {
+          r.items.push_back(guarded(ctx, opt.name, kind, index, f, std::move(v)));
+        }
+      }
+      if (!pinned) {
+        const auto k = static_cast<std::int64_t>(r.size());
+        const std::int64_t per = std::max<std::int64_t>(1, (now_ns() - t0) / std::max<std::int64_t>(1, k));
+        const std::int64_t c = state.cost_ns.load(std::memory_order_relaxed);
+        const std::int64_t avg = c == 0 ? per : (7 * c + per) / 8;
+        state.cost_ns.store(avg, std::memory_order_relaxed);
+        state.handout.store(
+            static_cast<std::size_t>(std::clamp<std::int64_t>(handout_bound_ns / avg, 1, 16)),
+            std::memory_order_relaxed);
+      }
+      try {
+        out.send(std::move(r));
+      } catch (const closed_channel&) {
+        return;  // downstream stopped: the guard stops upstream too
+      }
+      // The send may have readied the downstream fiber into this worker's runnext slot,
+      // where it would wait for this worker's next park: a whole unit of work later, with
+      // the ordered window's tokens held back meanwhile (the workers then stall on them).
+      // Let it run now; it parks again as soon as it has delivered.
+      this_fiber::yield();
+    }
+  }
 };
 
 }  // namespace detail

@@ -1,0 +1,682 @@
+// rill/pipeline/links.hpp: the links between stage fibers (channels of batches, whose batch
+// size adapts to the items), and the segments that decide, while a run goes, where a fused
+// chain of stages splits into fibers. Part of rill/pipeline.hpp.
+//
+// The policy, in one place (the reasons are with each piece below):
+//   - A link's writer batches items to amortize the channel, but no item waits in a partial
+//     batch while the writer's fiber parks (the fiber's park hooks send it first, whatever
+//     the fiber parks on), and a batch grows only while it fills within batch_fill_bound_ns
+//     of the writer's running time: slow or scarce items go one at a time.
+//   - par_map hands its workers units sized from their measured work per item
+//     (handout_bound_ns): one item at a time when items are slow.
+//   - Adjacent stages start fused in one fiber. A fiber measures its work per item in
+//     windows (a clock read per window, not per item); when that work is large enough for a
+//     split to matter, it measures each boundary for a few items and splits at the one that
+//     balances the two sides best, if the lighter side is worth a fiber of its own
+//     (split_min_ns: much more than a link's cost per item on several workers; with one
+//     worker only a side that waits, e.g. on I/O, gains, so the bar is high). The split
+//     happens between two items: the items before it went through the whole chain already,
+//     so nothing is lost, duplicated or reordered.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "rill/pipeline/concepts.hpp"
+
+namespace rill {
+namespace detail {
+
+// An item waits in a partial batch for at most about this much of its writer's running time.
+inline constexpr std::int64_t batch_fill_bound_ns = 50'000;
+// par_map hands a worker about this much work at a time.
+inline constexpr std::int64_t handout_bound_ns = 20'000;
+// A fused fiber splits at a boundary only if both sides take at least this long per item.
+inline constexpr std::int64_t split_min_ns_workers = 100;  // more than one worker
+inline constexpr std::int64_t split_min_ns_one = 20'000;   // one worker: only waiting gains
+// How long a measuring window lasts, and how much sampling a split decision wants.
+inline constexpr std::int64_t window_ns = 1'000'000;
+inline constexpr std::int64_t probe_ns = 200'000;
+inline constexpr int max_probe_samples = 16;
+
+// A batch of one item (links of batch size 1) holds it in `single`, so that a link moving
+// one item at a time allocates nothing per item; larger batches use `items`.
+template <class T>
+struct batch {
+  std::uint64_t seq = 0;  // position in the stream, for ordered par_map
+  std::vector<T> items;
+  std::optional<T> single;
+  batch() = default;
+  batch(batch&&) = default;
+  // By hand: std::optional<T>'s is deleted for item types that are not assignable (a
+  // std::pair<const K, V> from a map), and a batch is replaced, never assigned item-wise.
+  batch& operator=(batch&& o) {
+    seq = o.seq;
+    items = std::move(o.items);
+    single.reset();
+    if (o.single) single.emplace(std::move(*o.single));
+    return *this;
+  }
+  bool empty() const noexcept { return !single && items.empty(); }
+  std::size_t size() const noexcept { return single ? 1 : items.size(); }
+  // each(f): f(T&&) for every item, in order, while f returns true; false if f stopped.
+  template <class F>
+  bool each(F&& f) {
+    if (single) return f(std::move(*single));
+    for (T& v : items) {
+      if (!f(std::move(v))) return false;
+    }
+    return true;
+  }
+};
+
+template <class T>
+using link_chan = chan<batch<T>>;
+
+// Bound: a link with `buffer` b holds at most b items: batches of at most B = clamp(b/3, 1,
+// max_batch) items, channel capacity (b - 2B + 1) / B batches, plus one partial batch in the
+// writer and one in the reader.
+struct link_shape {
+  std::size_t batch;
+  std::size_t capacity;
+};
+inline link_shape shape_for(std::size_t buffer, std::size_t max_batch = 64) {
+  const std::size_t b = std::clamp<std::size_t>(buffer / 3, 1, max_batch);
+  const std::size_t cap = buffer >= 2 * b ? (buffer - 2 * b + 1) / b : 0;
+  return {b, cap};
+}
+
+// batch_policy: how a link_writer sizes its batches.
+struct batch_policy {
+  std::size_t max = 64;  // never more items per batch (the link's shape)
+  bool pinned = false;   // always up to `max` (the user's batch_size)
+  // The reader's own limit, read at each batch (par_map: from its workers' measured work
+  // per item); nullptr: none.
+  const std::atomic<std::size_t>* reader_limit = nullptr;
+  pipe_ctx* ctx = nullptr;  // for stats: the last batch size, on stage `stage`
+  int stage = -1;
+};
+
+// link_writer: the sending end of a link, the last sink of a fiber's chain.
+//
+// Batch size. Adaptive (not pinned), the writer measures how long its fiber takes to produce
+// an item (one clock read at the start of a batch and one at its flush, every batch while
+// the size moves and one in eight at the top), and keeps a batch's fill time under
+// batch_fill_bound_ns: it starts at one item and doubles while a batch fills in under a
+// quarter of the bound. A batch is sent when full, when the fiber waits for input
+// (flush_hint), and when the fiber parks for any other reason (its park hook: a channel, a
+// timer, I/O, a lock, a blocking call), so an item never waits for a batch to fill while
+// its fiber sleeps. The park hook only tries (a hook must not park): when the link is full
+// the batch stays with the writer, and goes when the fiber next runs (the reader has a full
+// link of items before it needs this batch).
+template <class T>
+class link_writer {
+ public:
+  link_writer(link_chan<T> ch, batch_policy pol, std::atomic<int>* writers = nullptr)
+      : ch_(std::move(ch)), pol_(pol), b_(pol.pinned ? pol.max : 1), writers_(writers) {
+    hook_.self = this;
+  }
+  // Moves only before first use (a used writer is on its fiber's hook list).
+  link_writer(link_writer&& o) noexcept
+      : ch_(std::move(o.ch_)), pol_(o.pol_), b_(o.b_), writers_(o.writers_) {
+    hook_.self = this;
+  }
+  link_writer& operator=(link_writer&&) = delete;
+  ~link_writer() {
+    if (hooks_) remove_park_hook(*hooks_, hook_);
+  }
+
+  template <class V>
+  [[gnu::always_inline]] bool operator()(V&& v) {
+    if (fill_ == 0) [[unlikely]]
+      begin_batch();
+    if (lim_ == 1) {
+      cur_.single.emplace(std::forward<V>(v));
+      fill_ = 1;
+      return flush_full();
+    }
+    cur_.items.push_back(std::forward<V>(v));  // never reallocates: reserved to lim_
+    if (++fill_ < lim_) [[likely]]
+      return true;
+    return flush_full();
+  }
+  // flush() sends the partial batch; false once the reader has stopped.
+  bool flush() {
+    if (fill_ == 0 || !open_) return open_;
+    measured_ = false;  // a partial batch says nothing of the fill time
+    return send_batch();
+  }
+  void flush_hint() { flush(); }
+  void finish() {
+    flush();
+    if (pol_.ctx) pol_.ctx->stage_at(pol_.stage, [&](stage_stats& s) { s.batch_size = b_; });
+    if (!writers_ || writers_->fetch_sub(1) == 1) ch_.core()->try_close();
+  }
+  // close() ends the link without sending what is left (a run that failed or stopped).
+  void close() noexcept { ch_.core()->try_close(); }
+  std::size_t batch_size() const noexcept { return b_; }
+
+ private:
+  struct hook_node : park_hook {
+    link_writer* self = nullptr;
+  };
+
+  [[gnu::noinline]] void begin_batch() {
+    if (!hooks_) [[unlikely]] {
+      hooks_ = current_park_hooks();
+      if (hooks_) {
+        hook_.run = [](park_hook* h) noexcept { static_cast<hook_node*>(h)->self->try_flush(); };
+        add_park_hook(*hooks_, hook_);
+      }
+    }
+    if (hooks_) hooks_->armed = true;
+    if (!pol_.pinned) {
+      // Measure this batch while the size may move, and one batch in eight at the top.
+      const bool measure = b_ < pol_.max || (++batches_ & 7) == 0;
+      if (measure || measured_) {
+        const std::int64_t now = now_ns();
+        // One item a batch: the production time of the last item is from the end of its
+        // send to now; otherwise it was measured from the batch's start to its flush.
+        if (measured_ && last_lim_ == 1) adapt(now - t_end_);
+        measured_ = measure;
+        t_start_ = now;
+      }
+    }
+    lim_ = b_;
+    if (pol_.reader_limit) {
+      lim_ = std::min(lim_, std::max<std::size_t>(1, pol_.reader_limit->load(std::memory_order_relaxed)));
+    }
+    if (lim_ > 1 && cur_.items.capacity() < lim_) cur_.items.reserve(lim_);
+  }
+
+  // adapt(p): p ns to produce one item: keep a batch's fill time, p * (b - 1), under the bound.
+  void adapt(std::int64_t p) noexcept {
+    if (p < 1) p = 1;
+    const auto b = static_cast<std::int64_t>(b_);
+    if (p * (b - 1) > batch_fill_bound_ns) {
+      b_ = static_cast<std::size_t>(std::max<std::int64_t>(1, batch_fill_bound_ns / p + 1));
+    } else if (p * (2 * b - 1) <= batch_fill_bound_ns / 4 && b_ < pol_.max) {
+      b_ = std::min(pol_.max, 2 * b_);
+    }
+  }
+
+  [[gnu::noinline]] bool flush_full() {
+    if (!open_) {
+      drop();
+      return false;
+    }
+    if (measured_) {
+      if (lim_ > 1) adapt((now_ns() - t_start_) / static_cast<std::int64_t>(lim_ - 1));
+      last_lim_ = lim_;
+    }
+    const bool more = send_batch();
+    if (measured_ && last_lim_ == 1) t_end_ = now_ns();
+    return more;
+  }
+
+  bool send_batch() {
+    busy_ = true;  // the park hook leaves the batch alone while it is being sent
+    cur_.seq = seq_++;
+    try {
+      ch_.send(std::move(cur_));
+    } catch (const closed_channel&) {
+      open_ = false;  // downstream stopped (take, cancel): stop producing
+    }
+    busy_ = false;
+    drop();
+    return open_;
+  }
+  void drop() {
+    cur_ = batch<T>{};
+    fill_ = 0;
+  }
+
+  // try_flush(): the park hook. Never parks.
+  void try_flush() noexcept {
+    if (busy_ || fill_ == 0 || !open_) return;
+    cur_.seq = seq_;
+    try {
+      if (!ch_.try_send(cur_)) return;  // full: the batch stays (see the class comment)
+    } catch (const closed_channel&) {
+      open_ = false;
+      return;
+    } catch (...) {
+      return;  // an item's move threw: the batch stays, and goes with the next send
+    }
+    ++seq_;
+    measured_ = false;
+    cur_ = batch<T>{};
+    fill_ = 0;
+  }
+
+  link_chan<T> ch_;
+  batch_policy pol_;
+  std::size_t b_;    // the batch size the writer aims at
+  std::size_t lim_ = 1;  // this batch's size
+  std::size_t fill_ = 0;
+  std::atomic<int>* writers_;  // shared by several writers (merge): the last one closes
+  batch<T> cur_;
+  std::uint64_t seq_ = 0;
+  bool open_ = true;
+  bool busy_ = false;
+  bool measured_ = false;  // the current batch's times are being taken
+  std::size_t last_lim_ = 0;
+  std::uint32_t batches_ = 0;
+  std::int64_t t_start_ = 0, t_end_ = 0;
+  park_hooks* hooks_ = nullptr;
+  hook_node hook_;
+};
+
+// ---- segments: a fiber's fused chain, and where it may split ---------------------------------
+
+class segment;
+
+// split_base: a boundary between two fused stages (or a source and its first stage) that
+// may become a link. The untyped part: what the segment measures and decides with.
+class split_base {
+ public:
+  enum class mode : std::uint8_t { fused, probing, split };
+
+  split_base(segment& seg, int index, std::string name_after)
+      : seg_(&seg), index_(index), name_after_(std::move(name_after)) {}
+  split_base(const split_base&) = delete;
+  split_base& operator=(const split_base&) = delete;
+  virtual ~split_base() = default;
+
+  int index() const noexcept { return index_; }
+  const std::string& name_after() const noexcept { return name_after_; }
+
+ protected:
+  friend class segment;
+  // split(): make the link and start the fiber that runs everything after this boundary.
+  virtual void split(std::vector<split_base*> after) = 0;
+  // release(): let go of the link's writer (from the fiber that wrote to it).
+  virtual void release() noexcept = 0;
+
+  void sample(std::int64_t ns) noexcept {
+    sum_ns_ += ns;
+    ++samples_;
+  }
+
+  mode mode_ = mode::fused;
+  segment* seg_;
+  int index_;  // the stage before the boundary (0: the source)
+  std::string name_after_;
+  std::int64_t sum_ns_ = 0;
+  int samples_ = 0;
+};
+
+// clock_cost_ns(): what one clock read costs here (subtracted from probe samples).
+inline std::int64_t clock_cost_ns() noexcept {
+  static const std::int64_t cost = [] {
+    const std::int64_t t0 = now_ns();
+    std::int64_t t = t0;
+    for (int i = 0; i < 64; ++i) t = now_ns();
+    return std::max<std::int64_t>(0, (t - t0) / 64);
+  }();
+  return cost;
+}
+
+// segment: one fiber's fused chain of stages. Its driver (the source, or the link reader)
+// calls tick() after every chunk or batch; at the end of each window (about window_ns of
+// work) the segment looks at its work per item and, when a split could pay, measures its
+// boundaries and splits at the best one. Owner fiber only.
+class segment {
+ public:
+  segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*> points = {})
+      : ctx_(&ctx), fiber_name_(std::move(fiber_name)), points_(std::move(points)) {
+    for (split_base* p : points_) p->seg_ = this;
+    threshold_ = ctx.workers > 1 ? split_min_ns_workers : split_min_ns_one;
+    win_start_ = now_ns();
+  }
+  segment(const segment&) = delete;
+  segment& operator=(const segment&) = delete;
+  // The boundaries it owns may outlive it (they live in the frames of the fiber that
+  // started the run; this segment may be a later fiber's): they forget it, and the links
+  // it split into are let go here, by the fiber whose hook list holds their writers.
+  ~segment() {
+    for (split_base* p : points_) p->seg_ = nullptr;
+    for (split_base* p : split_) {
+      p->seg_ = nullptr;
+      p->release();
+    }
+  }
+
+  pipe_ctx& ctx() const noexcept { return *ctx_; }
+  const std::string& fiber_name() const noexcept { return fiber_name_; }
+
+  // add(): a boundary of this fiber's chain (built from the terminal back to the source).
+  void add(split_base& p) {
+    points_.insert(std::find_if(points_.begin(), points_.end(),
+                                [&](split_base* q) { return q->index() > p.index(); }),
+                   &p);
+  }
+  // forget(): p is going away.
+  void forget(split_base& p) noexcept {
+    std::erase(points_, &p);
+    std::erase(split_, &p);
+  }
+
+  // tick(): `items` more items entered the chain; `waited_ns` of the time since the last
+  // tick was spent waiting for input (not work).
+  void tick(std::size_t items, std::int64_t waited_ns = 0) {
+    win_items_ += items;
+    waited_ += waited_ns;
+    budget_ -= static_cast<std::int64_t>(items);
+    if (budget_ <= 0) [[unlikely]]
+      end_window();
+  }
+
+ private:
+  void end_window() {
+    const std::int64_t now = now_ns();
+    const std::int64_t work = std::max<std::int64_t>(0, now - win_start_ - waited_);
+    const std::int64_t per_item = work / static_cast<std::int64_t>(std::max<std::size_t>(1, win_items_));
+    const std::size_t items = win_items_;
+    win_start_ = now;
+    win_items_ = 0;
+    waited_ = 0;
+    ++windows_;
+    if (probing_) {
+      decide(per_item, items);
+    } else if (windows_ > 1 && !points_.empty() && per_item >= 2 * threshold_ &&
+               (last_decided_ == 0 || per_item >= 2 * last_decided_)) {
+      // Worth a look (the first window, the fiber's first items, is left out: cold caches).
+      probing_ = true;
+      want_ = static_cast<int>(std::clamp<std::int64_t>(probe_ns / std::max<std::int64_t>(1, per_item), 1,
+                                                        max_probe_samples));
+      for (split_base* p : points_) {
+        p->mode_ = split_base::mode::probing;
+        p->sum_ns_ = 0;
+        p->samples_ = 0;
+      }
+      budget_ = want_;
+      return;
+    }
+    budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
+  }
+
+  // decide(): every boundary has been timed over the last window's items; split at the
+  // one whose lighter side is heaviest, if that side is worth a fiber.
+  void decide(std::int64_t per_item, std::size_t items) {
+    probing_ = false;
+    const std::int64_t n = static_cast<std::int64_t>(std::max<std::size_t>(1, items));
+    const std::int64_t clock2 = 2 * clock_cost_ns();
+    const auto np = static_cast<std::int64_t>(points_.size());
+    // Each timed boundary added two clock reads per item to every boundary outside it.
+    const std::int64_t whole = std::max<std::int64_t>(0, per_item - np * clock2);
+    split_base* best = nullptr;
+    std::int64_t best_min = 0;
+    for (std::int64_t k = 0; k < np; ++k) {
+      split_base* p = points_[static_cast<std::size_t>(k)];
+      p->mode_ = split_base::mode::fused;
+      const std::int64_t inner = np - 1 - k;  // boundaries downstream of p, timed inside it
+      const std::int64_t down =
+          std::max<std::int64_t>(0, p->sum_ns_ / n - inner * clock2 * p->samples_ / n);
+      const std::int64_t up = std::max<std::int64_t>(0, whole - down);
+      const std::int64_t m = std::min(up, down);
+      ctx_->stage_at(p->index() + 1, [&](stage_stats& s) {
+        s.decision = "measured " + std::to_string(up) + " ns/item before, " +
+                     std::to_string(down) + " after";
+      });
+      if (m > best_min) {
+        best_min = m;
+        best = p;
+      }
+    }
+    last_decided_ = std::max<std::int64_t>(1, per_item);
+    budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
+    if (!best || best_min < threshold_) return;
+    // Split: everything after `best` goes to a new fiber (with its boundaries).
+    auto it = std::find(points_.begin(), points_.end(), best);
+    std::vector<split_base*> after(it + 1, points_.end());
+    points_.erase(it, points_.end());
+    ctx_->stage_at(best->index() + 1, [&](stage_stats& s) {
+      s.fused = false;
+      s.decision = "split into its own fiber: " + std::to_string(best_min) +
+                   " ns/item on the lighter side, " + std::to_string(threshold_) +
+                   " needed (" + std::to_string(ctx_->workers) + " workers)";
+    });
+    const std::size_t at = fiber_name_.find(best->name_after());
+    std::string before = fiber_name_, moved = best->name_after();
+    if (at != std::string::npos && at > 0) {
+      before = fiber_name_.substr(0, at - 1);
+      moved = fiber_name_.substr(at);
+    }
+    ctx_->rename_fiber(fiber_name_, before, moved);
+    fiber_name_ = before;
+    split_.push_back(best);
+    best->split(std::move(after));
+    last_decided_ = 0;  // what is left may split again
+  }
+
+  pipe_ctx* ctx_;
+  std::string fiber_name_;
+  std::vector<split_base*> points_;  // in chain order
+  std::vector<split_base*> split_;   // boundaries of this fiber that became links
+  std::int64_t threshold_;
+  std::int64_t win_start_;
+  std::int64_t waited_ = 0;
+  std::size_t win_items_ = 0;
+  std::int64_t budget_ = 1;  // the first window is one item
+  std::int64_t last_decided_ = 0;
+  int windows_ = 0;
+  int want_ = 0;
+  bool probing_ = false;
+};
+
+// link_driver: drives a sink with the items of a link, in arrival order.
+template <class T>
+struct link_driver {
+  link_chan<T> ch;
+  template <class Sink>
+  void operator()(Sink& sink, segment* seg = nullptr) {
+    for (;;) {
+      std::optional<batch<T>> b = ch.try_recv();
+      std::int64_t waited = 0;
+      if (!b) {
+        sink.flush_hint();  // about to wait: let what we produced go downstream
+        constexpr bool ticks = requires { sink.tick(std::size_t{}, std::int64_t{}); };
+        const bool timed = seg || ticks;
+        const std::int64_t t0 = timed ? now_ns() : 0;
+        b = ch.recv();
+        if (timed) waited = now_ns() - t0;
+        if (!b) break;
+      }
+      const std::size_t n = b->size();
+      if (!b->each([&](T&& v) { return sink(std::move(v)); })) {
+        ch.core()->try_close();  // stop upstream promptly
+        sink.finish();
+        return;
+      }
+      if (seg) {
+        seg->tick(n, waited);
+      } else if constexpr (requires { sink.tick(n, waited); }) {
+        sink.tick(n, waited);  // a merge: the first boundary of the chain takes the ticks
+      }
+    }
+    sink.finish();
+  }
+  template <class Sink>
+  void operator()(Sink& sink, segment& seg) {
+    (*this)(sink, &seg);
+  }
+};
+
+// reorder_driver: like link_driver, but delivers batches in `seq` order (ordered par_map).
+// The window is bounded by `tokens`: a par_map worker takes a token before it takes a batch,
+// and the driver gives one back for each batch it delivers, so at most as many batches as
+// there are tokens lie between the workers' input and the sink, however uneven the work
+// (without this, one slow item let the others pile up in the window without bound).
+template <class T>
+struct reorder_driver {
+  link_chan<T> ch;
+  chan<char> tokens;
+  void give_token() {
+    try {
+      (void)tokens.try_send('t');  // never full: tokens in the channel + taken <= capacity
+    } catch (const closed_channel&) {
+      // the workers are gone (end of input, or downstream stopped)
+    }
+  }
+  template <class Sink>
+  void operator()(Sink& sink, segment& seg) {
+    std::vector<std::optional<batch<T>>> window;  // window[i] holds seq next + i
+    std::uint64_t next = 0;
+    auto deliver = [&](batch<T>& b) { return b.each([&](T&& v) { return sink(std::move(v)); }); };
+    for (;;) {
+      std::optional<batch<T>> b = ch.try_recv();
+      std::int64_t waited = 0;
+      if (!b) {
+        sink.flush_hint();
+        const std::int64_t t0 = now_ns();
+        b = ch.recv();
+        waited = now_ns() - t0;
+        if (!b) break;
+      }
+      const std::uint64_t off = b->seq - next;
+      if (off >= window.size()) window.resize(off + 1);
+      window[off] = std::move(b);
+      std::size_t n = 0;
+      while (!window.empty() && window.front()) {
+        n += window.front()->size();
+        if (!deliver(*window.front())) {
+          ch.core()->try_close();
+          if (tokens) tokens.core()->try_close();  // wakes workers waiting for a token
+          sink.finish();
+          return;
+        }
+        window.erase(window.begin());
+        ++next;
+        give_token();
+      }
+      seg.tick(n, waited);
+    }
+    sink.finish();
+  }
+};
+
+// split_point<T, Down>: a boundary in a fused chain, in front of `down` (the rest of the
+// chain), taking items of type T. Fused, it passes each item on (one predictable branch);
+// probing, it times the rest of the chain; split, it writes to a link that a new fiber
+// reads to run `down` (and everything after it). The new fiber runs the very sink objects
+// this one ran, so the state of stateful stages (take's count, batch's partial group)
+// carries over; they live in this fiber's frames, so whoever leaves a frame holding a
+// split point first waits for the fiber it started.
+template <class T, class Down>
+class split_point final : public split_base {
+ public:
+  static constexpr bool never_stops = never_stops_v<Down>;
+
+  // candidate: the pipeline may split here (false: the user pinned this boundary fused;
+  // the point then only passes ticks on).
+  split_point(Down& down, segment& seg, int index, std::string name_after, std::size_t buffer,
+              std::size_t batch_size, bool candidate = true)
+      : split_base(seg, index, std::move(name_after)),
+        down_(&down),
+        buffer_(buffer),
+        batch_size_(batch_size),
+        tick_seg_(&seg) {
+    if (candidate) {
+      seg.add(*this);
+    } else {
+      seg_ = nullptr;
+    }
+  }
+  ~split_point() override {
+    release();  // a run that unwinds: the new fiber sees the end
+    if (started_) children_.wait();
+    if (seg_) seg_->forget(*this);
+  }
+
+  template <class V>
+  [[gnu::always_inline]] bool operator()(V&& v) {
+    if (mode_ == mode::fused) [[likely]]
+      return (*down_)(std::forward<V>(v));
+    return slow(std::forward<V>(v));
+  }
+  void flush_hint() {
+    if (mode_ == mode::split) {
+      writer_->flush_hint();
+    } else {
+      down_->flush_hint();
+    }
+  }
+  void finish() {
+    if (mode_ == mode::split) {
+      writer_->finish();
+      writer_.reset();  // off this fiber's hook list before the fiber goes on
+    } else {
+      down_->finish();
+    }
+  }
+  // tick(): the source's report, when this is the first boundary of the chain.
+  void tick(std::size_t items, std::int64_t waited_ns = 0) { tick_seg_->tick(items, waited_ns); }
+
+ private:
+  void release() noexcept override {
+    if (writer_) {
+      writer_->close();
+      writer_.reset();
+    }
+  }
+
+  template <class V>
+  [[gnu::noinline]] bool slow(V&& v) {
+    if (mode_ == mode::split) {
+      const bool more = (*writer_)(std::forward<V>(v));
+      return never_stops || more;  // a never-stopping chain stops on the run's stop flag
+    }
+    const std::int64_t t0 = now_ns();
+    const bool more = (*down_)(std::forward<V>(v));
+    sample(now_ns() - t0);
+    return more;
+  }
+
+  void split(std::vector<split_base*> after) override {
+    pipe_ctx& ctx = seg_->ctx();
+    const link_shape shape = shape_for(buffer_);
+    auto l = ctx.template link<link_chan<T>>(shape.capacity);
+    batch_policy pol{batch_size_ ? batch_size_ : shape.batch, batch_size_ != 0, nullptr, &ctx,
+                     index_};
+    writer_.emplace(l, pol);
+    children_.add(1);
+    started_ = true;
+    std::string name = name_after_;
+    try {
+      ctx.spawn(
+          name,
+          [this, l, after = std::move(after), name]() mutable {
+            struct leave {
+              wait_group* wg;
+              ~leave() { wg->done(); }
+            } guard{&children_};
+            segment child(seg_->ctx(), name, std::move(after));
+            link_driver<T>{l}(*down_, child);
+          },
+          /*record=*/false);
+    } catch (...) {
+      children_.done();
+      writer_.reset();
+      throw;
+    }
+    mode_ = mode::split;
+  }
+
+  Down* down_;
+  std::size_t buffer_;
+  std::size_t batch_size_;
+  segment* tick_seg_;  // the head's segment (the first boundary stays in its fiber)
+  std::optional<link_writer<T>> writer_;
+  wait_group children_;
+  bool started_ = false;
+};
+
+}  // namespace detail
+}  // namespace rill

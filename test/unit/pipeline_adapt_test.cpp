@@ -1,0 +1,271 @@
+// The pipeline adapts to its items: few slow items spread over par_map's workers, a trickle
+// source's items reach the sink before the next one is made (no item waits in a partial
+// batch while its fiber parks), slow fused stages split into fibers of their own mid-run
+// without losing, duplicating or reordering anything, and the explicit options still pin
+// the layout. No wall-clock thresholds: waits are channels (a shortfall deadlocks, which
+// rill::run reports) and costs are fiber sleeps far above the split threshold.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "support/pipeline_support.hpp"
+
+using namespace std::chrono_literals;
+
+namespace {
+
+// upto(n): 0, 1, ..., n - 1.
+std::vector<long> upto(long n) {
+  std::vector<long> v(static_cast<std::size_t>(n));
+  for (long i = 0; i < n; ++i) v[static_cast<std::size_t>(i)] = i;
+  return v;
+}
+
+// gate: the first `target` callers wait until `target` are in at once, then everyone goes
+// through. If fewer than `target` can ever be in at once, every fiber parks and rill::run
+// throws deadlock_error: the test fails instead of passing slowly.
+struct gate {
+  explicit gate(int target) : target(target) {}
+  int target;
+  std::atomic<int> inside{0};
+  std::atomic<int> peak{0};
+  rill::chan<char> open{0};
+  void pass() {
+    const int now = ++inside;
+    int p = peak.load();
+    while (now > p && !peak.compare_exchange_weak(p, now)) {
+    }
+    if (now == target) open.close();
+    if (now <= target) (void)open.recv();  // closed: returns at once from then on
+    --inside;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("adapt: par_map runs min(workers, items) slow items at once, with no hints",
+          "[pipeline][adapt][par_map]") {
+  const unsigned runtime_workers = GENERATE(1u, 2u);
+  const unsigned workers = GENERATE(3u, 8u);
+  const int items = GENERATE(2, 8, 40);
+  INFO("runtime workers " << runtime_workers << ", par_map workers " << workers << ", items "
+                          << items);
+  const int expect = std::min<int>(static_cast<int>(workers), items);
+  gate g(expect);
+  auto out = test::run_with(runtime_workers, [&] {
+    std::vector<int> in(static_cast<std::size_t>(items));
+    for (int i = 0; i < items; ++i) in[static_cast<std::size_t>(i)] = i;
+    return (rill::from(in) | rill::par_map(
+                                 [&](int v) {
+                                   g.pass();
+                                   return v * 3;
+                                 },
+                                 {.workers = workers}) |
+            rill::collect())
+        .run();
+  });
+  CHECK(g.peak.load() == expect);
+  REQUIRE(out.size() == static_cast<std::size_t>(items));
+  for (int i = 0; i < items; ++i) CHECK(out[static_cast<std::size_t>(i)] == 3 * i);
+}
+
+TEST_CASE("adapt: a trickle source's item reaches the sink before the next one is made",
+          "[pipeline][adapt][latency]") {
+  // The source makes item i only once item i-1 has reached the sink: it waits on `ack`,
+  // which the sink sends after each item. An item left in a partial batch anywhere on the
+  // way would never reach the sink: every fiber would park (deadlock_error).
+  const unsigned workers = GENERATE(1u, 2u);
+  const int shape = GENERATE(0, 1, 2, 3, 4);
+  INFO("workers " << workers << ", shape " << shape);
+  constexpr int n = 50;
+  auto got = test::run_with(workers, [&] {
+    rill::chan<char> ack(1);
+    int next = 0;
+    auto src = rill::generate([&]() -> std::optional<int> {
+      if (next > 0) (void)ack.recv();
+      if (next == n) return std::nullopt;
+      return next++;
+    });
+    auto inc = [](int v) { return v + 1; };
+    std::vector<int> seen;
+    auto sink = [&](int v) {
+      seen.push_back(v);
+      ack.send('a');
+    };
+    switch (shape) {
+      case 0:  // three unfused stages
+        (src | rill::map(inc, {.fuse = false}) | rill::map(inc, {.fuse = false}) |
+         rill::map(inc, {.fuse = false}) | rill::for_each(sink))
+            .run();
+        break;
+      case 1:  // a par_map
+        (src | rill::par_map(inc, {.workers = 3}) | rill::map(inc, {.fuse = false}) |
+         rill::for_each(sink))
+            .run();
+        break;
+      case 2:  // an unordered par_map
+        (src | rill::par_map(inc, {.workers = 3, .ordered = false}) | rill::for_each(sink)).run();
+        break;
+      case 3: {  // a broadcast whose other branch takes everything
+        auto r = (src | rill::map(inc, {.fuse = false}) |
+                  rill::broadcast(rill::count(), rill::map(inc) | rill::for_each(sink)))
+                     .run();
+        (void)r;
+        break;
+      }
+      default:  // pinned batches are still sent when the fiber parks
+        (src | rill::map(inc, {.fuse = false, .batch_size = 64}) |
+         rill::map(inc, {.fuse = false, .batch_size = 64}) | rill::for_each(sink))
+            .run();
+        break;
+    }
+    return seen;
+  });
+  REQUIRE(got.size() == static_cast<std::size_t>(n));
+  const int add = shape == 0 ? 3 : shape == 2 ? 1 : 2;
+  for (int i = 0; i < n; ++i) CHECK(got[static_cast<std::size_t>(i)] == i + add);
+}
+
+namespace {
+
+// slow(us): a stage function that parks for `us` microseconds per item (work that a fiber
+// of its own overlaps with the other stages' on any worker count).
+auto slow_add(int us, int add) {
+  return [us, add](long v) {
+    rill::this_fiber::sleep_for(std::chrono::microseconds(us));
+    return v + add;
+  };
+}
+
+}  // namespace
+
+TEST_CASE("adapt: slow fused stages split into fibers mid-run, results unchanged",
+          "[pipeline][adapt][fusion]") {
+  const unsigned workers = GENERATE(1u, 2u);
+  INFO("workers " << workers);
+  constexpr long n = 60;
+  auto [out, stats] = test::run_with(workers, [&] {
+    auto p = rill::from(upto(n)) | rill::map(slow_add(300, 1)) |
+             rill::map(slow_add(300, 10)) | rill::collect();
+    auto v = p.run();
+    return std::make_pair(v, p.stats());
+  });
+  REQUIRE(out.size() == static_cast<std::size_t>(n));
+  for (long i = 0; i < n; ++i) CHECK(out[static_cast<std::size_t>(i)] == i + 11);
+  // Both maps are slow: they end up in fibers of their own.
+  INFO("fibers: " << [&] {
+    std::string s;
+    for (auto& f : stats.fibers) s += "[" + f + "] ";
+    return s;
+  }());
+  CHECK(stats.fibers.size() >= 2);
+  REQUIRE(stats.stages.size() == 4);
+  CHECK(stats.stages[0].name == "from");
+  CHECK(stats.stages[1].name == "map#1");
+  CHECK(stats.stages[2].name == "map#2");
+  CHECK(stats.stages[3].name == "collect");
+  CHECK_FALSE(stats.stages[2].fused);
+  CHECK(stats.stages[2].decision.find("split") != std::string::npos);
+}
+
+TEST_CASE("adapt: cheap stages stay fused", "[pipeline][adapt][fusion]") {
+  const unsigned workers = GENERATE(1u, 2u);
+  auto [sum, stats] = test::run_with(workers, [&] {
+    auto p = rill::from(upto(200'000L)) |
+             rill::map([](long v) { return v * 2 + 1; }) |
+             rill::filter([](long v) { return v % 3 != 0; }) | rill::reduce(0L, std::plus<>{});
+    auto s = p.run();
+    return std::make_pair(s, p.stats());
+  });
+  long expect = 0;
+  for (long v = 0; v < 200'000; ++v) {
+    if ((v * 2 + 1) % 3 != 0) expect += v * 2 + 1;
+  }
+  CHECK(sum == expect);
+  REQUIRE(stats.fibers.size() == 1);
+  CHECK(stats.fibers[0] == "from|map#1|filter#2|reduce");
+  for (const auto& s : stats.stages) CHECK((s.fused || s.name == "from"));
+}
+
+TEST_CASE("adapt: the explicit options pin the layout", "[pipeline][adapt][options]") {
+  const unsigned workers = GENERATE(1u, 2u);
+  SECTION(".fuse = true keeps slow stages in one fiber") {
+    auto stats = test::run_with(workers, [&] {
+      auto p = rill::from(upto(30L)) |
+               rill::map(slow_add(300, 1), {.fuse = true}) |
+               rill::map(slow_add(300, 1), {.fuse = true}) | rill::count();
+      CHECK(p.run() == 30u);
+      return p.stats();
+    });
+    // The terminal may still split off (nothing pins it), the maps may not.
+    REQUIRE(!stats.fibers.empty());
+    CHECK(stats.fibers[0].find("from|map#1|map#2") == 0);
+  }
+  SECTION(".fuse = false and .batch_size pin a link and its batches") {
+    auto stats = test::run_with(workers, [&] {
+      auto p = rill::from(upto(10'000L)) |
+               rill::map([](long v) { return v + 1; }, {.fuse = false, .batch_size = 7}) |
+               rill::map([](long v) { return v + 1; }, {.fuse = false}) | rill::count();
+      CHECK(p.run() == 10'000u);
+      return p.stats();
+    });
+    CHECK(stats.fibers.size() == 3);
+    REQUIRE(stats.stages.size() == 4);
+    CHECK(stats.stages[1].batch_size == 7);
+    CHECK_FALSE(stats.stages[1].fused);
+    CHECK_FALSE(stats.stages[2].fused);
+  }
+}
+
+TEST_CASE("adapt: layout changes mid-run lose, duplicate and reorder nothing (property)",
+          "[pipeline][adapt][property]") {
+  // Random chains of map / filter / flat_map / batch+unbatch / take with random slow items
+  // (fiber sleeps, so splits happen), against the plain loop's result.
+  const unsigned workers = GENERATE(1u, 2u);
+  const int cases = test::scaled(12, 3);
+  std::mt19937 rng(12345u + workers);
+  for (int c = 0; c < cases; ++c) {
+    const int n = 20 + static_cast<int>(rng() % 60);
+    const int slow_every = 1 + static_cast<int>(rng() % 3);  // which items are slow
+    const int us = 100 + static_cast<int>(rng() % 300);
+    const std::size_t take_n = static_cast<std::size_t>(rng() % (2 * n));
+    const int k = 1 + static_cast<int>(rng() % 4);
+    INFO("case " << c << ": n " << n << ", slow every " << slow_every << ", us " << us
+                 << ", take " << take_n << ", batch " << k);
+    auto cost = [=](long v) {
+      if (v % slow_every == 0) rill::this_fiber::sleep_for(std::chrono::microseconds(us));
+    };
+    // Reference.
+    std::vector<long> expect;
+    for (long v = 0; v < n; ++v) {
+      const long a = v * 3 + 1;
+      if (a % 5 == 0) continue;
+      for (long b : {a, -a}) {
+        if (expect.size() < take_n) expect.push_back(b + 7);
+      }
+    }
+    auto got = test::run_with(workers, [&] {
+      return (rill::from(upto(static_cast<long>(n))) |
+              rill::map([=](long v) {
+                cost(v);
+                return v * 3 + 1;
+              }) |
+              rill::filter([=](long v) {
+                cost(v);
+                return v % 5 != 0;
+              }) |
+              rill::flat_map([](long v) { return std::vector<long>{v, -v}; }) |
+              rill::batch(static_cast<std::size_t>(k)) | rill::unbatch() |
+              rill::take(take_n) | rill::map([=](long v) {
+                cost(v);
+                return v + 7;
+              }) |
+              rill::collect())
+          .run();
+    });
+    CHECK(got == expect);
+  }
+}
