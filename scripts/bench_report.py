@@ -12,7 +12,12 @@ and writes, next to each other:
 Names are <workload>/<impl>/<config>.  The config's canonical tokens, cap<C>, workers<W> and
 ordered|unordered, say which rows are comparable; a row without one of them (the sequential
 loop, tbb_pipeline's tokens<T>, the unbounded tbb_flow graphs) is comparable whatever that
-token's value.  Rows of impl `rill` or `rill_*` are rill's.
+token's value.  Rows of impl `rill` or `rill_*` are rill's.  cost_sweep's configs also name
+a cell (linear3_cost10us, parmap_sleep1ms, few8_cost1ms, heavytail, trickle_linear3, ...),
+which is part of the match; its section of the report has, per cell and worker count, rill
+with no hints, rill's best hand layout (`rill_tuned`), the ideal (computed here from the
+cell and the sequential loop of the same run: see cost_sweep_ideal), each peer's best, and
+for the trickle cells p50/p99 latency.
 
 Standard library only.  Usage (scripts/bench passes all of these):
   bench_report.py --raw DIR --runs RUNS.tsv --out PREFIX [--reps N] [--quick 0|1] ...
@@ -31,13 +36,15 @@ import subprocess
 import sys
 import time
 
-WORKLOAD_ORDER = ["linear_trivial", "linear_heavy", "fan_out_fan_in", "backpressure", "micro"]
+WORKLOAD_ORDER = ["linear_trivial", "linear_heavy", "fan_out_fan_in", "backpressure", "cost_sweep",
+                  "micro"]
 IMPL_ORDER = ["rill", "go", "boost_fiber", "tbb_flow", "tbb_pipeline", "std_threads", "sequential"]
 IMPL_COLOR = {
     "rill": 0xD62728, "go": 0x17BECF, "boost_fiber": 0x2CA02C, "tbb_flow": 0x1F77B4,
     "tbb_pipeline": 0x393B79, "std_threads": 0x7F7F7F, "sequential": 0x000000,
 }
-EXTRA_COUNTERS = ["peak_in_flight", "peak_rss_delta_kib", "bytes_per_goroutine"]
+EXTRA_COUNTERS = ["peak_in_flight", "peak_rss_delta_kib", "bytes_per_goroutine", "p50_us", "p99_us",
+                  "max_us"]
 BUSY_LIMIT = 0.10  # others' share of all cores above which the machine "did not deliver"
 TIME_UNIT_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 
@@ -57,15 +64,27 @@ def split_name(name, kind):
     return "/".join(parts), parts[0], parts[1], "/".join(parts[2:])
 
 
+# cost_sweep's cell words: a shape (linear3, parmap, few8, heavytail, trickle) and a cost
+# (cost1ns ... cost1ms, sleep1ms); the cell is those words of a config, in order, '_'-joined.
+CELL_SHAPE_RE = re.compile(r"linear\d+|parmap|few\d+|heavytail|trickle")
+CELL_COST_RE = re.compile(r"(cost|sleep)\d+(ns|us|ms)")
+
+
 def config_key(config):
-    """The canonical tokens of a config: {'cap': '64', 'workers': '2', 'order': 'ordered'}."""
+    """The canonical tokens of a config: {'cap': '64', 'workers': '2', 'order': 'ordered'},
+    and cost_sweep's cell: {'cell': 'linear3_cost10us', 'workers': '2'}."""
     key = {}
+    cell = []
     for token in re.split(r"[_/]", config):
         m = re.fullmatch(r"(cap|workers)(\d+)", token)
         if m:
             key[m.group(1)] = m.group(2)
         elif token in ("ordered", "unordered"):
             key["order"] = token
+        elif CELL_SHAPE_RE.fullmatch(token) or CELL_COST_RE.fullmatch(token):
+            cell.append(token)
+    if cell:
+        key["cell"] = "_".join(cell)
     return key
 
 
@@ -74,14 +93,121 @@ def compatible(a, b):
 
 
 def key_label(key):
-    parts = [f"cap{key['cap']}" if "cap" in key else None,
+    # A cost_sweep cell groups by cell and workers (a peer's channel capacity is its variant).
+    parts = [key.get("cell"), f"cap{key['cap']}" if "cap" in key and "cell" not in key else None,
              f"workers{key['workers']}" if "workers" in key else None, key.get("order")]
     parts = [p for p in parts if p]
     return " ".join(parts) if parts else "(any)"
 
 
 def key_sort(key):
-    return (int(key.get("cap", -1)), int(key.get("workers", -1)), key.get("order", ""))
+    if "cell" in key:
+        return (cell_rank(key["cell"]), int(key.get("workers", -1)), -1, "")
+    return ((), int(key.get("cap", -1)), int(key.get("workers", -1)), key.get("order", ""))
+
+
+# ---- cost_sweep: cells, the ideal, time formatting -------------------------------------------
+
+CS_SHAPES = ["linear", "parmap", "few", "heavytail", "trickle"]
+CS_COSTS = ["cost1ns", "cost100ns", "cost10us", "cost1ms", "sleep1ms"]
+CS_PEERS = ["go", "tbb_flow", "tbb_pipeline", "boost_fiber"]
+UNIT_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6}
+
+
+def parse_cell(cell):
+    """{'shape': 'linear'|'parmap'|'few'|'heavytail'|'trickle', 'stages': 3, 'n': 8,
+    'cost': 'cost10us', 'cost_ns': 1e4, 'sleep': bool, 'sub': 'linear'|'parmap'} of a cell."""
+    out = {"shape": None, "stages": 1, "n": None, "cost": None, "cost_ns": None, "sleep": False}
+    for word in (cell or "").split("_"):
+        m = re.fullmatch(r"linear(\d+)", word)
+        if m:
+            if out["shape"] == "trickle":
+                out["sub"], out["stages"] = "linear", int(m.group(1))
+            else:
+                out["shape"], out["stages"] = "linear", int(m.group(1))
+            continue
+        m = re.fullmatch(r"few(\d+)", word)
+        if m:
+            out["shape"], out["n"] = "few", int(m.group(1))
+            continue
+        if word == "parmap" and out["shape"] == "trickle":
+            out["sub"] = "parmap"
+            continue
+        if word in ("parmap", "heavytail", "trickle"):
+            out["shape"] = word
+            continue
+        m = re.fullmatch(r"(cost|sleep)(\d+)(ns|us|ms)", word)
+        if m:
+            out["cost"] = word
+            out["cost_ns"] = int(m.group(2)) * UNIT_NS[m.group(3)]
+            out["sleep"] = m.group(1) == "sleep"
+    return out
+
+
+def cell_rank(cell):
+    if not cell:
+        return ()
+    c = parse_cell(cell)
+    shape = CS_SHAPES.index(c["shape"]) if c["shape"] in CS_SHAPES else len(CS_SHAPES)
+    cost = CS_COSTS.index(c["cost"]) if c["cost"] in CS_COSTS else -1
+    return (shape, c.get("sub") or "", c["n"] or 0, cost, cell)
+
+
+def cost_sweep_ideal(cell, workers, seq_ns, hw):
+    """(ideal ns/item, how) for a cell at `workers`, from the sequential loop's ns/item of the
+    same cell in the same run (seq_ns: all of an item's work on one thread) and the cores.
+
+    CPU cells: the total work over the usable cores (min(W, cores)), or the slowest stage,
+    whichever is larger: linear3 max(seq / cores, seq / 3); parmap and heavytail seq / cores;
+    fewN ceil(N / cores) * seq / N (N items of equal cost, in rounds of `cores`).
+    Sleep cells (the 1 ms is a sleep, which holds no core): the sleeps alone, nominal:
+    linear3 1 ms per item (its slowest stage); parmap 1 ms / W; fewN ceil(N / W) * 1 ms / N.
+    trickle: the source's period, 1 ms per item.  None when a CPU cell has no sequential row."""
+    c = parse_cell(cell)
+    w = max(1, int(workers or 1))
+    cores = max(1, min(w, hw or 1))
+    if c["shape"] == "trickle":
+        return 1e6, "period"
+    if c["sleep"]:
+        step = c["cost_ns"]
+        if c["shape"] == "linear":
+            return step, "1 stage's sleep"
+        if c["shape"] == "parmap":
+            return step / w, "sleep / W"
+        if c["shape"] == "few":
+            n = c["n"]
+            return -(-n // w) * step / n, "ceil(N/W) sleeps / N"
+        return None, ""
+    if seq_ns is None:
+        return None, "no sequential row"
+    if c["shape"] == "linear":
+        return max(seq_ns / cores, seq_ns / c["stages"]), "max(work/cores, stage)"
+    if c["shape"] in ("parmap", "heavytail"):
+        return seq_ns / cores, "work/cores"
+    if c["shape"] == "few":
+        n = c["n"]
+        return -(-n // cores) * seq_ns / n, "ceil(N/cores) items / N"
+    return None, ""
+
+
+def fmt_time(ns):
+    """A time per item in its unit: 812 ns, 10.3 µs, 1.05 ms."""
+    if ns is None:
+        return "—"
+    for unit, scale in (("ms", 1e6), ("µs", 1e3)):
+        if ns >= scale:
+            v = ns / scale
+            return f"{v:.3g} {unit}" if v < 1000 else f"{v:,.0f} {unit}"
+    return f"{ns:.3g} ns"
+
+
+def variant_of(config, key):
+    """What a config says besides its cell and canonical workers: the layout or variant."""
+    words = [w for w in config.split("_")
+             if not re.fullmatch(r"workers\d+", w) and not CELL_SHAPE_RE.fullmatch(w)
+             and not CELL_COST_RE.fullmatch(w)]
+    return "_".join(words) or "—"
+
 
 
 def impl_rank(impl):
@@ -135,6 +261,38 @@ def read_runs(path, ncores):
     return runs
 
 
+def salvage_json(path):
+    """The complete rows of a Google Benchmark JSON file cut short (a process that crashed
+    mid-run): {'context': ..., 'benchmarks': [...]}, or None."""
+    try:
+        with open(path, errors="replace") as fh:
+            text = fh.read()
+    except OSError:
+        return None
+    dec = json.JSONDecoder()
+    ctx = {}
+    m = re.search(r'"context"\s*:\s*', text)
+    if m:
+        try:
+            ctx, _ = dec.raw_decode(text, m.end())
+        except json.JSONDecodeError:
+            ctx = {}
+    m = re.search(r'"benchmarks"\s*:\s*\[', text)
+    if not m:
+        return None
+    rows, i = [], m.end()
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        try:
+            obj, i = dec.raw_decode(text, i)
+        except json.JSONDecodeError:
+            break
+        if isinstance(obj, dict):
+            rows.append(obj)
+    return {"context": ctx, "benchmarks": rows} if rows else None
+
+
 def load_rows(raw_dir, runs):
     by_file = {r["file"]: r for r in runs}
     rows, contexts, problems = [], {}, []
@@ -147,9 +305,13 @@ def load_rows(raw_dir, runs):
             with open(path) as fh:
                 data = json.load(fh)
         except (OSError, json.JSONDecodeError) as e:
+            data = salvage_json(path)
             problems.append(f"{fname}: no valid JSON ({e.__class__.__name__}); "
-                            f"exit code {run.get('exit_code', '?')}")
-            continue
+                            f"exit code {run.get('exit_code', '?')}"
+                            + (f"; kept the {len(data['benchmarks'])} rows it completed"
+                               if data else ""))
+            if not data:
+                continue
         if run.get("exit_code"):
             problems.append(f"{fname}: exit code {run['exit_code']}")
         ctx = data.get("context", {})
@@ -261,6 +423,113 @@ def load_summary(runs, ncores):
     }
 
 
+def cost_sweep_cells(rows, hw):
+    """Per (cell, workers) of cost_sweep, trickle cells included: rill's no-hints row, its best
+    rill_tuned row, each peer's best row, the sequential row, and the ideal."""
+    groups = {}
+    for s in rows:
+        k = s["key"]
+        if "cell" in k and "workers" in k and s["impl"] != "sequential":
+            groups.setdefault((k["cell"], k["workers"]), []).append(s)
+    seq = {s["key"].get("cell"): s for s in rows
+           if s["impl"] == "sequential" and s["median"] and s["figure"] == "ns_per_item"}
+    out = []
+    for cell, w in sorted(groups, key=lambda g: (cell_rank(g[0]), int(g[1]))):
+        ok = [s for s in groups[(cell, w)] if s["median"] and s["figure"] == "ns_per_item"]
+
+        def best(impl):
+            cands = [s for s in ok if s["impl"] == impl]
+            return min(cands, key=lambda s: s["median"]) if cands else None
+
+        sq = seq.get(cell)
+        ideal, how = cost_sweep_ideal(cell, w, sq["median"] if sq else None, hw)
+        out.append({"cell": cell, "workers": w, "parsed": parse_cell(cell), "rill": best("rill"),
+                    "tuned": best("rill_tuned"), "peers": {p: best(p) for p in CS_PEERS},
+                    "seq": sq, "ideal": ideal, "how": how, "rows": groups[(cell, w)]})
+    return out
+
+
+def ratio(a, b):
+    return a / b if a and b else None
+
+
+def fmt_ratio(r, limit=None):
+    if r is None:
+        return "—"
+    mark = "" if limit is None else (" ✓" if r <= limit else " ✗")
+    return f"{r:.2f}{mark}"
+
+
+IDEAL_TARGET = 1.15  # rill (no hints) / ideal, in cells of 10 µs and up
+TUNED_TARGET = 1.10  # rill (no hints) / rill's best hand layout, in every cell
+P99_TARGET_US = 1000.0  # trickle p99 latency
+
+
+def cost_sweep_markdown(rows, hw):
+    cells = cost_sweep_cells(rows, hw)
+    L = ["", "### cost_sweep: per cell", "",
+         "Time per item (median).  *ideal*: the cell's work over the usable cores (min(W, "
+         f"{hw} cores)), or its slowest stage, whichever is larger, from the sequential loop of "
+         "this run (CPU cells); the sleeps alone, nominal 1 ms, for sleep cells (a sleep holds "
+         "no core).  *rill*: no hints; *rill tuned*: the best of the cell's hand layouts "
+         "(`rill_tuned` rows).  Each peer: its best variant.  Targets: rill/ideal <= "
+         f"{IDEAL_TARGET} in cells of 10 µs and up, rill/tuned <= {TUNED_TARGET} in every cell "
+         "(✓/✗).", "",
+         "| cell | W | ideal | rill | rill tuned (layout) | go | tbb_flow | tbb_pipeline | "
+         "boost_fiber | sequential | rill/ideal | rill/tuned | rill/best peer |",
+         "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for c in cells:
+        p = c["parsed"]
+        if p["shape"] == "trickle":
+            continue
+        rill, tuned = c["rill"], c["tuned"]
+        rv = rill["median"] if rill else None
+        peers = [b for b in c["peers"].values() if b]
+        best_peer = min(peers, key=lambda s: s["median"]) if peers else None
+        big = (p["cost_ns"] or 0) >= 1e4 or p["shape"] in ("heavytail",)
+        tuned_text = (f"{fmt_time(tuned['median'])} ({variant_of(tuned['config'], tuned['key'])})"
+                      if tuned else "—")
+        line = (f"| {c['cell']} | {c['workers']} | {fmt_time(c['ideal'])} | "
+                f"**{fmt_time(rv)}** | {tuned_text} |")
+        for peer in CS_PEERS:
+            b = c["peers"][peer]
+            line += f" {fmt_time(b['median']) if b else '—'} |"
+        line += (f" {fmt_time(c['seq']['median']) if c['seq'] else '—'} |"
+                 f" {fmt_ratio(ratio(rv, c['ideal']), IDEAL_TARGET if big else None)} |"
+                 f" {fmt_ratio(ratio(rv, tuned['median'] if tuned else None), TUNED_TARGET)} |"
+                 f" {fmt_ratio(ratio(rv, best_peer['median'] if best_peer else None))}"
+                 f"{' (' + best_peer['impl'] + ')' if best_peer and rv else ''} |")
+        L.append(line)
+    trickle = [c for c in cells if c["parsed"]["shape"] == "trickle"]
+    if trickle:
+        L += ["", "### cost_sweep: trickle latency", "",
+              "A source that sleeps 1 ms, then emits an item stamped with the time; latency = "
+              "when the sink gets it - that stamp, over every item (µs, median of the "
+              f"repetitions' percentiles).  Target: p99 <= {P99_TARGET_US:.0f} µs for rill, "
+              "through 3 unfused stages (`rill_tuned` `split`: `.fuse = false`, nothing else) "
+              "and through a par_map (`rill`, no hints).", "",
+              "| cell | W | implementation | layout / variant | p50 µs | p99 µs | max µs | "
+              "time/item | reps |",
+              "|---|---:|---|---|---:|---:|---:|---:|---:|"]
+        seq_rows = {s["key"].get("cell"): s for s in rows if s["impl"] == "sequential"}
+        for c in trickle:
+            rs = sorted(c["rows"], key=lambda s: (impl_rank(s["impl"]), s["config"]))
+            if c["cell"] in seq_rows:
+                rs.append(seq_rows[c["cell"]])
+            for s in rs:
+                p99 = s.get("p99_us")
+                mark = ""
+                if is_rill(s["impl"]) and p99 is not None:
+                    mark = " ✓" if p99 <= P99_TARGET_US else " ✗"
+                impl = f"**{s['impl']}**" if is_rill(s["impl"]) else s["impl"]
+                L.append(f"| {c['cell']} | {c['workers']} | {impl} | "
+                         f"{variant_of(s['config'], s['key'])} | {fmt_num(s.get('p50_us'))} | "
+                         f"{fmt_num(p99)}{mark} | {fmt_num(s.get('max_us'))} | "
+                         f"{fmt_time(s['median'])} | {s['reps']}"
+                         f"{' (' + str(s['errors']) + ' failed)' if s['errors'] else ''} |")
+    return L
+
+
 def write_markdown(path, meta, summary, problems):
     L = []
     m, ld = meta["machine"], meta["load"]
@@ -294,14 +563,16 @@ def write_markdown(path, meta, summary, problems):
     for workload in ordered_workloads(summary):
         rows = [s for s in summary if s["workload"] == workload]
         rows.sort(key=lambda s: (key_sort(s["key"]), impl_rank(s["impl"]), s["median"] or 0))
-        extras = [c for c in ("peak_in_flight", "peak_rss_delta_kib") if any(c in s for s in rows)]
+        extras = [c for c in ("peak_in_flight", "peak_rss_delta_kib", "p50_us", "p99_us")
+                  if any(c in s for s in rows)]
         L.append("")
         L.append(f"## {workload}")
         L.append("")
         head = "| group | implementation | config | median | unit | spread | reps |"
         sep = "|---|---|---|---:|---|---:|---:|"
         for c in extras:
-            head += " peak in flight |" if c == "peak_in_flight" else " peak RSS Δ (MiB) |"
+            head += {"peak_in_flight": " peak in flight |", "peak_rss_delta_kib": " peak RSS Δ (MiB) |",
+                     "p50_us": " p50 µs |", "p99_us": " p99 µs |"}[c]
             sep += "---:|"
         head += " others |"
         sep += "---:|"
@@ -324,6 +595,9 @@ def write_markdown(path, meta, summary, problems):
         rill_rows = [s for s in rows if is_rill(s["impl"]) and s["median"] and
                      s["figure"] == "ns_per_item"]
         if workload == "micro":
+            continue
+        if workload == "cost_sweep":
+            L += cost_sweep_markdown(rows, meta.get("hw") or m["cores"] or 1)
             continue
         L.append("")
         if not rill_rows:
@@ -354,15 +628,110 @@ def write_markdown(path, meta, summary, problems):
         fh.write("\n".join(L) + "\n")
 
 
+def gp_quote(text):
+    return text.replace("\\", "").replace('"', "").replace("'", "")
+
+
+def bar_panel(g, workload, bars):
+    """A panel of one bar per implementation (its best config), log scale."""
+    vals = [b["median"] for b in bars]
+    lo, hi = min(vals) / 4, max(vals) * 4
+    g += ["set style data boxes", "set boxwidth 0.7", "set logscale y",
+          "set ylabel 'ns/item (log)'", "unset key",
+          f"set title '{workload}'", f"set yrange [{lo:g}:{hi:g}]",
+          f"set xrange [-0.6:{len(bars) - 0.4}]",
+          "plot '-' using 0:2:3:xtic(1) with boxes lc rgb variable, "
+          "'-' using 0:2:($2 >= 100 ? sprintf('%.0f', $2) : sprintf('%.3g', $2)) "
+          "with labels offset 0,0.7 font ',8'"]
+    for _ in range(2):
+        for b in bars:
+            label = f"{b['impl']}\\n{b['config']}".replace('"', "")
+            color = IMPL_COLOR.get("rill" if is_rill(b["impl"]) else b["impl"], 0x8C564B)
+            g.append(f"\"{label}\" {b['median']:.6g} {color}")
+        g.append("e")
+
+
+def cluster_panel(g, title, ylabel, groups, series, log=True, hline=None, ymax=None):
+    """A clustered bar panel: one cluster per group (x), one bar per series; `groups` is a list of
+    (label, {series: value}); missing values leave a gap."""
+    g += ["set style data histogram", "set style histogram cluster gap 1", "set boxwidth 0.9",
+          "set datafile missing '?'", "set key top left horizontal font ',8'",
+          f"set title '{gp_quote(title)}'", f"set ylabel '{gp_quote(ylabel)}'", "set autoscale y",
+          "set xrange [*:*]"]
+    vals = [v for _, d in groups for v in d.values() if v]
+    if log and vals:
+        hi = max(vals) * 2.5 if ymax is None else min(max(vals) * 2.5, ymax)
+        g += ["set logscale y", f"set yrange [{min(vals) / 1.6:g}:{hi:g}]"]
+    else:
+        g.append("unset logscale y")
+    plots = []
+    for k, (name, color) in enumerate(series):
+        xt = ":xtic(1)" if k == 0 else ""
+        plots.append(f"'-' using 2{xt} title '{name}' lc rgb '#{color:06X}'")
+    if hline is not None:
+        plots.append(f"{hline} with lines dt 2 lc rgb '#000000' title 'ideal'")
+    g.append("plot " + ", ".join(plots))
+    for name, _ in series:
+        for label, d in groups:
+            v = d.get(name)
+            g.append(f"\"{gp_quote(label)}\" {v:.6g}" if v else f"\"{gp_quote(label)}\" ?")
+        g.append("e")
+    g += ["unset logscale y", "set style data boxes"]
+
+
+CS_SERIES = [("rill", IMPL_COLOR["rill"]), ("rill tuned", 0xFF9896), ("go", IMPL_COLOR["go"]),
+             ("boost_fiber", IMPL_COLOR["boost_fiber"]), ("tbb_flow", IMPL_COLOR["tbb_flow"]),
+             ("tbb_pipeline", IMPL_COLOR["tbb_pipeline"])]
+
+
+def cost_sweep_panels(summary, hw):
+    """cost_sweep's two chart panels: time / ideal per cell, and trickle p99 per cell."""
+    rows = [s for s in summary if s["workload"] == "cost_sweep"]
+    if not rows:
+        return []
+    cells = cost_sweep_cells(rows, hw)
+    ratios, latency = [], []
+    for c in cells:
+        label = f"{c['cell']} w{c['workers']}"
+        picks = {"rill": c["rill"], "rill tuned": c["tuned"], **c["peers"]}
+        if c["parsed"]["shape"] == "trickle":
+            # Per series the lowest p99 of its rows; rill tuned on trickle_linear3: the split
+            # layout (3 unfused stages, the target's case).
+            p99 = {}
+            for name, impl in (("rill", "rill"), ("rill tuned", "rill_tuned"),
+                               *((p, p) for p in CS_PEERS)):
+                cands = [s for s in c["rows"] if s["impl"] == impl and s.get("p99_us")]
+                split = [s for s in cands if variant_of(s["config"], s["key"]) == "split"]
+                if impl == "rill_tuned" and split:
+                    cands = split
+                if cands:
+                    p99[name] = min(s["p99_us"] for s in cands)
+            latency.append((label, p99))
+        elif c["ideal"]:
+            ratios.append((label, {name: pick["median"] / c["ideal"]
+                                   for name, pick in picks.items() if pick}))
+    panels = []
+    if ratios:
+        panels.append(("cost_sweep: median time / ideal per cell (1 = ideal; log, cut at 50x: "
+                       "the 1 ns cells' ideal is the compiler's vectorized loop); rill tuned and "
+                       "peers: their best layout or variant", "time / ideal", ratios, True, 1, 50))
+    if latency:
+        panels.append(("cost_sweep trickle: p99 latency, µs (rill tuned: 3 unfused stages "
+                       "in trickle_linear3, its best layout in trickle_parmap; peers: their best)",
+                       "p99 µs (log)", latency, True, None, None))
+    return panels
+
+
 def write_chart(path, meta, summary):
-    """One panel per workload, one bar per implementation at its best config; log scale."""
+    """One panel per workload, one bar per implementation at its best config (log scale); then
+    cost_sweep's panels, full width: time / ideal per cell, and trickle p99 latency."""
     gnuplot = shutil.which("gnuplot")
     if not gnuplot:
         print("bench_report: gnuplot not found, no chart", file=sys.stderr)
         return False
     panels = []
     for workload in ordered_workloads(summary):
-        if workload == "micro":
+        if workload in ("micro", "cost_sweep"):
             continue
         best = {}
         for s in summary:
@@ -372,37 +741,35 @@ def write_chart(path, meta, summary):
                 best[s["impl"]] = s
         if best:
             panels.append((workload, sorted(best.values(), key=lambda s: impl_rank(s["impl"]))))
-    if not panels:
+    cs_panels = cost_sweep_panels(summary, meta.get("hw") or meta["machine"]["cores"] or 1)
+    if not panels and not cs_panels:
         return False
     cols = 2 if len(panels) > 1 else 1
     nrows = (len(panels) + cols - 1) // cols
+    panel_h, cs_h = 560, 620
+    width = 760 * 2 if cs_panels else 760 * cols
+    height = panel_h * nrows + cs_h * len(cs_panels)
     m = meta["machine"]
     title = (f"rill side by side, {meta['date']}, {m.get('cpu_model', '?')} x{m['cores']}"
              f"{' (quick)' if meta['quick'] else ''}: median ns/item, best config per implementation")
     if meta["load"].get("delivered") is False:
         title += "  [machine did not deliver its cores]"
-    g = [f"set terminal pngcairo noenhanced size {760 * cols},{560 * nrows} font 'Sans,9'",
+    g = [f"set terminal pngcairo noenhanced size {width},{height} font 'Sans,9'",
          f"set output '{path}'",
-         f"set multiplot layout {nrows},{cols} title \"{title}\"",
-         "set logscale y", "set grid ytics", "set style fill solid 0.85 border -1",
-         "set boxwidth 0.7", "set xtics rotate by -35 left nomirror font ',8'",
-         "set ylabel 'ns/item (log)'", "set format y '%g'", "unset key",
-         "set bmargin 10"]
-    for workload, bars in panels:
-        vals = [b["median"] for b in bars]
-        lo, hi = min(vals) / 4, max(vals) * 4
-        g.append(f"set title '{workload}'")
-        g.append(f"set yrange [{lo:g}:{hi:g}]")
-        g.append(f"set xrange [-0.6:{len(bars) - 0.4}]")
-        g.append("plot '-' using 0:2:3:xtic(1) with boxes lc rgb variable, "
-                 "'-' using 0:2:($2 >= 100 ? sprintf('%.0f', $2) : sprintf('%.3g', $2)) "
-                 "with labels offset 0,0.7 font ',8'")
-        for _ in range(2):
-            for b in bars:
-                label = f"{b['impl']}\\n{b['config']}".replace('"', "")
-                color = IMPL_COLOR.get("rill" if is_rill(b["impl"]) else b["impl"], 0x8C564B)
-                g.append(f"\"{label}\" {b['median']:.6g} {color}")
-            g.append("e")
+         f"set multiplot title \"{gp_quote(title)}\"",
+         "set grid ytics", "set style fill solid 0.85 border -1",
+         "set xtics rotate by -35 left nomirror font ',8'", "set format y '%g'",
+         "set bmargin 10", "set tmargin 3"]
+    top = 1.0 - 30.0 / height  # room for the multiplot title
+    ph, ch = panel_h / height, cs_h / height
+    for k, (workload, bars) in enumerate(panels):
+        r, c = divmod(k, cols)
+        g += [f"set origin {c / cols:g},{top - (r + 1) * ph:g}", f"set size {1 / cols:g},{ph:g}"]
+        bar_panel(g, workload, bars)
+    for k, (ptitle, ylabel, groups, log, hline, ymax) in enumerate(cs_panels):
+        y = top - nrows * ph - (k + 1) * ch
+        g += [f"set origin 0,{max(0.0, y):g}", f"set size 1,{ch:g}"]
+        cluster_panel(g, ptitle, ylabel, groups, CS_SERIES, log=log, hline=hline, ymax=ymax)
     g.append("unset multiplot")
     script = path[:-4] + ".gnuplot"
     with open(script, "w") as fh:
@@ -415,6 +782,14 @@ def write_chart(path, meta, summary):
         print(f"bench_report: gnuplot failed: {res.stderr.strip()}", file=sys.stderr)
         return False
     return True
+
+
+def hardware_threads(contexts, ncores):
+    """The benchmarks' hardware_concurrency (rill_compare's context), else this machine's."""
+    try:
+        return int(contexts.get("compare", {}).get("hardware_concurrency", ncores))
+    except (TypeError, ValueError):
+        return ncores
 
 
 def main():
@@ -445,6 +820,7 @@ def main():
         "rill_built": bool(args.rill_built), "work_iters": args.work_iters,
         "go_work_iters": args.go_work_iters, "compare_bin": args.compare_bin,
         "elapsed_s": args.elapsed,
+        "hw": hardware_threads(contexts, ncores),
     }
     stderr_text = ""
     if args.stderr and os.path.exists(args.stderr):

@@ -31,6 +31,26 @@
 // `<workload>/<impl>/<config>`; the config holds the canonical tokens cap<C>, workers<W> and
 // ordered|unordered that the report matches across implementations (a token an
 // implementation lacks matches any value), plus implementation-specific words.
+//
+// cost_sweep (benchmarks/compare/cost_sweep/; names and cells in common/README.md):
+//
+//   bench::cost                        c1ns (v*2+1), c100ns, c10us, c1ms (calibrated CPU work),
+//                                      sleep1ms (a 1 ms sleep, then v*2+1: I/O)
+//   bench::cost_token(c)               "cost1ns", ..., "sleep1ms": the cell's cost word
+//   bench::spin_iters(ns)              work() iterations of about ns nanoseconds (calibrated)
+//   bench::spin_ns(v, ns)              work(v, spin_iters(ns))
+//   bench::cpu_stage<C>                one stage of cost C (not sleep1ms): a functor v -> v'
+//   bench::sleep_stage<Sleep>{sleep}   sleep(), then trivial_map(v)
+//   bench::with_cost_stage(c, sleep, f)  f(the stage functor of cost c) (sleep: the impl's own)
+//   bench::heavy_tail_iters(i), heavy_tail_map(v)  seeded: 99% ~1 us, 1% ~1 ms
+//   bench::cs_items_linear3(c), cs_items_parmap(c, W), cs_few_rounds(n, c), cs_items_heavytail(),
+//   bench::cs_items_trickle()          the item counts (full / quick)
+//   bench::cs_parmap_workers(c), cs_linear3_workers()   the workers of each cell
+//   bench::cs_expected_*               the sink's expected sum (computed once, outside timing)
+//   bench::now_ns()                    steady clock, ns (the trickle's production stamp)
+//   bench::latency_recorder            latencies of trickle items; p50/p99/max
+//   bench::measure_latency(state, items, expected, run)  run(latency_recorder&) -> sum;
+//                                      counters ns_per_item, p50_us, p99_us, max_us
 #pragma once
 
 #include <benchmark/benchmark.h>
@@ -341,6 +361,303 @@ void measure_backpressure(benchmark::State& state, std::uint64_t items, Run&& ru
   state.counters["peak_in_flight"] = static_cast<double>(peak_flight);
   state.counters["peak_rss_delta_kib"] = static_cast<double>(peak_rss);
   if (!hwm_reset) state.counters["rss_hwm_not_reset"] = 1;
+}
+
+// ---- cost_sweep -------------------------------------------------------------------------------
+// The cells of the cost sweep (benchmarks/compare/cost_sweep/, benchmarks/go/cost_sweep/): an
+// item cost of ~1 ns, 100 ns, 10 us, 1 ms of CPU, or a 1 ms sleep, through 3 linear stages or a
+// par_map over W; few items; heavy-tailed costs; a trickle source with a 1 ms period.
+
+enum class cost { c1ns, c100ns, c10us, c1ms, sleep1ms };
+inline constexpr cost kCosts[] = {cost::c1ns, cost::c100ns, cost::c10us, cost::c1ms,
+                                  cost::sleep1ms};
+
+inline const char* cost_token(cost c) {
+  switch (c) {
+    case cost::c1ns:
+      return "cost1ns";
+    case cost::c100ns:
+      return "cost100ns";
+    case cost::c10us:
+      return "cost10us";
+    case cost::c1ms:
+      return "cost1ms";
+    case cost::sleep1ms:
+      return "sleep1ms";
+  }
+  return "?";
+}
+// cost_ns(c): the nominal cost of one stage on one item (1 ms for sleep1ms, which uses no CPU).
+inline double cost_ns(cost c) {
+  switch (c) {
+    case cost::c1ns:
+      return 1;
+    case cost::c100ns:
+      return 100;
+    case cost::c10us:
+      return 10'000;
+    case cost::c1ms:
+      return 1'000'000;
+    case cost::sleep1ms:
+      return 1'000'000;
+  }
+  return 0;
+}
+
+// spin_iters(ns): the work() iteration count of about ns nanoseconds: calibrated_iters() is
+// ~1 us, so 100 ns is a tenth of it (at least 1 iteration).
+inline std::uint64_t spin_iters(double ns) {
+  return std::max<std::uint64_t>(1, static_cast<std::uint64_t>(std::llround(
+                                        static_cast<double>(calibrated_iters()) * ns / 1000.0)));
+}
+inline std::uint64_t spin_ns(std::uint64_t v, double ns) { return work(v, spin_iters(ns)); }
+
+// cpu_stage<C>: one stage of cost C on one item.  c1ns is trivial_map itself (v*2+1); the
+// others are work() for spin_iters(cost_ns(C)), fixed when the functor is made.
+template <cost C>
+struct cpu_stage {
+  static_assert(C != cost::sleep1ms, "cpu_stage: sleep1ms is sleep_stage");
+  std::uint64_t iters = C == cost::c1ns ? 0 : spin_iters(cost_ns(C));
+  std::uint64_t operator()(std::uint64_t v) const {
+    if constexpr (C == cost::c1ns) {
+      return trivial_map(v);
+    } else {
+      return work(v, iters);
+    }
+  }
+};
+// sleep_stage: the I/O stage: sleep() (each implementation's own 1 ms sleep: a fiber's or a
+// thread's), then trivial_map(v).  Its result is the same as cpu_stage<c1ns>'s.
+template <class Sleep>
+struct sleep_stage {
+  Sleep sleep;
+  std::uint64_t operator()(std::uint64_t v) const {
+    sleep();
+    return trivial_map(v);
+  }
+};
+// with_cost_stage(c, sleep, f): f(the stage functor of cost c); sleep is a callable that
+// sleeps 1 ms the implementation's way (used for cost::sleep1ms only).
+template <class Sleep, class F>
+void with_cost_stage(cost c, Sleep sleep, F&& f) {
+  switch (c) {
+    case cost::c1ns:
+      f(cpu_stage<cost::c1ns>{});
+      return;
+    case cost::c100ns:
+      f(cpu_stage<cost::c100ns>{});
+      return;
+    case cost::c10us:
+      f(cpu_stage<cost::c10us>{});
+      return;
+    case cost::c1ms:
+      f(cpu_stage<cost::c1ms>{});
+      return;
+    case cost::sleep1ms:
+      f(sleep_stage<Sleep>{sleep});
+      return;
+  }
+}
+// reference_stage(c, v): what one stage of cost c computes, without sleeping (for the
+// expected results).
+inline std::uint64_t reference_stage(cost c, std::uint64_t v) {
+  switch (c) {
+    case cost::c1ns:
+    case cost::sleep1ms:
+      return trivial_map(v);
+    default:
+      return work(v, spin_iters(cost_ns(c)));
+  }
+}
+
+// heavy_tail_iters(i): item i's cost in heavytail: seeded (splitmix64 of i ^ kHeavyTailSeed),
+// 1 item in 100 costs 1000x calibrated_iters() (~1 ms), the others calibrated_iters() (~1 us).
+inline constexpr std::uint64_t kHeavyTailSeed = 0x5EEDC057ULL;
+inline std::uint64_t mix64(std::uint64_t x) {
+  x += 0x9E3779B97F4A7C15ULL;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+inline bool heavy_tail_is_slow(std::uint64_t i) { return mix64(i ^ kHeavyTailSeed) % 100 == 0; }
+inline std::uint64_t heavy_tail_iters(std::uint64_t i) {
+  return heavy_tail_is_slow(i) ? 1000 * calibrated_iters() : calibrated_iters();
+}
+inline std::uint64_t heavy_tail_map(std::uint64_t v) { return work(v, heavy_tail_iters(v)); }
+
+// Item counts (full / quick): each cell's run takes ~50-300 ms on 2 cores in a full run.
+inline std::uint64_t cs_items_linear3(cost c) {
+  switch (c) {
+    case cost::c1ns:
+      return quick() ? 100'000 : 1'000'000;
+    case cost::c100ns:
+      return quick() ? 25'000 : 500'000;
+    case cost::c10us:
+      return quick() ? 500 : 5'000;
+    case cost::c1ms:
+    case cost::sleep1ms:
+      return quick() ? 10 : 100;
+  }
+  return 0;
+}
+// par_map over W: sleep1ms runs 100 items per worker, so that every W takes ~100 ms.
+inline std::uint64_t cs_items_parmap(cost c, unsigned workers) {
+  switch (c) {
+    case cost::c1ns:
+      return quick() ? 100'000 : 1'000'000;
+    case cost::c100ns:
+      return quick() ? 50'000 : 1'000'000;
+    case cost::c10us:
+      return quick() ? 1'000 : 10'000;
+    case cost::c1ms:
+      return quick() ? 20 : 200;
+    case cost::sleep1ms:
+      return (quick() ? 10 : 100) * std::uint64_t{workers};
+  }
+  return 0;
+}
+// few: `rounds` fresh pipelines of n items each (8 or 40 items of 1 ms) in one timed run;
+// items = rounds * n: 160 in a full run of cost1ms (on 2 cores: ~80 ms), 640 of sleep1ms
+// (over 8 sleepers: ~80 ms).
+inline constexpr unsigned kFewSizes[] = {8, 40};
+inline unsigned cs_few_rounds(unsigned n, cost c) {
+  if (quick()) return n >= 40 ? 1 : 2;
+  return (n >= 40 ? 4 : 20) * (c == cost::sleep1ms ? 4 : 1);
+}
+inline std::uint64_t cs_items_heavytail() { return quick() ? 1'000 : 10'000; }
+inline std::uint64_t cs_items_trickle() { return quick() ? 30 : 200; }
+inline constexpr auto kTricklePeriod = std::chrono::milliseconds(1);
+inline constexpr auto kSleepCost = std::chrono::milliseconds(1);
+
+// Workers of each cell: linear3 at 1 and hardware_threads(); par_map at worker_counts(), and
+// for sleep1ms 8 as well (sleeping workers hold no core); few at hardware_threads() (CPU) and
+// 8 (sleep); heavytail and trickle at hardware_threads().
+inline std::vector<unsigned> cs_linear3_workers() {
+  const unsigned hw = hardware_threads();
+  return hw == 1 ? std::vector<unsigned>{1} : std::vector<unsigned>{1, hw};
+}
+inline std::vector<unsigned> cs_parmap_workers(cost c) {
+  std::vector<unsigned> w = worker_counts();
+  if (c == cost::sleep1ms && std::find(w.begin(), w.end(), 8u) == w.end()) {
+    w.push_back(8);
+    std::sort(w.begin(), w.end());
+  }
+  return w;
+}
+inline unsigned cs_few_workers(cost c) { return c == cost::sleep1ms ? 8 : hardware_threads(); }
+inline constexpr cost kFewCosts[] = {cost::c1ms, cost::sleep1ms};
+
+// Cell words: "linear3_cost10us", "parmap_sleep1ms", "few8_cost1ms", "heavytail",
+// "trickle_linear3", "trickle_parmap"; config = [variant_]cell_workersW.
+inline std::string cs_config(const std::string& cell, unsigned workers,
+                             const std::string& variant = "") {
+  return (variant.empty() ? "" : variant + "_") + cell + "_" + workers_name(workers);
+}
+// run_workers(W): the threads an implementation that multiplexes (rill, Go, Boost.Fiber) uses
+// for a fan-out of W: W, but no more than the cores (par_map over 8 sleeping workers runs on
+// the machine's cores).  Thread-based peers (TBB) use W threads.
+inline unsigned cs_run_workers(unsigned workers) { return std::min(workers, hardware_threads()); }
+
+// Expected sums (wrapping), computed once per cell and item count.
+inline std::uint64_t cs_expected_linear3(cost c, std::uint64_t n) {
+  const std::string key = std::string("cs_linear3_") + cost_token(c);
+  return detail::cached(key.c_str(), n, [&] {
+    std::uint64_t acc = 0;
+    for (std::uint64_t i = 0; i < n; ++i) {
+      acc = sum(acc, reference_stage(c, reference_stage(c, reference_stage(c, i))));
+    }
+    return acc;
+  });
+}
+inline std::uint64_t cs_expected_parmap(cost c, std::uint64_t n) {
+  const std::string key = std::string("cs_parmap_") + cost_token(c);
+  return detail::cached(key.c_str(), n, [&] {
+    std::uint64_t acc = 0;
+    for (std::uint64_t i = 0; i < n; ++i) acc = sum(acc, reference_stage(c, i));
+    return acc;
+  });
+}
+// few: the sum over `rounds` rounds of n items each.
+inline std::uint64_t cs_expected_few(cost c, unsigned n, unsigned rounds) {
+  return cs_expected_parmap(c, n) * rounds;
+}
+inline std::uint64_t cs_expected_heavytail(std::uint64_t n) {
+  return detail::cached("cs_heavytail", n, [&] {
+    std::uint64_t acc = 0;
+    for (std::uint64_t i = 0; i < n; ++i) acc = sum(acc, heavy_tail_map(i));
+    return acc;
+  });
+}
+// trickle: the linear form maps trivial_map three times, the par_map form once.
+inline std::uint64_t cs_expected_trickle(bool linear, std::uint64_t n) {
+  std::uint64_t acc = 0;
+  for (std::uint64_t i = 0; i < n; ++i) {
+    acc = sum(acc, linear ? trivial_map(trivial_map(trivial_map(i))) : trivial_map(i));
+  }
+  return acc;
+}
+
+inline std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// trickle_item: a trickle item and the steady-clock time it was produced at.
+struct trickle_item {
+  std::uint64_t v = 0;
+  std::int64_t born_ns = 0;
+};
+
+// latency_recorder: the latencies (sink time - production time) of one run's items, recorded
+// by one sink at a time.
+class latency_recorder {
+ public:
+  explicit latency_recorder(std::size_t n = 0) { ns_.reserve(n); }
+  void record(const trickle_item& item) { ns_.push_back(now_ns() - item.born_ns); }
+  void record_ns(std::int64_t ns) { ns_.push_back(ns); }
+  [[nodiscard]] const std::vector<std::int64_t>& samples() const { return ns_; }
+
+ private:
+  std::vector<std::int64_t> ns_;
+};
+
+// percentile_ns(sorted, q): the q-quantile (nearest rank) of sorted samples; 0 if none.
+inline double percentile_ns(const std::vector<std::int64_t>& sorted, double q) {
+  if (sorted.empty()) return 0;
+  const auto rank = static_cast<std::size_t>(std::ceil(q * static_cast<double>(sorted.size())));
+  return static_cast<double>(sorted[std::min(sorted.size() - 1, rank == 0 ? 0 : rank - 1)]);
+}
+
+// measure_latency() is measure() for the trickle cells: run(recorder) returns the sink's sum
+// and records each item's latency; it adds the counters p50_us, p99_us and max_us over every
+// item of every iteration.
+template <class Run>
+void measure_latency(benchmark::State& state, std::uint64_t items, std::uint64_t expected,
+                     Run&& run) {
+  double total_ns = 0;
+  std::uint64_t done = 0;
+  std::vector<std::int64_t> all;
+  for (auto _ : state) {
+    latency_recorder rec(items);
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::uint64_t got = run(rec);
+    const auto t1 = std::chrono::steady_clock::now();
+    total_ns += std::chrono::duration<double, std::nano>(t1 - t0).count();
+    if (got != expected || rec.samples().size() != items) {
+      state.SkipWithError("wrong result: the pipeline lost, duplicated or reordered items");
+      break;
+    }
+    all.insert(all.end(), rec.samples().begin(), rec.samples().end());
+    done += items;
+  }
+  state.SetItemsProcessed(static_cast<std::int64_t>(done));
+  if (done == 0) return;
+  state.counters["ns_per_item"] = total_ns / static_cast<double>(done);
+  std::sort(all.begin(), all.end());
+  state.counters["p50_us"] = percentile_ns(all, 0.50) / 1000.0;
+  state.counters["p99_us"] = percentile_ns(all, 0.99) / 1000.0;
+  state.counters["max_us"] = static_cast<double>(all.back()) / 1000.0;
 }
 
 }  // namespace bench

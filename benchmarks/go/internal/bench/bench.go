@@ -12,6 +12,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -376,3 +377,267 @@ func Emit(program string, rows []Row) {
 // WorkersName and CapName spell the canonical config tokens.
 func WorkersName(w int) string { return "workers" + strconv.Itoa(w) }
 func CapName(c int) string     { return "cap" + strconv.Itoa(c) }
+
+// ---- cost_sweep -------------------------------------------------------------------------------
+// The cells of benchmarks/compare/cost_sweep/ (work.hpp's cost_sweep section, same constants):
+// an item cost of ~1 ns (v*2+1), 100 ns, 10 µs, 1 ms of CPU, or a 1 ms sleep, through 3
+// linear stages or a fan-out over W; few items; heavy-tailed costs; a trickle source.
+
+// Cost is a cell's cost per stage and item.
+type Cost int
+
+const (
+	Cost1ns Cost = iota
+	Cost100ns
+	Cost10us
+	Cost1ms
+	Sleep1ms
+)
+
+// Costs are the sweep's costs, in order; FewCosts those of the few-items cells.
+var (
+	Costs    = []Cost{Cost1ns, Cost100ns, Cost10us, Cost1ms, Sleep1ms}
+	FewCosts = []Cost{Cost1ms, Sleep1ms}
+	FewSizes = []int{8, 40}
+)
+
+// SleepCost is sleep1ms's sleep and TricklePeriod the trickle source's.
+const (
+	SleepCost     = time.Millisecond
+	TricklePeriod = time.Millisecond
+)
+
+// Token is the cell's cost word: cost1ns, cost100ns, cost10us, cost1ms, sleep1ms.
+func (c Cost) Token() string {
+	return [...]string{"cost1ns", "cost100ns", "cost10us", "cost1ms", "sleep1ms"}[c]
+}
+
+// Ns is the nominal cost of one stage on one item (1 ms for Sleep1ms, which uses no CPU).
+func (c Cost) Ns() float64 { return [...]float64{1, 100, 10_000, 1_000_000, 1_000_000}[c] }
+
+// Cheap says whether c is 1 ns or 100 ns.
+func (c Cost) Cheap() bool { return c == Cost1ns || c == Cost100ns }
+
+// SpinIters is the Work iteration count of about ns nanoseconds (at least 1).
+func SpinIters(ns float64) uint64 {
+	return uint64(math.Max(1, math.Round(float64(CalibratedIters())*ns/1000)))
+}
+
+// Stage returns one stage of cost c: TrivialMap for Cost1ns, Work for SpinIters(c.Ns()), and
+// for Sleep1ms time.Sleep(1 ms) then TrivialMap.
+func (c Cost) Stage() func(uint64) uint64 {
+	switch c {
+	case Cost1ns:
+		return TrivialMap
+	case Sleep1ms:
+		return func(v uint64) uint64 {
+			time.Sleep(SleepCost)
+			return TrivialMap(v)
+		}
+	}
+	iters := SpinIters(c.Ns())
+	return func(v uint64) uint64 { return Work(v, iters) }
+}
+
+// Reference is what one stage of cost c computes, without sleeping.
+func (c Cost) Reference(v uint64) uint64 {
+	if c == Cost1ns || c == Sleep1ms {
+		return TrivialMap(v)
+	}
+	return Work(v, SpinIters(c.Ns()))
+}
+
+// HeavyTailSeed, Mix64, HeavyTailIters, HeavyTailMap: work.hpp's heavy tail (1 item in 100
+// costs ~1 ms, the others ~1 µs; which ones is seeded).
+const HeavyTailSeed uint64 = 0x5EEDC057
+
+func Mix64(x uint64) uint64 {
+	x += 0x9E3779B97F4A7C15
+	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9
+	x = (x ^ (x >> 27)) * 0x94D049BB133111EB
+	return x ^ (x >> 31)
+}
+func HeavyTailIters(i uint64) uint64 {
+	if Mix64(i^HeavyTailSeed)%100 == 0 {
+		return 1000 * CalibratedIters()
+	}
+	return CalibratedIters()
+}
+func HeavyTailMap(v uint64) uint64 { return Work(v, HeavyTailIters(v)) }
+
+// Item counts, as work.hpp's cs_items_*.
+func (o Options) CSItemsLinear3(c Cost) uint64 {
+	switch c {
+	case Cost1ns:
+		return o.pick(100_000, 1_000_000)
+	case Cost100ns:
+		return o.pick(25_000, 500_000)
+	case Cost10us:
+		return o.pick(500, 5_000)
+	}
+	return o.pick(10, 100)
+}
+func (o Options) CSItemsParmap(c Cost, workers int) uint64 {
+	switch c {
+	case Cost1ns:
+		return o.pick(100_000, 1_000_000)
+	case Cost100ns:
+		return o.pick(50_000, 1_000_000)
+	case Cost10us:
+		return o.pick(1_000, 10_000)
+	case Cost1ms:
+		return o.pick(20, 200)
+	}
+	return o.pick(10, 100) * uint64(workers)
+}
+func (o Options) CSFewRounds(n int, c Cost) int {
+	if o.Quick {
+		if n >= 40 {
+			return 1
+		}
+		return 2
+	}
+	k := 1
+	if c == Sleep1ms {
+		k = 4
+	}
+	if n >= 40 {
+		return 4 * k
+	}
+	return 20 * k
+}
+func (o Options) CSItemsHeavyTail() uint64 { return o.pick(1_000, 10_000) }
+func (o Options) CSItemsTrickle() uint64   { return o.pick(30, 200) }
+
+// Workers of each cell (work.hpp's cs_*_workers): linear3 at 1 and NumCPU; fan-out at 1, 2,
+// 4, ..., NumCPU, and 8 too for Sleep1ms; few at NumCPU (CPU) and 8 (sleep); heavytail and
+// trickle at NumCPU.
+func CSLinear3Workers() []int {
+	hw := runtime.NumCPU()
+	if hw == 1 {
+		return []int{1}
+	}
+	return []int{1, hw}
+}
+func CSParmapWorkers(c Cost) []int {
+	hw := runtime.NumCPU()
+	var out []int
+	for w := 1; w < hw; w *= 2 {
+		out = append(out, w)
+	}
+	out = append(out, hw)
+	if c == Sleep1ms {
+		has8 := false
+		for _, w := range out {
+			has8 = has8 || w == 8
+		}
+		if !has8 {
+			out = append(out, 8)
+			sort.Ints(out)
+		}
+	}
+	return out
+}
+func CSFewWorkers(c Cost) int {
+	if c == Sleep1ms {
+		return 8
+	}
+	return runtime.NumCPU()
+}
+
+// CSRunWorkers is GOMAXPROCS for a fan-out of W: W, but no more than NumCPU.
+func CSRunWorkers(workers int) int {
+	if hw := runtime.NumCPU(); workers > hw {
+		return hw
+	}
+	return workers
+}
+
+// CSConfig spells [variant_]cell_workersW.
+func CSConfig(cell string, workers int, variant string) string {
+	if variant != "" {
+		variant += "_"
+	}
+	return variant + cell + "_" + WorkersName(workers)
+}
+
+// Expected sums.
+func CSExpectedLinear3(c Cost, n uint64) uint64 {
+	acc := uint64(0)
+	for i := uint64(0); i < n; i++ {
+		acc = Sum(acc, c.Reference(c.Reference(c.Reference(i))))
+	}
+	return acc
+}
+func CSExpectedParmap(c Cost, n uint64) uint64 {
+	acc := uint64(0)
+	for i := uint64(0); i < n; i++ {
+		acc = Sum(acc, c.Reference(i))
+	}
+	return acc
+}
+func CSExpectedHeavyTail(n uint64) uint64 {
+	acc := uint64(0)
+	for i := uint64(0); i < n; i++ {
+		acc = Sum(acc, HeavyTailMap(i))
+	}
+	return acc
+}
+func CSExpectedTrickle(linear bool, n uint64) uint64 {
+	acc := uint64(0)
+	for i := uint64(0); i < n; i++ {
+		if linear {
+			acc = Sum(acc, TrivialMap(TrivialMap(TrivialMap(i))))
+		} else {
+			acc = Sum(acc, TrivialMap(i))
+		}
+	}
+	return acc
+}
+
+// TrickleItem is a trickle item and the time it was produced at (monotonic).
+type TrickleItem struct {
+	V    uint64
+	Born time.Time
+}
+
+// LatencyRecorder collects the latencies of a trickle run's items (one sink at a time).
+type LatencyRecorder struct{ Ns []int64 }
+
+func (r *LatencyRecorder) Record(t TrickleItem) {
+	r.Ns = append(r.Ns, time.Since(t.Born).Nanoseconds())
+}
+
+// percentileNs is the q-quantile (nearest rank) of sorted samples.
+func percentileNs(sorted []int64, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(q * float64(len(sorted))))
+	if rank > 0 {
+		rank--
+	}
+	if rank >= len(sorted) {
+		rank = len(sorted) - 1
+	}
+	return float64(sorted[rank])
+}
+
+// MeasureLatency is Measure for the trickle cells: run(rec) returns the sink's sum and records
+// each item's latency; the row adds p50_us, p99_us and max_us.
+func MeasureLatency(name string, items, expected uint64, run func(rec *LatencyRecorder) uint64) Row {
+	rec := &LatencyRecorder{Ns: make([]int64, 0, items)}
+	row := Measure(name, items, expected, func() uint64 { return run(rec) })
+	if uint64(len(rec.Ns)) != items {
+		row["error_occurred"] = true
+		row["error_message"] = "wrong result: the pipeline lost or duplicated items"
+	}
+	s := append([]int64(nil), rec.Ns...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	row["p50_us"] = percentileNs(s, 0.50) / 1000
+	row["p99_us"] = percentileNs(s, 0.99) / 1000
+	if len(s) > 0 {
+		row["max_us"] = float64(s[len(s)-1]) / 1000
+	}
+	return row
+}
