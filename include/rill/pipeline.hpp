@@ -10,9 +10,12 @@
 //
 // Each stage runs as a fiber ("goroutine") that ranges over its input channel, calls the
 // user's function, and sends the result on; the library writes that loop, the user's
-// function never sees a channel. Adjacent stages are fused into one fiber unless a stage
-// asks for its own (`{.fuse = false}`, rill::stage_boundary) or run_options::fusion is
-// false; results are identical either way. p.stats() says how the last run was laid out.
+// function never sees a channel. Adjacent cheap stages share one fiber (fusion) and links
+// move items in batches, decided from measured cost while the pipeline runs: a slow stage
+// gets a fiber of its own, slow or scarce items travel one at a time, and no item waits in
+// a batch while its fiber parks. `{.fuse}`, `{.batch_size}`, stage_boundary and
+// run_options::fusion pin the layout; results are identical either way. p.stats() says how
+// the last run was laid out and why.
 //
 // Guarantees: no item is lost or duplicated; memory in flight is bounded by the sum of the
 // stages' `buffer`s (a slow sink makes the source wait); the first exception from any user
@@ -23,6 +26,7 @@
 
 #include "rill/pipeline/broadcast.hpp"
 #include "rill/pipeline/concepts.hpp"
+#include "rill/pipeline/links.hpp"
 #include "rill/pipeline/pipeline.hpp"
 #include "rill/pipeline/sinks.hpp"
 #include "rill/pipeline/sources.hpp"

@@ -183,7 +183,7 @@ struct broadcast_term : terminal_tag {
     using Out = typename branch_traits<BK>::template out_t<In>;
     const link_shape shape = shape_for(default_buffer);
     auto l = ctx.template link<link_chan<In>>(shape.capacity);
-    s.writers.emplace_back(l, batch_policy{shape.batch});
+    s.writers.emplace_back(l, batch_policy{shape.batch, !ctx.adaptive});
     s.st->running.add(1);
     try {
       ctx.spawn(

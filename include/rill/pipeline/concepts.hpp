@@ -115,6 +115,9 @@ struct stage_failed {};
 class pipe_ctx {
  public:
   bool fusion = true;
+  // false (inline_run): no decision from measured time, so that a run's schedule is the
+  // same every time: links and par_map use their largest batches, chains never split.
+  bool adaptive = true;
   unsigned workers = 1;  // of the runtime the run is on
   std::atomic<bool> stop{false};
   wait_group fibers;

@@ -92,6 +92,9 @@ inline link_shape shape_for(std::size_t buffer, std::size_t max_batch = 64) {
   return {b, cap};
 }
 
+class segment;
+void segment_waited(segment* seg, std::int64_t ns) noexcept;
+
 // batch_policy: how a link_writer sizes its batches.
 struct batch_policy {
   std::size_t max = 64;  // never more items per batch (the link's shape)
@@ -161,6 +164,8 @@ class link_writer {
   // close() ends the link without sending what is left (a run that failed or stopped).
   void close() noexcept { ch_.core()->try_close(); }
   std::size_t batch_size() const noexcept { return b_; }
+  // set_segment(): the fiber's segment, told of the time spent waiting for room.
+  void set_segment(segment* seg) noexcept { seg_ = seg; }
 
  private:
   struct hook_node : park_hook {
@@ -224,7 +229,14 @@ class link_writer {
     busy_ = true;  // the park hook leaves the batch alone while it is being sent
     cur_.seq = seq_++;
     try {
-      ch_.send(std::move(cur_));
+      if (!seg_) {
+        ch_.send(std::move(cur_));
+      } else if (!ch_.try_send(cur_)) {
+        // Held back by the reader: time that the fiber's segment must not count as work.
+        const std::int64_t t0 = now_ns();
+        ch_.send(std::move(cur_));
+        segment_waited(seg_, now_ns() - t0);
+      }
     } catch (const closed_channel&) {
       open_ = false;  // downstream stopped (take, cancel): stop producing
     }
@@ -270,6 +282,7 @@ class link_writer {
   std::uint32_t batches_ = 0;
   std::int64_t t_start_ = 0, t_end_ = 0;
   park_hooks* hooks_ = nullptr;
+  segment* seg_ = nullptr;
   hook_node hook_;
 };
 
@@ -363,6 +376,14 @@ class segment {
     std::erase(split_, &p);
   }
 
+  // waited(): the chain spent `ns` waiting (for room downstream), not working.
+  void waited(std::int64_t ns) noexcept {
+    waited_ += ns;
+    waited_total_ += ns;
+  }
+  // waited_total(): all the waiting so far (a probe takes what falls within its sample out).
+  std::int64_t waited_total() const noexcept { return waited_total_; }
+
   // tick(): `items` more items entered the chain; `waited_ns` of the time since the last
   // tick was spent waiting for input (not work).
   void tick(std::size_t items, std::int64_t waited_ns = 0) {
@@ -413,26 +434,37 @@ class segment {
     const std::int64_t whole = std::max<std::int64_t>(0, per_item - np * clock2);
     split_base* best = nullptr;
     std::int64_t best_min = 0;
+    std::vector<std::int64_t> downs(points_.size());
     for (std::int64_t k = 0; k < np; ++k) {
       split_base* p = points_[static_cast<std::size_t>(k)];
       p->mode_ = split_base::mode::fused;
       const std::int64_t inner = np - 1 - k;  // boundaries downstream of p, timed inside it
       const std::int64_t down =
           std::max<std::int64_t>(0, p->sum_ns_ / n - inner * clock2 * p->samples_ / n);
+      downs[static_cast<std::size_t>(k)] = down;
       const std::int64_t up = std::max<std::int64_t>(0, whole - down);
       const std::int64_t m = std::min(up, down);
-      ctx_->stage_at(p->index() + 1, [&](stage_stats& s) {
-        s.decision = "measured " + std::to_string(up) + " ns/item before, " +
-                     std::to_string(down) + " after";
-      });
       if (m > best_min) {
         best_min = m;
         best = p;
       }
     }
+    // What each stage after a boundary costs: the time after it, less the time after the
+    // next boundary (the last: all of it).
+    for (std::size_t k = 0; k < downs.size(); ++k) {
+      const std::int64_t own = downs[k] - (k + 1 < downs.size() ? downs[k + 1] : 0);
+      ctx_->stage_at(points_[k]->index() + 1, [&](stage_stats& s) {
+        s.cost_per_item = std::chrono::nanoseconds(std::max<std::int64_t>(0, own));
+        s.decision = "fused: " + std::to_string(whole - downs[k]) + " ns/item before it in its fiber, " +
+                     std::to_string(downs[k]) + " from it on";
+      });
+    }
     last_decided_ = std::max<std::int64_t>(1, per_item);
     budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
-    if (!best || best_min < threshold_) return;
+    // A split must pay for a fiber and a link: the lighter side must be above the bar, and
+    // at least a sixteenth of the fiber's work (else the gain is within the noise of the
+    // measurement, and another fiber costs more than it gives).
+    if (!best || best_min < threshold_ || best_min < whole / 16) return;
     // Split: everything after `best` goes to a new fiber (with its boundaries).
     auto it = std::find(points_.begin(), points_.end(), best);
     std::vector<split_base*> after(it + 1, points_.end());
@@ -463,6 +495,7 @@ class segment {
   std::int64_t threshold_;
   std::int64_t win_start_;
   std::int64_t waited_ = 0;
+  std::int64_t waited_total_ = 0;
   std::size_t win_items_ = 0;
   std::int64_t budget_ = 1;  // the first window is one item
   std::int64_t last_decided_ = 0;
@@ -470,6 +503,8 @@ class segment {
   int want_ = 0;
   bool probing_ = false;
 };
+
+inline void segment_waited(segment* seg, std::int64_t ns) noexcept { seg->waited(ns); }
 
 // link_driver: drives a sink with the items of a link, in arrival order.
 template <class T>
@@ -633,9 +668,13 @@ class split_point final : public split_base {
       const bool more = (*writer_)(std::forward<V>(v));
       return never_stops || more;  // a never-stopping chain stops on the run's stop flag
     }
+    // Time the rest of the chain for this item, less any wait for room downstream in it.
+    segment* seg = seg_;
+    const std::int64_t w0 = seg ? seg->waited_total() : 0;
     const std::int64_t t0 = now_ns();
     const bool more = (*down_)(std::forward<V>(v));
-    sample(now_ns() - t0);
+    const std::int64_t t = now_ns() - t0;
+    sample(seg && seg_ == seg ? t - (seg->waited_total() - w0) : t);
     return more;
   }
 
@@ -646,18 +685,20 @@ class split_point final : public split_base {
     batch_policy pol{batch_size_ ? batch_size_ : shape.batch, batch_size_ != 0, nullptr, &ctx,
                      index_};
     writer_.emplace(l, pol);
+    writer_->set_segment(seg_);
     children_.add(1);
     started_ = true;
     std::string name = name_after_;
     try {
       ctx.spawn(
           name,
-          [this, l, after = std::move(after), name]() mutable {
+          [this, &ctx, l, after = std::move(after), name]() mutable {
             struct leave {
               wait_group* wg;
               ~leave() { wg->done(); }
             } guard{&children_};
-            segment child(seg_->ctx(), name, std::move(after));
+            // Not seg_: the segment that split here may be gone by the time this runs.
+            segment child(ctx, name, std::move(after));
             link_driver<T>{l}(*down_, child);
           },
           /*record=*/false);

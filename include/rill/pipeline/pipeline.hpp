@@ -4,9 +4,11 @@
 //
 // How a pipeline runs. The stages are split into segments; each segment runs in one fiber
 // as nested sinks (fusion), and consecutive segments are joined by a link (a channel of
-// batches). A new segment starts before a stage with `fuse = false`, at stage_boundary,
+// batches, links.hpp). A segment ends at a stage with `fuse = false`, at stage_boundary,
 // around par_map (whose n workers read one link and write another), and before every
-// stage when fusion is off. The last segment runs in the fiber that called run().
+// stage when fusion is off; every other boundary of a segment is a split_point, where the
+// segment may split while it runs, when what it measures says a fiber of its own pays
+// (links.hpp has the policy). The last segment runs in the fiber that called run().
 //
 // Cancellation and errors. The first exception from user code is recorded with the
 // stage's name, and the run is cancelled: every link is closed, so blocked senders stop
@@ -80,8 +82,8 @@ struct link_tail {
   std::size_t batch_size;
   std::shared_ptr<std::atomic<int>> writers;
   const char* name() const { return "merge"; }
-  link_writer<T> make_sink(pipe_ctx&) {
-    return link_writer<T>(ch, batch_policy{batch_size}, writers.get());
+  link_writer<T> make_sink(pipe_ctx& ctx) {
+    return link_writer<T>(ch, batch_policy{batch_size, !ctx.adaptive}, writers.get());
   }
 };
 
@@ -110,7 +112,7 @@ constexpr bool is_parallel_at() {
 // K == size): that stage would be fused by default and the user did not pin it.
 template <std::size_t K, class Stages>
 bool may_split_before(Stages& st, pipe_ctx& ctx) {
-  if (!ctx.fusion) return false;
+  if (!ctx.fusion || !ctx.adaptive) return false;
   if constexpr (K == std::tuple_size_v<Stages>) {
     return true;
   } else {
@@ -135,10 +137,11 @@ void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, st
          std::size_t batch_size) {
   const link_shape shape = shape_for(buffer);
   auto l = ctx.template link<link_chan<In>>(shape.capacity);
-  batch_policy pol{batch_size ? batch_size : shape.batch, batch_size != 0, nullptr, &ctx,
-                   static_cast<int>(I)};
+  batch_policy pol{batch_size ? batch_size : shape.batch, batch_size != 0 || !ctx.adaptive,
+                   nullptr, &ctx, static_cast<int>(I)};
   ctx.spawn(seg, [drive = std::move(drive), w = link_writer<In>(l, pol), &ctx, seg]() mutable {
     segment sg(ctx, seg);
+    w.set_segment(&sg);
     drive(w, sg);
   });
   build<I, In>(st, tail, ctx, link_driver<In>{l}, true, std::string(), default_buffer, 0);
@@ -230,7 +233,8 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   S& s = std::get<I>(st);
   using Out = typename S::template out_t<In>;
   constexpr int index = static_cast<int>(I) + 1;
-  const std::size_t pinned = s.opt.batch_size;
+  // Pinned by the user, or (inline_run) at the largest unit, as no time may decide it.
+  const std::size_t pinned = s.opt.batch_size ? s.opt.batch_size : ctx.adaptive ? 0 : 16;
   const link_shape shape = shape_for(s.opt.buffer);
   // Units of at most 16 items (or the user's): the link still holds at most `buffer` items,
   // in more batches.
@@ -241,6 +245,7 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
                    pinned ? nullptr : &state->handout, &ctx, static_cast<int>(I)};
   ctx.spawn(seg, [drive = std::move(drive), w = link_writer<In>(in, pol), &ctx, seg, state]() mutable {
     segment sg(ctx, seg);
+    w.set_segment(&sg);
     drive(w, sg);
   });
   auto out = ctx.template link<link_chan<Out>>(shape.capacity);
@@ -412,6 +417,7 @@ class pipeline {
     auto body = [im, o]() -> R {
       detail::pipe_ctx ctx;
       ctx.fusion = o.fusion;
+      ctx.adaptive = !o.inline_mode;
       return im->execute(ctx);
     };
     return dispatch(o, body);
@@ -423,6 +429,7 @@ class pipeline {
     auto body = [im, o, stop]() -> R {
       detail::pipe_ctx ctx;
       ctx.fusion = o.fusion;
+      ctx.adaptive = !o.inline_mode;
       std::stop_callback cb(stop, [&ctx] { ctx.user_cancel(); });
       return im->execute(ctx);
     };
@@ -508,6 +515,7 @@ template <class R>
 pipeline_handle<R> pipeline<R>::start(run_options o) const {
   auto st = std::make_shared<detail::handle_state<R>>();
   st->ctx.fusion = o.fusion;
+  st->ctx.adaptive = !o.inline_mode;
   st->done.add(1);
   auto root = [st, im = impl_]() {
     try {
