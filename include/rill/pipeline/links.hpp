@@ -38,7 +38,7 @@ inline constexpr std::int64_t batch_fill_bound_ns = 50'000;
 // par_map hands a worker about this much work at a time.
 inline constexpr std::int64_t handout_bound_ns = 20'000;
 // A fused fiber splits at a boundary only if both sides take at least this long per item.
-inline constexpr std::int64_t split_min_ns_workers = 100;  // more than one worker
+inline constexpr std::int64_t split_min_ns_workers = 50;  // more than one worker
 inline constexpr std::int64_t split_min_ns_one = 20'000;   // one worker: only waiting gains
 // How long a measuring window lasts, and how much sampling a split decision wants.
 inline constexpr std::int64_t window_ns = 1'000'000;
@@ -312,17 +312,37 @@ class split_base {
   // release(): let go of the link's writer (from the fiber that wrote to it).
   virtual void release() noexcept = 0;
 
-  void sample(std::int64_t ns) noexcept {
-    sum_ns_ += ns;
-    ++samples_;
+  // A probe's samples, per item that reaches the boundary: the time before it (since the
+  // previous item left it: the rest of the fiber upstream) and after it (the rest of the
+  // chain), less any time the fiber spent waiting meanwhile (for input or for room).
+  static constexpr int max_samples = 16;
+  void reset_samples() noexcept {
+    nup_ = 0;
+    ndown_ = 0;
+    t_end_ = 0;
+  }
+  void sample_up(std::int64_t ns) noexcept {
+    if (nup_ < max_samples) ups_[nup_++] = ns;
+  }
+  void sample_down(std::int64_t ns) noexcept {
+    if (ndown_ < max_samples) downs_[ndown_++] = ns;
+  }
+  // lower_median(): robust to the samples that a preemption of the worker inflated.
+  static std::int64_t lower_median(std::int64_t* v, int n) noexcept {
+    std::sort(v, v + n);
+    return v[(n - 1) / 2];
   }
 
   mode mode_ = mode::fused;
   segment* seg_;
   int index_;  // the stage before the boundary (0: the source)
   std::string name_after_;
-  std::int64_t sum_ns_ = 0;
-  int samples_ = 0;
+  std::int64_t ups_[max_samples] = {};
+  std::int64_t downs_[max_samples] = {};
+  int nup_ = 0;
+  int ndown_ = 0;
+  std::int64_t t_end_ = 0;  // when the last probed item left the boundary
+  std::int64_t w_end_ = 0;  // the segment's waiting total then
 };
 
 // clock_cost_ns(): what one clock read costs here (subtracted from probe samples).
@@ -388,7 +408,7 @@ class segment {
   // tick was spent waiting for input (not work).
   void tick(std::size_t items, std::int64_t waited_ns = 0) {
     win_items_ += items;
-    waited_ += waited_ns;
+    waited(waited_ns);
     budget_ -= static_cast<std::int64_t>(items);
     if (budget_ <= 0) [[unlikely]]
       end_window();
@@ -399,13 +419,12 @@ class segment {
     const std::int64_t now = now_ns();
     const std::int64_t work = std::max<std::int64_t>(0, now - win_start_ - waited_);
     const std::int64_t per_item = work / static_cast<std::int64_t>(std::max<std::size_t>(1, win_items_));
-    const std::size_t items = win_items_;
     win_start_ = now;
     win_items_ = 0;
     waited_ = 0;
     ++windows_;
     if (probing_) {
-      decide(per_item, items);
+      decide(per_item);
     } else if (windows_ > 1 && !points_.empty() && per_item >= 2 * threshold_ &&
                (last_decided_ == 0 || per_item >= 2 * last_decided_)) {
       // Worth a look (the first window, the fiber's first items, is left out: cold caches).
@@ -414,10 +433,9 @@ class segment {
                                                         max_probe_samples));
       for (split_base* p : points_) {
         p->mode_ = split_base::mode::probing;
-        p->sum_ns_ = 0;
-        p->samples_ = 0;
+        p->reset_samples();
       }
-      budget_ = want_;
+      budget_ = want_ + 1;  // the first item gives no time before it
       return;
     }
     budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
@@ -425,26 +443,32 @@ class segment {
 
   // decide(): every boundary has been timed over the last window's items; split at the
   // one whose lighter side is heaviest, if that side is worth a fiber.
-  void decide(std::int64_t per_item, std::size_t items) {
+  void decide(std::int64_t per_item) {
     probing_ = false;
-    const std::int64_t n = static_cast<std::int64_t>(std::max<std::size_t>(1, items));
     const std::int64_t clock2 = 2 * clock_cost_ns();
     const auto np = static_cast<std::int64_t>(points_.size());
-    // Each timed boundary added two clock reads per item to every boundary outside it.
-    const std::int64_t whole = std::max<std::int64_t>(0, per_item - np * clock2);
     split_base* best = nullptr;
     std::int64_t best_min = 0;
-    std::vector<std::int64_t> downs(points_.size());
+    std::vector<std::int64_t> downs(points_.size(), -1);
     for (std::int64_t k = 0; k < np; ++k) {
       split_base* p = points_[static_cast<std::size_t>(k)];
       p->mode_ = split_base::mode::fused;
-      const std::int64_t inner = np - 1 - k;  // boundaries downstream of p, timed inside it
-      const std::int64_t down =
-          std::max<std::int64_t>(0, p->sum_ns_ / n - inner * clock2 * p->samples_ / n);
+      if (p->ndown_ == 0 || p->nup_ == 0) continue;  // no item reached it
+      // Each timed boundary adds two clock reads per item to the sides that contain it.
+      const std::int64_t down = std::max<std::int64_t>(
+          0, split_base::lower_median(p->downs_, p->ndown_) - (np - 1 - k) * clock2);
+      const std::int64_t up =
+          std::max<std::int64_t>(0, split_base::lower_median(p->ups_, p->nup_) - k * clock2);
       downs[static_cast<std::size_t>(k)] = down;
-      const std::int64_t up = std::max<std::int64_t>(0, whole - down);
       const std::int64_t m = std::min(up, down);
-      if (m > best_min) {
+      ctx_->stage_at(p->index() + 1, [&](stage_stats& s) {
+        s.decision = "fused: " + std::to_string(up) + " ns/item before it in its fiber, " +
+                     std::to_string(down) + " from it on";
+      });
+      // A split must pay for a fiber and a link: the lighter side must be above the bar,
+      // and at least a sixteenth of the fiber's work (else the gain is within the noise of
+      // the measurement, and another fiber costs more than it gives).
+      if (m > best_min && m >= threshold_ && m >= (up + down) / 16) {
         best_min = m;
         best = p;
       }
@@ -452,19 +476,15 @@ class segment {
     // What each stage after a boundary costs: the time after it, less the time after the
     // next boundary (the last: all of it).
     for (std::size_t k = 0; k < downs.size(); ++k) {
-      const std::int64_t own = downs[k] - (k + 1 < downs.size() ? downs[k + 1] : 0);
+      if (downs[k] < 0) continue;
+      const std::int64_t next = k + 1 < downs.size() && downs[k + 1] >= 0 ? downs[k + 1] : 0;
       ctx_->stage_at(points_[k]->index() + 1, [&](stage_stats& s) {
-        s.cost_per_item = std::chrono::nanoseconds(std::max<std::int64_t>(0, own));
-        s.decision = "fused: " + std::to_string(whole - downs[k]) + " ns/item before it in its fiber, " +
-                     std::to_string(downs[k]) + " from it on";
+        s.cost_per_item = std::chrono::nanoseconds(std::max<std::int64_t>(0, downs[k] - next));
       });
     }
     last_decided_ = std::max<std::int64_t>(1, per_item);
     budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
-    // A split must pay for a fiber and a link: the lighter side must be above the bar, and
-    // at least a sixteenth of the fiber's work (else the gain is within the noise of the
-    // measurement, and another fiber costs more than it gives).
-    if (!best || best_min < threshold_ || best_min < whole / 16) return;
+    if (!best) return;
     // Split: everything after `best` goes to a new fiber (with its boundaries).
     auto it = std::find(points_.begin(), points_.end(), best);
     std::vector<split_base*> after(it + 1, points_.end());
@@ -517,12 +537,21 @@ struct link_driver {
       std::int64_t waited = 0;
       if (!b) {
         sink.flush_hint();  // about to wait: let what we produced go downstream
-        constexpr bool ticks = requires { sink.tick(std::size_t{}, std::int64_t{}); };
+        constexpr bool ticks = requires { sink.tick(std::size_t{}); };
         const bool timed = seg || ticks;
         const std::int64_t t0 = timed ? now_ns() : 0;
         b = ch.recv();
         if (timed) waited = now_ns() - t0;
         if (!b) break;
+      }
+      // A merge's chain has no segment here: its first boundary takes the reports.
+      constexpr bool head = requires { sink.tick(std::size_t{}); };
+      if (waited) {
+        if (seg) {
+          seg->waited(waited);
+        } else if constexpr (head) {
+          sink.waited(waited);
+        }
       }
       const std::size_t n = b->size();
       if (!b->each([&](T&& v) { return sink(std::move(v)); })) {
@@ -531,9 +560,9 @@ struct link_driver {
         return;
       }
       if (seg) {
-        seg->tick(n, waited);
-      } else if constexpr (requires { sink.tick(n, waited); }) {
-        sink.tick(n, waited);  // a merge: the first boundary of the chain takes the ticks
+        seg->tick(n);
+      } else if constexpr (head) {
+        sink.tick(n);
       }
     }
     sink.finish();
@@ -575,6 +604,7 @@ struct reorder_driver {
         waited = now_ns() - t0;
         if (!b) break;
       }
+      if (waited) seg.waited(waited);
       const std::uint64_t off = b->seq - next;
       if (off >= window.size()) window.resize(off + 1);
       window[off] = std::move(b);
@@ -591,7 +621,7 @@ struct reorder_driver {
         ++next;
         give_token();
       }
-      seg.tick(n, waited);
+      seg.tick(n);
     }
     sink.finish();
   }
@@ -652,7 +682,8 @@ class split_point final : public split_base {
     }
   }
   // tick(): the source's report, when this is the first boundary of the chain.
-  void tick(std::size_t items, std::int64_t waited_ns = 0) { tick_seg_->tick(items, waited_ns); }
+  void tick(std::size_t items) { tick_seg_->tick(items); }
+  void waited(std::int64_t ns) noexcept { tick_seg_->waited(ns); }
 
  private:
   void release() noexcept override {
@@ -668,13 +699,17 @@ class split_point final : public split_base {
       const bool more = (*writer_)(std::forward<V>(v));
       return never_stops || more;  // a never-stopping chain stops on the run's stop flag
     }
-    // Time the rest of the chain for this item, less any wait for room downstream in it.
+    // Probing (only its segment sets that, so seg_ is set): time both sides.
     segment* seg = seg_;
-    const std::int64_t w0 = seg ? seg->waited_total() : 0;
+    const std::int64_t w0 = seg->waited_total();
     const std::int64_t t0 = now_ns();
+    if (t_end_ != 0) sample_up((t0 - t_end_) - (w0 - w_end_));
     const bool more = (*down_)(std::forward<V>(v));
-    const std::int64_t t = now_ns() - t0;
-    sample(seg && seg_ == seg ? t - (seg->waited_total() - w0) : t);
+    const std::int64_t t1 = now_ns();
+    const std::int64_t w1 = seg->waited_total();
+    sample_down((t1 - t0) - (w1 - w0));
+    t_end_ = t1;
+    w_end_ = w1;
     return more;
   }
 

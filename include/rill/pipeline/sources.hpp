@@ -84,8 +84,12 @@ struct chan_source {
         waited = now_ns() - t0;
         if (!v) break;
       }
+      constexpr bool head = requires { sink.tick(std::size_t{}); };
+      if constexpr (head) {
+        if (waited) sink.waited(waited);
+      }
       if (!sink(std::move(*v))) break;
-      if constexpr (requires { sink.tick(std::size_t{}, std::int64_t{}); }) sink.tick(1, waited);
+      if constexpr (head) sink.tick(1);
     }
     sink.finish();
   }
