@@ -269,3 +269,32 @@ TEST_CASE("adapt: layout changes mid-run lose, duplicate and reorder nothing (pr
     CHECK(got == expect);
   }
 }
+
+TEST_CASE("adapt: slow chains that end in a link (par_map, a pinned boundary, a broadcast) run whole",
+          "[pipeline][adapt][fusion]") {
+  // The writer at the end of such a chain belongs to its fiber, so the chain stays in one
+  // fiber however slow it is; the results are those of the plain loop.
+  const unsigned workers = GENERATE(1u, 2u);
+  const int shape = GENERATE(0, 1, 2);
+  INFO("workers " << workers << ", shape " << shape);
+  constexpr long n = 40;
+  long expect = 0;
+  for (long v = 0; v < n; ++v) expect += v + 11;
+  auto got = test::run_with(workers, [&] {
+    auto head = rill::from(upto(n)) | rill::map(slow_add(200, 1)) | rill::map(slow_add(200, 10));
+    switch (shape) {
+      case 0:
+        return (head | rill::par_map([](long v) { return v; }, {.workers = 2}) |
+                rill::reduce(0L, std::plus<>{}))
+            .run();
+      case 1:
+        return (head | rill::map([](long v) { return v; }, {.fuse = false}) |
+                rill::reduce(0L, std::plus<>{}))
+            .run();
+      default:
+        return std::get<0>(
+            (head | rill::broadcast(rill::reduce(0L, std::plus<>{}), rill::count())).run());
+    }
+  });
+  CHECK(got == expect);
+}

@@ -72,6 +72,7 @@ struct branch_traits<sink_fragment<Term, S...>> {
 template <class... B>
 struct broadcast_term : terminal_tag {
   static constexpr const char* kind = "broadcast";
+  static constexpr bool holds_links = true;  // its chain must not split (links.hpp)
   static constexpr std::size_t n = sizeof...(B);
   std::tuple<B...> branches;
 

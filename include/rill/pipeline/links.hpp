@@ -362,8 +362,15 @@ inline std::int64_t clock_cost_ns() noexcept {
 // boundaries and splits at the best one. Owner fiber only.
 class segment {
  public:
-  segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*> points = {})
-      : ctx_(&ctx), fiber_name_(std::move(fiber_name)), points_(std::move(points)) {
+  // may_split: false for a chain that ends in a link writer (a cut, par_map's input, a
+  // merge, a broadcast): the writer belongs to the fiber that runs it (its park hook, its
+  // waits), so it must not move to a new fiber mid-run. Such a chain still measures itself.
+  segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*> points = {},
+          bool may_split = true)
+      : ctx_(&ctx),
+        fiber_name_(std::move(fiber_name)),
+        points_(std::move(points)),
+        may_split_(may_split) {
     for (split_base* p : points_) p->seg_ = this;
     threshold_ = ctx.workers > 1 ? split_min_ns_workers : split_min_ns_one;
     win_start_ = now_ns();
@@ -386,6 +393,10 @@ class segment {
 
   // add(): a boundary of this fiber's chain (built from the terminal back to the source).
   void add(split_base& p) {
+    if (!may_split_) {
+      p.seg_ = nullptr;
+      return;
+    }
     points_.insert(std::find_if(points_.begin(), points_.end(),
                                 [&](split_base* q) { return q->index() > p.index(); }),
                    &p);
@@ -522,6 +533,7 @@ class segment {
   int windows_ = 0;
   int want_ = 0;
   bool probing_ = false;
+  bool may_split_;
 };
 
 inline void segment_waited(segment* seg, std::int64_t ns) noexcept { seg->waited(ns); }

@@ -66,9 +66,14 @@ struct as_stages<fragment<S...>> {
 // ---- the builder ------------------------------------------------------------------------------
 
 // Tails: where the last segment's items go.
+// holds_links_v<Term>: the terminal writes to links of its own (broadcast).
+template <class Term>
+constexpr bool holds_links_v = requires { Term::holds_links; };
+
 template <class Term, class In>
 struct terminal_tail {
   using result_type = typename Term::template result_t<In>;
+  static constexpr bool may_split = !holds_links_v<Term>;
   Term* term;
   result_slot<result_type> result;
   int index;
@@ -78,6 +83,7 @@ struct terminal_tail {
 
 template <class T>
 struct link_tail {
+  static constexpr bool may_split = false;
   link_chan<T> ch;
   std::size_t batch_size;
   std::shared_ptr<std::atomic<int>> writers;
@@ -140,7 +146,7 @@ void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, st
   batch_policy pol{batch_size ? batch_size : shape.batch, batch_size != 0 || !ctx.adaptive,
                    nullptr, &ctx, static_cast<int>(I)};
   ctx.spawn(seg, [drive = std::move(drive), w = link_writer<In>(l, pol), &ctx, seg]() mutable {
-    segment sg(ctx, seg);
+    segment sg(ctx, seg, {}, /*may_split=*/false);
     w.set_segment(&sg);
     drive(w, sg);
   });
@@ -166,7 +172,7 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
       s.fused = !fresh;
       if (s.decision.empty()) s.decision = fresh ? "reads a link" : "fused";
     });
-    segment sg(ctx, name);
+    segment sg(ctx, name, {}, Tail::may_split);
     auto sink = tail.make_sink(ctx);
     drive(sink, sg);
   } else {
@@ -244,7 +250,7 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   batch_policy pol{pinned ? pinned : in_shape.batch, pinned != 0,
                    pinned ? nullptr : &state->handout, &ctx, static_cast<int>(I)};
   ctx.spawn(seg, [drive = std::move(drive), w = link_writer<In>(in, pol), &ctx, seg, state]() mutable {
-    segment sg(ctx, seg);
+    segment sg(ctx, seg, {}, /*may_split=*/false);
     w.set_segment(&sg);
     drive(w, sg);
   });
