@@ -205,16 +205,13 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
           auto sink = s.template make<In>(down, ctx, index);
           drive(sink, sg);
         } else {
-          const bool candidate = may_split_before<I + 1>(st, ctx);
-          if (!candidate) {
-            auto sink = s.template make<In>(down, ctx, index);
-            drive(sink, sg);
-          } else {
-            split_point<Out, Down> sp(down, sg, index, name_at<I + 1>(st, tail), s.opt.buffer,
-                                      s.opt.batch_size);
-            auto sink = s.template make<In>(sp, ctx, index);
-            drive(sink, sg);
-          }
+          // Always a split_point (inert where the pipeline may not split): one type per
+          // chain, not one per combination of boundaries (that doubled the instantiations
+          // at every stage).
+          split_point<Out, Down> sp(down, sg, index, name_at<I + 1>(st, tail), s.opt.buffer,
+                                    s.opt.batch_size, may_split_before<I + 1>(st, ctx));
+          auto sink = s.template make<In>(sp, ctx, index);
+          drive(sink, sg);
         }
       };
       build<I + 1, Out>(st, tail, ctx, std::move(next), false, join(std::move(seg), name),
