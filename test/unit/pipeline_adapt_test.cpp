@@ -32,13 +32,14 @@ struct gate {
   int target;
   std::atomic<int> inside{0};
   std::atomic<int> peak{0};
+  std::atomic<bool> opened{false};
   rill::chan<char> open{0};
   void pass() {
     const int now = ++inside;
     int p = peak.load();
     while (now > p && !peak.compare_exchange_weak(p, now)) {
     }
-    if (now == target) open.close();
+    if (now == target && !opened.exchange(true)) open.close();
     if (now <= target) (void)open.recv();  // closed: returns at once from then on
     --inside;
   }

@@ -33,13 +33,27 @@
 namespace rill {
 namespace detail {
 
+// Sanitizers slow everything several times; the split bar scales with them, so that a
+// sanitized build lays out cheap stages as a plain one does.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr std::int64_t cost_scale = 10;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+inline constexpr std::int64_t cost_scale = 10;
+#else
+inline constexpr std::int64_t cost_scale = 1;
+#endif
+#else
+inline constexpr std::int64_t cost_scale = 1;
+#endif
+
 // An item waits in a partial batch for at most about this much of its writer's running time.
 inline constexpr std::int64_t batch_fill_bound_ns = 50'000;
 // par_map hands a worker about this much work at a time.
 inline constexpr std::int64_t handout_bound_ns = 20'000;
 // A fused fiber splits at a boundary only if both sides take at least this long per item.
-inline constexpr std::int64_t split_min_ns_workers = 50;  // more than one worker
-inline constexpr std::int64_t split_min_ns_one = 20'000;   // one worker: only waiting gains
+inline constexpr std::int64_t split_min_ns_workers = 50 * cost_scale;  // several workers
+inline constexpr std::int64_t split_min_ns_one = 20'000 * cost_scale;  // one: only waits gain
 // How long a measuring window lasts, and how much sampling a split decision wants.
 inline constexpr std::int64_t window_ns = 1'000'000;
 inline constexpr std::int64_t probe_ns = 200'000;
@@ -166,6 +180,13 @@ class link_writer {
   std::size_t batch_size() const noexcept { return b_; }
   // set_segment(): the fiber's segment, told of the time spent waiting for room.
   void set_segment(segment* seg) noexcept { seg_ = seg; }
+  // leave_fiber(): from the fiber that ran the writer, which hands it to another (a split
+  // upstream of it): off this fiber's hook list; the next fiber joins at its first batch.
+  void leave_fiber() noexcept {
+    if (hooks_) remove_park_hook(*hooks_, hook_);
+    hooks_ = nullptr;
+    seg_ = nullptr;
+  }
 
  private:
   struct hook_node : park_hook {
@@ -307,10 +328,15 @@ class split_base {
 
  protected:
   friend class segment;
-  // split(): make the link and start the fiber that runs everything after this boundary.
-  virtual void split(std::vector<split_base*> after) = 0;
+  // split(): make the link and start the fiber that runs everything after this boundary
+  // (`after`: its boundaries still fused; `moved`: those already split, with their writers).
+  virtual void split(std::vector<split_base*> after, std::vector<split_base*> moved) = 0;
   // release(): let go of the link's writer (from the fiber that wrote to it).
   virtual void release() noexcept = 0;
+  // leave_fiber()/join(): this boundary's link writer moves to the fiber of a split
+  // upstream of it (leave_fiber from the old fiber, join from the new one).
+  virtual void leave_fiber() noexcept = 0;
+  virtual void join(segment* seg) noexcept = 0;
 
   // A probe's samples, per item that reaches the boundary: the time before it (since the
   // previous item left it: the rest of the fiber upstream) and after it (the rest of the
@@ -366,12 +392,14 @@ class segment {
   // merge, a broadcast): the writer belongs to the fiber that runs it (its park hook, its
   // waits), so it must not move to a new fiber mid-run. Such a chain still measures itself.
   segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*> points = {},
-          bool may_split = true)
+          bool may_split = true, std::vector<split_base*> split = {})
       : ctx_(&ctx),
         fiber_name_(std::move(fiber_name)),
         points_(std::move(points)),
+        split_(std::move(split)),
         may_split_(may_split) {
     for (split_base* p : points_) p->seg_ = this;
+    for (split_base* p : split_) p->join(this);
     threshold_ = ctx.workers > 1 ? split_min_ns_workers : split_min_ns_one;
     win_start_ = now_ns();
   }
@@ -507,15 +535,26 @@ class segment {
                    " needed (" + std::to_string(ctx_->workers) + " workers)";
     });
     const std::size_t at = fiber_name_.find(best->name_after());
-    std::string before = fiber_name_, moved = best->name_after();
+    std::string before = fiber_name_, gone = best->name_after();
     if (at != std::string::npos && at > 0) {
       before = fiber_name_.substr(0, at - 1);
-      moved = fiber_name_.substr(at);
+      gone = fiber_name_.substr(at);
     }
-    ctx_->rename_fiber(fiber_name_, before, moved);
+    ctx_->rename_fiber(fiber_name_, before, gone);
     fiber_name_ = before;
+    // Boundaries of this fiber that split already, after `best`: their writers go too.
+    std::vector<split_base*> moved;
+    for (auto q = split_.begin(); q != split_.end();) {
+      if ((*q)->index() > best->index()) {
+        (*q)->leave_fiber();
+        moved.push_back(*q);
+        q = split_.erase(q);
+      } else {
+        ++q;
+      }
+    }
     split_.push_back(best);
-    best->split(std::move(after));
+    best->split(std::move(after), std::move(moved));
     last_decided_ = 0;  // what is left may split again
   }
 
@@ -725,7 +764,15 @@ class split_point final : public split_base {
     return more;
   }
 
-  void split(std::vector<split_base*> after) override {
+  void leave_fiber() noexcept override {
+    if (writer_) writer_->leave_fiber();
+  }
+  void join(segment* seg) noexcept override {
+    seg_ = seg;
+    if (writer_) writer_->set_segment(seg);
+  }
+
+  void split(std::vector<split_base*> after, std::vector<split_base*> moved) override {
     pipe_ctx& ctx = seg_->ctx();
     const link_shape shape = shape_for(buffer_);
     auto l = ctx.template link<link_chan<T>>(shape.capacity);
@@ -739,13 +786,13 @@ class split_point final : public split_base {
     try {
       ctx.spawn(
           name,
-          [this, &ctx, l, after = std::move(after), name]() mutable {
+          [this, &ctx, l, after = std::move(after), moved = std::move(moved), name]() mutable {
             struct leave {
               wait_group* wg;
               ~leave() { wg->done(); }
             } guard{&children_};
             // Not seg_: the segment that split here may be gone by the time this runs.
-            segment child(ctx, name, std::move(after));
+            segment child(ctx, name, std::move(after), true, std::move(moved));
             link_driver<T>{l}(*down_, child);
           },
           /*record=*/false);
