@@ -148,12 +148,14 @@ TEST_CASE("adapt: slow fused stages split into fibers mid-run, results unchanged
   const unsigned workers = GENERATE(1u, 2u);
   INFO("workers " << workers);
   constexpr long n = 60;
-  auto [out, stats] = test::run_with(workers, [&] {
+  auto res = test::run_with(workers, [&] {
     auto p = rill::from(upto(n)) | rill::map(slow_add(300, 1)) |
              rill::map(slow_add(300, 10)) | rill::collect();
     auto v = p.run();
     return std::make_pair(v, p.stats());
   });
+  const auto& out = res.first;
+  const auto& stats = res.second;
   REQUIRE(out.size() == static_cast<std::size_t>(n));
   for (long i = 0; i < n; ++i) CHECK(out[static_cast<std::size_t>(i)] == i + 11);
   // Both maps are slow: they end up in fibers of their own.

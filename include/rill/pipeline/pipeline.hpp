@@ -197,10 +197,12 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
                                               : "fused";
       });
       // The boundary after this stage, in front of what follows it in this fiber.
-      auto next = [drive = std::move(drive), &s, &st, &tail, &ctx](auto& down,
-                                                                   segment& sg) mutable {
+      std::string after_name = detail::name_at<I + 1>(st, tail);
+      const bool may_split = detail::may_split_before<I + 1>(st, ctx);
+      auto next = [drive = std::move(drive), &s, &ctx, after_name = std::move(after_name),
+                   may_split](auto& down, segment& sg) mutable {
         using Down = std::remove_cvref_t<decltype(down)>;
-        if constexpr (is_parallel_at<I + 1, Stages>()) {
+        if constexpr (detail::is_parallel_at<I + 1, Stages>()) {
           // The link to par_map follows: nothing to split.
           auto sink = s.template make<In>(down, ctx, index);
           drive(sink, sg);
@@ -208,8 +210,8 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
           // Always a split_point (inert where the pipeline may not split): one type per
           // chain, not one per combination of boundaries (that doubled the instantiations
           // at every stage).
-          split_point<Out, Down> sp(down, sg, index, name_at<I + 1>(st, tail), s.opt.buffer,
-                                    s.opt.batch_size, may_split_before<I + 1>(st, ctx));
+          split_point<Out, Down> sp(down, sg, index, after_name, s.opt.buffer, s.opt.batch_size,
+                                    may_split);
           auto sink = s.template make<In>(sp, ctx, index);
           drive(sink, sg);
         }
@@ -298,10 +300,11 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   });
   // The first boundary, between the source and the first stage: it also carries the
   // source's ticks to the segment.
-  auto drive = [&fl, &ctx, &tail, buffer](auto& sink, segment& sg) {
+  const bool candidate = detail::may_split_before<0>(fl.stages, ctx);
+  auto drive = [&fl, &ctx, buffer, candidate, first = detail::name_at<0>(fl.stages, tail)](
+                   auto& sink, segment& sg) {
     using Sink = std::remove_cvref_t<decltype(sink)>;
-    const bool candidate = may_split_before<0>(fl.stages, ctx);
-    split_point<In, Sink> head(sink, sg, 0, name_at<0>(fl.stages, tail), buffer, 0, candidate);
+    split_point<In, Sink> head(sink, sg, 0, first, buffer, 0, candidate);
     fl.src.drive(head, ctx);
   };
   build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind, buffer, 0);
