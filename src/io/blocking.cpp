@@ -94,10 +94,10 @@ class blocking_pool {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  job* head_ = nullptr;        // guarded by mu_
-  job* tail_ = nullptr;        // guarded by mu_
-  unsigned threads_ = 0;       // guarded by mu_
-  unsigned outstanding_ = 0;   // guarded by mu_: reserved calls not yet finished
+  job* head_ = nullptr;       // guarded by mu_
+  job* tail_ = nullptr;       // guarded by mu_
+  unsigned threads_ = 0;      // guarded by mu_
+  unsigned outstanding_ = 0;  // guarded by mu_: reserved calls not yet finished
 };
 
 blocking_pool& pool() {

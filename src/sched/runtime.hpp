@@ -56,7 +56,7 @@ struct fiber : context {
   void (*cancel)(void*) = nullptr;  // how to take this fiber's waiter off its list
   void* cancel_arg = nullptr;
   park_hooks hooks;  // run before every park (flush_before_park); owner fiber only
-  char name[40];  // NUL-terminated; name[0] is set at creation (the rest is not cleared)
+  char name[40];     // NUL-terminated; name[0] is set at creation (the rest is not cleared)
 };
 
 struct alignas(64) worker {

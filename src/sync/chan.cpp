@@ -202,12 +202,7 @@ void chan_core::send_with_lock(void* src) {
     }
     if (send_locked_inline(*this, src)) return;
     // About to park: the fiber's park hooks go first, with no lock held.
-    park_hooks* hooks = armed_park_hooks();
-    if (!hooks) [[likely]]
-      break;
-    mu_.unlock();
-    run_park_hooks(*hooks);
-    mu_.lock();
+    if (!flush_before_park(mu_)) break;
   }
   waiter w;
   w.slot = src;
@@ -238,12 +233,7 @@ bool chan_core::recv(void* opt) {
 bool chan_core::recv_with_lock(void* opt) {
   for (;;) {
     if (int r = recv_locked_inline(*this, opt)) return r > 0;
-    park_hooks* hooks = armed_park_hooks();
-    if (!hooks) [[likely]]
-      break;
-    mu_.unlock();
-    run_park_hooks(*hooks);
-    mu_.lock();
+    if (!flush_before_park(mu_)) break;
   }
   waiter w;
   w.slot = opt;

@@ -33,6 +33,17 @@ inline park_hooks* armed_park_hooks() noexcept {
     return nullptr;
   return &self->hooks;
 }
+// flush_before_park(lk): for an operation that decided to park under lk: if hooks are armed,
+// drops lk, runs them, retakes lk and returns true (decide again); else false (park).
+inline bool flush_before_park(spinlock& lk) noexcept {
+  park_hooks* h = armed_park_hooks();
+  if (!h) [[likely]]
+    return false;
+  lk.unlock();
+  run_park_hooks(*h);
+  lk.lock();
+  return true;
+}
 // flush_before_park(): for an operation that holds no lock: runs the armed hooks, if any.
 inline void flush_before_park() noexcept {
   if (park_hooks* h = armed_park_hooks()) [[unlikely]]

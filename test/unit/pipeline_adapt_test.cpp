@@ -59,12 +59,13 @@ TEST_CASE("adapt: par_map runs min(workers, items) slow items at once, with no h
   auto out = test::run_with(runtime_workers, [&] {
     std::vector<int> in(static_cast<std::size_t>(items));
     for (int i = 0; i < items; ++i) in[static_cast<std::size_t>(i)] = i;
-    return (rill::from(in) | rill::par_map(
-                                 [&](int v) {
-                                   g.pass();
-                                   return v * 3;
-                                 },
-                                 {.workers = workers}) |
+    return (rill::from(in) |
+            rill::par_map(
+                [&](int v) {
+                  g.pass();
+                  return v * 3;
+                },
+                {.workers = workers}) |
             rill::collect())
         .run();
   });
@@ -149,8 +150,8 @@ TEST_CASE("adapt: slow fused stages split into fibers mid-run, results unchanged
   INFO("workers " << workers);
   constexpr long n = 60;
   auto res = test::run_with(workers, [&] {
-    auto p = rill::from(upto(n)) | rill::map(slow_add(300, 1)) |
-             rill::map(slow_add(300, 10)) | rill::collect();
+    auto p = rill::from(upto(n)) | rill::map(slow_add(300, 1)) | rill::map(slow_add(300, 10)) |
+             rill::collect();
     auto v = p.run();
     return std::make_pair(v, p.stats());
   });
@@ -177,8 +178,7 @@ TEST_CASE("adapt: slow fused stages split into fibers mid-run, results unchanged
 TEST_CASE("adapt: cheap stages stay fused", "[pipeline][adapt][fusion]") {
   const unsigned workers = GENERATE(1u, 2u);
   auto [sum, stats] = test::run_with(workers, [&] {
-    auto p = rill::from(upto(200'000L)) |
-             rill::map([](long v) { return v * 2 + 1; }) |
+    auto p = rill::from(upto(200'000L)) | rill::map([](long v) { return v * 2 + 1; }) |
              rill::filter([](long v) { return v % 3 != 0; }) | rill::reduce(0L, std::plus<>{});
     auto s = p.run();
     return std::make_pair(s, p.stats());
@@ -197,8 +197,7 @@ TEST_CASE("adapt: the explicit options pin the layout", "[pipeline][adapt][optio
   const unsigned workers = GENERATE(1u, 2u);
   SECTION(".fuse = true keeps slow stages in one fiber") {
     auto stats = test::run_with(workers, [&] {
-      auto p = rill::from(upto(30L)) |
-               rill::map(slow_add(300, 1), {.fuse = true}) |
+      auto p = rill::from(upto(30L)) | rill::map(slow_add(300, 1), {.fuse = true}) |
                rill::map(slow_add(300, 1), {.fuse = true}) | rill::count();
       CHECK(p.run() == 30u);
       return p.stats();
@@ -236,8 +235,8 @@ TEST_CASE("adapt: layout changes mid-run lose, duplicate and reorder nothing (pr
     const int us = 100 + static_cast<int>(rng() % 300);
     const std::size_t take_n = static_cast<std::size_t>(rng() % (2 * n));
     const int k = 1 + static_cast<int>(rng() % 4);
-    INFO("case " << c << ": n " << n << ", slow every " << slow_every << ", us " << us
-                 << ", take " << take_n << ", batch " << k);
+    INFO("case " << c << ": n " << n << ", slow every " << slow_every << ", us " << us << ", take "
+                 << take_n << ", batch " << k);
     auto cost = [=](long v) {
       if (v % slow_every == 0) rill::this_fiber::sleep_for(std::chrono::microseconds(us));
     };
@@ -251,8 +250,7 @@ TEST_CASE("adapt: layout changes mid-run lose, duplicate and reorder nothing (pr
       }
     }
     auto got = test::run_with(workers, [&] {
-      return (rill::from(upto(static_cast<long>(n))) |
-              rill::map([=](long v) {
+      return (rill::from(upto(static_cast<long>(n))) | rill::map([=](long v) {
                 cost(v);
                 return v * 3 + 1;
               }) |
@@ -260,9 +258,11 @@ TEST_CASE("adapt: layout changes mid-run lose, duplicate and reorder nothing (pr
                 cost(v);
                 return v % 5 != 0;
               }) |
-              rill::flat_map([](long v) { return std::vector<long>{v, -v}; }) |
-              rill::batch(static_cast<std::size_t>(k)) | rill::unbatch() |
-              rill::take(take_n) | rill::map([=](long v) {
+              rill::flat_map([](long v) {
+                return std::vector<long>{v, -v};
+              }) |
+              rill::batch(static_cast<std::size_t>(k)) | rill::unbatch() | rill::take(take_n) |
+              rill::map([=](long v) {
                 cost(v);
                 return v + 7;
               }) |
@@ -273,8 +273,9 @@ TEST_CASE("adapt: layout changes mid-run lose, duplicate and reorder nothing (pr
   }
 }
 
-TEST_CASE("adapt: slow chains that end in a link (par_map, a pinned boundary, a broadcast) run whole",
-          "[pipeline][adapt][fusion]") {
+TEST_CASE(
+    "adapt: slow chains that end in a link (par_map, a pinned boundary, a broadcast) run whole",
+    "[pipeline][adapt][fusion]") {
   // The writer at the end of such a chain belongs to its fiber, so the chain stays in one
   // fiber however slow it is; the results are those of the plain loop.
   const unsigned workers = GENERATE(1u, 2u);

@@ -110,7 +110,9 @@ class ws_pool {
       } else {
         // Park this thread's main fiber, so its scheduler steals the run's fibers meanwhile.
         std::unique_lock<boost::fibers::mutex> lock(fiber_mu_);
-        fiber_done_.wait(lock, [&] { return finished_epoch_ >= seen; });  // >=: a later run may have finished too
+        fiber_done_.wait(lock, [&] {
+          return finished_epoch_ >= seen;
+        });  // >=: a later run may have finished too
       }
     }
   }

@@ -216,7 +216,8 @@ class link_writer {
     }
     lim_ = b_;
     if (pol_.reader_limit) {
-      lim_ = std::min(lim_, std::max<std::size_t>(1, pol_.reader_limit->load(std::memory_order_relaxed)));
+      lim_ = std::min(lim_,
+                      std::max<std::size_t>(1, pol_.reader_limit->load(std::memory_order_relaxed)));
     }
     if (lim_ > 1 && cur_.items.capacity() < lim_) cur_.items.reserve(lim_);
   }
@@ -290,7 +291,7 @@ class link_writer {
 
   link_chan<T> ch_;
   batch_policy pol_;
-  std::size_t b_;    // the batch size the writer aims at
+  std::size_t b_;        // the batch size the writer aims at
   std::size_t lim_ = 1;  // this batch's size
   std::size_t fill_ = 0;
   std::atomic<int>* writers_;  // shared by several writers (merge): the last one closes
@@ -457,7 +458,8 @@ class segment {
   void end_window() {
     const std::int64_t now = now_ns();
     const std::int64_t work = std::max<std::int64_t>(0, now - win_start_ - waited_);
-    const std::int64_t per_item = work / static_cast<std::int64_t>(std::max<std::size_t>(1, win_items_));
+    const std::int64_t per_item =
+        work / static_cast<std::int64_t>(std::max<std::size_t>(1, win_items_));
     win_start_ = now;
     win_items_ = 0;
     waited_ = 0;
@@ -468,8 +470,8 @@ class segment {
                (last_decided_ == 0 || per_item >= 2 * last_decided_)) {
       // Worth a look (the first window, the fiber's first items, is left out: cold caches).
       probing_ = true;
-      want_ = static_cast<int>(std::clamp<std::int64_t>(probe_ns / std::max<std::int64_t>(1, per_item), 1,
-                                                        max_probe_samples));
+      want_ = static_cast<int>(std::clamp<std::int64_t>(
+          probe_ns / std::max<std::int64_t>(1, per_item), 1, max_probe_samples));
       for (split_base* p : points_) {
         p->mode_ = split_base::mode::probing;
         p->reset_samples();
@@ -531,8 +533,8 @@ class segment {
     ctx_->stage_at(best->index() + 1, [&](stage_stats& s) {
       s.fused = false;
       s.decision = "split into its own fiber: " + std::to_string(best_min) +
-                   " ns/item on the lighter side, " + std::to_string(threshold_) +
-                   " needed (" + std::to_string(ctx_->workers) + " workers)";
+                   " ns/item on the lighter side, " + std::to_string(threshold_) + " needed (" +
+                   std::to_string(ctx_->workers) + " workers)";
     });
     const std::size_t at = fiber_name_.find(best->name_after());
     std::string before = fiber_name_, gone = best->name_after();

@@ -68,7 +68,9 @@ struct as_stages<fragment<S...>> {
 // Tails: where the last segment's items go.
 // holds_links_v<Term>: the terminal writes to links of its own (broadcast).
 template <class Term>
-constexpr bool holds_links_v = requires { Term::holds_links; };
+constexpr bool holds_links_v = requires {
+  Term::holds_links;
+};
 
 template <class Term, class In>
 struct terminal_tail {
@@ -143,8 +145,8 @@ void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, st
          std::size_t batch_size) {
   const link_shape shape = shape_for(buffer);
   auto l = ctx.template link<link_chan<In>>(shape.capacity);
-  batch_policy pol{batch_size ? batch_size : shape.batch, batch_size != 0 || !ctx.adaptive,
-                   nullptr, &ctx, static_cast<int>(I)};
+  batch_policy pol{batch_size ? batch_size : shape.batch, batch_size != 0 || !ctx.adaptive, nullptr,
+                   &ctx, static_cast<int>(I)};
   ctx.spawn(seg, [drive = std::move(drive), w = link_writer<In>(l, pol), &ctx, seg]() mutable {
     segment sg(ctx, seg, {}, /*may_split=*/false);
     w.set_segment(&sg);
@@ -204,6 +206,7 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
         using Down = std::remove_cvref_t<decltype(down)>;
         if constexpr (detail::is_parallel_at<I + 1, Stages>()) {
           // The link to par_map follows: nothing to split.
+          (void)may_split;
           auto sink = s.template make<In>(down, ctx, index);
           drive(sink, sg);
         } else {
@@ -248,11 +251,12 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   auto in = ctx.template link<link_chan<In>>(in_shape.capacity);
   batch_policy pol{pinned ? pinned : in_shape.batch, pinned != 0,
                    pinned ? nullptr : &state->handout, &ctx, static_cast<int>(I)};
-  ctx.spawn(seg, [drive = std::move(drive), w = link_writer<In>(in, pol), &ctx, seg, state]() mutable {
-    segment sg(ctx, seg, {}, /*may_split=*/false);
-    w.set_segment(&sg);
-    drive(w, sg);
-  });
+  ctx.spawn(seg,
+            [drive = std::move(drive), w = link_writer<In>(in, pol), &ctx, seg, state]() mutable {
+              segment sg(ctx, seg, {}, /*may_split=*/false);
+              w.set_segment(&sg);
+              drive(w, sg);
+            });
   auto out = ctx.template link<link_chan<Out>>(shape.capacity);
   unsigned workers = s.opt.workers ? s.opt.workers : ctx.workers;
   if (workers == 0) workers = 1;

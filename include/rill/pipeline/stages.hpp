@@ -401,8 +401,8 @@ struct par_map_stage : stage_tag {
   // (state.handout: about handout_bound_ns of work, 1 to 16 items), which the writer that
   // feeds the workers reads at each batch: few slow items spread over every worker.
   template <class In, class Out, class State>
-  void work(pipe_ctx& ctx, int index, link_chan<In>& in, link_chan<Out>& out,
-            chan<char>& tokens, State& state, std::size_t pinned) {
+  void work(pipe_ctx& ctx, int index, link_chan<In>& in, link_chan<Out>& out, chan<char>& tokens,
+            State& state, std::size_t pinned) {
     struct last_closes {
       State* state;
       link_chan<In>* in;
@@ -434,7 +434,8 @@ struct par_map_stage : stage_tag {
       }
       if (!pinned) {
         const auto k = static_cast<std::int64_t>(r.size());
-        const std::int64_t per = std::max<std::int64_t>(1, (now_ns() - t0) / std::max<std::int64_t>(1, k));
+        const std::int64_t per =
+            std::max<std::int64_t>(1, (now_ns() - t0) / std::max<std::int64_t>(1, k));
         const std::int64_t c = state.cost_ns.load(std::memory_order_relaxed);
         const std::int64_t avg = c == 0 ? per : (7 * c + per) / 8;
         state.cost_ns.store(avg, std::memory_order_relaxed);
