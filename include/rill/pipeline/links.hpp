@@ -57,6 +57,11 @@ inline constexpr std::int64_t split_min_ns_one = 20'000 * cost_scale;  // one: o
 // How long a measuring window lasts, and how much sampling a split decision wants.
 inline constexpr std::int64_t window_ns = 1'000'000;
 inline constexpr std::int64_t probe_ns = 200'000;
+// A probe takes at least 7 samples per side (its lower median stands while 3 of them were
+// preempted or hit a cold cache); 3 when each item takes half a probe or more, where a wrong
+// split costs a link's hop against that much work.
+inline constexpr int min_probe_samples = 7;
+inline constexpr int min_probe_samples_slow = 3;
 inline constexpr int max_probe_samples = 16;
 
 // A batch of one item (links of batch size 1) holds it in `single`, so that a link moving
@@ -470,8 +475,9 @@ class segment {
                (last_decided_ == 0 || per_item >= 2 * last_decided_)) {
       // Worth a look (the first window, the fiber's first items, is left out: cold caches).
       probing_ = true;
+      const int least = per_item >= probe_ns / 2 ? min_probe_samples_slow : min_probe_samples;
       want_ = static_cast<int>(std::clamp<std::int64_t>(
-          probe_ns / std::max<std::int64_t>(1, per_item), 1, max_probe_samples));
+          probe_ns / std::max<std::int64_t>(1, per_item), least, max_probe_samples));
       for (split_base* p : points_) {
         p->mode_ = split_base::mode::probing;
         p->reset_samples();
