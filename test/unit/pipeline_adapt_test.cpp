@@ -175,6 +175,47 @@ TEST_CASE("adapt: slow fused stages split into fibers mid-run, results unchanged
   CHECK(stats.stages[2].decision.find("split") != std::string::npos);
 }
 
+TEST_CASE("adapt: heavy stages split all at once, a fiber each", "[pipeline][adapt][fusion]") {
+  const unsigned workers = GENERATE(1u, 2u);
+  INFO("workers " << workers);
+  constexpr long n = 40;
+  auto [out, stats] = test::run_with(workers, [&] {
+    auto p = rill::from(upto(n)) | rill::map(slow_add(2000, 1)) | rill::map(slow_add(2000, 10)) |
+             rill::map(slow_add(2000, 100)) | rill::collect();
+    auto v = p.run();
+    return std::make_pair(v, p.stats());
+  });
+  REQUIRE(out.size() == static_cast<std::size_t>(n));
+  for (long i = 0; i < n; ++i) CHECK(out[static_cast<std::size_t>(i)] == i + 111);
+  // One probe finds every piece heavy: each slow map gets a fiber, from the same decision
+  // (the cheap source and collect stay with their neighbours). The fiber names are whole.
+  std::vector<std::string> fibers = stats.fibers;
+  std::sort(fibers.begin(), fibers.end());
+  CHECK(fibers == std::vector<std::string>{"from|map#1", "map#2", "map#3|collect"});
+  CHECK(stats.stages[3].decision.find("every piece") != std::string::npos);
+}
+
+TEST_CASE("adapt: a busy stage fiber takes turns with the worker's other fibers",
+          "[pipeline][adapt]") {
+  // One worker, and a source that never parks: the fiber it starts with its first item
+  // runs only if the stage fiber yields; until it has, the source goes on.
+  auto items = test::run_with(1, [] {
+    std::atomic<bool> other_ran{false};
+    bool started = false;
+    return (rill::generate([&]() -> std::optional<long> {
+              if (!started) {
+                started = true;
+                rill::go([&] { other_ran = true; });
+              }
+              if (other_ran.load()) return std::nullopt;
+              return 1L;
+            }) |
+            rill::map([](long v) { return v * 2; }) | rill::count())
+        .run();
+  });
+  CHECK(items > 1);  // the other fiber ran while the source was busy, not before
+}
+
 TEST_CASE("adapt: cheap stages stay fused", "[pipeline][adapt][fusion]") {
   const unsigned workers = GENERATE(1u, 2u);
   auto [sum, stats] = test::run_with(workers, [&] {

@@ -117,7 +117,7 @@ struct broadcast_term : terminal_tag {
     result_slot<result_t<In>>* out;
 
     template <class V>
-    bool operator()(V&& v) {
+    bool operator()(V&& v, auto...) {
       bool any = false;
       if constexpr (n > 1) {  // copies to all but the last branch
         for (std::size_t k = 0; k + 1 < n; ++k) {

@@ -283,6 +283,42 @@ class pipe_ctx {
   std::atomic<bool> user_cancelled_{false};
 };
 
+// The path an item takes through a fiber's chain of sinks: a sink's operator() takes it as
+// an optional second argument and passes it on. dynamic_path (the default): each boundary
+// looks whether it is being measured or split. fused_path: the driver knows that no
+// boundary of its fiber is (segment::quiet(), checked once per chunk), so the chain compiles
+// to the plain nested calls, with no out-of-line call that could touch the sinks' state
+// (which would keep a reduce's accumulator in memory instead of a register).
+struct dynamic_path {
+  static constexpr bool fused = false;
+};
+struct fused_path {
+  static constexpr bool fused = true;
+};
+// push(sink, v, path): one item down `path`. chain_is_quiet(sink): the chain the driver
+// feeds may take fused_path for its next chunk (only a chain that starts at a boundary
+// knows; any other takes dynamic_path).
+template <class Sink>
+inline constexpr bool has_fused_path_v = requires(const Sink& s) {
+  s.quiet();
+};
+template <class Sink>
+bool chain_is_quiet(const Sink& sink) noexcept {
+  if constexpr (has_fused_path_v<Sink>) {
+    return sink.quiet();
+  } else {
+    return false;
+  }
+}
+template <class Sink, class V, class M>
+[[gnu::always_inline]] inline bool push(Sink& sink, V&& v, M path) {
+  if constexpr (M::fused && has_fused_path_v<Sink>) {
+    return sink(std::forward<V>(v), path);
+  } else {
+    return sink(std::forward<V>(v));
+  }
+}
+
 // never_stops_v<Sink>: the sink never returns false (no take, no link, no channel
 // downstream), so a source may drive it without checking after every item.
 template <class S>

@@ -163,7 +163,7 @@ struct line_sink_term : terminal_tag {
     bool open = true;
 
     template <class V>
-    bool operator()(V&& v) {
+    bool operator()(V&& v, auto...) {
       const std::string_view s(v);
       buf.append(s.data(), s.size());
       buf.push_back('\n');

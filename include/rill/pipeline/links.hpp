@@ -17,6 +17,9 @@
 //     worker only a side that waits, e.g. on I/O, gains, so the bar is high). The split
 //     happens between two items: the items before it went through the whole chain already,
 //     so nothing is lost, duplicated or reordered.
+//     When every piece is heavy (split_all_min_ns), it splits at every such boundary at once.
+//   - The scheduler does not preempt: a stage fiber yields between two chunks once it has run
+//     for slice_ns, so CPU-bound stage fibers on fewer workers take turns.
 #pragma once
 
 #include <algorithm>
@@ -54,6 +57,13 @@ inline constexpr std::int64_t handout_bound_ns = 20'000;
 // A fused fiber splits at a boundary only if both sides take at least this long per item.
 inline constexpr std::int64_t split_min_ns_workers = 50 * cost_scale;  // several workers
 inline constexpr std::int64_t split_min_ns_one = 20'000 * cost_scale;  // one: only waits gain
+// Pieces this heavy (each side of every cut) split all at once, a fiber each: a link costs
+// nothing next to them, and each split found one probe at a time delays the rest.
+inline constexpr std::int64_t split_all_min_ns = 20'000 * cost_scale;
+// A fiber that has run this long since it last yielded yields at its next window, so that
+// CPU-bound stage fibers on fewer workers share them in turn (the scheduler does not
+// preempt): otherwise the last stage runs behind and drains alone at the end.
+inline constexpr std::int64_t slice_ns = 2'000'000;
 // How long a measuring window lasts, and how much sampling a split decision wants.
 inline constexpr std::int64_t window_ns = 1'000'000;
 inline constexpr std::int64_t probe_ns = 200'000;
@@ -155,7 +165,7 @@ class link_writer {
   }
 
   template <class V>
-  [[gnu::always_inline]] bool operator()(V&& v) {
+  [[gnu::always_inline]] bool operator()(V&& v, auto...) {
     if (fill_ == 0) [[unlikely]]
       begin_batch();
     if (lim_ == 1) {
@@ -336,7 +346,10 @@ class split_base {
   friend class segment;
   // split(): make the link and start the fiber that runs everything after this boundary
   // (`after`: its boundaries still fused; `moved`: those already split, with their writers).
-  virtual void split(std::vector<split_base*> after, std::vector<split_base*> moved) = 0;
+  // `cuts`: boundaries among `after` where the new fiber splits again at once; `fiber`:
+  // the new fiber's name (the stages it runs).
+  virtual void split(std::vector<split_base*> after, std::vector<split_base*> moved,
+                     std::vector<split_base*> cuts, std::string fiber) = 0;
   // release(): let go of the link's writer (from the fiber that wrote to it).
   virtual void release() noexcept = 0;
   // leave_fiber()/join(): this boundary's link writer moves to the fiber of a split
@@ -408,6 +421,7 @@ class segment {
     for (split_base* p : split_) p->join(this);
     threshold_ = ctx.workers > 1 ? split_min_ns_workers : split_min_ns_one;
     win_start_ = now_ns();
+    slice_start_ = win_start_;
   }
   segment(const segment&) = delete;
   segment& operator=(const segment&) = delete;
@@ -441,6 +455,10 @@ class segment {
     std::erase(split_, &p);
   }
 
+  // quiet(): no boundary of this fiber is being probed or has split: every one passes
+  // items straight on, so the driver may take fused_path until its next tick.
+  bool quiet() const noexcept { return !probing_ && split_.empty(); }
+
   // waited(): the chain spent `ns` waiting (for room downstream), not working.
   void waited(std::int64_t ns) noexcept {
     waited_ += ns;
@@ -461,19 +479,23 @@ class segment {
 
  private:
   void end_window() {
-    const std::int64_t now = now_ns();
+    std::int64_t now = now_ns();
     const std::int64_t work = std::max<std::int64_t>(0, now - win_start_ - waited_);
     const std::int64_t per_item =
         work / static_cast<std::int64_t>(std::max<std::size_t>(1, win_items_));
+    // (inline_run keeps its one schedule: it decides nothing from time.)
+    if (!probing_ && ctx_->adaptive && now - slice_start_ >= slice_ns) now = yield_slice();
     win_start_ = now;
     win_items_ = 0;
     waited_ = 0;
     ++windows_;
     if (probing_) {
       decide(per_item);
-    } else if (windows_ > 1 && !points_.empty() && per_item >= 2 * threshold_ &&
+    } else if ((windows_ > 1 || per_item >= probe_ns / 2) && !points_.empty() &&
+               per_item >= 2 * threshold_ &&
                (last_decided_ == 0 || per_item >= 2 * last_decided_)) {
-      // Worth a look (the first window, the fiber's first items, is left out: cold caches).
+      // Worth a look (the first window, the fiber's first items, is left out: cold caches;
+      // unless its items are so slow that a cold cache is lost in them).
       probing_ = true;
       const int least = per_item >= probe_ns / 2 ? min_probe_samples_slow : min_probe_samples;
       want_ = static_cast<int>(std::clamp<std::int64_t>(
@@ -488,15 +510,25 @@ class segment {
     budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
   }
 
+  // yield_slice(): let the worker's other fibers run (this fiber's partial batches go
+  // first, as before a park); the time from here is this fiber's again.
+  std::int64_t yield_slice() {
+    if (park_hooks* hooks = current_park_hooks(); hooks && hooks->armed) run_park_hooks(*hooks);
+    this_fiber::yield();
+    slice_start_ = now_ns();
+    return slice_start_;
+  }
+
   // decide(): every boundary has been timed over the last window's items; split at the
-  // one whose lighter side is heaviest, if that side is worth a fiber.
+  // one whose lighter side is heaviest, if that side is worth a fiber (when every piece
+  // is heavy, at every boundary that leaves heavy pieces on both sides).
   void decide(std::int64_t per_item) {
     probing_ = false;
     const std::int64_t clock2 = 2 * clock_cost_ns();
     const auto np = static_cast<std::int64_t>(points_.size());
     split_base* best = nullptr;
     std::int64_t best_min = 0;
-    std::vector<std::int64_t> downs(points_.size(), -1);
+    std::vector<std::int64_t> downs(points_.size(), -1), ups(points_.size(), -1);
     for (std::int64_t k = 0; k < np; ++k) {
       split_base* p = points_[static_cast<std::size_t>(k)];
       p->mode_ = split_base::mode::fused;
@@ -507,6 +539,7 @@ class segment {
       const std::int64_t up =
           std::max<std::int64_t>(0, split_base::lower_median(p->ups_, p->nup_) - k * clock2);
       downs[static_cast<std::size_t>(k)] = down;
+      ups[static_cast<std::size_t>(k)] = up;
       const std::int64_t m = std::min(up, down);
       ctx_->stage_at(p->index() + 1, [&](stage_stats& s) {
         s.decision = "fused: " + std::to_string(up) + " ns/item before it in its fiber, " +
@@ -532,16 +565,52 @@ class segment {
     last_decided_ = std::max<std::int64_t>(1, per_item);
     budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
     if (!best) return;
-    // Split: everything after `best` goes to a new fiber (with its boundaries).
-    auto it = std::find(points_.begin(), points_.end(), best);
-    std::vector<split_base*> after(it + 1, points_.end());
-    points_.erase(it, points_.end());
-    ctx_->stage_at(best->index() + 1, [&](stage_stats& s) {
+    std::vector<split_base*> cuts;
+    if (best_min >= split_all_min_ns) {
+      // Every piece heavy: cut wherever the piece before and the rest after stay heavy.
+      std::int64_t prev = -1;  // the down time at the last cut (-1: none yet)
+      for (std::size_t k = 0; k < downs.size(); ++k) {
+        if (downs[k] < 0) continue;
+        const std::int64_t piece = prev < 0 ? ups[k] : prev - downs[k];
+        if (piece >= split_all_min_ns && downs[k] >= split_all_min_ns) {
+          cuts.push_back(points_[k]);
+          prev = downs[k];
+        }
+      }
+    }
+    if (cuts.empty()) cuts.push_back(best);
+    split_base* first = cuts.front();
+    cuts.erase(cuts.begin());
+    ctx_->stage_at(first->index() + 1, [&](stage_stats& s) {
       s.fused = false;
       s.decision = "split into its own fiber: " + std::to_string(best_min) +
                    " ns/item on the lighter side, " + std::to_string(threshold_) + " needed (" +
                    std::to_string(ctx_->workers) + " workers)";
     });
+    split_at(first, std::move(cuts));
+  }
+
+ public:
+  // cut(): split at once at each of `cuts` (in chain order), decided by the probe of the
+  // fiber this one split from (from this fiber, before its first item).
+  void cut(std::vector<split_base*> cuts) {
+    split_base* first = cuts.front();
+    cuts.erase(cuts.begin());
+    ctx_->stage_at(first->index() + 1, [&](stage_stats& s) {
+      s.fused = false;
+      s.decision = "split into its own fiber with the stage before it: every piece at least " +
+                   std::to_string(split_all_min_ns) + " ns/item";
+    });
+    split_at(first, std::move(cuts));
+  }
+
+ private:
+  // split_at(): everything after `best` goes to a new fiber (with its boundaries), which
+  // splits again at `cuts`.
+  void split_at(split_base* best, std::vector<split_base*> cuts) {
+    auto it = std::find(points_.begin(), points_.end(), best);
+    std::vector<split_base*> after(it + 1, points_.end());
+    points_.erase(it, points_.end());
     const std::size_t at = fiber_name_.find(best->name_after());
     std::string before = fiber_name_, gone = best->name_after();
     if (at != std::string::npos && at > 0) {
@@ -562,7 +631,7 @@ class segment {
       }
     }
     split_.push_back(best);
-    best->split(std::move(after), std::move(moved));
+    best->split(std::move(after), std::move(moved), std::move(cuts), gone);
     last_decided_ = 0;  // what is left may split again
   }
 
@@ -572,6 +641,7 @@ class segment {
   std::vector<split_base*> split_;   // boundaries of this fiber that became links
   std::int64_t threshold_;
   std::int64_t win_start_;
+  std::int64_t slice_start_;
   std::int64_t waited_ = 0;
   std::int64_t waited_total_ = 0;
   std::size_t win_items_ = 0;
@@ -613,7 +683,14 @@ struct link_driver {
         }
       }
       const std::size_t n = b->size();
-      if (!b->each([&](T&& v) { return sink(std::move(v)); })) {
+      // With a segment, the sink is the chain's first stage (every sink takes a path).
+      bool ok;
+      if (seg ? seg->quiet() : chain_is_quiet(sink)) {
+        ok = b->each([&](T&& v) { return sink(std::move(v), fused_path{}); });
+      } else {
+        ok = b->each([&](T&& v) { return sink(std::move(v)); });
+      }
+      if (!ok) {
         ch.core()->try_close();  // stop upstream promptly
         sink.finish();
         return;
@@ -719,12 +796,19 @@ class split_point final : public split_base {
     if (seg_) seg_->forget(*this);
   }
 
-  template <class V>
-  [[gnu::always_inline]] bool operator()(V&& v) {
-    if (mode_ == mode::fused) [[likely]]
-      return (*down_)(std::forward<V>(v));
-    return slow(std::forward<V>(v));
+  template <class V, class M = dynamic_path>
+  [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
+    if constexpr (M::fused) {
+      return (*down_)(std::forward<V>(v), m);
+    } else {
+      if (mode_ == mode::fused) [[likely]]
+        return (*down_)(std::forward<V>(v));
+      return slow(std::forward<V>(v));
+    }
   }
+  // quiet(): no boundary of this fiber's chain is measured or split now (the driver may
+  // send its next chunk down fused_path).
+  bool quiet() const noexcept { return tick_seg_->quiet(); }
   void flush_hint() {
     if (mode_ == mode::split) {
       writer_->flush_hint();
@@ -780,7 +864,8 @@ class split_point final : public split_base {
     if (writer_) writer_->set_segment(seg);
   }
 
-  void split(std::vector<split_base*> after, std::vector<split_base*> moved) override {
+  void split(std::vector<split_base*> after, std::vector<split_base*> moved,
+             std::vector<split_base*> cuts, std::string fiber) override {
     pipe_ctx& ctx = seg_->ctx();
     const link_shape shape = shape_for(buffer_);
     auto l = ctx.template link<link_chan<T>>(shape.capacity);
@@ -790,17 +875,18 @@ class split_point final : public split_base {
     writer_->set_segment(seg_);
     children_.add(1);
     started_ = true;
-    std::string name = name_after_;
     try {
       ctx.spawn(
-          name,
-          [this, &ctx, l, after = std::move(after), moved = std::move(moved), name]() mutable {
+          fiber,
+          [this, &ctx, l, after = std::move(after), moved = std::move(moved),
+           cuts = std::move(cuts), fiber]() mutable {
             struct leave {
               wait_group* wg;
               ~leave() { wg->done(); }
             } guard{&children_};
             // Not seg_: the segment that split here may be gone by the time this runs.
-            segment child(ctx, name, std::move(after), true, std::move(moved));
+            segment child(ctx, fiber, std::move(after), true, std::move(moved));
+            if (!cuts.empty()) child.cut(std::move(cuts));
             link_driver<T>{l}(*down_, child);
           },
           /*record=*/false);

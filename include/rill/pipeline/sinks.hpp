@@ -48,7 +48,7 @@ struct sink_term : terminal_tag {
     pipe_ctx* ctx;
     int index;
     template <class V>
-    bool operator()(V&& v) {
+    bool operator()(V&& v, auto...) {
       guarded(*ctx, nullptr, kind, index, t->f, std::forward<V>(v));
       return true;
     }
@@ -76,7 +76,7 @@ struct collect_term : terminal_tag {
     result_slot<std::vector<In>>* out;
     std::vector<In> items;
     template <class V>
-    bool operator()(V&& v) {
+    bool operator()(V&& v, auto...) {
       items.push_back(std::forward<V>(v));
       return true;
     }
@@ -113,7 +113,7 @@ struct reduce_term : terminal_tag {
     int index;
     T acc;
     template <class V>
-    bool operator()(V&& v) {
+    bool operator()(V&& v, auto...) {
       acc = guarded(*ctx, nullptr, kind, index, t->op, std::move(acc), std::forward<V>(v));
       return true;
     }
@@ -140,7 +140,7 @@ struct count_term : terminal_tag {
     result_slot<std::size_t>* out;
     std::size_t n = 0;
     template <class V>
-    bool operator()(V&&) {
+    bool operator()(V&&, auto...) {
       ++n;
       return true;
     }
@@ -170,7 +170,7 @@ struct to_term : terminal_tag {
     to_term* t;
     pipe_ctx* ctx;
     template <class V>
-    bool operator()(V&& v) {
+    bool operator()(V&& v, auto...) {
       T x(std::forward<V>(v));
       if (t->ch.try_send(x)) return true;
       bool sent = false;

@@ -40,22 +40,34 @@ struct range_source {
       std::size_t left = static_cast<std::size_t>(std::ranges::size(range));
       while (left != 0) {
         const std::size_t c = left < chunk ? left : chunk;
-        for (std::size_t k = 0; k < c; ++k, ++it) sink(*it);
+        if (chain_is_quiet(sink)) {
+          for (std::size_t k = 0; k < c; ++k, ++it) push(sink, *it, fused_path{});
+        } else {
+          for (std::size_t k = 0; k < c; ++k, ++it) sink(*it);
+        }
         left -= c;
         if constexpr (ticks) sink.tick(c);
         if (chunk < 1024) chunk *= 2;
         if (ctx.stop.load(std::memory_order_relaxed)) break;
       }
     } else {
-      std::size_t n = 0;
-      for (auto&& v : range) {
-        if (!sink(std::forward<decltype(v)>(v))) break;
-        if (++n == chunk) {
-          if constexpr (ticks) sink.tick(n);
-          n = 0;
-          if (chunk < 1024) chunk *= 2;
-          if (ctx.stop.load(std::memory_order_relaxed)) break;
+      auto it = std::ranges::begin(range);
+      const auto end = std::ranges::end(range);
+      // run(path): one chunk down `path`; false once the sink wants no more.
+      auto run = [&](auto path, std::size_t& n) {
+        for (; n < chunk && it != end; ++it) {
+          ++n;
+          if (!push(sink, *it, path)) return false;
         }
+        return true;
+      };
+      while (it != end) {
+        std::size_t n = 0;
+        const bool more = chain_is_quiet(sink) ? run(fused_path{}, n) : run(dynamic_path{}, n);
+        if (!more) break;
+        if constexpr (ticks) sink.tick(n);
+        if (chunk < 1024) chunk *= 2;
+        if (ctx.stop.load(std::memory_order_relaxed)) break;
       }
     }
     sink.finish();

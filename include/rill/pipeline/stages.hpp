@@ -2,7 +2,9 @@
 // rill/pipeline.hpp.
 //
 // Each stage is a value (a description); at run() it becomes a sink: an object with
-//   bool operator()(V&& item)   take one item; false: downstream wants no more
+//   bool operator()(V&& item, M path = {})
+//                               take one item; false: downstream wants no more (path:
+//                               dynamic_path or fused_path, passed on downstream)
 //   void flush_hint()           the fiber is about to wait for input
 //   void finish()               end of stream
 // wrapping the sink downstream of it. Adjacent stages fuse into one fiber by nesting
@@ -10,6 +12,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <iterator>
 #include <optional>
@@ -88,9 +91,9 @@ struct map_stage : stage_tag {
     Down* down;
     pipe_ctx* ctx;
     int index;
-    template <class V>
-    [[gnu::always_inline]] bool operator()(V&& v) {
-      return (*down)(guarded(*ctx, st->opt.name, kind, index, st->f, std::forward<V>(v)));
+    template <class V, class M = dynamic_path>
+    [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
+      return (*down)(guarded(*ctx, st->opt.name, kind, index, st->f, std::forward<V>(v)), m);
     }
     void flush_hint() { down->flush_hint(); }
     void finish() { down->finish(); }
@@ -127,10 +130,10 @@ struct filter_stage : stage_tag {
     Down* down;
     pipe_ctx* ctx;
     int index;
-    template <class V>
-    [[gnu::always_inline]] bool operator()(V&& v) {
+    template <class V, class M = dynamic_path>
+    [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
       if (guarded(*ctx, st->opt.name, kind, index, st->p, std::as_const(v))) {
-        return (*down)(std::forward<V>(v));
+        return (*down)(std::forward<V>(v), m);
       }
       return true;
     }
@@ -167,10 +170,10 @@ struct tap_stage : stage_tag {
     Down* down;
     pipe_ctx* ctx;
     int index;
-    template <class V>
-    [[gnu::always_inline]] bool operator()(V&& v) {
+    template <class V, class M = dynamic_path>
+    [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
       guarded(*ctx, st->opt.name, kind, index, st->f, std::as_const(v));
-      return (*down)(std::forward<V>(v));
+      return (*down)(std::forward<V>(v), m);
     }
     void flush_hint() { down->flush_hint(); }
     void finish() { down->finish(); }
@@ -221,11 +224,11 @@ struct flat_map_stage : stage_tag {
     Down* down;
     pipe_ctx* ctx;
     int index;
-    template <class V>
-    bool operator()(V&& v) {
+    template <class V, class M = dynamic_path>
+    bool operator()(V&& v, M m = {}) {
       auto&& r = guarded(*ctx, st->opt.name, kind, index, st->f, std::forward<V>(v));
       for (auto&& x : r) {
-        if (!(*down)(element_of<decltype(r)>(std::forward<decltype(x)>(x)))) return false;
+        if (!(*down)(element_of<decltype(r)>(std::forward<decltype(x)>(x)), m)) return false;
       }
       return true;
     }
@@ -256,11 +259,11 @@ struct take_stage : stage_tag {
   struct sink {
     Down* down;
     std::size_t left;
-    template <class V>
-    bool operator()(V&& v) {
+    template <class V, class M = dynamic_path>
+    bool operator()(V&& v, M m = {}) {
       if (left == 0) return false;
       --left;
-      const bool more = (*down)(std::forward<V>(v));
+      const bool more = (*down)(std::forward<V>(v), m);
       return more && left > 0;  // false after the n-th item: upstream stops at once
     }
     void flush_hint() { down->flush_hint(); }
@@ -291,12 +294,12 @@ struct batch_stage : stage_tag {
     Down* down;
     std::size_t n;
     std::vector<In> cur;
-    template <class V>
-    bool operator()(V&& v) {
+    template <class V, class M = dynamic_path>
+    bool operator()(V&& v, M m = {}) {
       if (cur.empty()) cur.reserve(n);
       cur.push_back(std::forward<V>(v));
       if (cur.size() < n) return true;
-      return (*down)(std::exchange(cur, std::vector<In>{}));
+      return (*down)(std::exchange(cur, std::vector<In>{}), m);
     }
     void flush_hint() { down->flush_hint(); }
     void finish() {
@@ -331,10 +334,10 @@ struct unbatch_stage : stage_tag {
   template <class Down>
   struct sink {
     Down* down;
-    template <class V>
-    bool operator()(V&& v) {
+    template <class V, class M = dynamic_path>
+    bool operator()(V&& v, M m = {}) {
       for (auto&& x : v) {
-        if (!(*down)(element_of<V>(std::forward<decltype(x)>(x)))) return false;
+        if (!(*down)(element_of<V>(std::forward<decltype(x)>(x)), m)) return false;
       }
       return true;
     }
@@ -363,9 +366,9 @@ struct boundary_stage : stage_tag {
   template <class Down>
   struct sink {
     Down* down;
-    template <class V>
-    bool operator()(V&& v) {
-      return (*down)(std::forward<V>(v));
+    template <class V, class M = dynamic_path>
+    bool operator()(V&& v, M m = {}) {
+      return (*down)(std::forward<V>(v), m);
     }
     void flush_hint() { down->flush_hint(); }
     void finish() { down->finish(); }
@@ -417,11 +420,16 @@ struct par_map_stage : stage_tag {
         if (state->left.fetch_sub(1) == 1) out->core()->try_close();
       }
     } guard{&state, &in, &out, &tokens};
+    std::uint32_t units = 0;
     for (;;) {
       if (tokens && !tokens.recv()) break;  // ordered: wait for room in the window
       std::optional<batch<In>> b = in.recv();
       if (!b) break;
-      const std::int64_t t0 = pinned ? 0 : now_ns();
+      // Timed: every unit while the hand-out moves; 1 in 8 once it is at its top (cheap
+      // items, where two clock reads are a large share of a unit).
+      const bool timed =
+          !pinned && (state.handout.load(std::memory_order_relaxed) < 16 || units++ % 8 == 0);
+      const std::int64_t t0 = timed ? now_ns() : 0;
       batch<Out> r;
       r.seq = b->seq;
       if (b->single) {
@@ -432,16 +440,19 @@ struct par_map_stage : stage_tag {
           r.items.push_back(guarded(ctx, opt.name, kind, index, f, std::move(v)));
         }
       }
-      if (!pinned) {
+      if (timed) {
         const auto k = static_cast<std::int64_t>(r.size());
         const std::int64_t per =
             std::max<std::int64_t>(1, (now_ns() - t0) / std::max<std::int64_t>(1, k));
         const std::int64_t c = state.cost_ns.load(std::memory_order_relaxed);
         const std::int64_t avg = c == 0 ? per : (7 * c + per) / 8;
         state.cost_ns.store(avg, std::memory_order_relaxed);
-        state.handout.store(
-            static_cast<std::size_t>(std::clamp<std::int64_t>(handout_bound_ns / avg, 1, 16)),
-            std::memory_order_relaxed);
+        // Stored only when it changes: every worker and the feeding writer read this line.
+        const auto h =
+            static_cast<std::size_t>(std::clamp<std::int64_t>(handout_bound_ns / avg, 1, 16));
+        if (state.handout.load(std::memory_order_relaxed) != h) {
+          state.handout.store(h, std::memory_order_relaxed);
+        }
       }
       try {
         out.send(std::move(r));
