@@ -68,8 +68,8 @@ inline constexpr std::int64_t slice_ns = 2'000'000;
 inline constexpr std::int64_t window_ns = 1'000'000;
 inline constexpr std::int64_t probe_ns = 200'000;
 // A probe takes at least 7 samples per side (its lower median stands while 3 of them were
-// preempted or hit a cold cache); 3 when each item takes half a probe or more, where a wrong
-// split costs a link's hop against that much work.
+// preempted or hit a cold cache); 3 when each item takes half a probe or more (judged by
+// their least: all 3 must be inflated to mislead it).
 inline constexpr int min_probe_samples = 7;
 inline constexpr int min_probe_samples_slow = 3;
 inline constexpr int max_probe_samples = 16;
@@ -372,10 +372,12 @@ class split_base {
   void sample_down(std::int64_t ns) noexcept {
     if (ndown_ < max_samples) downs_[ndown_++] = ns;
   }
-  // lower_median(): robust to the samples that a preemption of the worker inflated.
-  static std::int64_t lower_median(std::int64_t* v, int n) noexcept {
+  // estimate(): robust to the samples that a preemption of the worker inflated: the lower
+  // median of a full probe; the least of a short one (every sample must be inflated to
+  // mislead it: a short probe follows a window that looked slow, maybe from a preemption).
+  static std::int64_t estimate(std::int64_t* v, int n) noexcept {
     std::sort(v, v + n);
-    return v[(n - 1) / 2];
+    return n >= min_probe_samples ? v[(n - 1) / 2] : v[0];
   }
 
   mode mode_ = mode::fused;
@@ -491,11 +493,10 @@ class segment {
     ++windows_;
     if (probing_) {
       decide(per_item);
-    } else if ((windows_ > 1 || per_item >= probe_ns / 2) && !points_.empty() &&
-               per_item >= 2 * threshold_ &&
+    } else if (windows_ > 1 && !points_.empty() && per_item >= 2 * threshold_ &&
                (last_decided_ == 0 || per_item >= 2 * last_decided_)) {
-      // Worth a look (the first window, the fiber's first items, is left out: cold caches;
-      // unless its items are so slow that a cold cache is lost in them).
+      // Worth a look (the first window, the fiber's first items, is left out: a new fiber's
+      // first item pays for cold code and fresh stack pages, slow as it may look).
       probing_ = true;
       const int least = per_item >= probe_ns / 2 ? min_probe_samples_slow : min_probe_samples;
       want_ = static_cast<int>(std::clamp<std::int64_t>(
@@ -535,9 +536,9 @@ class segment {
       if (p->ndown_ == 0 || p->nup_ == 0) continue;  // no item reached it
       // Each timed boundary adds two clock reads per item to the sides that contain it.
       const std::int64_t down = std::max<std::int64_t>(
-          0, split_base::lower_median(p->downs_, p->ndown_) - (np - 1 - k) * clock2);
+          0, split_base::estimate(p->downs_, p->ndown_) - (np - 1 - k) * clock2);
       const std::int64_t up =
-          std::max<std::int64_t>(0, split_base::lower_median(p->ups_, p->nup_) - k * clock2);
+          std::max<std::int64_t>(0, split_base::estimate(p->ups_, p->nup_) - k * clock2);
       downs[static_cast<std::size_t>(k)] = down;
       ups[static_cast<std::size_t>(k)] = up;
       const std::int64_t m = std::min(up, down);
