@@ -425,6 +425,9 @@ class segment {
   pipe_ctx& ctx() const noexcept { return *ctx_; }
   const std::string& fiber_name() const noexcept { return fiber_name_; }
 
+  // The stack size its stages ask for (0: the run's); a fiber split off it gets as much.
+  std::size_t stack_size = 0;
+
   // add(): a boundary of this fiber's chain (built from the terminal back to the source).
   void add(split_base& p) {
     if (!may_split_) {
@@ -791,19 +794,22 @@ class split_point final : public split_base {
     children_.add(1);
     started_ = true;
     std::string name = name_after_;
+    const std::size_t stack = seg_->stack_size;
     try {
       ctx.spawn(
           name,
-          [this, &ctx, l, after = std::move(after), moved = std::move(moved), name]() mutable {
+          [this, &ctx, l, after = std::move(after), moved = std::move(moved), name,
+           stack]() mutable {
             struct leave {
               wait_group* wg;
               ~leave() { wg->done(); }
             } guard{&children_};
             // Not seg_: the segment that split here may be gone by the time this runs.
             segment child(ctx, name, std::move(after), true, std::move(moved));
+            child.stack_size = stack;
             link_driver<T>{l}(*down_, child);
           },
-          /*record=*/false);
+          /*record=*/false, stack);
     } catch (...) {
       children_.done();
       writer_.reset();
