@@ -15,6 +15,7 @@
 // also be called from any plain thread (several runtimes may coexist).
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -34,7 +35,11 @@ struct options {
   // Worker threads. 0: the RILL_WORKERS environment variable if set, else
   // std::thread::hardware_concurrency().
   unsigned workers = 0;
-  // Bytes of address space reserved per fiber stack (committed lazily, page by page).
+  // Bytes of address space reserved per fiber stack (committed lazily, page by page; a
+  // guard page or canary zone, and the fiber's record, come out of it). README.md says
+  // what fits in the default. An overflow aborts with a message naming the fiber. A
+  // pipeline can ask for more for its fibers (run_options::stack_size,
+  // stage_options::stack_size).
   std::size_t stack_size = 128 * 1024;
   // When every fiber is parked with no timer, I/O wait or outside thread able to wake
   // one, run() throws deadlock_error instead of hanging. Outside parties that count: a
@@ -44,6 +49,16 @@ struct options {
   // that is not inside rill is not seen: one that will send later needs
   // detect_deadlock = false.
   bool detect_deadlock = true;
+  // The watchdog (as Go's sysmon): a fiber that holds its worker thread longer than this
+  // without a scheduling point (a park, a yield) stalls every fiber queued behind it on
+  // that worker, typically by a blocking call (sleep(), blocking I/O, a lock of another
+  // library) that belongs in rill::blocking(), or a wait that belongs in
+  // this_fiber::sleep_for(). The watchdog then writes one report per fiber to stderr: its
+  // id and name (a pipeline's fibers are named after their stages) and how long it ran.
+  // 0 turns it off. It looks at most twice per threshold, only while a worker is awake;
+  // a switch costs one store more. Plain-thread pipelines run on a default runtime whose
+  // threshold is RILL_WATCHDOG_MS (default 100), and run_options::watchdog sets it per run.
+  std::chrono::milliseconds watchdog{100};
 };
 
 // Where a parked fiber waits; a deadlock report and the fiber dump name it.
@@ -71,6 +86,12 @@ class deadlock_error : public std::runtime_error {
 };
 
 namespace detail {
+// watchdog_ms(): a watchdog setting in whole ms (at least 1 if positive; 0: off).
+inline std::uint32_t watchdog_ms(std::chrono::milliseconds d) noexcept {
+  const auto n = d.count();
+  return n <= 0 ? 0 : n >= INT32_MAX ? INT32_MAX : static_cast<std::uint32_t>(n);
+}
+
 template <class Fn>
 void invoke_closure(void* p) {
   Fn& fn = *static_cast<Fn*>(p);
@@ -113,7 +134,8 @@ auto run(F&& main, options opts = {}) {
     detail::main_slot<R>& slot;
   } ctx{main, slot};
   detail::run_main(
-      {opts.workers, opts.stack_size, opts.detect_deadlock, false},
+      {opts.workers, opts.stack_size, opts.detect_deadlock, false,
+       detail::watchdog_ms(opts.watchdog)},
       [](void* p) {
         auto* c = static_cast<ctx_t*>(p);
         c->slot.call(c->f);
@@ -122,16 +144,15 @@ auto run(F&& main, options opts = {}) {
   return slot.take();
 }
 
-// go() spawns `f` (any callable taking no arguments) as a new fiber of the current runtime.
-// It goes on the calling worker's run queue. An exception escaping f terminates the
-// program with a message naming the fiber (as std::thread does). Throws std::logic_error
-// when called outside a runtime, std::bad_alloc when no stack can be had.
+namespace detail {
+// go_sized(): go() with a stack of at least `stack_size` bytes (0: the runtime's).
 template <class F>
-void go(F&& f) {
+void go_sized(std::size_t stack_size, F&& f) {
   using Fn = std::decay_t<F>;
   static_assert(std::is_invocable_v<Fn&>, "rill::go: f must be callable with no arguments");
   detail::fiber* h = nullptr;
-  void* mem = detail::fiber_create(sizeof(Fn), alignof(Fn), &detail::invoke_closure<Fn>, h);
+  void* mem =
+      detail::fiber_create(sizeof(Fn), alignof(Fn), &detail::invoke_closure<Fn>, h, stack_size);
   try {
     ::new (mem) Fn(std::forward<F>(f));
   } catch (...) {
@@ -141,13 +162,26 @@ void go(F&& f) {
   detail::fiber_start(h);
 }
 
-namespace detail {
-// spawn_in() spawns f as a fiber of rt, from any thread.
+}  // namespace detail
+
+// go() spawns `f` (any callable taking no arguments) as a new fiber of the current runtime.
+// It goes on the calling worker's run queue. An exception escaping f terminates the
+// program with a message naming the fiber (as std::thread does). Throws std::logic_error
+// when called outside a runtime, std::bad_alloc when no stack can be had.
 template <class F>
-void spawn_in(runtime* rt, F&& f) {
+void go(F&& f) {
+  detail::go_sized(0, std::forward<F>(f));
+}
+
+namespace detail {
+// spawn_in() spawns f as a fiber of rt, from any thread (a stack of at least `stack_size`
+// bytes; 0: rt's).
+template <class F>
+void spawn_in(runtime* rt, F&& f, std::size_t stack_size = 0) {
   using Fn = std::decay_t<F>;
   detail::fiber* h = nullptr;
-  void* mem = detail::fiber_create_in(rt, sizeof(Fn), alignof(Fn), &detail::invoke_closure<Fn>, h);
+  void* mem = detail::fiber_create_in(rt, sizeof(Fn), alignof(Fn), &detail::invoke_closure<Fn>, h,
+                                      stack_size);
   try {
     ::new (mem) Fn(std::forward<F>(f));
   } catch (...) {

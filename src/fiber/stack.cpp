@@ -65,15 +65,18 @@ bool stack::below_intact(bool full) const noexcept {
   return full || w[n - 1] == canary_word;
 }
 
-stack_pool::stack_pool(std::size_t stack_size)
-    : stack_size_((stack_size + page_size - 1) / page_size * page_size),
-      per_slab_(stack_size_ >= (1u << 20) ? 4 : (32u << 20) / stack_size_) {
-  if (stack_size_ < 4 * page_size) stack_size_ = 4 * page_size;
+std::size_t stack_pool::rounded_size(std::size_t size) noexcept {
+  std::size_t n = (size + page_size - 1) / page_size * page_size;
+  if (n < 4 * page_size) n = 4 * page_size;
   // An odd number of pages: stacks a power of two apart would put every fiber's hot top
   // lines in the same cache sets.
-  if ((stack_size_ / page_size) % 2 == 0) stack_size_ += page_size;
-  per_slab_ = stack_size_ >= (1u << 20) ? 4 : (32u << 20) / stack_size_;
+  if ((n / page_size) % 2 == 0) n += page_size;
+  return n;
 }
+
+stack_pool::stack_pool(std::size_t stack_size)
+    : stack_size_(rounded_size(stack_size)),
+      per_slab_(stack_size_ >= (1u << 20) ? 4 : (32u << 20) / stack_size_) {}
 
 stack_pool::~stack_pool() {
   for (const stack& s : free_) {

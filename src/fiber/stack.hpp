@@ -90,6 +90,8 @@ class stack_pool {
   void release_many(const stack* s, std::size_t n) noexcept;
 
   std::size_t stack_size() const noexcept { return stack_size_; }
+  // rounded_size(): the size of the stacks of a pool asked for `size` bytes.
+  static std::size_t rounded_size(std::size_t size) noexcept;
   std::size_t live() const noexcept;  // stacks handed out and not yet released
 
   // for_each_slot() calls f(stack_slot&) for the slot of every stack carved so far, under

@@ -58,6 +58,7 @@
 #include <new>
 #include <sstream>
 #include <system_error>
+#include <utility>
 
 #include "io/poller.hpp"
 #include "rill/fiber.hpp"
@@ -120,6 +121,15 @@ unsigned default_workers() {
   return n == 0 ? 1 : n;
 }
 
+// RILL_WATCHDOG_MS: the default runtime's watchdog threshold (0: off).
+std::uint32_t default_watchdog_ms() {
+  if (const char* s = std::getenv("RILL_WATCHDOG_MS")) {
+    const long n = std::strtol(s, nullptr, 10);
+    return n <= 0 ? 0 : static_cast<std::uint32_t>(std::min<long>(n, INT32_MAX));
+  }
+  return 100;
+}
+
 std::uint64_t read_chaos_seed() {
   if (const char* s = std::getenv("RILL_SCHED_SEED")) return std::strtoull(s, nullptr, 10);
   return 0;
@@ -167,7 +177,10 @@ void report_overflow(const fiber* f) noexcept {
   write_str(" overflowed its ");
   write_num(f->stk.size);
   write_str("-byte stack");
-  write_str(f->stk.guarded ? " (hit the guard page)\n" : " (canary destroyed)\n");
+  write_str(f->stk.guarded ? " (hit the guard page)" : " (canary destroyed)");
+  write_str(
+      "; a bigger stack: rill::options::stack_size, or for a pipeline "
+      "run_options::stack_size or the stage's stage_options::stack_size\n");
   std::abort();
 }
 
@@ -177,8 +190,8 @@ struct sigaction g_prev_segv;
 
 void on_segv(int sig, siginfo_t* si, void* uc) {
   worker* w = rill_tls_worker;
-  if (w && w->current) {
-    const fiber* f = w->current;
+  if (w && w->running()) {
+    const fiber* f = w->running();
     auto* a = static_cast<char*>(si->si_addr);
     if (a >= f->stk.base - 65536 && a < f->stk.limit()) report_overflow(f);
   }
@@ -237,7 +250,7 @@ void leave_worker_thread(worker& w) {
 
 [[gnu::noinline]] fiber* current_fiber() noexcept {
   worker* w = current_worker();
-  return w ? w->current : nullptr;
+  return w ? w->running() : nullptr;
 }
 
 park_hooks* current_park_hooks() noexcept {
@@ -295,11 +308,11 @@ void fiber_main(bctx::transfer_t t) noexcept {
   probe_switch_stack();
   fiber* next = rt->next_local(*w);
   if (next) {
-    w->current = next;
+    w->set_current(next);
     next->state.store(fiber_state::running, std::memory_order_relaxed);
     exit_to(*self, *next, after_reap, nullptr);
   }
-  w->current = nullptr;
+  w->set_current(nullptr);
   exit_to(*self, w->g0, after_reap, nullptr);
 }
 
@@ -310,7 +323,7 @@ void check_stack_slow(fiber* self) noexcept {
 
 void chaos_yield() noexcept {
   worker* w = current_worker();
-  if (!w || !w->current || !w->rt->chaos()) return;
+  if (!w || !w->running() || !w->rt->chaos()) return;
   if (next_random(w->rng) % chaos_yield_odds == 0) this_fiber::yield();
 }
 
@@ -333,11 +346,23 @@ runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
   }
   idle_.reserve(cfg_.workers);
   install_segv_handler();
-  std::lock_guard lk(g_runtimes_mu);
-  g_runtimes.push_back(this);
+  {
+    std::lock_guard lk(g_runtimes_mu);
+    g_runtimes.push_back(this);
+  }
+  if (cfg_.watchdog_ms != 0) {
+    try {
+      watchdog_add(this);
+    } catch (...) {
+      std::lock_guard lk(g_runtimes_mu);
+      g_runtimes.erase(std::find(g_runtimes.begin(), g_runtimes.end(), this));
+      throw;
+    }
+  }
 }
 
 runtime::~runtime() {
+  if (cfg_.watchdog_ms != 0) watchdog_remove(this);
   // An outside thread that readied the last fiber may still be in wake_idle().
   while (outside_readies_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   if (poller* p = poller_.load(std::memory_order_acquire)) {
@@ -374,7 +399,11 @@ stats runtime::snapshot() noexcept {
   }
   const std::int64_t live = live_fibers_.load(std::memory_order_acquire) - credit;
   s.live_fibers = live > 0 ? static_cast<std::size_t>(live) : 0;  // a racy sum: never below 0
-  const std::size_t stacks = stacks_.live();
+  std::size_t stacks = stacks_.live();
+  {
+    std::lock_guard lk(pools_mu_);
+    for (auto& p : more_stacks_) stacks += p->live();
+  }
   s.live_stacks = stacks > cached ? stacks - cached : 0;
   {
     std::lock_guard lk(timer_mu_);
@@ -384,16 +413,43 @@ stats runtime::snapshot() noexcept {
   return s;
 }
 
-fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*)) {
-  stack s;
-  if (w && w->stack_cache.empty()) {
-    // Refill half the cache under one pool lock (a spawn burst would otherwise take the
-    // pool's mutex once per fiber).
-    stack batch[stack_cache_max / 2];
-    const std::size_t n = stacks_.allocate_many(batch, stack_cache_max / 2);
-    for (std::size_t i = 0; i < n; ++i) w->stack_cache.push_back(batch[i]);  // reserved
+stack_pool& runtime::pool_for(std::size_t size) {
+  const std::size_t rounded = stack_pool::rounded_size(size);
+  if (size <= stacks_.stack_size() || rounded == stacks_.stack_size()) return stacks_;
+  std::lock_guard lk(pools_mu_);
+  for (auto& p : more_stacks_) {
+    if (p->stack_size() == rounded) return *p;
   }
-  if (w) {
+  more_stacks_.reserve(more_stacks_.size() + 1);  // push_back cannot throw after make_unique
+  more_stacks_.push_back(std::make_unique<stack_pool>(size));
+  return *more_stacks_.back();
+}
+
+stack_pool& runtime::pool_of(const stack& s) noexcept {
+  if (s.size == stacks_.stack_size()) return stacks_;
+  std::lock_guard lk(pools_mu_);
+  for (auto& p : more_stacks_) {
+    if (p->stack_size() == s.size) return *p;
+  }
+  std::abort();  // a stack of no pool of this runtime: corruption
+}
+
+void runtime::release_stack(const stack& s) noexcept { pool_of(s).release(s); }
+
+fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*),
+                             std::size_t stack_size) {
+  stack s;
+  stack_pool& pool = stack_size == 0 ? stacks_ : pool_for(stack_size);
+  if (&pool != &stacks_) {
+    s = pool.allocate();  // no cache: such fibers are few (a pipeline's stages)
+  } else if (w) {
+    if (w->stack_cache.empty()) {
+      // Refill half the cache under one pool lock (a spawn burst would otherwise take the
+      // pool's mutex once per fiber).
+      stack batch[stack_cache_max / 2];
+      const std::size_t n = stacks_.allocate_many(batch, stack_cache_max / 2);
+      for (std::size_t i = 0; i < n; ++i) w->stack_cache.push_back(batch[i]);  // reserved
+    }
     s = w->stack_cache.back();
     w->stack_cache.pop_back();
     w->cached.store(w->stack_cache.size(), std::memory_order_release);
@@ -428,7 +484,7 @@ fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align, voi
       f->closure = ::operator new(size, std::align_val_t(a));
     } catch (...) {
       f->~fiber();
-      stacks_.release(s);
+      pool.release(s);
       throw;
     }
     f->closure_on_heap = true;
@@ -502,7 +558,7 @@ void runtime::discard_fiber(fiber* f) noexcept {
   if (f->closure_on_heap) ::operator delete(f->closure);
   san_fiber_destroyed(f->san);
   f->~fiber();
-  stacks_.release(s);
+  release_stack(s);
   count_exit();
 }
 
@@ -522,7 +578,9 @@ void runtime::reap(fiber* f) noexcept {
   san_fiber_destroyed(f->san);
   f->~fiber();
   worker* w = current_worker();
-  if (w && w->rt == this) {
+  if (s.size != stacks_.stack_size()) {
+    release_stack(s);
+  } else if (w && w->rt == this) {
     if (w->stack_cache.size() == stack_cache_max) {
       // Give half back under one pool lock (see create_fiber).
       const std::size_t keep = stack_cache_max / 2;
@@ -551,10 +609,13 @@ void runtime::remove_from_registry(fiber* f) noexcept {
 
 template <class F>
 void runtime::for_each_fiber(F fn) {
-  stacks_.for_each_slot([&](stack_slot& s) {
+  auto visit = [&](stack_slot& s) {
     std::lock_guard lk(s.lk);
     if (void* f = s.owner.load(std::memory_order_acquire)) fn(static_cast<fiber*>(f));
-  });
+  };
+  stacks_.for_each_slot(visit);
+  std::lock_guard lk(pools_mu_);
+  for (auto& p : more_stacks_) p->for_each_slot(visit);
 }
 
 // ---- making fibers runnable -----------------------------------------------------------
@@ -777,6 +838,7 @@ fiber* runtime::find_runnable(worker& w) {
       }
     }
     park_worker(w);
+    watchdog_kick();  // awake again: the watchdog may be asleep for want of work
   }
 }
 
@@ -928,7 +990,7 @@ void runtime::io_parking(worker& w) noexcept {
       nspinning_.load(std::memory_order_relaxed) != 0) {
     return;  // somebody polls, or will soon
   }
-  if (!w.current) return;  // w goes back to its scheduler loop, which polls
+  if (!w.running()) return;  // w goes back to its scheduler loop, which polls
   std::lock_guard lk(idle_mu_);
   if (poll_sleeping_.load(std::memory_order_relaxed) || idle_.empty()) return;
   poll_waking_.store(true, std::memory_order_relaxed);
@@ -1104,7 +1166,7 @@ void runtime::start_main(void (*main)(void*), void* arg) {
 
 void runtime::run_worker(worker& w) {
   while (fiber* f = find_runnable(w)) {
-    w.current = f;
+    w.set_current(f);
     f->state.store(fiber_state::running, std::memory_order_relaxed);
     switch_to(w.g0, *f, w.eh);
     // Back on the scheduler stack: the fiber that switched here parked or finished with
@@ -1154,17 +1216,18 @@ void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
   rt.rethrow_outcome();
 }
 
-void* fiber_create(std::size_t size, std::size_t align, void (*entry)(void*), fiber*& out) {
+void* fiber_create(std::size_t size, std::size_t align, void (*entry)(void*), fiber*& out,
+                   std::size_t stack_size) {
   worker* w = current_worker();
-  if (!w || !w->current) throw std::logic_error("rill::go: called outside a rill runtime");
-  out = w->rt->create_fiber(w, size, align, entry);
+  if (!w || !w->running()) throw std::logic_error("rill::go: called outside a rill runtime");
+  out = w->rt->create_fiber(w, size, align, entry, stack_size);
   return out->closure;
 }
 
 void* fiber_create_in(runtime* rt, std::size_t size, std::size_t align, void (*entry)(void*),
-                      fiber*& out) {
+                      fiber*& out, std::size_t stack_size) {
   worker* w = current_worker();
-  out = rt->create_fiber(w && w->rt == rt ? w : nullptr, size, align, entry);
+  out = rt->create_fiber(w && w->rt == rt ? w : nullptr, size, align, entry, stack_size);
   return out->closure;
 }
 
@@ -1182,7 +1245,7 @@ runtime* current_runtime() noexcept {
 // exits (like Go's). Deadlock detection is off: plain threads feed it.
 runtime* default_runtime() {
   static runtime* rt = [] {
-    run_config cfg{0, 128 * 1024, false, true};
+    run_config cfg{0, 128 * 1024, false, true, default_watchdog_ms()};
     auto* r = new runtime(cfg);
     for (unsigned i = 0; i < r->workers(); ++i) {
       worker& w = r->worker_at(i);
@@ -1205,6 +1268,28 @@ void fiber_set_name(const char* name) noexcept {
     std::strncpy(f->name, name, sizeof f->name - 1);
     f->name[sizeof f->name - 1] = 0;
   }
+}
+
+void fiber_get_name(char* out, std::size_t n) noexcept {
+  if (n == 0) return;
+  out[0] = 0;
+  if (fiber* f = current_fiber()) {
+    std::lock_guard lk(f->stk.slot()->lk);
+    std::strncpy(out, f->name, n - 1);
+    out[n - 1] = 0;
+  }
+}
+
+std::int32_t fiber_set_watchdog(std::int32_t ms) noexcept {
+  fiber* f = current_fiber();
+  if (!f) return -1;
+  std::lock_guard lk(f->stk.slot()->lk);  // the watchdog reads it under this lock
+  return std::exchange(f->watchdog_ms, ms < 0 ? -1 : ms);
+}
+
+std::size_t current_stack_size() noexcept {
+  fiber* f = current_fiber();
+  return f ? f->stk.size : 0;
 }
 
 }  // namespace rill::detail

@@ -56,15 +56,29 @@ struct fiber : context {
   void (*cancel)(void*) = nullptr;  // how to take this fiber's waiter off its list
   void* cancel_arg = nullptr;
   park_hooks hooks;  // run before every park (flush_before_park); owner fiber only
-  char name[40];     // NUL-terminated; name[0] is set at creation (the rest is not cleared)
+  // The watchdog's threshold for this fiber in ms (-1: its runtime's; 0: never reported),
+  // and whether the watchdog has reported it. Written under the registry slot's lock
+  // (watchdog_ms also at creation, stall_reported only by the watchdog).
+  std::int32_t watchdog_ms = -1;
+  bool stall_reported = false;
+  char name[40];  // NUL-terminated; name[0] is set at creation (the rest is not cleared)
 };
+// The watchdog finds a fiber's registry slot from the record's address (watchdog.cpp).
+static_assert(alignof(fiber) <= 64);
 
 struct alignas(64) worker {
   runtime* rt = nullptr;
   unsigned index = 0;
-  context g0;                // this thread's own stack, running the scheduler loop
-  fiber* current = nullptr;  // owner thread only
-  eh_state* eh = nullptr;    // this thread's C++ exception state (thread_eh()), for switches
+  context g0;  // this thread's own stack, running the scheduler loop
+  // The fiber this worker runs (nullptr: the scheduler loop). Written by the owner only,
+  // through set_current(); relaxed atomics so that the watchdog may read it.
+  std::atomic<fiber*> current{nullptr};
+  // switches: bumped at every set_current() and at a yield that finds nobody to yield to
+  // (a scheduling point either way): unchanged across two looks, the worker ran one fiber
+  // without a scheduling point in between. Owner writes (a plain store: one writer);
+  // the watchdog reads.
+  std::atomic<std::uint64_t> switches{0};
+  eh_state* eh = nullptr;  // this thread's C++ exception state (thread_eh()), for switches
   run_queue queue;
   alignas(64) std::atomic<fiber*> runnext{nullptr};
   alignas(64) std::atomic<std::uint32_t> wake_word{0};  // futex: 1 once woken
@@ -77,7 +91,19 @@ struct alignas(64) worker {
   bool solo = false;
   // alone(): solo and running a fiber (not the scheduler loop): no other worker exists to
   // steal or to be woken. Owner thread only.
-  bool alone() const noexcept { return solo && current; }
+  bool alone() const noexcept { return solo && running(); }
+  // running(): the fiber this worker runs. Owner thread only (the watchdog loads `current`
+  // itself).
+  fiber* running() const noexcept { return current.load(std::memory_order_relaxed); }
+  // set_current(): the worker is about to run f (nullptr: its scheduler loop); one more
+  // scheduling point. Owner thread only.
+  void set_current(fiber* f) noexcept {
+    current.store(f, std::memory_order_relaxed);
+    scheduling_point();
+  }
+  void scheduling_point() noexcept {
+    switches.store(switches.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  }
   // owner thread only:
   bool spinning = false;
   std::uint32_t tick = 0;
@@ -93,6 +119,13 @@ struct alignas(64) worker {
   std::atomic<std::int64_t> credit{0};  // spawns counted in live_fibers_ ahead (count_spawn)
   std::thread thread;                   // not used by worker 0 (the thread that called run)
   void* altstack = nullptr;
+  // The watchdog's view of this worker (watchdog.cpp); its thread only, under its lock.
+  struct alignas(64) watch_state {
+    std::uint64_t switches = 0;  // `switches` at the last look
+    std::int64_t since = 0;      // when that value was first seen
+    std::int64_t need = 0;       // how long a stall must last to be reported
+    bool done = true;            // this stall was looked at (or the worker was idle)
+  } watch;
 };
 
 class runtime {
@@ -126,7 +159,9 @@ class runtime {
   void heap_remove(timer& t) noexcept;  // requires timer_mu_; t is in the heap
 
   // create_fiber(): w is the calling worker of this runtime, or nullptr from outside.
-  fiber* create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*));
+  // `stack_size`: bytes of stack at least (0, or at most the runtime's: the runtime's).
+  fiber* create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*),
+                      std::size_t stack_size = 0);
   void discard_fiber(fiber* f) noexcept;
   void count_spawn(worker* w) noexcept;  // fiber accounting: see runtime.cpp
   void count_exit() noexcept;
@@ -144,6 +179,13 @@ class runtime {
   std::string dump();
 
   const run_config& config() const noexcept { return cfg_; }
+  std::int64_t watchdog_ns() const noexcept {
+    return static_cast<std::int64_t>(cfg_.watchdog_ms) * 1'000'000;
+  }
+  // watch() is the watchdog's look at this runtime (watchdog.cpp): reports the workers that
+  // ran one fiber without a scheduling point for longer than the threshold. Returns whether
+  // a worker is awake (not idle). The watchdog's thread only, under its lock.
+  bool watch(std::int64_t now);
   unsigned workers() const noexcept { return static_cast<unsigned>(workers_.size()); }
   worker& worker_at(unsigned i) noexcept { return *workers_[i]; }
   std::uint64_t chaos() const noexcept { return chaos_; }
@@ -184,14 +226,25 @@ class runtime {
   static void remove_from_registry(fiber* f) noexcept;
   std::vector<fiber*> parked_fibers();
 
+  // pool_for(): the pool of stacks of at least `size` bytes (stacks_ up to the runtime's
+  // size); pool_of(): the pool a stack of s.size bytes came from. Pools other than stacks_
+  // are made on first use (a stage asking for a bigger stack) and live as long as the
+  // runtime; their stacks skip the workers' caches.
+  stack_pool& pool_for(std::size_t size);
+  stack_pool& pool_of(const stack& s) noexcept;
+  void release_stack(const stack& s) noexcept;  // to its pool, for a stack of another size
+
   run_config cfg_;
   std::uint64_t chaos_ = 0;  // RILL_SCHED_SEED: random schedule perturbation when != 0
   std::vector<std::unique_ptr<worker>> workers_;
   stack_pool stacks_;
+  std::mutex pools_mu_;                                   // outside every other lock but
+  std::vector<std::unique_ptr<stack_pool>> more_stacks_;  // the watchdog's; by pools_mu_
 
   // Lock order (outer first): a channel's or wait queue's lock -> timer_mu_ -> idle_mu_ ->
-  // gq_mu_ -> the stack pool's lock -> a stack slot's lock (the registry). Nothing is held across a
-  // context switch except what an after-switch action releases.
+  // gq_mu_ -> pools_mu_ -> the stack pool's lock -> a stack slot's lock (the registry). The
+  // watchdog's lock comes before pools_mu_ and is taken with no runtime lock held. Nothing is held
+  // across a context switch except what an after-switch action releases.
   std::mutex gq_mu_;
   fiber* gq_head_ = nullptr;  // guarded by gq_mu_
   fiber* gq_tail_ = nullptr;  // guarded by gq_mu_
@@ -265,6 +318,17 @@ inline worker* current_worker() noexcept {
 extern std::atomic<std::int64_t> g_abandoned_fibers;  // left by runtimes that ended
 extern std::atomic<std::int64_t> g_pending_timers;
 extern std::atomic<std::int64_t> g_external_waiters;  // plain threads parked in rill
+
+// The watchdog (watchdog.cpp). watchdog_add/remove: a runtime with a threshold comes and
+// goes (remove returns once the watchdog no longer looks at it). watchdog_kick(): a worker
+// left its idle state (wakes the watchdog if it sleeps for want of work).
+void watchdog_add(runtime* rt);
+void watchdog_remove(runtime* rt) noexcept;
+void watchdog_kick() noexcept;
+// For tests: reports written so far, looks taken so far, and the last report's text.
+std::uint64_t watchdog_reports() noexcept;
+std::uint64_t watchdog_passes() noexcept;
+std::string watchdog_last_report();
 // external_wait: counts the calling plain thread in g_external_waiters while it blocks in
 // rill (deadlock detection waits while one could still act).
 struct external_wait {
@@ -391,11 +455,11 @@ inline void switch_out(fiber* self, worker* w, after_switch_fn after, void* arg)
   probe_switch_stack();
   fiber* next = self->rt->next_local(*w);
   if (next) {
-    w->current = next;
+    w->set_current(next);
     next->state.store(fiber_state::running, std::memory_order_relaxed);
     switch_to(*self, *next, w->eh, after, arg);
   } else {
-    w->current = nullptr;
+    w->set_current(nullptr);
     switch_to(*self, w->g0, w->eh, after, arg);
   }
 }

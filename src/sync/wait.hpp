@@ -28,7 +28,7 @@ struct list_cancel {
 // waits for (a flushed batch may have woken its reader).
 inline park_hooks* armed_park_hooks() noexcept {
   worker* wk = current_worker();
-  fiber* self = wk ? wk->current : nullptr;
+  fiber* self = wk ? wk->running() : nullptr;
   if (!self || !self->hooks.armed) [[likely]]
     return nullptr;
   return &self->hooks;
@@ -90,7 +90,7 @@ inline void after_unlock(context*, void* arg) noexcept { static_cast<spinlock*>(
 // park() throws fiber_aborted.
 inline void park(waiter& w, spinlock& lk, wait_list& list, wait_reason why, const void* object) {
   worker* wk = current_worker();
-  fiber* self = wk ? wk->current : nullptr;
+  fiber* self = wk ? wk->running() : nullptr;
   if (!self) {
     park_thread(w, lk);
     return;

@@ -76,7 +76,7 @@ void after_arm(detail::context* left, void* arg) noexcept {
 
 void yield() {
   detail::worker* w = detail::current_worker();
-  detail::fiber* self = w ? w->current : nullptr;
+  detail::fiber* self = w ? w->running() : nullptr;
   if (!self) {
     std::this_thread::yield();
     return;
@@ -85,7 +85,7 @@ void yield() {
   detail::probe_switch_stack();
   self->state.store(detail::fiber_state::runnable, std::memory_order_relaxed);
   if (detail::fiber* next = self->rt->next_local(*w)) {
-    w->current = next;
+    w->set_current(next);
     next->state.store(detail::fiber_state::running, std::memory_order_relaxed);
     if (w->solo) {
       // One worker: nobody else can take self from the queue before this thread has left
@@ -99,11 +99,13 @@ void yield() {
   } else if (self->rt->nothing_queued()) {
     // Nothing runnable on this worker, in the global queue, or due from timers or I/O:
     // there is nobody to yield to, so the caller goes on (as sched_yield with an idle CPU).
+    // Still a scheduling point: the watchdog does not report a fiber that yields.
     self->state.store(detail::fiber_state::running, std::memory_order_relaxed);
+    w->scheduling_point();
   } else {
     // Nothing local: let the scheduler look at the global queue, the timers and the I/O;
     // this fiber queues behind what it finds.
-    w->current = nullptr;
+    w->set_current(nullptr);
     detail::switch_to(*self, w->g0, w->eh, after_push_global, nullptr);
   }
 }

@@ -12,6 +12,12 @@
 //   rill_death_tests expect-ok <guarded|canary> <frame-bytes>
 //       the child recurses through about a third of its stack (at least one frame) and must
 //       exit normally, silently.
+//   rill_death_tests stage-child <caller|plain>
+//       runs a pipeline whose map stage, named "deep", recurses for ever: inside rill::run,
+//       fused into the fiber that called run() (caller), or from a plain thread (plain).
+//   rill_death_tests expect-stage <caller|plain>
+//       runs that child; "detected: ..." if it died of a signal with an overflow report that
+//       names the stage, else "NOT detected: ...".
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,7 +25,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ranges>
 #include <regex>
+#include <rill/pipeline.hpp>
 #include <rill/rill.hpp>
 #include <string>
 
@@ -73,12 +81,23 @@ int run_child(std::size_t frame, long max_depth) {
   return 0;
 }
 
+int run_stage_child(bool from_plain_thread) {
+  auto p = rill::from(std::views::iota(0, 4)) |
+           rill::map([](int v) { return v + recurse<512>(1, 1L << 40, 64); }, {.name = "deep"}) |
+           rill::collect();
+  if (from_plain_thread) return static_cast<int>(p.run().size());
+  rill::options o;
+  o.workers = 2;
+  return static_cast<int>(rill::run([&] { return p.run().size(); }, o));
+}
+
 struct outcome {
   int status = 0;
   std::string err;
 };
 
-outcome spawn_child(const char* self, bool canary, const char* frame, const char* depth) {
+outcome spawn_child(const char* self, bool canary, const char* frame, const char* depth,
+                    const char* mode = "child") {
   int fds[2];
   if (::pipe(fds) != 0) std::abort();
   const pid_t pid = ::fork();
@@ -88,7 +107,11 @@ outcome spawn_child(const char* self, bool canary, const char* frame, const char
     ::close(fds[0]);
     ::close(fds[1]);
     if (canary) ::setenv("RILL_GUARD_BUDGET", "0", 1);
-    ::execl(self, self, "child", frame, depth, static_cast<char*>(nullptr));
+    if (depth) {
+      ::execl(self, self, mode, frame, depth, static_cast<char*>(nullptr));
+    } else {
+      ::execl(self, self, mode, frame, static_cast<char*>(nullptr));
+    }
     ::_exit(127);
   }
   ::close(fds[1]);
@@ -114,6 +137,23 @@ int main(int argc, char** argv) {
   if (argc == 4 && std::strcmp(argv[1], "child") == 0) {
     const long depth = std::strcmp(argv[3], "inf") == 0 ? (1L << 40) : std::atol(argv[3]);
     return run_child(std::strtoul(argv[2], nullptr, 10), depth);
+  }
+  if (argc == 3 && std::strcmp(argv[1], "stage-child") == 0) {
+    return run_stage_child(std::strcmp(argv[2], "plain") == 0);
+  }
+  if (argc == 3 && std::strcmp(argv[1], "expect-stage") == 0) {
+    const outcome r = spawn_child(argv[0], false, argv[2], nullptr, "stage-child");
+    static const std::regex message(
+        R"(rill: fiber [0-9]+ \([^)]*deep[^)]*\) overflowed its [0-9]+-byte stack[^\n]*)");
+    std::smatch m;
+    const bool said = std::regex_search(r.err, m, message);
+    const bool died = WIFSIGNALED(r.status);
+    std::printf("%s: a stage %s: %s; %s\n", said && died ? "detected" : "NOT detected",
+                std::strcmp(argv[2], "plain") == 0 ? "run from a plain thread"
+                                                   : "fused into the caller's fiber",
+                describe(r.status).c_str(),
+                said ? m.str().c_str() : ("stderr: \"" + r.err + "\"").c_str());
+    return said && died ? 0 : 1;
   }
   if (argc == 4 &&
       (std::strcmp(argv[1], "expect") == 0 || std::strcmp(argv[1], "expect-ok") == 0)) {

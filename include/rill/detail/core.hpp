@@ -17,12 +17,14 @@ class runtime;
 
 // fiber_create() reserves a stack for a new fiber of the current runtime and returns
 // storage of `size` bytes aligned to `align` (at the top of that stack) for its closure.
-// `entry(closure)` runs the closure and destroys it. Throws std::logic_error outside a
-// runtime, std::bad_alloc when no stack can be had.
-void* fiber_create(std::size_t size, std::size_t align, void (*entry)(void*), fiber*& out);
+// `entry(closure)` runs the closure and destroys it. `stack_size`: the stack's size at least
+// (0, or no more than the runtime's stack size: the runtime's). Throws std::logic_error
+// outside a runtime, std::bad_alloc when no stack can be had.
+void* fiber_create(std::size_t size, std::size_t align, void (*entry)(void*), fiber*& out,
+                   std::size_t stack_size = 0);
 // fiber_create_in(): like fiber_create, for a given runtime, from any thread.
 void* fiber_create_in(runtime* rt, std::size_t size, std::size_t align, void (*entry)(void*),
-                      fiber*& out);
+                      fiber*& out, std::size_t stack_size = 0);
 // current_runtime(): the calling thread's runtime, nullptr on a plain thread.
 runtime* current_runtime() noexcept;
 // default_runtime(): the process-wide runtime that pipelines run on when started from a
@@ -33,8 +35,17 @@ runtime* default_runtime();
 void fiber_start(fiber* f) noexcept;
 // fiber_discard() releases a created fiber that was never started.
 void fiber_discard(fiber* f) noexcept;
-// fiber_set_name() names the calling fiber for dumps and error messages (truncated).
+// fiber_set_name() names the calling fiber for dumps and error messages (truncated to
+// fiber_name_max - 1 bytes); fiber_get_name() copies its name into out[0..n) ("" on a
+// plain thread).
+inline constexpr std::size_t fiber_name_max = 40;
 void fiber_set_name(const char* name) noexcept;
+void fiber_get_name(char* out, std::size_t n) noexcept;
+// fiber_set_watchdog() sets the watchdog's threshold for the calling fiber in ms (-1: its
+// runtime's; 0: never reported) and returns the previous setting (-1 on a plain thread).
+std::int32_t fiber_set_watchdog(std::int32_t ms) noexcept;
+// current_stack_size(): the calling fiber's stack size in bytes (0 on a plain thread).
+std::size_t current_stack_size() noexcept;
 
 // run_main() runs `main(arg)` as the first fiber of a new runtime on the calling thread
 // and `workers - 1` more threads; returns when every fiber has finished. Rethrows an
@@ -43,7 +54,8 @@ struct run_config {
   unsigned workers;
   std::size_t stack_size;
   bool detect_deadlock;
-  bool persistent = false;  // keeps running with no fiber alive (the default runtime)
+  bool persistent = false;          // keeps running with no fiber alive (the default runtime)
+  std::uint32_t watchdog_ms = 100;  // see options::watchdog (0: off)
 };
 void run_main(const run_config& cfg, void (*main)(void*), void* arg);
 

@@ -45,6 +45,11 @@ struct stage_options {
   // the writer's running time). n: always batches of up to n (still sent when the fiber
   // waits, so no item waits for a batch to fill while its fiber sleeps).
   std::size_t batch_size = 0;
+  // Bytes of stack, at least, for the fiber that runs this stage (0: the run's, see
+  // run_options::stack_size). Stages fused into one fiber get the largest of theirs, and a
+  // fiber that a running chain splits off keeps its chain's; the fiber that called run()
+  // runs the last stages itself only if its stack is that large (else they get a fiber).
+  std::size_t stack_size = 0;
 };
 
 // par_options: settings of par_map, e.g. `{.workers = 4, .ordered = true}`.
@@ -57,6 +62,7 @@ struct par_options {
   // at a time when items are slow, so few slow items spread over every worker; up to 16
   // when they are cheap). n: up to n.
   std::size_t batch_size = 0;
+  std::size_t stack_size = 0;  // of each worker's fiber: as stage_options::stack_size
 };
 
 // run_options: how one run executes.
@@ -66,6 +72,13 @@ struct run_options {
   // true: a private runtime with one worker, so the schedule (and the output order of an
   // unordered par_map) is the same on every run. For tests of the wiring.
   bool inline_mode = false;
+  // Bytes of stack, at least, for every fiber of the run (0: the runtime's:
+  // rill::options::stack_size, or 128 KiB on the runtime of plain-thread runs; README.md
+  // says what fits). A stage may ask for more (stage_options::stack_size).
+  std::size_t stack_size = 0;
+  // The watchdog's threshold for the run's fibers (see rill::options::watchdog); 0: none
+  // of them is reported; unset: the runtime's. Effective only on a runtime with a watchdog.
+  std::optional<std::chrono::milliseconds> watchdog{};
 };
 // run(rill::inline_run): the deterministic one-worker mode.
 inline constexpr run_options inline_run{true, true};
@@ -118,7 +131,9 @@ class pipe_ctx {
   // false (inline_run): no decision from measured time, so that a run's schedule is the
   // same every time: links and par_map use their largest batches, chains never split.
   bool adaptive = true;
-  unsigned workers = 1;  // of the runtime the run is on
+  std::size_t stack_size = 0;     // run_options::stack_size
+  std::int32_t watchdog_ms = -1;  // run_options::watchdog (-1: unset)
+  unsigned workers = 1;           // of the runtime the run is on
   std::atomic<bool> stop{false};
   wait_group fibers;
   chan<char> cancelled{0};  // closed on cancel: wakes sources/sinks blocked on user channels
@@ -182,21 +197,32 @@ class pipe_ctx {
     mu_.unlock();
   }
 
-  // spawn() runs f in a new stage fiber named `name`; its failure fails the run. `record`:
-  // list it in the run's stats now (false: f records its own layout as it builds it).
+  // configure() applies a run's options.
+  void configure(const run_options& o) noexcept {
+    fusion = o.fusion;
+    adaptive = !o.inline_mode;
+    stack_size = o.stack_size;
+    if (o.watchdog) watchdog_ms = static_cast<std::int32_t>(detail::watchdog_ms(*o.watchdog));
+  }
+
+  // spawn() runs f in a new stage fiber named `name`, with a stack of at least `stack`
+  // bytes (and of the run's size); its failure fails the run. `record`: list it in the
+  // run's stats now (false: f records its own layout as it builds it).
   template <class F>
-  void spawn(std::string name, F f, bool record = true) {
+  void spawn(std::string name, F f, bool record = true, std::size_t stack = 0) {
     if (record) record_fiber(name);
     fibers.add(1);
     try {
-      go([this, name = std::move(name), f = std::optional<F>(std::move(f))]() mutable {
-        this_fiber::name(name.c_str());
-        guard_fiber(name, *f);
-        // The stage's state (its links, the items left in its batches) goes before done():
-        // run() may return as soon as done() is called, and must leave no item behind.
-        f.reset();
-        fibers.done();
-      });
+      go_sized(std::max(stack, stack_size),
+               [this, name = std::move(name), f = std::optional<F>(std::move(f))]() mutable {
+                 this_fiber::name(name.c_str());
+                 if (watchdog_ms >= 0) fiber_set_watchdog(watchdog_ms);
+                 guard_fiber(name, *f);
+                 // The stage's state (its links, the items left in its batches) goes before done():
+                 // run() may return as soon as done() is called, and must leave no item behind.
+                 f.reset();
+                 fibers.done();
+               });
     } catch (...) {
       fibers.done();
       throw;
@@ -318,6 +344,30 @@ template <class Sink, class V, class M>
     return sink(std::forward<V>(v));
   }
 }
+
+// stage_fiber_scope: while it lives, the calling fiber (the one that called run(), running
+// the last stages itself) is named after those stages, so that a dump, a stack overflow or
+// a watchdog report names them, and has the run's watchdog setting (watchdog_ms >= 0).
+class stage_fiber_scope {
+ public:
+  stage_fiber_scope(const char* name, std::int32_t watchdog_ms) noexcept
+      : set_watchdog_(watchdog_ms >= 0) {
+    fiber_get_name(saved_name_, sizeof saved_name_);
+    fiber_set_name(name);
+    if (set_watchdog_) saved_watchdog_ = fiber_set_watchdog(watchdog_ms);
+  }
+  ~stage_fiber_scope() {
+    fiber_set_name(saved_name_);
+    if (set_watchdog_) fiber_set_watchdog(saved_watchdog_);
+  }
+  stage_fiber_scope(const stage_fiber_scope&) = delete;
+  stage_fiber_scope& operator=(const stage_fiber_scope&) = delete;
+
+ private:
+  char saved_name_[fiber_name_max];
+  bool set_watchdog_;
+  std::int32_t saved_watchdog_ = -1;
+};
 
 // never_stops_v<Sink>: the sink never returns false (no take, no link, no channel
 // downstream), so a source may drive it without checking after every item.

@@ -441,6 +441,9 @@ class segment {
   pipe_ctx& ctx() const noexcept { return *ctx_; }
   const std::string& fiber_name() const noexcept { return fiber_name_; }
 
+  // The stack size its stages ask for (0: the run's); a fiber split off it gets as much.
+  std::size_t stack_size = 0;
+
   // add(): a boundary of this fiber's chain (built from the terminal back to the source).
   void add(split_base& p) {
     if (!may_split_) {
@@ -876,21 +879,23 @@ class split_point final : public split_base {
     writer_->set_segment(seg_);
     children_.add(1);
     started_ = true;
+    const std::size_t stack = seg_->stack_size;
     try {
       ctx.spawn(
           fiber,
           [this, &ctx, l, after = std::move(after), moved = std::move(moved),
-           cuts = std::move(cuts), fiber]() mutable {
+           cuts = std::move(cuts), fiber, stack]() mutable {
             struct leave {
               wait_group* wg;
               ~leave() { wg->done(); }
             } guard{&children_};
             // Not seg_: the segment that split here may be gone by the time this runs.
             segment child(ctx, fiber, std::move(after), true, std::move(moved));
+            child.stack_size = stack;
             if (!cuts.empty()) child.cut(std::move(cuts));
             link_driver<T>{l}(*down_, child);
           },
-          /*record=*/false);
+          /*record=*/false, stack);
     } catch (...) {
       children_.done();
       writer_.reset();

@@ -8,7 +8,11 @@
 // around par_map (whose n workers read one link and write another), and before every
 // stage when fusion is off; every other boundary of a segment is a split_point, where the
 // segment may split while it runs, when what it measures says a fiber of its own pays
-// (links.hpp has the policy). The last segment runs in the fiber that called run().
+// (links.hpp has the policy). The last segment runs in the fiber that called run(), named
+// after its stages meanwhile (so that a dump, an overflow report or a watchdog report names
+// them), unless its stages ask for a bigger stack than that fiber has: then in a fiber of
+// its own, which the caller waits for. A segment's fiber has the largest stack its stages
+// ask for (stage_options::stack_size), and at least the run's (run_options::stack_size).
 //
 // Cancellation and errors. The first exception from user code is recorded with the
 // stage's name, and the run is cancelled: every link is closed, so blocked senders stop
@@ -133,38 +137,73 @@ bool may_split_before(Stages& st, pipe_ctx& ctx) {
   }
 }
 
+// build(): `stack` is the largest stack size that the stages of the segment so far ask for.
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::string seg,
-           std::size_t buffer, std::size_t batch_size);
+           std::size_t buffer, std::size_t batch_size, std::size_t stack = 0);
 
 // cut(): the segment so far runs in a new fiber, feeding a link; building goes on from the
 // link's reader, in the calling fiber. `buffer` and `batch_size` are the options of the stage
 // before the link.
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, std::size_t buffer,
-         std::size_t batch_size) {
+         std::size_t batch_size, std::size_t stack) {
   const link_shape shape = shape_for(buffer);
   auto l = ctx.template link<link_chan<In>>(shape.capacity);
   batch_policy pol{batch_size ? batch_size : shape.batch, batch_size != 0 || !ctx.adaptive, nullptr,
                    &ctx, static_cast<int>(I)};
-  ctx.spawn(seg, [drive = std::move(drive), w = link_writer<In>(l, pol), &ctx, seg]() mutable {
-    segment sg(ctx, seg, {}, /*may_split=*/false);
-    w.set_segment(&sg);
-    drive(w, sg);
-  });
+  ctx.spawn(
+      seg,
+      [drive = std::move(drive), w = link_writer<In>(l, pol), &ctx, seg]() mutable {
+        segment sg(ctx, seg, {}, /*may_split=*/false);
+        w.set_segment(&sg);
+        drive(w, sg);
+      },
+      true, stack);
   build<I, In>(st, tail, ctx, link_driver<In>{l}, true, std::string(), default_buffer, 0);
+}
+
+// run_tail(): runs the last segment, `body(drive)`, in the calling fiber when its stack is
+// at least `stack` bytes (the fiber is named after the segment's stages meanwhile), else in
+// a fiber of that size, which the caller waits for (the result is in the caller's tail).
+template <class Drive, class Body>
+void run_tail(pipe_ctx& ctx, const std::string& name, std::size_t stack, Drive& drive, Body& body) {
+  if (stack <= current_stack_size()) {
+    stage_fiber_scope scope(name.c_str(), ctx.watchdog_ms);
+    body(drive);
+    return;
+  }
+  wait_group ran;
+  ran.add(1);
+  try {
+    ctx.spawn(
+        name,
+        [&ran, &body, drive = std::move(drive)]() mutable {
+          struct leave {
+            wait_group* wg;
+            ~leave() { wg->done(); }
+          } guard{&ran};
+          auto d = std::move(drive);  // gone before done(): the caller may return then
+          body(d);
+        },
+        /*record=*/false, stack);
+  } catch (...) {
+    ran.done();
+    throw;
+  }
+  ran.wait();
 }
 
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::string seg,
-           std::size_t buffer, std::size_t batch_size) {
+           std::size_t buffer, std::size_t batch_size, std::size_t stack) {
   constexpr std::size_t n = std::tuple_size_v<Stages>;
   auto join = [](std::string a, const std::string& b) {
     return a.empty() ? b : std::move(a) + "|" + b;
   };
   if constexpr (I == n) {
     if (!ctx.fusion && !fresh) {
-      cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size);
+      cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size, stack);
       return;
     }
     const std::string name = join(std::move(seg), tail.name());
@@ -174,20 +213,25 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
       s.fused = !fresh;
       if (s.decision.empty()) s.decision = fresh ? "reads a link" : "fused";
     });
-    segment sg(ctx, name, {}, Tail::may_split);
-    auto sink = tail.make_sink(ctx);
-    drive(sink, sg);
+    const std::size_t need = std::max(stack, ctx.stack_size);
+    auto body = [&ctx, &tail, &name, need](Drive& d) {
+      segment sg(ctx, name, {}, Tail::may_split);
+      sg.stack_size = need;
+      auto sink = tail.make_sink(ctx);
+      d(sink, sg);
+    };
+    run_tail(ctx, name, need, drive, body);
   } else {
     using S = std::tuple_element_t<I, Stages>;
     S& s = std::get<I>(st);
     using Out = typename S::template out_t<In>;
     constexpr int index = static_cast<int>(I) + 1;
     if constexpr (S::parallel) {
-      build_par_map<I, In>(st, tail, ctx, std::move(drive), std::move(seg));
+      build_par_map<I, In>(st, tail, ctx, std::move(drive), std::move(seg), stack);
     } else {
       const bool pinned_cut = !ctx.fusion || (s.opt.fuse.has_value() && !*s.opt.fuse);
       if (!fresh && pinned_cut) {
-        cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size);
+        cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size, stack);
         return;
       }
       const std::string name = stage_name(s.opt.name, S::kind, index);
@@ -220,7 +264,7 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
         }
       };
       build<I + 1, Out>(st, tail, ctx, std::move(next), false, join(std::move(seg), name),
-                        s.opt.buffer, s.opt.batch_size);
+                        s.opt.buffer, s.opt.batch_size, std::max(stack, s.opt.stack_size));
     }
   }
 }
@@ -236,7 +280,8 @@ struct par_state {
 // build_par_map(): the segment so far feeds `in`; n workers map `in` to `out`; building
 // goes on from `out`'s reader (in input order when ordered).
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
-void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg) {
+void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg,
+                   std::size_t stack) {
   using S = std::tuple_element_t<I, Stages>;
   S& s = std::get<I>(st);
   using Out = typename S::template out_t<In>;
@@ -251,12 +296,14 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   auto in = ctx.template link<link_chan<In>>(in_shape.capacity);
   batch_policy pol{pinned ? pinned : in_shape.batch, pinned != 0,
                    pinned ? nullptr : &state->handout, &ctx, static_cast<int>(I)};
-  ctx.spawn(seg,
-            [drive = std::move(drive), w = link_writer<In>(in, pol), &ctx, seg, state]() mutable {
-              segment sg(ctx, seg, {}, /*may_split=*/false);
-              w.set_segment(&sg);
-              drive(w, sg);
-            });
+  ctx.spawn(
+      seg,
+      [drive = std::move(drive), w = link_writer<In>(in, pol), &ctx, seg, state]() mutable {
+        segment sg(ctx, seg, {}, /*may_split=*/false);
+        w.set_segment(&sg);
+        drive(w, sg);
+      },
+      true, stack);
   auto out = ctx.template link<link_chan<Out>>(shape.capacity);
   unsigned workers = s.opt.workers ? s.opt.workers : ctx.workers;
   if (workers == 0) workers = 1;
@@ -281,9 +328,12 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
                         : "par_map, hand-out sized from measured work per item";
   });
   for (unsigned k = 0; k < workers; ++k) {
-    ctx.spawn(name, [in, out, tokens, state, &s, &ctx, pinned]() mutable {
-      s.template work<In, Out>(ctx, index, in, out, tokens, *state, pinned);
-    });
+    ctx.spawn(
+        name,
+        [in, out, tokens, state, &s, &ctx, pinned]() mutable {
+          s.template work<In, Out>(ctx, index, in, out, tokens, *state, pinned);
+        },
+        true, s.opt.stack_size);
   }
   if (s.opt.ordered) {
     build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out, tokens}, true, std::string(),
@@ -298,6 +348,8 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   using In = typename decltype(fl.src)::value_type;
   std::size_t buffer = default_buffer;
   if constexpr (requires { fl.src.buffer; }) buffer = fl.src.buffer;
+  std::size_t stack = 0;
+  if constexpr (requires { fl.src.stack_size; }) stack = fl.src.stack_size;
   ctx.stage_at(0, [&](stage_stats& s) {
     s.name = decltype(fl.src)::kind;
     s.decision = "source";
@@ -311,7 +363,8 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
     split_point<In, Sink> head(sink, sg, 0, first, buffer, 0, candidate);
     fl.src.drive(head, ctx);
   };
-  build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind, buffer, 0);
+  build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind, buffer, 0,
+               stack);
 }
 
 template <class... Flows>
@@ -376,23 +429,26 @@ struct pipeline_model final : pipeline_impl<R> {
 
 // run_on_default(): runs f in a fiber of the default runtime, blocking the calling thread.
 template <class R, class F>
-R run_on_default(F f) {
+R run_on_default(F f, std::size_t stack_size) {
   result_slot<R> out;
   std::exception_ptr error;
   wait_group done;
   done.add(1);
-  spawn_in(default_runtime(), [&] {
-    try {
-      if constexpr (std::is_void_v<R>) {
-        f();
-      } else {
-        out.set(f());
-      }
-    } catch (...) {
-      error = std::current_exception();
-    }
-    done.done();
-  });
+  spawn_in(
+      default_runtime(),
+      [&] {
+        try {
+          if constexpr (std::is_void_v<R>) {
+            f();
+          } else {
+            out.set(f());
+          }
+        } catch (...) {
+          error = std::current_exception();
+        }
+        done.done();
+      },
+      stack_size);
   done.wait();
   if (error) std::rethrow_exception(error);
   return out.take();
@@ -426,8 +482,7 @@ class pipeline {
     auto im = impl_;
     auto body = [im, o]() -> R {
       detail::pipe_ctx ctx;
-      ctx.fusion = o.fusion;
-      ctx.adaptive = !o.inline_mode;
+      ctx.configure(o);
       return im->execute(ctx);
     };
     return dispatch(o, body);
@@ -438,8 +493,7 @@ class pipeline {
     auto im = impl_;
     auto body = [im, o, stop]() -> R {
       detail::pipe_ctx ctx;
-      ctx.fusion = o.fusion;
-      ctx.adaptive = !o.inline_mode;
+      ctx.configure(o);
       std::stop_callback cb(stop, [&ctx] { ctx.user_cancel(); });
       return im->execute(ctx);
     };
@@ -464,10 +518,11 @@ class pipeline {
     if (o.inline_mode) {
       options opts;
       opts.workers = 1;
+      opts.stack_size = std::max(opts.stack_size, o.stack_size);
       return rill::run(body, opts);
     }
     if (detail::current_fiber()) return body();
-    return detail::run_on_default<R>(body);
+    return detail::run_on_default<R>(body, o.stack_size);
   }
 
   std::shared_ptr<detail::pipeline_impl<R>> impl_;
@@ -524,8 +579,7 @@ class pipeline_handle {
 template <class R>
 pipeline_handle<R> pipeline<R>::start(run_options o) const {
   auto st = std::make_shared<detail::handle_state<R>>();
-  st->ctx.fusion = o.fusion;
-  st->ctx.adaptive = !o.inline_mode;
+  st->ctx.configure(o);
   st->done.add(1);
   auto root = [st, im = impl_]() {
     try {
@@ -540,9 +594,9 @@ pipeline_handle<R> pipeline<R>::start(run_options o) const {
     st->done.done();
   };
   if (detail::current_fiber()) {
-    go(std::move(root));
+    detail::go_sized(o.stack_size, std::move(root));
   } else {
-    detail::spawn_in(detail::default_runtime(), std::move(root));
+    detail::spawn_in(detail::default_runtime(), std::move(root), o.stack_size);
   }
   return pipeline_handle<R>(std::move(st));
 }

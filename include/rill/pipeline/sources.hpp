@@ -24,6 +24,7 @@ struct range_source {
   static constexpr const char* kind = "from";
   R range;
   std::size_t buffer = default_buffer;  // capacity of the channel after the source
+  std::size_t stack_size = 0;           // stage_options::stack_size
   using value_type = std::remove_cvref_t<decltype(*std::ranges::begin(std::declval<R&>()))>;
 
   // drive(): the items go in chunks that grow from 1 to 1024; after each, the sink hears
@@ -188,9 +189,10 @@ requires(std::ranges::viewable_range<R> &&
          !detail::is_chan_v<std::remove_cvref_t<R>>) auto from(R&& r, stage_options opt = {}) {
   using V = detail::stored_range_t<R>;
   if constexpr (std::is_lvalue_reference_v<R>) {
-    return detail::flow<detail::range_source<V>>{{}, {V{&r}, opt.buffer}, {}};
+    return detail::flow<detail::range_source<V>>{{}, {V{&r}, opt.buffer, opt.stack_size}, {}};
   } else {
-    return detail::flow<detail::range_source<V>>{{}, {V(std::move(r)), opt.buffer}, {}};
+    return detail::flow<detail::range_source<V>>{
+        {}, {V(std::move(r)), opt.buffer, opt.stack_size}, {}};
   }
 }
 // from(chan): the values received from a channel until it is closed. Cancellation wakes a

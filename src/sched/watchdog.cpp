@@ -1,0 +1,203 @@
+// The watchdog: Go's sysmon, for one of its jobs. It notices a worker that has run one fiber
+// without a scheduling point for longer than its runtime's threshold and reports that fiber
+// on stderr, once per fiber.
+//
+// The problem. Scheduling is cooperative: a fiber that calls sleep(), blocks in a syscall or
+// computes for a long time holds its worker thread, and every fiber queued on that worker
+// waits (with every worker so held, every fiber of the runtime waits). Nothing fails: the
+// program is just slow, and the user is not told that rill::blocking() or
+// this_fiber::sleep_for() was what they wanted.
+//
+// The protocol.
+//   1. Each worker counts its scheduling points in `switches` (worker::set_current(), and a
+//      yield that found nobody to yield to): a relaxed store to the line that the switch
+//      writes anyway (`current`). Nothing else is added to the switch path: no clock read.
+//   2. One thread for the process looks at every watched runtime (threshold > 0) every
+//      half of the smallest threshold. For each worker it reads `switches` and `current`;
+//      the first time it sees a value of `switches` it notes the time. A worker whose count
+//      has not moved for the fiber's threshold since then, running a fiber, has run that
+//      fiber without a scheduling point for at least that long.
+//   3. Before it reports, it takes the fiber's registry slot's lock (the record stays alive
+//      under it: see stack_slot), checks that the slot still names that fiber and that the
+//      worker's count has still not moved (so the fiber did not end or switch meanwhile),
+//      reads the fiber's name and threshold, and marks it reported.
+//   4. It sleeps without a deadline while every worker of every watched runtime is idle,
+//      so an idle process has no periodic wake-up. A worker that leaves its idle state
+//      wakes it (watchdog_kick). Dekker: the watchdog sets `asleep`, then looks at each
+//      runtime's idle count; a worker lowers its runtime's idle count, then reads `asleep`
+//      (all seq_cst): one of them sees the other.
+//
+// Rejected: a thread per runtime (a thread start and join for every rill::run(), however
+// short); a signal to the stalled thread so that it reports itself (it would interrupt the
+// very sleep() or syscall being diagnosed: sleep() returns early on a signal); a clock read
+// at every switch (the count suffices: the watchdog reads the clock, not the workers).
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "sched/runtime.hpp"
+
+namespace rill::detail {
+namespace {
+
+struct watchdog_state {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<runtime*> runtimes;  // guarded by mu: the watched runtimes
+  bool started = false;            // guarded by mu
+  bool kicked = false;             // guarded by mu
+  std::string last_report;         // guarded by mu
+  std::atomic<bool> asleep{false};
+  std::atomic<std::uint64_t> passes{0};
+  std::atomic<std::uint64_t> reports{0};
+};
+
+// Never destroyed: the thread is detached and may outlive static destruction.
+watchdog_state& state() {
+  static watchdog_state* s = new watchdog_state;
+  return *s;
+}
+
+// The slot of the stack a fiber record lives on: the record ends just below its slot, which
+// is 64-byte aligned (see stack::slot() and runtime::create_fiber()). Computed from the
+// address alone, because the record may be gone: the slot itself lives as long as the pool.
+stack_slot* slot_of(const fiber* f) noexcept {
+  const auto end = reinterpret_cast<std::uintptr_t>(f) + sizeof(fiber);
+  return reinterpret_cast<stack_slot*>((end + 63) & ~std::uintptr_t{63});
+}
+
+void loop() {
+  watchdog_state& s = state();
+  std::unique_lock lk(s.mu);
+  for (;;) {
+    const std::int64_t now = now_ns();
+    bool awake = false;
+    std::int64_t period = INT64_MAX;
+    for (runtime* rt : s.runtimes) {
+      if (rt->watch(now)) awake = true;
+      period = std::min(period, rt->watchdog_ns() / 2);
+    }
+    s.passes.fetch_add(1, std::memory_order_release);
+    if (!awake) {
+      s.asleep.store(true, std::memory_order_seq_cst);
+      // Look again after announcing the sleep (see 4. above).
+      const std::int64_t again = now_ns();
+      for (runtime* rt : s.runtimes) awake = rt->watch(again) || awake;
+      if (!awake) s.cv.wait(lk, [&] { return s.kicked; });
+      s.kicked = false;
+      s.asleep.store(false, std::memory_order_relaxed);
+      continue;
+    }
+    s.cv.wait_for(lk, std::chrono::nanoseconds(std::max<std::int64_t>(period, 1'000'000)));
+  }
+}
+
+}  // namespace
+
+bool runtime::watch(std::int64_t now) {
+  watchdog_state& s = state();
+  for (auto& wp : workers_) {
+    worker& w = *wp;
+    worker::watch_state& d = w.watch;
+    const std::uint64_t n = w.switches.load(std::memory_order_acquire);
+    fiber* f = w.current.load(std::memory_order_relaxed);
+    if (n != d.switches || !f) {
+      d.switches = n;
+      d.since = now;
+      d.need = watchdog_ns();
+      d.done = f == nullptr;
+      continue;
+    }
+    if (d.done || now - d.since < d.need) continue;
+    // Stalled for at least the runtime's threshold: look at the fiber (3. above).
+    char name[sizeof f->name];
+    std::uint64_t id = 0;
+    {
+      stack_slot* slot = slot_of(f);
+      std::lock_guard slk(slot->lk);
+      if (slot->owner.load(std::memory_order_acquire) != f ||
+          w.switches.load(std::memory_order_acquire) != n) {
+        continue;  // it switched meanwhile: the next look sees a new count
+      }
+      const std::int64_t need =
+          f->watchdog_ms < 0 ? watchdog_ns() : std::int64_t{f->watchdog_ms} * 1'000'000;
+      if (need == 0 || f->stall_reported) {
+        d.done = true;
+        continue;
+      }
+      if (now - d.since < need) {
+        d.need = need;  // this fiber's threshold is longer: look again then
+        continue;
+      }
+      f->stall_reported = true;
+      d.done = true;
+      id = f->id;
+      std::memcpy(name, f->name, sizeof name);
+      name[sizeof name - 1] = 0;
+    }
+    char msg[768];
+    std::snprintf(
+        msg, sizeof msg,
+        "rill: watchdog: fiber %llu%s%s%s has run for %lld ms on worker %u without a "
+        "scheduling point; the fibers queued on that worker wait meanwhile. A blocking call "
+        "(sleep(), blocking I/O, a lock of another library) belongs in rill::blocking(...); a "
+        "wait, in rill::this_fiber::sleep_for(); a long computation should call "
+        "rill::this_fiber::yield() now and then. (Reported once per fiber; the threshold is "
+        "rill::options::watchdog, or run_options::watchdog for a pipeline; 0 turns it off.)\n",
+        static_cast<unsigned long long>(id), name[0] ? " (" : "", name, name[0] ? ")" : "",
+        static_cast<long long>((now - d.since) / 1'000'000), w.index);
+    std::fputs(msg, stderr);
+    std::fflush(stderr);
+    try {
+      s.last_report = msg;
+    } catch (...) {
+      // out of memory: only the test hook misses it
+    }
+    s.reports.fetch_add(1, std::memory_order_release);
+  }
+  return nidle_.load(std::memory_order_seq_cst) != workers();
+}
+
+void watchdog_add(runtime* rt) {
+  watchdog_state& s = state();
+  std::lock_guard lk(s.mu);
+  if (!s.started) {
+    std::thread(loop).detach();  // may throw std::system_error
+    s.started = true;
+  }
+  s.runtimes.push_back(rt);  // may throw: rt is not watched then
+  s.kicked = true;           // its workers start awake
+  s.cv.notify_one();
+}
+
+void watchdog_remove(runtime* rt) noexcept {
+  watchdog_state& s = state();
+  std::lock_guard lk(s.mu);
+  std::erase(s.runtimes, rt);
+}
+
+void watchdog_kick() noexcept {
+  watchdog_state& s = state();
+  if (!s.asleep.load(std::memory_order_seq_cst)) return;
+  std::lock_guard lk(s.mu);
+  s.kicked = true;
+  s.cv.notify_one();
+}
+
+std::uint64_t watchdog_reports() noexcept {
+  return state().reports.load(std::memory_order_acquire);
+}
+std::uint64_t watchdog_passes() noexcept { return state().passes.load(std::memory_order_acquire); }
+std::string watchdog_last_report() {
+  watchdog_state& s = state();
+  std::lock_guard lk(s.mu);
+  return s.last_report;
+}
+
+}  // namespace rill::detail
