@@ -193,8 +193,10 @@ class pipe_ctx {
         this_fiber::name(name.c_str());
         guard_fiber(name, *f);
         // The stage's state (its links, the items left in its batches) goes before done():
-        // run() may return as soon as done() is called, and must leave no item behind.
+        // run() may return as soon as done() is called, and must leave no item behind, nor
+        // a fiber counted as live.
         f.reset();
+        fiber_retire();
         fibers.done();
       });
     } catch (...) {

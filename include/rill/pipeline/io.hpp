@@ -73,6 +73,7 @@ class cancel_watch {
     go([this, &ctx, r, dir] {
       select(on_recv(ctx.cancelled), on_recv(done_));
       if (ctx.stop.load()) io_interrupt(r, dir);
+      fiber_retire();  // its owner's run may end as soon as done() wakes it
       wg_.done();
     });
   }

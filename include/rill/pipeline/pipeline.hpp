@@ -391,6 +391,7 @@ R run_on_default(F f) {
     } catch (...) {
       error = std::current_exception();
     }
+    fiber_retire();  // run() returns with this fiber counted as gone
     done.done();
   });
   done.wait();
@@ -537,6 +538,7 @@ pipeline_handle<R> pipeline<R>::start(run_options o) const {
     } catch (...) {
       st->error = std::current_exception();
     }
+    detail::fiber_retire();  // wait() returns with this fiber counted as gone
     st->done.done();
   };
   if (detail::current_fiber()) {
