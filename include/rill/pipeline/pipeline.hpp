@@ -293,6 +293,22 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   }
 }
 
+// takes_nothing(): the chain has a take(0), so no item of the source can reach its end.
+template <class... S>
+bool takes_nothing(const std::tuple<S...>& stages) {
+  return std::apply(
+      [](const auto&... s) {
+        return ([&s] {
+          if constexpr (std::is_same_v<std::remove_cvref_t<decltype(s)>, take_stage>) {
+            return s.n == 0;
+          } else {
+            return false;
+          }
+        }() || ...);
+      },
+      stages);
+}
+
 template <class Flow, class Tail>
 void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   using In = typename decltype(fl.src)::value_type;
@@ -305,11 +321,18 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   // The first boundary, between the source and the first stage: it also carries the
   // source's ticks to the segment.
   const bool candidate = detail::may_split_before<0>(fl.stages, ctx);
-  auto drive = [&fl, &ctx, buffer, candidate, first = detail::name_at<0>(fl.stages, tail)](
+  // With a take(0) downstream, the source is not asked for a first item (a take(n) stops
+  // it after its n-th): the chain only hears the end of the stream.
+  const bool empty = takes_nothing(fl.stages);
+  auto drive = [&fl, &ctx, buffer, candidate, empty, first = detail::name_at<0>(fl.stages, tail)](
                    auto& sink, segment& sg) {
     using Sink = std::remove_cvref_t<decltype(sink)>;
-    split_point<In, Sink> head(sink, sg, 0, first, buffer, 0, candidate);
-    fl.src.drive(head, ctx);
+    split_point<In, Sink> head(sink, sg, 0, first, buffer, 0, candidate && !empty);
+    if (empty) {
+      head.finish();
+    } else {
+      fl.src.drive(head, ctx);
+    }
   };
   build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind, buffer, 0);
 }
