@@ -861,6 +861,27 @@ TEST_CASE("net: read_lines on a pipe fd, collected", "[net][pipeline]") {
   });
 }
 
+TEST_CASE("net: read_lines drops the '\\r' of CRLF lines unless keep_cr", "[net][pipeline]") {
+  auto keep_cr = GENERATE(false, true);
+  test::net_run(2, [keep_cr] {
+    int fds[2];
+    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    rill::go([w = fds[1]] {
+      // CRLF lines, an empty one, a '\r' inside a line, and a last line without '\n'.
+      const std::string text = "a\r\nbb\r\n\r\nc\rd\r\nlf\ne\r";
+      (void)!::write(w, text.data(), text.size());
+      ::close(w);
+    });
+    auto lines = (rill::read_lines(fds[0], {.keep_cr = keep_cr}) | rill::collect()).run();
+    if (keep_cr) {
+      CHECK(lines == std::vector<std::string>{"a\r", "bb\r", "\r", "c\rd\r", "lf", "e\r"});
+    } else {
+      CHECK(lines == std::vector<std::string>{"a", "bb", "", "c\rd", "lf", "e"});
+    }
+    ::close(fds[0]);
+  });
+}
+
 TEST_CASE("net: read_lines from a plain thread: wait() returns with the run's fibers gone",
           "[net][pipeline]") {
   // The source parks on an empty pipe, so a helper fiber watches for cancellation; it too
