@@ -203,7 +203,10 @@ struct stats {
   unsigned workers = 0;
 };
 stats runtime_stats() noexcept;
-// process-wide: fibers, stacks and timers alive in all runtimes (0 between runs).
+// global_stats(): fibers, stacks and timers alive in all runtimes of the process. 0 between
+// runs: when rill::run, a pipeline's run() or a pipeline handle's wait() returns, the fibers
+// that run started are no longer counted, nor their stacks (a pipeline's fibers stop
+// counting just before they signal their end, not once they have switched out).
 stats global_stats() noexcept;
 
 // dump_fibers() describes every fiber of the calling thread's runtime, or of every runtime

@@ -387,8 +387,13 @@ runtime::~runtime() {
 // release) and raises its credit before the total, so a snapshot taken while workers give
 // back what they hold may count too few for a moment, never too many: a leak check that
 // polls until it sees zero sees no leak that is not there.
+//
+// A retired fiber (fiber_retire) is out of live_fibers at once (its count moves into its
+// worker's credit) and its stack out of live_stacks (retiring_stacks_, read first: reap()
+// lowers it only after the stack is in a cache or back in the pool).
 stats runtime::snapshot() noexcept {
   stats s;
+  const std::int64_t retiring = retiring_stacks_.load(std::memory_order_acquire);
   std::int64_t credit = 0;
   std::size_t cached = 0;
   for (auto& w : workers_) {
@@ -404,7 +409,8 @@ stats runtime::snapshot() noexcept {
     std::lock_guard lk(pools_mu_);
     for (auto& p : more_stacks_) stacks += p->live();
   }
-  s.live_stacks = stacks > cached ? stacks - cached : 0;
+  const std::size_t idle = cached + static_cast<std::size_t>(retiring > 0 ? retiring : 0);
+  s.live_stacks = stacks > idle ? stacks - idle : 0;
   {
     std::lock_guard lk(timer_mu_);
     s.pending_timers = timer_count_;
@@ -544,6 +550,18 @@ void runtime::count_exit() noexcept {
   w->credit.store(c, std::memory_order_release);
 }
 
+// retire(): f, running on a worker of this runtime, stops counting now: the waiter it is
+// about to signal (run(), wait()) may read the stats as soon as it wakes. The count goes
+// into the worker's credit, as at an exit, so live_fibers_ cannot reach zero (and shut a
+// runtime down) before f has switched out: a worker gives its credit back only once it
+// is out of work.
+void runtime::retire(fiber& f) noexcept {
+  if (f.retired) return;
+  f.retired = true;
+  retiring_stacks_.fetch_add(1, std::memory_order_release);
+  count_exit();
+}
+
 // The count first, then the credit (see snapshot()).
 void runtime::return_credit(worker& w) noexcept {
   const std::int64_t c = w.credit.load(std::memory_order_relaxed);
@@ -554,7 +572,7 @@ void runtime::return_credit(worker& w) noexcept {
 
 void runtime::discard_fiber(fiber* f) noexcept {
   remove_from_registry(f);
-  stack s = f->stk;
+  stack s = f->stk;  // never started: never retired
   if (f->closure_on_heap) ::operator delete(f->closure);
   san_fiber_destroyed(f->san);
   f->~fiber();
@@ -575,6 +593,7 @@ void runtime::start_fiber(worker* w, fiber* f) noexcept {
 
 void runtime::reap(fiber* f) noexcept {
   stack s = f->stk;
+  const bool retired = f->retired;
   san_fiber_destroyed(f->san);
   f->~fiber();
   worker* w = current_worker();
@@ -592,7 +611,11 @@ void runtime::reap(fiber* f) noexcept {
   } else {
     stacks_.release(s);
   }
-  count_exit();
+  if (retired) {
+    retiring_stacks_.fetch_sub(1, std::memory_order_release);  // after the stack is put away
+  } else {
+    count_exit();
+  }
 }
 
 void runtime::add_to_registry(fiber* f) noexcept {
@@ -1234,6 +1257,10 @@ void* fiber_create_in(runtime* rt, std::size_t size, std::size_t align, void (*e
 void fiber_start(fiber* f) noexcept { f->rt->start_fiber(current_worker(), f); }
 
 void fiber_discard(fiber* f) noexcept { f->rt->discard_fiber(f); }
+
+void fiber_retire() noexcept {
+  if (fiber* f = current_fiber()) f->rt->retire(*f);
+}
 
 runtime* current_runtime() noexcept {
   worker* w = current_worker();

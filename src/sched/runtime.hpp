@@ -49,6 +49,9 @@ struct fiber : context {
   // (set with `aborted`, cleared by the woken fiber). A fiber that parks again while it
   // unwinds after the abort is woken normally, and its wait completes.
   bool abort_wake = false;
+  // retired: fiber_retire() has already taken this fiber out of the counts (it is about to
+  // end); its exit does not count it again. Owner fiber, then the worker that reaps it.
+  bool retired = false;
   stack stk;
   std::atomic<fiber_state> state{fiber_state::created};  // informative (dumps); relaxed
   std::atomic<wait_reason> reason{};                     // relaxed: read by dumps only
@@ -167,6 +170,7 @@ class runtime {
   void count_exit() noexcept;
   void return_credit(worker& w) noexcept;
   void uncount(std::int64_t n) noexcept;  // n fewer in live_fibers_; the last one shuts down
+  void retire(fiber& f) noexcept;         // see fiber_retire (rill/detail/core.hpp)
   void start_fiber(worker* w, fiber* f) noexcept;
   template <class F>
   void for_each_fiber(F f);      // f(fiber*) for every live fiber, under its registry slot's lock
@@ -273,6 +277,8 @@ class runtime {
   std::atomic<std::int64_t> next_deadline_{INT64_MAX};
 
   std::atomic<std::int64_t> live_fibers_{0};
+  // Stacks of retired fibers not yet reaped: counted in stacks_, not in snapshot().
+  std::atomic<std::int64_t> retiring_stacks_{0};
   std::atomic<std::uint64_t> next_id_{1};
   std::exception_ptr main_exception_;  // written by the main fiber before it finishes
   std::exception_ptr deadlock_;        // written by the worker that declares it

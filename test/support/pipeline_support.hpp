@@ -65,8 +65,8 @@ struct boom : std::runtime_error {
 };
 
 // wait_no_leaks(): the leak gate for runs on the default runtime, from a plain thread. A
-// stage fiber signals the end of its work just before it returns, so its stack goes back a
-// moment after run() returns: poll as goleak does (up to 2 s), then check.
+// run's fibers are counted as gone when its run() or wait() returns; for anything else
+// still ending when a test returns, poll as goleak does (up to 2 s), then check.
 inline void wait_no_leaks() {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
   while (std::chrono::steady_clock::now() < deadline) {

@@ -29,6 +29,7 @@
 
 #include "io/poller.hpp"
 #include "support/net_support.hpp"
+#include "support/pipeline_support.hpp"
 
 using namespace std::chrono_literals;
 using rill::net::tcp_listener;
@@ -858,6 +859,49 @@ TEST_CASE("net: read_lines on a pipe fd, collected", "[net][pipeline]") {
     CHECK((::fcntl(fds[0], F_GETFL) & O_NONBLOCK) == 0);  // restored
     ::close(fds[0]);
   });
+}
+
+TEST_CASE("net: read_lines drops the '\\r' of CRLF lines unless keep_cr", "[net][pipeline]") {
+  auto keep_cr = GENERATE(false, true);
+  test::net_run(2, [keep_cr] {
+    int fds[2];
+    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    rill::go([w = fds[1]] {
+      // CRLF lines, an empty one, a '\r' inside a line, and a last line without '\n'.
+      const std::string text = "a\r\nbb\r\n\r\nc\rd\r\nlf\ne\r";
+      (void)!::write(w, text.data(), text.size());
+      ::close(w);
+    });
+    auto lines = (rill::read_lines(fds[0], {.keep_cr = keep_cr}) | rill::collect()).run();
+    if (keep_cr) {
+      CHECK(lines == std::vector<std::string>{"a\r", "bb\r", "\r", "c\rd\r", "lf", "e\r"});
+    } else {
+      CHECK(lines == std::vector<std::string>{"a", "bb", "", "c\rd", "lf", "e"});
+    }
+    ::close(fds[0]);
+  });
+}
+
+TEST_CASE("net: read_lines from a plain thread: wait() returns with the run's fibers gone",
+          "[net][pipeline]") {
+  // The source parks on an empty pipe, so a helper fiber watches for cancellation; it too
+  // must be counted as gone when wait() returns.
+  test::watchdog dog;
+  test::wait_no_leaks();  // what earlier tests left behind is theirs
+  int counted = 0;        // returns after which a fiber or a stack still counted
+  for (int k = 0; k < 20; ++k) {
+    int fds[2];
+    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    auto h = (rill::read_lines(fds[0]) | rill::count()).start();
+    test::wait_parked_on("I/O read");
+    (void)!::write(fds[1], "x\ny\n", 4);
+    ::close(fds[1]);
+    REQUIRE(h.wait() == 2);
+    const rill::stats s = rill::global_stats();
+    if (s.live_fibers != 0 || s.live_stacks != 0) ++counted;
+    ::close(fds[0]);
+  }
+  CHECK(counted == 0);
 }
 
 TEST_CASE("net: cancelling a pipeline wakes a source parked on a silent socket",

@@ -114,6 +114,44 @@ TEST_CASE("pipeline: start() from a plain thread; wait() returns the result", "[
   test::wait_no_leaks();
 }
 
+TEST_CASE("pipeline: run() and wait() return with every fiber of the run counted as gone",
+          "[pipeline][run]") {
+  // global_stats() reads 0 between runs on a plain thread, and runtime_stats() counts only
+  // the caller in a fiber: a run's fibers stop counting before they signal their end, not
+  // a moment after run() has returned.
+  auto from_fiber = GENERATE(false, true);
+  // Every kind of fiber a run starts: the root (from a plain thread), a pinned boundary's,
+  // par_map's workers, broadcast's branches.
+  auto p = rill::from(iota_vec(100)) | rill::map([](int v) { return v + 1; }, {.fuse = false}) |
+           rill::par_map([](int v) { return 2 * v; }, {.workers = 2}) |
+           rill::broadcast(rill::count(), rill::reduce(0L, std::plus<>{}));
+  auto runs = [&p](auto live) {
+    int counted = 0;  // returns after which a fiber or a stack of the run still counted
+    for (int k = 0; k < test::scaled(200); ++k) {
+      const auto r = k % 2 ? p.run() : p.start().wait();
+      REQUIRE(std::get<0>(r) == 100);
+      if (!live()) ++counted;
+    }
+    CHECK(counted == 0);
+  };
+  if (from_fiber) {
+    auto workers = GENERATE(2u, 4u);
+    test::run_with(workers, [&] {
+      runs([] {
+        const rill::stats s = rill::runtime_stats();
+        return s.live_fibers == 1 && s.live_stacks == 1;  // the main fiber
+      });
+    });
+  } else {
+    test::watchdog dog;
+    test::wait_no_leaks();  // what earlier tests left behind is theirs
+    runs([] {
+      const rill::stats s = rill::global_stats();
+      return s.live_fibers == 0 && s.live_stacks == 0;
+    });
+  }
+}
+
 TEST_CASE("pipeline: inline_run gives the same order on every run, even unordered par_map",
           "[pipeline][run]") {
   test::watchdog dog;

@@ -175,6 +175,26 @@ TEST_CASE("pipeline: generate(f) calls f until it returns nullopt", "[pipeline][
   CHECK(n == 7);
 }
 
+TEST_CASE("pipeline: take(0) asks its source for no item", "[pipeline][source]") {
+  auto fuse = GENERATE(true, false);
+  test::run_with(2, [fuse] {
+    int calls = 0;
+    auto p = rill::generate([&calls]() -> std::optional<int> { return calls++; }) |
+             rill::map([](int v) { return v; }) | rill::take(0) | rill::collect();
+    CHECK(p.run({.fusion = fuse}).empty());
+    CHECK(calls == 0);
+    // Nor from a channel (what is in it stays there), nor from the sources of a merge.
+    rill::chan<int> c(2);
+    c.send(1);
+    auto q = rill::merge(rill::from(c),
+                         rill::generate([&calls]() -> std::optional<int> { return calls++; })) |
+             rill::take(0) | rill::count();
+    CHECK(q.run({.fusion = fuse}) == 0);
+    CHECK(calls == 0);
+    CHECK(c.size() == 1);
+  });
+}
+
 TEST_CASE("pipeline: merge interleaves sources, each keeping its order", "[pipeline][source]") {
   auto workers = GENERATE(1u, 2u, 4u);
   test::run_with(workers, [] {

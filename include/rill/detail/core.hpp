@@ -35,6 +35,11 @@ runtime* default_runtime();
 void fiber_start(fiber* f) noexcept;
 // fiber_discard() releases a created fiber that was never started.
 void fiber_discard(fiber* f) noexcept;
+// fiber_retire() takes the calling fiber out of the live counts (stats: live_fibers,
+// live_stacks) before it ends, so that whoever its last signal wakes sees it gone: call it
+// just before that signal (a wait_group's done()), with nothing after it that parks. The
+// fiber still finishes as usual. No effect on a plain thread.
+void fiber_retire() noexcept;
 // fiber_set_name() names the calling fiber for dumps and error messages (truncated to
 // fiber_name_max - 1 bytes); fiber_get_name() copies its name into out[0..n) ("" on a
 // plain thread).

@@ -219,8 +219,10 @@ class pipe_ctx {
                  if (watchdog_ms >= 0) fiber_set_watchdog(watchdog_ms);
                  guard_fiber(name, *f);
                  // The stage's state (its links, the items left in its batches) goes before done():
-                 // run() may return as soon as done() is called, and must leave no item behind.
+                 // run() may return as soon as done() is called, and must leave no item behind,
+                 // nor a fiber counted as live.
                  f.reset();
+                 fiber_retire();
                  fibers.done();
                });
     } catch (...) {

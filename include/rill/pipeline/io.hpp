@@ -7,7 +7,10 @@
 //       ;  .run();
 //
 // read_lines(src) reads until end of stream and yields each line without its '\n' (a last
-// line without one is yielded too). write_lines(dst) writes each item (anything that
+// line without one is yielded too), and by default without a '\r' just before the line's
+// end, so that CRLF text (HTTP, Windows files) reads as LF text does: Go's bufio.ScanLines
+// does the same. read_lines(src, {.keep_cr = true}) keeps that '\r'; a '\r' anywhere else
+// in a line is always kept. write_lines(dst) writes each item (anything that
 // converts to std::string_view) followed by '\n', buffering up to 64 KiB and writing when
 // the buffer fills, when the upstream stage is about to wait for input, and at the end.
 // Both park their fiber on the netpoller while the fd is not ready; a cancelled run (an
@@ -35,6 +38,14 @@
 #include "rill/pipeline/sources.hpp"
 
 namespace rill {
+
+// line_options: how read_lines() cuts lines, e.g. `rill::read_lines(fd, {.keep_cr = true})`.
+struct line_options {
+  // false (the default): a '\r' just before a line's end is dropped, as Go's
+  // bufio.ScanLines drops it. true: a line keeps it.
+  bool keep_cr = false;
+};
+
 namespace detail {
 
 // io_lease: access to a stream (a borrowed reference on its registration) or to an fd
@@ -73,6 +84,7 @@ class cancel_watch {
     go([this, &ctx, r, dir] {
       select(on_recv(ctx.cancelled), on_recv(done_));
       if (ctx.stop.load()) io_interrupt(r, dir);
+      fiber_retire();  // its owner's run may end as soon as done() wakes it
       wg_.done();
     });
   }
@@ -93,6 +105,7 @@ struct line_source {
   static constexpr const char* kind = "read_lines";
   using value_type = std::string;
   Target target;  // net::tcp_stream* or int
+  bool keep_cr = false;
 
   template <class Sink>
   void drive(Sink& sink, pipe_ctx& ctx) {
@@ -102,10 +115,14 @@ struct line_source {
     std::unique_ptr<cancel_watch> watch;
     std::string buf;
     std::size_t start = 0, scanned = 0;
+    // without_cr(end): where the line that ends at `end` stops (before a '\r' it drops).
+    auto without_cr = [&](std::size_t end) {
+      return !keep_cr && end > start && buf[end - 1] == '\r' ? end - 1 : end;
+    };
     for (;;) {
       bool stopped = false;
       for (std::size_t nl; (nl = buf.find('\n', scanned)) != std::string::npos;) {
-        if (!sink(buf.substr(start, nl - start))) {
+        if (!sink(buf.substr(start, without_cr(nl) - start))) {
           stopped = true;
           break;
         }
@@ -125,7 +142,10 @@ struct line_source {
       buf.resize(scanned + static_cast<std::size_t>(r < 0 ? 0 : r));
       if (r < 0) break;  // cancelled
       if (r == 0) {      // end of stream
-        if (!buf.empty()) sink(std::move(buf));
+        if (!buf.empty()) {
+          buf.resize(without_cr(buf.size()));  // start is 0 here
+          sink(std::move(buf));
+        }
         break;
       }
     }
@@ -205,11 +225,14 @@ struct line_sink_term : terminal_tag {
 
 }  // namespace detail
 
-// read_lines(stream) / read_lines(fd): a source of the lines read from a socket or an fd.
-inline auto read_lines(net::tcp_stream& s) {
-  return detail::flow<detail::line_source<net::tcp_stream*>>{{}, {&s}, {}};
+// read_lines(stream) / read_lines(fd): a source of the lines read from a socket or an fd
+// (a trailing '\r' dropped unless opt.keep_cr).
+inline auto read_lines(net::tcp_stream& s, line_options opt = {}) {
+  return detail::flow<detail::line_source<net::tcp_stream*>>{{}, {&s, opt.keep_cr}, {}};
 }
-inline auto read_lines(int fd) { return detail::flow<detail::line_source<int>>{{}, {fd}, {}}; }
+inline auto read_lines(int fd, line_options opt = {}) {
+  return detail::flow<detail::line_source<int>>{{}, {fd, opt.keep_cr}, {}};
+}
 
 // write_lines(stream) / write_lines(fd): a terminal that writes each item and a '\n'.
 inline auto write_lines(net::tcp_stream& s) {

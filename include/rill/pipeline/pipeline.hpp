@@ -343,6 +343,22 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   }
 }
 
+// takes_nothing(): the chain has a take(0), so no item of the source can reach its end.
+template <class... S>
+bool takes_nothing(const std::tuple<S...>& stages) {
+  return std::apply(
+      [](const auto&... s) {
+        return ([&s] {
+          if constexpr (std::is_same_v<std::remove_cvref_t<decltype(s)>, take_stage>) {
+            return s.n == 0;
+          } else {
+            return false;
+          }
+        }() || ...);
+      },
+      stages);
+}
+
 template <class Flow, class Tail>
 void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   using In = typename decltype(fl.src)::value_type;
@@ -357,11 +373,18 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   // The first boundary, between the source and the first stage: it also carries the
   // source's ticks to the segment.
   const bool candidate = detail::may_split_before<0>(fl.stages, ctx);
-  auto drive = [&fl, &ctx, buffer, candidate, first = detail::name_at<0>(fl.stages, tail)](
+  // With a take(0) downstream, the source is not asked for a first item (a take(n) stops
+  // it after its n-th): the chain only hears the end of the stream.
+  const bool empty = takes_nothing(fl.stages);
+  auto drive = [&fl, &ctx, buffer, candidate, empty, first = detail::name_at<0>(fl.stages, tail)](
                    auto& sink, segment& sg) {
     using Sink = std::remove_cvref_t<decltype(sink)>;
-    split_point<In, Sink> head(sink, sg, 0, first, buffer, 0, candidate);
-    fl.src.drive(head, ctx);
+    split_point<In, Sink> head(sink, sg, 0, first, buffer, 0, candidate && !empty);
+    if (empty) {
+      head.finish();
+    } else {
+      fl.src.drive(head, ctx);
+    }
   };
   build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind, buffer, 0,
                stack);
@@ -446,6 +469,7 @@ R run_on_default(F f, std::size_t stack_size) {
         } catch (...) {
           error = std::current_exception();
         }
+        fiber_retire();  // run() returns with this fiber counted as gone
         done.done();
       },
       stack_size);
@@ -591,6 +615,7 @@ pipeline_handle<R> pipeline<R>::start(run_options o) const {
     } catch (...) {
       st->error = std::current_exception();
     }
+    detail::fiber_retire();  // wait() returns with this fiber counted as gone
     st->done.done();
   };
   if (detail::current_fiber()) {
@@ -607,17 +632,47 @@ namespace detail {
 
 // A pipeline that failed a static_assert: further composition, and the use of its result,
 // are accepted silently so that the first error stays the only one. (Never defined: the
-// program does not compile.)
+// program does not compile.) poisoned_flow<V>: stages after a source, one of which failed;
+// V is the item type the user meant, as far as the failed stage's function tells it
+// (declared_out), else bad_item. poisoned<R>: the same with a terminal; R is the result
+// run() would have had, so `auto v = p.run(); v.size();` compiles on. With no such type
+// (bad_item), run() gives a poisoned that converts to anything.
+template <class R>
 struct poisoned : source_tag, stage_tag, terminal_tag {
+  using result_type = std::conditional_t<std::is_same_v<R, bad_item>, poisoned, R>;
   template <class... A>
-  poisoned run(A&&...) const;
+  result_type run(A&&...) const;
   template <class... A>
   poisoned start(A&&...) const;
-  poisoned stats() const;
-  poisoned wait() const;
+  pipeline_stats stats() const;
+  result_type wait() const;
   template <class T>
   operator T() const;
 };
+
+template <class V>
+struct poisoned_flow : source_tag {
+  using value_type = V;
+};
+
+template <class T>
+inline constexpr bool is_poisoned_v = false;
+template <class R>
+inline constexpr bool is_poisoned_v<poisoned<R>> = true;
+template <class V>
+inline constexpr bool is_poisoned_v<poisoned_flow<V>> = true;
+
+// result_guess_t<Term, In>: the terminal's result for In, or bad_item if it cannot take In.
+template <class Term, class In, bool = Term::template accepts<In>>
+struct result_guess {
+  using type = bad_item;
+};
+template <class Term, class In>
+struct result_guess<Term, In, true> {
+  using type = typename Term::template result_t<In>;
+};
+template <class Term, class In>
+using result_guess_t = typename result_guess<Term, In>::type;
 
 // chain_accepts<Report, In, S...>(): every stage takes what the one before gives; with
 // Report, the first stage that does not fires its static_assert.
@@ -639,7 +694,7 @@ template <class Src, class... Have, class... Add>
 auto append(flow<Src, Have...>&& f, std::tuple<Add...>&& add) {
   using In = typename flow<Src, Have...>::value_type;
   if constexpr (!chain_accepts<true, In, Add...>()) {
-    return poisoned{};
+    return poisoned_flow<typename fold_out<In, Add...>::type>{};
   } else {
     return flow<Src, Have..., Add...>{
         {}, std::move(f.src), std::tuple_cat(std::move(f.stages), std::move(add))};
@@ -653,7 +708,7 @@ auto finish_with(flow<Src, Have...>&& f, Term&& t) {
   using T = std::remove_cvref_t<Term>;
   if constexpr (!T::template accepts<In>) {
     T::template check<In>();
-    return poisoned{};
+    return poisoned<bad_item>{};
   } else {
     using R = typename T::template result_t<In>;
     return pipeline<R>(
@@ -663,7 +718,7 @@ auto finish_with(flow<Src, Have...>&& f, Term&& t) {
 
 // source | stage(s)
 template <class Src, class... Have, class St>
-requires(is_stage_v<St> && !std::is_same_v<std::remove_cvref_t<St>, poisoned>) auto operator|(
+requires(is_stage_v<St> && !is_poisoned_v<std::remove_cvref_t<St>>) auto operator|(
     flow<Src, Have...> f, St st) {
   return append(std::move(f), as_stages<St>::get(std::move(st)));
 }
@@ -676,8 +731,8 @@ requires(is_terminal_v<T> && !is_stage_v<T>) auto operator|(flow<Src, Have...> f
 template <class Src, class... Have, class Term, class... S>
 auto operator|(flow<Src, Have...> f, sink_fragment<Term, S...> sf) {
   auto g = append(std::move(f), std::move(sf.stages));
-  if constexpr (std::is_same_v<decltype(g), poisoned>) {
-    return poisoned{};
+  if constexpr (is_poisoned_v<decltype(g)>) {
+    return poisoned<result_guess_t<Term, typename decltype(g)::value_type>>{};
   } else {
     return finish_with(std::move(g), std::move(sf.term));
   }
@@ -703,9 +758,26 @@ requires(is_stage_v<A> && !is_source_v<A> && is_terminal_v<T> && !is_stage_v<T>)
       },
       as_stages<A>::get(std::move(a)));
 }
-// anything | poisoned, poisoned | anything
-template <class A>
-poisoned operator|(poisoned, A&&) {
+// poisoned | anything: the types go on as they would have (see poisoned).
+template <class V, class Stages>
+struct fold_tuple_out;
+template <class V, class... S>
+struct fold_tuple_out<V, std::tuple<S...>> : fold_out<V, S...> {};
+
+template <class V, class St>
+requires(is_stage_v<St>) auto operator|(poisoned_flow<V>, St) {
+  return poisoned_flow<typename fold_tuple_out<V, typename as_stages<St>::type>::type>{};
+}
+template <class V, class T>
+requires(is_terminal_v<T> && !is_stage_v<T>) auto operator|(poisoned_flow<V>, T) {
+  return poisoned<result_guess_t<T, V>>{};
+}
+template <class V, class Term, class... S>
+auto operator|(poisoned_flow<V>, sink_fragment<Term, S...>) {
+  return poisoned<result_guess_t<Term, typename fold_out<V, S...>::type>>{};
+}
+template <class R, class A>
+poisoned<R> operator|(poisoned<R>, A&&) {
   return {};
 }
 

@@ -50,9 +50,54 @@ decltype(auto) element_of(X&& x) {
 // An item type that marks a stage that cannot take its input (after a static_assert).
 struct bad_item {};
 
+// declared_out<F>: what f returns by its signature, when it has exactly one (a function
+// pointer, a lambda that is not generic); bad_item when it has none or returns void. For a
+// stage that failed its static_assert only: the types after it stay the ones the user
+// meant, so code that uses the pipeline's result gives no second error.
+template <class Sig>
+struct signature_out {
+  using type = bad_item;
+};
+template <class R, class C, class... A>
+struct signature_out<R (C::*)(A...)> {
+  using type = R;
+};
+template <class R, class C, class... A>
+struct signature_out<R (C::*)(A...) const> {
+  using type = R;
+};
+template <class R, class C, class... A>
+struct signature_out<R (C::*)(A...) noexcept> {
+  using type = R;
+};
+template <class R, class C, class... A>
+struct signature_out<R (C::*)(A...) const noexcept> {
+  using type = R;
+};
+template <class R, class... A>
+struct signature_out<R (*)(A...)> {
+  using type = R;
+};
+template <class R, class... A>
+struct signature_out<R (*)(A...) noexcept> {
+  using type = R;
+};
+template <class F, class = void>
+struct declared_signature {
+  using type = F;  // a function pointer, or no signature (signature_out gives bad_item)
+};
+template <class F>
+struct declared_signature<F, std::void_t<decltype(&F::operator())>> {
+  using type = decltype(&F::operator());
+};
+template <class F, class R = typename signature_out<typename declared_signature<F>::type>::type>
+struct declared_out {
+  using type = std::conditional_t<std::is_void_v<R>, bad_item, std::remove_cvref_t<R>>;
+};
+
 template <class F, class In, bool = std::is_invocable_v<F&, In&&>>
 struct invoke_out {
-  using type = bad_item;
+  using type = typename declared_out<F>::type;  // f cannot take In: see declared_out
 };
 template <class F, class In>
 struct invoke_out<F, In, true> {
@@ -185,12 +230,12 @@ struct tap_stage : stage_tag {
 };
 
 // ---- flat_map -------------------------------------------------------------------------------
-template <class R, bool = std::is_same_v<R, bad_item>>
+template <class R, class = void>
 struct range_item {
-  using type = bad_item;
+  using type = bad_item;  // not a range (bad_item included)
 };
 template <class R>
-struct range_item<R, false> {
+struct range_item<R, std::void_t<decltype(*std::begin(std::declval<R&>()))>> {
   using type = std::remove_cvref_t<decltype(*std::begin(std::declval<R&>()))>;
 };
 
