@@ -74,7 +74,8 @@ struct alignas(64) worker {
   unsigned index = 0;
   context g0;  // this thread's own stack, running the scheduler loop
   // The fiber this worker runs (nullptr: the scheduler loop). Written by the owner only,
-  // through set_current(); relaxed atomics so that the watchdog may read it.
+  // through set_current(), with release (a plain store on x86): the watchdog loads it with
+  // acquire and then locks the fiber's stack slot, which must be seen constructed.
   std::atomic<fiber*> current{nullptr};
   // switches: bumped at every set_current() and at a yield that finds nobody to yield to
   // (a scheduling point either way): unchanged across two looks, the worker ran one fiber
@@ -101,7 +102,7 @@ struct alignas(64) worker {
   // set_current(): the worker is about to run f (nullptr: its scheduler loop); one more
   // scheduling point. Owner thread only.
   void set_current(fiber* f) noexcept {
-    current.store(f, std::memory_order_relaxed);
+    current.store(f, std::memory_order_release);
     scheduling_point();
   }
   void scheduling_point() noexcept {

@@ -106,7 +106,7 @@ bool runtime::watch(std::int64_t now) {
     worker& w = *wp;
     worker::watch_state& d = w.watch;
     const std::uint64_t n = w.switches.load(std::memory_order_acquire);
-    fiber* f = w.current.load(std::memory_order_relaxed);
+    fiber* f = w.current.load(std::memory_order_acquire);
     if (n != d.switches || !f) {
       d.switches = n;
       d.since = now;

@@ -25,11 +25,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ranges>
 #include <regex>
 #include <rill/pipeline.hpp>
 #include <rill/rill.hpp>
 #include <string>
+#include <vector>
 
 namespace {
 
@@ -82,7 +82,7 @@ int run_child(std::size_t frame, long max_depth) {
 }
 
 int run_stage_child(bool from_plain_thread) {
-  auto p = rill::from(std::views::iota(0, 4)) |
+  auto p = rill::from(std::vector<int>{0, 1, 2, 3}) |
            rill::map([](int v) { return v + recurse<512>(1, 1L << 40, 64); }, {.name = "deep"}) |
            rill::collect();
   if (from_plain_thread) return static_cast<int>(p.run().size());

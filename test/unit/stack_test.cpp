@@ -7,11 +7,11 @@
 #include <catch2/catch.hpp>
 #include <cstddef>
 #include <cstring>
-#include <ranges>
 #include <rill/pipeline.hpp>
 #include <rill/rill.hpp>
 #include <vector>
 
+#include "support/pipeline_support.hpp"
 #include "support/run_with.hpp"
 
 namespace {
@@ -63,7 +63,7 @@ TEST_CASE("stack: run_options::stack_size sizes every fiber of a plain-thread ru
   rill::run_options o;
   o.fusion = fusion;
   o.stack_size = 1024 * kib;
-  auto p = rill::from(std::views::iota(0, 8)) | rill::map([&](int v) {
+  auto p = rill::from(test::iota_vec(8)) | rill::map([&](int v) {
              a.see();
              return v + (a.get() >= 1024 * kib ? deep(600 * kib) * 0 : 0);
            }) |
@@ -82,7 +82,7 @@ TEST_CASE("stack: a stage's stack_size is for the fiber that runs it", "[stack][
     // map#1 asks for 512 KiB; map#2 is pinned to a fiber of its own, fused with the terminal
     // in the caller's fiber, which keeps the runtime's stack.
     smallest a, b;
-    auto p = rill::from(std::views::iota(0, 8)) |
+    auto p = rill::from(test::iota_vec(8)) |
              rill::map(
                  [&](int v) {
                    a.see();
@@ -108,7 +108,7 @@ TEST_CASE("stack: stages fused into one fiber get the largest stack any of them 
     // All of it would run in the caller's fiber, whose stack is too small for map#2: the
     // fused chain gets a fiber of its own, with map#2's stack.
     smallest a, b;
-    auto p = rill::from(std::views::iota(0, 8)) | rill::map([&](int v) {
+    auto p = rill::from(test::iota_vec(8)) | rill::map([&](int v) {
                a.see();
                return v;
              }) |
@@ -128,7 +128,7 @@ TEST_CASE("stack: stages fused into one fiber get the largest stack any of them 
 TEST_CASE("stack: par_map's workers take par_options::stack_size", "[stack][pipeline]") {
   test::run_with(2, [] {
     smallest a;
-    auto p = rill::from(std::views::iota(0, 16)) |
+    auto p = rill::from(test::iota_vec(16)) |
              rill::par_map(
                  [&](int v) {
                    a.see();

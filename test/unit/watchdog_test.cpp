@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <ranges>
 #include <rill/pipeline.hpp>
 #include <rill/rill.hpp>
 #include <string>
@@ -17,6 +16,7 @@
 #include <vector>
 
 #include "sched/runtime.hpp"
+#include "support/pipeline_support.hpp"
 #include "support/run_with.hpp"
 
 using namespace std::chrono_literals;
@@ -165,7 +165,7 @@ TEST_CASE("watchdog: a plain-thread pipeline's report names the stage", "[watchd
   const std::uint64_t before = rd::watchdog_reports();
   rill::run_options o;
   o.watchdog = 20ms;
-  auto p = rill::from(std::views::iota(0, 4)) |
+  auto p = rill::from(test::iota_vec(4)) |
            rill::par_map(
                [&](int v) {
                  spin_until_reported(before);
@@ -185,7 +185,7 @@ TEST_CASE("watchdog: a stage fused into the caller's fiber is reported under the
   std::vector<int> got;
   rill::run(
       [&] {
-        auto p = rill::from(std::views::iota(0, 3)) |
+        auto p = rill::from(test::iota_vec(3)) |
                  rill::map(
                      [&](int v) {
                        spin_until_reported(before);
@@ -208,7 +208,7 @@ TEST_CASE("watchdog: run_options::watchdog = 0 silences a run's fibers", "[watch
   const std::uint64_t before = rd::watchdog_reports();
   rill::run_options o;
   o.watchdog = 0ms;
-  auto p = rill::from(std::views::iota(0, 2)) | rill::map([](int v) {
+  auto p = rill::from(test::iota_vec(2)) | rill::map([](int v) {
              spin_for_passes(6);
              return v;
            }) |
