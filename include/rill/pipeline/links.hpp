@@ -488,7 +488,9 @@ class segment {
     const std::int64_t work = std::max<std::int64_t>(0, now - win_start_ - waited_);
     const std::int64_t per_item =
         work / static_cast<std::int64_t>(std::max<std::size_t>(1, win_items_));
-    // (inline_run keeps its one schedule: it decides nothing from time.)
+    // (inline_run keeps its one schedule: it decides nothing from time.) A window with a
+    // wait in it gave the worker away already: the slice starts again.
+    if (waited_ != 0) slice_start_ = now;
     if (!probing_ && ctx_->adaptive && now - slice_start_ >= slice_ns) now = yield_slice();
     win_start_ = now;
     win_items_ = 0;
