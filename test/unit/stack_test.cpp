@@ -50,7 +50,7 @@ TEST_CASE("stack: options::stack_size sizes a runtime's fibers", "[stack]") {
   rill::run(
       [] {
         CHECK(rd::current_stack_size() >= 1024 * kib);
-        CHECK(deep(600 * kib) >= 0);  // far past the default 128 KiB
+        CHECK(deep(600 * kib) >= 0);  // far past the default stack
       },
       o);
   test::check_no_leaks();

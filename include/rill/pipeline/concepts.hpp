@@ -73,7 +73,7 @@ struct run_options {
   // unordered par_map) is the same on every run. For tests of the wiring.
   bool inline_mode = false;
   // Bytes of stack, at least, for every fiber of the run (0: the runtime's:
-  // rill::options::stack_size, or 128 KiB on the runtime of plain-thread runs; README.md
+  // rill::options::stack_size, or the default on the runtime of plain-thread runs; README.md
   // says what fits). A stage may ask for more (stage_options::stack_size).
   std::size_t stack_size = 0;
   // The watchdog's threshold for the run's fibers (see rill::options::watchdog); 0: none
