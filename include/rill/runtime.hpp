@@ -122,9 +122,12 @@ struct main_slot<void> {
 }  // namespace detail
 
 // run() runs `main` as the first fiber of a new runtime and returns its result when it
-// returns and every fiber it spawned has finished. The calling thread becomes worker 0.
-// An exception that escapes main is rethrown here. Throws deadlock_error on a deadlock,
-// std::system_error when worker threads cannot be started.
+// returns and every fiber it spawned has finished. The calling thread becomes worker 0;
+// called from a fiber, the new runtime runs on a thread of the blocking-call pool instead
+// while the calling fiber parks, so that its worker stays free for the fibers the nested
+// run may wait on (as with one worker, where nothing else would run them). An exception that
+// escapes main is rethrown here. Throws deadlock_error on a deadlock, std::system_error when worker
+// threads cannot be started.
 template <class F>
 auto run(F&& main, options opts = {}) {
   using R = std::invoke_result_t<F&>;

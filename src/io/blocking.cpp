@@ -12,7 +12,9 @@
 // stay idle for idle_exit leave. The job is queued only after the fiber's context is saved
 // (an after-switch action), so the pool thread can ready the fiber as soon as f returns.
 // Deadlock detection counts calls in flight (runtime::blocking_calls): a fiber parked here
-// is not asleep forever.
+// is not asleep forever. A rill::run called from a fiber goes the same way
+// (runtime::nested_runs): the new runtime runs on a pool thread and the caller's worker
+// stays free for the fibers the nested run may wait on.
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -109,22 +111,38 @@ void after_submit(context*, void* arg) noexcept { pool().submit(static_cast<job*
 
 }  // namespace
 
+namespace {
+
+// hand_off(): parks the calling fiber while a pool thread runs fn(arg), counting the call in
+// the runtime's `in_flight` counter meanwhile (for deadlock detection).
+void hand_off(fiber* self, void (*fn)(void*) noexcept, void* arg,
+              std::atomic<std::int64_t> runtime::*in_flight) {
+  flush_before_park();
+  pool().reserve();
+  runtime* rt = self->rt;
+  (rt->*in_flight).fetch_add(1, std::memory_order_seq_cst);
+  struct done {
+    runtime* rt;
+    std::atomic<std::int64_t> runtime::*in_flight;
+    ~done() { (rt->*in_flight).fetch_sub(1, std::memory_order_seq_cst); }
+  } guard{rt, in_flight};
+  job j{fn, arg, self, nullptr};
+  park_fiber(self, wait_reason::blocking_call, nullptr, after_submit, &j, nullptr, nullptr);
+}
+
+}  // namespace
+
 void blocking_call(void (*fn)(void*) noexcept, void* arg) {
   fiber* self = current_fiber();
   if (!self) {
     fn(arg);
     return;
   }
-  flush_before_park();
-  pool().reserve();
-  runtime* rt = self->rt;
-  rt->blocking_calls.fetch_add(1, std::memory_order_seq_cst);
-  struct done {
-    runtime* rt;
-    ~done() { rt->blocking_calls.fetch_sub(1, std::memory_order_seq_cst); }
-  } guard{rt};
-  job j{fn, arg, self, nullptr};
-  park_fiber(self, wait_reason::blocking_call, nullptr, after_submit, &j, nullptr, nullptr);
+  hand_off(self, fn, arg, &runtime::blocking_calls);
+}
+
+void nested_run_call(void (*fn)(void*) noexcept, void* arg) {
+  hand_off(current_fiber(), fn, arg, &runtime::nested_runs);
 }
 
 }  // namespace rill::detail

@@ -1045,12 +1045,13 @@ void runtime::inject(worker& w, fiber** fs, int n) noexcept {
   if (n > 0) wake_idle();
 }
 
-bool runtime::may_act() noexcept {
+bool runtime::may_act(bool self) noexcept {
   return nidle_.load(std::memory_order_seq_cst) != workers() || any_work() ||
          next_deadline_.load(std::memory_order_seq_cst) != INT64_MAX ||
          io_waiters.load(std::memory_order_seq_cst) != 0 ||
          blocking_calls.load(std::memory_order_seq_cst) != 0 ||
-         outside_readies_.load(std::memory_order_seq_cst) != 0;
+         outside_readies_.load(std::memory_order_seq_cst) != 0 ||
+         (self && nested_runs.load(std::memory_order_seq_cst) != 0);
 }
 
 // others_may_act(): some other runtime of the process may act (see may_act()); else adds
@@ -1059,10 +1060,16 @@ bool runtime::others_may_act(std::uint64_t& epochs) noexcept {
   std::lock_guard lk(g_runtimes_mu);
   for (runtime* rt : g_runtimes) {
     if (rt == this) continue;
-    if (rt->may_act()) return true;
+    if (rt->may_act(false)) return true;
     epochs += rt->idle_epoch_.load(std::memory_order_seq_cst) + 1;  // +1: a runtime came or went
   }
   return false;
+}
+
+bool runtime::watches_deadlock() const noexcept {
+  if (cfg_.detect_deadlock) return true;
+  return cfg_.persistent && watched_runs.load(std::memory_order_seq_cst) > 0 &&
+         unwatched_runs.load(std::memory_order_seq_cst) == 0;
 }
 
 void runtime::on_all_idle(worker& w) {
@@ -1071,7 +1078,7 @@ void runtime::on_all_idle(worker& w) {
   // another runtime (a shared channel) or a plain thread waiting in rill may wake ours:
   // while one might, wait and look again (the wait grows to max_deadlock_recheck_ns; any
   // wake-up of this worker ends it).
-  if (!cfg_.detect_deadlock) return;
+  if (!watches_deadlock()) return;
   if (live_fibers_.load(std::memory_order_acquire) == 0) return;
   const std::uint64_t epoch = idle_epoch_.load(std::memory_order_relaxed);
   std::uint64_t before = 0;
@@ -1085,7 +1092,7 @@ void runtime::on_all_idle(worker& w) {
       futex_wait(w.wake_word, 0, left);
     }
     if (w.wake_word.load(std::memory_order_acquire) != 0) return;
-    if (live_fibers_.load(std::memory_order_acquire) == 0) return;
+    if (live_fibers_.load(std::memory_order_acquire) == 0 || !watches_deadlock()) return;
     // A plain thread waiting in rill may wake a fiber of ours too, and when its wait ends
     // nothing here wakes up: look again later as well.
     std::uint64_t after = 0;
@@ -1099,12 +1106,14 @@ void runtime::on_all_idle(worker& w) {
   }
   {
     std::lock_guard lk(idle_mu_);
-    if (!w.in_idle || idle_epoch_.load() != epoch || may_act() || g_external_waiters.load() != 0 ||
-        shutdown_.load()) {
+    if (!w.in_idle || idle_epoch_.load() != epoch || may_act(true) ||
+        g_external_waiters.load() != 0 || shutdown_.load() || !watches_deadlock()) {
       return;
     }
-    if (deadlock_declared_) {
-      // Aborted fibers parked again while unwinding: abandon them and stop.
+    if (deadlock_declared_ && !cfg_.persistent) {
+      // Aborted fibers parked again while unwinding: abandon them and stop. (The default
+      // runtime lives on: such fibers stay parked, and each deadlock aborts only the
+      // fibers not aborted before.)
       shutdown_.store(true);
       while (!idle_.empty()) wake_worker_locked(*idle_.back(), false);
       return;
@@ -1128,17 +1137,28 @@ std::vector<fiber*> runtime::parked_fibers() {
   return out;
 }
 
-void runtime::declare_deadlock() {
+bool runtime::declare_deadlock() {
+  std::vector<fiber*> victims = parked_fibers();
+  std::erase_if(victims, [](fiber* f) { return f->aborted; });
+  if (victims.empty()) return false;  // only fibers that parked again while unwinding
   std::string msg = "rill: deadlock: all fibers are asleep\n" + dump();
-  deadlock_ = std::make_exception_ptr(deadlock_error(msg));
-  aborting_.store(true);
-  for (fiber* f : parked_fibers()) {
+  {
+    std::lock_guard lk(deadlock_mu_);
+    deadlock_ = std::make_exception_ptr(deadlock_error(msg));
+  }
+  for (fiber* f : victims) {
     f->aborted = true;
     f->abort_wake = true;
     if (f->cancel) f->cancel(f->cancel_arg);
     f->state.store(fiber_state::runnable, std::memory_order_relaxed);
     push_global(f);
   }
+  return true;
+}
+
+std::exception_ptr runtime::last_deadlock() {
+  std::lock_guard lk(deadlock_mu_);
+  return deadlock_;
 }
 
 std::string runtime::dump() {
@@ -1199,13 +1219,36 @@ void runtime::run_worker(worker& w) {
 }
 
 void runtime::rethrow_outcome() {
-  if (deadlock_) std::rethrow_exception(deadlock_);
+  if (std::exception_ptr d = last_deadlock()) std::rethrow_exception(d);
   if (main_exception_) std::rethrow_exception(main_exception_);
 }
 
 // ---- the public entry points --------------------------------------------------------------
 
 void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
+  if (current_fiber()) {
+    // From a fiber: the new runtime runs on a pool thread while this fiber parks. Run on
+    // this thread, it would hold the caller's worker until it ends, and with one worker a
+    // nested run that waits on a fiber of ours (a channel it fed) would never end.
+    struct nested_t {
+      const run_config& cfg;
+      void (*main)(void*);
+      void* arg;
+      std::exception_ptr error;
+    } n{cfg, main, arg, nullptr};
+    nested_run_call(
+        [](void* p) noexcept {
+          auto* n = static_cast<nested_t*>(p);
+          try {
+            run_main(n->cfg, n->main, n->arg);
+          } catch (...) {
+            n->error = std::current_exception();
+          }
+        },
+        &n);
+    if (n.error) std::rethrow_exception(n.error);
+    return;
+  }
   runtime rt(cfg);
   worker* saved = rill_tls_worker;
   // The other workers first (they park until there is work), then the main fiber. If a
@@ -1257,6 +1300,26 @@ void* fiber_create_in(runtime* rt, std::size_t size, std::size_t align, void (*e
 void fiber_start(fiber* f) noexcept { f->rt->start_fiber(current_worker(), f); }
 
 void fiber_discard(fiber* f) noexcept { f->rt->discard_fiber(f); }
+
+void default_run_begin(bool watched) noexcept {
+  (watched ? default_runtime()->watched_runs : default_runtime()->unwatched_runs)
+      .fetch_add(1, std::memory_order_seq_cst);
+}
+
+void default_run_end(bool watched) noexcept {
+  (watched ? default_runtime()->watched_runs : default_runtime()->unwatched_runs)
+      .fetch_sub(1, std::memory_order_seq_cst);
+}
+
+std::exception_ptr fiber_take_abort() noexcept {
+  fiber* f = current_fiber();
+  if (!f || !f->aborted) return nullptr;
+  f->aborted = false;
+  return f->rt->last_deadlock();
+}
+
+run_wait::run_wait() noexcept { g_external_waiters.fetch_sub(1, std::memory_order_seq_cst); }
+run_wait::~run_wait() { g_external_waiters.fetch_add(1, std::memory_order_seq_cst); }
 
 void fiber_retire() noexcept {
   if (fiber* f = current_fiber()) f->rt->retire(*f);

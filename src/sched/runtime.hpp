@@ -44,7 +44,9 @@ struct fiber : context {
   void* closure = nullptr;
   bool closure_on_heap = false;
   bool is_main = false;
-  bool aborted = false;  // set once, by the deadlock handler, before the fiber is readied
+  // aborted: set by the deadlock handler before the fiber is readied; each later park
+  // throws fiber_aborted, until the fiber takes the abort (fiber_take_abort()).
+  bool aborted = false;
   // abort_wake: the wake that ends the fiber's current park is the deadlock handler's
   // (set with `aborted`, cleared by the woken fiber). A fiber that parks again while it
   // unwinds after the abort is woken normally, and its wait completes.
@@ -198,6 +200,13 @@ class runtime {
 
   std::atomic<std::int64_t> io_waiters{0};      // fibers parked on the poller
   std::atomic<std::int64_t> blocking_calls{0};  // rill::blocking calls in flight
+  std::atomic<std::int64_t> nested_runs{0};     // rill::run calls from fibers in flight
+  // Plain-thread runs in flight on the default runtime (detail::default_run_begin): those
+  // that watch for deadlocks, and the others (started pipelines, runs that opted out).
+  std::atomic<std::int64_t> watched_runs{0};
+  std::atomic<std::int64_t> unwatched_runs{0};
+  // The deadlock_error of the last deadlock declared (nullptr if none).
+  std::exception_ptr last_deadlock();
 
   // The netpoller (io/poller.cpp), created on first use; throws std::system_error.
   poller* io_poller();
@@ -216,8 +225,10 @@ class runtime {
   // may_act(): this runtime could still run a fiber on its own: a worker is awake, work
   // is queued, or a timer, I/O wait, blocking call or outside ready() is in flight (a
   // snapshot: the deadlock check reads it of its own runtime, under idle_mu_, and of the
-  // others, under g_runtimes_mu).
-  bool may_act() noexcept;
+  // others, under g_runtimes_mu). A nested run in flight (a fiber of ours waiting in
+  // rill::run) counts for ourselves only: the others see the nested runtime itself, and
+  // the nested runtime must not wait for the fiber that waits for it.
+  bool may_act(bool self) noexcept;
   bool others_may_act(std::uint64_t& epochs) noexcept;
   void stop_spinning(worker& w) noexcept;
   void park_worker(worker& w);
@@ -226,7 +237,11 @@ class runtime {
   void wake_worker_locked(worker& w, bool spinning) noexcept;  // requires idle_mu_
   void begin_shutdown() noexcept;
   void on_all_idle(worker& w);
-  void declare_deadlock();
+  // watches_deadlock(): deadlock detection is on: by the runtime's options, or (the default
+  // runtime) while the plain-thread runs in flight all watch for it.
+  bool watches_deadlock() const noexcept;
+  // declare_deadlock() aborts every parked fiber not aborted before; false if there was none.
+  bool declare_deadlock();
   static void add_to_registry(fiber* f) noexcept;  // see stack_slot
   static void remove_from_registry(fiber* f) noexcept;
   std::vector<fiber*> parked_fibers();
@@ -282,8 +297,8 @@ class runtime {
   std::atomic<std::int64_t> retiring_stacks_{0};
   std::atomic<std::uint64_t> next_id_{1};
   std::exception_ptr main_exception_;  // written by the main fiber before it finishes
-  std::exception_ptr deadlock_;        // written by the worker that declares it
-  std::atomic<bool> aborting_{false};
+  std::mutex deadlock_mu_;             // a leaf lock
+  std::exception_ptr deadlock_;        // guarded by deadlock_mu_
   // Outside threads (the blocking pool, a plain thread closing a socket or sending on a
   // channel) inside ready(): the fiber they ready may finish the runtime before ready()
   // returns, so the destructor waits for them.
@@ -330,6 +345,9 @@ extern std::atomic<std::int64_t> g_external_waiters;  // plain threads parked in
 // goes (remove returns once the watchdog no longer looks at it). watchdog_kick(): a worker
 // left its idle state (wakes the watchdog if it sleeps for want of work).
 void watchdog_add(runtime* rt);
+// nested_run_call(): from a fiber, runs fn(arg) on the blocking-call pool while the fiber
+// parks, counted in runtime::nested_runs (io/blocking.cpp).
+void nested_run_call(void (*fn)(void*) noexcept, void* arg);
 void watchdog_remove(runtime* rt) noexcept;
 void watchdog_kick() noexcept;
 // For tests: reports written so far, looks taken so far, and the last report's text.

@@ -13,10 +13,13 @@
 #include <future>
 #include <mutex>
 #include <rill/rill.hpp>
+#include <stop_token>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "sched/runtime.hpp"  // detail::g_external_waiters
+#include "support/pipeline_support.hpp"
 #include "support/run_with.hpp"
 
 namespace {
@@ -563,4 +566,116 @@ TEST_CASE("deadlock: with detection on, the same shape is reported", "[deadlock]
   run_ended.set_value();
   t.join();
   CHECK(contains(what, "wait_group"));
+}
+
+// ---- pipelines run from a plain thread (the default runtime) ----------------------------
+
+TEST_CASE("deadlock: a pipeline run from a plain thread on a channel nobody feeds is reported",
+          "[deadlock][pipeline]") {
+  // The same pipeline inside rill::run throws deadlock_error; from a plain thread it used to
+  // hang. The report names each stage and what it waits on.
+  test::watchdog dog;
+  const bool fuse = GENERATE(true, false);
+  rill::chan<int> ch(0);
+  auto p =
+      rill::from(ch) | rill::map([](int v) { return v + 1; }, {.name = "inc"}) | rill::collect();
+  std::string what;
+  try {
+    (void)p.run({.fusion = fuse});
+    FAIL("run() returned");
+  } catch (const rill::deadlock_error& e) {
+    what = e.what();
+  }
+  CHECK(contains(what, "(from_chan"));
+  CHECK(contains(what, "parked on"));
+  if (!fuse) CHECK(contains(what, "(inc): parked on chan recv"));
+  test::wait_no_leaks();
+  // The default runtime goes on: a run after the report completes.
+  rill::chan<int> fed(2);
+  fed.send(1);
+  fed.send(2);
+  fed.close();
+  auto q = rill::from(fed) | rill::map([](int v) { return v + 1; }) | rill::collect();
+  CHECK(q.run({.fusion = fuse}) == std::vector<int>{2, 3});
+  test::wait_no_leaks();
+}
+
+TEST_CASE("deadlock: plain-thread runs in parallel that all wait for ever are all reported",
+          "[deadlock][pipeline]") {
+  test::watchdog dog;
+  rill::chan<int> a(0);
+  rill::chan<int> b(0);
+  std::atomic<int> reported{0};
+  auto run_on = [&reported](rill::chan<int>& ch) {
+    try {
+      (void)(rill::from(ch) | rill::count()).run();
+    } catch (const rill::deadlock_error&) {
+      ++reported;
+    }
+  };
+  std::thread t([&] { run_on(a); });
+  run_on(b);
+  t.join();
+  CHECK(reported.load() == 2);
+  test::wait_no_leaks();
+}
+
+TEST_CASE("deadlock: detect_deadlock = false lets a plain thread feed a plain-thread run later",
+          "[deadlock][pipeline]") {
+  // The feeder is a plain thread outside rill: it sends only after the run has been parked
+  // for longer than the grace period (measured by a separate runtime's own report).
+  test::watchdog dog;
+  rill::chan<int> ch(0);
+  std::thread feeder([&] {
+    wait_until_parked("select", 1);
+    wait_past_grace();
+    ch.send(7);
+    ch.close();
+  });
+  auto p = rill::from(ch) | rill::collect();
+  CHECK(p.run({.detect_deadlock = false}) == std::vector<int>{7});
+  feeder.join();
+  test::wait_no_leaks();
+}
+
+TEST_CASE("deadlock: a pipeline started from a plain thread is not declared while it waits",
+          "[deadlock][pipeline]") {
+  // start() returns at once: its thread may feed the run from outside rill, so nothing is
+  // declared, also for a run() of another thread that would deadlock meanwhile... until the
+  // started one ends.
+  test::watchdog dog;
+  rill::chan<int> ch(0);
+  auto h = (rill::from(ch) | rill::collect()).start();
+  wait_until_parked("select", 1);
+  wait_past_grace();
+  ch.send(5);
+  ch.close();
+  CHECK(h.wait() == std::vector<int>{5});
+  test::wait_no_leaks();
+}
+
+TEST_CASE("deadlock: run(stop_token) from a plain thread waits for the stop",
+          "[deadlock][pipeline]") {
+  // A token that can be stopped may end the run from outside: no deadlock is declared.
+  test::watchdog dog;
+  rill::chan<int> ch(0);
+  std::stop_source src;
+  std::thread stopper([&] {
+    wait_until_parked("select", 1);
+    wait_past_grace();
+    src.request_stop();
+  });
+  auto p = rill::from(ch) | rill::count();
+  CHECK_THROWS_AS(p.run(src.get_token()), rill::pipeline_cancelled);
+  stopper.join();
+  test::wait_no_leaks();
+}
+
+TEST_CASE("deadlock: inline_run from a plain thread reports a deadlock too",
+          "[deadlock][pipeline]") {
+  test::watchdog dog;
+  rill::chan<int> ch(0);
+  auto p = rill::from(ch) | rill::collect();
+  CHECK_THROWS_AS(p.run(rill::inline_run), rill::deadlock_error);
+  test::wait_no_leaks();
 }

@@ -52,6 +52,26 @@ std::int32_t fiber_set_watchdog(std::int32_t ms) noexcept;
 // current_stack_size(): the calling fiber's stack size in bytes (0 on a plain thread).
 std::size_t current_stack_size() noexcept;
 
+// Plain-thread runs on the default runtime (pipeline run() and start() from a thread that is
+// not a worker). The runtime detects deadlocks while at least one run in flight watches
+// for them and every run in flight does (a started pipeline does not: its thread may feed
+// it from outside rill). default_run_begin() before the run's first fiber is spawned,
+// default_run_end() once it has ended.
+void default_run_begin(bool watched) noexcept;
+void default_run_end(bool watched) noexcept;
+// fiber_take_abort(): if a deadlock aborted the calling fiber, its runtime's
+// deadlock_error, and the fiber waits normally again from here on (to join the fibers it
+// started, which were aborted too and use its frames until they end); else nullptr.
+std::exception_ptr fiber_take_abort() noexcept;
+// run_wait: a plain thread that waits for a run to end cannot wake a fiber; while one of
+// these lives, the thread's waits in rill do not hold back deadlock detection.
+struct run_wait {
+  run_wait() noexcept;
+  ~run_wait();
+  run_wait(const run_wait&) = delete;
+  run_wait& operator=(const run_wait&) = delete;
+};
+
 // run_main() runs `main(arg)` as the first fiber of a new runtime on the calling thread
 // and `workers - 1` more threads; returns when every fiber has finished. Rethrows an
 // exception that escaped main; throws deadlock_error on a deadlock.

@@ -79,6 +79,15 @@ struct run_options {
   // The watchdog's threshold for the run's fibers (see rill::options::watchdog); 0: none
   // of them is reported; unset: the runtime's. Effective only on a runtime with a watchdog.
   std::optional<std::chrono::milliseconds> watchdog{};
+  // From a plain thread (or with inline_run): run() throws deadlock_error, naming each
+  // stage and what it waits on, when every fiber of the run is asleep with nothing able to
+  // wake it, as rill::run does (rill::options::detect_deadlock; the same grace period). A
+  // plain thread outside rill is not seen: a run fed by one that may pause (a thread that
+  // reads a file and sends its lines on the source channel) needs false. On the default
+  // runtime, detection waits while a run with false, or a pipeline started with start()
+  // from a plain thread, is in flight (its thread may feed it); a plain-thread
+  // run(stop_token) whose token can be stopped does not watch (the stop may come later).
+  bool detect_deadlock = true;
 };
 // run(rill::inline_run): the deterministic one-worker mode.
 inline constexpr run_options inline_run{true, true};
@@ -123,6 +132,22 @@ inline constexpr bool is_terminal_v = std::is_base_of_v<terminal_tag, std::remov
 // Thrown (after the failure is recorded) out of a stage whose user function threw; the
 // stage fiber swallows it.
 struct stage_failed {};
+
+// join() waits for the fibers a run started. A deadlock does not cut it short: they were
+// aborted too, and they use the caller's frames until they end. `deadlock` receives the
+// deadlock_error if the caller is aborted while it waits.
+inline void join(wait_group& fibers, std::exception_ptr& deadlock) {
+  for (;;) {
+    try {
+      fibers.wait();
+      return;
+    } catch (...) {
+      std::exception_ptr d = fiber_take_abort();
+      if (!d) throw;
+      deadlock = d;
+    }
+  }
+}
 
 // pipe_ctx: the state of one pipeline run, shared by all its fibers.
 class pipe_ctx {

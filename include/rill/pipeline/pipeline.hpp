@@ -191,7 +191,9 @@ void run_tail(pipe_ctx& ctx, const std::string& name, std::size_t stack, Drive& 
     ran.done();
     throw;
   }
-  ran.wait();
+  std::exception_ptr deadlock;
+  join(ran, deadlock);
+  if (deadlock) std::rethrow_exception(deadlock);
 }
 
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
@@ -433,17 +435,20 @@ struct pipeline_model final : pipeline_impl<R> {
     ctx.workers = std::max(1u, runtime_stats().workers);
     terminal_tail<Term, In> tail{
         &term, {}, static_cast<int>(std::tuple_size_v<decltype(flow.stages)>) + 1};
+    std::exception_ptr deadlock;
     try {
       build_flow(flow, tail, ctx);
     } catch (const stage_failed&) {
     } catch (...) {
-      ctx.fail(std::current_exception(), "pipeline");
+      deadlock = fiber_take_abort();
+      if (!deadlock) ctx.fail(std::current_exception(), "pipeline");
     }
-    ctx.fibers.wait();
+    join(ctx.fibers, deadlock);
     ctx.release_links();
     this->stats_mu.lock();
     this->last = ctx.stats();
     this->stats_mu.unlock();
+    if (deadlock) std::rethrow_exception(deadlock);
     if (std::exception_ptr e = ctx.error()) std::rethrow_exception(e);
     if (ctx.user_cancelled()) throw pipeline_cancelled();
     return tail.result.take();
@@ -452,11 +457,16 @@ struct pipeline_model final : pipeline_impl<R> {
 
 // run_on_default(): runs f in a fiber of the default runtime, blocking the calling thread.
 template <class R, class F>
-R run_on_default(F f, std::size_t stack_size) {
+R run_on_default(F f, std::size_t stack_size, bool detect_deadlock) {
   result_slot<R> out;
   std::exception_ptr error;
   wait_group done;
   done.add(1);
+  default_run_begin(detect_deadlock);
+  struct end_run {
+    bool watched;
+    ~end_run() { default_run_end(watched); }
+  } ended{detect_deadlock};
   spawn_in(
       default_runtime(),
       [&] {
@@ -473,7 +483,10 @@ R run_on_default(F f, std::size_t stack_size) {
         done.done();
       },
       stack_size);
-  done.wait();
+  {
+    run_wait waiting;
+    done.wait();
+  }
   if (error) std::rethrow_exception(error);
   return out.take();
 }
@@ -512,8 +525,10 @@ class pipeline {
     return dispatch(o, body);
   }
 
-  // run(stop): as run(), and requesting a stop on `stop` cancels the run.
+  // run(stop): as run(), and requesting a stop on `stop` cancels the run. A stop may come
+  // from outside rill: while one is possible, a plain-thread run declares no deadlock.
   R run(std::stop_token stop, run_options o = {}) const {
+    if (stop.stop_possible() && !detail::current_fiber()) o.detect_deadlock = false;
     auto im = impl_;
     auto body = [im, o, stop]() -> R {
       detail::pipe_ctx ctx;
@@ -543,10 +558,11 @@ class pipeline {
       options opts;
       opts.workers = 1;
       opts.stack_size = std::max(opts.stack_size, o.stack_size);
+      opts.detect_deadlock = o.detect_deadlock;
       return rill::run(body, opts);
     }
     if (detail::current_fiber()) return body();
-    return detail::run_on_default<R>(body, o.stack_size);
+    return detail::run_on_default<R>(body, o.stack_size, o.detect_deadlock);
   }
 
   std::shared_ptr<detail::pipeline_impl<R>> impl_;
@@ -575,7 +591,7 @@ class pipeline_handle {
   R wait() {
     if (!st_ || waited_) throw std::logic_error("rill::pipeline_handle: wait() called twice");
     waited_ = true;
-    st_->done.wait();
+    wait_done();
     if (st_->error) std::rethrow_exception(st_->error);
     return st_->result.take();
   }
@@ -592,6 +608,14 @@ class pipeline_handle {
   void stop() noexcept {
     if (st_ && !waited_) {
       st_->ctx.user_cancel();
+      wait_done();
+    }
+  }
+  void wait_done() {
+    if (detail::current_fiber()) {
+      st_->done.wait();
+    } else {
+      detail::run_wait waiting;
       st_->done.wait();
     }
   }
@@ -605,7 +629,8 @@ pipeline_handle<R> pipeline<R>::start(run_options o) const {
   auto st = std::make_shared<detail::handle_state<R>>();
   st->ctx.configure(o);
   st->done.add(1);
-  auto root = [st, im = impl_]() {
+  const bool outside = !detail::current_fiber();
+  auto root = [st, im = impl_, outside]() {
     try {
       if constexpr (std::is_void_v<R>) {
         im->execute(st->ctx);
@@ -615,13 +640,22 @@ pipeline_handle<R> pipeline<R>::start(run_options o) const {
     } catch (...) {
       st->error = std::current_exception();
     }
+    if (outside) detail::default_run_end(false);
     detail::fiber_retire();  // wait() returns with this fiber counted as gone
     st->done.done();
   };
-  if (detail::current_fiber()) {
+  if (!outside) {
     detail::go_sized(o.stack_size, std::move(root));
   } else {
-    detail::spawn_in(detail::default_runtime(), std::move(root), o.stack_size);
+    // Its thread may feed it from outside rill: the default runtime declares no deadlock
+    // while it runs.
+    detail::default_run_begin(false);
+    try {
+      detail::spawn_in(detail::default_runtime(), std::move(root), o.stack_size);
+    } catch (...) {
+      detail::default_run_end(false);
+      throw;
+    }
   }
   return pipeline_handle<R>(std::move(st));
 }
