@@ -43,7 +43,10 @@
 // ends, or abandoned at the next check. Runtimes of one process may share channels: while
 // another runtime could still run a fiber (a worker awake, work queued, a timer, I/O wait
 // or blocking call pending), or a plain thread waits in rill, no deadlock is declared, and
-// the check is repeated.
+// the check is repeated. A plain thread that waits for a run to end (run_wait) does not
+// count: it cannot wake a fiber. The default runtime lives on after a deadlock: each
+// declaration aborts the fibers not aborted before, and leaves alone those that parked
+// again while unwinding.
 #include "sched/runtime.hpp"
 
 #include <signal.h>
@@ -1332,7 +1335,8 @@ runtime* current_runtime() noexcept {
 
 // The default runtime: started on first use by a plain thread that runs a pipeline; its
 // workers are background threads that park when idle, and it lives until the process
-// exits (like Go's). Deadlock detection is off: plain threads feed it.
+// exits (like Go's). Its options leave deadlock detection off, as plain threads may feed
+// it; it watches while every plain-thread run in flight asks for it (watches_deadlock()).
 runtime* default_runtime() {
   static runtime* rt = [] {
     run_config cfg{0, 128 * 1024, false, true, default_watchdog_ms()};
