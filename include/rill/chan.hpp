@@ -21,9 +21,9 @@
 // completes; close() happens before a receive that returns because the channel is closed.
 //
 // Ranges: chan<T> and recv_chan<T> model std::ranges::input_range (and view) over the
-// values received, so std and range-v3 views apply: `c | std::views::transform(f)`. Each
-// increment receives one value: nothing is read ahead, so a `break` leaves the rest in the
-// channel.
+// values received, so std views apply: `c | std::views::transform(f)`; with
+// <rill/ranges.hpp>, they are range-v3 views too. Each increment receives one value:
+// nothing is read ahead, so a `break` leaves the rest in the channel.
 #pragma once
 
 #include <cstddef>
@@ -31,7 +31,6 @@
 #include <memory>
 #include <new>
 #include <optional>
-#include <range/v3/range_fwd.hpp>
 #include <ranges>
 #include <type_traits>
 #include <utility>
@@ -196,8 +195,7 @@ class send_ops {
 template <class T>
 class chan : public detail::recv_ops<T, chan<T>>,
              public detail::send_ops<T, chan<T>>,
-             public std::ranges::view_base,
-             public ranges::view_base {
+             public std::ranges::view_base {
   static_assert(std::is_move_constructible_v<T>, "rill::chan<T>: T must be move-constructible");
   static_assert(!std::is_reference_v<T>, "rill::chan<T>: T must not be a reference");
 
@@ -249,9 +247,7 @@ class send_chan : public detail::send_ops<T, send_chan<T>> {
 
 // recv_chan<T>: may only receive (Go's <-chan T).
 template <class T>
-class recv_chan : public detail::recv_ops<T, recv_chan<T>>,
-                  public std::ranges::view_base,
-                  public ranges::view_base {
+class recv_chan : public detail::recv_ops<T, recv_chan<T>>, public std::ranges::view_base {
  public:
   using value_type = T;
   recv_chan() noexcept = default;  // a nil handle

@@ -8,6 +8,7 @@
 #include "rill/net.hpp"
 #include "rill/pipeline.hpp"
 #include "rill/pipeline/io.hpp"
+#include "rill/ranges.hpp"
 #include "rill/runtime.hpp"
 #include "rill/select.hpp"
 #include "rill/sync.hpp"

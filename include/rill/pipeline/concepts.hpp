@@ -152,6 +152,11 @@ inline void join(wait_group& fibers, std::exception_ptr& deadlock) {
 // pipe_ctx: the state of one pipeline run, shared by all its fibers.
 class pipe_ctx {
  public:
+  pipe_ctx();
+  ~pipe_ctx();
+  pipe_ctx(const pipe_ctx&) = delete;
+  pipe_ctx& operator=(const pipe_ctx&) = delete;
+
   bool fusion = true;
   // false (inline_run): no decision from measured time, so that a run's schedule is the
   // same every time: links and par_map use their largest batches, chains never split.
@@ -164,31 +169,11 @@ class pipe_ctx {
   chan<char> cancelled{0};  // closed on cancel: wakes sources/sinks blocked on user channels
 
   // fail() records the first failure (and the stage's name) and cancels the run.
-  void fail(std::exception_ptr e, const std::string& stage) {
-    mu_.lock();
-    if (!error_) {
-      error_ = std::move(e);
-      try {
-        failed_stage_ = stage;
-      } catch (...) {
-        // out of memory: the failure still surfaces, without its stage's name
-      }
-    }
-    mu_.unlock();
-    cancel();
-  }
+  void fail(std::exception_ptr e, const std::string& stage);
 
   // cancel() stops every stage: closes every link, which wakes blocked senders (they stop)
   // and receivers (they see the end).
-  void cancel() noexcept {
-    if (stop.exchange(true)) return;
-    // Closed under mu_, not from a copy of links_: a copy may fail to allocate, and a link
-    // left open can block a stage forever. try_close() never parks.
-    mu_.lock();
-    for (const chan_handle& h : links_) h.get()->try_close();
-    mu_.unlock();
-    cancelled.core()->try_close();
-  }
+  void cancel() noexcept;
   void user_cancel() noexcept {
     user_cancelled_.store(true);
     cancel();
@@ -198,29 +183,16 @@ class pipe_ctx {
   template <class C>
   C link(std::size_t capacity) {
     C c(capacity);
-    c.core()->retain();
-    chan_handle h(c.core());
-    mu_.lock();
-    try {
-      links_.push_back(std::move(h));
-    } catch (...) {
-      mu_.unlock();
-      throw;
-    }
-    mu_.unlock();
-    if (stop.load()) c.core()->try_close();
+    add_link(c.core());
     return c;
   }
+  // add_link(): the run holds `core` (closed on cancel, and at once if cancelled already).
+  void add_link(chan_core* core);
 
   // release_links() drops the run's references to its links once every stage fiber has
   // ended, so that items a cancelled or failed run left in them are destroyed before
   // run() or wait() returns (not when the last copy of a pipeline_handle goes).
-  void release_links() noexcept {
-    std::vector<chan_handle> links;
-    mu_.lock();
-    links.swap(links_);
-    mu_.unlock();
-  }
+  void release_links() noexcept;
 
   // configure() applies a run's options.
   void configure(const run_options& o) noexcept {
@@ -240,21 +212,24 @@ class pipe_ctx {
     try {
       go_sized(std::max(stack, stack_size),
                [this, name = std::move(name), f = std::optional<F>(std::move(f))]() mutable {
-                 this_fiber::name(name.c_str());
-                 if (watchdog_ms >= 0) fiber_set_watchdog(watchdog_ms);
+                 enter_fiber(name);
                  guard_fiber(name, *f);
                  // The stage's state (its links, the items left in its batches) goes before done():
                  // run() may return as soon as done() is called, and must leave no item behind,
                  // nor a fiber counted as live.
                  f.reset();
-                 fiber_retire();
-                 fibers.done();
+                 leave_fiber();
                });
     } catch (...) {
       fibers.done();
       throw;
     }
   }
+
+  // enter_fiber(): a stage fiber takes its name and the run's watchdog setting.
+  // leave_fiber(): it stops counting as live, then as one of the run's fibers.
+  void enter_fiber(const std::string& name) noexcept;
+  void leave_fiber() noexcept;
 
   template <class F>
   void guard_fiber(const std::string& name, F& f) noexcept {
@@ -270,62 +245,19 @@ class pipe_ctx {
   // first use. Stages are numbered from the source (0) to the terminal.
   template <class F>
   void stage_at(int index, F f) noexcept {
-    mu_.lock();
-    try {
-      if (index >= 0) {
-        const auto k = static_cast<std::size_t>(index);
-        if (stats_.stages.size() <= k) stats_.stages.resize(k + 1);
-        f(stats_.stages[k]);
-      }
-    } catch (...) {
-      // out of memory: the stats miss this entry
-    }
-    mu_.unlock();
+    stage_at(
+        index, [](stage_stats& st, void* fp) { (*static_cast<F*>(fp))(st); }, &f);
   }
+  void stage_at(int index, void (*f)(stage_stats&, void*), void* arg) noexcept;
   // rename_fiber(): a split moved stages out of the fiber listed as `from`.
-  void rename_fiber(const std::string& from, const std::string& to, const std::string& added) {
-    mu_.lock();
-    try {
-      for (std::string& f : stats_.fibers) {
-        if (f == from) {
-          f = to;
-          break;
-        }
-      }
-      stats_.fibers.push_back(added);
-    } catch (...) {
-    }
-    mu_.unlock();
-  }
+  void rename_fiber(const std::string& from, const std::string& to, const std::string& added);
 
-  void record_fiber(const std::string& stages) {
-    mu_.lock();
-    try {
-      stats_.fibers.push_back(stages);
-    } catch (...) {
-    }
-    mu_.unlock();
-  }
+  void record_fiber(const std::string& stages);
 
-  std::exception_ptr error() {
-    mu_.lock();
-    auto e = error_;
-    mu_.unlock();
-    return e;
-  }
-  std::string failed_stage() {
-    mu_.lock();
-    auto s = failed_stage_;
-    mu_.unlock();
-    return s;
-  }
+  std::exception_ptr error();
+  std::string failed_stage();
   bool user_cancelled() const noexcept { return user_cancelled_.load(); }
-  pipeline_stats stats() {
-    mu_.lock();
-    auto s = stats_;
-    mu_.unlock();
-    return s;
-  }
+  pipeline_stats stats();
 
  private:
   spinlock mu_;
@@ -407,11 +339,20 @@ constexpr bool never_stops_v = [] {
   }
 }();
 
+// inert_v<Sink>: the chain ends in a link writer (a cut, par_map's input, a merge): such a
+// chain never splits (its writer belongs to its fiber; its segment has may_split false),
+// so its boundaries are plain_points and its drivers compile the fused path alone.
+template <class S>
+constexpr bool inert_v = [] {
+  if constexpr (requires { S::inert; }) {
+    return S::inert;
+  } else {
+    return false;
+  }
+}();
+
 // stage_name(): "map#2" or the user's name.
-inline std::string stage_name(const char* user, const char* kind, int index) {
-  if (user) return user;
-  return std::string(kind) + "#" + std::to_string(index);
-}
+std::string stage_name(const char* user, const char* kind, int index);
 
 // guarded(): calls a user function; on an exception records it against the stage and
 // throws stage_failed.

@@ -150,6 +150,7 @@ struct batch_policy {
 template <class T>
 class link_writer {
  public:
+  static constexpr bool inert = true;  // see inert_v
   link_writer(link_chan<T> ch, batch_policy pol, std::atomic<int>* writers = nullptr)
       : ch_(std::move(ch)), pol_(pol), b_(pol.pinned ? pol.max : 1), writers_(writers) {
     hook_.self = this;
@@ -357,6 +358,26 @@ class split_base {
   virtual void leave_fiber() noexcept = 0;
   virtual void join(segment* seg) noexcept = 0;
 
+  // start_child(): the untyped half of split(): starts the fiber (named `fiber`, with a
+  // stack of `stack` bytes) that makes a segment of `after` and `moved`, splits it at
+  // `cuts`, then calls drive(this, that segment) to read the link into the rest of the
+  // chain. A boundary that started a child waits for it before it goes (children_).
+  struct child_job {
+    std::vector<split_base*> after, moved, cuts;
+    std::string fiber;
+    std::size_t stack;
+  };
+  void start_child(pipe_ctx& ctx, child_job job, void (*drive)(split_base*, segment&));
+
+  // probe_enter()/probe_leave(): around one item sent down the rest of the chain while
+  // probing: sample the time before it and after it, less the segment's waits.
+  struct probe_mark {
+    segment* seg;
+    std::int64_t t0, w0;
+  };
+  probe_mark probe_enter() noexcept;
+  void probe_leave(probe_mark m) noexcept;
+
   // A probe's samples, per item that reaches the boundary: the time before it (since the
   // previous item left it: the rest of the fiber upstream) and after it (the rest of the
   // chain), less any time the fiber spent waiting meanwhile (for input or for room).
@@ -375,10 +396,7 @@ class split_base {
   // estimate(): robust to the samples that a preemption of the worker inflated: the lower
   // median of a full probe; the least of a short one (every sample must be inflated to
   // mislead it: a short probe follows a window that looked slow, maybe from a preemption).
-  static std::int64_t estimate(std::int64_t* v, int n) noexcept {
-    std::sort(v, v + n);
-    return n >= min_probe_samples ? v[(n - 1) / 2] : v[0];
-  }
+  static std::int64_t estimate(std::int64_t* v, int n) noexcept;
 
   mode mode_ = mode::fused;
   segment* seg_;
@@ -390,18 +408,12 @@ class split_base {
   int ndown_ = 0;
   std::int64_t t_end_ = 0;  // when the last probed item left the boundary
   std::int64_t w_end_ = 0;  // the segment's waiting total then
+  wait_group children_;     // the fiber start_child() started, while it runs
+  bool started_ = false;
 };
 
 // clock_cost_ns(): what one clock read costs here (subtracted from probe samples).
-inline std::int64_t clock_cost_ns() noexcept {
-  static const std::int64_t cost = [] {
-    const std::int64_t t0 = now_ns();
-    std::int64_t t = t0;
-    for (int i = 0; i < 64; ++i) t = now_ns();
-    return std::max<std::int64_t>(0, (t - t0) / 64);
-  }();
-  return cost;
-}
+std::int64_t clock_cost_ns() noexcept;
 
 // segment: one fiber's fused chain of stages. Its driver (the source, or the link reader)
 // calls tick() after every chunk or batch; at the end of each window (about window_ns of
@@ -413,30 +425,13 @@ class segment {
   // merge, a broadcast): the writer belongs to the fiber that runs it (its park hook, its
   // waits), so it must not move to a new fiber mid-run. Such a chain still measures itself.
   segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*> points = {},
-          bool may_split = true, std::vector<split_base*> split = {})
-      : ctx_(&ctx),
-        fiber_name_(std::move(fiber_name)),
-        points_(std::move(points)),
-        split_(std::move(split)),
-        may_split_(may_split) {
-    for (split_base* p : points_) p->seg_ = this;
-    for (split_base* p : split_) p->join(this);
-    threshold_ = ctx.workers > 1 ? split_min_ns_workers : split_min_ns_one;
-    win_start_ = now_ns();
-    slice_start_ = win_start_;
-  }
+          bool may_split = true, std::vector<split_base*> split = {});
   segment(const segment&) = delete;
   segment& operator=(const segment&) = delete;
   // The boundaries it owns may outlive it (they live in the frames of the fiber that
   // started the run; this segment may be a later fiber's): they forget it, and the links
   // it split into are let go here, by the fiber whose hook list holds their writers.
-  ~segment() {
-    for (split_base* p : points_) p->seg_ = nullptr;
-    for (split_base* p : split_) {
-      p->seg_ = nullptr;
-      p->release();
-    }
-  }
+  ~segment();
 
   pipe_ctx& ctx() const noexcept { return *ctx_; }
   const std::string& fiber_name() const noexcept { return fiber_name_; }
@@ -445,20 +440,9 @@ class segment {
   std::size_t stack_size = 0;
 
   // add(): a boundary of this fiber's chain (built from the terminal back to the source).
-  void add(split_base& p) {
-    if (!may_split_) {
-      p.seg_ = nullptr;
-      return;
-    }
-    points_.insert(std::find_if(points_.begin(), points_.end(),
-                                [&](split_base* q) { return q->index() > p.index(); }),
-                   &p);
-  }
+  void add(split_base& p);
   // forget(): p is going away.
-  void forget(split_base& p) noexcept {
-    std::erase(points_, &p);
-    std::erase(split_, &p);
-  }
+  void forget(split_base& p) noexcept;
 
   // quiet(): no boundary of this fiber is being probed or has split: every one passes
   // items straight on, so the driver may take fused_path until its next tick.
@@ -483,163 +467,26 @@ class segment {
   }
 
  private:
-  void end_window() {
-    std::int64_t now = now_ns();
-    const std::int64_t work = std::max<std::int64_t>(0, now - win_start_ - waited_);
-    const std::int64_t per_item =
-        work / static_cast<std::int64_t>(std::max<std::size_t>(1, win_items_));
-    // (inline_run keeps its one schedule: it decides nothing from time.) A window with a
-    // wait in it gave the worker away already: the slice starts again.
-    if (waited_ != 0) slice_start_ = now;
-    if (!probing_ && ctx_->adaptive && now - slice_start_ >= slice_ns) now = yield_slice();
-    win_start_ = now;
-    win_items_ = 0;
-    waited_ = 0;
-    ++windows_;
-    if (probing_) {
-      decide(per_item);
-    } else if (windows_ > 1 && !points_.empty() && per_item >= 2 * threshold_ &&
-               (last_decided_ == 0 || per_item >= 2 * last_decided_)) {
-      // Worth a look (the first window, the fiber's first items, is left out: a new fiber's
-      // first item pays for cold code and fresh stack pages, slow as it may look).
-      probing_ = true;
-      const int least = per_item >= probe_ns / 2 ? min_probe_samples_slow : min_probe_samples;
-      want_ = static_cast<int>(std::clamp<std::int64_t>(
-          probe_ns / std::max<std::int64_t>(1, per_item), least, max_probe_samples));
-      for (split_base* p : points_) {
-        p->mode_ = split_base::mode::probing;
-        p->reset_samples();
-      }
-      budget_ = want_ + 1;  // the first item gives no time before it
-      return;
-    }
-    budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
-  }
+  void end_window();
 
   // yield_slice(): let the worker's other fibers run (this fiber's partial batches go
   // first, as before a park); the time from here is this fiber's again.
-  std::int64_t yield_slice() {
-    if (park_hooks* hooks = current_park_hooks(); hooks && hooks->armed) run_park_hooks(*hooks);
-    this_fiber::yield();
-    slice_start_ = now_ns();
-    return slice_start_;
-  }
+  std::int64_t yield_slice();
 
   // decide(): every boundary has been timed over the last window's items; split at the
   // one whose lighter side is heaviest, if that side is worth a fiber (when every piece
   // is heavy, at every boundary that leaves heavy pieces on both sides).
-  void decide(std::int64_t per_item) {
-    probing_ = false;
-    const std::int64_t clock2 = 2 * clock_cost_ns();
-    const auto np = static_cast<std::int64_t>(points_.size());
-    split_base* best = nullptr;
-    std::int64_t best_min = 0;
-    std::vector<std::int64_t> downs(points_.size(), -1), ups(points_.size(), -1);
-    for (std::int64_t k = 0; k < np; ++k) {
-      split_base* p = points_[static_cast<std::size_t>(k)];
-      p->mode_ = split_base::mode::fused;
-      if (p->ndown_ == 0 || p->nup_ == 0) continue;  // no item reached it
-      // Each timed boundary adds two clock reads per item to the sides that contain it.
-      const std::int64_t down = std::max<std::int64_t>(
-          0, split_base::estimate(p->downs_, p->ndown_) - (np - 1 - k) * clock2);
-      const std::int64_t up =
-          std::max<std::int64_t>(0, split_base::estimate(p->ups_, p->nup_) - k * clock2);
-      downs[static_cast<std::size_t>(k)] = down;
-      ups[static_cast<std::size_t>(k)] = up;
-      const std::int64_t m = std::min(up, down);
-      ctx_->stage_at(p->index() + 1, [&](stage_stats& s) {
-        s.decision = "fused: " + std::to_string(up) + " ns/item before it in its fiber, " +
-                     std::to_string(down) + " from it on";
-      });
-      // A split must pay for a fiber and a link: the lighter side must be above the bar,
-      // and at least a sixteenth of the fiber's work (else the gain is within the noise of
-      // the measurement, and another fiber costs more than it gives).
-      if (m > best_min && m >= threshold_ && m >= (up + down) / 16) {
-        best_min = m;
-        best = p;
-      }
-    }
-    // What each stage after a boundary costs: the time after it, less the time after the
-    // next boundary (the last: all of it).
-    for (std::size_t k = 0; k < downs.size(); ++k) {
-      if (downs[k] < 0) continue;
-      const std::int64_t next = k + 1 < downs.size() && downs[k + 1] >= 0 ? downs[k + 1] : 0;
-      ctx_->stage_at(points_[k]->index() + 1, [&](stage_stats& s) {
-        s.cost_per_item = std::chrono::nanoseconds(std::max<std::int64_t>(0, downs[k] - next));
-      });
-    }
-    last_decided_ = std::max<std::int64_t>(1, per_item);
-    budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
-    if (!best) return;
-    std::vector<split_base*> cuts;
-    if (best_min >= split_all_min_ns) {
-      // Every piece heavy: cut wherever the piece before and the rest after stay heavy.
-      std::int64_t prev = -1;  // the down time at the last cut (-1: none yet)
-      for (std::size_t k = 0; k < downs.size(); ++k) {
-        if (downs[k] < 0) continue;
-        const std::int64_t piece = prev < 0 ? ups[k] : prev - downs[k];
-        if (piece >= split_all_min_ns && downs[k] >= split_all_min_ns) {
-          cuts.push_back(points_[k]);
-          prev = downs[k];
-        }
-      }
-    }
-    if (cuts.empty()) cuts.push_back(best);
-    split_base* first = cuts.front();
-    cuts.erase(cuts.begin());
-    ctx_->stage_at(first->index() + 1, [&](stage_stats& s) {
-      s.fused = false;
-      s.decision = "split into its own fiber: " + std::to_string(best_min) +
-                   " ns/item on the lighter side, " + std::to_string(threshold_) + " needed (" +
-                   std::to_string(ctx_->workers) + " workers)";
-    });
-    split_at(first, std::move(cuts));
-  }
+  void decide(std::int64_t per_item);
 
  public:
   // cut(): split at once at each of `cuts` (in chain order), decided by the probe of the
   // fiber this one split from (from this fiber, before its first item).
-  void cut(std::vector<split_base*> cuts) {
-    split_base* first = cuts.front();
-    cuts.erase(cuts.begin());
-    ctx_->stage_at(first->index() + 1, [&](stage_stats& s) {
-      s.fused = false;
-      s.decision = "split into its own fiber with the stage before it: every piece at least " +
-                   std::to_string(split_all_min_ns) + " ns/item";
-    });
-    split_at(first, std::move(cuts));
-  }
+  void cut(std::vector<split_base*> cuts);
 
  private:
   // split_at(): everything after `best` goes to a new fiber (with its boundaries), which
   // splits again at `cuts`.
-  void split_at(split_base* best, std::vector<split_base*> cuts) {
-    auto it = std::find(points_.begin(), points_.end(), best);
-    std::vector<split_base*> after(it + 1, points_.end());
-    points_.erase(it, points_.end());
-    const std::size_t at = fiber_name_.find(best->name_after());
-    std::string before = fiber_name_, gone = best->name_after();
-    if (at != std::string::npos && at > 0) {
-      before = fiber_name_.substr(0, at - 1);
-      gone = fiber_name_.substr(at);
-    }
-    ctx_->rename_fiber(fiber_name_, before, gone);
-    fiber_name_ = before;
-    // Boundaries of this fiber that split already, after `best`: their writers go too.
-    std::vector<split_base*> moved;
-    for (auto q = split_.begin(); q != split_.end();) {
-      if ((*q)->index() > best->index()) {
-        (*q)->leave_fiber();
-        moved.push_back(*q);
-        q = split_.erase(q);
-      } else {
-        ++q;
-      }
-    }
-    split_.push_back(best);
-    best->split(std::move(after), std::move(moved), std::move(cuts), gone);
-    last_decided_ = 0;  // what is left may split again
-  }
+  void split_at(split_base* best, std::vector<split_base*> cuts);
 
   pipe_ctx* ctx_;
   std::string fiber_name_;
@@ -691,7 +538,9 @@ struct link_driver {
       const std::size_t n = b->size();
       // With a segment, the sink is the chain's first stage (every sink takes a path).
       bool ok;
-      if (seg ? seg->quiet() : chain_is_quiet(sink)) {
+      if constexpr (inert_v<Sink>) {
+        ok = b->each([&](T&& v) { return sink(std::move(v), fused_path{}); });
+      } else if (seg ? seg->quiet() : chain_is_quiet(sink)) {
         ok = b->each([&](T&& v) { return sink(std::move(v), fused_path{}); });
       } else {
         ok = b->each([&](T&& v) { return sink(std::move(v)); });
@@ -769,99 +618,24 @@ struct reorder_driver {
   }
 };
 
-// split_point<T, Down>: a boundary in a fused chain, in front of `down` (the rest of the
-// chain), taking items of type T. Fused, it passes each item on (one predictable branch);
-// probing, it times the rest of the chain; split, it writes to a link that a new fiber
-// reads to run `down` (and everything after it). The new fiber runs the very sink objects
-// this one ran, so the state of stateful stages (take's count, batch's partial group)
-// carries over; they live in this fiber's frames, so whoever leaves a frame holding a
-// split point first waits for the fiber it started.
-template <class T, class Down>
-class split_point final : public split_base {
- public:
-  static constexpr bool never_stops = never_stops_v<Down>;
+// split_link<T>: the typed half of a boundary taking items of type T: the link it writes
+// to once it has split (one instantiation per item type, not per chain).
+template <class T>
+class split_link : public split_base {
+ protected:
+  split_link(segment& seg, int index, std::string name_after, std::size_t buffer,
+             std::size_t batch_size)
+      : split_base(seg, index, std::move(name_after)), buffer_(buffer), batch_size_(batch_size) {}
 
-  // candidate: the pipeline may split here (false: the user pinned this boundary fused;
-  // the point then only passes ticks on).
-  split_point(Down& down, segment& seg, int index, std::string name_after, std::size_t buffer,
-              std::size_t batch_size, bool candidate = true)
-      : split_base(seg, index, std::move(name_after)),
-        down_(&down),
-        buffer_(buffer),
-        batch_size_(batch_size),
-        tick_seg_(&seg) {
-    if (candidate) {
-      seg.add(*this);
-    } else {
-      seg_ = nullptr;
-    }
-  }
-  ~split_point() override {
-    release();  // a run that unwinds: the new fiber sees the end
-    if (started_) children_.wait();
-    if (seg_) seg_->forget(*this);
-  }
+  // drive_down(): in the fiber split() starts, read the link into the rest of the chain.
+  virtual void drive_down(segment& child) = 0;
 
-  template <class V, class M = dynamic_path>
-  [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
-    if constexpr (M::fused) {
-      return (*down_)(std::forward<V>(v), m);
-    } else {
-      if (mode_ == mode::fused) [[likely]]
-        return (*down_)(std::forward<V>(v));
-      return slow(std::forward<V>(v));
-    }
-  }
-  // quiet(): no boundary of this fiber's chain is measured or split now (the driver may
-  // send its next chunk down fused_path).
-  bool quiet() const noexcept { return tick_seg_->quiet(); }
-  void flush_hint() {
-    if (mode_ == mode::split) {
-      writer_->flush_hint();
-    } else {
-      down_->flush_hint();
-    }
-  }
-  void finish() {
-    if (mode_ == mode::split) {
-      writer_->finish();
-      writer_.reset();  // off this fiber's hook list before the fiber goes on
-    } else {
-      down_->finish();
-    }
-  }
-  // tick(): the source's report, when this is the first boundary of the chain.
-  void tick(std::size_t items) { tick_seg_->tick(items); }
-  void waited(std::int64_t ns) noexcept { tick_seg_->waited(ns); }
-
- private:
   void release() noexcept override {
     if (writer_) {
       writer_->close();
       writer_.reset();
     }
   }
-
-  template <class V>
-  [[gnu::noinline]] bool slow(V&& v) {
-    if (mode_ == mode::split) {
-      const bool more = (*writer_)(std::forward<V>(v));
-      return never_stops || more;  // a never-stopping chain stops on the run's stop flag
-    }
-    // Probing (only its segment sets that, so seg_ is set): time both sides.
-    segment* seg = seg_;
-    const std::int64_t w0 = seg->waited_total();
-    const std::int64_t t0 = now_ns();
-    if (t_end_ != 0) sample_up((t0 - t_end_) - (w0 - w_end_));
-    const bool more = (*down_)(std::forward<V>(v));
-    const std::int64_t t1 = now_ns();
-    const std::int64_t w1 = seg->waited_total();
-    sample_down((t1 - t0) - (w1 - w0));
-    t_end_ = t1;
-    w_end_ = w1;
-    return more;
-  }
-
   void leave_fiber() noexcept override {
     if (writer_) writer_->leave_fiber();
   }
@@ -874,45 +648,136 @@ class split_point final : public split_base {
              std::vector<split_base*> cuts, std::string fiber) override {
     pipe_ctx& ctx = seg_->ctx();
     const link_shape shape = shape_for(buffer_);
-    auto l = ctx.template link<link_chan<T>>(shape.capacity);
+    reader_ = ctx.template link<link_chan<T>>(shape.capacity);
     batch_policy pol{batch_size_ ? batch_size_ : shape.batch, batch_size_ != 0, nullptr, &ctx,
                      index_};
-    writer_.emplace(l, pol);
+    writer_.emplace(reader_, pol);
     writer_->set_segment(seg_);
-    children_.add(1);
-    started_ = true;
-    const std::size_t stack = seg_->stack_size;
     try {
-      ctx.spawn(
-          fiber,
-          [this, &ctx, l, after = std::move(after), moved = std::move(moved),
-           cuts = std::move(cuts), fiber, stack]() mutable {
-            struct leave {
-              wait_group* wg;
-              ~leave() { wg->done(); }
-            } guard{&children_};
-            // Not seg_: the segment that split here may be gone by the time this runs.
-            segment child(ctx, fiber, std::move(after), true, std::move(moved));
-            child.stack_size = stack;
-            if (!cuts.empty()) child.cut(std::move(cuts));
-            link_driver<T>{l}(*down_, child);
-          },
-          /*record=*/false, stack);
+      start_child(
+          ctx,
+          {std::move(after), std::move(moved), std::move(cuts), std::move(fiber), seg_->stack_size},
+          [](split_base* self, segment& child) {
+            static_cast<split_link*>(self)->drive_down(child);
+          });
     } catch (...) {
-      children_.done();
       writer_.reset();
       throw;
     }
     mode_ = mode::split;
   }
 
-  Down* down_;
   std::size_t buffer_;
   std::size_t batch_size_;
-  segment* tick_seg_;  // the head's segment (the first boundary stays in its fiber)
   std::optional<link_writer<T>> writer_;
-  wait_group children_;
-  bool started_ = false;
+  link_chan<T> reader_{nullptr};  // the link's reading end, for the fiber split() starts
+};
+
+// plain_point<Down>: a boundary in a chain that ends in a link writer (inert_v): it passes
+// items on, and the source's reports (when it is the chain's first) to the segment.
+template <class Down>
+class plain_point {
+ public:
+  static constexpr bool never_stops = never_stops_v<Down>;
+  static constexpr bool inert = true;
+  plain_point(Down& down, segment& seg) noexcept : down_(&down), seg_(&seg) {}
+  template <class V, class M = dynamic_path>
+  [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
+    return (*down_)(std::forward<V>(v), m);
+  }
+  bool quiet() const noexcept { return true; }
+  void flush_hint() { down_->flush_hint(); }
+  void finish() { down_->finish(); }
+  void tick(std::size_t items) { seg_->tick(items); }
+  void waited(std::int64_t ns) noexcept { seg_->waited(ns); }
+
+ private:
+  Down* down_;
+  segment* seg_;
+};
+
+// split_point<T, Down>: a boundary in a fused chain, in front of `down` (the rest of the
+// chain), taking items of type T. Fused, it passes each item on (one predictable branch);
+// probing, it times the rest of the chain; split, it writes to a link that a new fiber
+// reads to run `down` (and everything after it). The new fiber runs the very sink objects
+// this one ran, so the state of stateful stages (take's count, batch's partial group)
+// carries over; they live in this fiber's frames, so whoever leaves a frame holding a
+// split point first waits for the fiber it started.
+template <class T, class Down>
+class split_point final : public split_link<T> {
+  using base = split_link<T>;
+  using mode = split_base::mode;
+
+ public:
+  static constexpr bool never_stops = never_stops_v<Down>;
+
+  // candidate: the pipeline may split here (false: the user pinned this boundary fused;
+  // the point then only passes ticks on).
+  split_point(Down& down, segment& seg, int index, std::string name_after, std::size_t buffer,
+              std::size_t batch_size, bool candidate = true)
+      : base(seg, index, std::move(name_after), buffer, batch_size), down_(&down), tick_seg_(&seg) {
+    if (candidate) {
+      seg.add(*this);
+    } else {
+      this->seg_ = nullptr;
+    }
+  }
+  ~split_point() override {
+    this->release();  // a run that unwinds: the new fiber sees the end
+    if (this->started_) this->children_.wait();
+    if (this->seg_) this->seg_->forget(*this);
+  }
+
+  template <class V, class M = dynamic_path>
+  [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
+    if constexpr (M::fused) {
+      return (*down_)(std::forward<V>(v), m);
+    } else {
+      if (this->mode_ == mode::fused) [[likely]]
+        return (*down_)(std::forward<V>(v));
+      return slow(std::forward<V>(v));
+    }
+  }
+  // quiet(): no boundary of this fiber's chain is measured or split now (the driver may
+  // send its next chunk down fused_path).
+  bool quiet() const noexcept { return tick_seg_->quiet(); }
+  void flush_hint() {
+    if (this->mode_ == mode::split) {
+      this->writer_->flush_hint();
+    } else {
+      down_->flush_hint();
+    }
+  }
+  void finish() {
+    if (this->mode_ == mode::split) {
+      this->writer_->finish();
+      this->writer_.reset();  // off this fiber's hook list before the fiber goes on
+    } else {
+      down_->finish();
+    }
+  }
+  // tick(): the source's report, when this is the first boundary of the chain.
+  void tick(std::size_t items) { tick_seg_->tick(items); }
+  void waited(std::int64_t ns) noexcept { tick_seg_->waited(ns); }
+
+ private:
+  template <class V>
+  [[gnu::noinline]] bool slow(V&& v) {
+    if (this->mode_ == mode::split) {
+      const bool more = (*this->writer_)(std::forward<V>(v));
+      return never_stops || more;  // a never-stopping chain stops on the run's stop flag
+    }
+    // Probing (only its segment sets that, so seg_ is set): time both sides.
+    const typename base::probe_mark m = this->probe_enter();
+    const bool more = (*down_)(std::forward<V>(v));
+    this->probe_leave(m);
+    return more;
+  }
+
+  void drive_down(segment& child) override { link_driver<T>{this->reader_}(*down_, child); }
+
+  Down* down_;
+  segment* tick_seg_;  // the head's segment (the first boundary stays in its fiber)
 };
 
 }  // namespace detail

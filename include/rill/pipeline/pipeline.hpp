@@ -137,6 +137,13 @@ bool may_split_before(Stages& st, pipe_ctx& ctx) {
   }
 }
 
+// join_names(): "a|b" (b alone when a is empty): the stages of one fiber.
+std::string join_names(std::string a, const std::string& b);
+// record_tail()/record_stage(): the stats entry of the terminal / of a stage, as built
+// (`fresh`: it reads a link; `pinned`: the user set its .fuse).
+void record_tail(pipe_ctx& ctx, int index, const char* name, bool fresh);
+void record_stage(pipe_ctx& ctx, int index, const std::string& name, bool fresh, bool pinned);
+
 // build(): `stack` is the largest stack size that the stages of the segment so far ask for.
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::string seg,
@@ -166,55 +173,27 @@ void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, st
 // run_tail(): runs the last segment, `body(drive)`, in the calling fiber when its stack is
 // at least `stack` bytes (the fiber is named after the segment's stages meanwhile), else in
 // a fiber of that size, which the caller waits for (the result is in the caller's tail).
+void run_tail_in(pipe_ctx& ctx, const std::string& name, std::size_t stack, void (*f)(void*),
+                 void* arg);
 template <class Drive, class Body>
 void run_tail(pipe_ctx& ctx, const std::string& name, std::size_t stack, Drive& drive, Body& body) {
-  if (stack <= current_stack_size()) {
-    stage_fiber_scope scope(name.c_str(), ctx.watchdog_ms);
-    body(drive);
-    return;
-  }
-  wait_group ran;
-  ran.add(1);
-  try {
-    ctx.spawn(
-        name,
-        [&ran, &body, drive = std::move(drive)]() mutable {
-          struct leave {
-            wait_group* wg;
-            ~leave() { wg->done(); }
-          } guard{&ran};
-          auto d = std::move(drive);  // gone before done(): the caller may return then
-          body(d);
-        },
-        /*record=*/false, stack);
-  } catch (...) {
-    ran.done();
-    throw;
-  }
-  std::exception_ptr deadlock;
-  join(ran, deadlock);
-  if (deadlock) std::rethrow_exception(deadlock);
+  auto f = [&] { body(drive); };
+  run_tail_in(
+      ctx, name, stack, [](void* p) { (*static_cast<decltype(f)*>(p))(); }, &f);
 }
 
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::string seg,
            std::size_t buffer, std::size_t batch_size, std::size_t stack) {
   constexpr std::size_t n = std::tuple_size_v<Stages>;
-  auto join = [](std::string a, const std::string& b) {
-    return a.empty() ? b : std::move(a) + "|" + b;
-  };
   if constexpr (I == n) {
     if (!ctx.fusion && !fresh) {
       cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size, stack);
       return;
     }
-    const std::string name = join(std::move(seg), tail.name());
+    const std::string name = join_names(std::move(seg), tail.name());
     ctx.record_fiber(name);
-    ctx.stage_at(static_cast<int>(n) + 1, [&](stage_stats& s) {
-      s.name = tail.name();
-      s.fused = !fresh;
-      if (s.decision.empty()) s.decision = fresh ? "reads a link" : "fused";
-    });
+    record_tail(ctx, static_cast<int>(n) + 1, tail.name(), fresh);
     const std::size_t need = std::max(stack, ctx.stack_size);
     auto body = [&ctx, &tail, &name, need](Drive& d) {
       segment sg(ctx, name, {}, Tail::may_split);
@@ -237,13 +216,7 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
         return;
       }
       const std::string name = stage_name(s.opt.name, S::kind, index);
-      ctx.stage_at(index, [&](stage_stats& x) {
-        x.name = name;
-        x.fused = !fresh;
-        x.decision = fresh                    ? "reads a link"
-                     : s.opt.fuse.has_value() ? "fused (pinned: .fuse = true)"
-                                              : "fused";
-      });
+      record_stage(ctx, index, name, fresh, s.opt.fuse.has_value());
       // The boundary after this stage, in front of what follows it in this fiber.
       std::string after_name = detail::name_at<I + 1>(st, tail);
       const bool may_split = detail::may_split_before<I + 1>(st, ctx);
@@ -255,17 +228,22 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
           (void)may_split;
           auto sink = s.template make<In>(down, ctx, index);
           drive(sink, sg);
+        } else if constexpr (inert_v<Down>) {
+          (void)may_split;
+          plain_point<Down> pp(down, sg);
+          auto sink = s.template make<In>(pp, ctx, index);
+          drive(sink, sg);
         } else {
-          // Always a split_point (inert where the pipeline may not split): one type per
-          // chain, not one per combination of boundaries (that doubled the instantiations
-          // at every stage).
+          // A split_point wherever the chain may split (passive where this run may not):
+          // one type per chain, not one per combination of boundaries (that doubled the
+          // instantiations at every stage).
           split_point<Out, Down> sp(down, sg, index, after_name, s.opt.buffer, s.opt.batch_size,
                                     may_split);
           auto sink = s.template make<In>(sp, ctx, index);
           drive(sink, sg);
         }
       };
-      build<I + 1, Out>(st, tail, ctx, std::move(next), false, join(std::move(seg), name),
+      build<I + 1, Out>(st, tail, ctx, std::move(next), false, join_names(std::move(seg), name),
                         s.opt.buffer, s.opt.batch_size, std::max(stack, s.opt.stack_size));
     }
   }
@@ -350,7 +328,7 @@ template <class... S>
 bool takes_nothing(const std::tuple<S...>& stages) {
   return std::apply(
       [](const auto&... s) {
-        return ([&s] {
+        return ([&] {
           if constexpr (std::is_same_v<std::remove_cvref_t<decltype(s)>, take_stage>) {
             return s.n == 0;
           } else {
@@ -381,11 +359,19 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   auto drive = [&fl, &ctx, buffer, candidate, empty, first = detail::name_at<0>(fl.stages, tail)](
                    auto& sink, segment& sg) {
     using Sink = std::remove_cvref_t<decltype(sink)>;
-    split_point<In, Sink> head(sink, sg, 0, first, buffer, 0, candidate && !empty);
-    if (empty) {
-      head.finish();
+    auto run = [&](auto& head) {
+      if (empty) {
+        head.finish();
+      } else {
+        fl.src.drive(head, ctx);
+      }
+    };
+    if constexpr (inert_v<Sink>) {
+      plain_point<Sink> head(sink, sg);
+      run(head);
     } else {
-      fl.src.drive(head, ctx);
+      split_point<In, Sink> head(sink, sg, 0, first, buffer, 0, candidate && !empty);
+      run(head);
     }
   };
   build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind, buffer, 0,

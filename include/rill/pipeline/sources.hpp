@@ -41,9 +41,9 @@ struct range_source {
       std::size_t left = static_cast<std::size_t>(std::ranges::size(range));
       while (left != 0) {
         const std::size_t c = left < chunk ? left : chunk;
-        if (chain_is_quiet(sink)) {
+        if (inert_v<Sink> || chain_is_quiet(sink)) {
           for (std::size_t k = 0; k < c; ++k, ++it) push(sink, *it, fused_path{});
-        } else {
+        } else if constexpr (!inert_v<Sink>) {
           for (std::size_t k = 0; k < c; ++k, ++it) sink(*it);
         }
         left -= c;
@@ -64,7 +64,12 @@ struct range_source {
       };
       while (it != end) {
         std::size_t n = 0;
-        const bool more = chain_is_quiet(sink) ? run(fused_path{}, n) : run(dynamic_path{}, n);
+        bool more;
+        if constexpr (inert_v<Sink>) {
+          more = run(fused_path{}, n);
+        } else {
+          more = chain_is_quiet(sink) ? run(fused_path{}, n) : run(dynamic_path{}, n);
+        }
         if (!more) break;
         if constexpr (ticks) sink.tick(n);
         if (chunk < 1024) chunk *= 2;

@@ -16,7 +16,6 @@
 #include <functional>
 #include <iterator>
 #include <optional>
-#include <range/v3/range/concepts.hpp>
 #include <ranges>
 #include <type_traits>
 #include <utility>
@@ -25,6 +24,11 @@
 #include "rill/pipeline/concepts.hpp"
 #include "rill/pipeline/links.hpp"
 
+// range-v3's tag base of its views (<range/v3/range_fwd.hpp> defines it).
+namespace ranges {
+struct view_base;
+}  // namespace ranges
+
 namespace rill {
 namespace detail {
 
@@ -32,10 +36,13 @@ namespace detail {
 // the stage, so its elements may be moved downstream: a container received or returned by
 // value. An lvalue (the user's container, e.g. from(vector_of_vectors) | unbatch()) or a
 // view (std or range-v3, over someone else's data) does not: its elements are copied.
+// range-v3's views are told by their base, ranges::view_base, as range-v3's enable_view
+// does by default; it is only declared here (above), so that a program without range-v3
+// does not parse range-v3, and one with range-v3 views has its definition.
 template <class R>
 inline constexpr bool owns_elements_v =
     !std::is_lvalue_reference_v<R> && !std::ranges::view<std::remove_cvref_t<R>> &&
-    !ranges::view_<std::remove_cvref_t<R>>;
+    !std::is_base_of_v<ranges::view_base, std::remove_cvref_t<R>>;
 
 // element_of<R>(x): the element x of a range passed as R, moved if the range owns it.
 template <class R, class X>
@@ -131,6 +138,7 @@ struct map_stage : stage_tag {
 
   template <class Down>
   struct sink {
+    static constexpr bool inert = inert_v<Down>;
     static constexpr bool never_stops = never_stops_v<Down>;
     map_stage* st;
     Down* down;
@@ -170,6 +178,7 @@ struct filter_stage : stage_tag {
 
   template <class Down>
   struct sink {
+    static constexpr bool inert = inert_v<Down>;
     static constexpr bool never_stops = never_stops_v<Down>;
     filter_stage* st;
     Down* down;
@@ -210,6 +219,7 @@ struct tap_stage : stage_tag {
 
   template <class Down>
   struct sink {
+    static constexpr bool inert = inert_v<Down>;
     static constexpr bool never_stops = never_stops_v<Down>;
     tap_stage* st;
     Down* down;
@@ -265,6 +275,7 @@ struct flat_map_stage : stage_tag {
 
   template <class Down>
   struct sink {
+    static constexpr bool inert = inert_v<Down>;
     flat_map_stage* st;
     Down* down;
     pipe_ctx* ctx;
@@ -302,6 +313,7 @@ struct take_stage : stage_tag {
 
   template <class Down>
   struct sink {
+    static constexpr bool inert = inert_v<Down>;
     Down* down;
     std::size_t left;
     template <class V, class M = dynamic_path>
@@ -336,6 +348,7 @@ struct batch_stage : stage_tag {
 
   template <class In, class Down>
   struct sink {
+    static constexpr bool inert = inert_v<Down>;
     Down* down;
     std::size_t n;
     std::vector<In> cur;
@@ -378,6 +391,7 @@ struct unbatch_stage : stage_tag {
 
   template <class Down>
   struct sink {
+    static constexpr bool inert = inert_v<Down>;
     Down* down;
     template <class V, class M = dynamic_path>
     bool operator()(V&& v, M m = {}) {
@@ -410,6 +424,7 @@ struct boundary_stage : stage_tag {
 
   template <class Down>
   struct sink {
+    static constexpr bool inert = inert_v<Down>;
     Down* down;
     template <class V, class M = dynamic_path>
     bool operator()(V&& v, M m = {}) {

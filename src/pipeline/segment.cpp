@@ -1,0 +1,266 @@
+// src/pipeline/segment.cpp: what a fused chain's segment decides while a run goes (when
+// and where it splits), out of line: the pipeline's templates call it, it needs no type
+// of theirs, and compiling it once keeps it out of every program that composes a pipeline.
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "rill/pipeline/links.hpp"
+
+namespace rill {
+namespace detail {
+
+std::int64_t split_base::estimate(std::int64_t* v, int n) noexcept {
+  std::sort(v, v + n);
+  return n >= min_probe_samples ? v[(n - 1) / 2] : v[0];
+}
+
+void split_base::start_child(pipe_ctx& ctx, child_job job, void (*drive)(split_base*, segment&)) {
+  children_.add(1);
+  started_ = true;
+  const std::size_t stack = job.stack;
+  std::string fiber = job.fiber;
+  try {
+    ctx.spawn(
+        std::move(fiber),
+        [this, &ctx, job = std::move(job), drive]() mutable {
+          struct leave {
+            wait_group* wg;
+            ~leave() { wg->done(); }
+          } guard{&children_};
+          // Not seg_: the segment that split here may be gone by the time this runs.
+          segment child(ctx, job.fiber, std::move(job.after), true, std::move(job.moved));
+          child.stack_size = job.stack;
+          if (!job.cuts.empty()) child.cut(std::move(job.cuts));
+          drive(this, child);
+        },
+        /*record=*/false, stack);
+  } catch (...) {
+    children_.done();
+    throw;
+  }
+}
+
+split_base::probe_mark split_base::probe_enter() noexcept {
+  segment* seg = seg_;
+  const std::int64_t w0 = seg->waited_total();
+  const std::int64_t t0 = now_ns();
+  if (t_end_ != 0) sample_up((t0 - t_end_) - (w0 - w_end_));
+  return {seg, t0, w0};
+}
+
+void split_base::probe_leave(probe_mark m) noexcept {
+  const std::int64_t t1 = now_ns();
+  const std::int64_t w1 = m.seg->waited_total();
+  sample_down((t1 - m.t0) - (w1 - m.w0));
+  t_end_ = t1;
+  w_end_ = w1;
+}
+
+std::int64_t clock_cost_ns() noexcept {
+  static const std::int64_t cost = [] {
+    const std::int64_t t0 = now_ns();
+    std::int64_t t = t0;
+    for (int i = 0; i < 64; ++i) t = now_ns();
+    return std::max<std::int64_t>(0, (t - t0) / 64);
+  }();
+  return cost;
+}
+
+segment::segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*> points,
+                 bool may_split, std::vector<split_base*> split)
+    : ctx_(&ctx),
+      fiber_name_(std::move(fiber_name)),
+      points_(std::move(points)),
+      split_(std::move(split)),
+      may_split_(may_split) {
+  for (split_base* p : points_) p->seg_ = this;
+  for (split_base* p : split_) p->join(this);
+  threshold_ = ctx.workers > 1 ? split_min_ns_workers : split_min_ns_one;
+  win_start_ = now_ns();
+  slice_start_ = win_start_;
+}
+
+segment::~segment() {
+  for (split_base* p : points_) p->seg_ = nullptr;
+  for (split_base* p : split_) {
+    p->seg_ = nullptr;
+    p->release();
+  }
+}
+
+void segment::add(split_base& p) {
+  if (!may_split_) {
+    p.seg_ = nullptr;
+    return;
+  }
+  points_.insert(std::find_if(points_.begin(), points_.end(),
+                              [&](split_base* q) { return q->index() > p.index(); }),
+                 &p);
+}
+
+void segment::forget(split_base& p) noexcept {
+  std::erase(points_, &p);
+  std::erase(split_, &p);
+}
+
+void segment::end_window() {
+  std::int64_t now = now_ns();
+  const std::int64_t work = std::max<std::int64_t>(0, now - win_start_ - waited_);
+  const std::int64_t per_item =
+      work / static_cast<std::int64_t>(std::max<std::size_t>(1, win_items_));
+  // (inline_run keeps its one schedule: it decides nothing from time.) A window with a
+  // wait in it gave the worker away already: the slice starts again.
+  if (waited_ != 0) slice_start_ = now;
+  if (!probing_ && ctx_->adaptive && now - slice_start_ >= slice_ns) now = yield_slice();
+  win_start_ = now;
+  win_items_ = 0;
+  waited_ = 0;
+  ++windows_;
+  if (probing_) {
+    decide(per_item);
+  } else if (windows_ > 1 && !points_.empty() && per_item >= 2 * threshold_ &&
+             (last_decided_ == 0 || per_item >= 2 * last_decided_)) {
+    // Worth a look (the first window, the fiber's first items, is left out: a new fiber's
+    // first item pays for cold code and fresh stack pages, slow as it may look).
+    probing_ = true;
+    const int least = per_item >= probe_ns / 2 ? min_probe_samples_slow : min_probe_samples;
+    want_ = static_cast<int>(std::clamp<std::int64_t>(
+        probe_ns / std::max<std::int64_t>(1, per_item), least, max_probe_samples));
+    for (split_base* p : points_) {
+      p->mode_ = split_base::mode::probing;
+      p->reset_samples();
+    }
+    budget_ = want_ + 1;  // the first item gives no time before it
+    return;
+  }
+  budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
+}
+
+// yield_slice(): let the worker's other fibers run (this fiber's partial batches go
+// first, as before a park); the time from here is this fiber's again.
+std::int64_t segment::yield_slice() {
+  if (park_hooks* hooks = current_park_hooks(); hooks && hooks->armed) run_park_hooks(*hooks);
+  this_fiber::yield();
+  slice_start_ = now_ns();
+  return slice_start_;
+}
+
+// decide(): every boundary has been timed over the last window's items; split at the
+// one whose lighter side is heaviest, if that side is worth a fiber (when every piece
+// is heavy, at every boundary that leaves heavy pieces on both sides).
+void segment::decide(std::int64_t per_item) {
+  probing_ = false;
+  const std::int64_t clock2 = 2 * clock_cost_ns();
+  const auto np = static_cast<std::int64_t>(points_.size());
+  split_base* best = nullptr;
+  std::int64_t best_min = 0;
+  std::vector<std::int64_t> downs(points_.size(), -1), ups(points_.size(), -1);
+  for (std::int64_t k = 0; k < np; ++k) {
+    split_base* p = points_[static_cast<std::size_t>(k)];
+    p->mode_ = split_base::mode::fused;
+    if (p->ndown_ == 0 || p->nup_ == 0) continue;  // no item reached it
+    // Each timed boundary adds two clock reads per item to the sides that contain it.
+    const std::int64_t down = std::max<std::int64_t>(
+        0, split_base::estimate(p->downs_, p->ndown_) - (np - 1 - k) * clock2);
+    const std::int64_t up =
+        std::max<std::int64_t>(0, split_base::estimate(p->ups_, p->nup_) - k * clock2);
+    downs[static_cast<std::size_t>(k)] = down;
+    ups[static_cast<std::size_t>(k)] = up;
+    const std::int64_t m = std::min(up, down);
+    ctx_->stage_at(p->index() + 1, [&](stage_stats& s) {
+      s.decision = "fused: " + std::to_string(up) + " ns/item before it in its fiber, " +
+                   std::to_string(down) + " from it on";
+    });
+    // A split must pay for a fiber and a link: the lighter side must be above the bar,
+    // and at least a sixteenth of the fiber's work (else the gain is within the noise of
+    // the measurement, and another fiber costs more than it gives).
+    if (m > best_min && m >= threshold_ && m >= (up + down) / 16) {
+      best_min = m;
+      best = p;
+    }
+  }
+  // What each stage after a boundary costs: the time after it, less the time after the
+  // next boundary (the last: all of it).
+  for (std::size_t k = 0; k < downs.size(); ++k) {
+    if (downs[k] < 0) continue;
+    const std::int64_t next = k + 1 < downs.size() && downs[k + 1] >= 0 ? downs[k + 1] : 0;
+    ctx_->stage_at(points_[k]->index() + 1, [&](stage_stats& s) {
+      s.cost_per_item = std::chrono::nanoseconds(std::max<std::int64_t>(0, downs[k] - next));
+    });
+  }
+  last_decided_ = std::max<std::int64_t>(1, per_item);
+  budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
+  if (!best) return;
+  std::vector<split_base*> cuts;
+  if (best_min >= split_all_min_ns) {
+    // Every piece heavy: cut wherever the piece before and the rest after stay heavy.
+    std::int64_t prev = -1;  // the down time at the last cut (-1: none yet)
+    for (std::size_t k = 0; k < downs.size(); ++k) {
+      if (downs[k] < 0) continue;
+      const std::int64_t piece = prev < 0 ? ups[k] : prev - downs[k];
+      if (piece >= split_all_min_ns && downs[k] >= split_all_min_ns) {
+        cuts.push_back(points_[k]);
+        prev = downs[k];
+      }
+    }
+  }
+  if (cuts.empty()) cuts.push_back(best);
+  split_base* first = cuts.front();
+  cuts.erase(cuts.begin());
+  ctx_->stage_at(first->index() + 1, [&](stage_stats& s) {
+    s.fused = false;
+    s.decision = "split into its own fiber: " + std::to_string(best_min) +
+                 " ns/item on the lighter side, " + std::to_string(threshold_) + " needed (" +
+                 std::to_string(ctx_->workers) + " workers)";
+  });
+  split_at(first, std::move(cuts));
+}
+
+// cut(): split at once at each of `cuts` (in chain order), decided by the probe of the
+// fiber this one split from (from this fiber, before its first item).
+void segment::cut(std::vector<split_base*> cuts) {
+  split_base* first = cuts.front();
+  cuts.erase(cuts.begin());
+  ctx_->stage_at(first->index() + 1, [&](stage_stats& s) {
+    s.fused = false;
+    s.decision = "split into its own fiber with the stage before it: every piece at least " +
+                 std::to_string(split_all_min_ns) + " ns/item";
+  });
+  split_at(first, std::move(cuts));
+}
+
+// split_at(): everything after `best` goes to a new fiber (with its boundaries), which
+// splits again at `cuts`.
+void segment::split_at(split_base* best, std::vector<split_base*> cuts) {
+  auto it = std::find(points_.begin(), points_.end(), best);
+  std::vector<split_base*> after(it + 1, points_.end());
+  points_.erase(it, points_.end());
+  const std::size_t at = fiber_name_.find(best->name_after());
+  std::string before = fiber_name_, gone = best->name_after();
+  if (at != std::string::npos && at > 0) {
+    before = fiber_name_.substr(0, at - 1);
+    gone = fiber_name_.substr(at);
+  }
+  ctx_->rename_fiber(fiber_name_, before, gone);
+  fiber_name_ = before;
+  // Boundaries of this fiber that split already, after `best`: their writers go too.
+  std::vector<split_base*> moved;
+  for (auto q = split_.begin(); q != split_.end();) {
+    if ((*q)->index() > best->index()) {
+      (*q)->leave_fiber();
+      moved.push_back(*q);
+      q = split_.erase(q);
+    } else {
+      ++q;
+    }
+  }
+  split_.push_back(best);
+  best->split(std::move(after), std::move(moved), std::move(cuts), gone);
+  last_decided_ = 0;  // what is left may split again
+}
+
+}  // namespace detail
+}  // namespace rill
