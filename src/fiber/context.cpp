@@ -104,24 +104,32 @@ eh_state* thread_eh() noexcept {
   switch_msg msg{&from, &to, after, arg, true};
   bctx::fcontext_t target = to.fctx;
   san_before_switch(from.san, to.san, true);
+#if RILL_ASAN_WEAK
+  if (asan_linked()) [[unlikely]]
+    asan_start_switch(nullptr, to);
+#endif
   jump(target, &msg);
   std::abort();  // unreachable: a finished context is never resumed
 }
 
 void on_landing(bctx::transfer_t t) noexcept { land(t); }
 
+void thread_stack(const void** bottom, std::size_t* size) noexcept {
+  pthread_attr_t attr;
+  void* addr = nullptr;
+  std::size_t n = 0;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    pthread_attr_getstack(&attr, &addr, &n);
+    pthread_attr_destroy(&attr);
+  }
+  *bottom = addr;
+  *size = n;
+}
+
 void san_thread_context(san_ctx& c) noexcept {
 #if RILL_ASAN
   // Only ASan needs the bounds; pthread_getattr_np reads /proc/self/maps on the main thread.
-  pthread_attr_t attr;
-  void* addr = nullptr;
-  std::size_t size = 0;
-  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-    pthread_attr_getstack(&attr, &addr, &size);
-    pthread_attr_destroy(&attr);
-  }
-  c.stack_bottom = addr;
-  c.stack_size = size;
+  thread_stack(&c.stack_bottom, &c.stack_size);
 #endif
 #if RILL_TSAN
   c.tsan = __tsan_get_current_fiber();

@@ -1,7 +1,8 @@
 // The one context switch. Every switch goes through switch_to(), which
 //   - saves/restores the per-thread C++ exception state (__cxa_eh_globals), so `throw;`
 //     in a catch block that spans a suspension rethrows the right exception;
-//   - annotates ASan and TSan;
+//   - annotates ASan and TSan (in a release build, the ASan of a sanitized program that
+//     links it: sanitizers.hpp);
 //   - hands the landing side a message: the context that was left (whose fcontext must be
 //     saved before anybody may resume it) and an action to run once it is saved (e.g.
 //     "unlock the channel that now lists this fiber as a waiter").
@@ -79,13 +80,17 @@ inline bctx::fcontext_t make_context(char* sp, std::size_t size,
 // current_worker() (see sched/runtime.hpp), so it is recomputed after every switch.
 [[gnu::noinline]] eh_state* thread_eh() noexcept;
 
-// land() runs first on the landing side of every switch.
-inline void land(bctx::transfer_t t) noexcept {
+// land() runs first on the landing side of every switch. `asan_fake`: where the landing
+// context's departure saved its fake stack (asan_start_switch; nullptr: a new fiber).
+inline void land(bctx::transfer_t t, [[maybe_unused]] void* const* asan_fake = nullptr) noexcept {
   auto* m = static_cast<switch_msg*>(t.data);
   context* from = m->from;
   after_switch_fn after = m->after;
   void* arg = m->arg;
   san_after_switch(m->to->san);
+#if RILL_ASAN_WEAK
+  asan_finish_switch(asan_fake);
+#endif
   from->fctx = t.fctx;
   if (after) after(from, arg);
 }
@@ -108,7 +113,15 @@ inline void switch_to(context& from, context& to, eh_state* g, after_switch_fn a
   switch_msg msg{&from, &to, after, arg, false};
   bctx::fcontext_t target = to.fctx;
   san_before_switch(from.san, to.san, false);
+#if RILL_ASAN_WEAK
+  // Written and read only when the program links ASan: no store on the release path.
+  void* fake;
+  if (asan_linked()) [[unlikely]]
+    asan_start_switch(&fake, to);
+  land(jump(target, &msg), &fake);
+#else
   land(jump(target, &msg));
+#endif
 }
 
 // exit_to() leaves `from` for good (a finished fiber); never returns.

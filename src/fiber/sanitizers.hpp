@@ -26,6 +26,28 @@
 #include <sanitizer/tsan_interface.h>
 #endif
 
+// A library built without sanitizers (the installed release build) may still run in a
+// program built with -fsanitize=address. That ASan must hear of every switch too: a throw
+// calls __asan_handle_no_return, which unpoisons the stack from the stack pointer up to the
+// top of the stack ASan believes it runs on; told nothing, it takes the thread's own stack
+// for a fiber's, ignores a range that large ("ASan is ignoring requested
+// __asan_handle_no_return"), and the redzones of the unwound frames stay poisoned: false
+// stack-buffer-overflow reports follow on that stack. So the library refers weakly to
+// ASan's interface: the addresses are null unless the program links ASan, and each
+// annotation costs the release build one well-predicted branch on such an address. ASan
+// only: TSan would also need a handle per fiber (a larger fiber record), and a TSan program
+// would see none of the synchronization inside an uninstrumented library anyway.
+#if !RILL_ASAN && !RILL_TSAN && defined(__ELF__)
+#define RILL_ASAN_WEAK 1
+extern "C" {
+[[gnu::weak]] void __sanitizer_start_switch_fiber(void** fake_stack_save, const void* bottom,
+                                                  std::size_t size);
+[[gnu::weak]] void __sanitizer_finish_switch_fiber(void* fake_stack_save, const void** bottom_old,
+                                                   std::size_t* size_old);
+[[gnu::weak]] void __asan_unpoison_memory_region(void const volatile* addr, std::size_t size);
+}
+#endif
+
 namespace rill::detail {
 
 // san_ctx: what the sanitizers need to know about one execution context (a fiber, or a
@@ -42,9 +64,17 @@ struct san_ctx {
 #endif
 };
 
+#if RILL_ASAN_WEAK
+// asan_linked(): the program links ASan (which defines both switch functions).
+inline bool asan_linked() noexcept { return __sanitizer_start_switch_fiber != nullptr; }
+#endif
+
 inline void san_unpoison(void* p, std::size_t n) noexcept {
 #if RILL_ASAN
   __asan_unpoison_memory_region(p, n);
+#elif RILL_ASAN_WEAK
+  if (__asan_unpoison_memory_region != nullptr) [[unlikely]]
+    __asan_unpoison_memory_region(p, n);
 #endif
   (void)p;
   (void)n;
@@ -95,5 +125,23 @@ inline void san_fiber_destroyed(san_ctx& c) noexcept {
 
 // san_thread_context fills c for the calling thread's own stack.
 void san_thread_context(san_ctx& c) noexcept;
+
+// thread_stack() gives the lowest address and the size of the calling thread's own stack
+// (nullptr and 0 when the system does not say).
+void thread_stack(const void** bottom, std::size_t* size) noexcept;
+
+#if RILL_ASAN_WEAK
+struct context;
+// asan_start_switch() tells the program's ASan, if asan_linked(), that the calling thread
+// leaves its context for `to`, which is this worker's g0 or a fiber (sched/runtime.cpp,
+// which knows them, says where their stacks are). `fake` receives the fake stack of the
+// context left (nullptr: it has ended; ASan frees its fake stack). The landing side calls
+// asan_finish_switch() with what its own departure saved (nullptr: a new fiber).
+[[gnu::cold]] void asan_start_switch(void** fake, const context& to) noexcept;
+inline void asan_finish_switch(void* const* fake) noexcept {
+  if (asan_linked()) [[unlikely]]
+    __sanitizer_finish_switch_fiber(fake ? *fake : nullptr, nullptr, nullptr);
+}
+#endif
 
 }  // namespace rill::detail

@@ -228,6 +228,9 @@ void enter_worker_thread(worker& w) {
   rill_tls_worker = &w;
   w.eh = thread_eh();
   san_thread_context(w.g0.san);
+#if RILL_ASAN_WEAK
+  if (asan_linked()) thread_stack(&w.g0_bottom, &w.g0_size);
+#endif
   void* p =
       ::mmap(nullptr, altstack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p != MAP_FAILED) {
@@ -277,6 +280,20 @@ void after_reap(context* left, void*) noexcept {
 }
 
 }  // namespace
+
+#if RILL_ASAN_WEAK
+void asan_start_switch(void** fake, const context& to) noexcept {
+  if (fake) *fake = nullptr;           // left so if ASan does not know this thread
+  const worker* w = current_worker();  // the thread that switches: `to` may be its g0
+  if (&to == &w->g0) {
+    __sanitizer_start_switch_fiber(fake, w->g0_bottom, w->g0_size);
+  } else {
+    const stack& s = static_cast<const fiber&>(to).stk;  // every other context is a fiber's
+    __sanitizer_start_switch_fiber(fake, s.limit(),
+                                   static_cast<std::size_t>(s.usable_top() - s.limit()));
+  }
+}
+#endif
 
 void fiber_main(bctx::transfer_t t) noexcept {
   on_landing(t);

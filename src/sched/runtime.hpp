@@ -125,6 +125,10 @@ struct alignas(64) worker {
   std::atomic<std::int64_t> credit{0};  // spawns counted in live_fibers_ ahead (count_spawn)
   std::thread thread;                   // not used by worker 0 (the thread that called run)
   void* altstack = nullptr;
+  // This thread's own stack (g0's), for the ASan of a sanitized program that links a
+  // library built without it (asan_start_switch); unset without one.
+  const void* g0_bottom = nullptr;
+  std::size_t g0_size = 0;
   // The watchdog's view of this worker (watchdog.cpp); its thread only, under its lock.
   struct alignas(64) watch_state {
     std::uint64_t switches = 0;  // `switches` at the last look
