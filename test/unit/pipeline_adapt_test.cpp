@@ -213,7 +213,11 @@ TEST_CASE("adapt: a busy stage fiber takes turns with the worker's other fibers"
             rill::map([](long v) { return v * 2; }) | rill::count())
         .run();
   });
-  CHECK(items > 1);  // the other fiber ran while the source was busy, not before
+  // The run ending is the test: without the yield the source would go on for ever (the
+  // watchdog of run_with turns that into a failure). The other fiber starts during the
+  // source's first call, so at least that item is counted; a preemption longer than the
+  // time slice may end the first slice right after it.
+  CHECK(items >= 1);
 }
 
 TEST_CASE("adapt: cheap stages stay fused", "[pipeline][adapt][fusion]") {
