@@ -1338,8 +1338,12 @@ std::exception_ptr fiber_take_abort() noexcept {
   return f->rt->last_deadlock();
 }
 
-run_wait::run_wait() noexcept { g_external_waiters.fetch_sub(1, std::memory_order_seq_cst); }
-run_wait::~run_wait() { g_external_waiters.fetch_add(1, std::memory_order_seq_cst); }
+run_wait::run_wait() noexcept : plain_(current_fiber() == nullptr) {
+  if (plain_) g_external_waiters.fetch_sub(1, std::memory_order_seq_cst);
+}
+run_wait::~run_wait() {
+  if (plain_) g_external_waiters.fetch_add(1, std::memory_order_seq_cst);
+}
 
 void fiber_retire() noexcept {
   if (fiber* f = current_fiber()) f->rt->retire(*f);

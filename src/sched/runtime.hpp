@@ -349,15 +349,15 @@ extern std::atomic<std::int64_t> g_external_waiters;  // plain threads parked in
 // goes (remove returns once the watchdog no longer looks at it). watchdog_kick(): a worker
 // left its idle state (wakes the watchdog if it sleeps for want of work).
 void watchdog_add(runtime* rt);
-// nested_run_call(): from a fiber, runs fn(arg) on the blocking-call pool while the fiber
-// parks, counted in runtime::nested_runs (io/blocking.cpp).
-void nested_run_call(void (*fn)(void*) noexcept, void* arg);
 void watchdog_remove(runtime* rt) noexcept;
 void watchdog_kick() noexcept;
 // For tests: reports written so far, looks taken so far, and the last report's text.
 std::uint64_t watchdog_reports() noexcept;
 std::uint64_t watchdog_passes() noexcept;
 std::string watchdog_last_report();
+// nested_run_call(): from a fiber, runs fn(arg) on the blocking-call pool while the fiber
+// parks, counted in runtime::nested_runs (io/blocking.cpp).
+void nested_run_call(void (*fn)(void*) noexcept, void* arg);
 // external_wait: counts the calling plain thread in g_external_waiters while it blocks in
 // rill (deadlock detection waits while one could still act).
 struct external_wait {

@@ -64,12 +64,17 @@ void default_run_end(bool watched) noexcept;
 // started, which were aborted too and use its frames until they end); else nullptr.
 std::exception_ptr fiber_take_abort() noexcept;
 // run_wait: a plain thread that waits for a run to end cannot wake a fiber; while one of
-// these lives, the thread's waits in rill do not hold back deadlock detection.
-struct run_wait {
+// these lives, the thread's waits in rill do not hold back deadlock detection. No effect
+// in a fiber (its waits are not counted as a plain thread's).
+class run_wait {
+ public:
   run_wait() noexcept;
   ~run_wait();
   run_wait(const run_wait&) = delete;
   run_wait& operator=(const run_wait&) = delete;
+
+ private:
+  bool plain_;
 };
 
 // run_main() runs `main(arg)` as the first fiber of a new runtime on the calling thread

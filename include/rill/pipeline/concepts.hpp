@@ -331,25 +331,17 @@ class stage_fiber_scope {
 // never_stops_v<Sink>: the sink never returns false (no take, no link, no channel
 // downstream), so a source may drive it without checking after every item.
 template <class S>
-constexpr bool never_stops_v = [] {
-  if constexpr (requires { S::never_stops; }) {
-    return S::never_stops;
-  } else {
-    return false;
-  }
-}();
+constexpr bool never_stops_v = requires {
+  requires S::never_stops;
+};
 
 // inert_v<Sink>: the chain ends in a link writer (a cut, par_map's input, a merge): such a
 // chain never splits (its writer belongs to its fiber; its segment has may_split false),
 // so its boundaries are plain_points and its drivers compile the fused path alone.
 template <class S>
-constexpr bool inert_v = [] {
-  if constexpr (requires { S::inert; }) {
-    return S::inert;
-  } else {
-    return false;
-  }
-}();
+constexpr bool inert_v = requires {
+  requires S::inert;
+};
 
 // stage_name(): "map#2" or the user's name.
 std::string stage_name(const char* user, const char* kind, int index);

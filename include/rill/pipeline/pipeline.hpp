@@ -598,12 +598,8 @@ class pipeline_handle {
     }
   }
   void wait_done() {
-    if (detail::current_fiber()) {
-      st_->done.wait();
-    } else {
-      detail::run_wait waiting;
-      st_->done.wait();
-    }
+    detail::run_wait waiting;
+    st_->done.wait();
   }
 
   std::shared_ptr<detail::handle_state<R>> st_;
