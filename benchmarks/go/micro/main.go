@@ -131,6 +131,44 @@ func spsc(n int) {
 	}
 }
 
+// pipeline3: the seed's pipeline by hand: source -> map -> sink, three goroutines, each
+// ranging over a channel of capacity c (rill: benchmarks/micro/pipeline_bench.cpp). heavy:
+// the map does ~1 us of work (bench.Work, calibrated) instead of v*2+1.
+func pipeline3(c, n int, heavy bool) {
+	numbers := make(chan int64, c)
+	results := make(chan int64, c)
+	total := make(chan int64)
+	iters := bench.CalibratedIters()
+	go func() {
+		for i := 0; i < n; i++ {
+			numbers <- int64(i)
+		}
+		close(numbers)
+	}()
+	go func() {
+		for v := range numbers {
+			if heavy {
+				results <- int64(bench.Work(uint64(v), iters))
+			} else {
+				results <- v*2 + 1
+			}
+		}
+		close(results)
+	}()
+	go func() {
+		var sum int64
+		for v := range results {
+			sum += v
+		}
+		total <- sum
+	}()
+	sum := <-total
+	if !heavy && sum != int64(n)*int64(n) {
+		fmt.Fprintln(os.Stderr, "pipeline3: wrong sum")
+		os.Exit(1)
+	}
+}
+
 var sink int
 
 // selectDefault: n selects over two empty channels with a default case.
@@ -210,6 +248,16 @@ func main() {
 		add("select_default_2empty", selN, func() { selectDefault(selN) })
 		add("select_ready_closed", selN, func() { selectReadyClosed(selN) })
 		add("select_ready_buffered", selN, func() { selectReadyBuffered(selN) })
+		for _, c := range []int{0, 64, 1024} {
+			c := c
+			n := 2_000_000 / scale
+			if c == 0 {
+				n /= 10
+			}
+			add(fmt.Sprintf("chan_pipeline3_cap%d", c), n, func() { pipeline3(c, n, false) })
+		}
+		heavyN := 20_000 / scale
+		add("chan_pipeline3_work1us_cap64", heavyN, func() { pipeline3(64, heavyN, true) })
 		// A million parked goroutines (2-3 GB) only at the largest GOMAXPROCS, and not quick.
 		counts := []int{100_000}
 		if !o.Quick && w == runtime.NumCPU() {
