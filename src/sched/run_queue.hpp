@@ -23,11 +23,13 @@ class run_queue {
 
   // push() appends f (owner only); false when full. `was_empty` tells whether the owner saw
   // the queue empty before the push (a thief may have emptied it a moment ago unseen).
-  bool push(fiber* f, bool& was_empty) noexcept {
+  // `yielded`: f gave its worker up of its own accord (this_fiber::yield) rather than being
+  // made ready by a partner; thieves may take it at once (head_yielded()).
+  bool push(fiber* f, bool& was_empty, bool yielded = false) noexcept {
     const std::uint32_t t = tail_.load(std::memory_order_relaxed);
     const std::uint32_t h = head_.load(std::memory_order_acquire);  // keeps Q3
     if (t - h >= capacity) return false;
-    buf_[t % capacity].store(f, std::memory_order_relaxed);
+    buf_[t % capacity].store(yielded ? tag(f) : f, std::memory_order_relaxed);
     tail_.store(t + 1, std::memory_order_release);
     was_empty = t == h;
     if (was_empty) front_ = f;
@@ -47,7 +49,7 @@ class run_queue {
       fiber* f = buf_[h % capacity].load(std::memory_order_relaxed);
       if (head_.compare_exchange_weak(h, h + 1, std::memory_order_release,
                                       std::memory_order_acquire)) {
-        return f;
+        return untag(f);
       }
     }
   }
@@ -62,7 +64,7 @@ class run_queue {
     const std::uint32_t h = head_.load(std::memory_order_relaxed) + 1;
     head_.store(h, std::memory_order_relaxed);
     front_ = tail_.load(std::memory_order_relaxed) != h
-                 ? buf_[h % capacity].load(std::memory_order_relaxed)
+                 ? untag(buf_[h % capacity].load(std::memory_order_relaxed))
                  : nullptr;
     return f;
   }
@@ -78,11 +80,12 @@ class run_queue {
       if (n > max) n = max;
       if (n == 0) return 0;
       for (std::uint32_t i = 0; i < n; ++i) {
-        out[i] = buf_[(h + i) % capacity].load(std::memory_order_relaxed);
+        out[i] = untag(buf_[(h + i) % capacity].load(std::memory_order_relaxed));
       }
       if (head_.compare_exchange_weak(h, h + n, std::memory_order_release,
                                       std::memory_order_acquire)) {
-        front_ = t != h + n ? buf_[(h + n) % capacity].load(std::memory_order_relaxed) : nullptr;
+        front_ = t != h + n ? untag(buf_[(h + n) % capacity].load(std::memory_order_relaxed))
+                            : nullptr;
         return n;
       }
     }
@@ -110,9 +113,19 @@ class run_queue {
       }
     }
     --n;
-    fiber* f = dst.buf_[(dt + n) % capacity].load(std::memory_order_relaxed);
+    fiber* f = untag(dst.buf_[(dt + n) % capacity].load(std::memory_order_relaxed));
     if (n != 0) dst.tail_.store(dt + n, std::memory_order_release);
     return f;
+  }
+
+  // head(): the index of the oldest fiber; head_yielded(): the oldest fiber was pushed by
+  // its yield. For thieves deciding whether to steal: a snapshot, possibly stale.
+  std::uint32_t head() const noexcept { return head_.load(std::memory_order_acquire); }
+  bool head_yielded() const noexcept {
+    const std::uint32_t h = head_.load(std::memory_order_acquire);
+    if (tail_.load(std::memory_order_acquire) == h) return false;
+    return reinterpret_cast<std::uintptr_t>(buf_[h % capacity].load(std::memory_order_relaxed)) &
+           1;
   }
 
   bool empty() const noexcept {
@@ -123,6 +136,15 @@ class run_queue {
   }
 
  private:
+  // A slot holds a fiber pointer with bit 0 set when it was pushed by a yield (fibers are
+  // at least 8-byte aligned); every way out of the queue clears it.
+  static fiber* tag(fiber* f) noexcept {
+    return reinterpret_cast<fiber*>(reinterpret_cast<std::uintptr_t>(f) | 1);
+  }
+  static fiber* untag(fiber* f) noexcept {
+    return reinterpret_cast<fiber*>(reinterpret_cast<std::uintptr_t>(f) & ~std::uintptr_t{1});
+  }
+
   alignas(64) std::atomic<std::uint32_t> head_{0};
   alignas(64) std::atomic<std::uint32_t> tail_{0};
   // front_: the owner's copy of the oldest fiber (nullptr when empty), kept by push(),

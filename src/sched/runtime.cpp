@@ -25,12 +25,32 @@
 // and rechecks every queue the same way. A woken worker starts out spinning; when a spinner
 // finds work and it was the last spinner, it wakes another, so work keeps spreading.
 //
-// Rejected: a wake (futex syscall, ~1-2 us) for every fiber made ready, as Go's ready()
-// does. A fiber readied into an empty runnext slot wakes nobody: the readier is usually
-// about to park (channel ping-pong, a pipeline stage waiting for its next item), and the
-// pair then runs on one core at the cost of a context switch. A fiber that lands in an
-// empty run queue does wake an idle worker; one that lands behind others does not (the
+// Rejected: a wake (a futex syscall) for every fiber made ready, as Go's ready() does. A
+// fiber readied into an empty runnext slot wakes nobody: the readier is usually about to
+// park (channel ping-pong, a pipeline stage waiting for its next item), and the pair then
+// runs on one core at the cost of a context switch. A fiber that lands in an empty run
+// queue wakes an idle worker if nobody spins; one that lands behind others does not (the
 // push that made the queue non-empty did: see wake_idle).
+//
+// Keeping communicating fibers together. Fibers that hand items to each other through
+// channels run best on one worker: each hand-off is then a switch on a warm core. Split
+// over two workers, every channel operation moves the channel's lock, its buffer and the
+// fibers' records between cores, and the pipeline runs slower on two workers than on one
+// (src/README.md, "Hand-offs between workers", has the measurements). So a spinning worker
+// does not take whatever it finds queued: a fiber is worth moving once it has waited
+// steal_age_ns, which means its worker is busy with something long (a CPU-bound fiber),
+// when its worker's queue holds steal_backlog or more (a burst of spawns), or when it
+// yielded (it waits for nobody: cooperative CPU-bound fibers spread at once, as Go's
+// Gosched puts the goroutine on the global queue). A thief measures
+// the wait itself, from two looks at the victim's queue head and runnext slot, so the
+// owner's push and pop pay nothing for it. Between looks the thief reads only its clock:
+// each look reads lines the busy owner writes at every switch, and frequent looks slowed
+// the owner. After spin_ns of quick looks, a spinner that still sees another worker busy
+// keeps watching, asleep between looks, and stays counted in nspinning_: a fiber readied
+// or spawned inside the runtime then wakes nobody (the watcher will look), so the busy
+// workers make no futex calls, while work from outside (another thread, the network) and a
+// new earliest timer kick the watcher awake at once (kick_watcher). The watch ends when no
+// worker runs fibers, so the last worker to park still looks for a deadlock.
 //
 // Timers: a heap per runtime. Busy workers fire due timers every 61 ticks; the one idle
 // worker holding the `timer_sleeper_` role sleeps until the next deadline.
@@ -51,6 +71,7 @@
 
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -98,9 +119,16 @@ namespace {
 constexpr std::size_t stack_cache_max = 64;
 constexpr std::int64_t fiber_credit_batch = 64;   // see count_spawn
 constexpr std::uint64_t id_block = 64;            // fiber ids a worker takes at a time
-constexpr int spin_rounds = 4;                    // steal attempts before reading the clock
-constexpr std::int64_t spin_ns = 20'000;          // how long an idle worker spins
-constexpr std::int64_t steal_runnext_ns = 5'000;  // spinning this long before taking runnext
+// The spinning worker's search (spin(); "Keeping communicating fibers together").
+constexpr std::int64_t spin_ns = 20'000;        // looks in quick succession for this long,
+constexpr std::int64_t spin_look_ns = 4'000;    // one every spin_look_ns,
+constexpr std::int64_t watch_ns = 20'000;       // then one every watch_ns, asleep in between,
+constexpr std::int64_t watch_max_ns = 1'000'000;  // or up to this when nothing was queued.
+// A queued fiber is worth moving to another worker once it has waited steal_age_ns (seen by
+// two looks), or when its queue holds steal_backlog fibers or more.
+constexpr std::int64_t steal_age_ns = 40'000;
+constexpr std::uint32_t steal_backlog = 8;
+constexpr unsigned long watch_slack_ns = 2'000;  // a worker thread's timer slack
 // A worker about to block in epoll_wait first polls without blocking for up to this long.
 // A blocked thread's wake-up costs tens of microseconds on a virtual machine (the idle vCPU
 // halts and must be woken by an interrupt): a request-response peer usually answers within
@@ -240,9 +268,14 @@ void enter_worker_thread(worker& w) {
     ::sigaltstack(&ss, nullptr);
     w.altstack = p;
   }
+  // A watching spinner sleeps watch_ns between looks; the default slack (50 us) would
+  // stretch that sleep several times over.
+  w.timer_slack = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+  ::prctl(PR_SET_TIMERSLACK, watch_slack_ns, 0, 0, 0);
 }
 
 void leave_worker_thread(worker& w) {
+  if (w.timer_slack > 0) ::prctl(PR_SET_TIMERSLACK, w.timer_slack, 0, 0, 0);
   if (w.altstack) {
     stack_t ss{};
     ss.ss_flags = SS_DISABLE;
@@ -362,6 +395,7 @@ runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
     w->rng = 0x9E3779B97F4A7C15ULL * (i + 1) ^ (chaos_ ? chaos_ : 0x1234567ULL);
     if (w->rng == 0) w->rng = 1;
     w->stack_cache.reserve(stack_cache_max);  // reap() is noexcept: it must not allocate
+    w->looks.resize(cfg_.workers);            // nor may the scheduler loop (steal())
     workers_.push_back(std::move(w));
   }
   idle_.reserve(cfg_.workers);
@@ -666,7 +700,7 @@ void runtime::for_each_fiber(F fn) {
 void runtime::ready_outside(fiber* f) noexcept {
   outside_readies_.fetch_add(1, std::memory_order_acq_rel);  // see ~runtime
   push_global(f);
-  wake_idle();
+  wake_idle(true);
   outside_readies_.fetch_sub(1, std::memory_order_release);
 }
 
@@ -735,25 +769,112 @@ fiber* runtime::pop_global(worker& w) noexcept {
   return first;
 }
 
-fiber* runtime::steal(worker& w, bool take_runnext) noexcept {
+// steal() looks at every other worker once and takes from the first whose queue or runnext
+// slot holds a fiber worth moving (see "Keeping communicating fibers together").
+// `queued`: set when some worker had a fiber waiting, worth moving or not.
+fiber* runtime::steal(worker& w, std::int64_t now, bool& queued) noexcept {
   const unsigned n = workers();
   const unsigned start = static_cast<unsigned>(next_random(w.rng) % n);
   for (unsigned k = 0; k < n; ++k) {
-    worker& v = *workers_[(start + k) % n];
+    const unsigned i = (start + k) % n;  // not v.index: that line is the owner's, and hot
+    worker& v = *workers_[i];
     if (&v == &w) continue;
-    if (fiber* f = v.queue.steal_into(w.queue)) {
-      w.steals.store(w.steals.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      return f;
+    worker::victim_look& look = w.looks[i];
+    const std::uint32_t head = v.queue.head();
+    const std::uint32_t size = v.queue.size();
+    if (look.head != head || size == 0) {  // a new oldest fiber (or none): its wait starts now
+      look.head = head;
+      look.since = now;
     }
-    if (take_runnext) {
-      fiber* f = v.runnext.load(std::memory_order_acquire);
-      if (f && v.runnext.compare_exchange_strong(f, nullptr, std::memory_order_acq_rel)) {
+    fiber* next = v.runnext.load(std::memory_order_acquire);
+    if (look.next != next) {
+      look.next = next;
+      look.next_since = now;
+    }
+    if (size != 0 || next) queued = true;
+    if (size != 0 && (size >= steal_backlog || now - look.since >= steal_age_ns ||
+                      v.queue.head_yielded())) {
+      if (fiber* f = v.queue.steal_into(w.queue)) {
         w.steals.store(w.steals.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         return f;
       }
     }
+    if (next && now - look.next_since >= steal_age_ns &&
+        v.runnext.compare_exchange_strong(next, nullptr, std::memory_order_acq_rel)) {
+      w.steals.store(w.steals.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      return next;
+    }
   }
   return nullptr;
+}
+
+// spin() is a spinning worker's search (w.spinning, counted in nspinning_): a few looks at
+// the other workers in quick succession, then, while another worker is busy, a look every
+// watch_ns with a sleep in between (the watch). Returns a fiber to run, having stopped
+// spinning, or nullptr: the caller parks (w.spinning still set).
+fiber* runtime::spin(worker& w) {
+  // While fibers wait on I/O the search is cut short: park_worker's poller spin (which polls
+  // the network) is the better wait then; this spin in front of it made one echo
+  // connection's round trip slower.
+  if (io_waiters.load(std::memory_order_relaxed) > 0) return nullptr;
+  const std::int64_t start = now_ns();
+  std::int64_t now = start;
+  std::int64_t interval = spin_look_ns;
+  for (;;) {
+    bool queued = false;
+    if (fiber* f = steal(w, now, queued)) {
+      stop_spinning(w);
+      return f;
+    }
+    if (fiber* f = pop_global(w)) {
+      stop_spinning(w);
+      return f;
+    }
+    // The network is not polled here: a non-blocking epoll_wait per look, racing the worker
+    // that holds the poller role, made one echo connection slower.
+    const std::int64_t deadline = next_deadline_.load(std::memory_order_relaxed);
+    if (deadline <= now || shutdown_.load(std::memory_order_relaxed) ||
+        io_waiters.load(std::memory_order_relaxed) > 0) {
+      return nullptr;  // the scheduler loop fires the timers, or park_worker polls
+    }
+    if (now - start < spin_ns) {
+      // Spinning: the next look comes soon, and costs no wake-up. Only the clock is read
+      // in between: each look reads lines that a busy owner writes at every switch.
+      const std::int64_t until = now + spin_look_ns;
+      while ((now = now_ns()) < until) {
+        for (int i = 0; i < 16; ++i) __builtin_ia32_pause();
+      }
+      continue;
+    }
+    // Watching: another worker runs fibers and the next look may find one worth moving.
+    // Nobody needs to wake us for a young fiber meanwhile (wake_idle), so the workers that
+    // hand fibers to each other pay no futex calls; work from outside and new timers kick
+    // the watcher (kick_watcher). A look that finds nothing queued anywhere doubles the
+    // interval, up to watch_max_ns; once no worker runs fibers, the watch ends.
+    if (nidle_.load(std::memory_order_seq_cst) + nspinning_.load(std::memory_order_seq_cst) >=
+        workers()) {
+      return nullptr;  // nobody runs fibers: park (the last to park looks for a deadlock)
+    }
+    interval = queued ? watch_ns : std::min(2 * interval, watch_max_ns);
+    const std::int64_t timeout =
+        deadline == INT64_MAX ? interval : std::min(interval, deadline - now);
+    w.watch_word.store(0, std::memory_order_relaxed);
+    watcher_.store(&w, std::memory_order_seq_cst);
+    if (gq_size_.load(std::memory_order_seq_cst) == 0 &&
+        next_deadline_.load(std::memory_order_seq_cst) == deadline &&
+        !shutdown_.load(std::memory_order_seq_cst)) {
+      futex_wait(w.watch_word, 0, timeout);
+    }
+    watcher_.store(nullptr, std::memory_order_relaxed);
+    now = now_ns();
+  }
+}
+
+void runtime::kick_watcher() noexcept {
+  if (worker* v = watcher_.load(std::memory_order_seq_cst)) {
+    v->watch_word.store(1, std::memory_order_release);
+    futex_wake(v->watch_word);
+  }
 }
 
 bool runtime::nothing_queued() noexcept {
@@ -779,12 +900,13 @@ bool runtime::any_work() noexcept {
 // finds this push. Go's runqput + wakep skip the fence altogether. The fence and the two
 // shared lines it reads cost a spawn with 2 workers ~7% of its time (the fence waits for
 // the new fiber's record, whose lines the other worker last wrote).
-void runtime::wake_idle() noexcept {
+void runtime::wake_idle(bool outside) noexcept {
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (nidle_.load(std::memory_order_seq_cst) == 0 ||
-      nspinning_.load(std::memory_order_seq_cst) != 0) {
+  if (nspinning_.load(std::memory_order_seq_cst) != 0) {
+    if (outside) kick_watcher();
     return;
   }
+  if (nidle_.load(std::memory_order_seq_cst) == 0) return;
   std::uint32_t zero = 0;
   if (!nspinning_.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) return;
   std::lock_guard lk(idle_mu_);
@@ -815,6 +937,7 @@ void runtime::stop_spinning(worker& w) noexcept {
 
 void runtime::begin_shutdown() noexcept {
   shutdown_.store(true, std::memory_order_seq_cst);
+  kick_watcher();
   std::lock_guard lk(idle_mu_);
   while (!idle_.empty()) wake_worker_locked(*idle_.back(), false);
 }
@@ -851,33 +974,7 @@ fiber* runtime::find_runnable(worker& w) {
         nspinning_.fetch_add(1, std::memory_order_seq_cst);
       }
       if (w.spinning) {
-        // Spin for a while before parking: a spinning worker needs no futex wake (see
-        // wake_idle), and on a virtual machine a wake costs microseconds on both sides. A
-        // runnext slot is taken only after steal_runnext_ns: its owner is likely to run it
-        // itself when its current fiber parks (Go's runqgrab waits 3 us for that too), and
-        // a producer/consumer pair then stays on one core.
-        // While fibers wait on I/O the spin is cut short: park_worker's poller spin (which
-        // polls the network) is the better wait then, and one echo connection's round trip
-        // took ~5 us longer with this spin in front of it.
-        const std::int64_t start = now_ns();
-        const std::int64_t spin_for = io_waiters.load(std::memory_order_relaxed) > 0 ? 0 : spin_ns;
-        for (int round = 0;; ++round) {
-          const std::int64_t spun = round < spin_rounds ? 0 : now_ns() - start;
-          if (fiber* f = steal(w, spun >= steal_runnext_ns)) {
-            stop_spinning(w);
-            return f;
-          }
-          if (fiber* f = pop_global(w)) {
-            stop_spinning(w);
-            return f;
-          }
-          // A due timer ends the spin (the loop above fires it). The network is not polled
-          // here: a non-blocking epoll_wait per round, racing the worker that holds the
-          // poller role, made one echo connection slower (16.2k round trips/s against 18.5k).
-          if (next_deadline_.load(std::memory_order_relaxed) <= start + spun) break;
-          if (spun >= spin_for) break;
-          for (int i = 0; i < 16; ++i) __builtin_ia32_pause();
-        }
+        if (fiber* f = spin(w)) return f;
       }
     }
     park_worker(w);
@@ -1062,7 +1159,7 @@ void runtime::inject(worker& w, fiber** fs, int n) noexcept {
     fs[i]->state.store(fiber_state::runnable, std::memory_order_relaxed);
     push_local(w, fs[i]);
   }
-  if (n > 0) wake_idle();
+  if (n > 0) wake_idle(true);
 }
 
 bool runtime::may_act(bool self) noexcept {

@@ -88,6 +88,7 @@ struct alignas(64) worker {
   run_queue queue;
   alignas(64) std::atomic<fiber*> runnext{nullptr};
   alignas(64) std::atomic<std::uint32_t> wake_word{0};  // futex: 1 once woken
+  std::atomic<std::uint32_t> watch_word{0};             // futex: the watch's sleep (spin)
   bool in_idle = false;                                 // guarded by runtime::idle_mu_
   bool wake_spinning = false;  // guarded by runtime::idle_mu_: set by the waker
   bool polling = false;        // guarded by runtime::idle_mu_: blocked in the poller's epoll_wait
@@ -118,6 +119,14 @@ struct alignas(64) worker {
   std::uint64_t rng = 0;
   std::uint64_t id_next = 0, id_end = 0;  // this worker's block of fiber ids
   std::vector<stack> stack_cache;
+  // A thief's look at each victim's queue (steal): the head it saw and since when.
+  struct victim_look {
+    std::uint32_t head = 0;
+    std::int64_t since = 0;
+    fiber* next = nullptr;
+    std::int64_t next_since = 0;
+  };
+  std::vector<victim_look> looks;
   // written by the owner, read by stats from any thread:
   std::atomic<std::size_t> cached{0};
   std::atomic<std::uint64_t> steals{0};
@@ -125,6 +134,7 @@ struct alignas(64) worker {
   std::atomic<std::int64_t> credit{0};  // spawns counted in live_fibers_ ahead (count_spawn)
   std::thread thread;                   // not used by worker 0 (the thread that called run)
   void* altstack = nullptr;
+  long timer_slack = 0;  // the thread's own timer slack, restored when it stops being a worker
   // This thread's own stack (g0's), for the ASan of a sanitized program that links a
   // library built without it (asan_start_switch); unset without one.
   const void* g0_bottom = nullptr;
@@ -155,9 +165,13 @@ class runtime {
   // push_local() queues f on w (owner only). True when the push may need an idle worker
   // woken (see "A push onto a non-empty queue" in runtime.cpp): the queue looked empty
   // before, or it was full and half of it went to the global queue.
-  inline bool push_local(worker& w, fiber* f) noexcept;
+  // `yielded`: f yields (see run_queue::push).
+  inline bool push_local(worker& w, fiber* f, bool yielded = false) noexcept;
   void push_global(fiber* f) noexcept;
-  void wake_idle() noexcept;  // wake an idle worker if none is spinning
+  // wake_idle(): wake an idle worker if none is spinning. `outside`: the work came from
+  // outside the worker's own fibers (another thread, the network), and a watching spinner
+  // is woken to look at once (see runtime.cpp, "Keeping communicating fibers together").
+  void wake_idle(bool outside = false) noexcept;
 
   // timers (sched/timers.cpp)
   void arm(timer& t) noexcept;
@@ -224,7 +238,9 @@ class runtime {
   void push_overflow(worker& w, fiber* f) noexcept;  // the local queue is full
   fiber* find_runnable(worker& w);
   fiber* pop_global(worker& w) noexcept;
-  fiber* steal(worker& w, bool take_runnext) noexcept;
+  fiber* steal(worker& w, std::int64_t now, bool& queued) noexcept;
+  fiber* spin(worker& w);
+  void kick_watcher() noexcept;  // the watching worker (if any) looks now
   bool any_work() noexcept;
   // may_act(): this runtime could still run a fiber on its own: a worker is awake, work
   // is queued, or a timer, I/O wait, blocking call or outside ready() is in flight (a
@@ -279,6 +295,7 @@ class runtime {
   std::atomic<std::uint32_t> nidle_{0};
   std::atomic<std::uint32_t> nspinning_{0};
   std::atomic<std::uint64_t> idle_epoch_{0};  // bumped whenever an idle worker is woken
+  std::atomic<worker*> watcher_{nullptr};     // the spinning worker asleep in its watch
   worker* timer_sleeper_ = nullptr;           // guarded by idle_mu_
   // The netpoller. The timer sleeper blocks in its epoll_wait (w.polling) instead of its
   // futex while fibers wait on I/O; poll_sleeping_: a worker is inside that epoll_wait
@@ -414,9 +431,9 @@ inline void runtime::ready(fiber* f, bool to_runnext) noexcept {
   if (push_local(*w, f) && !alone) wake_idle();
 }
 
-inline bool runtime::push_local(worker& w, fiber* f) noexcept {
+inline bool runtime::push_local(worker& w, fiber* f, bool yielded) noexcept {
   bool was_empty;
-  if (!w.queue.push(f, was_empty)) [[unlikely]] {
+  if (!w.queue.push(f, was_empty, yielded)) [[unlikely]] {
     push_overflow(w, f);
     return true;
   }

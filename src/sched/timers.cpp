@@ -97,6 +97,9 @@ void runtime::arm(timer& t) noexcept {
   }
   if (earliest) {
     // The sleeping worker (if any) must recompute its timeout; else wake an idle one.
+    // A watching spinner sleeps until its next look or the old deadline: kick it too.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    kick_watcher();
     std::lock_guard lk(idle_mu_);
     if (timer_sleeper_) {
       wake_worker_locked(*timer_sleeper_, false);

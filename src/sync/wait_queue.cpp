@@ -51,12 +51,14 @@ namespace {
 
 // A yielding fiber queues behind the one it hands its worker to, which may never park (a
 // busy loop): an idle worker must be told, or the yielder waits for that loop to end. Go's
-// Gosched() calls wakep() for the same reason.
+// Gosched() calls wakep() for the same reason. It is queued as yielded: it waits for no
+// partner, so a thief may take it at once (see runtime.cpp, "Keeping communicating fibers
+// together"), and a watching worker is kicked to look.
 void after_push_local(detail::context* left, void* arg) noexcept {
   auto* f = static_cast<detail::fiber*>(left);
   auto* w = static_cast<detail::worker*>(arg);  // the landing side runs on the same thread
   detail::runtime* rt = f->rt;                  // once pushed, f may be stolen, run and freed
-  if (rt->push_local(*w, f) && !w->alone()) rt->wake_idle();
+  if (rt->push_local(*w, f, true) && !w->alone()) rt->wake_idle(true);
 }
 
 void after_push_global(detail::context* left, void*) noexcept {

@@ -217,6 +217,56 @@ TEST_CASE("runtime: on one worker, two yielding fibers alternate", "[runtime][yi
   CHECK(seq == expect);
 }
 
+TEST_CASE("runtime: a fiber woken by a send runs before the waker's queued fibers when it parks",
+          "[runtime][runnext]") {
+  // Go's runnext: the receiver the send wakes runs next on the sender's worker, ahead of a
+  // fiber that was queued earlier, so a producer and its consumer hand items to each other
+  // without a trip through the queue. One worker: the order is the scheduler's, not timing's.
+  std::string seq;
+  test::run_with(1, [&] {
+    rill::chan<int> ch;
+    rill::wait_group wg;
+    wg.add(2);
+    rill::go([&] {
+      seq += 'r';  // the receiver parks in recv below
+      seq += static_cast<char>('0' + *ch.recv());
+      wg.done();
+    });
+    rill::this_fiber::yield();  // the receiver runs and parks
+    rill::go([&] {
+      seq += 'q';
+      wg.done();
+    });
+    ch.send(1);  // hands 1 to the receiver and readies it
+    wg.wait();   // main parks: the receiver runs first, then the queued fiber
+  });
+  CHECK(seq == "r1q");
+}
+
+TEST_CASE("runtime: a fiber queued behind a fiber that never yields runs on another worker",
+          "[runtime][steal]") {
+  // The main fiber spawns a fiber onto its own worker, then spins without a scheduling point
+  // until that fiber has run: only another worker can run it. The other workers are asleep
+  // or watching (young fibers are left to their worker for a while); it must not matter.
+  auto workers = GENERATE(2u, 4u);
+  auto settle = GENERATE(false, true);
+  test::run_with(workers, [&] {
+    if (settle) rill::this_fiber::sleep_for(std::chrono::milliseconds(5));  // others asleep
+    for (int round = 0; round < 20; ++round) {
+      std::atomic<bool> ran{false};
+      rill::wait_group wg;
+      wg.add(1);
+      rill::go([&] {
+        ran.store(true);
+        wg.done();
+      });
+      while (!ran.load()) {
+      }
+      wg.wait();
+    }
+  });
+}
+
 TEST_CASE("runtime: yield from a plain thread returns", "[runtime][yield]") {
   rill::this_fiber::yield();
   SUCCEED();
