@@ -3,7 +3,8 @@
 // benchmarks/go/micro/main.go runs the same program (chan_pipeline3_*), so the figures
 // compare with Go's at the same GOMAXPROCS.
 //
-//   chan/pipeline3             ns per item; map is v*2+1; capacity 0, 64 and 1024
+//   chan/pipeline3             ns per item; map is v*2+1; capacity 0, 64 and 1024; 1, 2,
+//                              4, ... workers up to the core count
 //   chan/pipeline3_work1us     ns per item; map does ~1 us of CPU work (bench::heavy_map),
 //                              capacity 64: the stages have work to spread over the workers
 //   chan/pipeline3_work1us_sequential  the same work in a plain loop (the ratio's base)
@@ -17,6 +18,7 @@
 #include <cstdint>
 #include <rill/rill.hpp>
 #include <thread>
+#include <vector>
 
 #include "work.hpp"
 
@@ -111,11 +113,14 @@ void chan_pipeline3_work1us_sequential(benchmark::State& state) {
                          benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
-// 1, 2, 4, 8 workers, as far as the machine has cores.
+// 1, 2, 4, ... and the machine's core count (at least 2), as Go's WorkerCounts().
 void worker_args(benchmark::internal::Benchmark* b, bool with_cap) {
-  const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
+  const unsigned hw = std::max(2u, std::thread::hardware_concurrency());
+  std::vector<unsigned> counts;
+  for (unsigned w = 1; w < hw; w *= 2) counts.push_back(w);
+  counts.push_back(hw);
   for (const std::int64_t cap : {0, 64, 1024}) {
-    for (unsigned w = 1; w <= 8 && w <= std::max(2u, hw); w *= 2) {
+    for (unsigned w : counts) {
       if (with_cap) {
         b->Args({cap, w});
       } else {

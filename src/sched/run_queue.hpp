@@ -84,8 +84,8 @@ class run_queue {
       }
       if (head_.compare_exchange_weak(h, h + n, std::memory_order_release,
                                       std::memory_order_acquire)) {
-        front_ = t != h + n ? untag(buf_[(h + n) % capacity].load(std::memory_order_relaxed))
-                            : nullptr;
+        front_ =
+            t != h + n ? untag(buf_[(h + n) % capacity].load(std::memory_order_relaxed)) : nullptr;
         return n;
       }
     }
@@ -124,8 +124,7 @@ class run_queue {
   bool head_yielded() const noexcept {
     const std::uint32_t h = head_.load(std::memory_order_acquire);
     if (tail_.load(std::memory_order_acquire) == h) return false;
-    return reinterpret_cast<std::uintptr_t>(buf_[h % capacity].load(std::memory_order_relaxed)) &
-           1;
+    return reinterpret_cast<std::uintptr_t>(buf_[h % capacity].load(std::memory_order_relaxed)) & 1;
   }
 
   bool empty() const noexcept {

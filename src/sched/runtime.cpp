@@ -117,12 +117,12 @@ worker* current_worker() noexcept {
 namespace {
 
 constexpr std::size_t stack_cache_max = 64;
-constexpr std::int64_t fiber_credit_batch = 64;   // see count_spawn
-constexpr std::uint64_t id_block = 64;            // fiber ids a worker takes at a time
+constexpr std::int64_t fiber_credit_batch = 64;  // see count_spawn
+constexpr std::uint64_t id_block = 64;           // fiber ids a worker takes at a time
 // The spinning worker's search (spin(); "Keeping communicating fibers together").
-constexpr std::int64_t spin_ns = 20'000;        // looks in quick succession for this long,
-constexpr std::int64_t spin_look_ns = 4'000;    // one every spin_look_ns,
-constexpr std::int64_t watch_ns = 20'000;       // then one every watch_ns, asleep in between,
+constexpr std::int64_t spin_ns = 20'000;          // looks in quick succession for this long,
+constexpr std::int64_t spin_look_ns = 4'000;      // one every spin_look_ns,
+constexpr std::int64_t watch_ns = 20'000;         // then one every watch_ns, asleep in between,
 constexpr std::int64_t watch_max_ns = 1'000'000;  // or up to this when nothing was queued.
 // A queued fiber is worth moving to another worker once it has waited steal_age_ns (seen by
 // two looks), or when its queue holds steal_backlog fibers or more.
@@ -792,8 +792,8 @@ fiber* runtime::steal(worker& w, std::int64_t now, bool& queued) noexcept {
       look.next_since = now;
     }
     if (size != 0 || next) queued = true;
-    if (size != 0 && (size >= steal_backlog || now - look.since >= steal_age_ns ||
-                      v.queue.head_yielded())) {
+    if (size != 0 &&
+        (size >= steal_backlog || now - look.since >= steal_age_ns || v.queue.head_yielded())) {
       if (fiber* f = v.queue.steal_into(w.queue)) {
         w.steals.store(w.steals.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         return f;

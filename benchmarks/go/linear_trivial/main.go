@@ -1,5 +1,6 @@
 // linear_trivial: source -> map(v*2+1) -> sum, a goroutine per stage linked by channels of
-// capacity 0, 64 and 1024, with GOMAXPROCS 1 and NumCPU.  See benchmarks/compare/common/work.hpp.
+// capacity 0, 64 and 1024, with GOMAXPROCS 1, 2, 4, ..., NumCPU (rill's hand-written twin:
+// linear_trivial/rill_chan).  See benchmarks/compare/common/work.hpp.
 package main
 
 import "rillbench/internal/bench"
@@ -29,7 +30,7 @@ func run(n uint64, capacity int) uint64 {
 func main() {
 	o := bench.Parse()
 	var cases []bench.Case
-	for _, w := range o.EdgeWorkerCounts() {
+	for _, w := range o.WorkerCounts() {
 		for _, c := range bench.TrivialCaps {
 			w, c, n := w, c, o.ItemsTrivial(c)
 			name := "linear_trivial/go/" + bench.CapName(c) + "_" + bench.WorkersName(w)

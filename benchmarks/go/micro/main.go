@@ -248,16 +248,6 @@ func main() {
 		add("select_default_2empty", selN, func() { selectDefault(selN) })
 		add("select_ready_closed", selN, func() { selectReadyClosed(selN) })
 		add("select_ready_buffered", selN, func() { selectReadyBuffered(selN) })
-		for _, c := range []int{0, 64, 1024} {
-			c := c
-			n := 2_000_000 / scale
-			if c == 0 {
-				n /= 10
-			}
-			add(fmt.Sprintf("chan_pipeline3_cap%d", c), n, func() { pipeline3(c, n, false) })
-		}
-		heavyN := 20_000 / scale
-		add("chan_pipeline3_work1us_cap64", heavyN, func() { pipeline3(64, heavyN, true) })
 		// A million parked goroutines (2-3 GB) only at the largest GOMAXPROCS, and not quick.
 		counts := []int{100_000}
 		if !o.Quick && w == runtime.NumCPU() {
@@ -282,6 +272,27 @@ func main() {
 				return wake
 			}})
 		}
+	}
+	// The hand-written pipeline over every worker count (1, 2, 4, ..., NumCPU), as
+	// benchmarks/micro/pipeline_bench.cpp runs it.
+	for _, w := range o.WorkerCounts() {
+		w := w
+		add := func(what string, ops int, f func()) {
+			name := "micro/go/" + what + "_" + bench.WorkersName(w)
+			cases = append(cases, bench.Case{Name: name, Workers: w, Run: func() bench.Row {
+				return timed(name, uint64(ops), f)
+			}})
+		}
+		for _, c := range []int{0, 64, 1024} {
+			c := c
+			n := 2_000_000 / scale
+			if c == 0 {
+				n /= 10
+			}
+			add(fmt.Sprintf("chan_pipeline3_cap%d", c), n, func() { pipeline3(c, n, false) })
+		}
+		heavyN := 20_000 / scale
+		add("chan_pipeline3_work1us_cap64", heavyN, func() { pipeline3(64, heavyN, true) })
 	}
 	bench.Main("micro", o, cases)
 }
