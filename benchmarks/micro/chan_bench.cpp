@@ -46,8 +46,10 @@ void chan_pingpong(benchmark::State& state) {
 }
 
 void chan_spsc_buffered1024(benchmark::State& state) {
+  std::uint64_t steals = 0;
   rill::run(
-      [&state] {
+      [&state, &steals] {
+        const std::uint64_t before = rill::runtime_stats().steals;
         rill::chan<std::int64_t> c(1024);
         const std::int64_t n = static_cast<std::int64_t>(state.max_iterations);
         rill::go([c, n]() mutable {
@@ -58,9 +60,12 @@ void chan_spsc_buffered1024(benchmark::State& state) {
         for (auto _ : state) sum += *c.recv();
         benchmark::DoNotOptimize(sum);
         if (c.recv().has_value()) state.SkipWithError("spsc: more items than iterations");
+        steals = rill::runtime_stats().steals - before;
       },
       with_workers(state));
   state.SetItemsProcessed(state.iterations());
+  state.counters["steals_per_kitem"] =
+      static_cast<double>(steals) * 1000 / static_cast<double>(state.iterations());
 }
 
 void chan_select_default(benchmark::State& state) {
