@@ -171,6 +171,11 @@ void go_sized(std::size_t stack_size, F&& f) {
 // It goes on the calling worker's run queue. An exception escaping f terminates the
 // program with a message naming the fiber (as std::thread does). Throws std::logic_error
 // when called outside a runtime, std::bad_alloc when no stack can be had.
+// go() never parks, but it may yield: a fiber that has filled its worker's run queue lets
+// the queued fibers run before it spawns more (as Go's scheduler preempts a goroutine that
+// spawns in a loop), so a spawn loop reuses the stacks of fibers that finished instead of
+// holding a fresh one for each. Do not hold a std::mutex across go() that the new fibers
+// take.
 template <class F>
 void go(F&& f) {
   detail::go_sized(0, std::forward<F>(f));

@@ -128,6 +128,8 @@ constexpr std::int64_t watch_max_ns = 1'000'000;  // or up to this when nothing 
 // two looks), or when its queue holds steal_backlog fibers or more.
 constexpr std::int64_t steal_age_ns = 40'000;
 constexpr std::uint32_t steal_backlog = 8;
+// A fiber that spawns while its worker's queue holds this many fibers yields (fiber_start).
+constexpr std::uint32_t spawn_yield_queue = run_queue::capacity / 2;
 constexpr unsigned long watch_slack_ns = 2'000;  // a worker thread's timer slack
 // A worker about to block in epoll_wait first polls without blocking for up to this long.
 // A blocked thread's wake-up costs tens of microseconds on a virtual machine (the idle vCPU
@@ -1414,7 +1416,17 @@ void* fiber_create_in(runtime* rt, std::size_t size, std::size_t align, void (*e
   return out->closure;
 }
 
-void fiber_start(fiber* f) noexcept { f->rt->start_fiber(current_worker(), f); }
+void fiber_start(fiber* f) noexcept {
+  worker* w = current_worker();
+  f->rt->start_fiber(w, f);
+  // A fiber that has filled its worker's queue with new fibers lets them run before it
+  // spawns more (as Go's scheduler would preempt it): they then finish, or park, on stacks
+  // that are reused, instead of each spawn committing a fresh stack while the queue
+  // overflows into the global queue.
+  if (w && w->rt == f->rt && w->running() && w->queue.size() >= spawn_yield_queue) {
+    this_fiber::yield();
+  }
+}
 
 void fiber_discard(fiber* f) noexcept { f->rt->discard_fiber(f); }
 

@@ -1,5 +1,6 @@
 // Tests of the runtime: run(), go(), yield, options, stats, parallelism, stealing, and
 // fibers made ready from plain threads.
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -241,6 +242,30 @@ TEST_CASE("runtime: a fiber woken by a send runs before the waker's queued fiber
     wg.wait();   // main parks: the receiver runs first, then the queued fiber
   });
   CHECK(seq == "r1q");
+}
+
+TEST_CASE("runtime: a spawn loop lets the fibers it spawned run before it holds too many",
+          "[runtime][go]") {
+  // 100k fibers spawned at once on one worker, each finishing at once: the spawner yields
+  // when its queue is long, so the finished fibers' stacks are reused and only a bounded
+  // number are ever live (each live one would commit a stack page of its own).
+  constexpr int n = 100'000;
+  std::size_t peak_live = 0;
+  int ran = 0;
+  test::run_with(1, [&] {
+    rill::wait_group wg;
+    wg.add(n);
+    for (int i = 0; i < n; ++i) {
+      rill::go([&] {
+        ++ran;
+        wg.done();
+      });
+      peak_live = std::max(peak_live, rill::runtime_stats().live_fibers);
+    }
+    wg.wait();
+  });
+  CHECK(ran == n);
+  CHECK(peak_live <= 2048);
 }
 
 TEST_CASE("runtime: a fiber queued behind a fiber that never yields runs on another worker",
