@@ -6,7 +6,8 @@
 //   runtime/spawn_join_batches  spawn_join, each batch timed: the 10th, 50th and 90th
 //                             percentile of a batch's time, in us (with 2 workers it moves
 //                             in modes that last seconds: benchmarks/README.md)
-//   runtime/spawn_join_fresh  ns per fiber: spawn 100k at once (fresh stacks, page faults)
+//   runtime/spawn_join_fresh  ns per fiber: spawn 100k (and 1M) at once, then join, on a
+//                             fresh runtime (its stacks are new: page faults)
 //   runtime/yield             ns per yield, two fibers yielding to each other
 //   runtime/parked            bytes of RSS per parked fiber (100k and 1M), and ns per fiber
 //                             to wake and join them all: each fiber waits in a receive on
@@ -85,10 +86,10 @@ void runtime_spawn_join_batches(benchmark::State& state) {
 }
 
 void runtime_spawn_join_fresh(benchmark::State& state) {
-  constexpr int n = 100'000;
+  const int n = static_cast<int>(state.range(1));
   for (auto _ : state) {
     rill::run(
-        [] {
+        [n] {
           rill::wait_group wg;
           wg.add(n);
           for (int i = 0; i < n; ++i) rill::go([&wg] { wg.done(); });
@@ -185,7 +186,13 @@ void runtime_idle(benchmark::State& state) {
 
 BENCHMARK(runtime_spawn_join)->Arg(1)->Arg(2)->UseRealTime();
 BENCHMARK(runtime_spawn_join_batches)->Arg(1)->Arg(2)->UseRealTime();
-BENCHMARK(runtime_spawn_join_fresh)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(runtime_spawn_join_fresh)
+    ->Args({1, 100'000})
+    ->Args({2, 100'000})
+    ->Args({1, 1'000'000})
+    ->Args({2, 1'000'000})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(runtime_yield)->Arg(1)->Arg(2)->UseRealTime();
 BENCHMARK(runtime_parked)
     ->Args({1, 100'000})

@@ -238,6 +238,12 @@ func main() {
 			spawnJoin(spawnN / 10) // warm up
 			spawnJoin(spawnN)
 		})
+		// All at once, without a warm-up: runtime/spawn_join_fresh's program (rill runs it
+		// on a fresh runtime; this process may reuse the stacks of earlier cases).
+		for _, n := range []int{100_000 / scale, 1_000_000 / scale} {
+			n := n
+			add("spawn_join_at_once_"+countName(n), n, func() { spawnJoin(n) })
+		}
 		yieldN := 1_000_000 / scale
 		add("gosched_yield_pair", 2*yieldN, func() { yieldPair(yieldN) })
 		pingN := 1_000_000 / scale
