@@ -55,8 +55,19 @@ def is_rill(impl):
 
 def split_name(name, kind):
     """Returns (full name, workload, impl, config) without Google Benchmark's suffixes."""
-    parts = [p for p in name.split("/")
-             if ":" not in p and p not in ("real_time", "manual_time", "process_time")]
+    # Google Benchmark's own suffixes go; its named arguments stay, as tokens the config
+    # matches ("workers:2" -> "workers2", "cap:64" -> "cap64"): dropping them merged the 1-
+    # and 2-worker rows of a micro benchmark into one.
+    parts = []
+    for p in name.split("/"):
+        if p in ("real_time", "manual_time", "process_time"):
+            continue
+        if ":" in p:
+            key, _, value = p.partition(":")
+            if key in ("iterations", "repeats", "min_time", "threads"):
+                continue
+            p = key + value
+        parts.append(p)
     if kind == "rill_micro" and not (len(parts) >= 3 and parts[0] == "micro"):
         parts = ["micro", "rill", "/".join(parts)]
     while len(parts) < 3:
