@@ -7,7 +7,10 @@
 //                              4, ... workers up to the core count
 //   chan/pipeline3_work1us     ns per item; map does ~1 us of CPU work (bench::heavy_map),
 //                              capacity 64: the stages have work to spread over the workers
-//   chan/pipeline3_work1us_sequential  the same work in a plain loop (the ratio's base)
+//   chan/pipeline3_split1us    ns per item; the map and the sink do ~0.5 us each, capacity
+//                              64: two stages with work, which two workers can overlap
+//   chan/pipeline3_work1us_sequential  ~1 us of work per item in a plain loop (the base of
+//                              both ratios: one stage cannot go faster, two can halve it)
 //
 // steals_per_kitem: fibers that one worker took from another's queue, per 1000 items.
 //
@@ -24,11 +27,33 @@
 
 namespace {
 
+// What each item costs: v*2+1 in the map (trivial), ~1 us of work in the map (heavy), or
+// ~0.5 us in the map and ~0.5 us in the sink (split).
+enum class load { trivial, heavy, split };
+
 struct pipeline_shape {
   std::size_t cap;
   std::int64_t items;
-  bool heavy;
+  load kind;
 };
+
+std::int64_t map_fn(load kind, std::int64_t v) {
+  const auto u = static_cast<std::uint64_t>(v);
+  switch (kind) {
+    case load::trivial:
+      return v * 2 + 1;
+    case load::heavy:
+      return static_cast<std::int64_t>(bench::heavy_map(u));
+    case load::split:
+      return static_cast<std::int64_t>(bench::work(u, bench::calibrated_iters() / 2));
+  }
+  return v;
+}
+std::int64_t sink_fn(load kind, std::int64_t v) {
+  return kind == load::split ? static_cast<std::int64_t>(bench::work(static_cast<std::uint64_t>(v),
+                                                                     bench::calibrated_iters() / 2))
+                             : v;
+}
 
 std::int64_t pipeline3(const pipeline_shape& s) {
   rill::chan<std::int64_t> numbers(s.cap), results(s.cap);
@@ -38,17 +63,13 @@ std::int64_t pipeline3(const pipeline_shape& s) {
     for (std::int64_t i = 0; i < n; ++i) numbers.send(i);
     numbers.close();
   });
-  rill::go([numbers, results, heavy = s.heavy]() mutable {
-    for (std::int64_t v : numbers) {
-      results.send(heavy
-                       ? static_cast<std::int64_t>(bench::heavy_map(static_cast<std::uint64_t>(v)))
-                       : v * 2 + 1);
-    }
+  rill::go([numbers, results, kind = s.kind]() mutable {
+    for (std::int64_t v : numbers) results.send(map_fn(kind, v));
     results.close();
   });
-  rill::go([results, total]() mutable {
+  rill::go([results, total, kind = s.kind]() mutable {
     std::int64_t sum = 0;
-    for (std::int64_t v : results) sum += v;
+    for (std::int64_t v : results) sum += sink_fn(kind, v);
     total.send(sum);
   });
   return *total.recv();
@@ -56,10 +77,7 @@ std::int64_t pipeline3(const pipeline_shape& s) {
 
 std::int64_t expected(const pipeline_shape& s) {
   std::int64_t sum = 0;
-  for (std::int64_t i = 0; i < s.items; ++i) {
-    sum += s.heavy ? static_cast<std::int64_t>(bench::heavy_map(static_cast<std::uint64_t>(i)))
-                   : i * 2 + 1;
-  }
+  for (std::int64_t i = 0; i < s.items; ++i) sum += sink_fn(s.kind, map_fn(s.kind, i));
   return sum;
 }
 
@@ -90,12 +108,16 @@ void run_pipeline(benchmark::State& state, const pipeline_shape& s, unsigned wor
 void chan_pipeline3(benchmark::State& state) {
   const auto cap = static_cast<std::size_t>(state.range(0));
   // A rendezvous per item costs more: fewer items keep an iteration near 0.1 s.
-  run_pipeline(state, {cap, cap == 0 ? 200'000 : 2'000'000, false},
+  run_pipeline(state, {cap, cap == 0 ? 200'000 : 2'000'000, load::trivial},
                static_cast<unsigned>(state.range(1)));
 }
 
 void chan_pipeline3_work1us(benchmark::State& state) {
-  run_pipeline(state, {64, 20'000, true}, static_cast<unsigned>(state.range(0)));
+  run_pipeline(state, {64, 20'000, load::heavy}, static_cast<unsigned>(state.range(0)));
+}
+
+void chan_pipeline3_split1us(benchmark::State& state) {
+  run_pipeline(state, {64, 20'000, load::split}, static_cast<unsigned>(state.range(0)));
 }
 
 void chan_pipeline3_work1us_sequential(benchmark::State& state) {
@@ -141,6 +163,12 @@ BENCHMARK(chan_pipeline3)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(chan_pipeline3_work1us)
     ->Name("chan/pipeline3_work1us")
+    ->ArgName("workers")
+    ->Apply([](benchmark::internal::Benchmark* b) { worker_args(b, false); })
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(chan_pipeline3_split1us)
+    ->Name("chan/pipeline3_split1us")
     ->ArgName("workers")
     ->Apply([](benchmark::internal::Benchmark* b) { worker_args(b, false); })
     ->UseRealTime()
