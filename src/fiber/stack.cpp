@@ -153,7 +153,7 @@ stack stack_pool::allocate() {
 std::size_t stack_pool::allocate_many(stack* out, std::size_t n) {
   std::size_t got = 0;
   {
-    std::lock_guard lk(mu_);
+    lock_guard lk(mu_);
     while (got < n && !free_.empty()) {
       out[got++] = free_.back();
       free_.pop_back();
@@ -173,13 +173,13 @@ std::size_t stack_pool::allocate_many(stack* out, std::size_t n) {
 void stack_pool::release(stack s) noexcept { release_many(&s, 1); }
 
 void stack_pool::release_many(const stack* s, std::size_t n) noexcept {
-  std::lock_guard lk(mu_);
+  lock_guard lk(mu_);
   for (std::size_t i = 0; i < n; ++i) free_.push_back(s[i]);  // reserved: cannot throw
   live_ -= n;
 }
 
 std::size_t stack_pool::live() const noexcept {
-  std::lock_guard lk(mu_);
+  lock_guard lk(mu_);
   return live_;
 }
 

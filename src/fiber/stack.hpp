@@ -98,7 +98,7 @@ class stack_pool {
   // the pool's lock (lock order: the pool's lock before a slot's).
   template <class F>
   void for_each_slot(F f) {
-    std::lock_guard lk(mu_);
+    lock_guard lk(mu_);
     for (std::size_t i = 0; i < slabs_.size(); ++i) {
       const std::size_t n = i + 1 == slabs_.size() ? carved_ : per_slab_;
       for (std::size_t j = 0; j < n; ++j) f(*nth(i, j).slot());
@@ -106,9 +106,9 @@ class stack_pool {
   }
 
  private:
-  void add_slab();                               // requires mu_
-  std::size_t carve(stack* out, std::size_t n);  // requires mu_; fresh stacks of the newest slab
-  stack nth(std::size_t slab, std::size_t k) const noexcept;  // requires mu_; unguarded view
+  void add_slab() RILL_REQUIRES(mu_);
+  std::size_t carve(stack* out, std::size_t n) RILL_REQUIRES(mu_);  // fresh, of the newest slab
+  stack nth(std::size_t slab, std::size_t k) const noexcept RILL_REQUIRES(mu_);
 
   std::size_t stack_size_;
   std::size_t per_slab_;
@@ -118,26 +118,27 @@ class stack_pool {
   // full cache back). A plain std::mutex made that a futex sleep and wake, microseconds
   // each here, in some runs of every batch of spawn+join with 2 workers (210-340 ns/fiber
   // against 105-120).
-  class spin_then_block {
+  class RILL_CAPABILITY("mutex") spin_then_block {
    public:
-    void lock() noexcept {
+    void lock() noexcept RILL_ACQUIRE() {
       for (int i = 0; i < 100; ++i) {
         if (mu_.try_lock()) return;
         for (int k = 0; k < 8; ++k) __builtin_ia32_pause();
       }
       mu_.lock();
     }
-    void unlock() noexcept { mu_.unlock(); }
+    void unlock() noexcept RILL_RELEASE() { mu_.unlock(); }
 
    private:
     std::mutex mu_;
   };
   mutable spin_then_block mu_;
-  std::vector<stack> free_;                           // guarded by mu_
-  std::vector<std::pair<char*, std::size_t>> slabs_;  // guarded by mu_
-  std::size_t carved_ = 0;        // stacks of the newest slab handed out at least once; by mu_
-  std::size_t carved_total_ = 0;  // stacks of every slab handed out at least once; by mu_
-  std::size_t live_ = 0;          // guarded by mu_
+  std::vector<stack> free_ RILL_GUARDED_BY(mu_);
+  std::vector<std::pair<char*, std::size_t>> slabs_ RILL_GUARDED_BY(mu_);
+  // Stacks of the newest slab, and of every slab, handed out at least once.
+  std::size_t carved_ RILL_GUARDED_BY(mu_) = 0;
+  std::size_t carved_total_ RILL_GUARDED_BY(mu_) = 0;
+  std::size_t live_ RILL_GUARDED_BY(mu_) = 0;
 };
 
 // Process-wide count of guarded stacks, and the cap (RILL_GUARD_BUDGET overrides it).

@@ -134,7 +134,7 @@ void poller::release() noexcept {
 }
 
 poll_desc* poller::allocate() {
-  std::lock_guard lk(mu_);
+  lock_guard lk(mu_);
   if (!free_) {
     if (nchunks_ == max_chunks) throw_os_error(EMFILE, "rill: too many registered fds");
     void* mem =
@@ -205,7 +205,7 @@ void poller::finish(poll_desc* pd, bool added) noexcept {
   for (auto& d : pd->dir) d.ready = false;
   pd->mu.unlock();
   {
-    std::lock_guard lk(mu_);
+    lock_guard lk(mu_);
     pd->next_free = free_;
     free_ = pd;
   }
@@ -286,7 +286,9 @@ struct io_park {
   runtime* rt;
 };
 
-void after_io_park(context*, void* arg) noexcept {
+// io_wait()'s after-switch action: releases the descriptor's lock (not analysed: the
+// analysis cannot follow a lock through a context switch, nor therefore io_wait()).
+void after_io_park(context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
   auto* p = static_cast<io_park*>(arg);
   runtime* rt = p->rt;  // *p ends once the fiber can be woken
   p->mu->unlock();
@@ -337,7 +339,7 @@ io_status wait_thread(poll_desc& pd, std::uint32_t seq, int dir) {
 
 }  // namespace
 
-io_status io_wait(io_ref ref, int dir) {
+io_status io_wait(io_ref ref, int dir) RILL_NO_THREAD_SAFETY_ANALYSIS {
   poll_desc& pd = *ref.pd;
   fiber* self = current_fiber();
   if (!self) return wait_thread(pd, ref.seq, dir);

@@ -108,9 +108,9 @@ class poller {
   int epfd_ = -1;
   int evfd_ = -1;
   std::atomic<long> refs_{1};
-  std::mutex mu_;
-  poll_desc* free_ = nullptr;                        // guarded by mu_
-  std::uint32_t nchunks_ = 0;                        // guarded by mu_
+  mutex mu_;
+  poll_desc* free_ RILL_GUARDED_BY(mu_) = nullptr;
+  std::uint32_t nchunks_ RILL_GUARDED_BY(mu_) = 0;
   std::atomic<poll_desc*> chunks_[max_chunks] = {};  // written under mu_, read lock-free
 };
 

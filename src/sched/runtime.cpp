@@ -142,8 +142,8 @@ constexpr std::int64_t max_deadlock_recheck_ns = 200'000'000;  // see on_all_idl
 constexpr std::uint64_t chaos_yield_odds = 64;  // RILL_SCHED_SEED: yield at 1 in 64 chaos points
 
 // Every live runtime, for dumps from plain threads (the test watchdog).
-std::mutex g_runtimes_mu;
-std::vector<runtime*> g_runtimes;  // guarded by g_runtimes_mu
+mutex g_runtimes_mu;
+std::vector<runtime*> g_runtimes RILL_GUARDED_BY(g_runtimes_mu);
 
 unsigned default_workers() {
   if (const char* s = std::getenv("RILL_WORKERS")) {
@@ -403,14 +403,14 @@ runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
   idle_.reserve(cfg_.workers);
   install_segv_handler();
   {
-    std::lock_guard lk(g_runtimes_mu);
+    lock_guard lk(g_runtimes_mu);
     g_runtimes.push_back(this);
   }
   if (cfg_.watchdog_ms != 0) {
     try {
       watchdog_add(this);
     } catch (...) {
-      std::lock_guard lk(g_runtimes_mu);
+      lock_guard lk(g_runtimes_mu);
       g_runtimes.erase(std::find(g_runtimes.begin(), g_runtimes.end(), this));
       throw;
     }
@@ -428,7 +428,7 @@ runtime::~runtime() {
   // Fibers abandoned after a deadlock whose unwinding parked again: count them as leaked.
   g_abandoned_fibers.fetch_add(live_fibers_.load(), std::memory_order_relaxed);
   {
-    std::lock_guard lk(g_runtimes_mu);
+    lock_guard lk(g_runtimes_mu);
     g_runtimes.erase(std::find(g_runtimes.begin(), g_runtimes.end(), this));
   }
   for (auto& w : workers_) {
@@ -462,13 +462,13 @@ stats runtime::snapshot() noexcept {
   s.live_fibers = live > 0 ? static_cast<std::size_t>(live) : 0;  // a racy sum: never below 0
   std::size_t stacks = stacks_.live();
   {
-    std::lock_guard lk(pools_mu_);
+    lock_guard lk(pools_mu_);
     for (auto& p : more_stacks_) stacks += p->live();
   }
   const std::size_t idle = cached + static_cast<std::size_t>(retiring > 0 ? retiring : 0);
   s.live_stacks = stacks > idle ? stacks - idle : 0;
   {
-    std::lock_guard lk(timer_mu_);
+    lock_guard lk(timer_mu_);
     s.pending_timers = timer_count_;
   }
   s.workers = workers();
@@ -478,7 +478,7 @@ stats runtime::snapshot() noexcept {
 stack_pool& runtime::pool_for(std::size_t size) {
   const std::size_t rounded = stack_pool::rounded_size(size);
   if (size <= stacks_.stack_size() || rounded == stacks_.stack_size()) return stacks_;
-  std::lock_guard lk(pools_mu_);
+  lock_guard lk(pools_mu_);
   for (auto& p : more_stacks_) {
     if (p->stack_size() == rounded) return *p;
   }
@@ -489,7 +489,7 @@ stack_pool& runtime::pool_for(std::size_t size) {
 
 stack_pool& runtime::pool_of(const stack& s) noexcept {
   if (s.size == stacks_.stack_size()) return stacks_;
-  std::lock_guard lk(pools_mu_);
+  lock_guard lk(pools_mu_);
   for (auto& p : more_stacks_) {
     if (p->stack_size() == s.size) return *p;
   }
@@ -693,7 +693,7 @@ void runtime::for_each_fiber(F fn) {
     if (void* f = s.owner.load(std::memory_order_acquire)) fn(static_cast<fiber*>(f));
   };
   stacks_.for_each_slot(visit);
-  std::lock_guard lk(pools_mu_);
+  lock_guard lk(pools_mu_);
   for (auto& p : more_stacks_) p->for_each_slot(visit);
 }
 
@@ -706,50 +706,43 @@ void runtime::ready_outside(fiber* f) noexcept {
   outside_readies_.fetch_sub(1, std::memory_order_release);
 }
 
+void runtime::gq_append(fiber* f) noexcept {
+  f->next = nullptr;
+  if (gq_tail_) {
+    gq_tail_->next = f;
+  } else {
+    gq_head_ = f;
+  }
+  gq_tail_ = f;
+}
+
 void runtime::push_overflow(worker& w, fiber* f) noexcept {
   // Half the local queue moves to the global queue (Go's runqputslow), in chunks: this runs
   // on a fiber's stack, which may be small.
-  auto append = [this](fiber* g) {  // requires gq_mu_
-    g->next = nullptr;
-    if (gq_tail_) {
-      gq_tail_->next = g;
-    } else {
-      gq_head_ = g;
-    }
-    gq_tail_ = g;
-  };
   fiber* chunk[32];
   std::uint32_t moved = 0;
-  std::lock_guard lk(gq_mu_);
+  lock_guard lk(gq_mu_);
   while (moved < run_queue::capacity / 2) {
     const std::uint32_t n = w.queue.take_half(chunk, 32);
     if (n == 0) break;
-    for (std::uint32_t i = 0; i < n; ++i) append(chunk[i]);
+    for (std::uint32_t i = 0; i < n; ++i) gq_append(chunk[i]);
     moved += n;
   }
-  append(f);
+  gq_append(f);
   gq_size_.fetch_add(moved + 1, std::memory_order_release);
 }
 
 void runtime::push_global(fiber* f) noexcept {
-  f->next = nullptr;
-  {
-    std::lock_guard lk(gq_mu_);
-    if (gq_tail_) {
-      gq_tail_->next = f;
-    } else {
-      gq_head_ = f;
-    }
-    gq_tail_ = f;
-    gq_size_.fetch_add(1, std::memory_order_release);
-  }
+  lock_guard lk(gq_mu_);
+  gq_append(f);
+  gq_size_.fetch_add(1, std::memory_order_release);
 }
 
 // pop_global() takes a fair share of the global queue: one to run, some more into w's
 // local queue.
 fiber* runtime::pop_global(worker& w) noexcept {
   if (gq_size_.load(std::memory_order_acquire) == 0) return nullptr;
-  std::lock_guard lk(gq_mu_);
+  lock_guard lk(gq_mu_);
   std::uint32_t size = gq_size_.load(std::memory_order_relaxed);
   if (size == 0) return nullptr;
   std::uint32_t n = std::min<std::uint32_t>(size / workers() + 1, run_queue::capacity / 2);
@@ -911,7 +904,7 @@ void runtime::wake_idle(bool outside) noexcept {
   if (nidle_.load(std::memory_order_seq_cst) == 0) return;
   std::uint32_t zero = 0;
   if (!nspinning_.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) return;
-  std::lock_guard lk(idle_mu_);
+  lock_guard lk(idle_mu_);
   if (idle_.empty()) {
     nspinning_.fetch_sub(1, std::memory_order_seq_cst);
     return;
@@ -940,7 +933,7 @@ void runtime::stop_spinning(worker& w) noexcept {
 void runtime::begin_shutdown() noexcept {
   shutdown_.store(true, std::memory_order_seq_cst);
   kick_watcher();
-  std::lock_guard lk(idle_mu_);
+  lock_guard lk(idle_mu_);
   while (!idle_.empty()) wake_worker_locked(*idle_.back(), false);
 }
 
@@ -994,7 +987,7 @@ void runtime::park_worker(worker& w) {
   }
   bool all_idle = false;
   {
-    std::lock_guard lk(idle_mu_);
+    lock_guard lk(idle_mu_);
     if (shutdown_.load(std::memory_order_acquire) || gq_size_.load() != 0) return;
     w.in_idle = true;
     w.wake_spinning = false;
@@ -1007,7 +1000,7 @@ void runtime::park_worker(worker& w) {
   }
   std::atomic_thread_fence(std::memory_order_seq_cst);
   auto leave_idle = [&]() {  // true if we took ourselves off idle_ (nobody is waking us)
-    std::lock_guard lk(idle_mu_);
+    lock_guard lk(idle_mu_);
     if (!w.in_idle) return false;
     idle_.erase(std::find(idle_.begin(), idle_.end(), &w));
     w.in_idle = false;
@@ -1034,7 +1027,7 @@ void runtime::park_worker(worker& w) {
     poller* p = poller_.load(std::memory_order_acquire);
     const bool io = p && io_waiters.load(std::memory_order_seq_cst) > 0;
     {
-      std::lock_guard lk(idle_mu_);
+      lock_guard lk(idle_mu_);
       poll_waking_.store(false, std::memory_order_relaxed);
       is_sleeper = timer_sleeper_ == &w;
       if (!is_sleeper && w.in_idle) {
@@ -1076,7 +1069,7 @@ void runtime::park_worker(worker& w) {
       // Drain before giving up the role: a later poller's wake-up is never consumed here.
       if (fd_woken) p->drain_wakeup();
       {
-        std::lock_guard lk(idle_mu_);
+        lock_guard lk(idle_mu_);
         w.polling = false;  // from here on, nobody writes the eventfd for us
         poll_sleeping_.store(false, std::memory_order_seq_cst);
         if (timer_sleeper_ && timer_sleeper_ != &w && io_waiters.load() > 0) {
@@ -1100,7 +1093,7 @@ void runtime::park_worker(worker& w) {
     }
   }
   if (woken) {
-    std::lock_guard lk(idle_mu_);
+    lock_guard lk(idle_mu_);
     if (w.wake_spinning) {
       w.spinning = true;  // the waker counted us in nspinning_
       w.wake_spinning = false;
@@ -1117,7 +1110,7 @@ void runtime::park_worker(worker& w) {
 
 poller* runtime::io_poller() {
   if (poller* p = poller_.load(std::memory_order_acquire)) return p;
-  std::lock_guard lk(poller_mu_);
+  lock_guard lk(poller_mu_);
   poller* p = poller_.load(std::memory_order_relaxed);
   if (!p) {
     p = new poller(this);
@@ -1133,7 +1126,7 @@ void runtime::io_parking(worker& w) noexcept {
     return;  // somebody polls, or will soon
   }
   if (!w.running()) return;  // w goes back to its scheduler loop, which polls
-  std::lock_guard lk(idle_mu_);
+  lock_guard lk(idle_mu_);
   if (poll_sleeping_.load(std::memory_order_relaxed) || idle_.empty()) return;
   poll_waking_.store(true, std::memory_order_relaxed);
   wake_worker_locked(timer_sleeper_ ? *timer_sleeper_ : *idle_.back(), false);
@@ -1176,7 +1169,7 @@ bool runtime::may_act(bool self) noexcept {
 // others_may_act(): some other runtime of the process may act (see may_act()); else adds
 // up their wake-up epochs in `epochs`, for the caller to compare across its grace period.
 bool runtime::others_may_act(std::uint64_t& epochs) noexcept {
-  std::lock_guard lk(g_runtimes_mu);
+  lock_guard lk(g_runtimes_mu);
   for (runtime* rt : g_runtimes) {
     if (rt == this) continue;
     if (rt->may_act(false)) return true;
@@ -1224,7 +1217,7 @@ void runtime::on_all_idle(worker& w) {
     before = after;
   }
   {
-    std::lock_guard lk(idle_mu_);
+    lock_guard lk(idle_mu_);
     if (!w.in_idle || idle_epoch_.load() != epoch || may_act(true) ||
         g_external_waiters.load() != 0 || shutdown_.load() || !watches_deadlock()) {
       return;
@@ -1262,7 +1255,7 @@ bool runtime::declare_deadlock() {
   if (victims.empty()) return false;  // only fibers that parked again while unwinding
   std::string msg = "rill: deadlock: all fibers are asleep\n" + dump();
   {
-    std::lock_guard lk(deadlock_mu_);
+    lock_guard lk(deadlock_mu_);
     deadlock_ = std::make_exception_ptr(deadlock_error(msg));
   }
   for (fiber* f : victims) {
@@ -1276,7 +1269,7 @@ bool runtime::declare_deadlock() {
 }
 
 std::exception_ptr runtime::last_deadlock() {
-  std::lock_guard lk(deadlock_mu_);
+  lock_guard lk(deadlock_mu_);
   return deadlock_;
 }
 
@@ -1558,7 +1551,7 @@ stats runtime_stats() noexcept {
 stats global_stats() noexcept {
   stats s;
   {
-    std::lock_guard lk(detail::g_runtimes_mu);
+    detail::lock_guard lk(detail::g_runtimes_mu);
     for (detail::runtime* rt : detail::g_runtimes) {
       const stats r = rt->snapshot();
       s.live_fibers += r.live_fibers;
@@ -1574,7 +1567,7 @@ stats global_stats() noexcept {
 
 std::string dump_fibers() {
   if (detail::worker* w = detail::current_worker()) return w->rt->dump();
-  std::lock_guard lk(detail::g_runtimes_mu);
+  detail::lock_guard lk(detail::g_runtimes_mu);
   std::string out;
   for (detail::runtime* rt : detail::g_runtimes) out += rt->dump();
   return out;

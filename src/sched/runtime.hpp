@@ -168,6 +168,7 @@ class runtime {
   // `yielded`: f yields (see run_queue::push).
   inline bool push_local(worker& w, fiber* f, bool yielded = false) noexcept;
   void push_global(fiber* f) noexcept;
+  void gq_append(fiber* f) noexcept RILL_REQUIRES(gq_mu_);  // at the global queue's tail
   // wake_idle(): wake an idle worker if none is spinning. `outside`: the work came from
   // outside the worker's own fibers (another thread, the network), and a watching spinner
   // is woken to look at once (see runtime.cpp, "Keeping communicating fibers together").
@@ -178,9 +179,9 @@ class runtime {
   bool cancel(timer& t) noexcept;
   void rearm(timer& t, std::int64_t when) noexcept;  // only from inside t.fire()
   void run_due_timers(worker& w) noexcept;
-  void drop_timers() noexcept;          // at the end of run(): drop() every timer still armed
-  void heap_insert(timer& t) noexcept;  // requires timer_mu_
-  void heap_remove(timer& t) noexcept;  // requires timer_mu_; t is in the heap
+  void drop_timers() noexcept;  // at the end of run(): drop() every timer still armed
+  void heap_insert(timer& t) noexcept RILL_REQUIRES(timer_mu_);
+  void heap_remove(timer& t) noexcept RILL_REQUIRES(timer_mu_);  // t is in the heap
 
   // create_fiber(): w is the calling worker of this runtime, or nullptr from outside.
   // `stack_size`: bytes of stack at least (0, or at most the runtime's: the runtime's).
@@ -252,9 +253,9 @@ class runtime {
   bool others_may_act(std::uint64_t& epochs) noexcept;
   void stop_spinning(worker& w) noexcept;
   void park_worker(worker& w);
-  fiber* poll_io(worker& w) noexcept;                          // non-blocking poll; runs the first
-  void inject(worker& w, fiber** fs, int n) noexcept;          // queue fibers made ready by I/O
-  void wake_worker_locked(worker& w, bool spinning) noexcept;  // requires idle_mu_
+  fiber* poll_io(worker& w) noexcept;                  // non-blocking poll; runs the first
+  void inject(worker& w, fiber** fs, int n) noexcept;  // queue fibers made ready by I/O
+  void wake_worker_locked(worker& w, bool spinning) noexcept RILL_REQUIRES(idle_mu_);
   void begin_shutdown() noexcept;
   void on_all_idle(worker& w);
   // watches_deadlock(): deadlock detection is on: by the runtime's options, or (the default
@@ -278,39 +279,39 @@ class runtime {
   std::uint64_t chaos_ = 0;  // RILL_SCHED_SEED: random schedule perturbation when != 0
   std::vector<std::unique_ptr<worker>> workers_;
   stack_pool stacks_;
-  std::mutex pools_mu_;                                   // outside every other lock but
-  std::vector<std::unique_ptr<stack_pool>> more_stacks_;  // the watchdog's; by pools_mu_
+  mutex pools_mu_;  // outside every other lock but the watchdog's
+  std::vector<std::unique_ptr<stack_pool>> more_stacks_ RILL_GUARDED_BY(pools_mu_);
 
   // Lock order (outer first): a channel's or wait queue's lock -> timer_mu_ -> idle_mu_ ->
   // gq_mu_ -> pools_mu_ -> the stack pool's lock -> a stack slot's lock (the registry). The
   // watchdog's lock comes before pools_mu_ and is taken with no runtime lock held. Nothing is held
   // across a context switch except what an after-switch action releases.
-  std::mutex gq_mu_;
-  fiber* gq_head_ = nullptr;  // guarded by gq_mu_
-  fiber* gq_tail_ = nullptr;  // guarded by gq_mu_
+  mutex gq_mu_;
+  fiber* gq_head_ RILL_GUARDED_BY(gq_mu_) = nullptr;
+  fiber* gq_tail_ RILL_GUARDED_BY(gq_mu_) = nullptr;
   std::atomic<std::uint32_t> gq_size_{0};
 
-  std::mutex idle_mu_;
-  std::vector<worker*> idle_;  // guarded by idle_mu_
+  mutex idle_mu_;
+  std::vector<worker*> idle_ RILL_GUARDED_BY(idle_mu_);
   std::atomic<std::uint32_t> nidle_{0};
   std::atomic<std::uint32_t> nspinning_{0};
   std::atomic<std::uint64_t> idle_epoch_{0};  // bumped whenever an idle worker is woken
   std::atomic<worker*> watcher_{nullptr};     // the spinning worker asleep in its watch
-  worker* timer_sleeper_ = nullptr;           // guarded by idle_mu_
+  worker* timer_sleeper_ RILL_GUARDED_BY(idle_mu_) = nullptr;
   // The netpoller. The timer sleeper blocks in its epoll_wait (w.polling) instead of its
   // futex while fibers wait on I/O; poll_sleeping_: a worker is inside that epoll_wait
   // (at most one; written under idle_mu_); poll_waking_: an idle worker was woken to take
   // that role.
   std::atomic<poller*> poller_{nullptr};
-  std::mutex poller_mu_;  // creation only
+  mutex poller_mu_;  // creation only
   std::atomic<bool> poll_sleeping_{false};
   std::atomic<bool> poll_waking_{false};
   std::atomic<bool> shutdown_{false};
-  bool deadlock_declared_ = false;  // guarded by idle_mu_
+  bool deadlock_declared_ RILL_GUARDED_BY(idle_mu_) = false;
 
-  std::mutex timer_mu_;
-  timer* timer_root_ = nullptr;  // guarded by timer_mu_: a pairing heap on `when`
-  std::size_t timer_count_ = 0;  // guarded by timer_mu_
+  mutex timer_mu_;
+  timer* timer_root_ RILL_GUARDED_BY(timer_mu_) = nullptr;  // a pairing heap on `when`
+  std::size_t timer_count_ RILL_GUARDED_BY(timer_mu_) = 0;
   std::atomic<std::int64_t> next_deadline_{INT64_MAX};
 
   std::atomic<std::int64_t> live_fibers_{0};
@@ -318,8 +319,8 @@ class runtime {
   std::atomic<std::int64_t> retiring_stacks_{0};
   std::atomic<std::uint64_t> next_id_{1};
   std::exception_ptr main_exception_;  // written by the main fiber before it finishes
-  std::mutex deadlock_mu_;             // a leaf lock
-  std::exception_ptr deadlock_;        // guarded by deadlock_mu_
+  mutex deadlock_mu_;                  // a leaf lock
+  std::exception_ptr deadlock_ RILL_GUARDED_BY(deadlock_mu_);
   // Outside threads (the blocking pool, a plain thread closing a socket or sending on a
   // channel) inside ready(): the fiber they ready may finish the runtime before ready()
   // returns, so the destructor waits for them.

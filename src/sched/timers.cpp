@@ -89,7 +89,7 @@ void runtime::heap_remove(timer& t) noexcept {  // requires timer_mu_; t is in t
 void runtime::arm(timer& t) noexcept {
   bool earliest = false;
   {
-    std::lock_guard lk(timer_mu_);
+    lock_guard lk(timer_mu_);
     if (t.state.load(std::memory_order_relaxed) == timer_state::cancelled) return;
     t.state.store(timer_state::armed, std::memory_order_relaxed);
     heap_insert(t);
@@ -100,7 +100,7 @@ void runtime::arm(timer& t) noexcept {
     // A watching spinner sleeps until its next look or the old deadline: kick it too.
     std::atomic_thread_fence(std::memory_order_seq_cst);
     kick_watcher();
-    std::lock_guard lk(idle_mu_);
+    lock_guard lk(idle_mu_);
     if (timer_sleeper_) {
       wake_worker_locked(*timer_sleeper_, false);
     } else if (!idle_.empty() && nspinning_.load() == 0) {
@@ -110,7 +110,7 @@ void runtime::arm(timer& t) noexcept {
 }
 
 void runtime::rearm(timer& t, std::int64_t when) noexcept {
-  std::lock_guard lk(timer_mu_);
+  lock_guard lk(timer_mu_);
   t.when = when;
   t.state.store(timer_state::armed, std::memory_order_release);
   heap_insert(t);
@@ -118,23 +118,24 @@ void runtime::rearm(timer& t, std::int64_t when) noexcept {
 
 bool runtime::cancel(timer& t) noexcept {
   for (;;) {
-    std::unique_lock lk(timer_mu_);
-    switch (t.state.load(std::memory_order_relaxed)) {
-      case timer_state::idle:
-        t.state.store(timer_state::cancelled, std::memory_order_relaxed);
-        return true;
-      case timer_state::armed:
-        heap_remove(t);
-        t.state.store(timer_state::cancelled, std::memory_order_relaxed);
-        return true;
-      case timer_state::cancelled:
-        return true;
-      case timer_state::done:
-        return false;
-      case timer_state::firing:
-        break;
+    {
+      lock_guard lk(timer_mu_);
+      switch (t.state.load(std::memory_order_relaxed)) {
+        case timer_state::idle:
+          t.state.store(timer_state::cancelled, std::memory_order_relaxed);
+          return true;
+        case timer_state::armed:
+          heap_remove(t);
+          t.state.store(timer_state::cancelled, std::memory_order_relaxed);
+          return true;
+        case timer_state::cancelled:
+          return true;
+        case timer_state::done:
+          return false;
+        case timer_state::firing:
+          break;
+      }
     }
-    lk.unlock();
     // A worker is running fire(); it ends in done, or armed again for a periodic timer.
     while (t.state.load(std::memory_order_acquire) == timer_state::firing) {
       std::this_thread::yield();
@@ -143,7 +144,7 @@ bool runtime::cancel(timer& t) noexcept {
 }
 
 void runtime::drop_timers() noexcept {
-  std::lock_guard lk(timer_mu_);
+  lock_guard lk(timer_mu_);
   while (timer* t = timer_root_) {
     heap_remove(*t);
     t->state.store(timer_state::cancelled, std::memory_order_relaxed);
@@ -157,7 +158,7 @@ void runtime::run_due_timers(worker& w) noexcept {
   for (;;) {
     timer* t;
     {
-      std::lock_guard lk(timer_mu_);
+      lock_guard lk(timer_mu_);
       t = timer_root_;
       if (!t || t->when > now) break;
       heap_remove(*t);

@@ -35,7 +35,7 @@ inline park_hooks* armed_park_hooks() noexcept {
 }
 // flush_before_park(lk): for an operation that decided to park under lk: if hooks are armed,
 // drops lk, runs them, retakes lk and returns true (decide again); else false (park).
-inline bool flush_before_park(spinlock& lk) noexcept {
+inline bool flush_before_park(spinlock& lk) noexcept RILL_REQUIRES(lk) {
   park_hooks* h = armed_park_hooks();
   if (!h) [[likely]]
     return false;
@@ -51,11 +51,11 @@ inline void flush_before_park() noexcept {
 }
 
 void park_fiber_aborted(fiber* self);  // throws fiber_aborted, or parks for good
-void park_thread(waiter& w, spinlock& lk);
+void park_thread(waiter& w, spinlock& lk) RILL_RELEASE(lk);
 // throw_unless_unwinding(): park() in a fiber the runtime has aborted after a deadlock.
 // Not unwinding: takes w off `list`, releases lk and throws fiber_aborted. Unwinding (a
 // destructor that waits): returns, and the fiber parks as usual.
-void throw_unless_unwinding(waiter& w, spinlock& lk, wait_list& list);
+void throw_unless_unwinding(waiter& w, spinlock& lk, wait_list& list) RILL_REQUIRES(lk);
 void unpark_thread(waiter& w) noexcept;
 
 // park_fiber() parks `self` (the calling fiber): records why, switches out, runs
@@ -81,14 +81,20 @@ inline void park_fiber(fiber* self, wait_reason why, const void* object, after_s
   park_fiber(self, current_worker(), why, object, after, after_arg, cancel, cancel_arg);
 }
 
-inline void after_unlock(context*, void* arg) noexcept { static_cast<spinlock*>(arg)->unlock(); }
+// after_unlock: park()'s after-switch action, which releases the lock park() was given
+// (the analysis cannot follow a lock through a context switch).
+inline void after_unlock(context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
+  static_cast<spinlock*>(arg)->unlock();
+}
 
 // park() parks the caller (fiber or plain thread) until unpark(w) is called. `lk` is held
 // by the caller, and w is already on `list`, guarded by lk; park() releases lk once the
 // caller is parked (for a fiber: after its context is saved) and returns with lk released.
 // If the runtime aborts the fiber after a deadlock, it takes w off `list` (under lk) and
 // park() throws fiber_aborted.
-inline void park(waiter& w, spinlock& lk, wait_list& list, wait_reason why, const void* object) {
+// (Not analysed: in a fiber, lk is released by the after-switch action.)
+inline void park(waiter& w, spinlock& lk, wait_list& list, wait_reason why, const void* object)
+    RILL_RELEASE(lk) RILL_NO_THREAD_SAFETY_ANALYSIS {
   worker* wk = current_worker();
   fiber* self = wk ? wk->running() : nullptr;
   if (!self) {

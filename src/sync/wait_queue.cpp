@@ -15,7 +15,9 @@ void park_thread(waiter& w, spinlock& lk) {
   while (w.futex.load(std::memory_order_acquire) == 0) futex_wait(w.futex, 0);
 }
 
-void throw_unless_unwinding(waiter& w, spinlock& lk, wait_list& list) {
+// Not analysed: it releases lk only on the path that throws.
+void throw_unless_unwinding(waiter& w, spinlock& lk,
+                            wait_list& list) RILL_NO_THREAD_SAFETY_ANALYSIS {
   // lk is held: w was put on `list` under it, so no waker can have taken w yet.
   if (std::uncaught_exceptions() == 0) {
     list.remove(&w);

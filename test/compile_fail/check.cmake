@@ -1,8 +1,8 @@
 # cmake -DCXX=<compiler> -DINCLUDE=<dir> -DSRC=<cases.cpp> -DCASE=<n> [-DEXPECT=<regex>]
-#       -P check.cmake
+#       [-DFLAGS=<flag;flag>] -P check.cmake
 # Without EXPECT: CASE must compile. With EXPECT: it must fail with exactly one error, and
 # that error must match EXPECT.
-execute_process(COMMAND ${CXX} -std=c++20 -fsyntax-only -DCASE=${CASE} -I${INCLUDE} ${SRC}
+execute_process(COMMAND ${CXX} -std=c++20 -fsyntax-only ${FLAGS} -DCASE=${CASE} -I${INCLUDE} ${SRC}
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
 if(NOT DEFINED EXPECT)
   if(NOT rc STREQUAL "0")

@@ -57,8 +57,8 @@ class chan_core {
   bool try_send(void* src);
   // send_with_lock()/recv_with_lock(): send()/recv() for a caller that holds mu_ already
   // (an inline fast path that found it could not finish; they release mu_).
-  void send_with_lock(void* src);
-  bool recv_with_lock(void* opt);
+  void send_with_lock(void* src) RILL_RELEASE(mu_);
+  bool recv_with_lock(void* opt) RILL_RELEASE(mu_);
 
   // The inline fast path of a buffered channel of a trivially copyable T (chan<T> uses it):
   // a value that goes to, or comes from, the ring buffer with nobody to hand over to is
@@ -124,8 +124,13 @@ class chan_core {
   bool is_closed() const noexcept { return closed_.load(std::memory_order_relaxed); }
   // recv_ready()/send_ready(): the operation would not park (it may still fail: a queued
   // waiter may belong to a select that another case already won). Under mu_, or in a probe.
-  bool recv_ready() const noexcept { return count() > 0 || !sendq_.empty() || is_closed(); }
-  bool send_ready() const noexcept { return is_closed() || count() < cap_ || !recvq_.empty(); }
+  // (Not analysed: a probe reads the queues without the lock, validated by mu_'s sequence.)
+  bool recv_ready() const noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
+    return count() > 0 || !sendq_.empty() || is_closed();
+  }
+  bool send_ready() const noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
+    return is_closed() || count() < cap_ || !recvq_.empty();
+  }
   // probe_recv()/probe_send(): lock-free; 1 ready, 0 not ready (both at one instant during
   // the call), -1 unknown (the channel was locked or changed meanwhile).
   int probe_recv() const noexcept {
@@ -138,9 +143,10 @@ class chan_core {
     const bool r = send_ready();
     return mu_.read_valid(v) ? r : -1;
   }
-  std::size_t head_ = 0;  // guarded by mu_: next slot to receive from, < cap_ (0 if cap_ is 0)
-  wait_list recvq_;       // guarded by mu_
-  wait_list sendq_;       // guarded by mu_
+  // head_: the next slot to receive from, < cap_ (0 if cap_ is 0).
+  std::size_t head_ RILL_GUARDED_BY(mu_) = 0;
+  wait_list recvq_ RILL_GUARDED_BY(mu_);
+  wait_list sendq_ RILL_GUARDED_BY(mu_);
   const chan_ops* ops_ = nullptr;
   std::atomic<long> refs_{1};
   char* buf_ = nullptr;
@@ -148,12 +154,12 @@ class chan_core {
 
   std::size_t elem_size_ = 0;  // ops_->size, kept here: one load less per buffered op
   // slot(k): the k-th buffered value from the head, k <= cap_ (no division: head_ < cap_).
-  char* slot(std::size_t k) const noexcept {
+  char* slot(std::size_t k) const noexcept RILL_REQUIRES(mu_) {
     std::size_t i = head_ + k;
     if (i >= cap_) i -= cap_;
     return buf_ + i * elem_size_;
   }
-  void advance_head() noexcept {
+  void advance_head() noexcept RILL_REQUIRES(mu_) {
     if (++head_ == cap_) head_ = 0;
   }
 };

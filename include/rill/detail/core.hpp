@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <exception>
 
+#include "rill/detail/thread_safety.hpp"
+
 namespace rill {
 enum class wait_reason : std::uint8_t;
 }
@@ -143,15 +145,15 @@ extern std::atomic<bool> g_chaos;
 // ring of 1024 items under the lock, filled then drained, took 11.7 ns per item against
 // 5.7 (a compare-exchange whose operands come from a load of the word that the last unlock
 // stored waits on that store).
-class spinlock {
+class RILL_CAPABILITY("spinlock") spinlock {
  public:
-  void lock() noexcept {
+  void lock() noexcept RILL_ACQUIRE() {
     while (held_.exchange(1, std::memory_order_acquire) != 0) {
       while (held_.load(std::memory_order_relaxed) != 0) __builtin_ia32_pause();
     }
     begin_write();
   }
-  bool try_lock() noexcept {
+  bool try_lock() noexcept RILL_TRY_ACQUIRE(true) {
     if (held_.load(std::memory_order_relaxed) != 0 ||
         held_.exchange(1, std::memory_order_acquire) != 0) {
       return false;
@@ -159,7 +161,7 @@ class spinlock {
     begin_write();
     return true;
   }
-  void unlock() noexcept {
+  void unlock() noexcept RILL_RELEASE() {
     seq_.store(seq_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
     held_.store(0, std::memory_order_release);
   }
