@@ -10,18 +10,18 @@ extern "C" __cxa_eh_globals* __cxa_get_globals() noexcept;
 }  // namespace __cxxabiv1
 
 // The switch itself. Boost.Context's jump_fcontext also saves and restores MXCSR and the
-// x87 control word; on this machine (AMD EPYC, KVM) stmxcsr/ldmxcsr/fnstcw/fldcw made a
-// switch cost 7.5 ns instead of 3. rill_jump_fcontext keeps Boost's frame layout and skips
-// those two words: the floating-point control state belongs to the worker thread, not to
-// the fiber, as in Go (see include/rill/fiber.hpp). Frame, from the saved stack pointer
-// up: 0x00 MXCSR/x87 (unused here), 0x08 r12, 0x10 r13, 0x18 r14, 0x20 r15, 0x28 rbx,
-// 0x30 rbp, 0x38 return address.
+// x87 control word; stmxcsr/ldmxcsr/fnstcw/fldcw cost more than the rest of the switch
+// (benchmarks/README.md, "Figures behind design choices"). rill_jump_fcontext keeps Boost's frame
+// layout and skips those two words: the floating-point control state belongs to the worker thread,
+// not to the fiber, as in Go (see include/rill/fiber.hpp). Frame, from the saved stack pointer up:
+// 0x00 MXCSR/x87 (unused here), 0x08 r12, 0x10 r13, 0x18 r14, 0x20 r15, 0x28 rbx, 0x30 rbp, 0x38
+// return address.
 //
 // How the jump leaves matters as much as what it saves. The call into the jump pushed a
 // return-stack-buffer entry. Boost pops the return address and leaves with an indirect
 // jmp, which never pops that entry: the resumed fiber's next return then mispredicts. So
-// a suspended context is resumed with ret (a yield between two fibers: 22.8 -> 11.4 ns
-// here).
+// a suspended context is resumed with ret, which halved the cost of a yield between two
+// fibers.
 //
 // A fiber that has not started has no frame (make_context() in context.hpp): its context
 // is the address of one word, just below its stack top, that holds its entry function,

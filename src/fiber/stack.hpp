@@ -115,9 +115,8 @@ class stack_pool {
   // The pool's mutex spins a little before it sleeps: its critical sections are short
   // (a batch of 32 stacks) except when a slab is carved, and two workers trade stacks
   // through it all the time (one spawns, the other finishes what it stole and gives its
-  // full cache back). A plain std::mutex made that a futex sleep and wake, microseconds
-  // each here, in some runs of every batch of spawn+join with 2 workers (210-340 ns/fiber
-  // against 105-120).
+  // full cache back). A plain std::mutex made that a futex sleep and wake, slow on a virtual
+  // machine, in some runs of every batch of spawn+join with 2 workers, doubling its cost.
   class RILL_CAPABILITY("mutex") spin_then_block {
    public:
     void lock() noexcept RILL_ACQUIRE() {

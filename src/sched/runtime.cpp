@@ -12,7 +12,7 @@
 //     the rest of the queue is not starved.
 //   - the local run_queue (1024 slots, lock-free, others steal half of it; Go has 256,
 //     but a burst of spawns that overflows it pays for the global queue's mutex and a walk
-//     through cold fiber records: 1000 spawns+joins took 137 ns each with 256, 99 with 1024);
+//     through cold fiber records, which made spawn+join in batches of 1000 slower);
 //   - the global queue (mutex), for overflow and for fibers readied from outside threads;
 //     checked every 61 scheduling ticks so nothing starves in it.
 //
@@ -132,10 +132,10 @@ constexpr std::uint32_t steal_backlog = 8;
 constexpr std::uint32_t spawn_yield_queue = run_queue::capacity / 2;
 constexpr unsigned long watch_slack_ns = 2'000;  // a worker thread's timer slack
 // A worker about to block in epoll_wait first polls without blocking for up to this long.
-// A blocked thread's wake-up costs tens of microseconds on a virtual machine (the idle vCPU
-// halts and must be woken by an interrupt): a request-response peer usually answers within
-// that time, and one connection's round trip then took 3x Go's. Bounded per idle period,
-// so an idle runtime still sleeps.
+// A blocked thread's wake-up is slow on a virtual machine (the idle vCPU halts and must be
+// woken by an interrupt): a request-response peer usually answers sooner, and without the
+// spin one connection's round trip was several times Go's. Bounded per idle period, so an
+// idle runtime still sleeps.
 constexpr std::int64_t io_spin_ns = 50'000;
 constexpr std::int64_t deadlock_grace_ns = 20'000'000;
 constexpr std::int64_t max_deadlock_recheck_ns = 200'000'000;  // see on_all_idle

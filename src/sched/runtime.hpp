@@ -334,8 +334,8 @@ class runtime {
 // switch on another thread, so every read must be a fresh one (the QEMU coroutine rule;
 // research/reliability.md). On x86-64 ELF it is one volatile asm (the initial-exec load
 // through %fs, which the compiler can neither cache nor merge); elsewhere a noinline
-// accessor, recomputed on every call. (The call cost a yield 2 ns, 20.9 -> 18.8: it stands
-// between the mispredicted return of the previous switch and the first load of the next.)
+// accessor, recomputed on every call. (A call would slow every yield: it stands between
+// the mispredicted return of the previous switch and the first load of the next.)
 }  // namespace rill::detail
 #if defined(__x86_64__) && defined(__ELF__)
 #define RILL_INLINE_CURRENT_WORKER 1

@@ -84,7 +84,7 @@ void after_park(context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
   // return, ending *p. Arm only after unlocking: arm() may wake a worker (a syscall), and
   // the woken thread may preempt this one while it still holds the channel spinlocks; the
   // select, readied by its timer, then spun on them for the rest of a time slice (a
-  // 10 us timeout took ~10 ms on a loaded 2-core machine). A select woken before the arm
+  // microsecond timeout took a whole time slice on a loaded machine). A select woken before the arm
   // has cancelled the timer, and arm() then leaves it alone.
   auto* p = static_cast<parked_select*>(arg);
   select_timer* tm = p->tm;
