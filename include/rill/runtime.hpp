@@ -148,14 +148,12 @@ auto run(F&& main, options opts = {}) {
 }
 
 namespace detail {
-// go_sized(): go() with a stack of at least `stack_size` bytes (0: the runtime's).
-template <class F>
-void go_sized(std::size_t stack_size, F&& f) {
+// start_closure(): a new fiber made by create(size, align, entry, out) runs f.
+template <class F, class Create>
+void start_closure(F&& f, Create create) {
   using Fn = std::decay_t<F>;
-  static_assert(std::is_invocable_v<Fn&>, "rill::go: f must be callable with no arguments");
   detail::fiber* h = nullptr;
-  void* mem =
-      detail::fiber_create(sizeof(Fn), alignof(Fn), &detail::invoke_closure<Fn>, h, stack_size);
+  void* mem = create(sizeof(Fn), alignof(Fn), &detail::invoke_closure<Fn>, h);
   try {
     ::new (mem) Fn(std::forward<F>(f));
   } catch (...) {
@@ -163,6 +161,17 @@ void go_sized(std::size_t stack_size, F&& f) {
     throw;
   }
   detail::fiber_start(h);
+}
+
+// go_sized(): go() with a stack of at least `stack_size` bytes (0: the runtime's).
+template <class F>
+void go_sized(std::size_t stack_size, F&& f) {
+  static_assert(std::is_invocable_v<std::decay_t<F>&>,
+                "rill::go: f must be callable with no arguments");
+  start_closure(std::forward<F>(f), [stack_size](std::size_t size, std::size_t align,
+                                                 void (*entry)(void*), fiber*& out) {
+    return fiber_create(size, align, entry, out, stack_size);
+  });
 }
 
 }  // namespace detail
@@ -186,17 +195,10 @@ namespace detail {
 // bytes; 0: rt's).
 template <class F>
 void spawn_in(runtime* rt, F&& f, std::size_t stack_size = 0) {
-  using Fn = std::decay_t<F>;
-  detail::fiber* h = nullptr;
-  void* mem = detail::fiber_create_in(rt, sizeof(Fn), alignof(Fn), &detail::invoke_closure<Fn>, h,
-                                      stack_size);
-  try {
-    ::new (mem) Fn(std::forward<F>(f));
-  } catch (...) {
-    detail::fiber_discard(h);
-    throw;
-  }
-  detail::fiber_start(h);
+  start_closure(std::forward<F>(f), [rt, stack_size](std::size_t size, std::size_t align,
+                                                     void (*entry)(void*), fiber*& out) {
+    return fiber_create_in(rt, size, align, entry, out, stack_size);
+  });
 }
 }  // namespace detail
 

@@ -912,13 +912,19 @@ void runtime::wake_idle(bool outside) noexcept {
   wake_worker_locked(*idle_.back(), true);
 }
 
-void runtime::wake_worker_locked(worker& w, bool spinning) noexcept {
+void runtime::leave_idle_locked(worker& w) noexcept {
+  // timer_sleeper_ is null or an idle worker (every way off the list clears it), so w is on
+  // the list; found rather than assumed, as before this was one function.
   auto it = std::find(idle_.begin(), idle_.end(), &w);
   if (it != idle_.end()) idle_.erase(it);
   w.in_idle = false;
-  w.wake_spinning = spinning;
   if (timer_sleeper_ == &w) timer_sleeper_ = nullptr;
   nidle_.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+void runtime::wake_worker_locked(worker& w, bool spinning) noexcept {
+  leave_idle_locked(w);
+  w.wake_spinning = spinning;
   idle_epoch_.fetch_add(1, std::memory_order_relaxed);
   w.wake_word.store(1, std::memory_order_release);
   futex_wake(w.wake_word);
@@ -1002,10 +1008,7 @@ void runtime::park_worker(worker& w) {
   auto leave_idle = [&]() {  // true if we took ourselves off idle_ (nobody is waking us)
     lock_guard lk(idle_mu_);
     if (!w.in_idle) return false;
-    idle_.erase(std::find(idle_.begin(), idle_.end(), &w));
-    w.in_idle = false;
-    if (timer_sleeper_ == &w) timer_sleeper_ = nullptr;
-    nidle_.fetch_sub(1, std::memory_order_seq_cst);
+    leave_idle_locked(w);
     return true;
   };
   if (any_work() || next_deadline_.load(std::memory_order_relaxed) <= now_ns()) {
@@ -1231,10 +1234,10 @@ void runtime::on_all_idle(worker& w) {
       return;
     }
     deadlock_declared_ = true;
-    // Leave the idle list ourselves: this worker runs the aborted fibers.
-    idle_.erase(std::find(idle_.begin(), idle_.end(), &w));
-    w.in_idle = false;
-    nidle_.fetch_sub(1);
+    // Leave the idle list ourselves: this worker runs the aborted fibers. (With its timer
+    // role: a timer armed and cancelled while it parked may have left it the sleeper, and a
+    // later arm() would "wake" it, counting it out of nidle_ a second time.)
+    leave_idle_locked(w);
     idle_epoch_.fetch_add(1);
     w.wake_word.store(1);
   }

@@ -256,6 +256,8 @@ class runtime {
   fiber* poll_io(worker& w) noexcept;                  // non-blocking poll; runs the first
   void inject(worker& w, fiber** fs, int n) noexcept;  // queue fibers made ready by I/O
   void wake_worker_locked(worker& w, bool spinning) noexcept RILL_REQUIRES(idle_mu_);
+  // leave_idle_locked(): w (on the idle list) leaves it, and the timer-sleeper role.
+  void leave_idle_locked(worker& w) noexcept RILL_REQUIRES(idle_mu_);
   void begin_shutdown() noexcept;
   void on_all_idle(worker& w);
   // watches_deadlock(): deadlock detection is on: by the runtime's options, or (the default

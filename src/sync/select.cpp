@@ -29,12 +29,7 @@ namespace {
   std::uint64_t* p = &s;
   asm volatile("" : "+r"(p)::"memory");
   if (*p == 0) *p = static_cast<std::uint64_t>(now_ns()) | 1;
-  std::uint64_t x = *p;
-  x ^= x >> 12;
-  x ^= x << 25;
-  x ^= x >> 27;
-  *p = x;
-  return x * 0x2545F4914F6CDD1DULL;
+  return next_random(*p);
 }
 
 // select_timer: a parked select's timeout. On the heap, with two owners: the select, and
