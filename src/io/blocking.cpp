@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "rill/detail/io_core.hpp"
+#include "sched/fifo.hpp"
 #include "sched/runtime.hpp"
 #include "sync/wait.hpp"
 
@@ -55,13 +56,7 @@ class blocking_pool {
   void submit(job* j) noexcept {
     {
       std::lock_guard lk(mu_);
-      j->next = nullptr;
-      if (tail_) {
-        tail_->next = j;
-      } else {
-        head_ = j;
-      }
-      tail_ = j;
+      jobs_.push_back(j);
     }
     cv_.notify_one();
   }
@@ -73,16 +68,14 @@ class blocking_pool {
   void thread_main() {
     std::unique_lock lk(mu_);
     for (;;) {
-      while (!head_) {
-        if (cv_.wait_for(lk, idle_exit) == std::cv_status::timeout && !head_ &&
+      while (jobs_.empty()) {
+        if (cv_.wait_for(lk, idle_exit) == std::cv_status::timeout && jobs_.empty() &&
             threads_ > outstanding_) {
           --threads_;
           return;
         }
       }
-      job* j = head_;
-      head_ = j->next;
-      if (!head_) tail_ = nullptr;
+      job* j = jobs_.pop_front();
       lk.unlock();
       fiber* f = j->f;  // j lives on f's stack: not touched once f is readied
       j->fn(j->arg);
@@ -96,8 +89,7 @@ class blocking_pool {
 
   std::mutex mu_;
   std::condition_variable cv_;
-  job* head_ = nullptr;       // guarded by mu_
-  job* tail_ = nullptr;       // guarded by mu_
+  fifo<job> jobs_;            // guarded by mu_
   unsigned threads_ = 0;      // guarded by mu_
   unsigned outstanding_ = 0;  // guarded by mu_: reserved calls not yet finished
 };

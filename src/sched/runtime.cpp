@@ -706,16 +706,6 @@ void runtime::ready_outside(fiber* f) noexcept {
   outside_readies_.fetch_sub(1, std::memory_order_release);
 }
 
-void runtime::gq_append(fiber* f) noexcept {
-  f->next = nullptr;
-  if (gq_tail_) {
-    gq_tail_->next = f;
-  } else {
-    gq_head_ = f;
-  }
-  gq_tail_ = f;
-}
-
 void runtime::push_overflow(worker& w, fiber* f) noexcept {
   // Half the local queue moves to the global queue (Go's runqputslow), in chunks: this runs
   // on a fiber's stack, which may be small.
@@ -725,16 +715,16 @@ void runtime::push_overflow(worker& w, fiber* f) noexcept {
   while (moved < run_queue::capacity / 2) {
     const std::uint32_t n = w.queue.take_half(chunk, 32);
     if (n == 0) break;
-    for (std::uint32_t i = 0; i < n; ++i) gq_append(chunk[i]);
+    for (std::uint32_t i = 0; i < n; ++i) gq_.push_back(chunk[i]);
     moved += n;
   }
-  gq_append(f);
+  gq_.push_back(f);
   gq_size_.fetch_add(moved + 1, std::memory_order_release);
 }
 
 void runtime::push_global(fiber* f) noexcept {
   lock_guard lk(gq_mu_);
-  gq_append(f);
+  gq_.push_back(f);
   gq_size_.fetch_add(1, std::memory_order_release);
 }
 
@@ -747,19 +737,15 @@ fiber* runtime::pop_global(worker& w) noexcept {
   if (size == 0) return nullptr;
   std::uint32_t n = std::min<std::uint32_t>(size / workers() + 1, run_queue::capacity / 2);
   n = std::min(n, size);
-  fiber* first = gq_head_;
-  gq_head_ = first->next;
+  fiber* first = gq_.pop_front();
   for (std::uint32_t i = 1; i < n; ++i) {
-    fiber* f = gq_head_;
-    gq_head_ = f->next;
+    fiber* f = gq_.pop_front();
     if (!w.queue.push(f)) {  // cannot happen: the local queue is nearly empty here
       n = i;
-      f->next = gq_head_;
-      gq_head_ = f;
+      gq_.push_front(f);
       break;
     }
   }
-  if (!gq_head_) gq_tail_ = nullptr;
   gq_size_.fetch_sub(n, std::memory_order_relaxed);
   return first;
 }

@@ -14,6 +14,7 @@
 #include "fiber/stack.hpp"
 #include "rill/detail/core.hpp"
 #include "rill/runtime.hpp"
+#include "sched/fifo.hpp"
 #include "sched/run_queue.hpp"
 #include "sched/timers.hpp"
 
@@ -168,7 +169,6 @@ class runtime {
   // `yielded`: f yields (see run_queue::push).
   inline bool push_local(worker& w, fiber* f, bool yielded = false) noexcept;
   void push_global(fiber* f) noexcept;
-  void gq_append(fiber* f) noexcept RILL_REQUIRES(gq_mu_);  // at the global queue's tail
   // wake_idle(): wake an idle worker if none is spinning. `outside`: the work came from
   // outside the worker's own fibers (another thread, the network), and a watching spinner
   // is woken to look at once (see runtime.cpp, "Keeping communicating fibers together").
@@ -289,8 +289,7 @@ class runtime {
   // watchdog's lock comes before pools_mu_ and is taken with no runtime lock held. Nothing is held
   // across a context switch except what an after-switch action releases.
   mutex gq_mu_;
-  fiber* gq_head_ RILL_GUARDED_BY(gq_mu_) = nullptr;
-  fiber* gq_tail_ RILL_GUARDED_BY(gq_mu_) = nullptr;
+  fifo<fiber> gq_ RILL_GUARDED_BY(gq_mu_);
   std::atomic<std::uint32_t> gq_size_{0};
 
   mutex idle_mu_;

@@ -103,6 +103,23 @@ void chan_core::release() noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
 
 namespace {
 
+// hand_over() completes the operation of waiter w, just dequeued from q of channel c: moves
+// *src into the std::optional at opt (a receiver's slot, or the receiving caller's), then
+// releases c.mu_ and wakes w. If the move throws, w goes back (put_back) and the exception
+// propagates.
+[[gnu::always_inline]] inline void hand_over(chan_core& c, wait_list& q, waiter* w, void* opt,
+                                             void* src) RILL_RELEASE(c.mu_) {
+  try {
+    c.ops_->emplace(opt, src);
+  } catch (...) {
+    put_back(c, q, w);
+    throw;
+  }
+  w->success = true;
+  c.mu_.unlock();
+  wake(w);
+}
+
 // send_locked_inline() and recv_locked_inline() release c.mu_ on some paths only, which the
 // analysis cannot express: they, and the functions that call them, say their contract in
 // words and are not analysed.
@@ -111,15 +128,7 @@ namespace {
   // Requires c.mu_ and !c.closed_. True if done; false if the caller must park. Releases
   // c.mu_ when it returns true or throws.
   if (waiter* w = dequeue(c.recvq_)) {
-    try {
-      c.ops_->emplace(w->slot, src);
-    } catch (...) {
-      put_back(c, c.recvq_, w);
-      throw;
-    }
-    w->success = true;
-    c.mu_.unlock();
-    wake(w);
+    hand_over(c, c.recvq_, w, w->slot, src);
     return true;
   }
   if (c.count() < c.cap_) {
@@ -171,15 +180,7 @@ namespace {
     return 1;
   }
   if (waiter* w = dequeue(c.sendq_)) {
-    try {
-      c.ops_->emplace(opt, w->slot);
-    } catch (...) {
-      put_back(c, c.sendq_, w);
-      throw;
-    }
-    w->success = true;
-    c.mu_.unlock();
-    wake(w);
+    hand_over(c, c.sendq_, w, opt, w->slot);
     return 1;
   }
   if (c.is_closed()) {
