@@ -36,6 +36,39 @@
 
 #include "rill/io.hpp"
 
+namespace rill::detail {
+// socket_owner: what tcp_stream and tcp_listener share: the poller registration they own,
+// whether it is closed, closing, and moving (a moved-from socket is closed; a socket moved
+// onto is closed first). Not API.
+class socket_owner {
+ public:
+  socket_owner(socket_owner&& o) noexcept
+      : ref_(std::exchange(o.ref_, {})),
+        closed_(o.closed_.exchange(true, std::memory_order_acq_rel)) {}
+  socket_owner& operator=(socket_owner&& o) noexcept {
+    if (this != &o) {
+      close();
+      ref_ = std::exchange(o.ref_, {});
+      closed_.store(o.closed_.exchange(true, std::memory_order_acq_rel), std::memory_order_release);
+    }
+    return *this;
+  }
+  socket_owner(const socket_owner&) = delete;
+  socket_owner& operator=(const socket_owner&) = delete;
+  ~socket_owner() { close(); }
+
+  void close() noexcept;
+  bool is_open() const noexcept { return ref_.pd && !closed_.load(std::memory_order_acquire); }
+
+ protected:
+  socket_owner() noexcept = default;
+  explicit socket_owner(io_ref r) noexcept : ref_(r), closed_(false) {}
+
+  io_ref ref_;
+  std::atomic<bool> closed_{true};
+};
+}  // namespace rill::detail
+
 namespace rill::net {
 
 // endpoint: an address and a port, e.g. {"127.0.0.1", 8080} or {"::1", 8080}.
@@ -48,14 +81,11 @@ class tcp_listener;
 
 // tcp_stream: a connected TCP socket (TCP_NODELAY on, like Go). Movable, not copyable;
 // the destructor closes it.
-class tcp_stream {
+class tcp_stream : private detail::socket_owner {
  public:
   tcp_stream() noexcept = default;  // not connected: every operation throws io_errc::closed
-  tcp_stream(tcp_stream&& o) noexcept;
-  tcp_stream& operator=(tcp_stream&& o) noexcept;
-  tcp_stream(const tcp_stream&) = delete;
-  tcp_stream& operator=(const tcp_stream&) = delete;
-  ~tcp_stream() { close(); }
+  tcp_stream(tcp_stream&& o) noexcept = default;
+  tcp_stream& operator=(tcp_stream&& o) noexcept = default;
 
   // connect() connects to host:port, parking until the connection is established or
   // fails, or until `deadline` (io_errc::deadline_exceeded). Throws std::system_error
@@ -77,8 +107,8 @@ class tcp_stream {
   // shutdown_write() sends end of stream to the peer; reading still works.
   void shutdown_write();
   // close() closes the socket: fibers waiting on it wake with io_errc::closed; the fd
-  // number is released once no operation is using it. Idempotent.
-  void close() noexcept;
+  // number is released once no operation is using it. Idempotent. (Also on destruction.)
+  using socket_owner::close;
 
   // set_deadline() sets the read and write deadlines (Go's SetDeadline): an operation that
   // waits past it throws io_errc::deadline_exceeded. It applies to waits in progress and
@@ -88,7 +118,7 @@ class tcp_stream {
   void set_read_deadline(io_deadline d) noexcept;
   void set_write_deadline(io_deadline d) noexcept;
 
-  bool is_open() const noexcept { return ref_.pd && !closed_.load(std::memory_order_acquire); }
+  using socket_owner::is_open;
   // native_handle(): the fd (-1 when not open). Do not close it yourself.
   int native_handle() const noexcept;
   endpoint local_endpoint() const;
@@ -98,21 +128,15 @@ class tcp_stream {
 
  private:
   friend class tcp_listener;
-  explicit tcp_stream(detail::io_ref r) noexcept : ref_(r), closed_(false) {}
-
-  detail::io_ref ref_;
-  std::atomic<bool> closed_{true};
+  explicit tcp_stream(detail::io_ref r) noexcept : socket_owner(r) {}
 };
 
 // tcp_listener: a listening TCP socket. Movable; the destructor closes it.
-class tcp_listener {
+class tcp_listener : private detail::socket_owner {
  public:
   tcp_listener() noexcept = default;
-  tcp_listener(tcp_listener&& o) noexcept;
-  tcp_listener& operator=(tcp_listener&& o) noexcept;
-  tcp_listener(const tcp_listener&) = delete;
-  tcp_listener& operator=(const tcp_listener&) = delete;
-  ~tcp_listener() { close(); }
+  tcp_listener(tcp_listener&& o) noexcept = default;
+  tcp_listener& operator=(tcp_listener&& o) noexcept = default;
 
   // listen() binds host:port (port 0: a free port, see port()) with SO_REUSEADDR and
   // listens. Throws std::system_error (EADDRINUSE, ...).
@@ -124,19 +148,15 @@ class tcp_listener {
   // when the listener is closed (also while waiting), io_errc::deadline_exceeded.
   tcp_stream accept();
   // close() closes the listener; a fiber waiting in accept() wakes with io_errc::closed.
-  void close() noexcept;
+  using socket_owner::close;
   // set_deadline(): deadline for accept() (including one waiting now).
   void set_deadline(io_deadline d) noexcept;
 
-  bool is_open() const noexcept { return ref_.pd && !closed_.load(std::memory_order_acquire); }
+  using socket_owner::is_open;
   int native_handle() const noexcept;
   // port(): the bound port; local_endpoint(): the bound address.
   std::uint16_t port() const { return local_endpoint().port; }
   endpoint local_endpoint() const;
-
- private:
-  detail::io_ref ref_;
-  std::atomic<bool> closed_{true};
 };
 
 // listen() / connect(): Go's net.Listen("tcp", ...) and net.Dial("tcp", ...).

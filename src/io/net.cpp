@@ -22,6 +22,14 @@
 #include <string>
 #include <utility>
 
+namespace rill::detail {
+
+void socket_owner::close() noexcept {
+  if (!closed_.exchange(true, std::memory_order_acq_rel) && ref_.pd) io_close(ref_);
+}
+
+}  // namespace rill::detail
+
 namespace rill::net {
 
 namespace {
@@ -156,19 +164,6 @@ endpoint sock_name(io_ref r, const std::atomic<bool>& closed, bool peer, const c
 
 // ---- tcp_stream ----------------------------------------------------------------------------
 
-tcp_stream::tcp_stream(tcp_stream&& o) noexcept
-    : ref_(std::exchange(o.ref_, {})),
-      closed_(o.closed_.exchange(true, std::memory_order_acq_rel)) {}
-
-tcp_stream& tcp_stream::operator=(tcp_stream&& o) noexcept {
-  if (this != &o) {
-    close();
-    ref_ = std::exchange(o.ref_, {});
-    closed_.store(o.closed_.exchange(true, std::memory_order_acq_rel), std::memory_order_release);
-  }
-  return *this;
-}
-
 tcp_stream tcp_stream::connect(std::string_view host, std::uint16_t port, io_deadline deadline) {
   const sock_addr a = resolve(host, port, false);
   const int fd = new_socket(a.family());
@@ -184,7 +179,8 @@ tcp_stream tcp_stream::connect(std::string_view host, std::uint16_t port, io_dea
   detail::io_set_deadline(s.ref_, detail::io_write, to_ns(deadline));
   for (;;) {
     const detail::io_status st = detail::io_wait(s.ref_, detail::io_write);
-    if (st != detail::io_status::ready) detail::throw_io_status(st, "rill::net::tcp_stream::connect");
+    if (st != detail::io_status::ready)
+      detail::throw_io_status(st, "rill::net::tcp_stream::connect");
     int so_error = 0;
     socklen_t len = sizeof so_error;
     if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len) != 0) so_error = errno;
@@ -228,8 +224,8 @@ void tcp_stream::write_all(const void* buf, std::size_t n) {
   const auto* p = static_cast<const char*>(buf);
   std::size_t put = 0;
   while (put < n) {
-    put += static_cast<std::size_t>(detail::io_write_some(ref_, p + put, n - put, nullptr,
-                                                          "rill::net::tcp_stream::write_all"));
+    put += static_cast<std::size_t>(
+        detail::io_write_some(ref_, p + put, n - put, nullptr, "rill::net::tcp_stream::write_all"));
   }
 }
 
@@ -238,10 +234,6 @@ void tcp_stream::shutdown_write() {
   if (::shutdown(o.fd(), SHUT_WR) != 0) {
     detail::throw_os_error(errno, "rill::net::tcp_stream::shutdown_write");
   }
-}
-
-void tcp_stream::close() noexcept {
-  if (!closed_.exchange(true, std::memory_order_acq_rel) && ref_.pd) detail::io_close(ref_);
 }
 
 void tcp_stream::set_deadline(io_deadline d) noexcept {
@@ -265,19 +257,6 @@ endpoint tcp_stream::remote_endpoint() const {
 }
 
 // ---- tcp_listener ----------------------------------------------------------------------------
-
-tcp_listener::tcp_listener(tcp_listener&& o) noexcept
-    : ref_(std::exchange(o.ref_, {})),
-      closed_(o.closed_.exchange(true, std::memory_order_acq_rel)) {}
-
-tcp_listener& tcp_listener::operator=(tcp_listener&& o) noexcept {
-  if (this != &o) {
-    close();
-    ref_ = std::exchange(o.ref_, {});
-    closed_.store(o.closed_.exchange(true, std::memory_order_acq_rel), std::memory_order_release);
-  }
-  return *this;
-}
 
 tcp_listener tcp_listener::listen(std::string_view host, std::uint16_t port, int backlog) {
   const sock_addr a = resolve(host, port, true);
@@ -325,10 +304,6 @@ tcp_stream tcp_listener::accept() {
         detail::throw_os_error(err, "rill::net::tcp_listener::accept");
     }
   }
-}
-
-void tcp_listener::close() noexcept {
-  if (!closed_.exchange(true, std::memory_order_acq_rel) && ref_.pd) detail::io_close(ref_);
 }
 
 void tcp_listener::set_deadline(io_deadline d) noexcept {
