@@ -294,7 +294,7 @@ struct dot_chain {
          << (par ? "par_map workers" : end - k > 1 ? "one fiber (fused)" : "fiber") << "\";\n";
       for (std::size_t i = k; i < end; ++i) {
         const dot_stage& d = chain[i];
-        std::string label = d.name;
+        std::string label = dot_escape(d.name);
         if (d.parallel) {
           const unsigned n = workers(d, i);
           label += n ? " (" + std::to_string(n) + " workers)" : " (a worker per thread)";
@@ -311,12 +311,12 @@ struct dot_chain {
           std::string l = label;
           if (d.parallel) {
             const unsigned n = workers(d, i);
-            l = d.name + "\\nworker " +
+            l = dot_escape(d.name) + "\\nworker " +
                 (n > ids[i].size() && w + 1 == ids[i].size() ? std::string(n ? std::to_string(n) : "N")
                                                              : std::to_string(w + 1));
             if (w == 0) l = label + "\\nworker 1";
           }
-          os << "    " << ids[i][w] << " [label=\"" << dot_escape(l) << "\"";
+          os << "    " << ids[i][w] << " [label=\"" << l << "\"";
           if (bottleneck) os << ", color=red, penwidth=2";
           if (i == 0 && prefix == "s") os << ", shape=cds";
           os << "];\n";

@@ -455,6 +455,7 @@ void describe_stages(const std::tuple<S...>& st, std::vector<dot_stage>& out, in
               out.push_back(std::move(d));
             }(),
             ...);
+        (void)k;
       },
       st);
 }
