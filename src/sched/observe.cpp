@@ -64,7 +64,7 @@ struct trace_event {
   bool begin;          // true: the fiber starts running; false: it stops
   fiber_state state;   // end: what it stopped as (parked, runnable: yielded, done)
   wait_reason reason;  // end, parked: on what
-  char name[40];       // begin: the fiber's name then
+  char name[40];       // the fiber's name then (a stage fiber names itself once it runs)
 };
 
 struct ring {
@@ -208,8 +208,9 @@ bool write_trace(const std::string& path, std::int64_t start) {
         continue;
       }
       if (!open || open->fiber != e.fiber || open->rt != e.rt) continue;  // begin fell out of the ring
-      by_fiber[{e.rt, e.fiber}].push_back({open->ts, e.ts, e.fiber, open->name, &e});
-      out << ",\n{\"name\":\"" << json_escape(open->name) << " #" << e.fiber
+      const char* fname = e.name[0] ? e.name : "fiber";
+      by_fiber[{e.rt, e.fiber}].push_back({open->ts, e.ts, e.fiber, fname, &e});
+      out << ",\n{\"name\":\"" << json_escape(fname) << " #" << e.fiber
           << "\",\"cat\":\"run\",\"ph\":\"X\",\"pid\":1,\"tid\":" << ids[k] << ",\"ts\":" << us(open->ts)
           << ",\"dur\":" << us(e.ts) - us(open->ts) << ",\"args\":{\"fiber\":" << e.fiber
           << ",\"then\":\"" << ended_as(e);
@@ -358,6 +359,7 @@ void observe_switch(worker* w, fiber* next) noexcept {
   if (prev) {
     trace_event e{now, prev->id, prev->rt, false, prev->state.load(std::memory_order_relaxed),
                   prev->reason.load(std::memory_order_relaxed), {}};
+    copy_name(e.name, prev);
     r->push(e);
   }
   if (next) {
