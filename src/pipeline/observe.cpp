@@ -433,13 +433,19 @@ std::ostream& operator<<(std::ostream& os, const pipeline_stats& s) {
     os << "; no stage is busy most of the time: the stages wait (on the source, a channel, I/O "
           "or a timer)\n";
   } else {
+    // Enough fibers to bring it down to the next busiest stage, but no more than the cores.
     const double ratio = second > 0 ? detail::per_fiber(*b) / second : 8;
-    const unsigned want = static_cast<unsigned>(
-        std::clamp(static_cast<double>(b->fibers) * std::ceil(ratio), 2.0, 64.0));
+    const double cores = std::max(2u, std::thread::hardware_concurrency());
+    const unsigned want = static_cast<unsigned>(std::clamp(
+        static_cast<double>(b->fibers) * std::ceil(ratio), static_cast<double>(b->fibers) + 1, cores));
     if (b == &s.stages.front()) {
       os << "; the source sets the pace: make it cheaper, or move work out of it\n";
     } else if (b->fibers > 1) {
-      os << "; give it more workers (par_map {.workers = " << want << "}) if there are cores\n";
+      if (want > b->fibers) {
+        os << "; give it more workers (par_map {.workers = " << want << "})\n";
+      } else {
+        os << "; its workers use every core: make its function cheaper\n";
+      }
     } else {
       os << "; par_map it with " << want << " workers (its items must be independent)\n";
     }
