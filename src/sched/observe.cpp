@@ -224,7 +224,14 @@ bool write_trace(const std::string& path, std::int64_t start) {
   for (auto& [key, slices] : by_fiber) {
     const std::uint64_t id = ++tid;
     std::sort(slices.begin(), slices.end(), [](const slice& a, const slice& b) { return a.t0 < b.t0; });
-    const std::string& name = slices.back().name;
+    // Named after every name the fiber had, in order (the fiber that calls run() takes the
+    // names of the stages it runs meanwhile).
+    std::string name;
+    const std::string* last = nullptr;
+    for (const slice& sl : slices) {
+      if (!last || *last != sl.name) name += (last ? " / " : "") + sl.name;
+      last = &sl.name;
+    }
     out << ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":2,\"tid\":" << id
         << ",\"args\":{\"name\":\"fiber " << key.second << " " << json_escape(name.c_str()) << "\"}}";
     out << ",\n{\"name\":\"" << json_escape(name.c_str()) << "\",\"cat\":\"stage\",\"ph\":\"X\",\"pid\":2,\"tid\":"
