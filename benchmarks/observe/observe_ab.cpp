@@ -60,8 +60,7 @@ double linear_trivial(variant v, std::uint64_t n) {
   const std::uint64_t r = rill::run(
       [&] {
         return (rill::from(std::views::iota(std::uint64_t{0}, n), {.buffer = 1024}) |
-                rill::map(f, {.buffer = 1024}) |
-                rill::reduce(std::uint64_t{0}, std::plus<>{}))
+                rill::map(f, {.buffer = 1024}) | rill::reduce(std::uint64_t{0}, std::plus<>{}))
             .run(opts(v, false));
       },
       ro);

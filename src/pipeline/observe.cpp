@@ -16,10 +16,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <cmath>
 #include <iomanip>
 #include <mutex>
 #include <ostream>
@@ -206,7 +206,8 @@ struct progress_bar {
 
 void pipe_ctx::begin_run(int stages) {
   std::unique_ptr<stage_counters[]> c;
-  if (metrics && stages > 0) c = std::make_unique<stage_counters[]>(static_cast<std::size_t>(stages));
+  if (metrics && stages > 0)
+    c = std::make_unique<stage_counters[]>(static_cast<std::size_t>(stages));
   mu_.lock();
   counters_ = std::move(c);
   ncounters_ = stages;
@@ -290,8 +291,12 @@ struct dot_chain {
       std::size_t end = k + 1;
       while (end < chain.size() && !starts_fiber(chain, end)) ++end;
       const bool par = chain[k].parallel;
-      os << "  subgraph cluster_" << prefix << clusters++ << " {\n    style=\"rounded,dashed\"; color=gray50; label=\""
-         << (par ? "par_map workers" : end - k > 1 ? "one fiber (fused)" : "fiber") << "\";\n";
+      os << "  subgraph cluster_" << prefix << clusters++
+         << " {\n    style=\"rounded,dashed\"; color=gray50; label=\""
+         << (par           ? "par_map workers"
+             : end - k > 1 ? "one fiber (fused)"
+                           : "fiber")
+         << "\";\n";
       for (std::size_t i = k; i < end; ++i) {
         const dot_stage& d = chain[i];
         std::string label = dot_escape(d.name);
@@ -301,9 +306,9 @@ struct dot_chain {
         }
         if (const stage_stats* m = measured(i); m && elapsed > 0) {
           char buf[64];
-          std::snprintf(buf, sizeof buf, "\\nbusy %.0f%%",
-                        100.0 * static_cast<double>(m->busy.count()) /
-                            (elapsed * std::max(1u, m->fibers)));
+          std::snprintf(
+              buf, sizeof buf, "\\nbusy %.0f%%",
+              100.0 * static_cast<double>(m->busy.count()) / (elapsed * std::max(1u, m->fibers)));
           label += buf;
         }
         const bool bottleneck = run && run->bottleneck() == measured(i);
@@ -312,8 +317,9 @@ struct dot_chain {
           if (d.parallel) {
             const unsigned n = workers(d, i);
             l = dot_escape(d.name) + "\\nworker " +
-                (n > ids[i].size() && w + 1 == ids[i].size() ? std::string(n ? std::to_string(n) : "N")
-                                                             : std::to_string(w + 1));
+                (n > ids[i].size() && w + 1 == ids[i].size()
+                     ? std::string(n ? std::to_string(n) : "N")
+                     : std::to_string(w + 1));
             if (w == 0) l = label + "\\nworker 1";
           }
           os << "    " << ids[i][w] << " [label=\"" << l << "\"";
@@ -321,7 +327,8 @@ struct dot_chain {
           if (i == 0 && prefix == "s") os << ", shape=cds";
           os << "];\n";
         }
-        if (!d.branches.empty()) os << "    " << ids[i][0] << " [shape=trapezium, orientation=270];\n";
+        if (!d.branches.empty())
+          os << "    " << ids[i][0] << " [shape=trapezium, orientation=270];\n";
       }
       os << "  }\n";
       k = end;
@@ -334,8 +341,8 @@ struct dot_chain {
       if (const stage_stats* m = measured(i)) label = std::to_string(m->items_out) + " items";
       if (link) {
         const std::size_t cap = measured(i) && measured(i)->capacity ? measured(i)->capacity
-                                : chain[i + 1].parallel                ? chain[i + 1].buffer
-                                                                       : chain[i].buffer;
+                                : chain[i + 1].parallel              ? chain[i + 1].buffer
+                                                                     : chain[i].buffer;
         label += (label.empty() ? "" : "\\n") + std::string("buffer ") + std::to_string(cap);
       }
       for (const std::string& from : ids[i]) {
@@ -369,7 +376,8 @@ struct dot_chain {
 
 std::string format_dot(const std::vector<dot_stage>& chain, const pipeline_stats* run) {
   std::ostringstream os;
-  os << "digraph rill {\n  rankdir=LR;\n  node [shape=box, style=rounded, fontname=\"Helvetica\"];\n"
+  os << "digraph rill {\n  rankdir=LR;\n  node [shape=box, style=rounded, "
+        "fontname=\"Helvetica\"];\n"
         "  edge [fontname=\"Helvetica\", fontsize=10];\n";
   dot_chain main{os, run, "s", 0};
   main.write(chain);
@@ -401,7 +409,8 @@ std::ostream& operator<<(std::ostream& os, const pipeline_stats& s) {
   os << std::left << std::setw(static_cast<int>(w)) << "stage" << std::right << std::setw(7)
      << "fibers" << std::setw(10) << "in" << std::setw(10) << "out" << std::setw(10) << "busy"
      << std::setw(6) << "busy%" << std::setw(10) << "wait in" << std::setw(10) << "wait out"
-     << std::setw(12) << "queue" << "\n";
+     << std::setw(12) << "queue"
+     << "\n";
   for (const stage_stats& st : s.stages) {
     std::ostringstream q;
     if (st.capacity) q << st.queued << "/" << st.capacity;
@@ -436,8 +445,9 @@ std::ostream& operator<<(std::ostream& os, const pipeline_stats& s) {
     // Enough fibers to bring it down to the next busiest stage, but no more than the cores.
     const double ratio = second > 0 ? detail::per_fiber(*b) / second : 8;
     const double cores = std::max(2u, std::thread::hardware_concurrency());
-    const unsigned want = static_cast<unsigned>(std::clamp(
-        static_cast<double>(b->fibers) * std::ceil(ratio), static_cast<double>(b->fibers) + 1, cores));
+    const unsigned want =
+        static_cast<unsigned>(std::clamp(static_cast<double>(b->fibers) * std::ceil(ratio),
+                                         static_cast<double>(b->fibers) + 1, cores));
     if (b == &s.stages.front()) {
       os << "; the source sets the pace: make it cheaper, or move work out of it\n";
     } else if (b->fibers > 1) {

@@ -126,7 +126,8 @@ void segment::end_window() {
   win_items_ = 0;
   waited_ = 0;
   ++windows_;
-  const bool worth = per_item >= 2 * threshold_ && (last_decided_ == 0 || per_item >= 2 * last_decided_);
+  const bool worth =
+      per_item >= 2 * threshold_ && (last_decided_ == 0 || per_item >= 2 * last_decided_);
   // The metrics take a probe of their own now and then (every 16 windows), to share the
   // fiber's work among its stages; it decides nothing.
   const bool measure_due = metrics && windows_ % 16 == 0;
@@ -281,7 +282,8 @@ void segment::learn_weights(const std::vector<std::int64_t>& ups,
     b = std::min(b, last_);
     if (b < a) return;
     const std::int64_t each = std::max<std::int64_t>(1, ns) * 16 / (b - a + 1);
-    for (int s = a; s <= b; ++s) w[static_cast<std::size_t>(s - first_)] += std::max<std::int64_t>(1, each);
+    for (int s = a; s <= b; ++s)
+      w[static_cast<std::size_t>(s - first_)] += std::max<std::int64_t>(1, each);
   };
   spread(first_, points_.front()->index(), ups.front());
   for (std::size_t k = 0; k < points_.size(); ++k) {
@@ -355,7 +357,7 @@ void segment::split_at(split_base* best, std::vector<split_base*> cuts) {
   if (metrics) publish(now_ns());
   best->split(std::move(after), std::move(moved), std::move(cuts), gone);
   if (first_ >= 0) set_stages(first_, best->index());  // the rest went to the new fiber
-  last_decided_ = 0;  // what is left may split again
+  last_decided_ = 0;                                   // what is left may split again
 }
 
 }  // namespace detail

@@ -26,6 +26,8 @@
 // 2 ("fibers") has a track per fiber: a span from its first to its last slice (the fiber's
 // stage span, named after its stages), and inside it a "parked: <reason>" slice for each
 // park, from the switch that parked it to the one that resumed it.
+#include "sched/observe.hpp"
+
 #include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
@@ -46,7 +48,6 @@
 #include <thread>
 #include <vector>
 
-#include "sched/observe.hpp"
 #include "sched/runtime.hpp"
 
 namespace rill::detail {
@@ -194,7 +195,8 @@ bool write_trace(const std::string& path, std::int64_t start) {
   out.precision(3);
   out << "{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n";
   out << R"({"name":"process_name","ph":"M","pid":1,"args":{"name":"workers"}})";
-  out << ",\n" << R"({"name":"process_name","ph":"M","pid":2,"args":{"name":"fibers"}})";
+  out << ",\n"
+      << R"({"name":"process_name","ph":"M","pid":2,"args":{"name":"fibers"}})";
   // A fiber's track: its runtime and id (ids are per runtime), numbered in order of appearance.
   std::map<std::pair<const void*, std::uint64_t>, std::vector<slice>> by_fiber;
   for (std::size_t k = 0; k < copies.size(); ++k) {
@@ -207,13 +209,14 @@ bool write_trace(const std::string& path, std::int64_t start) {
         open = &e;
         continue;
       }
-      if (!open || open->fiber != e.fiber || open->rt != e.rt) continue;  // begin fell out of the ring
+      if (!open || open->fiber != e.fiber || open->rt != e.rt)
+        continue;  // begin fell out of the ring
       const char* fname = e.name[0] ? e.name : "fiber";
       by_fiber[{e.rt, e.fiber}].push_back({open->ts, e.ts, e.fiber, fname, &e});
       out << ",\n{\"name\":\"" << json_escape(fname) << " #" << e.fiber
-          << "\",\"cat\":\"run\",\"ph\":\"X\",\"pid\":1,\"tid\":" << ids[k] << ",\"ts\":" << us(open->ts)
-          << ",\"dur\":" << us(e.ts) - us(open->ts) << ",\"args\":{\"fiber\":" << e.fiber
-          << ",\"then\":\"" << ended_as(e);
+          << "\",\"cat\":\"run\",\"ph\":\"X\",\"pid\":1,\"tid\":" << ids[k]
+          << ",\"ts\":" << us(open->ts) << ",\"dur\":" << us(e.ts) - us(open->ts)
+          << ",\"args\":{\"fiber\":" << e.fiber << ",\"then\":\"" << ended_as(e);
       if (e.state == fiber_state::parked) out << " on " << to_string(e.reason);
       out << "\"}}";
       open = nullptr;
@@ -223,7 +226,8 @@ bool write_trace(const std::string& path, std::int64_t start) {
   std::uint64_t tid = 0;
   for (auto& [key, slices] : by_fiber) {
     const std::uint64_t id = ++tid;
-    std::sort(slices.begin(), slices.end(), [](const slice& a, const slice& b) { return a.t0 < b.t0; });
+    std::sort(slices.begin(), slices.end(),
+              [](const slice& a, const slice& b) { return a.t0 < b.t0; });
     // Named after every name the fiber had, in order (the fiber that calls run() takes the
     // names of the stages it runs meanwhile).
     std::string name;
@@ -233,16 +237,19 @@ bool write_trace(const std::string& path, std::int64_t start) {
       last = &sl.name;
     }
     out << ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":2,\"tid\":" << id
-        << ",\"args\":{\"name\":\"fiber " << key.second << " " << json_escape(name.c_str()) << "\"}}";
-    out << ",\n{\"name\":\"" << json_escape(name.c_str()) << "\",\"cat\":\"stage\",\"ph\":\"X\",\"pid\":2,\"tid\":"
-        << id << ",\"ts\":" << us(slices.front().t0)
-        << ",\"dur\":" << us(slices.back().t1) - us(slices.front().t0) << ",\"args\":{\"fiber\":" << key.second
-        << ",\"slices\":" << slices.size() << "}}";
+        << ",\"args\":{\"name\":\"fiber " << key.second << " " << json_escape(name.c_str())
+        << "\"}}";
+    out << ",\n{\"name\":\"" << json_escape(name.c_str())
+        << "\",\"cat\":\"stage\",\"ph\":\"X\",\"pid\":2,\"tid\":" << id
+        << ",\"ts\":" << us(slices.front().t0)
+        << ",\"dur\":" << us(slices.back().t1) - us(slices.front().t0)
+        << ",\"args\":{\"fiber\":" << key.second << ",\"slices\":" << slices.size() << "}}";
     for (std::size_t k = 0; k + 1 < slices.size(); ++k) {
       const trace_event* e = slices[k].end;
       if (e->state != fiber_state::parked) continue;
       out << ",\n{\"name\":\"parked: " << to_string(e->reason)
-          << "\",\"cat\":\"park\",\"ph\":\"X\",\"pid\":2,\"tid\":" << id << ",\"ts\":" << us(slices[k].t1)
+          << "\",\"cat\":\"park\",\"ph\":\"X\",\"pid\":2,\"tid\":" << id
+          << ",\"ts\":" << us(slices[k].t1)
           << ",\"dur\":" << us(slices[k + 1].t0) - us(slices[k].t1) << "}";
     }
   }
@@ -364,8 +371,13 @@ void observe_switch(worker* w, fiber* next) noexcept {
   ring* r = my_ring();
   if (!r) return;
   if (prev) {
-    trace_event e{now, prev->id, prev->rt, false, prev->state.load(std::memory_order_relaxed),
-                  prev->reason.load(std::memory_order_relaxed), {}};
+    trace_event e{now,
+                  prev->id,
+                  prev->rt,
+                  false,
+                  prev->state.load(std::memory_order_relaxed),
+                  prev->reason.load(std::memory_order_relaxed),
+                  {}};
     copy_name(e.name, prev);
     r->push(e);
   }
@@ -421,7 +433,8 @@ void dump(std::ostream& os) {
 
 trace_session::trace_session(std::string path) : path_(std::move(path)) {
   if (!detail::begin_session()) {
-    throw std::logic_error("rill::trace_to: a trace is already being recorded (RILL_TRACE or another trace_to)");
+    throw std::logic_error(
+        "rill::trace_to: a trace is already being recorded (RILL_TRACE or another trace_to)");
   }
   on_ = true;
 }

@@ -67,7 +67,8 @@ struct fiber : context {
   // (watchdog_ms also at creation, stall_reported only by the watchdog).
   std::int32_t watchdog_ms = -1;
   bool stall_reported = false;
-  std::atomic<std::int64_t> parked_at{0};  // when it last parked, kept only while observed (observe.hpp)
+  // When it last parked; kept only while g_observe asks for it (observe.hpp).
+  std::atomic<std::int64_t> parked_at{0};
   char name[40];  // NUL-terminated; name[0] is set at creation (the rest is not cleared)
 };
 // The watchdog finds a fiber's registry slot from the record's address (watchdog.cpp).

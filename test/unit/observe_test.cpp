@@ -49,9 +49,10 @@ TEST_CASE("observe: each stage's items in and out add up, fused or not", "[obser
   const bool fusion = GENERATE(true, false);
   test::run_with(workers, [fusion] {
     auto p = rill::from(iota_vec(1000)) | rill::filter([](int v) { return v % 2 == 0; }) |
-             rill::map([](int v) { return v * 3; }) |
-             rill::flat_map([](int v) { return std::vector<int>{v, v}; }) | rill::take(700) |
-             rill::collect();
+             rill::map([](int v) { return v * 3; }) | rill::flat_map([](int v) {
+               return std::vector<int>{v, v};
+             }) |
+             rill::take(700) | rill::collect();
     const auto out = p.run(rill::run_options{.fusion = fusion});
     CHECK(out.size() == 700);
     const rill::pipeline_stats s = p.stats();
@@ -122,8 +123,7 @@ TEST_CASE("observe: the whole stream is counted at every stage", "[observe]") {
   });
 }
 
-TEST_CASE("observe: a slow stage's busy time dominates and bottleneck() names it",
-          "[observe]") {
+TEST_CASE("observe: a slow stage's busy time dominates and bottleneck() names it", "[observe]") {
   const auto workers = GENERATE(1u, 2u);
   const bool fusion = GENERATE(true, false);
   test::run_with(workers, [fusion] {
@@ -354,7 +354,7 @@ TEST_CASE("observe: dump() lists a parked fiber and the channel it waits on", "[
 
 TEST_CASE("observe: dump() names a pipeline's stage fibers, and how long they waited",
           "[observe]") {
-  test::leak_gate gate;  // runs on the default runtime
+  test::leak_gate gate;                                           // runs on the default runtime
   auto tracing = rill::trace_to("observe_test_dump_trace.json");  // keeps park times
   rill::chan<int> in;
   auto p = rill::from(in) | rill::map([](int v) { return v; }, {.fuse = false}) | rill::count();

@@ -123,7 +123,7 @@ struct stage_stats {
   // The link after it (0, 0 when the next stage runs in the same fiber): items in it now,
   // and its bound (the stage's buffer).
   std::size_t queued = 0, capacity = 0;
-  bool fused = false;   // runs in the fiber of the stage before it (no link between them)
+  bool fused = false;  // runs in the fiber of the stage before it (no link between them)
   // Measured work per item (0: not measured; the pipeline measures a stage only when the
   // fiber that runs it is slow enough for a split to matter).
   std::chrono::nanoseconds cost_per_item{0};
@@ -135,8 +135,8 @@ struct stage_stats {
 // operator<< as an aligned table, one line per stage, and a line naming the bottleneck
 // and what would help.
 struct pipeline_stats {
-  std::vector<std::string> fibers;  // one entry per stage fiber: its stages, '|'-separated
-  std::vector<stage_stats> stages;  // one per stage in pipeline order, source and terminal too
+  std::vector<std::string> fibers;      // one entry per stage fiber: its stages, '|'-separated
+  std::vector<stage_stats> stages;      // one per stage in pipeline order, source and terminal too
   std::chrono::nanoseconds elapsed{0};  // of the run, so far
   bool finished = false;                // the run has ended
 
@@ -430,10 +430,10 @@ inline stage_counters* counting(pipe_ctx& ctx, int index) noexcept {
 // dot_stage: one stage as composed, for to_dot().
 struct dot_stage {
   std::string name;
-  std::size_t buffer = default_buffer;  // of the link after it, when there is one
-  unsigned workers = 0;                 // par_map: its workers (0: the runtime's count)
-  bool parallel = false;                // par_map
-  bool own_fiber = false;               // .fuse = false: starts a fiber
+  std::size_t buffer = default_buffer;           // of the link after it, when there is one
+  unsigned workers = 0;                          // par_map: its workers (0: the runtime's count)
+  bool parallel = false;                         // par_map
+  bool own_fiber = false;                        // .fuse = false: starts a fiber
   std::vector<std::vector<dot_stage>> branches;  // broadcast: each branch's chain
 };
 // format_dot(): the Graphviz text of a chain (observe.cpp); `run`: what a run measured.

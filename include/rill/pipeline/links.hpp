@@ -692,19 +692,19 @@ class split_link : public split_base {
     pipe_ctx& ctx = seg_->ctx();
     const link_shape shape = shape_for(buffer_);
     reader_ = ctx.template link<link_chan<T>>(shape.capacity);
-    if (stage_counters* c = ctx.counter(index_)) c->capacity.store(buffer_, std::memory_order_relaxed);
+    if (stage_counters* c = ctx.counter(index_))
+      c->capacity.store(buffer_, std::memory_order_relaxed);
     batch_policy pol{batch_size_ ? batch_size_ : shape.batch, batch_size_ != 0, nullptr, &ctx,
                      index_};
     writer_.emplace(reader_, pol);
     writer_->set_segment(seg_);
     try {
-      start_child(
-          ctx,
-          {std::move(after), std::move(moved), std::move(cuts), std::move(fiber), seg_->stack_size,
-           seg_->first_stage() < 0 ? -1 : index_ + 1, seg_->last_stage()},
-          [](split_base* self, segment& child) {
-            static_cast<split_link*>(self)->drive_down(child);
-          });
+      start_child(ctx,
+                  {std::move(after), std::move(moved), std::move(cuts), std::move(fiber),
+                   seg_->stack_size, seg_->first_stage() < 0 ? -1 : index_ + 1, seg_->last_stage()},
+                  [](split_base* self, segment& child) {
+                    static_cast<split_link*>(self)->drive_down(child);
+                  });
     } catch (...) {
       writer_.reset();
       throw;

@@ -515,8 +515,9 @@ struct par_map_stage : stage_tag {
       // Timed: every unit while the hand-out moves; 1 in 8 once it is at its top (cheap
       // items, where two clock reads are a large share of a unit). With metrics on, every
       // unit (its busy time).
-      const bool timed = ctr || (!pinned && (state.handout.load(std::memory_order_relaxed) < 16 ||
-                                             units++ % 8 == 0));
+      const bool timed =
+          ctr ||
+          (!pinned && (state.handout.load(std::memory_order_relaxed) < 16 || units++ % 8 == 0));
       const std::int64_t t0 = timed ? now_ns() : 0;
       batch<Out> r;
       r.seq = b->seq;
