@@ -85,7 +85,7 @@ segment::segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*>
 }
 
 segment::~segment() {
-  if (first_ >= 0 && ctx_->counter(first_)) publish(now_ns());
+  if (first_ >= 0 && ctx_->counter(first_)) publish(now_ns(), /*last=*/true);
   for (split_base* p : points_) p->seg_ = nullptr;
   for (split_base* p : split_) {
     p->seg_ = nullptr;
@@ -128,9 +128,9 @@ void segment::end_window() {
   ++windows_;
   const bool worth =
       per_item >= 2 * threshold_ && (last_decided_ == 0 || per_item >= 2 * last_decided_);
-  // The metrics take a probe of their own now and then (every 16 windows), to share the
-  // fiber's work among its stages; it decides nothing.
-  const bool measure_due = metrics && windows_ % 16 == 0;
+  // The metrics take a probe of their own now and then (at once, then every 16 windows), to share
+  // the fiber's work among its stages; it decides nothing.
+  const bool measure_due = metrics && (windows_ == 2 || windows_ % 16 == 0);
   if (probing_) {
     if (measure_only_) {
       measure(per_item);
@@ -243,18 +243,26 @@ void segment::set_stages(int first, int last) {
   pub_start_ = now_ns();
 }
 
-void segment::publish(std::int64_t now) noexcept {
+void segment::publish(std::int64_t now, bool last) noexcept {
   stage_counters* head = ctx_->counter(first_);
   if (!head || weight_.empty()) return;
-  const std::int64_t work = std::max<std::int64_t>(0, now - pub_start_ - wait_in_ - wait_out_);
+  const std::int64_t waited = wait_in_ + wait_out_;
+  std::int64_t work = std::max<std::int64_t>(0, now - pub_start_ - waited);
   if (wait_in_) bump(head->wait_in, wait_in_);
   if (wait_out_) bump(ctx_->counter(last_)->wait_out, wait_out_);
   pub_start_ = now;
   wait_in_ = 0;
   wait_out_ = 0;
-  if (work == 0) return;
   std::int64_t total = 0;
   for (std::int64_t w : weight_) total += w;
+  // A chain that can measure its stages (it has boundaries) holds its work back until its
+  // first probe has said how to share it; the last publish shares what is left evenly.
+  if (total == 0 && !points_.empty() && !last) {
+    held_ += work;
+    return;
+  }
+  work += std::exchange(held_, 0);
+  if (work == 0) return;
   const auto n = static_cast<std::int64_t>(weight_.size());
   std::int64_t given = 0;
   for (std::int64_t k = 0; k < n; ++k) {
@@ -354,7 +362,8 @@ void segment::split_at(split_base* best, std::vector<split_base*> cuts) {
   }
   split_.push_back(best);
   const bool metrics = first_ >= 0 && ctx_->counter(first_);
-  if (metrics) publish(now_ns());
+  if (metrics)
+    publish(now_ns(), /*last=*/true);  // what it held is shared out before the stages move
   best->split(std::move(after), std::move(moved), std::move(cuts), gone);
   if (first_ >= 0) set_stages(first_, best->index());  // the rest went to the new fiber
   last_decided_ = 0;                                   // what is left may split again

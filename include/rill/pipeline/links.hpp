@@ -479,7 +479,8 @@ class segment {
   // publish(): adds the time since the last publish to the stages' counters: its waits to
   // the first stage (input) and the last (output), its work to each stage by its measured
   // share (evenly until a probe has measured them).
-  void publish(std::int64_t now) noexcept;
+  // `last`: the stages are about to leave this fiber (its end, a split): nothing is held.
+  void publish(std::int64_t now, bool last = false) noexcept;
   // waited_total(): all the waiting so far (a probe takes what falls within its sample out).
   std::int64_t waited_total() const noexcept { return waited_total_; }
 
@@ -542,6 +543,7 @@ class segment {
   int first_ = -1, last_ = -1;
   std::int64_t pub_start_ = 0;
   std::int64_t wait_in_ = 0, wait_out_ = 0;
+  std::int64_t held_ = 0;  // work not yet shared out: no probe has measured the stages yet
   std::vector<std::int64_t> weight_;
 };
 
