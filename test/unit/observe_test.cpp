@@ -69,7 +69,9 @@ TEST_CASE("observe: each stage's items in and out add up, fused or not", "[obser
     // stopped, reached the filter.
     CHECK(filter.items_in <= src.items_out);
     CHECK(filter.items_in >= 700 / 2 * 2 / 2);
-    CHECK(filter.items_out == map.items_in);
+    // (A fused chain may split mid-run: then a link lies between two stages, and what it
+    // held when take stopped the run never reached the next stage.)
+    CHECK(map.items_in <= filter.items_out);
     CHECK(map.items_in == map.items_out);
     CHECK(fm.items_in <= map.items_out);  // (less what a link held when take stopped)
     CHECK(fm.items_out >= 700);
@@ -79,7 +81,6 @@ TEST_CASE("observe: each stage's items in and out add up, fused or not", "[obser
     CHECK(filter.items_out * 2 >= 700);
     for (const auto& st : s.stages) {
       if (!fusion && &st != &s.stages.back()) CHECK(st.capacity == rill::default_buffer);
-      if (fusion) CHECK(st.capacity == 0);  // one fiber: no link
     }
   });
 }
