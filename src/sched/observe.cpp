@@ -396,9 +396,10 @@ void format_fiber(std::ostream& os, fiber* f, std::int64_t now) {
       os << ": parked on " << to_string(f->reason.load(std::memory_order_relaxed));
       if (const void* o = f->wait_object.load(std::memory_order_relaxed)) os << " " << o;
       const std::int64_t at = f->parked_at.load(std::memory_order_relaxed);
-      if ((g_observe.load(std::memory_order_relaxed) & observe_park_times) && at != 0 && now > at) {
+      // (`now` was read when the dump began: a fiber that parked since shows 0.)
+      if ((g_observe.load(std::memory_order_relaxed) & observe_park_times) && at != 0) {
         char buf[32];
-        const double s = static_cast<double>(now - at) / 1e9;
+        const double s = static_cast<double>(std::max<std::int64_t>(0, now - at)) / 1e9;
         if (s >= 1) {
           std::snprintf(buf, sizeof buf, " for %.1fs", s);
         } else {
