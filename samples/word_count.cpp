@@ -1,6 +1,13 @@
 // word_count: the ten most frequent words of a text, as a pipeline.
 //
-//   word_count [file]        without a file: the Gettysburg Address
+//   word_count [--progress] [--stats] [--dot] [--trace=out.json] [--repeat=N] [file]
+//
+//   file          the text (default: the Gettysburg Address)
+//   --progress    a progress bar on stderr while it runs
+//   --stats       the per-stage table after the run (items, busy time, waits, bottleneck)
+//   --dot         the pipeline as Graphviz DOT after the run (`| dot -Tsvg > wc.svg`)
+//   --trace=path  a Chrome trace of the run (open it in ui.perfetto.dev)
+//   --repeat=N    read the text N times (a longer run to watch)
 //
 // The lines are read lazily, split into lowercase words (flat_map), short words are dropped
 // (filter), and the words are counted into a map (reduce). tokenize() and count() are plain
@@ -10,7 +17,11 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -65,22 +76,55 @@ counts count(counts c, const std::string& w) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::ifstream file;
-  std::istringstream builtin(gettysburg);
-  if (argc > 1) {
-    file.open(argv[1]);
-    if (!file) {
-      std::fprintf(stderr, "word_count: cannot open %s\n", argv[1]);
+  bool progress = false, stats = false, dot = false;
+  const char* trace = nullptr;
+  const char* path = nullptr;
+  long repeat = 1;
+  for (int i = 1; i < argc; ++i) {
+    const char* a = argv[i];
+    if (std::strcmp(a, "--progress") == 0) {
+      progress = true;
+    } else if (std::strcmp(a, "--stats") == 0) {
+      stats = true;
+    } else if (std::strcmp(a, "--dot") == 0) {
+      dot = true;
+    } else if (std::strncmp(a, "--trace=", 8) == 0) {
+      trace = a + 8;
+    } else if (std::strncmp(a, "--repeat=", 9) == 0) {
+      repeat = std::max(1L, std::strtol(a + 9, nullptr, 10));
+    } else if (a[0] == '-' && a[1] == '-') {
+      std::fprintf(stderr, "word_count: unknown option %s\n", a);
       return 2;
+    } else {
+      path = a;
     }
   }
-  std::istream& in = argc > 1 ? static_cast<std::istream&>(file) : builtin;
+  // The text, `repeat` times over (one string: the lines are then read lazily from it).
+  std::string text = gettysburg;
+  if (path) {
+    std::ifstream file(path);
+    if (!file) {
+      std::fprintf(stderr, "word_count: cannot open %s\n", path);
+      return 2;
+    }
+    std::ostringstream all;
+    all << file.rdbuf();
+    text = all.str();
+  }
+  std::string whole;
+  whole.reserve(text.size() * static_cast<std::size_t>(repeat) + static_cast<std::size_t>(repeat));
+  for (long r = 0; r < repeat; ++r) (whole += text) += '\n';
+  std::istringstream in(whole);
 
   auto word_counts = rill::from(ranges::getlines(in))  // one item per line, read lazily
-                   | rill::flat_map(tokenize)          // a line -> its words
-                   | rill::filter([](const std::string& w) { return w.size() > 3; })
+                   | rill::flat_map(tokenize, {.name = "tokenize"})  // a line -> its words
+                   | rill::filter([](const std::string& w) { return w.size() > 3; },
+                                  {.name = "long_words"})
                    | rill::reduce(counts{}, count);    // run() returns the counts
-  const counts c = word_counts.run();
+  std::optional<rill::trace_session> tracing;
+  if (trace) tracing.emplace(trace);
+  const counts c = word_counts.run(rill::run_options{.progress = progress});
+  if (tracing && !tracing->stop()) std::fprintf(stderr, "word_count: cannot write %s\n", trace);
 
   std::vector<std::pair<std::string, long>> top(c.begin(), c.end());
   const auto ten = top.begin() + static_cast<long>(std::min<std::size_t>(10, top.size()));
@@ -89,5 +133,8 @@ int main(int argc, char** argv) {
   });
   std::printf("%zu distinct words longer than 3 letters; the most frequent:\n", c.size());
   for (auto it = top.begin(); it != ten; ++it) std::printf("%7ld  %s\n", it->second, it->first.c_str());
+  std::fflush(stdout);
+  if (stats) std::cout << "\n" << word_counts.stats();
+  if (dot) std::cout << word_counts.to_dot();
   return c.empty() ? 1 : 0;
 }

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <iosfwd>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -222,5 +223,40 @@ stats global_stats() noexcept;
 // dump_fibers() describes every fiber of the calling thread's runtime, or of every runtime
 // when called from a plain thread: id, name, state and what it waits on.
 std::string dump_fibers();
+
+// dump(os) writes every live fiber of every runtime, as Go's goroutine dump does: its id,
+// its name (a pipeline's fibers are named after their stages), its state, what it waits on
+// (channel, select, timer, I/O, mutex, ...) and, while park times are kept (RILL_DUMP_ON or
+// a trace), for how long. From any fiber or thread. With RILL_DUMP_ON=SIGQUIT (or SIGUSR1,
+// SIGUSR2) the process writes it to stderr on that signal and goes on (Go: SIGQUIT; a
+// thread of rill's writes it, not the signal handler).
+void dump(std::ostream& os);
+
+// trace_session: while it lives, the runtime records a trace: per worker thread, the slices
+// in which each fiber ran (named by fiber and stage), and per fiber its parks (with their
+// reason) inside its lifetime span. Its end (the destructor, or stop()) writes the Chrome
+// trace-event JSON that ui.perfetto.dev and chrome://tracing open. Memory is bounded: each
+// worker keeps its latest events in a ring. One session at a time. RILL_TRACE=path traces
+// the whole process and writes the file at exit.
+class trace_session {
+ public:
+  trace_session() = default;
+  explicit trace_session(std::string path);  // starts; throws std::logic_error if one runs
+  trace_session(trace_session&& o) noexcept : path_(std::move(o.path_)), on_(o.on_) {
+    o.on_ = false;
+  }
+  trace_session& operator=(trace_session&&) = delete;
+  ~trace_session() { stop(); }
+  // stop() ends the session and writes the file (once; false if it could not be written).
+  bool stop() noexcept;
+
+ private:
+  std::string path_;
+  bool on_ = false;
+};
+// trace_to(path): `auto t = rill::trace_to("run.json");` traces until t goes.
+[[nodiscard]] inline trace_session trace_to(std::string path) {
+  return trace_session(std::move(path));
+}
 
 }  // namespace rill

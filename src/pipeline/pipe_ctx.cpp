@@ -113,9 +113,19 @@ std::string pipe_ctx::failed_stage() {
 }
 
 pipeline_stats pipe_ctx::stats() {
+  pipeline_stats s;
   mu_.lock();
-  auto s = stats_;
+  try {
+    s = stats_;
+    if (counters_) fill_live(s, counters_.get(), ncounters_);
+  } catch (...) {
+    // out of memory: what was copied so far
+  }
   mu_.unlock();
+  const std::int64_t start = start_ns_.load(std::memory_order_acquire);
+  const std::int64_t end = end_ns_.load(std::memory_order_acquire);
+  s.finished = end != 0;
+  if (start != 0) s.elapsed = std::chrono::nanoseconds((end != 0 ? end : now_ns()) - start);
   return s;
 }
 

@@ -33,6 +33,7 @@ void split_base::start_child(pipe_ctx& ctx, child_job job, void (*drive)(split_b
           // Not seg_: the segment that split here may be gone by the time this runs.
           segment child(ctx, job.fiber, std::move(job.after), true, std::move(job.moved));
           child.stack_size = job.stack;
+          child.set_stages(job.first, job.last);
           if (!job.cuts.empty()) child.cut(std::move(job.cuts));
           drive(this, child);
         },
@@ -84,6 +85,7 @@ segment::segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*>
 }
 
 segment::~segment() {
+  if (first_ >= 0 && ctx_->counter(first_)) publish(now_ns(), /*last=*/true);
   for (split_base* p : points_) p->seg_ = nullptr;
   for (split_base* p : split_) {
     p->seg_ = nullptr;
@@ -111,21 +113,35 @@ void segment::end_window() {
   const std::int64_t work = std::max<std::int64_t>(0, now - win_start_ - waited_);
   const std::int64_t per_item =
       work / static_cast<std::int64_t>(std::max<std::size_t>(1, win_items_));
+  const bool metrics = first_ >= 0 && ctx_->counter(first_);
+  if (metrics) publish(now);
   // (inline_run keeps its one schedule: it decides nothing from time.) A window with a
   // wait in it gave the worker away already: the slice starts again.
   if (waited_ != 0) slice_start_ = now;
-  if (!probing_ && ctx_->adaptive && now - slice_start_ >= slice_ns) now = yield_slice();
+  if (!probing_ && ctx_->adaptive && now - slice_start_ >= slice_ns) {
+    now = yield_slice();
+    pub_start_ = now;  // the time other fibers had is not this one's work
+  }
   win_start_ = now;
   win_items_ = 0;
   waited_ = 0;
   ++windows_;
+  const bool worth =
+      per_item >= 2 * threshold_ && (last_decided_ == 0 || per_item >= 2 * last_decided_);
+  // The metrics take a probe of their own now and then (at once, then every 16 windows), to share
+  // the fiber's work among its stages; it decides nothing.
+  const bool measure_due = metrics && (windows_ == 2 || windows_ % 16 == 0);
   if (probing_) {
-    decide(per_item);
-  } else if (windows_ > 1 && !points_.empty() && per_item >= 2 * threshold_ &&
-             (last_decided_ == 0 || per_item >= 2 * last_decided_)) {
+    if (measure_only_) {
+      measure(per_item);
+    } else {
+      decide(per_item);
+    }
+  } else if (windows_ > 1 && !points_.empty() && (worth || measure_due)) {
     // Worth a look (the first window, the fiber's first items, is left out: a new fiber's
     // first item pays for cold code and fresh stack pages, slow as it may look).
     probing_ = true;
+    measure_only_ = !worth;
     const int least = per_item >= probe_ns / 2 ? min_probe_samples_slow : min_probe_samples;
     want_ = static_cast<int>(std::clamp<std::int64_t>(
         probe_ns / std::max<std::int64_t>(1, per_item), least, max_probe_samples));
@@ -191,6 +207,7 @@ void segment::decide(std::int64_t per_item) {
       s.cost_per_item = std::chrono::nanoseconds(std::max<std::int64_t>(0, downs[k] - next));
     });
   }
+  learn_weights(ups, downs);
   last_decided_ = std::max<std::int64_t>(1, per_item);
   budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
   if (!best) return;
@@ -217,6 +234,92 @@ void segment::decide(std::int64_t per_item) {
                  std::to_string(ctx_->workers) + " workers)";
   });
   split_at(first, std::move(cuts));
+}
+
+void segment::set_stages(int first, int last) {
+  first_ = first;
+  last_ = last;
+  weight_.assign(first >= 0 && last >= first ? static_cast<std::size_t>(last - first + 1) : 0, 0);
+  pub_start_ = now_ns();
+}
+
+void segment::publish(std::int64_t now, bool last) noexcept {
+  stage_counters* head = ctx_->counter(first_);
+  if (!head || weight_.empty()) return;
+  const std::int64_t waited = wait_in_ + wait_out_;
+  std::int64_t work = std::max<std::int64_t>(0, now - pub_start_ - waited);
+  if (wait_in_) bump(head->wait_in, wait_in_);
+  if (wait_out_) bump(ctx_->counter(last_)->wait_out, wait_out_);
+  pub_start_ = now;
+  wait_in_ = 0;
+  wait_out_ = 0;
+  std::int64_t total = 0;
+  for (std::int64_t w : weight_) total += w;
+  // A chain that can measure its stages (it has boundaries) holds its work back until its
+  // first probe has said how to share it; the last publish shares what is left evenly.
+  if (total == 0 && !points_.empty() && !last) {
+    held_ += work;
+    return;
+  }
+  work += std::exchange(held_, 0);
+  if (work == 0) return;
+  const auto n = static_cast<std::int64_t>(weight_.size());
+  std::int64_t given = 0;
+  for (std::int64_t k = 0; k < n; ++k) {
+    // Evenly while nothing is measured; the last stage takes what rounding left.
+    std::int64_t part = total > 0 ? static_cast<std::int64_t>(static_cast<double>(work) *
+                                                              static_cast<double>(weight_[k]) /
+                                                              static_cast<double>(total))
+                                  : work / n;
+    if (k == n - 1) part = work - given;
+    given += part;
+    if (part) bump(ctx_->counter(first_ + static_cast<int>(k))->busy, part);
+  }
+}
+
+void segment::learn_weights(const std::vector<std::int64_t>& ups,
+                            const std::vector<std::int64_t>& downs) {
+  if (weight_.empty() || points_.empty()) return;
+  for (std::size_t k = 0; k < points_.size(); ++k) {
+    if (ups[k] < 0 || downs[k] < 0) return;  // a boundary no item reached: keep the last
+  }
+  std::vector<std::int64_t> w(weight_.size(), 0);
+  // spread(): a piece of the chain (stages a..b) took `ns` per item.
+  auto spread = [&](int a, int b, std::int64_t ns) {
+    a = std::max(a, first_);
+    b = std::min(b, last_);
+    if (b < a) return;
+    const std::int64_t each = std::max<std::int64_t>(1, ns) * 16 / (b - a + 1);
+    for (int s = a; s <= b; ++s)
+      w[static_cast<std::size_t>(s - first_)] += std::max<std::int64_t>(1, each);
+  };
+  spread(first_, points_.front()->index(), ups.front());
+  for (std::size_t k = 0; k < points_.size(); ++k) {
+    const int from = points_[k]->index() + 1;
+    const int to = k + 1 < points_.size() ? points_[k + 1]->index() : last_;
+    const std::int64_t next = k + 1 < points_.size() ? downs[k + 1] : 0;
+    spread(from, to, downs[k] - next);
+  }
+  weight_ = std::move(w);
+}
+
+void segment::measure(std::int64_t per_item) {
+  probing_ = false;
+  measure_only_ = false;
+  const std::int64_t clock2 = 2 * clock_cost_ns();
+  const auto np = static_cast<std::int64_t>(points_.size());
+  std::vector<std::int64_t> downs(points_.size(), -1), ups(points_.size(), -1);
+  for (std::int64_t k = 0; k < np; ++k) {
+    split_base* p = points_[static_cast<std::size_t>(k)];
+    p->mode_ = split_base::mode::fused;
+    if (p->ndown_ == 0 || p->nup_ == 0) continue;
+    downs[static_cast<std::size_t>(k)] = std::max<std::int64_t>(
+        0, split_base::estimate(p->downs_, p->ndown_) - (np - 1 - k) * clock2);
+    ups[static_cast<std::size_t>(k)] =
+        std::max<std::int64_t>(0, split_base::estimate(p->ups_, p->nup_) - k * clock2);
+  }
+  learn_weights(ups, downs);
+  budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
 }
 
 // cut(): split at once at each of `cuts` (in chain order), decided by the probe of the
@@ -258,8 +361,12 @@ void segment::split_at(split_base* best, std::vector<split_base*> cuts) {
     }
   }
   split_.push_back(best);
+  const bool metrics = first_ >= 0 && ctx_->counter(first_);
+  if (metrics)
+    publish(now_ns(), /*last=*/true);  // what it held is shared out before the stages move
   best->split(std::move(after), std::move(moved), std::move(cuts), gone);
-  last_decided_ = 0;  // what is left may split again
+  if (first_ >= 0) set_stages(first_, best->index());  // the rest went to the new fiber
+  last_decided_ = 0;                                   // what is left may split again
 }
 
 }  // namespace detail

@@ -1264,26 +1264,8 @@ std::exception_ptr runtime::last_deadlock() {
 
 std::string runtime::dump() {
   std::ostringstream os;
-  for_each_fiber([&](fiber* f) {
-    os << "  fiber " << f->id;
-    if (f->name[0]) os << " (" << f->name << ")";
-    switch (f->state.load(std::memory_order_relaxed)) {
-      case fiber_state::parked:
-        os << ": parked on " << to_string(f->reason.load(std::memory_order_relaxed));
-        if (const void* o = f->wait_object.load(std::memory_order_relaxed)) os << " " << o;
-        break;
-      case fiber_state::runnable:
-        os << ": runnable";
-        break;
-      case fiber_state::running:
-        os << ": running";
-        break;
-      default:
-        os << ": starting";
-        break;
-    }
-    os << "\n";
-  });
+  const std::int64_t now = now_ns();
+  for_each_fiber([&](fiber* f) { format_fiber(os, f, now); });  // rill::dump's lines too
   return os.str();
 }
 

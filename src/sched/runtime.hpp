@@ -15,6 +15,7 @@
 #include "rill/detail/core.hpp"
 #include "rill/runtime.hpp"
 #include "sched/fifo.hpp"
+#include "sched/observe.hpp"
 #include "sched/run_queue.hpp"
 #include "sched/timers.hpp"
 
@@ -67,6 +68,8 @@ struct fiber : context {
   // (watchdog_ms also at creation, stall_reported only by the watchdog).
   std::int32_t watchdog_ms = -1;
   bool stall_reported = false;
+  // When it last parked; kept only while g_observe asks for it (observe.hpp).
+  std::atomic<std::int64_t> parked_at{0};
   char name[40];  // NUL-terminated; name[0] is set at creation (the rest is not cleared)
 };
 // The watchdog finds a fiber's registry slot from the record's address (watchdog.cpp).
@@ -106,6 +109,8 @@ struct alignas(64) worker {
   // set_current(): the worker is about to run f (nullptr: its scheduler loop); one more
   // scheduling point. Owner thread only.
   void set_current(fiber* f) noexcept {
+    if (g_observe.load(std::memory_order_relaxed) != 0) [[unlikely]]
+      observe_switch(this, f);  // a trace or park times (observe.cpp)
     current.store(f, std::memory_order_release);
     scheduling_point();
   }

@@ -197,7 +197,7 @@ struct broadcast_term : terminal_tag {
             using Term = std::remove_cvref_t<decltype(b->term)>;
             terminal_tail<Term, Out> tail{&b->term, {}, index};
             build<0, In>(b->stages, tail, ctx, link_driver<In>{l}, true,
-                         "broadcast[" + std::to_string(K) + "]", default_buffer, 0);
+                         "broadcast[" + std::to_string(K) + "]", default_buffer, 0, 0, -1);
             if constexpr (!std::is_void_v<typename terminal_tail<Term, Out>::result_type>) {
               if (!tail.result.value) return;  // the terminal never finished (stopped)
               std::get<K>(st->results).set(tail.result.take());

@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <iosfwd>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -88,6 +90,14 @@ struct run_options {
   // from a plain thread, is in flight (its thread may feed it); a plain-thread
   // run(stop_token) whose token can be stopped does not watch (the stop may come later).
   bool detect_deadlock = true;
+  // A live one-line progress bar on stderr while the run goes (a plain line every few
+  // seconds when stderr is not a terminal): items through the sink, rate, elapsed time, ETA
+  // when the source's size is known, the busiest stage. RILL_PROGRESS=1 turns it on for
+  // every run.
+  bool progress = false;
+  // Per-stage counters and times (pipeline_stats::stages). On by default; false only to
+  // measure what they cost.
+  bool metrics = true;
 };
 // run(rill::inline_run): the deterministic one-worker mode.
 inline constexpr run_options inline_run{true, true};
@@ -98,11 +108,22 @@ class pipeline_cancelled : public std::runtime_error {
   pipeline_cancelled() : std::runtime_error("rill: pipeline cancelled") {}
 };
 
-// stage_stats: one stage of the last run, as the pipeline laid it out.
+// stage_stats: one stage of a run, as the pipeline laid it out and as far as it has got
+// (items and times are read live from the stage fibers' counters: during a run they are a
+// consistent-enough snapshot, after it exact for items).
 struct stage_stats {
   std::string name;
+  std::uint64_t items_in = 0;   // items that entered it (a source: = items_out)
+  std::uint64_t items_out = 0;  // items it passed on (a terminal: = items_in)
+  // Time in the stage's own work (its user function, for a fused stage its measured share
+  // of its fiber's work), and its fibers' time waiting for an item and waiting for room
+  // downstream (held back by the next stage). Summed over its fibers.
+  std::chrono::nanoseconds busy{0}, waiting_input{0}, waiting_output{0};
   unsigned fibers = 1;  // fibers that run it (par_map: its workers)
-  bool fused = false;   // runs in the fiber of the stage before it (no link between them)
+  // The link after it (0, 0 when the next stage runs in the same fiber): items in it now,
+  // and its bound (the stage's buffer).
+  std::size_t queued = 0, capacity = 0;
+  bool fused = false;  // runs in the fiber of the stage before it (no link between them)
   // Measured work per item (0: not measured; the pipeline measures a stage only when the
   // fiber that runs it is slow enough for a split to matter).
   std::chrono::nanoseconds cost_per_item{0};
@@ -110,11 +131,20 @@ struct stage_stats {
   std::string decision;        // why it is laid out so (fused, split, pinned by an option)
 };
 
-// pipeline_stats: how the last run was laid out.
+// pipeline_stats: how a run was laid out and how far it has got. Printed with
+// operator<< as an aligned table, one line per stage, and a line naming the bottleneck
+// and what would help.
 struct pipeline_stats {
-  std::vector<std::string> fibers;  // one entry per stage fiber: its stages, '|'-separated
-  std::vector<stage_stats> stages;  // one per stage in pipeline order, source and terminal too
+  std::vector<std::string> fibers;      // one entry per stage fiber: its stages, '|'-separated
+  std::vector<stage_stats> stages;      // one per stage in pipeline order, source and terminal too
+  std::chrono::nanoseconds elapsed{0};  // of the run, so far
+  bool finished = false;                // the run has ended
+
+  // bottleneck(): the stage that limits throughput: the highest busy time per fiber
+  // (nullptr when nothing was measured).
+  const stage_stats* bottleneck() const noexcept;
 };
+std::ostream& operator<<(std::ostream& os, const pipeline_stats& s);
 
 namespace detail {
 
@@ -149,6 +179,24 @@ inline void join(wait_group& fibers, std::exception_ptr& deadlock) {
   }
 }
 
+// stage_counters: the live counters of one stage, written by the fibers that run it (at
+// most once per chunk or batch of items, relaxed: they are statistics), summed on read.
+// `out` is counted only by stages that change the count (sources, filter, flat_map, take,
+// batch, unbatch, par_map); `sent`/`recvd` by the link after / before the stage.
+struct alignas(64) stage_counters {
+  std::atomic<std::uint64_t> out{0}, sent{0}, recvd{0};
+  std::atomic<std::int64_t> busy{0}, wait_in{0}, wait_out{0};
+  std::atomic<bool> counts_out{false};
+  std::atomic<std::size_t> capacity{0};
+};
+// bump(): a relaxed add (several fibers may write one stage: par_map, merge).
+inline void bump(std::atomic<std::uint64_t>& c, std::uint64_t n) noexcept {
+  c.fetch_add(n, std::memory_order_relaxed);
+}
+inline void bump(std::atomic<std::int64_t>& c, std::int64_t n) noexcept {
+  c.fetch_add(n, std::memory_order_relaxed);
+}
+
 // pipe_ctx: the state of one pipeline run, shared by all its fibers.
 class pipe_ctx {
  public:
@@ -164,6 +212,8 @@ class pipe_ctx {
   std::size_t stack_size = 0;     // run_options::stack_size
   std::int32_t watchdog_ms = -1;  // run_options::watchdog (-1: unset)
   unsigned workers = 1;           // of the runtime the run is on
+  bool metrics = true;            // run_options::metrics
+  bool progress = false;          // run_options::progress or RILL_PROGRESS
   std::atomic<bool> stop{false};
   wait_group fibers;
   chan<char> cancelled{0};  // closed on cancel: wakes sources/sinks blocked on user channels
@@ -200,7 +250,23 @@ class pipe_ctx {
     adaptive = !o.inline_mode;
     stack_size = o.stack_size;
     if (o.watchdog) watchdog_ms = static_cast<std::int32_t>(detail::watchdog_ms(*o.watchdog));
+    metrics = o.metrics;
+    progress = o.progress || progress_from_env();
   }
+  static bool progress_from_env() noexcept;
+
+  // begin_run(): the run starts, with `stages` stages (source and terminal included); makes
+  // their counters (before any stage fiber exists). end_run(): it has ended.
+  void begin_run(int stages);
+  void end_run() noexcept;
+  // counter(index): stage `index`'s counters (nullptr with metrics off). Stage fibers call
+  // it; its array does not change while they run.
+  stage_counters* counter(int index) noexcept {
+    if (!counters_ || index < 0) return nullptr;
+    return &counters_[static_cast<std::size_t>(std::min(index, ncounters_ - 1))];
+  }
+  // source_size: the number of items the source will give, when it knows (-1: unknown).
+  std::atomic<std::int64_t> source_size{-1};
 
   // spawn() runs f in a new stage fiber named `name`, with a stack of at least `stack`
   // bytes (and of the run's size); its failure fails the run. `record`: list it in the
@@ -266,6 +332,10 @@ class pipe_ctx {
   std::vector<chan_handle> links_;  // guarded by mu_
   pipeline_stats stats_;            // guarded by mu_
   std::atomic<bool> user_cancelled_{false};
+  std::unique_ptr<stage_counters[]> counters_;  // set by begin_run (read by stats under mu_)
+  int ncounters_ = 0;
+  std::atomic<std::int64_t> start_ns_{0}, end_ns_{0};
+  void* progress_ = nullptr;  // the progress bar's thread (obs/progress.cpp), guarded by mu_
 };
 
 // The path an item takes through a fiber's chain of sinks: a sink's operator() takes it as
@@ -342,6 +412,35 @@ template <class S>
 constexpr bool inert_v = requires {
   requires S::inert;
 };
+
+// counting(ctx, index): the counters of a stage that counts the items it passes on
+// (filter, flat_map, take, batch, unbatch, par_map, the sources); nullptr with metrics off.
+inline stage_counters* counting(pipe_ctx& ctx, int index) noexcept {
+  stage_counters* c = ctx.counter(index);
+  if (c) c->counts_out.store(true, std::memory_order_relaxed);
+  return c;
+}
+// count_out(): one more item passed on. A stage's items are passed on by one fiber at a
+// time (the fiber that runs it; a split hands it over through a channel), so a load and a
+// store, not a locked add.
+[[gnu::always_inline]] inline void count_out(stage_counters* c, std::uint64_t n) noexcept {
+  if (c) c->out.store(c->out.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+}
+
+// dot_stage: one stage as composed, for to_dot().
+struct dot_stage {
+  std::string name;
+  std::size_t buffer = default_buffer;           // of the link after it, when there is one
+  unsigned workers = 0;                          // par_map: its workers (0: the runtime's count)
+  bool parallel = false;                         // par_map
+  bool own_fiber = false;                        // .fuse = false: starts a fiber
+  std::vector<std::vector<dot_stage>> branches;  // broadcast: each branch's chain
+};
+// format_dot(): the Graphviz text of a chain (observe.cpp); `run`: what a run measured.
+std::string format_dot(const std::vector<dot_stage>& chain, const pipeline_stats* run);
+
+// fill_live(): the items and times of `s`'s stages from their counters (stats.cpp).
+void fill_live(pipeline_stats& s, const stage_counters* c, int n);
 
 // stage_name(): "map#2" or the user's name.
 std::string stage_name(const char* user, const char* kind, int index);

@@ -152,12 +152,16 @@ class link_writer {
  public:
   static constexpr bool inert = true;  // see inert_v
   link_writer(link_chan<T> ch, batch_policy pol, std::atomic<int>* writers = nullptr)
-      : ch_(std::move(ch)), pol_(pol), b_(pol.pinned ? pol.max : 1), writers_(writers) {
+      : ch_(std::move(ch)),
+        pol_(pol),
+        b_(pol.pinned ? pol.max : 1),
+        writers_(writers),
+        ctr_(pol.ctx ? pol.ctx->counter(pol.stage) : nullptr) {
     hook_.self = this;
   }
   // Moves only before first use (a used writer is on its fiber's hook list).
   link_writer(link_writer&& o) noexcept
-      : ch_(std::move(o.ch_)), pol_(o.pol_), b_(o.b_), writers_(o.writers_) {
+      : ch_(std::move(o.ch_)), pol_(o.pol_), b_(o.b_), writers_(o.writers_), ctr_(o.ctr_) {
     hook_.self = this;
   }
   link_writer& operator=(link_writer&&) = delete;
@@ -266,6 +270,7 @@ class link_writer {
   bool send_batch() {
     busy_ = true;  // the park hook leaves the batch alone while it is being sent
     cur_.seq = seq_++;
+    const std::size_t n = cur_.size();
     try {
       if (!seg_) {
         ch_.send(std::move(cur_));
@@ -275,6 +280,7 @@ class link_writer {
         ch_.send(std::move(cur_));
         segment_waited(seg_, now_ns() - t0);
       }
+      if (ctr_) bump(ctr_->sent, n);
     } catch (const closed_channel&) {
       open_ = false;  // downstream stopped (take, cancel): stop producing
     }
@@ -291,8 +297,10 @@ class link_writer {
   void try_flush() noexcept {
     if (busy_ || fill_ == 0 || !open_) return;
     cur_.seq = seq_;
+    const std::size_t n = cur_.size();
     try {
       if (!ch_.try_send(cur_)) return;  // full: the batch stays (see the class comment)
+      if (ctr_) bump(ctr_->sent, n);
     } catch (const closed_channel&) {
       open_ = false;
       return;
@@ -321,6 +329,7 @@ class link_writer {
   std::int64_t t_start_ = 0, t_end_ = 0;
   park_hooks* hooks_ = nullptr;
   segment* seg_ = nullptr;
+  stage_counters* ctr_;  // the stage before the link: what was sent on it
   hook_node hook_;
 };
 
@@ -366,6 +375,7 @@ class split_base {
     std::vector<split_base*> after, moved, cuts;
     std::string fiber;
     std::size_t stack;
+    int first = -1, last = -1;  // the stages the new fiber runs (for metrics; -1: none)
   };
   void start_child(pipe_ctx& ctx, child_job job, void (*drive)(split_base*, segment&));
 
@@ -448,11 +458,29 @@ class segment {
   // items straight on, so the driver may take fused_path until its next tick.
   bool quiet() const noexcept { return !probing_ && split_.empty(); }
 
-  // waited(): the chain spent `ns` waiting (for room downstream), not working.
+  // waited(): the chain spent `ns` waiting for input, not working; waited_out(): waiting
+  // for room downstream.
   void waited(std::int64_t ns) noexcept {
     waited_ += ns;
     waited_total_ += ns;
+    wait_in_ += ns;
   }
+  void waited_out(std::int64_t ns) noexcept {
+    waited_ += ns;
+    waited_total_ += ns;
+    wait_out_ += ns;
+  }
+
+  // set_stages(): this fiber runs stages first..last (numbered from the source, 0); its
+  // time goes to their counters (first < 0: to none). first_stage()/last_stage(): them.
+  void set_stages(int first, int last);
+  int first_stage() const noexcept { return first_; }
+  int last_stage() const noexcept { return last_; }
+  // publish(): adds the time since the last publish to the stages' counters: its waits to
+  // the first stage (input) and the last (output), its work to each stage by its measured
+  // share (evenly until a probe has measured them).
+  // `last`: the stages are about to leave this fiber (its end, a split): nothing is held.
+  void publish(std::int64_t now, bool last = false) noexcept;
   // waited_total(): all the waiting so far (a probe takes what falls within its sample out).
   std::int64_t waited_total() const noexcept { return waited_total_; }
 
@@ -477,6 +505,11 @@ class segment {
   // one whose lighter side is heaviest, if that side is worth a fiber (when every piece
   // is heavy, at every boundary that leaves heavy pieces on both sides).
   void decide(std::int64_t per_item);
+  // measure(): a probe taken for the metrics only: learn each stage's share of the work.
+  void measure(std::int64_t per_item);
+  // learn_weights(): from a probe's time before (ups) and after (downs) each boundary, per
+  // item, each stage's work per item (-1: the boundary saw no item).
+  void learn_weights(const std::vector<std::int64_t>& ups, const std::vector<std::int64_t>& downs);
 
  public:
   // cut(): split at once at each of `cuts` (in chain order), decided by the probe of the
@@ -503,15 +536,24 @@ class segment {
   int windows_ = 0;
   int want_ = 0;
   bool probing_ = false;
+  bool measure_only_ = false;  // the probe under way is for the metrics only
   bool may_split_;
+  // Metrics: the stages this fiber runs, its waits since the last publish, and each stage's
+  // measured work per item (its share of the fiber's work).
+  int first_ = -1, last_ = -1;
+  std::int64_t pub_start_ = 0;
+  std::int64_t wait_in_ = 0, wait_out_ = 0;
+  std::int64_t held_ = 0;  // work not yet shared out: no probe has measured the stages yet
+  std::vector<std::int64_t> weight_;
 };
 
-inline void segment_waited(segment* seg, std::int64_t ns) noexcept { seg->waited(ns); }
+inline void segment_waited(segment* seg, std::int64_t ns) noexcept { seg->waited_out(ns); }
 
 // link_driver: drives a sink with the items of a link, in arrival order.
 template <class T>
 struct link_driver {
   link_chan<T> ch;
+  stage_counters* ctr = nullptr;  // the stage after the link: what it took from it
   template <class Sink>
   void operator()(Sink& sink, segment* seg = nullptr) {
     for (;;) {
@@ -536,6 +578,7 @@ struct link_driver {
         }
       }
       const std::size_t n = b->size();
+      if (ctr) bump(ctr->recvd, n);
       // With a segment, the sink is the chain's first stage (every sink takes a path).
       bool ok;
       if constexpr (inert_v<Sink>) {
@@ -573,6 +616,7 @@ template <class T>
 struct reorder_driver {
   link_chan<T> ch;
   chan<char> tokens;
+  stage_counters* ctr = nullptr;  // the stage after par_map: what it took from it
   void give_token() {
     try {
       (void)tokens.try_send('t');  // never full: tokens in the channel + taken <= capacity
@@ -612,6 +656,7 @@ struct reorder_driver {
         ++next;
         give_token();
       }
+      if (ctr) bump(ctr->recvd, n);
       seg.tick(n);
     }
     sink.finish();
@@ -649,17 +694,19 @@ class split_link : public split_base {
     pipe_ctx& ctx = seg_->ctx();
     const link_shape shape = shape_for(buffer_);
     reader_ = ctx.template link<link_chan<T>>(shape.capacity);
+    if (stage_counters* c = ctx.counter(index_))
+      c->capacity.store(buffer_, std::memory_order_relaxed);
     batch_policy pol{batch_size_ ? batch_size_ : shape.batch, batch_size_ != 0, nullptr, &ctx,
                      index_};
     writer_.emplace(reader_, pol);
     writer_->set_segment(seg_);
     try {
-      start_child(
-          ctx,
-          {std::move(after), std::move(moved), std::move(cuts), std::move(fiber), seg_->stack_size},
-          [](split_base* self, segment& child) {
-            static_cast<split_link*>(self)->drive_down(child);
-          });
+      start_child(ctx,
+                  {std::move(after), std::move(moved), std::move(cuts), std::move(fiber),
+                   seg_->stack_size, seg_->first_stage() < 0 ? -1 : index_ + 1, seg_->last_stage()},
+                  [](split_base* self, segment& child) {
+                    static_cast<split_link*>(self)->drive_down(child);
+                  });
     } catch (...) {
       writer_.reset();
       throw;
@@ -774,7 +821,9 @@ class split_point final : public split_link<T> {
     return more;
   }
 
-  void drive_down(segment& child) override { link_driver<T>{this->reader_}(*down_, child); }
+  void drive_down(segment& child) override {
+    link_driver<T>{this->reader_, child.ctx().counter(this->index_ + 1)}(*down_, child);
+  }
 
   Down* down_;
   segment* tick_seg_;  // the head's segment (the first boundary stays in its fiber)

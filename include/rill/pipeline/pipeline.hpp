@@ -99,6 +99,11 @@ struct link_tail {
   }
 };
 
+template <class T>
+inline constexpr bool is_link_tail_v = false;
+template <class T>
+inline constexpr bool is_link_tail_v<link_tail<T>> = true;
+
 // name_at<K>(): the name of stage K of the chain (K == size: the tail), for stats and fibers.
 template <std::size_t K, class Stages, class Tail>
 std::string name_at(Stages& st, Tail& tail) {
@@ -144,30 +149,43 @@ std::string join_names(std::string a, const std::string& b);
 void record_tail(pipe_ctx& ctx, int index, const char* name, bool fresh);
 void record_stage(pipe_ctx& ctx, int index, const std::string& name, bool fresh, bool pinned);
 
-// build(): `stack` is the largest stack size that the stages of the segment so far ask for.
+// build(): `stack` is the largest stack size that the stages of the segment so far ask for;
+// `first` the number of the segment's first stage, for its metrics (-1: none, as for the
+// stages of a merge's or a broadcast's inner chains, whose numbers are not the pipeline's).
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::string seg,
-           std::size_t buffer, std::size_t batch_size, std::size_t stack = 0);
+           std::size_t buffer, std::size_t batch_size, std::size_t stack = 0, int first = 0);
+
+// next_first(): the first stage of the segment after a link in front of stage `n`.
+inline int next_first(int first, int n) noexcept { return first < 0 ? -1 : n; }
+// link_counter(): the counters of stage n (a link's reader), unless metrics are off there.
+inline stage_counters* link_counter(pipe_ctx& ctx, int first, int n) noexcept {
+  return first < 0 ? nullptr : ctx.counter(n);
+}
 
 // cut(): the segment so far runs in a new fiber, feeding a link; building goes on from the
 // link's reader, in the calling fiber. `buffer` and `batch_size` are the options of the stage
 // before the link.
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, std::size_t buffer,
-         std::size_t batch_size, std::size_t stack) {
+         std::size_t batch_size, std::size_t stack, int first) {
   const link_shape shape = shape_for(buffer);
   auto l = ctx.template link<link_chan<In>>(shape.capacity);
+  constexpr int last = static_cast<int>(I);
+  if (stage_counters* c = link_counter(ctx, first, last)) c->capacity.store(buffer);
   batch_policy pol{batch_size ? batch_size : shape.batch, batch_size != 0 || !ctx.adaptive, nullptr,
-                   &ctx, static_cast<int>(I)};
+                   first < 0 ? nullptr : &ctx, last};
   ctx.spawn(
       seg,
-      [drive = std::move(drive), w = link_writer<In>(l, pol), &ctx, seg]() mutable {
+      [drive = std::move(drive), w = link_writer<In>(l, pol), &ctx, seg, first]() mutable {
         segment sg(ctx, seg, {}, /*may_split=*/false);
+        sg.set_stages(first, last);
         w.set_segment(&sg);
         drive(w, sg);
       },
       true, stack);
-  build<I, In>(st, tail, ctx, link_driver<In>{l}, true, std::string(), default_buffer, 0);
+  build<I, In>(st, tail, ctx, link_driver<In>{l, link_counter(ctx, first, last + 1)}, true,
+               std::string(), default_buffer, 0, 0, next_first(first, last + 1));
 }
 
 // run_tail(): runs the last segment, `body(drive)`, in the calling fiber when its stack is
@@ -184,20 +202,21 @@ void run_tail(pipe_ctx& ctx, const std::string& name, std::size_t stack, Drive& 
 
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::string seg,
-           std::size_t buffer, std::size_t batch_size, std::size_t stack) {
+           std::size_t buffer, std::size_t batch_size, std::size_t stack, int first) {
   constexpr std::size_t n = std::tuple_size_v<Stages>;
   if constexpr (I == n) {
     if (!ctx.fusion && !fresh) {
-      cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size, stack);
+      cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size, stack, first);
       return;
     }
     const std::string name = join_names(std::move(seg), tail.name());
     ctx.record_fiber(name);
     record_tail(ctx, static_cast<int>(n) + 1, tail.name(), fresh);
     const std::size_t need = std::max(stack, ctx.stack_size);
-    auto body = [&ctx, &tail, &name, need](Drive& d) {
+    auto body = [&ctx, &tail, &name, need, first](Drive& d) {
       segment sg(ctx, name, {}, Tail::may_split);
       sg.stack_size = need;
+      sg.set_stages(first, static_cast<int>(n) + 1);
       auto sink = tail.make_sink(ctx);
       d(sink, sg);
     };
@@ -208,11 +227,12 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
     using Out = typename S::template out_t<In>;
     constexpr int index = static_cast<int>(I) + 1;
     if constexpr (S::parallel) {
-      build_par_map<I, In>(st, tail, ctx, std::move(drive), std::move(seg), stack);
+      build_par_map<I, In>(st, tail, ctx, std::move(drive), std::move(seg), stack, first);
     } else {
       const bool pinned_cut = !ctx.fusion || (s.opt.fuse.has_value() && !*s.opt.fuse);
       if (!fresh && pinned_cut) {
-        cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size, stack);
+        cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size, stack,
+                   first);
         return;
       }
       const std::string name = stage_name(s.opt.name, S::kind, index);
@@ -244,7 +264,7 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
         }
       };
       build<I + 1, Out>(st, tail, ctx, std::move(next), false, join_names(std::move(seg), name),
-                        s.opt.buffer, s.opt.batch_size, std::max(stack, s.opt.stack_size));
+                        s.opt.buffer, s.opt.batch_size, std::max(stack, s.opt.stack_size), first);
     }
   }
 }
@@ -261,7 +281,7 @@ struct par_state {
 // goes on from `out`'s reader (in input order when ordered).
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg,
-                   std::size_t stack) {
+                   std::size_t stack, int first) {
   using S = std::tuple_element_t<I, Stages>;
   S& s = std::get<I>(st);
   using Out = typename S::template out_t<In>;
@@ -276,10 +296,16 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   auto in = ctx.template link<link_chan<In>>(in_shape.capacity);
   batch_policy pol{pinned ? pinned : in_shape.batch, pinned != 0,
                    pinned ? nullptr : &state->handout, &ctx, static_cast<int>(I)};
+  if (first < 0) pol.ctx = nullptr;  // a merge's or broadcast's inner chain: not counted
+  if (stage_counters* c = link_counter(ctx, first, static_cast<int>(I))) {
+    c->capacity.store(s.opt.buffer);
+  }
+  if (stage_counters* c = link_counter(ctx, first, index)) c->capacity.store(s.opt.buffer);
   ctx.spawn(
       seg,
-      [drive = std::move(drive), w = link_writer<In>(in, pol), &ctx, seg, state]() mutable {
+      [drive = std::move(drive), w = link_writer<In>(in, pol), &ctx, seg, state, first]() mutable {
         segment sg(ctx, seg, {}, /*may_split=*/false);
+        sg.set_stages(first, static_cast<int>(I));
         w.set_segment(&sg);
         drive(w, sg);
       },
@@ -315,11 +341,13 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
         },
         true, s.opt.stack_size);
   }
+  stage_counters* after = link_counter(ctx, first, index + 1);
   if (s.opt.ordered) {
-    build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out, tokens}, true, std::string(),
-                      s.opt.buffer, 0);
+    build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out, tokens, after}, true, std::string(),
+                      s.opt.buffer, 0, 0, next_first(first, index + 1));
   } else {
-    build<I + 1, Out>(st, tail, ctx, link_driver<Out>{out}, true, std::string(), s.opt.buffer, 0);
+    build<I + 1, Out>(st, tail, ctx, link_driver<Out>{out, after}, true, std::string(),
+                      s.opt.buffer, 0, 0, next_first(first, index + 1));
   }
 }
 
@@ -374,8 +402,10 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
       run(head);
     }
   };
+  // A merge's inner chains (a link_tail) number their stages from 0 too: not counted.
+  constexpr bool inner = is_link_tail_v<Tail>;
   build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind, buffer, 0,
-               stack);
+               stack, inner ? -1 : 0);
 }
 
 template <class... Flows>
@@ -399,9 +429,74 @@ void merge_source<Flows...>::drive(Sink& sink, pipe_ctx& ctx) {
 
 // ---- pipeline<R> ------------------------------------------------------------------------------
 
+// ---- the graph (to_dot) ----------------------------------------------------------------------
+
+// describe_stages(): one dot_stage per stage of a chain, numbered from `first`.
+template <class Term>
+void describe_term(const Term& t, dot_stage& d);
+
+template <class... S>
+void describe_stages(const std::tuple<S...>& st, std::vector<dot_stage>& out, int first) {
+  std::apply(
+      [&](const auto&... s) {
+        int k = first;
+        (
+            [&] {
+              using T = std::remove_cvref_t<decltype(s)>;
+              dot_stage d;
+              d.name = stage_name(s.opt.name, T::kind, k++);
+              d.buffer = s.opt.buffer;
+              if constexpr (T::parallel) {
+                d.workers = s.opt.workers ? s.opt.workers : 0;
+                d.parallel = true;
+              } else {
+                d.own_fiber = s.opt.fuse.has_value() && !*s.opt.fuse;
+              }
+              out.push_back(std::move(d));
+            }(),
+            ...);
+        (void)k;
+      },
+      st);
+}
+
+template <class Term>
+void describe_term(const Term& t, dot_stage& d) {
+  d.name = Term::kind;
+  if constexpr (requires { t.branches; }) {
+    std::apply(
+        [&](const auto&... b) {
+          (
+              [&] {
+                std::vector<dot_stage> chain;
+                describe_stages(b.stages, chain, 1);
+                dot_stage end;
+                describe_term(b.term, end);
+                end.own_fiber = chain.empty();
+                chain.push_back(std::move(end));
+                chain.front().own_fiber = true;
+                d.branches.push_back(std::move(chain));
+              }(),
+              ...);
+        },
+        t.branches);
+  }
+}
+
+template <class Src>
+std::size_t source_buffer(const Src& src) {
+  if constexpr (requires { src.buffer; }) {
+    return src.buffer;
+  } else {
+    return default_buffer;
+  }
+}
+
 template <class R>
 struct pipeline_impl {
   virtual ~pipeline_impl() = default;
+  // describe(): the pipeline's stages as composed, in order (source and terminal too).
+  virtual std::vector<dot_stage> describe() const = 0;
   // execute() runs the pipeline in the calling fiber (plus the stage fibers it spawns) and
   // returns when every one of them has finished.
   virtual R execute(pipe_ctx& ctx) = 0;
@@ -416,9 +511,27 @@ struct pipeline_model final : pipeline_impl<R> {
   Term term;
   pipeline_model(Flow f, Term t) : flow(std::move(f)), term(std::move(t)) {}
 
+  std::vector<dot_stage> describe() const override {
+    std::vector<dot_stage> out;
+    dot_stage src;
+    src.name = decltype(flow.src)::kind;
+    src.buffer = source_buffer(flow.src);
+    out.push_back(std::move(src));
+    describe_stages(flow.stages, out, 1);
+    dot_stage end;
+    describe_term(term, end);
+    out.push_back(std::move(end));
+    return out;
+  }
+
   R execute(pipe_ctx& ctx) override {
     using In = typename Flow::value_type;
     ctx.workers = std::max(1u, runtime_stats().workers);
+    ctx.begin_run(static_cast<int>(std::tuple_size_v<decltype(flow.stages)>) + 2);
+    struct run_end {
+      pipe_ctx* ctx;
+      ~run_end() { ctx->end_run(); }
+    } ended{&ctx};
     terminal_tail<Term, In> tail{
         &term, {}, static_cast<int>(std::tuple_size_v<decltype(flow.stages)>) + 1};
     std::exception_ptr deadlock;
@@ -431,6 +544,7 @@ struct pipeline_model final : pipeline_impl<R> {
     }
     join(ctx.fibers, deadlock);
     ctx.release_links();
+    ctx.end_run();
     this->stats_mu.lock();
     this->last = ctx.stats();
     this->stats_mu.unlock();
@@ -529,12 +643,22 @@ class pipeline {
   // runtime from a plain thread) and returns at once.
   pipeline_handle<R> start(run_options o = {}) const;
 
-  // stats(): the fiber layout of the last completed run.
+  // stats(): the last completed run: its fiber layout, and per stage its items, times and
+  // links (empty before the first run). A running pipeline's: pipeline_handle::stats().
   pipeline_stats stats() const {
     impl_->stats_mu.lock();
     pipeline_stats s = impl_->last;
     impl_->stats_mu.unlock();
     return s;
+  }
+
+  // to_dot(): the pipeline as a Graphviz graph (`dot -Tsvg`): its stages, which share a
+  // fiber (a box around them), par_map's workers, broadcast's branches and the buffers of
+  // the links between fibers. After a run, as that run laid it out, with the items on each
+  // edge and each stage's busy share.
+  std::string to_dot() const {
+    const pipeline_stats s = stats();
+    return detail::format_dot(impl_->describe(), s.stages.empty() ? nullptr : &s);
   }
 
  private:
@@ -588,6 +712,9 @@ class pipeline_handle {
   }
   // failed_stage(): the name of the stage whose exception ended the run ("" if none).
   std::string failed_stage() { return st_ ? st_->ctx.failed_stage() : std::string(); }
+  // stats(): the run so far (or as it ended): per stage its items, times and links. From
+  // any fiber or thread, while the run goes or after it.
+  pipeline_stats stats() const { return st_ ? st_->ctx.stats() : pipeline_stats{}; }
 
  private:
   // stop() cancels a run that was not waited for and waits for it to end.
@@ -661,6 +788,7 @@ struct poisoned : source_tag, stage_tag, terminal_tag {
   template <class... A>
   poisoned start(A&&...) const;
   pipeline_stats stats() const;
+  std::string to_dot() const;
   result_type wait() const;
   template <class T>
   operator T() const;

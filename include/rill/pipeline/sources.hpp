@@ -34,6 +34,11 @@ struct range_source {
   void drive(Sink& sink, pipe_ctx& ctx) {
     constexpr bool ticks = requires { sink.tick(std::size_t{}); };
     std::size_t chunk = 1;
+    stage_counters* ctr = counting(ctx, 0);
+    if constexpr (std::ranges::sized_range<R>) {
+      ctx.source_size.store(static_cast<std::int64_t>(std::ranges::size(range)),
+                            std::memory_order_relaxed);
+    }
     if constexpr (never_stops_v<Sink> && std::ranges::sized_range<R>) {
       // No early exit inside a chunk (and size_t counters: iota's difference type may be
       // 128 bits wide), so the fused loop compiles like a plain one.
@@ -47,6 +52,7 @@ struct range_source {
           for (std::size_t k = 0; k < c; ++k, ++it) sink(*it);
         }
         left -= c;
+        count_out(ctr, c);
         if constexpr (ticks) sink.tick(c);
         if (chunk < 1024) chunk *= 2;
         if (ctx.stop.load(std::memory_order_relaxed)) break;
@@ -70,6 +76,7 @@ struct range_source {
         } else {
           more = chain_is_quiet(sink) ? run(fused_path{}, n) : run(dynamic_path{}, n);
         }
+        count_out(ctr, n);
         if (!more) break;
         if constexpr (ticks) sink.tick(n);
         if (chunk < 1024) chunk *= 2;
@@ -88,6 +95,7 @@ struct chan_source {
 
   template <class Sink>
   void drive(Sink& sink, pipe_ctx& ctx) {
+    stage_counters* ctr = counting(ctx, 0);
     for (;;) {
       // A channel that never runs dry never reaches the select below: check the stop flag
       // here too, or cancel() would not stop this source.
@@ -106,6 +114,7 @@ struct chan_source {
       if constexpr (head) {
         if (waited) sink.waited(waited);
       }
+      count_out(ctr, 1);
       if (!sink(std::move(*v))) break;
       if constexpr (head) sink.tick(1);
     }
@@ -121,10 +130,12 @@ struct generate_source {
 
   template <class Sink>
   void drive(Sink& sink, pipe_ctx& ctx) {
+    stage_counters* ctr = counting(ctx, 0);
     for (;;) {
       if (ctx.stop.load(std::memory_order_relaxed)) break;
       auto v = guarded(ctx, nullptr, kind, 0, f);
       if (!v) break;
+      count_out(ctr, 1);
       if (!sink(std::move(*v))) break;
       if constexpr (requires { sink.tick(std::size_t{}); }) sink.tick(1);
     }

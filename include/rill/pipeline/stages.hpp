@@ -184,9 +184,11 @@ struct filter_stage : stage_tag {
     Down* down;
     pipe_ctx* ctx;
     int index;
+    stage_counters* ctr;
     template <class V, class M = dynamic_path>
     [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
       if (guarded(*ctx, st->opt.name, kind, index, st->p, std::as_const(v))) {
+        count_out(ctr, 1);
         return (*down)(std::forward<V>(v), m);
       }
       return true;
@@ -196,7 +198,7 @@ struct filter_stage : stage_tag {
   };
   template <class In, class Down>
   sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
-    return {this, &down, &ctx, index};
+    return {this, &down, &ctx, index, counting(ctx, index)};
   }
 };
 
@@ -280,10 +282,12 @@ struct flat_map_stage : stage_tag {
     Down* down;
     pipe_ctx* ctx;
     int index;
+    stage_counters* ctr;
     template <class V, class M = dynamic_path>
     bool operator()(V&& v, M m = {}) {
       auto&& r = guarded(*ctx, st->opt.name, kind, index, st->f, std::forward<V>(v));
       for (auto&& x : r) {
+        count_out(ctr, 1);
         if (!(*down)(element_of<decltype(r)>(std::forward<decltype(x)>(x)), m)) return false;
       }
       return true;
@@ -293,7 +297,7 @@ struct flat_map_stage : stage_tag {
   };
   template <class In, class Down>
   sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
-    return {this, &down, &ctx, index};
+    return {this, &down, &ctx, index, counting(ctx, index)};
   }
 };
 
@@ -316,10 +320,12 @@ struct take_stage : stage_tag {
     static constexpr bool inert = inert_v<Down>;
     Down* down;
     std::size_t left;
+    stage_counters* ctr;
     template <class V, class M = dynamic_path>
     bool operator()(V&& v, M m = {}) {
       if (left == 0) return false;
       --left;
+      count_out(ctr, 1);
       const bool more = (*down)(std::forward<V>(v), m);
       return more && left > 0;  // false after the n-th item: upstream stops at once
     }
@@ -327,8 +333,8 @@ struct take_stage : stage_tag {
     void finish() { down->finish(); }
   };
   template <class In, class Down>
-  sink<Down> make(Down& down, pipe_ctx&, int) {
-    return {&down, n};
+  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+    return {&down, n, counting(ctx, index)};
   }
 };
 
@@ -352,22 +358,27 @@ struct batch_stage : stage_tag {
     Down* down;
     std::size_t n;
     std::vector<In> cur;
+    stage_counters* ctr;
     template <class V, class M = dynamic_path>
     bool operator()(V&& v, M m = {}) {
       if (cur.empty()) cur.reserve(n);
       cur.push_back(std::forward<V>(v));
       if (cur.size() < n) return true;
+      count_out(ctr, 1);
       return (*down)(std::exchange(cur, std::vector<In>{}), m);
     }
     void flush_hint() { down->flush_hint(); }
     void finish() {
-      if (!cur.empty()) (*down)(std::exchange(cur, std::vector<In>{}));
+      if (!cur.empty()) {
+        count_out(ctr, 1);
+        (*down)(std::exchange(cur, std::vector<In>{}));
+      }
       down->finish();
     }
   };
   template <class In, class Down>
-  sink<In, Down> make(Down& down, pipe_ctx&, int) {
-    return {&down, n == 0 ? 1 : n, {}};
+  sink<In, Down> make(Down& down, pipe_ctx& ctx, int index) {
+    return {&down, n == 0 ? 1 : n, {}, counting(ctx, index)};
   }
 };
 
@@ -393,9 +404,11 @@ struct unbatch_stage : stage_tag {
   struct sink {
     static constexpr bool inert = inert_v<Down>;
     Down* down;
+    stage_counters* ctr;
     template <class V, class M = dynamic_path>
     bool operator()(V&& v, M m = {}) {
       for (auto&& x : v) {
+        count_out(ctr, 1);
         if (!(*down)(element_of<V>(std::forward<decltype(x)>(x)), m)) return false;
       }
       return true;
@@ -404,8 +417,8 @@ struct unbatch_stage : stage_tag {
     void finish() { down->finish(); }
   };
   template <class In, class Down>
-  sink<Down> make(Down& down, pipe_ctx&, int) {
-    return {&down};
+  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+    return {&down, counting(ctx, index)};
   }
 };
 
@@ -481,14 +494,30 @@ struct par_map_stage : stage_tag {
       }
     } guard{&state, &in, &out, &tokens};
     std::uint32_t units = 0;
+    stage_counters* ctr = counting(ctx, index);
     for (;;) {
-      if (tokens && !tokens.recv()) break;  // ordered: wait for room in the window
-      std::optional<batch<In>> b = in.recv();
+      // Waits are timed only when they happen (a try first): they are the stage's
+      // waiting_output (the reorder window is full: downstream holds it back) and
+      // waiting_input.
+      if (tokens && !tokens.try_recv()) {
+        const std::int64_t w0 = ctr ? now_ns() : 0;
+        if (!tokens.recv()) break;  // ordered: wait for room in the window
+        if (ctr) bump(ctr->wait_out, now_ns() - w0);
+      }
+      std::optional<batch<In>> b = in.try_recv();
+      if (!b) {
+        const std::int64_t w0 = ctr ? now_ns() : 0;
+        b = in.recv();
+        if (ctr) bump(ctr->wait_in, now_ns() - w0);
+      }
       if (!b) break;
+      if (ctr) bump(ctr->recvd, b->size());
       // Timed: every unit while the hand-out moves; 1 in 8 once it is at its top (cheap
-      // items, where two clock reads are a large share of a unit).
+      // items, where two clock reads are a large share of a unit). With metrics on, every
+      // unit (its busy time).
       const bool timed =
-          !pinned && (state.handout.load(std::memory_order_relaxed) < 16 || units++ % 8 == 0);
+          ctr ||
+          (!pinned && (state.handout.load(std::memory_order_relaxed) < 16 || units++ % 8 == 0));
       const std::int64_t t0 = timed ? now_ns() : 0;
       batch<Out> r;
       r.seq = b->seq;
@@ -502,8 +531,12 @@ struct par_map_stage : stage_tag {
       }
       if (timed) {
         const auto k = static_cast<std::int64_t>(r.size());
-        const std::int64_t per =
-            std::max<std::int64_t>(1, (now_ns() - t0) / std::max<std::int64_t>(1, k));
+        const std::int64_t spent = now_ns() - t0;
+        if (ctr) {
+          bump(ctr->busy, spent);
+          bump(ctr->out, static_cast<std::uint64_t>(k));
+        }
+        const std::int64_t per = std::max<std::int64_t>(1, spent / std::max<std::int64_t>(1, k));
         const std::int64_t c = state.cost_ns.load(std::memory_order_relaxed);
         const std::int64_t avg = c == 0 ? per : (7 * c + per) / 8;
         state.cost_ns.store(avg, std::memory_order_relaxed);
@@ -514,11 +547,19 @@ struct par_map_stage : stage_tag {
           state.handout.store(h, std::memory_order_relaxed);
         }
       }
+      const std::size_t sent = r.size();
       try {
-        out.send(std::move(r));
+        if (!ctr) {
+          out.send(std::move(r));
+        } else if (!out.try_send(r)) {
+          const std::int64_t w0 = now_ns();
+          out.send(std::move(r));
+          bump(ctr->wait_out, now_ns() - w0);
+        }
       } catch (const closed_channel&) {
         return;  // downstream stopped: the guard stops upstream too
       }
+      if (ctr) bump(ctr->sent, sent);
       // The send may have readied the downstream fiber into this worker's runnext slot,
       // where it would wait for this worker's next park: a whole unit of work later, with
       // the ordered window's tokens held back meanwhile (the workers then stall on them).
