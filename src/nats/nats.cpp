@@ -62,11 +62,17 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
+// last_error(): the client's message for the failure just seen on this thread, without
+// the "(file.c:123): " the client puts in front.
 std::string last_error(natsStatus s) {
   natsStatus ls = NATS_OK;
   const char* t = nats_GetLastError(&ls);
-  if (t && *t) return t;
-  return natsStatus_GetText(s);
+  if (!t || !*t) return natsStatus_GetText(s);
+  std::string m = t;
+  if (m.size() > 1 && m[0] == '(') {
+    if (auto close = m.find("): "); close != std::string::npos) m.erase(0, close + 3);
+  }
+  return m;
 }
 
 // outcome: a client call's status, JetStream code and message, read on the calling thread.
@@ -239,9 +245,10 @@ void complete(pending_pub& p, natsMsg* msg, bool ok, std::string text, int statu
   p.pub->bell.ring();
 }
 
-bool retryable(natsStatus s) {
-  return s == NATS_TIMEOUT || s == NATS_NO_RESPONDERS || s == NATS_CONNECTION_DISCONNECTED;
-}
+// retryable(): a publish that may succeed if sent again. Not NATS_NO_RESPONDERS: no stream
+// holds the subject (a configuration error, which resending would only hide; a server that
+// restarts has JetStream up before it takes clients back).
+bool retryable(natsStatus s) { return s == NATS_TIMEOUT || s == NATS_CONNECTION_DISCONNECTED; }
 
 // on_pub_ack: the client's thread, for every publish acknowledgement or failure.
 void on_pub_ack(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
@@ -274,7 +281,11 @@ void on_pub_ack(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* c
   std::string text = "rill::nats::publish to '" + p.pub->subject + "': ";
   int status = 0, code = 0;
   if (pae) {
-    text += pae->ErrText && *pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err);
+    if (pae->Err == NATS_NO_RESPONDERS) {
+      text += "no stream holds this subject (no responders)";
+    } else {
+      text += pae->ErrText && *pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err);
+    }
     status = static_cast<int>(pae->Err);
     code = static_cast<int>(pae->ErrCode);
     if (code) text += " (JetStream error " + std::to_string(code) + ")";
