@@ -101,6 +101,10 @@ int main(int argc, char** argv) {
       (rill::nats::consume<std::string>(
            conn, {.stream = "WC_LINES", .durable = "split", .buffer = 64,
                   .ack_wait = std::chrono::seconds(2), .idle = idle}) |
+       rill::tap([first = true](const std::string&) mutable {
+         if (first) std::fprintf(stderr, "worker: first line\n");  // run_distributed waits for it
+         first = false;
+       }) |
        rill::map(tokenize) | rill::nats::publish<std::vector<std::string>>(conn, "wc.words"))
           .run();
     } else if (role == "collector" && argc == 4) {
