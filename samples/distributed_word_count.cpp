@@ -98,9 +98,11 @@ int main(int argc, char** argv) {
     } else if (role == "worker") {
       streams(conn);
       const auto idle = std::chrono::milliseconds(argc > 3 ? std::atol(argv[3]) : 0);
-      (rill::nats::consume<std::string>(
-           conn, {.stream = "WC_LINES", .durable = "split", .buffer = 64,
-                  .ack_wait = std::chrono::seconds(2), .idle = idle}) |
+      (rill::nats::consume<std::string>(conn, {.stream = "WC_LINES",
+                                               .durable = "split",
+                                               .buffer = 64,
+                                               .ack_wait = std::chrono::seconds(2),
+                                               .idle = idle}) |
        rill::tap([first = true](const std::string&) mutable {
          if (first) std::fprintf(stderr, "worker: first line\n");  // run_distributed waits for it
          first = false;

@@ -3,8 +3,8 @@
 // the worker) and prints the table of benchmarks/README.md.
 //
 //   nats_bench setup     <url>                         streams BIN (bench.in), BOUT (bench.out)
-//   nats_bench producer  <url> <n> <size> <rate>       n items of `size` bytes (rate/s; 0: flat out)
-//   nats_bench worker    <url> <idle_ms>               BIN -> work() -> BOUT, until idle
+//   nats_bench producer  <url> <n> <size> <rate>       n items of `size` bytes (rate/s; 0: flat
+//   out) nats_bench worker    <url> <idle_ms>               BIN -> work() -> BOUT, until idle
 //   nats_bench collector <url> <n>                     prints "items_per_s p50_us p99_us"
 //
 // An item: bytes 0..8 its number, 8..16 when it was produced (CLOCK_MONOTONIC ns: one clock
@@ -78,8 +78,10 @@ int main(int argc, char** argv) {
        rill::nats::publish<std::string>(conn, "bench.in", {.max_pending = 1024}))
           .run();
     } else if (role == "worker" && argc == 4) {
-      (rill::nats::consume<std::string>(
-           conn, {.stream = "BIN", .durable = "work", .idle = std::chrono::milliseconds(std::atol(argv[3]))}) |
+      (rill::nats::consume<std::string>(conn,
+                                        {.stream = "BIN",
+                                         .durable = "work",
+                                         .idle = std::chrono::milliseconds(std::atol(argv[3]))}) |
        rill::map(work) | rill::nats::publish<std::string>(conn, "bench.out"))
           .run();
     } else if (role == "collector" && argc == 4) {
@@ -94,8 +96,7 @@ int main(int argc, char** argv) {
          std::int64_t t;
          std::memcpy(&t, item.data() + 8, 8);
          latency.push_back(last - t);
-       }))
-          .run();
+       })).run();
       std::sort(latency.begin(), latency.end());
       auto pct = [&](double p) {
         return latency[std::min(latency.size() - 1, static_cast<std::size_t>(p * latency.size()))] /

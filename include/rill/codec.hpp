@@ -101,7 +101,8 @@ struct codec<std::vector<E, A>> {
       while (!in.empty()) {
         if (in.size() < 4) throw codec_error("rill::codec: a vector element's length is cut off");
         std::uint64_t n = 0;
-        for (int b = 0; b < 4; ++b) n |= std::uint64_t(static_cast<unsigned char>(in[b])) << (8 * b);
+        for (int b = 0; b < 4; ++b)
+          n |= std::uint64_t(static_cast<unsigned char>(in[b])) << (8 * b);
         in.remove_prefix(4);
         if (n > in.size()) {
           throw codec_error("rill::codec: a vector element of " + std::to_string(n) +

@@ -119,10 +119,10 @@ struct connect_options {
 // stream_options: a JetStream stream, e.g. `{.name = "LINES", .subjects = {"lines"}}`.
 struct stream_options {
   std::string name{};
-  std::vector<std::string> subjects{};  // empty: the stream's name
-  bool file_storage = true;           // false: memory (lost when the server stops)
-  bool work_queue = true;             // a message is removed once acknowledged
-  std::int32_t max_msg_size = -1;     // bytes; -1: the server's limit
+  std::vector<std::string> subjects{};         // empty: the stream's name
+  bool file_storage = true;                    // false: memory (lost when the server stops)
+  bool work_queue = true;                      // a message is removed once acknowledged
+  std::int32_t max_msg_size = -1;              // bytes; -1: the server's limit
   std::chrono::seconds duplicate_window{120};  // how long a Nats-Msg-Id is remembered
 };
 
@@ -170,7 +170,7 @@ class connection {
 
 // consume_options: e.g. `{.stream = "LINES", .durable = "split", .buffer = 64}`.
 struct consume_options {
-  std::string stream{};   // required
+  std::string stream{};  // required
   // The consumer's filter ("": the stream's subject, when it has only one).
   std::string subject{};
   // The durable consumer's name (no '.'): processes with the same one share the messages.
@@ -179,7 +179,7 @@ struct consume_options {
   std::size_t buffer = 256;  // most messages fetched and not yet acknowledged
   // A message not acknowledged within ack_wait is delivered again (to any consumer).
   std::chrono::milliseconds ack_wait{30000};
-  int max_deliver = 5;      // deliveries of one message before the server gives up (-1: no limit)
+  int max_deliver = 5;        // deliveries of one message before the server gives up (-1: no limit)
   std::string dead_letter{};  // subject a message that fails its last delivery is copied to
   // The stream ends once no message came for this long (0: never; the run then ends by
   // take(n) or cancellation).
@@ -337,8 +337,7 @@ struct publish_term : rill::detail::terminal_tag {
   static constexpr bool accepts = std::is_convertible_v<In&&, const T&>;
   template <class In>
   static constexpr void check() {
-    static_assert(accepts<In>,
-                  "rill::nats::publish<T>: the upstream item does not convert to T");
+    static_assert(accepts<In>, "rill::nats::publish<T>: the upstream item does not convert to T");
   }
   template <class In>
   using result_t = void;

@@ -37,6 +37,9 @@
 //
 // Lock order: conn_core::mu, then the client's own locks; publish_state::mu is a leaf.
 // Nothing is locked across a park.
+#include "rill/nats.hpp"
+
+#include <nats/nats.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -46,14 +49,12 @@
 #include <climits>
 #include <cstring>
 #include <mutex>
-#include <nats/nats.h>
 #include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "rill/io.hpp"
-#include "rill/nats.hpp"
 #include "rill/time.hpp"
 
 namespace rill::nats {
@@ -556,21 +557,25 @@ bool consumer::next(message& m, const std::atomic<bool>& stop) {
       natsMsg* x = s.list.Msgs[s.pos];
       s.list.Msgs[s.pos++] = nullptr;
       m.handle = x;
-      m.data = std::string_view(natsMsg_GetData(x), static_cast<std::size_t>(natsMsg_GetDataLength(x)));
+      m.data =
+          std::string_view(natsMsg_GetData(x), static_cast<std::size_t>(natsMsg_GetDataLength(x)));
       return true;
     }
     natsMsgList_Destroy(&s.list);
     s.list = {nullptr, 0};
     s.pos = 0;
     auto idle_left = [&] {
-      return std::chrono::duration_cast<std::chrono::milliseconds>(
-          s.last_message + s.opt.idle - clock::now());
+      return std::chrono::duration_cast<std::chrono::milliseconds>(s.last_message + s.opt.idle -
+                                                                   clock::now());
     };
     const auto buffer = static_cast<std::int64_t>(s.opt.buffer);
+    // Fetch once at least half the buffer is free: a fetch per acknowledgement would cost
+    // a round trip (and a hand-off to the blocking pool) per item.
+    const std::int64_t fetch_below = buffer - std::max<std::int64_t>(1, buffer / 2) + 1;
     for (;;) {
       if (stop.load(std::memory_order_relaxed)) return false;
       if (s.opt.idle.count() > 0 && idle_left().count() <= 0) return false;
-      if (s.bell.wait_until([&] { return s.in_flight.load() < buffer; },
+      if (s.bell.wait_until([&] { return s.in_flight.load() < fetch_below; },
                             clock::now() + std::chrono::milliseconds(100))) {
         break;
       }
@@ -581,7 +586,8 @@ bool consumer::next(message& m, const std::atomic<bool>& stop) {
     if (s.opt.idle.count() > 0) wait_ms = std::clamp<std::int64_t>(idle_left().count(), 1, 250);
     natsSubscription* sub = s.sub;
     natsMsgList list{nullptr, 0};
-    outcome r = call([&](jsErrCode* e) { return natsSubscription_Fetch(&list, sub, room, wait_ms, e); });
+    outcome r =
+        call([&](jsErrCode* e) { return natsSubscription_Fetch(&list, sub, room, wait_ms, e); });
     if (r.ok()) {
       s.list = list;
       s.in_flight.fetch_add(list.Count);
@@ -613,7 +619,8 @@ void consumer::reject(message& m, const std::exception& why) {
   std::string text = "rill::nats::consume: cannot decode the message on subject '" + subject +
                      "' (stream '" + s.opt.stream + "', sequence " + std::to_string(seq) +
                      ", delivery " + std::to_string(delivered) + "): " + why.what();
-  const bool last = s.opt.max_deliver > 0 && delivered >= static_cast<std::uint64_t>(s.opt.max_deliver);
+  const bool last =
+      s.opt.max_deliver > 0 && delivered >= static_cast<std::uint64_t>(s.opt.max_deliver);
   if (last) {
     if (!s.opt.dead_letter.empty()) {
       natsMsg* copy = nullptr;
@@ -627,8 +634,10 @@ void consumer::reject(message& m, const std::exception& why) {
       jsCtx* js = s.conn->js;
       outcome r = call([&](jsErrCode* e) { return js_PublishMsg(nullptr, js, copy, nullptr, e); });
       natsMsg_Destroy(copy);
-      if (!r.ok()) text += "; copying it to '" + s.opt.dead_letter + "' failed: " + r.text;
-      else text += "; copied to '" + s.opt.dead_letter + "'";
+      if (!r.ok())
+        text += "; copying it to '" + s.opt.dead_letter + "' failed: " + r.text;
+      else
+        text += "; copied to '" + s.opt.dead_letter + "'";
     }
     natsMsg_Term(x, nullptr);
     text += "; last delivery: terminated";
@@ -712,8 +721,8 @@ void publisher::publish(std::string_view bytes) {
   s.throw_if_failed();
 
   natsMsg* m = nullptr;
-  natsStatus st = natsMsg_Create(&m, s.subject.c_str(), nullptr, bytes.data(),
-                                 static_cast<int>(bytes.size()));
+  natsStatus st =
+      natsMsg_Create(&m, s.subject.c_str(), nullptr, bytes.data(), static_cast<int>(bytes.size()));
   if (st != NATS_OK) throw error("rill::nats::publish: " + last_error(st), static_cast<int>(st), 0);
   if (rec) {
     const std::string id = rec->id + ":" + std::to_string(rec->outputs++);

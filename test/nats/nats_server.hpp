@@ -101,9 +101,9 @@ class nats_server {
 
   // start(): runs the server on the same port and store; returns once it accepts clients.
   void start() {
-    pid_ = spawn({"nats-server", "-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-sd",
-                  dir_},
-                   (dir_ + "/server.log").c_str());
+    pid_ =
+        spawn({"nats-server", "-js", "-a", "127.0.0.1", "-p", std::to_string(port_), "-sd", dir_},
+              (dir_ + "/server.log").c_str());
     // Polling with a deadline: the server is another process, with nothing to wait on.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     while (!can_connect(port_)) {
@@ -112,7 +112,8 @@ class nats_server {
         pid_ = -1;
         throw std::runtime_error("nats-server exited at start (is it installed? scripts/setup)");
       }
-      if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("nats-server start");
+      if (std::chrono::steady_clock::now() > deadline)
+        throw std::runtime_error("nats-server start");
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }

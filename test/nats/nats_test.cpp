@@ -60,9 +60,10 @@ bool exited(pid_t& pid, int* st) {
 // check_doubled(): the stream holds exactly 2*i for i in [0, n), each once.
 void check_doubled(rill::nats::connection& conn, const std::string& stream, std::int64_t n) {
   CHECK(conn.stream_messages(stream) == static_cast<std::uint64_t>(n));
-  auto got = (rill::nats::consume<std::int64_t>(conn, {.stream = stream, .durable = "check", .idle = 1s}) |
-              rill::take(static_cast<std::size_t>(n)) | rill::collect())
-                 .run();
+  auto got =
+      (rill::nats::consume<std::int64_t>(conn, {.stream = stream, .durable = "check", .idle = 1s}) |
+       rill::take(static_cast<std::size_t>(n)) | rill::collect())
+          .run();
   REQUIRE(got.size() == static_cast<std::size_t>(n));
   std::set<std::int64_t> seen(got.begin(), got.end());
   CHECK(seen.size() == got.size());
@@ -80,7 +81,8 @@ TEST_CASE("codec: each provided codec round-trips", "[codec]") {
   CHECK(round_trip(std::string("hello, wire")) == "hello, wire");
   CHECK(round_trip(std::string()).empty());
   CHECK(round_trip(std::vector<int>{1, 2, 3}) == std::vector<int>{1, 2, 3});
-  CHECK(round_trip(std::vector<point>{{1, 1.0}, {2, 2.0}}) == std::vector<point>{{1, 1.0}, {2, 2.0}});
+  CHECK(round_trip(std::vector<point>{{1, 1.0}, {2, 2.0}}) ==
+        std::vector<point>{{1, 1.0}, {2, 2.0}});
   CHECK(round_trip(std::vector<std::string>{"a", "", "ccc"}) ==
         std::vector<std::string>{"a", "", "ccc"});
   CHECK(round_trip(std::vector<std::vector<int>>{{1}, {}, {2, 3}}) ==
@@ -105,7 +107,8 @@ TEST_CASE("nats: connecting where no server listens throws rill::nats::error", "
     FAIL("no error");
   } catch (const rill::nats::error& e) {
     UNSCOPED_INFO(e.what());
-    CHECK_THAT(e.what(), Catch::Contains("cannot connect to nats://127.0.0.1:" + std::to_string(port)));
+    CHECK_THAT(e.what(),
+               Catch::Contains("cannot connect to nats://127.0.0.1:" + std::to_string(port)));
   }
 }
 
@@ -118,11 +121,14 @@ TEST_CASE("nats: items cross from one pipeline to another, decoded", "[nats]") {
   (rill::from(lines) | rill::nats::publish<std::vector<std::string>>(conn, "words")).run();
   (rill::from(std::vector<point>{{1, 0.5}, {2, 1.5}}) | rill::nats::publish<point>(conn, "points"))
       .run();
-  auto got = (rill::nats::consume<std::vector<std::string>>(conn, {.stream = "WORDS", .durable = "w"}) |
-              rill::take(3) | rill::collect())
-                 .run();
+  auto got =
+      (rill::nats::consume<std::vector<std::string>>(conn, {.stream = "WORDS", .durable = "w"}) |
+       rill::take(3) | rill::collect())
+          .run();
   CHECK(got == lines);
-  auto pts = (rill::nats::consume<point>(conn, {.stream = "POINTS", .idle = 500ms}) | rill::collect()).run();
+  auto pts =
+      (rill::nats::consume<point>(conn, {.stream = "POINTS", .idle = 500ms}) | rill::collect())
+          .run();
   CHECK(pts == std::vector<point>{{1, 0.5}, {2, 1.5}});
   // Acknowledged: a work queue keeps nothing once every message is acknowledged.
   CHECK(conn.stream_messages("WORDS") == 0);
@@ -146,7 +152,8 @@ TEST_CASE("nats: consume, map and publish in one process: each input's output on
 TEST_CASE("nats: consuming a stream that does not exist names it", "[nats]") {
   test::nats_server server;
   rill::nats::connection conn(server.url());
-  auto p = rill::nats::consume<std::int64_t>(conn, {.stream = "NOPE", .subject = "nope", .durable = "d"}) |
+  auto p = rill::nats::consume<std::int64_t>(
+               conn, {.stream = "NOPE", .subject = "nope", .durable = "d"}) |
            rill::count();
   try {
     p.run();
@@ -198,17 +205,21 @@ TEST_CASE("nats: an item over the server's payload limit fails the run", "[nats]
     FAIL("no error");
   } catch (const rill::nats::error& e) {
     UNSCOPED_INFO(e.what());
-    CHECK_THAT(e.what(), Catch::Contains("'big'") && Catch::Contains("Payload 2097152 greater than maximum"));
+    CHECK_THAT(e.what(),
+               Catch::Contains("'big'") && Catch::Contains("Payload 2097152 greater than maximum"));
   }
 }
 
-TEST_CASE("nats: an undecodable message fails the run, stays unacknowledged, then goes to the dead letter",
-          "[nats]") {
+TEST_CASE(
+    "nats: an undecodable message fails the run, stays unacknowledged, then goes to the dead "
+    "letter",
+    "[nats]") {
   test::nats_server server;
   rill::nats::connection conn(server.url());
   conn.add_stream({.name = "BAD", .subjects = {"bad"}});
   conn.add_stream({.name = "DEAD", .subjects = {"dead"}});
-  (rill::from(std::vector<std::string>{"abc"}) | rill::nats::publish<std::string>(conn, "bad")).run();
+  (rill::from(std::vector<std::string>{"abc"}) | rill::nats::publish<std::string>(conn, "bad"))
+      .run();
   const rill::nats::consume_options opt{
       .stream = "BAD", .durable = "ints", .max_deliver = 2, .dead_letter = "dead"};
   for (int delivery = 1; delivery <= 2; ++delivery) {
@@ -228,9 +239,9 @@ TEST_CASE("nats: an undecodable message fails the run, stays unacknowledged, the
     }
   }
   CHECK(conn.stream_messages("DEAD") == 1);
-  auto dead = (rill::nats::consume<std::string>(conn, {.stream = "DEAD", .idle = 300ms}) |
-               rill::collect())
-                  .run();
+  auto dead =
+      (rill::nats::consume<std::string>(conn, {.stream = "DEAD", .idle = 300ms}) | rill::collect())
+          .run();
   CHECK(dead == std::vector<std::string>{"abc"});
 }
 
@@ -258,8 +269,7 @@ TEST_CASE("nats: backpressure: a slow consumer holds at most `buffer` messages u
    rill::take(300) | rill::sink([&](std::int64_t) {
      rill::this_fiber::sleep_for(1ms);  // the slow stage
      if (n++ % 10 == 0) most = std::max(most, conn.consumer("SLOW", "slow").ack_pending);
-   }))
-      .run();
+   })).run();
   CHECK(n == 300);
   CHECK(most >= 1);
   CHECK(most <= 8);
@@ -274,7 +284,8 @@ TEST_CASE("nats: a worker killed mid-run: every item's output exactly once", "[n
   constexpr std::int64_t n = 3000;
   put(conn, "kin", n);
   auto start = [&] {
-    return test::spawn({RILL_NATS_TEST_WORKER, server.url(), "KIN", "kout", "workers", "1000", "4000", "300"});
+    return test::spawn(
+        {RILL_NATS_TEST_WORKER, server.url(), "KIN", "kout", "workers", "1000", "4000", "300"});
   };
   pid_t a = start(), b = start();
   REQUIRE(wait_for([&] { return conn.stream_messages("KOUT") >= n / 10; }));
@@ -297,15 +308,16 @@ TEST_CASE("nats: the server restarted mid-run (file storage): no item lost", "[n
   constexpr std::int64_t n = 2000;
   put(conn, "rin", n);
   std::atomic<std::int64_t> seen{0};
-  auto h = (rill::nats::consume<std::int64_t>(conn, {.stream = "RIN", .durable = "r", .buffer = 16,
-                                                     .ack_wait = 2s, .idle = 10s}) |
-            rill::map([&](std::int64_t x) {
-              rill::this_fiber::sleep_for(500us);  // slow enough to restart the server mid-run
-              seen.fetch_add(1);
-              return x * 2;
-            }) |
-            rill::nats::publish<std::int64_t>(conn, "rout"))
-               .start();
+  auto h =
+      (rill::nats::consume<std::int64_t>(
+           conn, {.stream = "RIN", .durable = "r", .buffer = 16, .ack_wait = 2s, .idle = 10s}) |
+       rill::map([&](std::int64_t x) {
+         rill::this_fiber::sleep_for(500us);  // slow enough to restart the server mid-run
+         seen.fetch_add(1);
+         return x * 2;
+       }) |
+       rill::nats::publish<std::int64_t>(conn, "rout"))
+          .start();
   REQUIRE(wait_for([&] { return seen.load() >= n / 10; }));
   server.stop();
   server.start();

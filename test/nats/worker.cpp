@@ -15,11 +15,12 @@ int main(int argc, char** argv) {
   }
   try {
     rill::nats::connection conn(argv[1]);
-    (rill::nats::consume<std::int64_t>(conn, {.stream = argv[2],
-                                              .durable = argv[4],
-                                              .buffer = 32,
-                                              .ack_wait = std::chrono::milliseconds(std::atoll(argv[5])),
-                                              .idle = std::chrono::milliseconds(std::atoll(argv[6]))}) |
+    (rill::nats::consume<std::int64_t>(conn,
+                                       {.stream = argv[2],
+                                        .durable = argv[4],
+                                        .buffer = 32,
+                                        .ack_wait = std::chrono::milliseconds(std::atoll(argv[5])),
+                                        .idle = std::chrono::milliseconds(std::atoll(argv[6]))}) |
      rill::map([delay = std::chrono::microseconds(std::atoll(argv[7]))](std::int64_t x) {
        if (delay.count()) rill::this_fiber::sleep_for(delay);
        return x * 2;
