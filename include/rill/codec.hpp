@@ -42,9 +42,10 @@ inline constexpr bool codec_missing = false;
 // case; the static_assert names T in the compiler's "required from" note.
 template <class T, class Enable = void>
 struct codec {
-  static_assert(detail::codec_missing<T>,
-                "rill::codec<T>: no codec for this item type; specialise rill::codec<T> with "
-                "static void encode(const T&, std::string&) and static T decode(std::string_view)");
+  static_assert(
+      detail::codec_missing<T>,
+      "rill::codec<T>: no codec for this item type (specialise rill::codec<T> with "
+      "static void encode(const T&, std::string&) and static T decode(std::string_view))");
   static void encode(const T&, std::string&) {}
   static T decode(std::string_view);
 };

@@ -11,10 +11,13 @@
 //      on the pool thread, in the same job (`call`).
 //   2. Publishing is asynchronous (js_PublishMsgAsync). One JetStream context per
 //      connection has one acknowledgement handler (on_pub_ack), which runs on the client's
-//      thread: it finds the publish in conn_core::pending by its natsMsg*, resends it after
-//      a timeout (same message id), or completes it: records a failure, releases the
-//      consumed message it was tied to, and rings the publisher's doorbell. It never runs
-//      user code and never waits for a fiber.
+//      thread: it finds the publish in conn_core::pending by its natsMsg*, and either
+//      completes it (records a failure, releases the consumed message it was tied to,
+//      rings the publisher's doorbell) or queues it to be sent again, same message id,
+//      after a timeout, a lost connection, or (for a few seconds, with backoff) no
+//      responders. The connection's resender thread sends it: the handler does not
+//      re-enter the client, and the publishing fiber may be parked elsewhere. Neither runs
+//      user code or waits for a fiber.
 //   3. A doorbell is an eventfd: a fiber that must wait for something the client's thread
 //      completes (room under max_pending or buffer, every acknowledgement in) parks on it
 //      in the netpoller (rill::wait_readable), so the wait counts as I/O, not a deadlock.
@@ -47,9 +50,13 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <condition_variable>
 #include <cstring>
+#include <map>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -152,6 +159,18 @@ struct conn_core {
   std::chrono::milliseconds timeout{2000};
   std::mutex mu;
   std::unordered_map<natsMsg*, pending_pub>* pending = nullptr;  // guarded by mu
+
+  // Publishes to send again, by when (the resender thread sends them: not the
+  // acknowledgement handler, which must not re-enter the client, nor a fiber, which may be
+  // parked elsewhere). A leaf lock.
+  std::mutex retry_mu;
+  std::condition_variable retry_cv;
+  std::multimap<clock::time_point, natsMsg*> retries;  // guarded by retry_mu
+  bool closing = false;                                // guarded by retry_mu
+  std::thread resender;                                // started by the first retry
+
+  void retry(natsMsg* m, clock::time_point when);
+  void resend_loop();
 };
 
 struct publish_state {
@@ -214,7 +233,8 @@ struct inflight {
 struct pending_pub {
   std::shared_ptr<publish_state> pub;
   inflight* rec;
-  clock::time_point give_up;
+  clock::time_point first_try;
+  int attempts = 0;
 };
 
 namespace {
@@ -251,6 +271,24 @@ void complete(pending_pub& p, natsMsg* msg, bool ok, std::string text, int statu
 // restarts has JetStream up before it takes clients back).
 bool retryable(natsStatus s) { return s == NATS_TIMEOUT || s == NATS_CONNECTION_DISCONNECTED; }
 
+// A publish that no stream answered (NATS_NO_RESPONDERS) is tried again for this long:
+// a server that has just restarted takes clients back a moment before its streams answer.
+// Past it, no stream holds the subject (a configuration error, which resending would only
+// hide).
+constexpr auto no_stream_grace = std::chrono::seconds(5);
+
+// retry_at(): when to send a publish again, or nullopt to give up.
+std::optional<clock::time_point> retry_at(pending_pub& p, natsStatus s) {
+  const auto now = clock::now();
+  if (retryable(s) && now < p.first_try + p.pub->opt.retry_for) return now;
+  if (s == NATS_NO_RESPONDERS &&
+      now < p.first_try + std::min<clock::duration>(no_stream_grace, p.pub->opt.retry_for)) {
+    // Backing off: 10 ms, 20 ms, ... 320 ms.
+    return now + std::chrono::milliseconds(10 << std::min(p.attempts++, 5));
+  }
+  return std::nullopt;
+}
+
 // on_pub_ack: the client's thread, for every publish acknowledgement or failure.
 void on_pub_ack(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
   auto* c = static_cast<conn_core*>(closure);
@@ -261,16 +299,13 @@ void on_pub_ack(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* c
     natsMsg_Destroy(msg);
     return;
   }
-  if (!pa && pae && retryable(pae->Err) && clock::now() < it->second.give_up) {
-    lk.unlock();
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = it->second.pub->opt.ack_timeout.count();
-    natsMsg* m = msg;
-    // The same natsMsg (and its Nats-Msg-Id header): the entry stays, under the same key.
-    if (js_PublishMsgAsync(js, &m, &po) == NATS_OK) return;
-    lk.lock();
-    it = c->pending->find(msg);
+  if (!pa && pae) {
+    if (auto when = retry_at(it->second, pae->Err)) {
+      // The same natsMsg (and its Nats-Msg-Id header): the entry stays, under the same key.
+      lk.unlock();
+      c->retry(msg, *when);
+      return;
+    }
   }
   pending_pub p = std::move(it->second);
   c->pending->erase(it);
@@ -290,7 +325,7 @@ void on_pub_ack(jsCtx* js, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* c
     status = static_cast<int>(pae->Err);
     code = static_cast<int>(pae->ErrCode);
     if (code) text += " (JetStream error " + std::to_string(code) + ")";
-    if (retryable(pae->Err)) text += " (gave up after retrying)";
+    if (retryable(pae->Err)) text += " (gave up after retrying for retry_for)";
   } else {
     text += "no acknowledgement";
   }
@@ -310,6 +345,56 @@ std::shared_ptr<consume_state> find_run(const void* run) {
 }
 
 }  // namespace
+
+void conn_core::retry(natsMsg* m, clock::time_point when) {
+  std::lock_guard lk(retry_mu);
+  retries.emplace(when, m);
+  if (!resender.joinable()) resender = std::thread([this] { resend_loop(); });
+  retry_cv.notify_one();
+}
+
+void conn_core::resend_loop() {
+  std::unique_lock lk(retry_mu);
+  while (!closing) {
+    if (retries.empty()) {
+      retry_cv.wait(lk);
+      continue;
+    }
+    const auto when = retries.begin()->first;
+    if (clock::now() < when) {
+      retry_cv.wait_until(lk, when);
+      continue;
+    }
+    natsMsg* m = retries.begin()->second;
+    retries.erase(retries.begin());
+    lk.unlock();
+    std::int64_t wait_ms = 0;
+    {
+      std::lock_guard plk(mu);
+      if (auto it = pending->find(m); it != pending->end()) {
+        wait_ms = it->second.pub->opt.ack_timeout.count();
+      }
+    }
+    jsPubOptions po;
+    jsPubOptions_Init(&po);
+    po.MaxWait = wait_ms;
+    natsMsg* sent = m;
+    const natsStatus st = js_PublishMsgAsync(js, &sent, &po);
+    if (st != NATS_OK) {
+      const std::string why = last_error(st);
+      std::unique_lock plk(mu);
+      if (auto it = pending->find(m); it != pending->end()) {
+        pending_pub p = std::move(it->second);
+        pending->erase(it);
+        plk.unlock();
+        complete(p, m, false, "rill::nats::publish to '" + p.pub->subject + "': " + why,
+                 static_cast<int>(st), 0);
+      }
+    }
+    lk.lock();
+  }
+}
+
 }  // namespace detail
 
 // ---- connection ---------------------------------------------------------------------------
@@ -357,7 +442,13 @@ connection& connection::operator=(connection&&) noexcept = default;
 connection::~connection() {
   if (!core_) return;
   detail::conn_core* c = core_.get();
+  {
+    std::lock_guard lk(c->retry_mu);
+    c->closing = true;
+  }
+  c->retry_cv.notify_one();
   rill::blocking([c] {
+    if (c->resender.joinable()) c->resender.join();
     natsConnection_FlushTimeout(c->nc, 2000);
     natsConnection_Close(c->nc);  // no callback runs after this
     jsCtx_Destroy(c->js);
@@ -733,7 +824,7 @@ void publisher::publish(std::string_view bytes) {
   conn_core* c = s.conn;
   {
     std::lock_guard lk(c->mu);
-    c->pending->emplace(m, pending_pub{s_, rec, clock::now() + s.opt.retry_for});
+    c->pending->emplace(m, pending_pub{s_, rec, clock::now()});
   }
   jsPubOptions po;
   jsPubOptions_Init(&po);
