@@ -189,8 +189,10 @@ struct consume_options {
 // publish_options: e.g. `{.max_pending = 1024}`.
 struct publish_options {
   std::size_t max_pending = 256;  // most publishes awaiting the server's acknowledgement
-  // A publish not acknowledged within ack_timeout is sent again (same message id), until
-  // retry_for has passed since the first try; then the run fails.
+  // A publish not acknowledged within ack_timeout (or cut off by a lost connection) is sent
+  // again, with the same message id, until retry_for has passed since the first try; then
+  // the run fails. One that no stream answered is tried again for a few seconds (a server
+  // that just restarted), then fails the run: no stream holds the subject.
   std::chrono::milliseconds ack_timeout{2000};
   std::chrono::milliseconds retry_for{60000};
 };
