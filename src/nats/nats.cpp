@@ -171,6 +171,7 @@ struct conn_core {
 
   void retry(natsMsg* m, clock::time_point when);
   void resend_loop();
+  ~conn_core();  // frees `pending` (also when the connection's constructor throws)
 };
 
 struct publish_state {
@@ -346,6 +347,8 @@ std::shared_ptr<consume_state> find_run(const void* run) {
 
 }  // namespace
 
+conn_core::~conn_core() { delete pending; }
+
 void conn_core::retry(natsMsg* m, clock::time_point when) {
   std::lock_guard lk(retry_mu);
   retries.emplace(when, m);
@@ -455,7 +458,6 @@ connection::~connection() {
     natsConnection_Destroy(c->nc);
   });
   for (auto& [m, p] : *c->pending) natsMsg_Destroy(m);
-  delete c->pending;
 }
 
 void connection::add_stream(const stream_options& o) {
