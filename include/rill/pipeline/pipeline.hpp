@@ -367,9 +367,23 @@ bool takes_nothing(const std::tuple<S...>& stages) {
       stages);
 }
 
+// whole_chain_v<Tail>: the chain ends at a terminal that handles each item before the push
+// returns (not in a link: merge, broadcast).
+template <class Tail>
+inline constexpr bool whole_chain_v = false;
+template <class Term, class In>
+inline constexpr bool whole_chain_v<terminal_tail<Term, In>> = !holds_links_v<Term>;
+
 template <class Flow, class Tail>
 void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   using In = typename decltype(fl.src)::value_type;
+  // A source that ties each item to what becomes of it downstream (rill::nats::consume
+  // acknowledges a message once its push returns) needs the whole chain in its fiber: it
+  // never splits, and the source checks that no stage asks for a fiber of its own.
+  if constexpr (requires { decltype(fl.src)::one_fiber; }) {
+    ctx.adaptive = false;
+    fl.src.check_layout(fl.stages, ctx, whole_chain_v<Tail>);
+  }
   std::size_t buffer = default_buffer;
   if constexpr (requires { fl.src.buffer; }) buffer = fl.src.buffer;
   std::size_t stack = 0;
