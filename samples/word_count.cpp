@@ -12,8 +12,6 @@
 // The lines are read lazily, split into lowercase words (flat_map), short words are dropped
 // (filter), and the words are counted into a map (reduce). tokenize() and count() are plain
 // functions: they know nothing of fibers or channels.
-#include <rill/rill.hpp>
-
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
@@ -22,13 +20,13 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <range/v3/view/getlines.hpp>
+#include <rill/rill.hpp>
 #include <sstream>
 #include <string>
 #include <unordered_map>
 #include <utility>
 #include <vector>
-
-#include <range/v3/view/getlines.hpp>
 
 namespace {
 
@@ -116,11 +114,11 @@ int main(int argc, char** argv) {
   for (long r = 0; r < repeat; ++r) (whole += text) += '\n';
   std::istringstream in(whole);
 
-  auto word_counts = rill::from(ranges::getlines(in))  // one item per line, read lazily
-                   | rill::flat_map(tokenize, {.name = "tokenize"})  // a line -> its words
-                   | rill::filter([](const std::string& w) { return w.size() > 3; },
-                                  {.name = "long_words"})
-                   | rill::reduce(counts{}, count);    // run() returns the counts
+  auto word_counts =
+      rill::from(ranges::getlines(in))                  // one item per line, read lazily
+      | rill::flat_map(tokenize, {.name = "tokenize"})  // a line -> its words
+      | rill::filter([](const std::string& w) { return w.size() > 3; }, {.name = "long_words"}) |
+      rill::reduce(counts{}, count);  // run() returns the counts
   std::optional<rill::trace_session> tracing;
   if (trace) tracing.emplace(trace);
   const counts c = word_counts.run(rill::run_options{.progress = progress});
@@ -132,7 +130,8 @@ int main(int argc, char** argv) {
     return a.second != b.second ? a.second > b.second : a.first < b.first;
   });
   std::printf("%zu distinct words longer than 3 letters; the most frequent:\n", c.size());
-  for (auto it = top.begin(); it != ten; ++it) std::printf("%7ld  %s\n", it->second, it->first.c_str());
+  for (auto it = top.begin(); it != ten; ++it)
+    std::printf("%7ld  %s\n", it->second, it->first.c_str());
   std::fflush(stdout);
   if (stats) std::cout << "\n" << word_counts.stats();
   if (dot) std::cout << word_counts.to_dot();
