@@ -11,6 +11,12 @@
 // Variants: metrics off (run_options::metrics = false), metrics on (the default), progress
 // on (its line goes to stderr, which the script sends to /dev/null: a plain line every few
 // seconds), trace on (rill::trace_to around the run).
+//
+// On a shared 2-core VM one run's time moves by tens of % with the neighbours, more than
+// any effect measured here. So each repetition runs every variant back to back (short runs,
+// the order rotated per repetition), and the cost of a variant is the median over the
+// repetitions of its time divided by the same repetition's "metrics off" time, with the
+// quartiles of that ratio: a drift slower than one repetition cancels in each ratio.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -88,23 +94,29 @@ double fused3(variant v, std::uint64_t n) {
   return std::chrono::duration<double, std::nano>(t1 - t0).count() / static_cast<double>(n);
 }
 
-double median(std::vector<double> v) {
+// quantile(v, q): the q-quantile of v, linear between neighbours.
+double quantile(std::vector<double> v, double q) {
   std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  const double at = q * static_cast<double>(v.size() - 1);
+  const auto lo = static_cast<std::size_t>(at);
+  const std::size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (at - static_cast<double>(lo));
 }
+double median(const std::vector<double>& v) { return quantile(v, 0.5); }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  int reps = 7;
+  int reps = 21;
   bool quick = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) reps = std::atoi(argv[++i]);
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
   }
-  const std::uint64_t n_linear = quick ? 2'000'000 : 20'000'000;
-  const std::uint64_t n_fused = quick ? 20'000'000 : 200'000'000;
+  const std::uint64_t n_linear = quick ? 1'000'000 : 5'000'000;
+  const std::uint64_t n_fused = quick ? 10'000'000 : 50'000'000;
   const variant vs[] = {variant::off, variant::on, variant::progress, variant::trace};
+  constexpr std::size_t nv = std::size(vs);
   struct workload {
     const char* name;
     double (*run)(variant, std::uint64_t);
@@ -112,18 +124,26 @@ int main(int argc, char** argv) {
   } ws[] = {{"linear_trivial (fiber per stage, cap 1024, 2 workers)", linear_trivial, n_linear},
             {"fused3 (3 x 1 ns stages fused, 1 worker)", fused3, n_fused}};
   for (const workload& w : ws) {
-    std::vector<std::vector<double>> t(std::size(vs));
+    std::vector<std::vector<double>> t(nv), ratio(nv);
     w.run(variant::on, w.n / 10);  // warm up
     for (int r = 0; r < reps; ++r) {
-      for (std::size_t k = 0; k < std::size(vs); ++k) t[k].push_back(w.run(vs[k], w.n));
+      double now[nv];
+      for (std::size_t i = 0; i < nv; ++i) {
+        const std::size_t k = (i + static_cast<std::size_t>(r)) % nv;
+        now[k] = w.run(vs[k], w.n);
+      }
+      for (std::size_t k = 0; k < nv; ++k) {
+        t[k].push_back(now[k]);
+        ratio[k].push_back(now[k] / now[0]);
+      }
     }
-    const double base = median(t[0]);
-    std::printf("%s, %d runs each, interleaved:\n", w.name, reps);
-    std::printf("  %-12s %10s %8s %16s\n", "variant", "ns/item", "ratio", "spread (min-max)");
-    for (std::size_t k = 0; k < std::size(vs); ++k) {
-      const double m = median(t[k]);
+    std::printf("%s, %d repetitions, each variant once per repetition:\n", w.name, reps);
+    std::printf("  %-12s %10s %18s %22s\n", "variant", "ns/item", "spread (min-max)",
+                "vs off: median [p25-p75]");
+    for (std::size_t k = 0; k < nv; ++k) {
       const auto [lo, hi] = std::minmax_element(t[k].begin(), t[k].end());
-      std::printf("  %-12s %10.3f %8.3f %7.3f - %.3f\n", name(vs[k]), m, m / base, *lo, *hi);
+      std::printf("  %-12s %10.3f %8.3f - %-8.3f %8.3f [%.3f-%.3f]\n", name(vs[k]), median(t[k]),
+                  *lo, *hi, median(ratio[k]), quantile(ratio[k], 0.25), quantile(ratio[k], 0.75));
     }
     std::fflush(stdout);
   }

@@ -358,7 +358,7 @@ struct publish_term : rill::detail::terminal_tag {
     void finish() { pub.finish(); }
   };
   template <class In>
-  sink make(rill::detail::pipe_ctx& ctx, rill::detail::result_slot<void>*, int) {
+  sink make(rill::detail::pipe_ctx& ctx, rill::detail::result_slot<void>*, rill::detail::stage_id) {
     return sink{publisher(*conn, subject, opt, &ctx)};
   }
 };

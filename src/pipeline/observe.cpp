@@ -36,28 +36,31 @@ void fill_live(pipeline_stats& s, const stage_counters* c, int n) {
   const std::size_t m = std::min(s.stages.size(), static_cast<std::size_t>(n));
   auto load = [](const auto& a) { return a.load(std::memory_order_relaxed); };
   std::uint64_t prev_out = 0, prev_sent = 0;
+  using start = stage_counters::start;
   for (std::size_t k = 0; k < m; ++k) {
     stage_stats& st = s.stages[k];
     const stage_counters& x = c[k];
     // The link's reader is read before its writer's count, so that an item counted as
     // received is counted as sent too (queued never goes below 0 by a race).
     const std::uint64_t recvd = load(x.recvd);
-    std::uint64_t in;
-    if (k == 0) {
-      in = load(x.out);
-    } else {
-      in = prev_out >= prev_sent ? prev_out - prev_sent + recvd : recvd;
-    }
+    // A stage takes its items from the stage before it, unless it starts a chain: a
+    // source counts its own (a merge, what it took from its sources); a broadcast
+    // branch's first stage, what it took from the branch's link.
+    const start from = k == 0 ? start::source : load(x.starts);
+    if (from != start::none) prev_out = prev_sent = 0;
+    const std::uint64_t in = from == start::source   ? load(x.out) + recvd
+                             : prev_out >= prev_sent ? prev_out - prev_sent + recvd
+                                                     : recvd;
     const std::uint64_t out = load(x.counts_out) ? load(x.out) : in;
     st.items_in = in;
-    st.items_out = k == 0 ? in : out;
+    st.items_out = from == start::source ? in : out;
     st.busy = std::chrono::nanoseconds(std::max<std::int64_t>(0, load(x.busy)));
     st.waiting_input = std::chrono::nanoseconds(std::max<std::int64_t>(0, load(x.wait_in)));
     st.waiting_output = std::chrono::nanoseconds(std::max<std::int64_t>(0, load(x.wait_out)));
     st.capacity = load(x.capacity);
     prev_out = st.items_out;
     prev_sent = load(x.sent);
-    if (k > 0) {
+    if (k > 0 && from == start::none) {
       const std::uint64_t sent_before = load(c[k - 1].sent);
       s.stages[k - 1].queued = sent_before > recvd ? sent_before - recvd : 0;
     }
@@ -250,11 +253,22 @@ std::string dot_escape(const std::string& s) {
 
 // dot_chain: writes one chain (the pipeline, or a broadcast branch) of stages as nodes
 // grouped into one cluster per fiber, and the edges between them.
+// slots_of(): the stats entries of a chain and of the branches inside it (the order the
+// run numbers them in: the chain's own stages, then each broadcast's branches in turn).
+std::size_t slots_of(const std::vector<dot_stage>& chain) {
+  std::size_t n = chain.size();
+  for (const dot_stage& d : chain) {
+    for (const std::vector<dot_stage>& b : d.branches) n += slots_of(b);
+  }
+  return n;
+}
+
 struct dot_chain {
   std::ostringstream& os;
-  const pipeline_stats* run;  // the main chain's run, if any (a branch has none)
+  const pipeline_stats* run;  // what a run measured, if any
   std::string prefix;         // node ids: prefix + stage number
   int clusters = 0;
+  std::size_t offset = 0;  // the stats entry of the chain's first stage
 
   // nodes(): the node ids of stage k (a par_map: one per worker shown).
   std::vector<std::string> nodes(const std::vector<dot_stage>& chain, std::size_t k) {
@@ -268,11 +282,11 @@ struct dot_chain {
     return ids;
   }
   unsigned workers(const dot_stage& d, std::size_t k) const {
-    if (run && k < run->stages.size()) return run->stages[k].fibers;
+    if (const stage_stats* m = measured(k)) return m->fibers;
     return d.workers;
   }
   const stage_stats* measured(std::size_t k) const {
-    return run && k < run->stages.size() ? &run->stages[k] : nullptr;
+    return run && offset + k < run->stages.size() ? &run->stages[offset + k] : nullptr;
   }
   // starts_fiber(): stage k runs in another fiber than stage k-1.
   bool starts_fiber(const std::vector<dot_stage>& chain, std::size_t k) const {
@@ -358,15 +372,22 @@ struct dot_chain {
         }
       }
     }
-    // Broadcast: each branch is a chain of its own, fed by a link from the terminal.
+    // Broadcast: each branch is a chain of its own, fed by a link from the terminal; its
+    // entries follow the chain's own (and the branches before it).
+    std::size_t next = offset + chain.size();
     for (std::size_t i = 0; i < chain.size(); ++i) {
       for (std::size_t b = 0; b < chain[i].branches.size(); ++b) {
-        dot_chain sub{os, nullptr, prefix + std::to_string(i) + "b" + std::to_string(b) + "s", 0};
-        sub.write(chain[i].branches[b]);
-        for (const std::string& to : sub.nodes(chain[i].branches[b], 0)) {
-          os << "  " << ids[i][0] << " -> " << to << " [style=bold, label=\"branch " << b
-             << "\\nbuffer " << default_buffer << "\"];\n";
+        const std::vector<dot_stage>& branch = chain[i].branches[b];
+        dot_chain sub{os, run, prefix + std::to_string(i) + "b" + std::to_string(b) + "s", 0, next};
+        sub.write(branch);
+        std::string label = "branch " + std::to_string(b);
+        if (const stage_stats* m = sub.measured(0))
+          label += "\\n" + std::to_string(m->items_in) + " items";
+        label += "\\nbuffer " + std::to_string(default_buffer);
+        for (const std::string& to : sub.nodes(branch, 0)) {
+          os << "  " << ids[i][0] << " -> " << to << " [style=bold, label=\"" << label << "\"];\n";
         }
+        next += slots_of(branch);
       }
     }
   }

@@ -148,7 +148,7 @@ std::string join_names(std::string a, const std::string& b) {
   return a.empty() ? b : std::move(a) + "|" + b;
 }
 
-void record_tail(pipe_ctx& ctx, int index, const char* name, bool fresh) {
+void record_tail(pipe_ctx& ctx, int index, const std::string& name, bool fresh) {
   ctx.stage_at(index, [&](stage_stats& s) {
     s.name = name;
     s.fused = !fresh;

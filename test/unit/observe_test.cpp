@@ -124,6 +124,85 @@ TEST_CASE("observe: the whole stream is counted at every stage", "[observe]") {
   });
 }
 
+TEST_CASE("observe: a merge's sources and a broadcast's branches have entries of their own",
+          "[observe]") {
+  const auto workers = GENERATE(1u, 2u);
+  const bool fusion = GENERATE(true, false);
+  test::run_with(workers, [fusion] {
+    const auto opts = rill::run_options{.fusion = fusion};
+    // A merge of two sources (with stages of their own) into a pipeline of its own.
+    auto m =
+        rill::merge(rill::from(iota_vec(600)) | rill::map([](int v) { return v + 1; }),
+                    rill::from(iota_vec(400)) | rill::filter([](int v) { return v % 4 == 0; })) |
+        rill::map([](int v) { return v * 2; }) | rill::count();
+    CHECK(m.run(opts) == 700);
+    rill::pipeline_stats s = m.stats();
+    std::vector<std::string> names;
+    for (const auto& st : s.stages) names.push_back(st.name);
+    // The pipeline's own stages first, in order, then each inner source's.
+    CHECK(names == std::vector<std::string>{"merge", "map#1", "count", "merge[0]/from",
+                                            "merge[0]/map#1", "merge[0]/to merge", "merge[1]/from",
+                                            "merge[1]/filter#1", "merge[1]/to merge"});
+    CHECK(stage(s, "merge").items_out == 700);
+    CHECK(stage(s, "map#1").items_in == 700);
+    CHECK(stage(s, "count").items_in == 700);
+    CHECK(stage(s, "merge[0]/from").items_out == 600);
+    CHECK(stage(s, "merge[0]/map#1").items_out == 600);
+    CHECK(stage(s, "merge[0]/to merge").items_in == 600);
+    CHECK(stage(s, "merge[1]/filter#1").items_in == 400);
+    CHECK(stage(s, "merge[1]/filter#1").items_out == 100);
+    CHECK(stage(s, "merge[1]/to merge").items_in == 100);
+
+    // A broadcast whose second branch has a par_map first and a broadcast of its own.
+    auto b =
+        rill::from(iota_vec(500)) | rill::map([](int v) { return v + 1; }) |
+        rill::broadcast(rill::count(),
+                        rill::par_map([](int v) { return v * 3; }, {.workers = 2}) |
+                            rill::filter([](int v) { return v % 2 == 0; }) |
+                            rill::broadcast(rill::count(), rill::map([](int v) { return v / 3; }) |
+                                                               rill::reduce(0L, std::plus<>{})));
+    const auto [all, inner] = b.run(opts);
+    CHECK(all == 500);
+    CHECK(std::get<0>(inner) == 250);
+    s = b.stats();
+    names.clear();
+    for (const auto& st : s.stages) names.push_back(st.name);
+    CHECK(names == std::vector<std::string>{
+                       "from", "map#1", "broadcast", "broadcast[0]/count", "broadcast[1]/par_map#1",
+                       "broadcast[1]/filter#2", "broadcast[1]/broadcast",
+                       "broadcast[1]/broadcast[0]/count", "broadcast[1]/broadcast[1]/map#1",
+                       "broadcast[1]/broadcast[1]/reduce"});
+    CHECK(s.stages[2].items_in == 500);
+    CHECK(s.stages[3].items_in == 500);  // every branch sees every item
+    CHECK(s.stages[4].items_in == 500);
+    CHECK(s.stages[4].items_out == 500);
+    CHECK(s.stages[4].fibers == 2);
+    CHECK(s.stages[5].items_out == 250);
+    CHECK(s.stages[6].items_in == 250);
+    CHECK(s.stages[7].items_in == 250);
+    CHECK(s.stages[8].items_in == 250);
+    CHECK(s.stages[9].items_in == 250);
+    // The graph after the run carries the branches' counts too.
+    const std::string dot = b.to_dot();
+    CHECK(dot.find("branch 1\\n500 items") != std::string::npos);
+    CHECK(dot.find("branch 1\\n250 items") != std::string::npos);
+  });
+}
+
+TEST_CASE("observe: a stage that throws inside a branch is named as in its chain", "[observe]") {
+  test::run_with(2, [] {
+    auto p =
+        rill::from(iota_vec(100)) |
+        rill::broadcast(rill::count(), rill::map([](int v) { return v; }) | rill::map([](int v) {
+                                         if (v == 50) throw std::runtime_error("boom");
+                                         return v;
+                                       }) | rill::collect());
+    auto h = p.start();
+    CHECK_THROWS_WITH(h.wait(), "boom");
+    CHECK(h.failed_stage() == "map#2");
+  });
+}
+
 TEST_CASE("observe: a slow stage's busy time dominates and bottleneck() names it", "[observe]") {
   const auto workers = GENERATE(1u, 2u);
   const bool fusion = GENERATE(true, false);

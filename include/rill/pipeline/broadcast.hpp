@@ -69,12 +69,31 @@ struct branch_traits<sink_fragment<Term, S...>> {
       std::conditional_t<std::is_void_v<raw_result_t<In>>, std::monostate, raw_result_t<In>>;
 };
 
+// branch_slots<B>::value: the stats entries of a branch: its stages, its terminal, then
+// its terminal's inner chains (a branch has no source: the broadcast's link feeds it).
+template <class B>
+struct branch_slots;
+template <class Term, class... S>
+struct branch_slots<sink_fragment<Term, S...>> {
+  static constexpr int value = static_cast<int>(sizeof...(S)) + 1 + inner_slots_v<Term>;
+};
+
 template <class... B>
 struct broadcast_term : terminal_tag {
   static constexpr const char* kind = "broadcast";
   static constexpr bool holds_links = true;  // its chain must not split (links.hpp)
   static constexpr std::size_t n = sizeof...(B);
+  static constexpr int inner_slots = (branch_slots<B>::value + ... + 0);
   std::tuple<B...> branches;
+
+  // branch_offset<K>(): where branch K's entries start, after the broadcast's own.
+  template <std::size_t K>
+  static constexpr int branch_offset() {
+    constexpr int sizes[] = {branch_slots<B>::value...};
+    int o = 1;
+    for (std::size_t j = 0; j < K; ++j) o += sizes[j];
+    return o;
+  }
 
   template <class In>
   static constexpr bool copyable = n == 1 || std::is_copy_constructible_v<std::remove_cvref_t<In>>;
@@ -166,38 +185,49 @@ struct broadcast_term : terminal_tag {
   };
 
   template <class In>
-  sink<In> make(pipe_ctx& ctx, result_slot<result_t<In>>* out, int index) {
+  sink<In> make(pipe_ctx& ctx, result_slot<result_t<In>>* out, stage_id index,
+                const std::string& label) {
     sink<In> s{std::make_shared<state<In>>(), {}, std::vector<char>(n, 1), out};
     s.writers.reserve(n);
-    start_branches<In>(ctx, s, index, std::make_index_sequence<n>{});
+    start_branches<In>(ctx, s, index, label, std::make_index_sequence<n>{});
     return s;
   }
 
   template <class In, std::size_t... K>
-  void start_branches(pipe_ctx& ctx, sink<In>& s, int index, std::index_sequence<K...>) {
-    (start_branch<In, K>(ctx, s, index), ...);
+  void start_branches(pipe_ctx& ctx, sink<In>& s, stage_id index, const std::string& label,
+                      std::index_sequence<K...>) {
+    (start_branch<In, K>(ctx, s, index, label), ...);
   }
 
   template <class In, std::size_t K>
-  void start_branch(pipe_ctx& ctx, sink<In>& s, int index) {
+  void start_branch(pipe_ctx& ctx, sink<In>& s, stage_id index, const std::string& label) {
     using BK = std::tuple_element_t<K, std::tuple<B...>>;
     using Out = typename branch_traits<BK>::template out_t<In>;
     const link_shape shape = shape_for(default_buffer);
     auto l = ctx.template link<link_chan<In>>(shape.capacity);
     s.writers.emplace_back(l, batch_policy{shape.batch, !ctx.adaptive});
     s.st->running.add(1);
+    // The branch's first stage (its terminal, if it has none) reads the link.
+    const int first = index.slot + branch_offset<K>();
+    if (stage_counters* c = ctx.counter(first)) c->starts.store(stage_counters::start::link);
     try {
       ctx.spawn(
-          "broadcast#" + std::to_string(index) + "[" + std::to_string(K) + "]",
-          [st = s.st, l, b = &std::get<K>(branches), &ctx, index]() mutable {
+          "broadcast#" + std::to_string(index.number) + "[" + std::to_string(K) + "]",
+          [st = s.st, l, b = &std::get<K>(branches), &ctx, first,
+           label = label + "broadcast[" + std::to_string(K) + "]/"]() mutable {
             struct leave {
               wait_group* wg;
               ~leave() { wg->done(); }
             } guard{&st->running};
             using Term = std::remove_cvref_t<decltype(b->term)>;
-            terminal_tail<Term, Out> tail{&b->term, {}, index};
-            build<0, In>(b->stages, tail, ctx, link_driver<In>{l}, true,
-                         "broadcast[" + std::to_string(K) + "]", default_buffer, 0, 0, -1);
+            using Stages = decltype(b->stages);
+            constexpr int m = static_cast<int>(std::tuple_size_v<Stages>);
+            terminal_tail<Term, Out> tail{&b->term,         {}, first + m, m + 1, label,
+                                          /*headless=*/true};
+            // A par_map's workers count what they take themselves.
+            stage_counters* reads = is_parallel_at<0, Stages>() ? nullptr : ctx.counter(first);
+            build<0, In>(b->stages, tail, ctx, link_driver<In>{l, reads}, true,
+                         "broadcast[" + std::to_string(K) + "]", default_buffer, 0, 0, first);
             if constexpr (!std::is_void_v<typename terminal_tail<Term, Out>::result_type>) {
               if (!tail.result.value) return;  // the terminal never finished (stopped)
               std::get<K>(st->results).set(tail.result.take());

@@ -183,10 +183,15 @@ inline void join(wait_group& fibers, std::exception_ptr& deadlock) {
 // most once per chunk or batch of items, relaxed: they are statistics), summed on read.
 // `out` is counted only by stages that change the count (sources, filter, flat_map, take,
 // batch, unbatch, par_map); `sent`/`recvd` by the link after / before the stage.
+// `starts` says where a chain begins: the stages of a merge's inner sources and of a
+// broadcast's branches follow the pipeline's own in one array, and a stage's items_in come
+// from the stage before it only within its chain.
 struct alignas(64) stage_counters {
+  enum class start : std::uint8_t { none, source, link };
   std::atomic<std::uint64_t> out{0}, sent{0}, recvd{0};
   std::atomic<std::int64_t> busy{0}, wait_in{0}, wait_out{0};
   std::atomic<bool> counts_out{false};
+  std::atomic<start> starts{start::none};
   std::atomic<std::size_t> capacity{0};
 };
 // bump(): a relaxed add (several fibers may write one stage: par_map, merge).
@@ -413,10 +418,19 @@ constexpr bool inert_v = requires {
   requires S::inert;
 };
 
-// counting(ctx, index): the counters of a stage that counts the items it passes on
+// stage_id: a stage as the run knows it. `slot`: its entry in pipeline_stats::stages and
+// its counters (the pipeline's own stages first, from its source at 0, then those of a
+// merge's inner sources and a broadcast's branches); `number`: its place in its own chain,
+// as its default name says ("map#2").
+struct stage_id {
+  int slot = 0;
+  int number = 0;
+};
+
+// counting(ctx, id): the counters of a stage that counts the items it passes on
 // (filter, flat_map, take, batch, unbatch, par_map, the sources); nullptr with metrics off.
-inline stage_counters* counting(pipe_ctx& ctx, int index) noexcept {
-  stage_counters* c = ctx.counter(index);
+inline stage_counters* counting(pipe_ctx& ctx, stage_id id) noexcept {
+  stage_counters* c = ctx.counter(id.slot);
   if (c) c->counts_out.store(true, std::memory_order_relaxed);
   return c;
 }
@@ -449,11 +463,12 @@ std::string stage_name(const char* user, const char* kind, int index);
 // throws stage_failed.
 template <class F, class... A>
 [[gnu::always_inline]] inline decltype(auto) guarded(pipe_ctx& ctx, const char* user,
-                                                     const char* kind, int index, F& f, A&&... a) {
+                                                     const char* kind, stage_id id, F& f,
+                                                     A&&... a) {
   try {
     return std::invoke(f, std::forward<A>(a)...);
   } catch (...) {
-    ctx.fail(std::current_exception(), stage_name(user, kind, index));
+    ctx.fail(std::current_exception(), stage_name(user, kind, id.number));
     throw stage_failed{};
   }
 }

@@ -214,7 +214,7 @@ struct line_sink_term : terminal_tag {
   };
 
   template <class In>
-  sink make(pipe_ctx& ctx, result_slot<void>*, int) {
+  sink make(pipe_ctx& ctx, result_slot<void>*, stage_id) {
     if constexpr (std::is_same_v<Target, int>) {
       return sink{&ctx, io_lease(target)};
     } else {

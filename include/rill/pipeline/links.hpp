@@ -403,6 +403,10 @@ class split_base {
   void sample_down(std::int64_t ns) noexcept {
     if (ndown_ < max_samples) downs_[ndown_++] = ns;
   }
+  // sampled(): the probe has all the samples it can hold here. The items after that, up
+  // to the end of the driver's chunk, pass untimed: their clock reads would be cost, not
+  // measurement (a chunk holds up to 1024 items, a probe 16).
+  bool sampled() const noexcept { return nup_ >= max_samples && ndown_ >= max_samples; }
   // estimate(): robust to the samples that a preemption of the worker inflated: the lower
   // median of a full probe; the least of a short one (every sample must be inflated to
   // mislead it: a short probe follows a window that looked slow, maybe from a preemption).
@@ -815,6 +819,7 @@ class split_point final : public split_link<T> {
       return never_stops || more;  // a never-stopping chain stops on the run's stop flag
     }
     // Probing (only its segment sets that, so seg_ is set): time both sides.
+    if (this->sampled()) return (*down_)(std::forward<V>(v));
     const typename base::probe_mark m = this->probe_enter();
     const bool more = (*down_)(std::forward<V>(v));
     this->probe_leave(m);

@@ -76,33 +76,46 @@ constexpr bool holds_links_v = requires {
   Term::holds_links;
 };
 
+// A tail knows its chain's place among the run's stats entries: `index` is its own (the
+// chain's head, its source, is `index` - stages - 1), `label` prefixes the names of an inner
+// chain's stages ("merge[0]/", "broadcast[1]/"), and the entries of the chains inside its
+// terminal (inner_slots) follow `index`.
 template <class Term, class In>
 struct terminal_tail {
   using result_type = typename Term::template result_t<In>;
   static constexpr bool may_split = !holds_links_v<Term>;
+  static constexpr int inner_slots = inner_slots_v<Term>;
   Term* term;
   result_slot<result_type> result;
-  int index;
+  int index;   // its stats entry
+  int number;  // its place in its chain (for its default name)
+  std::string label = {};
+  bool headless = false;  // a broadcast's branch: its head is the link, not a source
   const char* name() const { return Term::kind; }
-  auto make_sink(pipe_ctx& ctx) { return term->template make<In>(ctx, &result, index); }
+  auto make_sink(pipe_ctx& ctx) {
+    if constexpr (holds_links_v<Term>) {  // its branches' names go under this chain's label
+      return term->template make<In>(ctx, &result, stage_id{index, number}, label);
+    } else {
+      return term->template make<In>(ctx, &result, stage_id{index, number});
+    }
+  }
 };
 
 template <class T>
 struct link_tail {
   static constexpr bool may_split = false;
+  static constexpr int inner_slots = 0;
+  static constexpr bool headless = false;
   link_chan<T> ch;
   std::size_t batch_size;
   std::shared_ptr<std::atomic<int>> writers;
-  const char* name() const { return "merge"; }
+  int index;  // its stats entry ("merge[k]/to merge": the link into the merge)
+  std::string label;
+  const char* name() const { return "to merge"; }
   link_writer<T> make_sink(pipe_ctx& ctx) {
     return link_writer<T>(ch, batch_policy{batch_size, !ctx.adaptive}, writers.get());
   }
 };
-
-template <class T>
-inline constexpr bool is_link_tail_v = false;
-template <class T>
-inline constexpr bool is_link_tail_v<link_tail<T>> = true;
 
 // name_at<K>(): the name of stage K of the chain (K == size: the tail), for stats and fibers.
 template <std::size_t K, class Stages, class Tail>
@@ -123,6 +136,17 @@ constexpr bool is_parallel_at() {
   } else {
     return false;
   }
+}
+
+// slot_at<K>(tail): stage K's stats entry (0: the chain's source, size + 1: its tail).
+template <std::size_t K, class Stages, class Tail>
+int slot_at(const Tail& tail) noexcept {
+  return tail.index - static_cast<int>(std::tuple_size_v<Stages>) - 1 + static_cast<int>(K);
+}
+// id_at<K>(tail): stage K as its sinks know it.
+template <std::size_t K, class Stages, class Tail>
+stage_id id_at(const Tail& tail) noexcept {
+  return {slot_at<K, Stages>(tail), static_cast<int>(K)};
 }
 
 // may_split_before<K>(): whether the pipeline may split in front of stage K (the tail at
@@ -146,12 +170,11 @@ bool may_split_before(Stages& st, pipe_ctx& ctx) {
 std::string join_names(std::string a, const std::string& b);
 // record_tail()/record_stage(): the stats entry of the terminal / of a stage, as built
 // (`fresh`: it reads a link; `pinned`: the user set its .fuse).
-void record_tail(pipe_ctx& ctx, int index, const char* name, bool fresh);
+void record_tail(pipe_ctx& ctx, int index, const std::string& name, bool fresh);
 void record_stage(pipe_ctx& ctx, int index, const std::string& name, bool fresh, bool pinned);
 
 // build(): `stack` is the largest stack size that the stages of the segment so far ask for;
-// `first` the number of the segment's first stage, for its metrics (-1: none, as for the
-// stages of a merge's or a broadcast's inner chains, whose numbers are not the pipeline's).
+// `first` the stats entry of the segment's first stage, for its metrics (-1: none).
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::string seg,
            std::size_t buffer, std::size_t batch_size, std::size_t stack = 0, int first = 0);
@@ -171,13 +194,13 @@ void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, st
          std::size_t batch_size, std::size_t stack, int first) {
   const link_shape shape = shape_for(buffer);
   auto l = ctx.template link<link_chan<In>>(shape.capacity);
-  constexpr int last = static_cast<int>(I);
+  const int last = slot_at<I, Stages>(tail);
   if (stage_counters* c = link_counter(ctx, first, last)) c->capacity.store(buffer);
   batch_policy pol{batch_size ? batch_size : shape.batch, batch_size != 0 || !ctx.adaptive, nullptr,
                    first < 0 ? nullptr : &ctx, last};
   ctx.spawn(
       seg,
-      [drive = std::move(drive), w = link_writer<In>(l, pol), &ctx, seg, first]() mutable {
+      [drive = std::move(drive), w = link_writer<In>(l, pol), &ctx, seg, first, last]() mutable {
         segment sg(ctx, seg, {}, /*may_split=*/false);
         sg.set_stages(first, last);
         w.set_segment(&sg);
@@ -211,12 +234,12 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
     }
     const std::string name = join_names(std::move(seg), tail.name());
     ctx.record_fiber(name);
-    record_tail(ctx, static_cast<int>(n) + 1, tail.name(), fresh);
+    record_tail(ctx, tail.index, tail.label + tail.name(), fresh);
     const std::size_t need = std::max(stack, ctx.stack_size);
     auto body = [&ctx, &tail, &name, need, first](Drive& d) {
       segment sg(ctx, name, {}, Tail::may_split);
       sg.stack_size = need;
-      sg.set_stages(first, static_cast<int>(n) + 1);
+      sg.set_stages(first, tail.index);
       auto sink = tail.make_sink(ctx);
       d(sink, sg);
     };
@@ -225,7 +248,7 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
     using S = std::tuple_element_t<I, Stages>;
     S& s = std::get<I>(st);
     using Out = typename S::template out_t<In>;
-    constexpr int index = static_cast<int>(I) + 1;
+    const stage_id index = id_at<I + 1, Stages>(tail);
     if constexpr (S::parallel) {
       build_par_map<I, In>(st, tail, ctx, std::move(drive), std::move(seg), stack, first);
     } else {
@@ -235,13 +258,13 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
                    first);
         return;
       }
-      const std::string name = stage_name(s.opt.name, S::kind, index);
-      record_stage(ctx, index, name, fresh, s.opt.fuse.has_value());
+      const std::string name = stage_name(s.opt.name, S::kind, index.number);
+      record_stage(ctx, index.slot, tail.label + name, fresh, s.opt.fuse.has_value());
       // The boundary after this stage, in front of what follows it in this fiber.
       std::string after_name = detail::name_at<I + 1>(st, tail);
       const bool may_split = detail::may_split_before<I + 1>(st, ctx);
       auto next = [drive = std::move(drive), &s, &ctx, after_name = std::move(after_name),
-                   may_split](auto& down, segment& sg) mutable {
+                   may_split, index](auto& down, segment& sg) mutable {
         using Down = std::remove_cvref_t<decltype(down)>;
         if constexpr (detail::is_parallel_at<I + 1, Stages>()) {
           // The link to par_map follows: nothing to split.
@@ -257,8 +280,8 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
           // A split_point wherever the chain may split (passive where this run may not):
           // one type per chain, not one per combination of boundaries (that doubled the
           // instantiations at every stage).
-          split_point<Out, Down> sp(down, sg, index, after_name, s.opt.buffer, s.opt.batch_size,
-                                    may_split);
+          split_point<Out, Down> sp(down, sg, index.slot, after_name, s.opt.buffer,
+                                    s.opt.batch_size, may_split);
           auto sink = s.template make<In>(sp, ctx, index);
           drive(sink, sg);
         }
@@ -285,7 +308,11 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   using S = std::tuple_element_t<I, Stages>;
   S& s = std::get<I>(st);
   using Out = typename S::template out_t<In>;
-  constexpr int index = static_cast<int>(I) + 1;
+  const stage_id index = id_at<I + 1, Stages>(tail);
+  // The entry of the stage before the link to the workers (none: a broadcast branch's
+  // par_map that comes first is fed by the branch's link).
+  const int before = I == 0 && tail.headless ? -1 : slot_at<I, Stages>(tail);
+  if (before < 0) first = -1;
   // Pinned by the user, or (inline_run) at the largest unit, as no time may decide it.
   const std::size_t pinned = s.opt.batch_size ? s.opt.batch_size : ctx.adaptive ? 0 : 16;
   const link_shape shape = shape_for(s.opt.buffer);
@@ -295,17 +322,16 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   auto state = std::make_shared<par_state>();
   auto in = ctx.template link<link_chan<In>>(in_shape.capacity);
   batch_policy pol{pinned ? pinned : in_shape.batch, pinned != 0,
-                   pinned ? nullptr : &state->handout, &ctx, static_cast<int>(I)};
-  if (first < 0) pol.ctx = nullptr;  // a merge's or broadcast's inner chain: not counted
-  if (stage_counters* c = link_counter(ctx, first, static_cast<int>(I))) {
-    c->capacity.store(s.opt.buffer);
-  }
-  if (stage_counters* c = link_counter(ctx, first, index)) c->capacity.store(s.opt.buffer);
+                   pinned ? nullptr : &state->handout, &ctx, before};
+  if (first < 0) pol.ctx = nullptr;  // nothing before the link to count
+  if (stage_counters* c = link_counter(ctx, first, before)) c->capacity.store(s.opt.buffer);
+  if (stage_counters* c = ctx.counter(index.slot)) c->capacity.store(s.opt.buffer);
   ctx.spawn(
       seg,
-      [drive = std::move(drive), w = link_writer<In>(in, pol), &ctx, seg, state, first]() mutable {
+      [drive = std::move(drive), w = link_writer<In>(in, pol), &ctx, seg, state, first,
+       before]() mutable {
         segment sg(ctx, seg, {}, /*may_split=*/false);
-        sg.set_stages(first, static_cast<int>(I));
+        sg.set_stages(first, before);
         w.set_segment(&sg);
         drive(w, sg);
       },
@@ -326,9 +352,9 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
     }
   }
   state->left.store(workers);
-  const std::string name = stage_name(s.opt.name, S::kind, index);
-  ctx.stage_at(index, [&](stage_stats& x) {
-    x.name = name;
+  const std::string name = stage_name(s.opt.name, S::kind, index.number);
+  ctx.stage_at(index.slot, [&](stage_stats& x) {
+    x.name = tail.label + name;
     x.fibers = workers;
     x.decision = pinned ? "par_map, pinned hand-out of " + std::to_string(pinned)
                         : "par_map, hand-out sized from measured work per item";
@@ -336,18 +362,20 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   for (unsigned k = 0; k < workers; ++k) {
     ctx.spawn(
         name,
-        [in, out, tokens, state, &s, &ctx, pinned]() mutable {
+        [in, out, tokens, state, &s, &ctx, pinned, index]() mutable {
           s.template work<In, Out>(ctx, index, in, out, tokens, *state, pinned);
         },
         true, s.opt.stack_size);
   }
-  stage_counters* after = link_counter(ctx, first, index + 1);
+  // What follows reads the workers' link (its first stage's entry: index.slot + 1).
+  const int next = index.slot + 1;
+  stage_counters* after = ctx.counter(next);
   if (s.opt.ordered) {
     build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out, tokens, after}, true, std::string(),
-                      s.opt.buffer, 0, 0, next_first(first, index + 1));
+                      s.opt.buffer, 0, 0, next);
   } else {
     build<I + 1, Out>(st, tail, ctx, link_driver<Out>{out, after}, true, std::string(),
-                      s.opt.buffer, 0, 0, next_first(first, index + 1));
+                      s.opt.buffer, 0, 0, next);
   }
 }
 
@@ -388,22 +416,29 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   if constexpr (requires { fl.src.buffer; }) buffer = fl.src.buffer;
   std::size_t stack = 0;
   if constexpr (requires { fl.src.stack_size; }) stack = fl.src.stack_size;
-  ctx.stage_at(0, [&](stage_stats& s) {
-    s.name = decltype(fl.src)::kind;
+  using Stages = decltype(fl.stages);
+  // The source's entry, and those of the chains inside it (a merge's): after the chain's
+  // own entries and its terminal's inner chains.
+  source_at at{slot_at<0, Stages>(tail), tail.index + 1 + Tail::inner_slots, tail.label};
+  ctx.stage_at(at.slot, [&](stage_stats& s) {
+    s.name = tail.label + decltype(fl.src)::kind;
     s.decision = "source";
   });
+  if (stage_counters* c = ctx.counter(at.slot)) c->starts.store(stage_counters::start::source);
   // The first boundary, between the source and the first stage: it also carries the
   // source's ticks to the segment.
   const bool candidate = detail::may_split_before<0>(fl.stages, ctx);
   // With a take(0) downstream, the source is not asked for a first item (a take(n) stops
   // it after its n-th): the chain only hears the end of the stream.
   const bool empty = takes_nothing(fl.stages);
-  auto drive = [&fl, &ctx, buffer, candidate, empty, first = detail::name_at<0>(fl.stages, tail)](
-                   auto& sink, segment& sg) {
+  auto drive = [&fl, &ctx, buffer, candidate, empty, at,
+                first = detail::name_at<0>(fl.stages, tail)](auto& sink, segment& sg) {
     using Sink = std::remove_cvref_t<decltype(sink)>;
     auto run = [&](auto& head) {
       if (empty) {
         head.finish();
+      } else if constexpr (requires { fl.src.drive(head, ctx, at); }) {
+        fl.src.drive(head, ctx, at);
       } else {
         fl.src.drive(head, ctx);
       }
@@ -412,33 +447,44 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
       plain_point<Sink> head(sink, sg);
       run(head);
     } else {
-      split_point<In, Sink> head(sink, sg, 0, first, buffer, 0, candidate && !empty);
+      split_point<In, Sink> head(sink, sg, at.slot, first, buffer, 0, candidate && !empty);
       run(head);
     }
   };
-  // A merge's inner chains (a link_tail) number their stages from 0 too: not counted.
-  constexpr bool inner = is_link_tail_v<Tail>;
   build<0, In>(fl.stages, tail, ctx, std::move(drive), false, decltype(fl.src)::kind, buffer, 0,
-               stack, inner ? -1 : 0);
+               stack, at.slot);
 }
 
 template <class... Flows>
 template <class Sink>
-void merge_source<Flows...>::drive(Sink& sink, pipe_ctx& ctx) {
+void merge_source<Flows...>::drive(Sink& sink, pipe_ctx& ctx, const source_at& at) {
   using T = value_type;
   const link_shape shape = shape_for(default_buffer);
   auto l = ctx.template link<link_chan<T>>(shape.capacity);
   auto writers = std::make_shared<std::atomic<int>>(static_cast<int>(sizeof...(Flows)));
+  // Inner source k's entries start after those of the sources before it; its tail (the
+  // link into the merge) is the last of its own.
+  int base = at.inner, k = 0;
   std::apply(
       [&](auto&... fl) {
-        (ctx.spawn("merge",
-                   [&fl, &ctx, tail = link_tail<T>{l, shape.batch, writers}]() mutable {
-                     build_flow(fl, tail, ctx);
-                   }),
-         ...);
+        (
+            [&] {
+              using F = std::remove_cvref_t<decltype(fl)>;
+              const int tail_slot =
+                  base + static_cast<int>(std::tuple_size_v<decltype(F::stages)>) + 1;
+              ctx.spawn("merge",
+                        [&fl, &ctx,
+                         tail = link_tail<T>{l, shape.batch, writers, tail_slot,
+                                             at.label + "merge[" + std::to_string(k) +
+                                                 "]/"}]() mutable { build_flow(fl, tail, ctx); });
+              base += flow_slots_v<F>;
+              ++k;
+            }(),
+            ...);
       },
       flows);
-  link_driver<T>{l}(sink);
+  // The merge counts what it takes from its sources as its own items.
+  link_driver<T>{l, ctx.counter(at.slot)}(sink);
 }
 
 // ---- pipeline<R> ------------------------------------------------------------------------------
@@ -541,13 +587,15 @@ struct pipeline_model final : pipeline_impl<R> {
   R execute(pipe_ctx& ctx) override {
     using In = typename Flow::value_type;
     ctx.workers = std::max(1u, runtime_stats().workers);
-    ctx.begin_run(static_cast<int>(std::tuple_size_v<decltype(flow.stages)>) + 2);
+    constexpr int n = static_cast<int>(std::tuple_size_v<decltype(flow.stages)>);
+    // The pipeline's own entries (source, stages, terminal), then its terminal's inner
+    // chains, then its source's.
+    ctx.begin_run(n + 2 + inner_slots_v<Term> + inner_slots_v<decltype(flow.src)>);
     struct run_end {
       pipe_ctx* ctx;
       ~run_end() { ctx->end_run(); }
     } ended{&ctx};
-    terminal_tail<Term, In> tail{
-        &term, {}, static_cast<int>(std::tuple_size_v<decltype(flow.stages)>) + 1};
+    terminal_tail<Term, In> tail{&term, {}, n + 1, n + 1};
     std::exception_ptr deadlock;
     try {
       build_flow(flow, tail, ctx);

@@ -46,7 +46,7 @@ struct sink_term : terminal_tag {
     static constexpr bool never_stops = true;
     sink_term* t;
     pipe_ctx* ctx;
-    int index;
+    stage_id index;
     template <class V>
     bool operator()(V&& v, auto...) {
       guarded(*ctx, nullptr, kind, index, t->f, std::forward<V>(v));
@@ -56,7 +56,7 @@ struct sink_term : terminal_tag {
     void finish() {}
   };
   template <class In>
-  sink make(pipe_ctx& ctx, result_slot<void>*, int index) {
+  sink make(pipe_ctx& ctx, result_slot<void>*, stage_id index) {
     return {this, &ctx, index};
   }
 };
@@ -84,7 +84,7 @@ struct collect_term : terminal_tag {
     void finish() { out->set(std::move(items)); }
   };
   template <class In>
-  sink<In> make(pipe_ctx&, result_slot<std::vector<In>>* out, int) {
+  sink<In> make(pipe_ctx&, result_slot<std::vector<In>>* out, stage_id) {
     return {out, {}};
   }
 };
@@ -110,7 +110,7 @@ struct reduce_term : terminal_tag {
     reduce_term* t;
     pipe_ctx* ctx;
     result_slot<T>* out;
-    int index;
+    stage_id index;
     T acc;
     template <class V>
     bool operator()(V&& v, auto...) {
@@ -121,7 +121,7 @@ struct reduce_term : terminal_tag {
     void finish() { out->set(std::move(acc)); }
   };
   template <class In>
-  sink make(pipe_ctx& ctx, result_slot<T>* out, int index) {
+  sink make(pipe_ctx& ctx, result_slot<T>* out, stage_id index) {
     return {this, &ctx, out, index, init};
   }
 };
@@ -148,7 +148,7 @@ struct count_term : terminal_tag {
     void finish() { out->set(n); }
   };
   template <class In>
-  sink make(pipe_ctx&, result_slot<std::size_t>* out, int) {
+  sink make(pipe_ctx&, result_slot<std::size_t>* out, stage_id) {
     return {out, 0};
   }
 };
@@ -184,7 +184,7 @@ struct to_term : terminal_tag {
     ~sink() { t->ch.core()->try_close(); }
   };
   template <class In>
-  sink make(pipe_ctx& ctx, result_slot<void>*, int) {
+  sink make(pipe_ctx& ctx, result_slot<void>*, stage_id) {
     return {this, &ctx};
   }
 };

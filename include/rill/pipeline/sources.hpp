@@ -1,7 +1,7 @@
 // rill/pipeline/sources.hpp: where items come from. Part of rill/pipeline.hpp.
 //
-// A source drives a sink: drive(sink, ctx) pushes every item into it until the sink says
-// stop or the run is cancelled, then calls sink.finish().
+// A source drives a sink: drive(sink, ctx, at) pushes every item into it until the sink
+// says stop or the run is cancelled, then calls sink.finish(). `at` says where its stats go.
 #pragma once
 
 #include <cstddef>
@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <ranges>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -18,6 +19,14 @@
 
 namespace rill {
 namespace detail {
+
+// source_at: where a source stands among the run's stages (stage_id::slot), where the
+// stages of the chains inside it start (a merge's sources), and how those are named.
+struct source_at {
+  int slot = 0;
+  int inner = 0;
+  std::string label;  // the prefix of the inner chains' stage names
+};
 
 template <class R>
 struct range_source {
@@ -31,10 +40,10 @@ struct range_source {
   // how many went (tick: the fiber measures its work per chunk, not per item) and the run's
   // stop flag is checked.
   template <class Sink>
-  void drive(Sink& sink, pipe_ctx& ctx) {
+  void drive(Sink& sink, pipe_ctx& ctx, const source_at& at = {}) {
     constexpr bool ticks = requires { sink.tick(std::size_t{}); };
     std::size_t chunk = 1;
-    stage_counters* ctr = counting(ctx, 0);
+    stage_counters* ctr = counting(ctx, {at.slot, 0});
     if constexpr (std::ranges::sized_range<R>) {
       ctx.source_size.store(static_cast<std::int64_t>(std::ranges::size(range)),
                             std::memory_order_relaxed);
@@ -94,8 +103,8 @@ struct chan_source {
   using value_type = T;
 
   template <class Sink>
-  void drive(Sink& sink, pipe_ctx& ctx) {
-    stage_counters* ctr = counting(ctx, 0);
+  void drive(Sink& sink, pipe_ctx& ctx, const source_at& at = {}) {
+    stage_counters* ctr = counting(ctx, {at.slot, 0});
     for (;;) {
       // A channel that never runs dry never reaches the select below: check the stop flag
       // here too, or cancel() would not stop this source.
@@ -129,11 +138,11 @@ struct generate_source {
   using value_type = typename std::remove_cvref_t<std::invoke_result_t<F&>>::value_type;
 
   template <class Sink>
-  void drive(Sink& sink, pipe_ctx& ctx) {
-    stage_counters* ctr = counting(ctx, 0);
+  void drive(Sink& sink, pipe_ctx& ctx, const source_at& at = {}) {
+    stage_counters* ctr = counting(ctx, {at.slot, 0});
     for (;;) {
       if (ctx.stop.load(std::memory_order_relaxed)) break;
-      auto v = guarded(ctx, nullptr, kind, 0, f);
+      auto v = guarded(ctx, nullptr, kind, {at.slot, 0}, f);
       if (!v) break;
       count_out(ctr, 1);
       if (!sink(std::move(*v))) break;
@@ -161,14 +170,34 @@ struct flow : source_tag {
   using value_type = typename fold_out<typename Src::value_type, Stages...>::type;
 };
 
+// inner_slots_v<X>: how many stats entries the chains inside a source or a terminal take
+// (a merge's sources, a broadcast's branches); they follow their chain's own entries.
+template <class X>
+constexpr int inner_slots() {
+  if constexpr (requires { X::inner_slots; }) {
+    return X::inner_slots;
+  } else {
+    return 0;
+  }
+}
+template <class X>
+inline constexpr int inner_slots_v = inner_slots<X>();
+
+// flow_slots_v<Flow>: the entries of a merge's inner source: its source, its stages, its
+// link into the merge, then its own inner chains.
+template <class Flow>
+inline constexpr int flow_slots_v = static_cast<int>(std::tuple_size_v<decltype(Flow::stages)>) +
+                                    2 + inner_slots_v<decltype(Flow::src)>;
+
 template <class... Flows>
 struct merge_source {
   static constexpr const char* kind = "merge";
+  static constexpr int inner_slots = (flow_slots_v<Flows> + ... + 0);
   std::tuple<Flows...> flows;
   using value_type = std::common_type_t<typename Flows::value_type...>;
 
   template <class Sink>
-  void drive(Sink& sink, pipe_ctx& ctx);  // in pipeline.hpp (needs the builder)
+  void drive(Sink& sink, pipe_ctx& ctx, const source_at& at = {});  // in pipeline.hpp
 };
 
 // range_ref: an lvalue range, referred to. Not std::views::all (ref_view/owning_view): their

@@ -143,7 +143,7 @@ struct map_stage : stage_tag {
     map_stage* st;
     Down* down;
     pipe_ctx* ctx;
-    int index;
+    stage_id index;
     template <class V, class M = dynamic_path>
     [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
       return (*down)(guarded(*ctx, st->opt.name, kind, index, st->f, std::forward<V>(v)), m);
@@ -152,7 +152,7 @@ struct map_stage : stage_tag {
     void finish() { down->finish(); }
   };
   template <class In, class Down>
-  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+  sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
     return {this, &down, &ctx, index};
   }
 };
@@ -183,7 +183,7 @@ struct filter_stage : stage_tag {
     filter_stage* st;
     Down* down;
     pipe_ctx* ctx;
-    int index;
+    stage_id index;
     stage_counters* ctr;
     template <class V, class M = dynamic_path>
     [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
@@ -197,7 +197,7 @@ struct filter_stage : stage_tag {
     void finish() { down->finish(); }
   };
   template <class In, class Down>
-  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+  sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
     return {this, &down, &ctx, index, counting(ctx, index)};
   }
 };
@@ -226,7 +226,7 @@ struct tap_stage : stage_tag {
     tap_stage* st;
     Down* down;
     pipe_ctx* ctx;
-    int index;
+    stage_id index;
     template <class V, class M = dynamic_path>
     [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
       guarded(*ctx, st->opt.name, kind, index, st->f, std::as_const(v));
@@ -236,7 +236,7 @@ struct tap_stage : stage_tag {
     void finish() { down->finish(); }
   };
   template <class In, class Down>
-  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+  sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
     return {this, &down, &ctx, index};
   }
 };
@@ -281,7 +281,7 @@ struct flat_map_stage : stage_tag {
     flat_map_stage* st;
     Down* down;
     pipe_ctx* ctx;
-    int index;
+    stage_id index;
     stage_counters* ctr;
     template <class V, class M = dynamic_path>
     bool operator()(V&& v, M m = {}) {
@@ -296,7 +296,7 @@ struct flat_map_stage : stage_tag {
     void finish() { down->finish(); }
   };
   template <class In, class Down>
-  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+  sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
     return {this, &down, &ctx, index, counting(ctx, index)};
   }
 };
@@ -333,7 +333,7 @@ struct take_stage : stage_tag {
     void finish() { down->finish(); }
   };
   template <class In, class Down>
-  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+  sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
     return {&down, n, counting(ctx, index)};
   }
 };
@@ -377,7 +377,7 @@ struct batch_stage : stage_tag {
     }
   };
   template <class In, class Down>
-  sink<In, Down> make(Down& down, pipe_ctx& ctx, int index) {
+  sink<In, Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
     return {&down, n == 0 ? 1 : n, {}, counting(ctx, index)};
   }
 };
@@ -417,7 +417,7 @@ struct unbatch_stage : stage_tag {
     void finish() { down->finish(); }
   };
   template <class In, class Down>
-  sink<Down> make(Down& down, pipe_ctx& ctx, int index) {
+  sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
     return {&down, counting(ctx, index)};
   }
 };
@@ -447,7 +447,7 @@ struct boundary_stage : stage_tag {
     void finish() { down->finish(); }
   };
   template <class In, class Down>
-  sink<Down> make(Down& down, pipe_ctx&, int) {
+  sink<Down> make(Down& down, pipe_ctx&, stage_id) {
     return {&down};
   }
 };
@@ -477,8 +477,8 @@ struct par_map_stage : stage_tag {
   // (state.handout: about handout_bound_ns of work, 1 to 16 items), which the writer that
   // feeds the workers reads at each batch: few slow items spread over every worker.
   template <class In, class Out, class State>
-  void work(pipe_ctx& ctx, int index, link_chan<In>& in, link_chan<Out>& out, chan<char>& tokens,
-            State& state, std::size_t pinned) {
+  void work(pipe_ctx& ctx, stage_id index, link_chan<In>& in, link_chan<Out>& out,
+            chan<char>& tokens, State& state, std::size_t pinned) {
     struct last_closes {
       State* state;
       link_chan<In>* in;
