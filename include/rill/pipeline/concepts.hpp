@@ -136,7 +136,10 @@ struct stage_stats {
 // and what would help.
 struct pipeline_stats {
   std::vector<std::string> fibers;      // one entry per stage fiber: its stages, '|'-separated
-  std::vector<stage_stats> stages;      // one per stage in pipeline order, source and terminal too
+  // One per stage in pipeline order, source and terminal too; then the stages of a
+  // broadcast's branches and of a merge's sources, each chain in order, named under their
+  // place ("broadcast[1]/collect", "merge[0]/map#1").
+  std::vector<stage_stats> stages;
   std::chrono::nanoseconds elapsed{0};  // of the run, so far
   bool finished = false;                // the run has ended
 
