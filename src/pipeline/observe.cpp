@@ -12,6 +12,8 @@
 //                                                    between them: what the reader took)
 //   out[k] = counted out[k] if the stage counts, else in[k]
 // so a split in the middle of a run (a fused boundary becoming a link) keeps the counts.
+#include "sched/observe.hpp"
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -232,11 +234,33 @@ void pipe_ctx::begin_run(int stages) {
 
 void pipe_ctx::end_run() noexcept {
   std::int64_t zero = 0;
-  end_ns_.compare_exchange_strong(zero, now_ns(), std::memory_order_acq_rel);
+  const bool first = end_ns_.compare_exchange_strong(zero, now_ns(), std::memory_order_acq_rel);
   if (auto* p = static_cast<progress_bar*>(progress_)) {
     progress_ = nullptr;
     p->finish();
     delete p;
+  }
+  if (first && (g_observe.load(std::memory_order_relaxed) & observe_trace)) trace_spans();
+}
+
+// trace_spans(): the stages' spans, into the trace being recorded.
+void pipe_ctx::trace_spans() noexcept {
+  try {
+    const pipeline_stats s = stats();
+    std::vector<stage_span> spans;
+    mu_.lock();
+    for (std::size_t k = 0; counters_ && k < s.stages.size() && k < std::size_t(ncounters_); ++k) {
+      const stage_counters& c = counters_[k];
+      const std::int64_t t0 = c.first_ns.load(std::memory_order_relaxed);
+      if (t0 == 0) continue;  // never ran (or metrics off)
+      const stage_stats& st = s.stages[k];
+      spans.push_back({st.name, t0, c.last_ns.load(std::memory_order_relaxed), st.items_in,
+                       st.items_out, static_cast<std::int64_t>(st.busy.count())});
+    }
+    mu_.unlock();
+    trace_stages(std::move(spans));
+  } catch (...) {
+    // out of memory: this run's stages are not in the trace
   }
 }
 
@@ -251,8 +275,6 @@ std::string dot_escape(const std::string& s) {
   return out;
 }
 
-// dot_chain: writes one chain (the pipeline, or a broadcast branch) of stages as nodes
-// grouped into one cluster per fiber, and the edges between them.
 // slots_of(): the stats entries of a chain and of the branches inside it (the order the
 // run numbers them in: the chain's own stages, then each broadcast's branches in turn).
 std::size_t slots_of(const std::vector<dot_stage>& chain) {
@@ -263,6 +285,8 @@ std::size_t slots_of(const std::vector<dot_stage>& chain) {
   return n;
 }
 
+// dot_chain: writes one chain (the pipeline, or a broadcast branch) of stages as nodes
+// grouped into one cluster per fiber, and the edges between them.
 struct dot_chain {
   std::ostringstream& os;
   const pipeline_stats* run;  // what a run measured, if any

@@ -246,6 +246,7 @@ void segment::set_stages(int first, int last) {
 void segment::publish(std::int64_t now, bool last) noexcept {
   stage_counters* head = ctx_->counter(first_);
   if (!head || weight_.empty()) return;
+  for (int k = first_; k <= last_; ++k) ran(*ctx_->counter(k), pub_start_, now);
   const std::int64_t waited = wait_in_ + wait_out_;
   std::int64_t work = std::max<std::int64_t>(0, now - pub_start_ - waited);
   if (wait_in_) bump(head->wait_in, wait_in_);

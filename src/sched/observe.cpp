@@ -23,9 +23,12 @@
 //
 // The file: Chrome's trace-event JSON. Process 1 ("workers") has a track per ring with a
 // complete ("X") event per slice in which a fiber ran, named "<fiber name> #<id>". Process
-// 2 ("fibers") has a track per fiber: a span from its first to its last slice (the fiber's
-// stage span, named after its stages), and inside it a "parked: <reason>" slice for each
-// park, from the switch that parked it to the one that resumed it.
+// 2 ("fibers") has a track per fiber: a span from its first to its last slice (named after
+// the stages it ran), and inside it a "parked: <reason>" slice for each park, from the
+// switch that parked it to the one that resumed it. Process 3 ("pipeline stages") has a
+// track per stage of each pipeline run that ended while tracing (trace_stages(), with
+// metrics on): the stage's span, from the first to the last moment a fiber ran it, with
+// its items and busy time.
 #include "sched/observe.hpp"
 
 #include <fcntl.h>
@@ -91,6 +94,12 @@ std::mutex g_rings_mu;
 std::vector<std::unique_ptr<ring>> g_rings;  // guarded by g_rings_mu
 std::int64_t g_trace_start = 0;              // guarded by g_rings_mu (the session's)
 bool g_session = false;                      // guarded by g_rings_mu
+// The pipeline runs that ended during the session, their stages' spans: at most
+// max_traced_runs (the rest are counted, so that a trace of a program that runs pipelines
+// without end stays bounded, like the rings).
+constexpr std::size_t max_traced_runs = 1024;
+std::vector<std::vector<stage_span>> g_stage_runs;  // guarded by g_rings_mu
+std::size_t g_runs_dropped = 0;                     // guarded by g_rings_mu
 
 // The calling thread's ring, handed back when the thread ends.
 struct ring_owner {
@@ -164,7 +173,8 @@ const char* ended_as(const trace_event& e) {
 }
 
 // write_trace(): the JSON of every ring's events, relative to `start`.
-bool write_trace(const std::string& path, std::int64_t start) {
+bool write_trace(const std::string& path, std::int64_t start,
+                 const std::vector<std::vector<stage_span>>& runs, std::size_t dropped) {
   struct slice {
     std::int64_t t0, t1;
     std::uint64_t fiber;
@@ -253,6 +263,30 @@ bool write_trace(const std::string& path, std::int64_t start) {
           << ",\"dur\":" << us(slices[k + 1].t0) - us(slices[k].t1) << "}";
     }
   }
+  // Per pipeline run: a track per stage, its span named after it.
+  if (!runs.empty() || dropped != 0) {
+    out << ",\n"
+        << R"({"name":"process_name","ph":"M","pid":3,"args":{"name":"pipeline stages"}})";
+  }
+  std::uint64_t stage_tid = 0;
+  for (std::size_t r = 0; r < runs.size(); ++r) {
+    for (const stage_span& sp : runs[r]) {
+      const std::uint64_t id = ++stage_tid;
+      const std::string name = json_escape(sp.name.c_str());
+      out << ",\n{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":3,\"tid\":" << id
+          << ",\"args\":{\"name\":\"run " << r + 1 << ": " << name << "\"}}";
+      out << ",\n{\"name\":\"" << name
+          << "\",\"cat\":\"pipeline\",\"ph\":\"X\",\"pid\":3,\"tid\":" << id
+          << ",\"ts\":" << us(sp.t0) << ",\"dur\":" << us(sp.t1) - us(sp.t0)
+          << ",\"args\":{\"run\":" << r + 1 << ",\"items_in\":" << sp.items_in
+          << ",\"items_out\":" << sp.items_out
+          << ",\"busy_us\":" << static_cast<double>(sp.busy_ns) / 1000.0 << "}}";
+    }
+  }
+  if (dropped != 0) {
+    out << ",\n{\"name\":\"runs not traced: " << dropped
+        << "\",\"ph\":\"i\",\"s\":\"g\",\"pid\":3,\"tid\":0,\"ts\":0}";
+  }
   out << "\n]}\n";
   out.flush();
   return static_cast<bool>(out);
@@ -262,6 +296,8 @@ bool begin_session() {
   std::lock_guard lk(g_rings_mu);
   if (g_session) return false;
   g_session = true;
+  g_stage_runs.clear();
+  g_runs_dropped = 0;
   for (auto& r : g_rings) {
     r->lk.lock();
     r->events.clear();
@@ -275,19 +311,41 @@ bool begin_session() {
 
 bool end_session(const std::string& path) noexcept {
   std::int64_t start;
+  std::vector<std::vector<stage_span>> runs;
+  std::size_t dropped;
   {
     std::lock_guard lk(g_rings_mu);
     if (!g_session) return false;
     g_session = false;
     start = g_trace_start;
+    runs.swap(g_stage_runs);
+    dropped = g_runs_dropped;
   }
   g_observe.fetch_and(~observe_trace);
   try {
-    return write_trace(path, start);
+    return write_trace(path, start, runs, dropped);
   } catch (...) {
     return false;
   }
 }
+
+}  // namespace
+
+void trace_stages(std::vector<stage_span> spans) noexcept {
+  std::lock_guard lk(g_rings_mu);
+  if (!g_session) return;
+  if (g_stage_runs.size() >= max_traced_runs) {
+    ++g_runs_dropped;
+    return;
+  }
+  try {
+    g_stage_runs.push_back(std::move(spans));
+  } catch (...) {
+    ++g_runs_dropped;  // out of memory: counted, not traced
+  }
+}
+
+namespace {
 
 // ---- RILL_TRACE and RILL_DUMP_ON, read when the library is loaded -----------------------------
 

@@ -6,6 +6,8 @@
 #include <atomic>
 #include <cstdint>
 #include <iosfwd>
+#include <string>
+#include <vector>
 
 namespace rill::detail {
 
@@ -21,6 +23,18 @@ extern std::atomic<unsigned> g_observe;
 // observe_switch(): worker w is about to run `next` (nullptr: its scheduler loop) in place of
 // the fiber it runs now. Called on w's thread, with g_observe set, by worker::set_current.
 void observe_switch(worker* w, fiber* next) noexcept;
+
+// stage_span: one pipeline stage in a trace: from the first to the last moment a fiber
+// ran it, with what it did meanwhile.
+struct stage_span {
+  std::string name;
+  std::int64_t t0 = 0, t1 = 0;
+  std::uint64_t items_in = 0, items_out = 0;
+  std::int64_t busy_ns = 0;
+};
+// trace_stages(): a pipeline run has ended; while a trace is recorded, its stages' spans
+// go into it (process "pipeline stages", a track per stage of each run).
+void trace_stages(std::vector<stage_span> spans) noexcept;
 
 // format_fiber(): one fiber's line of a dump or a deadlock report (id, name: its stages for
 // a pipeline's fiber, state, what it waits on and, when known, for how long). The caller

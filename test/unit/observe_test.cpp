@@ -497,7 +497,17 @@ for p in parks:
     s = span[p["tid"]]
     assert s["ts"] - 0.002 <= p["ts"] and p["ts"] + p["dur"] <= s["ts"] + s["dur"] + 0.002, (s, p)
     assert p["name"].startswith("parked: "), p
-print("trace ok:", len(runs), "slices,", len(stages), "fibers,", len(parks), "parks")
+# Per pipeline stage: a span on a track of its own (process 3), with its items.
+pstages = [e for e in ev if e.get("cat") == "pipeline"]
+assert sorted(e["name"] for e in pstages) == ["count", "from", "slow"], pstages
+for e in pstages:
+    assert e["pid"] == 3 and e["ph"] == "X" and e["dur"] >= 0, e
+    assert e["args"]["run"] == 1 and e["args"]["items_in"] == 50, e
+slow = [e for e in pstages if e["name"] == "slow"][0]
+# 50 items of at least 100 us of work each, in the stage's own fiber.
+assert slow["args"]["busy_us"] >= 5000 and slow["dur"] >= slow["args"]["busy_us"] - 1, slow
+print("trace ok:", len(runs), "slices,", len(stages), "fibers,", len(parks), "parks,",
+      len(pstages), "pipeline stages")
 )PY";
 
 }  // namespace

@@ -135,7 +135,7 @@ struct stage_stats {
 // operator<< as an aligned table, one line per stage, and a line naming the bottleneck
 // and what would help.
 struct pipeline_stats {
-  std::vector<std::string> fibers;      // one entry per stage fiber: its stages, '|'-separated
+  std::vector<std::string> fibers;  // one entry per stage fiber: its stages, '|'-separated
   // One per stage in pipeline order, source and terminal too; then the stages of a
   // broadcast's branches and of a merge's sources, each chain in order, named under their
   // place ("broadcast[1]/collect", "merge[0]/map#1").
@@ -196,7 +196,20 @@ struct alignas(64) stage_counters {
   std::atomic<bool> counts_out{false};
   std::atomic<start> starts{start::none};
   std::atomic<std::size_t> capacity{0};
+  // The first and last moments a fiber ran the stage (a trace's stage span), as far as
+  // published: per measuring window, per par_map unit.
+  std::atomic<std::int64_t> first_ns{0}, last_ns{0};
 };
+// ran(): stage c's fiber ran it from t0 to t1 (widens the stage's span).
+inline void ran(stage_counters& c, std::int64_t t0, std::int64_t t1) noexcept {
+  std::int64_t f = c.first_ns.load(std::memory_order_relaxed);
+  while ((f == 0 || t0 < f) &&
+         !c.first_ns.compare_exchange_weak(f, t0, std::memory_order_relaxed)) {
+  }
+  std::int64_t l = c.last_ns.load(std::memory_order_relaxed);
+  while (t1 > l && !c.last_ns.compare_exchange_weak(l, t1, std::memory_order_relaxed)) {
+  }
+}
 // bump(): a relaxed add (several fibers may write one stage: par_map, merge).
 inline void bump(std::atomic<std::uint64_t>& c, std::uint64_t n) noexcept {
   c.fetch_add(n, std::memory_order_relaxed);
@@ -267,6 +280,7 @@ class pipe_ctx {
   // their counters (before any stage fiber exists). end_run(): it has ended.
   void begin_run(int stages);
   void end_run() noexcept;
+  void trace_spans() noexcept;  // (end_run, while a trace is recorded)
   // counter(index): stage `index`'s counters (nullptr with metrics off). Stage fibers call
   // it; its array does not change while they run.
   stage_counters* counter(int index) noexcept {

@@ -531,8 +531,10 @@ struct par_map_stage : stage_tag {
       }
       if (timed) {
         const auto k = static_cast<std::int64_t>(r.size());
-        const std::int64_t spent = now_ns() - t0;
+        const std::int64_t t1 = now_ns();
+        const std::int64_t spent = t1 - t0;
         if (ctr) {
+          ran(*ctr, t0, t1);
           bump(ctr->busy, spent);
           bump(ctr->out, static_cast<std::uint64_t>(k));
         }
