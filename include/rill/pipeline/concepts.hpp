@@ -200,14 +200,18 @@ struct alignas(64) stage_counters {
   // published: per measuring window, per par_map unit.
   std::atomic<std::int64_t> first_ns{0}, last_ns{0};
 };
-// ran(): stage c's fiber ran it from t0 to t1 (widens the stage's span).
+// ran(): stage c's fiber ran it from t0 to t1 (widens the stage's span). par_map's workers
+// call it per unit, all on one stage: the end moves only by span_grain_ns or more, so that
+// most calls are two loads, not a contended write.
+inline constexpr std::int64_t span_grain_ns = 10'000;
 inline void ran(stage_counters& c, std::int64_t t0, std::int64_t t1) noexcept {
   std::int64_t f = c.first_ns.load(std::memory_order_relaxed);
   while ((f == 0 || t0 < f) &&
          !c.first_ns.compare_exchange_weak(f, t0, std::memory_order_relaxed)) {
   }
   std::int64_t l = c.last_ns.load(std::memory_order_relaxed);
-  while (t1 > l && !c.last_ns.compare_exchange_weak(l, t1, std::memory_order_relaxed)) {
+  while (t1 - l >= span_grain_ns &&
+         !c.last_ns.compare_exchange_weak(l, t1, std::memory_order_relaxed)) {
   }
 }
 // bump(): a relaxed add (several fibers may write one stage: par_map, merge).
