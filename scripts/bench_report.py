@@ -46,6 +46,7 @@ IMPL_COLOR = {
 EXTRA_COUNTERS = ["peak_in_flight", "peak_rss_delta_kib", "bytes_per_goroutine", "p50_us", "p99_us",
                   "max_us"]
 BUSY_LIMIT = 0.10  # others' share of all cores above which the machine "did not deliver"
+STEAL_LIMIT = 0.05  # the hypervisor's share of the cores above which a repetition is marked
 TIME_UNIT_NS = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 
 
@@ -267,7 +268,9 @@ def read_runs(path, ncores):
                 "seconds": float(t1) - float(t0), "exit_code": int(rc),
                 "total_ticks": total, "busy_ticks": busy, "own_ticks": own,
                 "steal_ticks": steal1 - steal0,
-                "others_share": max(0.0, (busy - own) / total),
+                # Not clipped: a small negative share is the accounting's own noise (the
+                # benchmark's ticks and the machine's are read at slightly different moments).
+                "others_share": (busy - own) / total,
             })
     return runs
 
@@ -421,8 +424,24 @@ def load_summary(runs, ncores):
     busy = sum(r["busy_ticks"] for r in runs)
     own = sum(r["own_ticks"] for r in runs)
     steal = sum(r["steal_ticks"] for r in runs)
-    others = max(0.0, (busy - own) / total)
+    others = (busy - own) / total
+    # Per repetition: others' share and steal, marked when either passes its limit.
+    per_rep = {}
+    for r in runs:
+        t = per_rep.setdefault(r["rep"], {"total": 0, "busy": 0, "own": 0, "steal": 0})
+        t["total"] += r["total_ticks"]
+        t["busy"] += r["busy_ticks"]
+        t["own"] += r["own_ticks"]
+        t["steal"] += r["steal_ticks"]
+    reps = []
+    for rep in sorted(per_rep):
+        t = per_rep[rep]
+        tot = max(1, t["total"])
+        o, st = (t["busy"] - t["own"]) / tot, t["steal"] / tot
+        reps.append({"rep": rep, "others_share": o, "steal_share": st,
+                     "marked": o > BUSY_LIMIT or st > STEAL_LIMIT})
     return {
+        "per_rep": reps,
         "samples": len(runs),
         "others_share": others,
         "others_cores": others * ncores,
@@ -462,6 +481,16 @@ def cost_sweep_cells(rows, hw):
 
 def ratio(a, b):
     return a / b if a and b else None
+
+
+def verdict(a, b):
+    """rill row a against peer row b: a tie when the spreads (min..max over the repetitions)
+    of the two overlap, else which is faster."""
+    if not a or not b or a.get("min") is None or b.get("min") is None:
+        return "—"
+    if a["max"] >= b["min"] and b["max"] >= a["min"]:
+        return "tie"
+    return "rill faster" if a["median"] < b["median"] else "peer faster"
 
 
 def fmt_ratio(r, limit=None):
@@ -509,7 +538,7 @@ def cost_sweep_markdown(rows, hw):
                  f" {fmt_ratio(ratio(rv, c['ideal']), IDEAL_TARGET if big else None)} |"
                  f" {fmt_ratio(ratio(rv, tuned['median'] if tuned else None), TUNED_TARGET)} |"
                  f" {fmt_ratio(ratio(rv, best_peer['median'] if best_peer else None))}"
-                 f"{' (' + best_peer['impl'] + ')' if best_peer and rv else ''} |")
+                 f"{' (' + best_peer['impl'] + ', ' + verdict(rill, best_peer) + ')' if best_peer and rv else ''} |")
         L.append(line)
     trickle = [c for c in cells if c["parsed"]["shape"] == "trickle"]
     if trickle:
@@ -565,6 +594,11 @@ def write_markdown(path, meta, summary, problems):
                  f"{100 * ld['others_share_max_run']:.0f}%), steal {100 * ld['steal_share']:.1f}%"
                  f"{flag}")
     L.append(f"- total time {meta.get('elapsed_s', '?')} s")
+    if ld.get("per_rep"):
+        L.append("- per repetition, others' share / steal (⚠: above "
+                 f"{100 * BUSY_LIMIT:.0f}% / {100 * STEAL_LIMIT:.0f}%): " + ", ".join(
+                     f"{r['rep']}: {100 * r['others_share']:.1f}% / {100 * r['steal_share']:.1f}%"
+                     + (" ⚠" if r["marked"] else "") for r in ld["per_rep"]))
     L.append("")
     L.append("Figures: ns/item (wall time / items) unless the column says otherwise; "
              "spread = (max − min) / median over the repetitions; others = the largest share "
@@ -616,8 +650,12 @@ def write_markdown(path, meta, summary, problems):
             continue
         L.append(f"### {workload}: rill / peer (below 1: rill is faster)")
         L.append("")
-        L.append("| rill | peer | peer's best comparable config | rill ns/item | peer ns/item | rill/peer |")
-        L.append("|---|---|---|---:|---:|---:|")
+        L.append("*verdict*: a tie when the two rows' spreads (min..max over the repetitions) "
+                 "overlap; otherwise the faster one.")
+        L.append("")
+        L.append("| rill | peer | peer's best comparable config | rill ns/item | peer ns/item | "
+                 "rill/peer | verdict |")
+        L.append("|---|---|---|---:|---:|---:|---|")
         peers = sorted({s["impl"] for s in rows if not is_rill(s["impl"])}, key=impl_rank)
         for r in rill_rows:
             for p in peers:
@@ -628,7 +666,7 @@ def write_markdown(path, meta, summary, problems):
                 best = min(cands, key=lambda s: s["median"])
                 L.append(f"| `{r['impl']}/{r['config']}` | {p} | `{best['config']}` | "
                          f"{fmt_num(r['median'])} | {fmt_num(best['median'])} | "
-                         f"{r['median'] / best['median']:.3g} |")
+                         f"{r['median'] / best['median']:.3g} | {verdict(r, best)} |")
     if problems:
         L.append("")
         L.append("## Problems")
