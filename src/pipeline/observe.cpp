@@ -132,10 +132,21 @@ struct progress_bar {
   std::size_t drawn = 0;
   std::thread thread;
 
+  // sink_entry(): the pipeline's terminal: its own chain's last entry (the chains inside
+  // a merge or a broadcast follow it, each starting at a marked entry).
+  std::size_t sink_entry(const pipeline_stats& s) const {
+    for (std::size_t k = 1; k < s.stages.size(); ++k) {
+      const stage_counters* c = ctx->counter(static_cast<int>(k));
+      if (c && c->starts.load(std::memory_order_relaxed) != stage_counters::start::none)
+        return k - 1;
+    }
+    return s.stages.size() - 1;
+  }
+
   std::string line() {
     const pipeline_stats s = ctx->stats();
     if (s.stages.empty()) return "rill: starting";
-    const double done = static_cast<double>(s.stages.back().items_in);
+    const double done = static_cast<double>(s.stages[sink_entry(s)].items_in);
     const double secs = static_cast<double>(s.elapsed.count()) / 1e9;
     const double rate = secs > 0 ? done / secs : 0;
     std::ostringstream os;

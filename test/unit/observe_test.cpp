@@ -1,6 +1,11 @@
 // Tests of what a pipeline shows of itself: per-stage stats (items, busy time, the
 // bottleneck), live stats from another thread, the Graphviz graph, the fiber dump and the
 // trace.
+#include <fcntl.h>
+#include <pty.h>
+#include <termios.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
@@ -511,6 +516,110 @@ print("trace ok:", len(runs), "slices,", len(stages), "fibers,", len(parks), "pa
 )PY";
 
 }  // namespace
+
+namespace {
+
+// on_terminal(f): runs f with stderr on a pseudo-terminal (raw: no translation), and
+// returns what was written to it.
+template <class F>
+std::string on_terminal(F f) {
+  int master = -1, slave = -1;
+  REQUIRE(::openpty(&master, &slave, nullptr, nullptr, nullptr) == 0);
+  termios raw{};
+  REQUIRE(::tcgetattr(slave, &raw) == 0);
+  ::cfmakeraw(&raw);
+  REQUIRE(::tcsetattr(slave, TCSANOW, &raw) == 0);
+  std::fflush(stderr);
+  const int saved = ::dup(STDERR_FILENO);
+  ::dup2(slave, STDERR_FILENO);
+  std::string out;
+  // Drain the terminal while f runs: a full one would block the progress line's writer.
+  std::atomic<bool> done{false};
+  std::thread reader([&] {
+    ::fcntl(master, F_SETFL, O_NONBLOCK);
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = ::read(master, buf, sizeof buf);
+      if (n > 0) {
+        out.append(buf, static_cast<std::size_t>(n));
+      } else if (done.load()) {
+        break;
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  });
+  try {
+    f();
+  } catch (...) {
+    std::fflush(stderr);
+    ::dup2(saved, STDERR_FILENO);
+    done = true;
+    reader.join();
+    throw;
+  }
+  std::fflush(stderr);
+  ::dup2(saved, STDERR_FILENO);
+  ::close(saved);
+  ::close(slave);
+  done = true;
+  reader.join();
+  ::close(master);
+  return out;
+}
+
+// A pipeline that runs for at least `ms` milliseconds of CPU work (several redraws of a
+// progress line at 100 ms each), calling at(k) before item k.
+template <class At>
+auto slow_pipeline(int items, int ms, At at) {
+  return rill::from(iota_vec(items)) |
+         rill::map(
+             [at, per = std::chrono::milliseconds(ms) / items](int v) {
+               at(v);
+               spin_for(per);
+               return v;
+             },
+             {.name = "work"}) |
+         rill::count();
+}
+
+}  // namespace
+
+TEST_CASE("observe: the progress line on a terminal: redrawn, then erased however the run ends",
+          "[observe]") {
+  const std::string how =
+      GENERATE(std::string("ends"), std::string("throws"), std::string("is cancelled"));
+  std::string out;
+  test::run_with(2, [&] {
+    out = on_terminal([&] {
+      std::stop_source stop;
+      auto p = slow_pipeline(300, 600, [&](int v) {
+        if (v == 280 && how == "throws") throw std::runtime_error("stage failed");
+        if (v == 280 && how == "is cancelled") stop.request_stop();
+      });
+      const rill::run_options o{.progress = true};
+      if (how == "ends") {
+        CHECK(p.run(o) == 300);
+      } else if (how == "throws") {
+        CHECK_THROWS_WITH(p.run(o), "stage failed");
+      } else {
+        CHECK_THROWS_AS(p.run(stop.get_token(), o), rill::pipeline_cancelled);
+      }
+    });
+  });
+  INFO("terminal output: " << out);
+  // Redrawn in place (a carriage return before each draw), with the count, the bar (the
+  // source's size is known) and the busiest stage...
+  CHECK(std::count(out.begin(), out.end(), '\r') >= 2);
+  CHECK(out.find("rill: ") != std::string::npos);
+  CHECK(out.find("/300") != std::string::npos);
+  CHECK(out.find("work") != std::string::npos);
+  // ...and erased at the end, leaving the terminal as it was: no newline.
+  const std::string erase = "\r\x1b[K";
+  REQUIRE(out.size() >= erase.size());
+  CHECK(out.substr(out.size() - erase.size()) == erase);
+  CHECK(out.find('\n') == std::string::npos);
+}
 
 TEST_CASE("observe: trace_to() writes a Chrome trace that parses and nests", "[observe]") {
   const std::string path = "observe_test_trace.json";

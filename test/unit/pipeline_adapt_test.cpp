@@ -220,6 +220,46 @@ TEST_CASE("adapt: a busy stage fiber takes turns with the worker's other fibers"
   CHECK(items >= 1);
 }
 
+TEST_CASE("adapt: a fused chain of slow items takes turns item by item, not chunk by chunk",
+          "[pipeline][adapt]") {
+  // One worker: a fiber that yields in a loop notes how many items the chain handled
+  // between two of its turns. The chain yields at the end of its time slice, which it
+  // checks between two of the source's chunks: a chunk of slow items must stay short.
+  const int most = test::run_with(1, [] {
+    std::atomic<int> handled{0};
+    std::atomic<bool> done{false};
+    int most = 0;
+    rill::wait_group ticker;
+    ticker.add(1);
+    rill::go([&] {
+      int last = handled.load();
+      while (!done.load()) {
+        rill::this_fiber::yield();
+        const int now = handled.load();
+        most = std::max(most, now - last);
+        last = now;
+      }
+      ticker.done();
+    });
+    const long n = (rill::from(upto(120)) | rill::map([&](long v) {
+                      const auto end = std::chrono::steady_clock::now() + 1500us;  // CPU work
+                      while (std::chrono::steady_clock::now() < end) {
+                      }
+                      handled.fetch_add(1);
+                      return v;
+                    }) |
+                    rill::count())
+                       .run();
+    done = true;
+    ticker.wait();
+    CHECK(n == 120);
+    return most;
+  });
+  // A slice (2 ms) is two items of 1.5 ms, and a probe of the chain's boundaries (a few
+  // items) does not yield; the chunks used to grow to 64 items and more whatever they cost.
+  CHECK(most <= 8);
+}
+
 TEST_CASE("adapt: cheap stages stay fused", "[pipeline][adapt][fusion]") {
   const unsigned workers = GENERATE(1u, 2u);
   auto [sum, stats] = test::run_with(workers, [&] {

@@ -28,6 +28,27 @@ struct source_at {
   std::string label;  // the prefix of the inner chains' stage names
 };
 
+// chunk_size: how many items a source sends before it reports them (tick) and checks the
+// run's stop flag. It doubles from 1 up to 1024 while a chunk takes little time, and halves
+// when one takes long: a fused fiber yields between chunks (its slice), so a chunk of slow
+// items must stay short, or the fiber would hold its worker for 1024 of them.
+struct chunk_size {
+  static constexpr std::int64_t grow_below_ns = 200'000;
+  static constexpr std::int64_t shrink_above_ns = 1'000'000;
+  std::size_t n = 1;
+  std::int64_t since = now_ns();
+  void next() noexcept {
+    const std::int64_t now = now_ns();
+    const std::int64_t took = now - since;
+    since = now;
+    if (took < grow_below_ns) {
+      if (n < 1024) n *= 2;
+    } else if (took > shrink_above_ns && n > 1) {
+      n /= 2;
+    }
+  }
+};
+
 template <class R>
 struct range_source {
   static constexpr const char* kind = "from";
@@ -36,13 +57,13 @@ struct range_source {
   std::size_t stack_size = 0;           // stage_options::stack_size
   using value_type = std::remove_cvref_t<decltype(*std::ranges::begin(std::declval<R&>()))>;
 
-  // drive(): the items go in chunks that grow from 1 to 1024; after each, the sink hears
-  // how many went (tick: the fiber measures its work per chunk, not per item) and the run's
-  // stop flag is checked.
+  // drive(): the items go in chunks (chunk_size); after each, the sink hears how many went
+  // (tick: the fiber measures its work per chunk, not per item) and the run's stop flag is
+  // checked.
   template <class Sink>
   void drive(Sink& sink, pipe_ctx& ctx, const source_at& at = {}) {
     constexpr bool ticks = requires { sink.tick(std::size_t{}); };
-    std::size_t chunk = 1;
+    chunk_size chunk;
     stage_counters* ctr = counting(ctx, {at.slot, 0});
     if constexpr (std::ranges::sized_range<R>) {
       ctx.source_size.store(static_cast<std::int64_t>(std::ranges::size(range)),
@@ -54,7 +75,7 @@ struct range_source {
       auto it = std::ranges::begin(range);
       std::size_t left = static_cast<std::size_t>(std::ranges::size(range));
       while (left != 0) {
-        const std::size_t c = left < chunk ? left : chunk;
+        const std::size_t c = left < chunk.n ? left : chunk.n;
         if (inert_v<Sink> || chain_is_quiet(sink)) {
           for (std::size_t k = 0; k < c; ++k, ++it) push(sink, *it, fused_path{});
         } else if constexpr (!inert_v<Sink>) {
@@ -63,7 +84,7 @@ struct range_source {
         left -= c;
         count_out(ctr, c);
         if constexpr (ticks) sink.tick(c);
-        if (chunk < 1024) chunk *= 2;
+        chunk.next();
         if (ctx.stop.load(std::memory_order_relaxed)) break;
       }
     } else {
@@ -71,7 +92,7 @@ struct range_source {
       const auto end = std::ranges::end(range);
       // run(path): one chunk down `path`; false once the sink wants no more.
       auto run = [&](auto path, std::size_t& n) {
-        for (; n < chunk && it != end; ++it) {
+        for (; n < chunk.n && it != end; ++it) {
           ++n;
           if (!push(sink, *it, path)) return false;
         }
@@ -88,7 +109,7 @@ struct range_source {
         count_out(ctr, n);
         if (!more) break;
         if constexpr (ticks) sink.tick(n);
-        if (chunk < 1024) chunk *= 2;
+        chunk.next();
         if (ctx.stop.load(std::memory_order_relaxed)) break;
       }
     }
