@@ -5,12 +5,13 @@
 #include <cerrno>
 #include <system_error>
 
-#include "rill/pipeline/io.hpp"
+#include "rill/detail/io_lease.hpp"
 
 namespace rill::detail {
 
 io_lease::io_lease(net::tcp_stream& s) : ref_(s.io_ref()), kind_(stream) {
-  if (!s.is_open() || !io_acquire(ref_)) throw_io_status(io_status::closed, "rill: read_lines/write_lines");
+  if (!s.is_open() || !io_acquire(ref_))
+    throw_io_status(io_status::closed, "rill: read_lines/write_lines");
 }
 
 io_lease::io_lease(int fd) : fd_(fd) {
@@ -39,12 +40,15 @@ io_lease::io_lease(io_lease&& o) noexcept
 
 io_lease::~io_lease() {
   switch (kind_) {
-    case stream: io_release(ref_); break;
+    case stream:
+      io_release(ref_);
+      break;
     case fd_registered:
       io_close(ref_);
       if (!(saved_flags_ & O_NONBLOCK)) ::fcntl(fd_, F_SETFL, saved_flags_);
       break;
-    default: break;
+    default:
+      break;
   }
 }
 

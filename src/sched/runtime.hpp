@@ -10,8 +10,8 @@
 #include <thread>
 #include <vector>
 
-#include "fiber/context.hpp"
 #include "fiber/stack.hpp"
+#include "fiber/switch.hpp"
 #include "rill/detail/core.hpp"
 #include "rill/runtime.hpp"
 #include "sched/fifo.hpp"
@@ -38,7 +38,7 @@ struct worker;
 class runtime;
 class poller;
 
-struct fiber : context {
+struct fiber : machine_context {
   runtime* rt = nullptr;
   fiber* next = nullptr;  // global queue link; guarded by runtime::gq_mu_
   std::uint64_t id = 0;
@@ -78,7 +78,7 @@ static_assert(alignof(fiber) <= 64);
 struct alignas(64) worker {
   runtime* rt = nullptr;
   unsigned index = 0;
-  context g0;  // this thread's own stack, running the scheduler loop
+  machine_context g0;  // this thread's own stack, running the scheduler loop
   // The fiber this worker runs (nullptr: the scheduler loop). Written by the owner only,
   // through set_current(), with release (a plain store on x86): the watchdog loads it with
   // acquire and then locks the fiber's stack slot, which must be seen constructed.
@@ -169,14 +169,14 @@ class runtime {
   // in that worker's runnext slot (`to_runnext`) or queue; otherwise in the global queue.
   inline void ready(fiber* f, bool to_runnext) noexcept;
   // push_local() queues f on w (owner only). True when the push may need an idle worker
-  // woken (see "A push onto a non-empty queue" in runtime.cpp): the queue looked empty
+  // woken (see "A push onto a non-empty queue" in scheduler.cpp): the queue looked empty
   // before, or it was full and half of it went to the global queue.
   // `yielded`: f yields (see run_queue::push).
   inline bool push_local(worker& w, fiber* f, bool yielded = false) noexcept;
   void push_global(fiber* f) noexcept;
   // wake_idle(): wake an idle worker if none is spinning. `outside`: the work came from
   // outside the worker's own fibers (another thread, the network), and a watching spinner
-  // is woken to look at once (see runtime.cpp, "Keeping communicating fibers together").
+  // is woken to look at once (see scheduler.cpp, "Keeping communicating fibers together").
   void wake_idle(bool outside = false) noexcept;
 
   // timers (sched/timers.cpp)
@@ -193,7 +193,7 @@ class runtime {
   fiber* create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*),
                       std::size_t stack_size = 0);
   void discard_fiber(fiber* f) noexcept;
-  void count_spawn(worker* w) noexcept;  // fiber accounting: see runtime.cpp
+  void count_spawn(worker* w) noexcept;  // fiber accounting: see fiber_life.cpp
   void count_exit() noexcept;
   void return_credit(worker& w) noexcept;
   void uncount(std::int64_t n) noexcept;  // n fewer in live_fibers_; the last one shuts down
@@ -413,7 +413,7 @@ inline std::uint64_t next_random(std::uint64_t& s) noexcept {  // xorshift64*
   return s * 0x2545F4914F6CDD1DULL;
 }
 
-// A fiber made ready by a fiber of this worker goes to runnext (see runtime.cpp, "Rejected":
+// A fiber made ready by a fiber of this worker goes to runnext (see scheduler.cpp, "Rejected":
 // a runnext hand-off wakes nobody); the fiber it displaces goes to the queue.
 inline void runtime::ready(fiber* f, bool to_runnext) noexcept {
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);

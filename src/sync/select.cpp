@@ -74,7 +74,7 @@ void unlink_waiters(const parked_select& p) noexcept {
   unlock_all(p.locks, p.nlocks);
 }
 
-void after_park(context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
+void after_park(machine_context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
   // Read *p before unlocking: once the channels are unlocked the select may be woken and
   // return, ending *p. Arm only after unlocking: arm() may wake a worker (a syscall), and
   // the woken thread may preempt this one while it still holds the channel spinlocks; the

@@ -1,7 +1,7 @@
 // Helpers shared by the wait queues in src/sync.
 #pragma once
 
-#include "fiber/context.hpp"
+#include "fiber/switch.hpp"
 #include "rill/detail/core.hpp"
 #include "rill/runtime.hpp"
 #include "sched/runtime.hpp"
@@ -83,7 +83,7 @@ inline void park_fiber(fiber* self, wait_reason why, const void* object, after_s
 
 // after_unlock: park()'s after-switch action, which releases the lock park() was given
 // (the analysis cannot follow a lock through a context switch).
-inline void after_unlock(context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
+inline void after_unlock(machine_context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
   static_cast<spinlock*>(arg)->unlock();
 }
 

@@ -1,48 +1,22 @@
-// Parking and waking: the one mechanism under channels, select, wait_group, mutex,
-// condition_variable and sleeps, for fibers and for plain threads alike.
+// include/rill/fiber.hpp's this_fiber::yield and sleep, and the chaos point's yield: the
+// scheduling points a fiber asks for itself.
+#include <chrono>
 #include <thread>
 
 #include "rill/fiber.hpp"
-#include "sched/futex.hpp"
 #include "sched/runtime.hpp"
 #include "sync/wait.hpp"
 
 namespace rill::detail {
 
-void park_thread(waiter& w, spinlock& lk) {
-  external_wait counted;
-  lk.unlock();
-  while (w.futex.load(std::memory_order_acquire) == 0) futex_wait(w.futex, 0);
-}
+namespace {
+constexpr std::uint64_t chaos_yield_odds = 64;  // RILL_SCHED_SEED: yield at 1 in 64 chaos points
+}  // namespace
 
-// Not analysed: it releases lk only on the path that throws.
-void throw_unless_unwinding(waiter& w, spinlock& lk,
-                            wait_list& list) RILL_NO_THREAD_SAFETY_ANALYSIS {
-  // lk is held: w was put on `list` under it, so no waker can have taken w yet.
-  if (std::uncaught_exceptions() == 0) {
-    list.remove(&w);
-    lk.unlock();
-    throw fiber_aborted{};
-  }
-  // Already unwinding (a destructor that waits): the caller parks for real. A wake
-  // completes the wait as usual; if nothing can wake it, the next deadlock check abandons
-  // the fiber.
-}
-
-void park_fiber_aborted(fiber* self) {
-  self->abort_wake = false;
-  if (std::uncaught_exceptions() == 0) throw fiber_aborted{};
-  // Aborted while unwinding: it cannot throw, and returning would report a wait that
-  // never ended (a wait_group::wait() in a destructor would return while the fibers it
-  // waits for still run, and they would outlive the frames they use). Park for good: the
-  // runtime abandons the fiber at its next deadlock check.
-  self->state.store(fiber_state::parked, std::memory_order_relaxed);
-  switch_out(self, nullptr, nullptr);
-}
-
-void unpark_thread(waiter& w) noexcept {
-  w.futex.store(1, std::memory_order_release);
-  futex_wake(w.futex);
+void chaos_yield() noexcept {
+  worker* w = current_worker();
+  if (!w || !w->running() || !w->rt->chaos()) return;
+  if (next_random(w->rng) % chaos_yield_odds == 0) this_fiber::yield();
 }
 
 }  // namespace rill::detail
@@ -54,16 +28,16 @@ namespace {
 // A yielding fiber queues behind the one it hands its worker to, which may never park (a
 // busy loop): an idle worker must be told, or the yielder waits for that loop to end. Go's
 // Gosched() calls wakep() for the same reason. It is queued as yielded: it waits for no
-// partner, so a thief may take it at once (see runtime.cpp, "Keeping communicating fibers
+// partner, so a thief may take it at once (see scheduler.cpp, "Keeping communicating fibers
 // together"), and a watching worker is kicked to look.
-void after_push_local(detail::context* left, void* arg) noexcept {
+void after_push_local(detail::machine_context* left, void* arg) noexcept {
   auto* f = static_cast<detail::fiber*>(left);
   auto* w = static_cast<detail::worker*>(arg);  // the landing side runs on the same thread
   detail::runtime* rt = f->rt;                  // once pushed, f may be stolen, run and freed
   if (rt->push_local(*w, f, true) && !w->alone()) rt->wake_idle(true);
 }
 
-void after_push_global(detail::context* left, void*) noexcept {
+void after_push_global(detail::machine_context* left, void*) noexcept {
   auto* f = static_cast<detail::fiber*>(left);
   f->rt->push_global(f);
 }
@@ -72,7 +46,7 @@ struct sleeper : detail::timer {
   detail::fiber* f = nullptr;
 };
 
-void after_arm(detail::context* left, void* arg) noexcept {
+void after_arm(detail::machine_context* left, void* arg) noexcept {
   static_cast<detail::fiber*>(left)->rt->arm(*static_cast<sleeper*>(arg));
 }
 
