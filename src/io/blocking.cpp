@@ -82,7 +82,7 @@ class blocking_pool {
       lk.lock();
       --outstanding_;
       lk.unlock();
-      f->rt->ready(f, false);
+      f->rt->ready(f, ready_slot::queue);
       lk.lock();
     }
   }

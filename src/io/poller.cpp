@@ -92,7 +92,7 @@ fiber* handoff(poll_desc& pd, int d, io_waiter::result_t result) noexcept {
 }
 
 void wake(fiber* f) noexcept {
-  if (f) f->rt->ready(f, false);
+  if (f) f->rt->ready(f, ready_slot::queue);
 }
 
 }  // namespace

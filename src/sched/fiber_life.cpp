@@ -69,14 +69,8 @@ void fiber_main(bctx::transfer_t t) noexcept {
   self->state.store(fiber_state::done, std::memory_order_relaxed);
   rt->remove_from_registry(self);
   probe_switch_stack();
-  fiber* next = rt->next_local(*w);
-  if (next) {
-    w->set_current(next);
-    next->state.store(fiber_state::running, std::memory_order_relaxed);
-    exit_to(*self, *next, after_reap, nullptr);
-  }
-  w->set_current(nullptr);
-  exit_to(*self, w->g0, after_reap, nullptr);
+  switch_to_next(*w, rt->next_local(*w),
+                 [&](machine_context& to) { exit_to(*self, to, after_reap, nullptr); });
 }
 
 stack_pool& runtime::pool_for(std::size_t size) {

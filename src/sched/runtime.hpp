@@ -34,6 +34,12 @@ enum class fiber_state : std::uint8_t {
 // entry swallows it. Deliberately not derived from std::exception.
 struct fiber_aborted {};
 
+// ready_slot: where runtime::ready() puts a fiber made ready by a fiber of the same worker.
+enum class ready_slot : bool {
+  queue,    // the back of the worker's run queue (a timer, I/O, a finished blocking call)
+  runnext,  // the worker's runnext slot: it runs next (a hand-off: channel, mutex, ...)
+};
+
 struct worker;
 class runtime;
 class poller;
@@ -166,8 +172,9 @@ class runtime {
   void rethrow_outcome();
 
   // ready() makes a parked or new fiber runnable. From a worker of this runtime it goes
-  // in that worker's runnext slot (`to_runnext`) or queue; otherwise in the global queue.
-  inline void ready(fiber* f, bool to_runnext) noexcept;
+  // in that worker's runnext slot (ready_slot::runnext) or queue; otherwise in the global
+  // queue.
+  inline void ready(fiber* f, ready_slot where) noexcept;
   // push_local() queues f on w (owner only). True when the push may need an idle worker
   // woken (see "A push onto a non-empty queue" in scheduler.cpp): the queue looked empty
   // before, or it was full and half of it went to the global queue.
@@ -415,7 +422,8 @@ inline std::uint64_t next_random(std::uint64_t& s) noexcept {  // xorshift64*
 
 // A fiber made ready by a fiber of this worker goes to runnext (see scheduler.cpp, "Rejected":
 // a runnext hand-off wakes nobody); the fiber it displaces goes to the queue.
-inline void runtime::ready(fiber* f, bool to_runnext) noexcept {
+inline void runtime::ready(fiber* f, ready_slot where) noexcept {
+  bool to_runnext = where == ready_slot::runnext;
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
   worker* w = current_worker();
   if (!w || w->rt != this) [[unlikely]] {
@@ -500,21 +508,31 @@ inline void probe_switch_stack() noexcept {
 #endif
 }
 
+// switch_to_next() hands worker w to `next` (a fiber w took off its own queues: marked
+// running, made current) or, when next is nullptr, to w's scheduler loop, and calls
+// jump(to) with the context to switch to. Every switch away from a fiber (a park, a yield,
+// an exit) and the scheduler loop's switch to a fiber go through it. Always inline, jump
+// inlined into each branch: it is the tail of every park and yield.
+template <class Jump>
+[[gnu::always_inline]] inline void switch_to_next(worker& w, fiber* next, Jump&& jump) noexcept {
+  if (next) {
+    w.set_current(next);
+    next->state.store(fiber_state::running, std::memory_order_relaxed);
+    jump(static_cast<machine_context&>(*next));
+  } else {
+    w.set_current(nullptr);
+    jump(w.g0);
+  }
+}
+
 // switch_out() parks the calling fiber (already marked parked or runnable by the caller)
 // and runs the next fiber of this worker, or the scheduler. `after(self, arg)` runs once the
 // fiber's context is saved. `w` is the calling worker, read before the switch.
 inline void switch_out(fiber* self, worker* w, after_switch_fn after, void* arg) noexcept {
   check_stack(self);
   probe_switch_stack();
-  fiber* next = self->rt->next_local(*w);
-  if (next) {
-    w->set_current(next);
-    next->state.store(fiber_state::running, std::memory_order_relaxed);
-    switch_to(*self, *next, w->eh, after, arg);
-  } else {
-    w->set_current(nullptr);
-    switch_to(*self, w->g0, w->eh, after, arg);
-  }
+  switch_to_next(*w, self->rt->next_local(*w),
+                 [&](machine_context& to) { switch_to(*self, to, w->eh, after, arg); });
 }
 inline void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept {
   switch_out(self, current_worker(), after, arg);

@@ -649,9 +649,7 @@ void runtime::inject(worker& w, fiber** fs, int n) noexcept {
 
 void runtime::run_worker(worker& w) {
   while (fiber* f = find_runnable(w)) {
-    w.set_current(f);
-    f->state.store(fiber_state::running, std::memory_order_relaxed);
-    switch_to(w.g0, *f, w.eh);
+    switch_to_next(w, f, [&](machine_context& to) { switch_to(w.g0, to, w.eh); });
     // Back on the scheduler stack: the fiber that switched here parked or finished with
     // nothing else to run locally.
   }

@@ -62,30 +62,30 @@ void yield() {
   detail::check_stack(self);  // a yield is a switch out: check the stack like switch_out()
   detail::probe_switch_stack();
   self->state.store(detail::fiber_state::runnable, std::memory_order_relaxed);
-  if (detail::fiber* next = self->rt->next_local(*w)) {
-    w->set_current(next);
-    next->state.store(detail::fiber_state::running, std::memory_order_relaxed);
-    if (w->solo) {
-      // One worker: nobody else can take self from the queue before this thread has left
-      // it (the next fiber's landing saves self's context first), so self queues now and
-      // the switch needs no after-switch action.
-      self->rt->push_local(*w, self);
-      detail::switch_to(*self, *next, w->eh);
-    } else {
-      detail::switch_to(*self, *next, w->eh, after_push_local, w);
-    }
-  } else if (self->rt->nothing_queued()) {
+  detail::fiber* const next = self->rt->next_local(*w);
+  if (!next && self->rt->nothing_queued()) {
     // Nothing runnable on this worker, in the global queue, or due from timers or I/O:
     // there is nobody to yield to, so the caller goes on (as sched_yield with an idle CPU).
     // Still a scheduling point: the watchdog does not report a fiber that yields.
     self->state.store(detail::fiber_state::running, std::memory_order_relaxed);
     w->scheduling_point();
-  } else {
-    // Nothing local: let the scheduler look at the global queue, the timers and the I/O;
-    // this fiber queues behind what it finds.
-    w->set_current(nullptr);
-    detail::switch_to(*self, w->g0, w->eh, after_push_global, nullptr);
+    return;
   }
+  detail::switch_to_next(*w, next, [&](detail::machine_context& to) {
+    if (!next) {
+      // Nothing local: let the scheduler look at the global queue, the timers and the I/O;
+      // this fiber queues behind what it finds.
+      detail::switch_to(*self, to, w->eh, after_push_global, nullptr);
+    } else if (w->solo) {
+      // One worker: nobody else can take self from the queue before this thread has left
+      // it (the next fiber's landing saves self's context first), so self queues now and
+      // the switch needs no after-switch action.
+      self->rt->push_local(*w, self);
+      detail::switch_to(*self, to, w->eh);
+    } else {
+      detail::switch_to(*self, to, w->eh, after_push_local, w);
+    }
+  });
 }
 
 void sleep_until_ns(std::int64_t deadline) {
@@ -106,7 +106,7 @@ void sleep_until_ns(std::int64_t deadline) {
   s.fire = [](detail::timer* t) noexcept {
     detail::fiber* f = static_cast<sleeper*>(t)->f;
     t->fired();
-    f->rt->ready(f, false);
+    f->rt->ready(f, detail::ready_slot::queue);
   };
   self->reason.store(wait_reason::sleep, std::memory_order_relaxed);
   self->wait_object.store(nullptr, std::memory_order_relaxed);

@@ -63,14 +63,7 @@ void put_back(chan_core& c, wait_list& q, waiter* w) noexcept RILL_RELEASE(c.mu_
 
 }  // namespace
 
-void select_state::wake() noexcept {
-  if (who) {
-    who->rt->ready(who, true);
-  } else {
-    futex.store(1, std::memory_order_release);
-    futex_wake(futex);
-  }
-}
+void select_state::wake() noexcept { wake_party(who, futex); }
 
 chan_core* chan_core::create(std::size_t capacity, const chan_ops* ops) {
   const std::size_t align = ops->align > alignof(chan_core) ? ops->align : alignof(chan_core);
@@ -145,10 +138,9 @@ namespace {
   return false;
 }
 
-[[gnu::always_inline]] inline int recv_locked_inline(chan_core& c,
-                                                     void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
-  // Requires c.mu_. 1: received; -1: closed and drained; 0: the caller must park. Releases
-  // c.mu_ unless it returns 0.
+[[gnu::always_inline]] inline recv_result recv_locked_inline(chan_core& c, void* opt)
+    RILL_NO_THREAD_SAFETY_ANALYSIS {
+  // Requires c.mu_. Releases c.mu_ unless it returns would_park (the caller parks).
   if (c.count() > 0) {
     char* s = c.slot(0);
     try {
@@ -168,26 +160,26 @@ namespace {
         // Its move threw: it keeps its value, parked, to be handed over directly by a
         // later receive (this is the one way I4 can break), or, a select, runs again.
         put_back(c, c.sendq_, w);
-        return 1;
+        return recv_result::received;
       }
       c.set_count(c.count() + 1);
       w->success = true;
       c.mu_.unlock();
       wake(w);
-      return 1;
+      return recv_result::received;
     }
     c.mu_.unlock();
-    return 1;
+    return recv_result::received;
   }
   if (waiter* w = dequeue(c.sendq_)) {
     hand_over(c, c.sendq_, w, opt, w->slot);
-    return 1;
+    return recv_result::received;
   }
   if (c.is_closed()) {
     c.mu_.unlock();
-    return -1;
+    return recv_result::closed;
   }
-  return 0;
+  return recv_result::would_park;
 }
 
 }  // namespace
@@ -195,7 +187,7 @@ namespace {
 bool send_locked(chan_core& c, void* src) RILL_NO_THREAD_SAFETY_ANALYSIS {
   return send_locked_inline(c, src);
 }
-int recv_locked(chan_core& c, void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
+recv_result recv_locked(chan_core& c, void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
   return recv_locked_inline(c, opt);
 }
 
@@ -243,7 +235,8 @@ bool chan_core::recv(void* opt) {
 
 bool chan_core::recv_with_lock(void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
   for (;;) {
-    if (int r = recv_locked_inline(*this, opt)) return r > 0;
+    const recv_result r = recv_locked_inline(*this, opt);
+    if (r != recv_result::would_park) return r == recv_result::received;
     if (!flush_before_park(mu_)) break;
   }
   waiter w;
@@ -253,13 +246,13 @@ bool chan_core::recv_with_lock(void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
   return w.success;
 }
 
-int chan_core::try_recv(void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
+recv_result chan_core::try_recv(void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
   chaos_point();
-  if (probe_recv() == 0) return 0;  // empty with no sender, and open
+  if (probe_recv() == 0) return recv_result::would_park;  // empty with no sender, and open
   mu_.lock();
-  if (int r = recv_locked_inline(*this, opt)) return r;
-  mu_.unlock();
-  return 0;
+  const recv_result r = recv_locked_inline(*this, opt);
+  if (r == recv_result::would_park) mu_.unlock();
+  return r;
 }
 
 void chan_core::close() {

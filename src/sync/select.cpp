@@ -97,7 +97,7 @@ void after_park(machine_context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANAL
 // and throws.
 bool run_locked(select_case& sc) RILL_NO_THREAD_SAFETY_ANALYSIS {
   chan_core& c = *sc.ch;
-  if (sc.kind == case_kind::recv) return recv_locked(c, sc.slot) != 0;
+  if (sc.kind == case_kind::recv) return recv_locked(c, sc.slot) != recv_result::would_park;
   if (c.is_closed()) {
     c.mu_.unlock();
     throw closed_channel("rill::select: send on a closed channel");

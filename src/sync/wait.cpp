@@ -40,9 +40,9 @@ void park_fiber_aborted(fiber* self) {
   switch_out(self, nullptr, nullptr);
 }
 
-void unpark_thread(waiter& w) noexcept {
-  w.futex.store(1, std::memory_order_release);
-  futex_wake(w.futex);
+void wake_thread(std::atomic<std::uint32_t>& word) noexcept {
+  word.store(1, std::memory_order_release);
+  futex_wake(word);
 }
 
 }  // namespace rill::detail
