@@ -16,8 +16,7 @@ std::atomic<std::int64_t> g_pending_timers{0};
 std::atomic<bool> g_chaos{false};
 std::atomic<std::int64_t> g_external_waiters{0};
 
-// Every live runtime, for dumps from plain threads (the test watchdog).
-mutex g_runtimes_mu;
+ranked_mutex g_runtimes_mu{lock_rank::runtimes};
 std::vector<runtime*> g_runtimes RILL_GUARDED_BY(g_runtimes_mu);
 
 namespace {

@@ -3,6 +3,7 @@
 // exit (fiber_main), and the landing side of a finished fiber (reap).
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string>
@@ -66,6 +67,7 @@ void fiber_main(bctx::transfer_t t) noexcept {
   if (!self->stk.guarded && !self->stk.below_intact(true)) report_overflow(self);
   runtime* rt = self->rt;
   worker* w = current_worker();
+  RILL_ASSERT_FIBER_STATE(self, running);
   self->state.store(fiber_state::done, std::memory_order_relaxed);
   rt->remove_from_registry(self);
   probe_switch_stack();
@@ -235,6 +237,7 @@ void runtime::discard_fiber(fiber* f) noexcept {
 }
 
 void runtime::start_fiber(worker* w, fiber* f) noexcept {
+  RILL_ASSERT_FIBER_STATE(f, created);
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
   if (w && w->rt == this) {
     w->spawned.store(w->spawned.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
@@ -246,6 +249,7 @@ void runtime::start_fiber(worker* w, fiber* f) noexcept {
 }
 
 void runtime::reap(fiber* f) noexcept {
+  RILL_ASSERT_FIBER_STATE(f, done);
   stack s = f->stk;
   const bool retired = f->retired;
   san_fiber_destroyed(f->san);
@@ -301,8 +305,20 @@ void runtime::start_main(void (*main)(void*), void* arg) {
     std::strncpy(f->name, "main", sizeof f->name - 1);
   }
   w0.spawned.store(1, std::memory_order_relaxed);
+  RILL_ASSERT_FIBER_STATE(f, created);
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
   push_local(w0, f);
 }
+
+#ifndef NDEBUG
+void fiber_state_violation(const fiber* f, fiber_state want, const char* file, int line) noexcept {
+  static constexpr const char* names[] = {"created", "runnable", "running", "parked", "done"};
+  const auto have = static_cast<unsigned>(f->state.load(std::memory_order_relaxed));
+  std::fprintf(stderr, "rill: fiber %llu is %s, expected %s (%s:%d)\n",
+               static_cast<unsigned long long>(f->id), have < 5 ? names[have] : "?",
+               names[static_cast<unsigned>(want)], file, line);
+  std::abort();
+}
+#endif
 
 }  // namespace rill::detail

@@ -1,4 +1,5 @@
-// The M:N scheduler's internals. See src/README.md for the vocabulary and the lock order.
+// The M:N scheduler's internals. See src/README.md for the vocabulary, and
+// sched/lock_rank.hpp for the lock order.
 #pragma once
 
 #include <atomic>
@@ -15,13 +16,20 @@
 #include "rill/detail/core.hpp"
 #include "rill/runtime.hpp"
 #include "sched/fifo.hpp"
+#include "sched/lock_rank.hpp"
 #include "sched/observe.hpp"
 #include "sched/run_queue.hpp"
 #include "sched/timers.hpp"
 
 namespace rill::detail {
 
-// fiber_state: where a fiber lives and who may move it.
+// fiber_state: where a fiber lives and who may move it. The transitions, each checked where
+// it happens in debug builds (RILL_ASSERT_FIBER_STATE):
+//   created -> runnable                 start_fiber, start_main
+//   runnable -> running                 switch_to_next (the worker switches to it)
+//   running -> parked | runnable        a park (park_fiber, sleep) | a yield
+//   parked -> runnable                  ready(), the poller's readied fibers, an abort
+//   running -> done                     the fiber's exit (fiber_main); then reap()
 enum class fiber_state : std::uint8_t {
   created,   // has a stack, not yet started; only its creator knows it
   runnable,  // in exactly one run queue (or a runnext slot); no thread owns its stack
@@ -29,6 +37,15 @@ enum class fiber_state : std::uint8_t {
   parked,    // reachable only through the one waiter/timer that will wake it
   done,      // finished; its stack goes back to the pool on the landing side
 };
+
+// RILL_ASSERT_FIBER_STATE(f, s): in debug builds, aborts with a report unless fiber f is
+// in state s (as marl's ASSERT_FIBER_STATE); nothing in release builds.
+#ifdef NDEBUG
+#define RILL_ASSERT_FIBER_STATE(f, s) ((void)0)
+#else
+#define RILL_ASSERT_FIBER_STATE(f, s) \
+  ::rill::detail::assert_fiber_state((f), ::rill::detail::fiber_state::s, __FILE__, __LINE__)
+#endif
 
 // Thrown out of park() in a fiber that the runtime aborts after a deadlock; the fiber
 // entry swallows it. Deliberately not derived from std::exception.
@@ -293,18 +310,15 @@ class runtime {
   std::uint64_t chaos_ = 0;  // RILL_SCHED_SEED: random schedule perturbation when != 0
   std::vector<std::unique_ptr<worker>> workers_;
   stack_pool stacks_;
-  mutex pools_mu_;  // outside every other lock but the watchdog's
+  ranked_mutex pools_mu_{lock_rank::pools};
   std::vector<std::unique_ptr<stack_pool>> more_stacks_ RILL_GUARDED_BY(pools_mu_);
 
-  // Lock order (outer first): a channel's or wait queue's lock -> timer_mu_ -> idle_mu_ ->
-  // gq_mu_ -> pools_mu_ -> the stack pool's lock -> a stack slot's lock (the registry). The
-  // watchdog's lock comes before pools_mu_ and is taken with no runtime lock held. Nothing is held
-  // across a context switch except what an after-switch action releases.
-  mutex gq_mu_;
+  // The lock order is sched/lock_rank.hpp's; debug builds check it.
+  ranked_mutex gq_mu_{lock_rank::global_queue};
   fifo<fiber> gq_ RILL_GUARDED_BY(gq_mu_);
   std::atomic<std::uint32_t> gq_size_{0};
 
-  mutex idle_mu_;
+  ranked_mutex idle_mu_{lock_rank::idle};
   std::vector<worker*> idle_ RILL_GUARDED_BY(idle_mu_);
   std::atomic<std::uint32_t> nidle_{0};
   std::atomic<std::uint32_t> nspinning_{0};
@@ -316,13 +330,13 @@ class runtime {
   // (at most one; written under idle_mu_); poll_waking_: an idle worker was woken to take
   // that role.
   std::atomic<poller*> poller_{nullptr};
-  mutex poller_mu_;  // creation only
+  ranked_mutex poller_mu_{lock_rank::leaf};  // creation only
   std::atomic<bool> poll_sleeping_{false};
   std::atomic<bool> poll_waking_{false};
   std::atomic<bool> shutdown_{false};
   bool deadlock_declared_ RILL_GUARDED_BY(idle_mu_) = false;
 
-  mutex timer_mu_;
+  ranked_mutex timer_mu_{lock_rank::timers};
   timer* timer_root_ RILL_GUARDED_BY(timer_mu_) = nullptr;  // a pairing heap on `when`
   std::size_t timer_count_ RILL_GUARDED_BY(timer_mu_) = 0;
   std::atomic<std::int64_t> next_deadline_{INT64_MAX};
@@ -332,7 +346,7 @@ class runtime {
   std::atomic<std::int64_t> retiring_stacks_{0};
   std::atomic<std::uint64_t> next_id_{1};
   std::exception_ptr main_exception_;  // written by the main fiber before it finishes
-  mutex deadlock_mu_;                  // a leaf lock
+  ranked_mutex deadlock_mu_{lock_rank::leaf};
   std::exception_ptr deadlock_ RILL_GUARDED_BY(deadlock_mu_);
   // Outside threads (the blocking pool, a plain thread closing a socket or sending on a
   // channel) inside ready(): the fiber they ready may finish the runtime before ready()
@@ -408,6 +422,16 @@ inline void chaos_point() noexcept {
     chaos_yield();
 }
 
+#ifndef NDEBUG
+[[noreturn, gnu::cold]] void fiber_state_violation(const fiber* f, fiber_state want,
+                                                   const char* file, int line) noexcept;
+inline void assert_fiber_state(const fiber* f, fiber_state want, const char* file,
+                               int line) noexcept {
+  if (f->state.load(std::memory_order_relaxed) != want) [[unlikely]]
+    fiber_state_violation(f, want, file, line);
+}
+#endif
+
 // ---- the hot path, inline: every park, wake and yield goes through it ----------------
 
 inline constexpr std::uint32_t runnext_cap = 64;  // runnext turns in a row before the queue
@@ -424,6 +448,7 @@ inline std::uint64_t next_random(std::uint64_t& s) noexcept {  // xorshift64*
 // a runnext hand-off wakes nobody); the fiber it displaces goes to the queue.
 inline void runtime::ready(fiber* f, ready_slot where) noexcept {
   bool to_runnext = where == ready_slot::runnext;
+  RILL_ASSERT_FIBER_STATE(f, parked);
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
   worker* w = current_worker();
   if (!w || w->rt != this) [[unlikely]] {
@@ -516,6 +541,7 @@ inline void probe_switch_stack() noexcept {
 template <class Jump>
 [[gnu::always_inline]] inline void switch_to_next(worker& w, fiber* next, Jump&& jump) noexcept {
   if (next) {
+    RILL_ASSERT_FIBER_STATE(next, runnable);
     w.set_current(next);
     next->state.store(fiber_state::running, std::memory_order_relaxed);
     jump(static_cast<machine_context&>(*next));

@@ -21,7 +21,7 @@ inline constexpr std::size_t stack_cache_max = 64;
 
 // Every live runtime, for dumps from plain threads (the test watchdog), global stats and the
 // deadlock check's look at the other runtimes (entry.cpp).
-extern mutex g_runtimes_mu;
+extern ranked_mutex g_runtimes_mu;
 extern std::vector<runtime*> g_runtimes RILL_GUARDED_BY(g_runtimes_mu);
 
 // env.cpp. default_workers(): RILL_WORKERS, else the hardware's threads.

@@ -590,6 +590,8 @@ void runtime::park_worker(worker& w) {
     }
   }
   if (nready > 0) {  // this worker runs the first; the rest may be stolen
+    RILL_ASSERT_FIBER_STATE(ready[0], parked);
+    RILL_ASSERT_FIBER_STATE(ready[0], parked);
     ready[0]->state.store(fiber_state::runnable, std::memory_order_relaxed);
     push_local(w, ready[0]);
     inject(w, ready + 1, nready - 1);
@@ -635,12 +637,14 @@ fiber* runtime::poll_io(worker& w) noexcept {
   const int n = p->poll(0, ready, &fd_woken);  // leaves the eventfd to the blocked worker
   if (n == 0) return nullptr;
   if (n > 1) inject(w, ready + 1, n - 1);
+  RILL_ASSERT_FIBER_STATE(ready[0], parked);
   ready[0]->state.store(fiber_state::runnable, std::memory_order_relaxed);
   return ready[0];
 }
 
 void runtime::inject(worker& w, fiber** fs, int n) noexcept {
   for (int i = 0; i < n; ++i) {
+    RILL_ASSERT_FIBER_STATE(fs[i], parked);
     fs[i]->state.store(fiber_state::runnable, std::memory_order_relaxed);
     push_local(w, fs[i]);
   }

@@ -61,6 +61,7 @@ void yield() {
   }
   detail::check_stack(self);  // a yield is a switch out: check the stack like switch_out()
   detail::probe_switch_stack();
+  RILL_ASSERT_FIBER_STATE(self, running);
   self->state.store(detail::fiber_state::runnable, std::memory_order_relaxed);
   detail::fiber* const next = self->rt->next_local(*w);
   if (!next && self->rt->nothing_queued()) {
@@ -110,6 +111,7 @@ void sleep_until_ns(std::int64_t deadline) {
   };
   self->reason.store(wait_reason::sleep, std::memory_order_relaxed);
   self->wait_object.store(nullptr, std::memory_order_relaxed);
+  RILL_ASSERT_FIBER_STATE(self, running);
   self->state.store(detail::fiber_state::parked, std::memory_order_relaxed);
   detail::switch_out(self, after_arm, &s);
 }

@@ -15,13 +15,18 @@
 // pointing at one select_state. Whoever takes such a waiter must first claim the select
 // (CAS done: 0 -> case index + 1); a waiter whose select was already claimed is dropped.
 //
+// Debug builds check I1-I3 (check_invariants) where a locked operation ends: before it
+// releases mu_ or parks. I4 is not checked: a throwing move may break it for as long as the
+// sender it concerns stays parked. A select whose cases send and receive on one unbuffered
+// channel has a waiter on both queues: I1 holds across different selects and plain waiters.
+//
 // Memory model (Go's): the send's write of the value happens before the receive that takes
 // it completes (both sides go through mu_); close() happens before a receive that returns
 // because the channel is closed.
-#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <new>
-#include <thread>
 
 #include "sched/futex.hpp"
 #include "sched/runtime.hpp"
@@ -41,6 +46,52 @@ std::atomic<std::uint64_t> g_chan_ids{1};
 }  // namespace
 
 std::atomic<std::int64_t> g_live_channels{0};
+
+#ifdef NDEBUG
+#define RILL_CHECK_CHAN(c) ((void)0)
+#else
+#define RILL_CHECK_CHAN(c) (c).check_invariants()
+#endif
+
+namespace {
+
+// unclaimed(): w still stands for a pending operation (a plain waiter, or a select's that no
+// case has won yet).
+bool unclaimed(const waiter* w) noexcept {
+  return !w->select ||
+         static_cast<const select_state*>(w->select)->done.load(std::memory_order_relaxed) == 0;
+}
+
+const waiter* first_unclaimed(const wait_list& q) noexcept {
+  for (const waiter* w = q.head.load(std::memory_order_relaxed); w; w = w->next) {
+    if (unclaimed(w)) return w;
+  }
+  return nullptr;
+}
+
+[[noreturn]] void invariant_broken(const chan_core& c, const char* which) noexcept {
+  std::fprintf(stderr, "rill: channel %llu: invariant %s broken (src/sync/chan.cpp)\n",
+               static_cast<unsigned long long>(c.id_), which);
+  std::abort();
+}
+
+}  // namespace
+
+void chan_core::check_invariants() const noexcept {
+  const waiter* r = first_unclaimed(recvq_);
+  const waiter* s = first_unclaimed(sendq_);
+  if (r && s) {  // I1, but for one select on both queues
+    for (const waiter* a = r; a; a = a->next) {
+      if (!unclaimed(a)) continue;
+      for (const waiter* b = s; b; b = b->next) {
+        if (unclaimed(b) && (!a->select || a->select != b->select)) invariant_broken(*this, "I1");
+      }
+    }
+  }
+  if (count() > 0 && r) invariant_broken(*this, "I2");
+  if (is_closed() && (r || s)) invariant_broken(*this, "I3 (a waiter on a closed channel)");
+  if (count() > cap_) invariant_broken(*this, "count_ <= cap_");
+}
 
 namespace {
 
@@ -109,6 +160,7 @@ namespace {
     throw;
   }
   w->success = true;
+  RILL_CHECK_CHAN(c);
   c.mu_.unlock();
   wake(w);
 }
@@ -132,6 +184,7 @@ namespace {
       throw;
     }
     c.set_count(c.count() + 1);
+    RILL_CHECK_CHAN(c);
     c.mu_.unlock();
     return true;
   }
@@ -164,10 +217,12 @@ namespace {
       }
       c.set_count(c.count() + 1);
       w->success = true;
+      RILL_CHECK_CHAN(c);
       c.mu_.unlock();
       wake(w);
       return recv_result::received;
     }
+    RILL_CHECK_CHAN(c);
     c.mu_.unlock();
     return recv_result::received;
   }
@@ -176,6 +231,7 @@ namespace {
     return recv_result::received;
   }
   if (c.is_closed()) {
+    RILL_CHECK_CHAN(c);
     c.mu_.unlock();
     return recv_result::closed;
   }
@@ -210,6 +266,7 @@ void chan_core::send_with_lock(void* src) RILL_NO_THREAD_SAFETY_ANALYSIS {
   waiter w;
   w.slot = src;
   sendq_.push_back(&w);
+  RILL_CHECK_CHAN(*this);
   park(w, mu_, sendq_, wait_reason::chan_send, this);
   if (!w.success) throw_closed_send();
 }
@@ -223,6 +280,7 @@ bool chan_core::try_send(void* src) RILL_NO_THREAD_SAFETY_ANALYSIS {
     throw_closed_send();
   }
   if (send_locked_inline(*this, src)) return true;
+  RILL_CHECK_CHAN(*this);
   mu_.unlock();
   return false;
 }
@@ -242,6 +300,7 @@ bool chan_core::recv_with_lock(void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
   waiter w;
   w.slot = opt;
   recvq_.push_back(&w);
+  RILL_CHECK_CHAN(*this);
   park(w, mu_, recvq_, wait_reason::chan_recv, this);
   return w.success;
 }
@@ -251,7 +310,10 @@ recv_result chan_core::try_recv(void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
   if (probe_recv() == 0) return recv_result::would_park;  // empty with no sender, and open
   mu_.lock();
   const recv_result r = recv_locked_inline(*this, opt);
-  if (r == recv_result::would_park) mu_.unlock();
+  if (r == recv_result::would_park) {
+    RILL_CHECK_CHAN(*this);
+    mu_.unlock();
+  }
   return r;
 }
 
@@ -276,6 +338,7 @@ bool chan_core::try_close() noexcept {
     w->success = false;
     woken.push_back(w);
   }
+  RILL_CHECK_CHAN(*this);
   mu_.unlock();
   while (waiter* w = woken.pop_front()) wake(w);
   return true;

@@ -150,6 +150,9 @@ class chan_core {
     const bool r = send_ready();
     return mu_.read_valid(v) ? r : -1;
   }
+  // check_invariants() aborts with a report unless I1-I3 of src/sync/chan.cpp hold; under
+  // mu_. Debug builds of the library call it at the end of each locked operation.
+  void check_invariants() const noexcept RILL_REQUIRES(mu_);
   // head_: the next slot to receive from, < cap_ (0 if cap_ is 0).
   std::size_t head_ RILL_GUARDED_BY(mu_) = 0;
   wait_list recvq_ RILL_GUARDED_BY(mu_);
