@@ -52,24 +52,30 @@ io_lease::~io_lease() {
   }
 }
 
-long io_lease::try_read(void* buf, std::size_t n, const char* what) {
-  if (kind_ != file) return io_try_read(ref_, buf, n, what);
+namespace {
+
+// retry_eintr(): the result of syscall(), retried while it fails with EINTR; throws on any
+// other failure.
+template <class Syscall>
+long retry_eintr(Syscall syscall, const char* what) {
   for (;;) {
-    const ssize_t r = ::read(fd_, buf, n);
+    const ssize_t r = syscall();
     if (r >= 0) return static_cast<long>(r);
     const int err = errno;
     if (err != EINTR) throw_os_error(err, what);
   }
 }
 
+}  // namespace
+
+long io_lease::try_read(void* buf, std::size_t n, const char* what) {
+  if (kind_ != file) return io_try_read(ref_, buf, n, what);
+  return retry_eintr([&] { return ::read(fd_, buf, n); }, what);
+}
+
 long io_lease::try_write(const void* buf, std::size_t n, const char* what) {
   if (kind_ != file) return io_try_write(ref_, buf, n, what);
-  for (;;) {
-    const ssize_t r = ::write(fd_, buf, n);
-    if (r >= 0) return static_cast<long>(r);
-    const int err = errno;
-    if (err != EINTR) throw_os_error(err, what);
-  }
+  return retry_eintr([&] { return ::write(fd_, buf, n); }, what);
 }
 
 long io_lease::read(void* buf, std::size_t n, const std::atomic<bool>* stop, const char* what) {

@@ -264,13 +264,24 @@ class runtime {
   void io_parking(worker& w) noexcept;
 
  private:
-  void ready_outside(fiber* f) noexcept;  // from a thread that is not a worker of this runtime
-  void push_overflow(worker& w, fiber* f) noexcept;  // the local queue is full
+  // The scheduler's own steps (scheduler.cpp; its essay has the protocol and P1-P6).
+  // ready_outside(): f goes to the global queue, from a thread not a worker of this runtime.
+  void ready_outside(fiber* f) noexcept;
+  // push_overflow(): w's queue is full: half of it and f go to the global queue.
+  void push_overflow(worker& w, fiber* f) noexcept;
+  // find_runnable(): the scheduler loop's next fiber for w, parking w while there is none;
+  // nullptr at shutdown.
   fiber* find_runnable(worker& w);
+  // pop_global(): a fair share of the global queue into w's queue; returns one to run.
   fiber* pop_global(worker& w) noexcept;
+  // steal(): one look at every other worker; a fiber worth moving, or nullptr. `queued`:
+  // set when some worker had a fiber waiting, worth moving or not.
   fiber* steal(worker& w, std::int64_t now, bool& queued) noexcept;
+  // spin(): a spinning worker's search (then its watch); a fiber, with w no longer
+  // spinning, or nullptr: park (w.spinning still set).
   fiber* spin(worker& w);
   void kick_watcher() noexcept;  // the watching worker (if any) looks now
+  // any_work(): some run queue, runnext slot or the global queue holds a fiber.
   bool any_work() noexcept;
   // may_act(): this runtime could still run a fiber on its own: a worker is awake, work
   // is queued, or a timer, I/O wait, blocking call or outside ready() is in flight (a
@@ -279,15 +290,26 @@ class runtime {
   // rill::run) counts for ourselves only: the others see the nested runtime itself, and
   // the nested runtime must not wait for the fiber that waits for it.
   bool may_act(bool self) noexcept;
+  // others_may_act(): another runtime may act (may_act(false)); else adds up their wake-up
+  // epochs into `epochs`. Takes g_runtimes_mu.
   bool others_may_act(std::uint64_t& epochs) noexcept;
+  // stop_spinning(): w found work and stops spinning; the last spinner wakes another (P6).
   void stop_spinning(worker& w) noexcept;
+  // park_worker(): w goes idle until woken, a timer is due or I/O readies fibers (then
+  // queued on w); returns at once if work appears while it registers (P4).
   void park_worker(worker& w);
   fiber* poll_io(worker& w) noexcept;                  // non-blocking poll; runs the first
   void inject(worker& w, fiber** fs, int n) noexcept;  // queue fibers made ready by I/O
+  // wake_worker_locked(): w (on the idle list) leaves it and is woken; `spinning`: it starts
+  // out spinning, already counted in nspinning_ by the caller (P5).
   void wake_worker_locked(worker& w, bool spinning) noexcept RILL_REQUIRES(idle_mu_);
   // leave_idle_locked(): w (on the idle list) leaves it, and the timer-sleeper role.
   void leave_idle_locked(worker& w) noexcept RILL_REQUIRES(idle_mu_);
+  // begin_shutdown(): run() ends: every worker is woken and its loop returns.
   void begin_shutdown() noexcept;
+  // on_all_idle(): w is the last worker to go idle, with no timer or I/O pending: waits a
+  // grace period and declares a deadlock if nothing could still wake a fiber
+  // (deadlock.cpp). Returns at once if w is woken meanwhile.
   void on_all_idle(worker& w);
   // watches_deadlock(): deadlock detection is on: by the runtime's options, or (the default
   // runtime) while the plain-thread runs in flight all watch for it.
@@ -295,8 +317,15 @@ class runtime {
   // declare_deadlock() aborts every parked fiber not aborted before; false if there was none.
   bool declare_deadlock();
   static void add_to_registry(fiber* f) noexcept;  // see stack_slot
+  // remove_from_registry(): f's slot no longer names it (under the slot's lock, so a
+  // reader holding it sees f whole).
   static void remove_from_registry(fiber* f) noexcept;
-  std::vector<fiber*> parked_fibers();
+  std::vector<fiber*> parked_fibers();  // a snapshot, through the registry
+#ifndef NDEBUG
+  // check_idle_locked(): aborts unless P1 and P2 of scheduler.cpp hold.
+  void check_idle_locked() noexcept RILL_REQUIRES(idle_mu_);
+  [[noreturn]] static void check_failed(const char* what) noexcept;
+#endif
 
   // pool_for(): the pool of stacks of at least `size` bytes (stacks_ up to the runtime's
   // size); pool_of(): the pool a stack of s.size bytes came from. Pools other than stacks_

@@ -1,4 +1,5 @@
-// The M:N scheduler: workers, run queues, stealing, idle parking, deadlock detection.
+// The M:N scheduler: workers, run queues, stealing, idle parking (deadlock detection is in
+// deadlock.cpp, a fiber's life in fiber_life.cpp).
 //
 // The problem. N worker threads run many fibers. A fiber runs until it parks (channel,
 // lock, sleep, I/O) or yields; then its worker picks the next one. Work must spread to idle
@@ -24,6 +25,23 @@
 // work or the producer sees it idle (Dekker). A spinner that gives up decrements nspinning_
 // and rechecks every queue the same way. A woken worker starts out spinning; when a spinner
 // finds work and it was the last spinner, it wakes another, so work keeps spreading.
+//
+// Invariants of the idle/spinning protocol (P1-P3 checked under idle_mu_ in debug builds,
+// check_idle_locked):
+//   P1  Under idle_mu_: w.in_idle exactly when w is on idle_, and nidle_ == idle_.size().
+//       Both change only under idle_mu_ (park_worker adds, leave_idle_locked removes).
+//   P2  timer_sleeper_ is nullptr or a worker on idle_ (every way off the list clears it).
+//   P3  At most one worker blocks in the poller's epoll_wait (poll_sleeping_), and it
+//       holds the timer-sleeper role: epoll wakes one waiter per event.
+//   P4  No lost wake-up: whoever makes work available publishes it, fences, then reads
+//       nspinning_ and nidle_ (wake_idle); a worker going idle counts itself in nidle_,
+//       fences, then looks at every queue again (park_worker); the last spinner to give up
+//       fences and looks again too. Either side sees the other (Dekker).
+//   P5  nspinning_ counts the workers with w.spinning set and those woken as spinners
+//       (w.wake_spinning) that have not yet taken the flag; while it is non-zero, a push
+//       wakes nobody: a spinner will look (a watching one is kicked for outside work).
+//   P6  A spinner that stops spinning and was the last wakes an idle worker
+//       (stop_spinning), so work found by one spinner keeps spreading.
 //
 // Rejected: a wake (a futex syscall) for every fiber made ready, as Go's ready() does. A
 // fiber readied into an empty runnext slot wakes nobody: the readier is usually about to
@@ -58,6 +76,8 @@
 #include <time.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <system_error>
 #include <utility>
 
@@ -383,7 +403,7 @@ bool runtime::any_work() noexcept {
 // shared lines it reads cost a spawn with 2 workers ~7% of its time (the fence waits for
 // the new fiber's record, whose lines the other worker last wrote).
 void runtime::wake_idle(bool outside) noexcept {
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // P4: the pusher's fence
   if (nspinning_.load(std::memory_order_seq_cst) != 0) {
     if (outside) kick_watcher();
     return;
@@ -399,14 +419,37 @@ void runtime::wake_idle(bool outside) noexcept {
   wake_worker_locked(*idle_.back(), true);
 }
 
+#ifndef NDEBUG
+void runtime::check_idle_locked() noexcept {
+  std::size_t in_idle = 0;
+  for (auto& w : workers_) {
+    const bool listed = std::find(idle_.begin(), idle_.end(), w.get()) != idle_.end();
+    if (listed != w->in_idle) check_failed("P1: in_idle and the idle list disagree");
+    in_idle += listed;
+  }
+  if (in_idle != idle_.size() || nidle_.load(std::memory_order_relaxed) != idle_.size()) {
+    check_failed("P1: nidle_ is not the idle list's size");
+  }
+  if (timer_sleeper_ && !timer_sleeper_->in_idle) check_failed("P2: the timer sleeper is awake");
+}
+
+void runtime::check_failed(const char* what) noexcept {
+  std::fprintf(stderr, "rill: scheduler invariant %s (src/sched/scheduler.cpp)\n", what);
+  std::abort();
+}
+#endif
+
 void runtime::leave_idle_locked(worker& w) noexcept {
   // timer_sleeper_ is null or an idle worker (every way off the list clears it), so w is on
   // the list; found rather than assumed, as before this was one function.
   auto it = std::find(idle_.begin(), idle_.end(), &w);
   if (it != idle_.end()) idle_.erase(it);
   w.in_idle = false;
-  if (timer_sleeper_ == &w) timer_sleeper_ = nullptr;
-  nidle_.fetch_sub(1, std::memory_order_seq_cst);
+  if (timer_sleeper_ == &w) timer_sleeper_ = nullptr;  // keeps P2
+  nidle_.fetch_sub(1, std::memory_order_seq_cst);      // keeps P1
+#ifndef NDEBUG
+  check_idle_locked();
+#endif
 }
 
 void runtime::wake_worker_locked(worker& w, bool spinning) noexcept {
@@ -490,8 +533,11 @@ void runtime::park_worker(worker& w) {
     if (!timer_sleeper_ && next_deadline_.load(std::memory_order_relaxed) != INT64_MAX) {
       timer_sleeper_ = &w;
     }
+#ifndef NDEBUG
+    check_idle_locked();
+#endif
   }
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // P4: the parker's fence
   auto leave_idle = [&]() {  // true if we took ourselves off idle_ (nobody is waking us)
     lock_guard lk(idle_mu_);
     if (!w.in_idle) return false;

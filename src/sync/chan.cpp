@@ -238,6 +238,19 @@ namespace {
   return recv_result::would_park;
 }
 
+// park_on() parks the caller on q (c's sendq_ or recvq_), its value at `slot`, until a peer
+// completes its operation (true) or close() wakes it (false). Requires c.mu_ and releases
+// it; throws fiber_aborted after a deadlock (see park()).
+[[gnu::always_inline]] inline bool park_on(chan_core& c, wait_list& q, void* slot, wait_reason why)
+    RILL_RELEASE(c.mu_) {
+  waiter w;
+  w.slot = slot;
+  q.push_back(&w);
+  RILL_CHECK_CHAN(c);
+  park(w, c.mu_, q, why, &c);
+  return w.success;
+}
+
 }  // namespace
 
 bool send_locked(chan_core& c, void* src) RILL_NO_THREAD_SAFETY_ANALYSIS {
@@ -263,12 +276,7 @@ void chan_core::send_with_lock(void* src) RILL_NO_THREAD_SAFETY_ANALYSIS {
     // About to park: the fiber's park hooks go first, with no lock held.
     if (!flush_before_park(mu_)) break;
   }
-  waiter w;
-  w.slot = src;
-  sendq_.push_back(&w);
-  RILL_CHECK_CHAN(*this);
-  park(w, mu_, sendq_, wait_reason::chan_send, this);
-  if (!w.success) throw_closed_send();
+  if (!park_on(*this, sendq_, src, wait_reason::chan_send)) throw_closed_send();
 }
 
 bool chan_core::try_send(void* src) RILL_NO_THREAD_SAFETY_ANALYSIS {
@@ -297,12 +305,7 @@ bool chan_core::recv_with_lock(void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
     if (r != recv_result::would_park) return r == recv_result::received;
     if (!flush_before_park(mu_)) break;
   }
-  waiter w;
-  w.slot = opt;
-  recvq_.push_back(&w);
-  RILL_CHECK_CHAN(*this);
-  park(w, mu_, recvq_, wait_reason::chan_recv, this);
-  return w.success;
+  return park_on(*this, recvq_, opt, wait_reason::chan_recv);
 }
 
 recv_result chan_core::try_recv(void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
