@@ -189,12 +189,27 @@ class send_ops {
   Self& self() { return static_cast<Self&>(*this); }
 };
 
+// handle_ops: what every channel handle (chan, send_chan, recv_chan) answers about its
+// channel. Self holds the chan_handle h_.
+template <class Self>
+class handle_ops {
+ public:
+  std::size_t size() const { return self().h_.core().size(); }
+  std::size_t capacity() const { return self().h_.core().capacity(); }
+  explicit operator bool() const noexcept { return self().h_.get() != nullptr; }
+  chan_core* core() const noexcept { return self().h_.get(); }
+
+ private:
+  const Self& self() const noexcept { return static_cast<const Self&>(*this); }
+};
+
 }  // namespace detail
 
 // chan<T>: a channel of T (move-constructible; no default constructor needed).
 template <class T>
 class chan : public detail::recv_ops<T, chan<T>>,
              public detail::send_ops<T, chan<T>>,
+             public detail::handle_ops<chan<T>>,
              public std::ranges::view_base {
   static_assert(std::is_move_constructible_v<T>, "rill::chan<T>: T must be move-constructible");
   static_assert(!std::is_reference_v<T>, "rill::chan<T>: T must not be a reference");
@@ -212,17 +227,13 @@ class chan : public detail::recv_ops<T, chan<T>>,
   requires std::is_null_pointer_v<N> chan(N)
   noexcept {}
 
-  std::size_t size() const { return h_.core().size(); }
-  std::size_t capacity() const { return h_.core().capacity(); }
   bool closed() const { return h_.core().closed(); }
-  explicit operator bool() const noexcept { return h_.get() != nullptr; }
   friend bool operator==(const chan& a, const chan& b) noexcept { return a.h_ == b.h_; }
-
-  detail::chan_core* core() const noexcept { return h_.get(); }
 
  private:
   friend class detail::recv_ops<T, chan<T>>;
   friend class detail::send_ops<T, chan<T>>;
+  friend class detail::handle_ops<chan<T>>;
   friend class send_chan<T>;
   friend class recv_chan<T>;
   detail::chan_handle h_;
@@ -230,36 +241,33 @@ class chan : public detail::recv_ops<T, chan<T>>,
 
 // send_chan<T>: may only send and close (Go's chan<- T).
 template <class T>
-class send_chan : public detail::send_ops<T, send_chan<T>> {
+class send_chan : public detail::send_ops<T, send_chan<T>>,
+                  public detail::handle_ops<send_chan<T>> {
  public:
   using value_type = T;
   send_chan() noexcept = default;  // a nil handle
   send_chan(const chan<T>& c) noexcept : h_(c.h_) {}
-  std::size_t size() const { return h_.core().size(); }
-  std::size_t capacity() const { return h_.core().capacity(); }
-  explicit operator bool() const noexcept { return h_.get() != nullptr; }
-  detail::chan_core* core() const noexcept { return h_.get(); }
 
  private:
   friend class detail::send_ops<T, send_chan<T>>;
+  friend class detail::handle_ops<send_chan<T>>;
   detail::chan_handle h_;
 };
 
 // recv_chan<T>: may only receive (Go's <-chan T).
 template <class T>
-class recv_chan : public detail::recv_ops<T, recv_chan<T>>, public std::ranges::view_base {
+class recv_chan : public detail::recv_ops<T, recv_chan<T>>,
+                  public detail::handle_ops<recv_chan<T>>,
+                  public std::ranges::view_base {
  public:
   using value_type = T;
   recv_chan() noexcept = default;  // a nil handle
   recv_chan(const chan<T>& c) noexcept : h_(c.h_) {}
-  std::size_t size() const { return h_.core().size(); }
-  std::size_t capacity() const { return h_.core().capacity(); }
   bool closed() const { return h_.core().closed(); }
-  explicit operator bool() const noexcept { return h_.get() != nullptr; }
-  detail::chan_core* core() const noexcept { return h_.get(); }
 
  private:
   friend class detail::recv_ops<T, recv_chan<T>>;
+  friend class detail::handle_ops<recv_chan<T>>;
   detail::chan_handle h_;
 };
 

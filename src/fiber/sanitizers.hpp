@@ -131,13 +131,13 @@ void san_thread_context(san_ctx& c) noexcept;
 void thread_stack(const void** bottom, std::size_t* size) noexcept;
 
 #if RILL_ASAN_WEAK
-struct context;
+struct machine_context;
 // asan_start_switch() tells the program's ASan, if asan_linked(), that the calling thread
-// leaves its context for `to`, which is this worker's g0 or a fiber (sched/runtime.cpp,
+// leaves its context for `to`, which is this worker's g0 or a fiber (sched/fiber_life.cpp,
 // which knows them, says where their stacks are). `fake` receives the fake stack of the
 // context left (nullptr: it has ended; ASan frees its fake stack). The landing side calls
 // asan_finish_switch() with what its own departure saved (nullptr: a new fiber).
-[[gnu::cold]] void asan_start_switch(void** fake, const context& to) noexcept;
+[[gnu::cold]] void asan_start_switch(void** fake, const machine_context& to) noexcept;
 inline void asan_finish_switch(void* const* fake) noexcept {
   if (asan_linked()) [[unlikely]]
     __sanitizer_finish_switch_fiber(fake ? *fake : nullptr, nullptr, nullptr);

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "rill/detail/core.hpp"
+#include "sched/lock_rank.hpp"
 
 namespace rill::detail {
 
@@ -131,7 +132,7 @@ class stack_pool {
    private:
     std::mutex mu_;
   };
-  mutable spin_then_block mu_;
+  mutable ranked<spin_then_block> mu_{lock_rank::stack_pool};
   std::vector<stack> free_ RILL_GUARDED_BY(mu_);
   std::vector<std::pair<char*, std::size_t>> slabs_ RILL_GUARDED_BY(mu_);
   // Stacks of the newest slab, and of every slab, handed out at least once.

@@ -82,7 +82,7 @@ class blocking_pool {
       lk.lock();
       --outstanding_;
       lk.unlock();
-      f->rt->ready(f, false);
+      f->rt->ready(f, ready_slot::queue);
       lk.lock();
     }
   }
@@ -99,7 +99,7 @@ blocking_pool& pool() {
   return *p;
 }
 
-void after_submit(context*, void* arg) noexcept { pool().submit(static_cast<job*>(arg)); }
+void after_submit(machine_context*, void* arg) noexcept { pool().submit(static_cast<job*>(arg)); }
 
 }  // namespace
 

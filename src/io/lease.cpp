@@ -5,12 +5,13 @@
 #include <cerrno>
 #include <system_error>
 
-#include "rill/pipeline/io.hpp"
+#include "rill/detail/io_lease.hpp"
 
 namespace rill::detail {
 
 io_lease::io_lease(net::tcp_stream& s) : ref_(s.io_ref()), kind_(stream) {
-  if (!s.is_open() || !io_acquire(ref_)) throw_io_status(io_status::closed, "rill: read_lines/write_lines");
+  if (!s.is_open() || !io_acquire(ref_))
+    throw_io_status(io_status::closed, "rill: read_lines/write_lines");
 }
 
 io_lease::io_lease(int fd) : fd_(fd) {
@@ -39,33 +40,42 @@ io_lease::io_lease(io_lease&& o) noexcept
 
 io_lease::~io_lease() {
   switch (kind_) {
-    case stream: io_release(ref_); break;
+    case stream:
+      io_release(ref_);
+      break;
     case fd_registered:
       io_close(ref_);
       if (!(saved_flags_ & O_NONBLOCK)) ::fcntl(fd_, F_SETFL, saved_flags_);
       break;
-    default: break;
+    default:
+      break;
   }
 }
 
-long io_lease::try_read(void* buf, std::size_t n, const char* what) {
-  if (kind_ != file) return io_try_read(ref_, buf, n, what);
+namespace {
+
+// retry_eintr(): the result of syscall(), retried while it fails with EINTR; throws on any
+// other failure.
+template <class Syscall>
+long retry_eintr(Syscall syscall, const char* what) {
   for (;;) {
-    const ssize_t r = ::read(fd_, buf, n);
+    const ssize_t r = syscall();
     if (r >= 0) return static_cast<long>(r);
     const int err = errno;
     if (err != EINTR) throw_os_error(err, what);
   }
+}
+
+}  // namespace
+
+long io_lease::try_read(void* buf, std::size_t n, const char* what) {
+  if (kind_ != file) return io_try_read(ref_, buf, n, what);
+  return retry_eintr([&] { return ::read(fd_, buf, n); }, what);
 }
 
 long io_lease::try_write(const void* buf, std::size_t n, const char* what) {
   if (kind_ != file) return io_try_write(ref_, buf, n, what);
-  for (;;) {
-    const ssize_t r = ::write(fd_, buf, n);
-    if (r >= 0) return static_cast<long>(r);
-    const int err = errno;
-    if (err != EINTR) throw_os_error(err, what);
-  }
+  return retry_eintr([&] { return ::write(fd_, buf, n); }, what);
 }
 
 long io_lease::read(void* buf, std::size_t n, const std::atomic<bool>* stop, const char* what) {

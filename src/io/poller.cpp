@@ -17,7 +17,7 @@
 //     `ready`; the next wait consumes it and returns at once, so an edge that arrives
 //     between the EAGAIN and the park is not lost. An event arriving while a fiber waits
 //     is handed to that fiber directly (D1).
-//   - Who polls (runtime.cpp): a worker looking for work calls poll(0) when fibers wait on
+//   - Who polls (sched/scheduler.cpp): a worker looking for work calls poll(0) when fibers wait on
 //     I/O and no worker is blocked in epoll; one idle worker, the one holding the timer
 //     sleeper role, blocks in epoll_wait with the nearest timer as its timeout instead of
 //     sleeping on its futex, so timers and I/O share one wait. Waking that worker writes
@@ -92,7 +92,7 @@ fiber* handoff(poll_desc& pd, int d, io_waiter::result_t result) noexcept {
 }
 
 void wake(fiber* f) noexcept {
-  if (f) f->rt->ready(f, false);
+  if (f) f->rt->ready(f, ready_slot::queue);
 }
 
 }  // namespace
@@ -288,7 +288,7 @@ struct io_park {
 
 // io_wait()'s after-switch action: releases the descriptor's lock (not analysed: the
 // analysis cannot follow a lock through a context switch, nor therefore io_wait()).
-void after_io_park(context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
+void after_io_park(machine_context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
   auto* p = static_cast<io_park*>(arg);
   runtime* rt = p->rt;  // *p ends once the fiber can be woken
   p->mu->unlock();

@@ -7,6 +7,7 @@
 
 #include "rill/detail/core.hpp"
 #include "rill/detail/io_core.hpp"
+#include "sched/lock_rank.hpp"
 
 namespace rill::detail {
 
@@ -108,7 +109,7 @@ class poller {
   int epfd_ = -1;
   int evfd_ = -1;
   std::atomic<long> refs_{1};
-  mutex mu_;
+  ranked_mutex mu_{lock_rank::leaf};
   poll_desc* free_ RILL_GUARDED_BY(mu_) = nullptr;
   std::uint32_t nchunks_ RILL_GUARDED_BY(mu_) = 0;
   std::atomic<poll_desc*> chunks_[max_chunks] = {};  // written under mu_, read lock-free

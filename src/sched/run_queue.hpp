@@ -19,7 +19,7 @@ struct fiber;
 
 class run_queue {
  public:
-  static constexpr std::uint32_t capacity = 1024;  // see runtime.cpp, "Where fibers wait"
+  static constexpr std::uint32_t capacity = 1024;  // see scheduler.cpp, "Where fibers wait"
 
   // push() appends f (owner only); false when full. `was_empty` tells whether the owner saw
   // the queue empty before the push (a thief may have emptied it a moment ago unseen).

@@ -1,4 +1,5 @@
-// The M:N scheduler's internals. See src/README.md for the vocabulary and the lock order.
+// The M:N scheduler's internals. See src/README.md for the vocabulary, and
+// sched/lock_rank.hpp for the lock order.
 #pragma once
 
 #include <atomic>
@@ -10,18 +11,25 @@
 #include <thread>
 #include <vector>
 
-#include "fiber/context.hpp"
 #include "fiber/stack.hpp"
+#include "fiber/switch.hpp"
 #include "rill/detail/core.hpp"
 #include "rill/runtime.hpp"
 #include "sched/fifo.hpp"
+#include "sched/lock_rank.hpp"
 #include "sched/observe.hpp"
 #include "sched/run_queue.hpp"
 #include "sched/timers.hpp"
 
 namespace rill::detail {
 
-// fiber_state: where a fiber lives and who may move it.
+// fiber_state: where a fiber lives and who may move it. The transitions, each checked where
+// it happens in debug builds (RILL_ASSERT_FIBER_STATE):
+//   created -> runnable                 start_fiber, start_main
+//   runnable -> running                 switch_to_next (the worker switches to it)
+//   running -> parked | runnable        a park (park_fiber, sleep) | a yield
+//   parked -> runnable                  ready(), the poller's readied fibers, an abort
+//   running -> done                     the fiber's exit (fiber_main); then reap()
 enum class fiber_state : std::uint8_t {
   created,   // has a stack, not yet started; only its creator knows it
   runnable,  // in exactly one run queue (or a runnext slot); no thread owns its stack
@@ -30,15 +38,30 @@ enum class fiber_state : std::uint8_t {
   done,      // finished; its stack goes back to the pool on the landing side
 };
 
+// RILL_ASSERT_FIBER_STATE(f, s): in debug builds, aborts with a report unless fiber f is
+// in state s (as marl's ASSERT_FIBER_STATE); nothing in release builds.
+#ifdef NDEBUG
+#define RILL_ASSERT_FIBER_STATE(f, s) ((void)0)
+#else
+#define RILL_ASSERT_FIBER_STATE(f, s) \
+  ::rill::detail::assert_fiber_state((f), ::rill::detail::fiber_state::s, __FILE__, __LINE__)
+#endif
+
 // Thrown out of park() in a fiber that the runtime aborts after a deadlock; the fiber
 // entry swallows it. Deliberately not derived from std::exception.
 struct fiber_aborted {};
+
+// ready_slot: where runtime::ready() puts a fiber made ready by a fiber of the same worker.
+enum class ready_slot : bool {
+  queue,    // the back of the worker's run queue (a timer, I/O, a finished blocking call)
+  runnext,  // the worker's runnext slot: it runs next (a hand-off: channel, mutex, ...)
+};
 
 struct worker;
 class runtime;
 class poller;
 
-struct fiber : context {
+struct fiber : machine_context {
   runtime* rt = nullptr;
   fiber* next = nullptr;  // global queue link; guarded by runtime::gq_mu_
   std::uint64_t id = 0;
@@ -78,7 +101,7 @@ static_assert(alignof(fiber) <= 64);
 struct alignas(64) worker {
   runtime* rt = nullptr;
   unsigned index = 0;
-  context g0;  // this thread's own stack, running the scheduler loop
+  machine_context g0;  // this thread's own stack, running the scheduler loop
   // The fiber this worker runs (nullptr: the scheduler loop). Written by the owner only,
   // through set_current(), with release (a plain store on x86): the watchdog loads it with
   // acquire and then locks the fiber's stack slot, which must be seen constructed.
@@ -166,17 +189,18 @@ class runtime {
   void rethrow_outcome();
 
   // ready() makes a parked or new fiber runnable. From a worker of this runtime it goes
-  // in that worker's runnext slot (`to_runnext`) or queue; otherwise in the global queue.
-  inline void ready(fiber* f, bool to_runnext) noexcept;
+  // in that worker's runnext slot (ready_slot::runnext) or queue; otherwise in the global
+  // queue.
+  inline void ready(fiber* f, ready_slot where) noexcept;
   // push_local() queues f on w (owner only). True when the push may need an idle worker
-  // woken (see "A push onto a non-empty queue" in runtime.cpp): the queue looked empty
+  // woken (see "A push onto a non-empty queue" in scheduler.cpp): the queue looked empty
   // before, or it was full and half of it went to the global queue.
   // `yielded`: f yields (see run_queue::push).
   inline bool push_local(worker& w, fiber* f, bool yielded = false) noexcept;
   void push_global(fiber* f) noexcept;
   // wake_idle(): wake an idle worker if none is spinning. `outside`: the work came from
   // outside the worker's own fibers (another thread, the network), and a watching spinner
-  // is woken to look at once (see runtime.cpp, "Keeping communicating fibers together").
+  // is woken to look at once (see scheduler.cpp, "Keeping communicating fibers together").
   void wake_idle(bool outside = false) noexcept;
 
   // timers (sched/timers.cpp)
@@ -193,7 +217,7 @@ class runtime {
   fiber* create_fiber(worker* w, std::size_t size, std::size_t align, void (*entry)(void*),
                       std::size_t stack_size = 0);
   void discard_fiber(fiber* f) noexcept;
-  void count_spawn(worker* w) noexcept;  // fiber accounting: see runtime.cpp
+  void count_spawn(worker* w) noexcept;  // fiber accounting: see fiber_life.cpp
   void count_exit() noexcept;
   void return_credit(worker& w) noexcept;
   void uncount(std::int64_t n) noexcept;  // n fewer in live_fibers_; the last one shuts down
@@ -240,13 +264,24 @@ class runtime {
   void io_parking(worker& w) noexcept;
 
  private:
-  void ready_outside(fiber* f) noexcept;  // from a thread that is not a worker of this runtime
-  void push_overflow(worker& w, fiber* f) noexcept;  // the local queue is full
+  // The scheduler's own steps (scheduler.cpp; its essay has the protocol and P1-P6).
+  // ready_outside(): f goes to the global queue, from a thread not a worker of this runtime.
+  void ready_outside(fiber* f) noexcept;
+  // push_overflow(): w's queue is full: half of it and f go to the global queue.
+  void push_overflow(worker& w, fiber* f) noexcept;
+  // find_runnable(): the scheduler loop's next fiber for w, parking w while there is none;
+  // nullptr at shutdown.
   fiber* find_runnable(worker& w);
+  // pop_global(): a fair share of the global queue into w's queue; returns one to run.
   fiber* pop_global(worker& w) noexcept;
+  // steal(): one look at every other worker; a fiber worth moving, or nullptr. `queued`:
+  // set when some worker had a fiber waiting, worth moving or not.
   fiber* steal(worker& w, std::int64_t now, bool& queued) noexcept;
+  // spin(): a spinning worker's search (then its watch); a fiber, with w no longer
+  // spinning, or nullptr: park (w.spinning still set).
   fiber* spin(worker& w);
   void kick_watcher() noexcept;  // the watching worker (if any) looks now
+  // any_work(): some run queue, runnext slot or the global queue holds a fiber.
   bool any_work() noexcept;
   // may_act(): this runtime could still run a fiber on its own: a worker is awake, work
   // is queued, or a timer, I/O wait, blocking call or outside ready() is in flight (a
@@ -255,15 +290,26 @@ class runtime {
   // rill::run) counts for ourselves only: the others see the nested runtime itself, and
   // the nested runtime must not wait for the fiber that waits for it.
   bool may_act(bool self) noexcept;
+  // others_may_act(): another runtime may act (may_act(false)); else adds up their wake-up
+  // epochs into `epochs`. Takes g_runtimes_mu.
   bool others_may_act(std::uint64_t& epochs) noexcept;
+  // stop_spinning(): w found work and stops spinning; the last spinner wakes another (P6).
   void stop_spinning(worker& w) noexcept;
+  // park_worker(): w goes idle until woken, a timer is due or I/O readies fibers (then
+  // queued on w); returns at once if work appears while it registers (P4).
   void park_worker(worker& w);
   fiber* poll_io(worker& w) noexcept;                  // non-blocking poll; runs the first
   void inject(worker& w, fiber** fs, int n) noexcept;  // queue fibers made ready by I/O
+  // wake_worker_locked(): w (on the idle list) leaves it and is woken; `spinning`: it starts
+  // out spinning, already counted in nspinning_ by the caller (P5).
   void wake_worker_locked(worker& w, bool spinning) noexcept RILL_REQUIRES(idle_mu_);
   // leave_idle_locked(): w (on the idle list) leaves it, and the timer-sleeper role.
   void leave_idle_locked(worker& w) noexcept RILL_REQUIRES(idle_mu_);
+  // begin_shutdown(): run() ends: every worker is woken and its loop returns.
   void begin_shutdown() noexcept;
+  // on_all_idle(): w is the last worker to go idle, with no timer or I/O pending: waits a
+  // grace period and declares a deadlock if nothing could still wake a fiber
+  // (deadlock.cpp). Returns at once if w is woken meanwhile.
   void on_all_idle(worker& w);
   // watches_deadlock(): deadlock detection is on: by the runtime's options, or (the default
   // runtime) while the plain-thread runs in flight all watch for it.
@@ -271,8 +317,15 @@ class runtime {
   // declare_deadlock() aborts every parked fiber not aborted before; false if there was none.
   bool declare_deadlock();
   static void add_to_registry(fiber* f) noexcept;  // see stack_slot
+  // remove_from_registry(): f's slot no longer names it (under the slot's lock, so a
+  // reader holding it sees f whole).
   static void remove_from_registry(fiber* f) noexcept;
-  std::vector<fiber*> parked_fibers();
+  std::vector<fiber*> parked_fibers();  // a snapshot, through the registry
+#ifndef NDEBUG
+  // check_idle_locked(): aborts unless P1 and P2 of scheduler.cpp hold.
+  void check_idle_locked() noexcept RILL_REQUIRES(idle_mu_);
+  [[noreturn]] static void check_failed(const char* what) noexcept;
+#endif
 
   // pool_for(): the pool of stacks of at least `size` bytes (stacks_ up to the runtime's
   // size); pool_of(): the pool a stack of s.size bytes came from. Pools other than stacks_
@@ -286,18 +339,15 @@ class runtime {
   std::uint64_t chaos_ = 0;  // RILL_SCHED_SEED: random schedule perturbation when != 0
   std::vector<std::unique_ptr<worker>> workers_;
   stack_pool stacks_;
-  mutex pools_mu_;  // outside every other lock but the watchdog's
+  ranked_mutex pools_mu_{lock_rank::pools};
   std::vector<std::unique_ptr<stack_pool>> more_stacks_ RILL_GUARDED_BY(pools_mu_);
 
-  // Lock order (outer first): a channel's or wait queue's lock -> timer_mu_ -> idle_mu_ ->
-  // gq_mu_ -> pools_mu_ -> the stack pool's lock -> a stack slot's lock (the registry). The
-  // watchdog's lock comes before pools_mu_ and is taken with no runtime lock held. Nothing is held
-  // across a context switch except what an after-switch action releases.
-  mutex gq_mu_;
+  // The lock order is sched/lock_rank.hpp's; debug builds check it.
+  ranked_mutex gq_mu_{lock_rank::global_queue};
   fifo<fiber> gq_ RILL_GUARDED_BY(gq_mu_);
   std::atomic<std::uint32_t> gq_size_{0};
 
-  mutex idle_mu_;
+  ranked_mutex idle_mu_{lock_rank::idle};
   std::vector<worker*> idle_ RILL_GUARDED_BY(idle_mu_);
   std::atomic<std::uint32_t> nidle_{0};
   std::atomic<std::uint32_t> nspinning_{0};
@@ -309,13 +359,13 @@ class runtime {
   // (at most one; written under idle_mu_); poll_waking_: an idle worker was woken to take
   // that role.
   std::atomic<poller*> poller_{nullptr};
-  mutex poller_mu_;  // creation only
+  ranked_mutex poller_mu_{lock_rank::leaf};  // creation only
   std::atomic<bool> poll_sleeping_{false};
   std::atomic<bool> poll_waking_{false};
   std::atomic<bool> shutdown_{false};
   bool deadlock_declared_ RILL_GUARDED_BY(idle_mu_) = false;
 
-  mutex timer_mu_;
+  ranked_mutex timer_mu_{lock_rank::timers};
   timer* timer_root_ RILL_GUARDED_BY(timer_mu_) = nullptr;  // a pairing heap on `when`
   std::size_t timer_count_ RILL_GUARDED_BY(timer_mu_) = 0;
   std::atomic<std::int64_t> next_deadline_{INT64_MAX};
@@ -325,7 +375,7 @@ class runtime {
   std::atomic<std::int64_t> retiring_stacks_{0};
   std::atomic<std::uint64_t> next_id_{1};
   std::exception_ptr main_exception_;  // written by the main fiber before it finishes
-  mutex deadlock_mu_;                  // a leaf lock
+  ranked_mutex deadlock_mu_{lock_rank::leaf};
   std::exception_ptr deadlock_ RILL_GUARDED_BY(deadlock_mu_);
   // Outside threads (the blocking pool, a plain thread closing a socket or sending on a
   // channel) inside ready(): the fiber they ready may finish the runtime before ready()
@@ -401,6 +451,16 @@ inline void chaos_point() noexcept {
     chaos_yield();
 }
 
+#ifndef NDEBUG
+[[noreturn, gnu::cold]] void fiber_state_violation(const fiber* f, fiber_state want,
+                                                   const char* file, int line) noexcept;
+inline void assert_fiber_state(const fiber* f, fiber_state want, const char* file,
+                               int line) noexcept {
+  if (f->state.load(std::memory_order_relaxed) != want) [[unlikely]]
+    fiber_state_violation(f, want, file, line);
+}
+#endif
+
 // ---- the hot path, inline: every park, wake and yield goes through it ----------------
 
 inline constexpr std::uint32_t runnext_cap = 64;  // runnext turns in a row before the queue
@@ -413,9 +473,11 @@ inline std::uint64_t next_random(std::uint64_t& s) noexcept {  // xorshift64*
   return s * 0x2545F4914F6CDD1DULL;
 }
 
-// A fiber made ready by a fiber of this worker goes to runnext (see runtime.cpp, "Rejected":
+// A fiber made ready by a fiber of this worker goes to runnext (see scheduler.cpp, "Rejected":
 // a runnext hand-off wakes nobody); the fiber it displaces goes to the queue.
-inline void runtime::ready(fiber* f, bool to_runnext) noexcept {
+inline void runtime::ready(fiber* f, ready_slot where) noexcept {
+  bool to_runnext = where == ready_slot::runnext;
+  RILL_ASSERT_FIBER_STATE(f, parked);
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
   worker* w = current_worker();
   if (!w || w->rt != this) [[unlikely]] {
@@ -500,21 +562,32 @@ inline void probe_switch_stack() noexcept {
 #endif
 }
 
+// switch_to_next() hands worker w to `next` (a fiber w took off its own queues: marked
+// running, made current) or, when next is nullptr, to w's scheduler loop, and calls
+// jump(to) with the context to switch to. Every switch away from a fiber (a park, a yield,
+// an exit) and the scheduler loop's switch to a fiber go through it. Always inline, jump
+// inlined into each branch: it is the tail of every park and yield.
+template <class Jump>
+[[gnu::always_inline]] inline void switch_to_next(worker& w, fiber* next, Jump&& jump) noexcept {
+  if (next) {
+    RILL_ASSERT_FIBER_STATE(next, runnable);
+    w.set_current(next);
+    next->state.store(fiber_state::running, std::memory_order_relaxed);
+    jump(static_cast<machine_context&>(*next));
+  } else {
+    w.set_current(nullptr);
+    jump(w.g0);
+  }
+}
+
 // switch_out() parks the calling fiber (already marked parked or runnable by the caller)
 // and runs the next fiber of this worker, or the scheduler. `after(self, arg)` runs once the
 // fiber's context is saved. `w` is the calling worker, read before the switch.
 inline void switch_out(fiber* self, worker* w, after_switch_fn after, void* arg) noexcept {
   check_stack(self);
   probe_switch_stack();
-  fiber* next = self->rt->next_local(*w);
-  if (next) {
-    w->set_current(next);
-    next->state.store(fiber_state::running, std::memory_order_relaxed);
-    switch_to(*self, *next, w->eh, after, arg);
-  } else {
-    w->set_current(nullptr);
-    switch_to(*self, w->g0, w->eh, after, arg);
-  }
+  switch_to_next(*w, self->rt->next_local(*w),
+                 [&](machine_context& to) { switch_to(*self, to, w->eh, after, arg); });
 }
 inline void switch_out(fiber* self, after_switch_fn after, void* arg) noexcept {
   switch_out(self, current_worker(), after, arg);

@@ -1,5 +1,6 @@
-// Timers: a min-heap per runtime, fired by the workers (see runtime.cpp's scheduler loop and
-// timers.cpp). A timer object belongs to its user (usually on a parked fiber's stack).
+// Timers: a pairing heap on `when` per runtime (a heap-ordered tree: the earliest timer is the
+// root), fired by the workers (see scheduler.cpp's find_runnable and timers.cpp). A timer object
+// belongs to its user (usually on a parked fiber's stack).
 #pragma once
 
 #include <atomic>

@@ -15,13 +15,18 @@
 // pointing at one select_state. Whoever takes such a waiter must first claim the select
 // (CAS done: 0 -> case index + 1); a waiter whose select was already claimed is dropped.
 //
+// Debug builds check I1-I3 (check_invariants) where a locked operation ends: before it
+// releases mu_ or parks. I4 is not checked: a throwing move may break it for as long as the
+// sender it concerns stays parked. A select whose cases send and receive on one unbuffered
+// channel has a waiter on both queues: I1 holds across different selects and plain waiters.
+//
 // Memory model (Go's): the send's write of the value happens before the receive that takes
 // it completes (both sides go through mu_); close() happens before a receive that returns
 // because the channel is closed.
-#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <new>
-#include <thread>
 
 #include "sched/futex.hpp"
 #include "sched/runtime.hpp"
@@ -41,6 +46,52 @@ std::atomic<std::uint64_t> g_chan_ids{1};
 }  // namespace
 
 std::atomic<std::int64_t> g_live_channels{0};
+
+#ifdef NDEBUG
+#define RILL_CHECK_CHAN(c) ((void)0)
+#else
+#define RILL_CHECK_CHAN(c) (c).check_invariants()
+#endif
+
+namespace {
+
+// unclaimed(): w still stands for a pending operation (a plain waiter, or a select's that no
+// case has won yet).
+bool unclaimed(const waiter* w) noexcept {
+  return !w->select ||
+         static_cast<const select_state*>(w->select)->done.load(std::memory_order_relaxed) == 0;
+}
+
+const waiter* first_unclaimed(const wait_list& q) noexcept {
+  for (const waiter* w = q.head.load(std::memory_order_relaxed); w; w = w->next) {
+    if (unclaimed(w)) return w;
+  }
+  return nullptr;
+}
+
+[[noreturn]] void invariant_broken(const chan_core& c, const char* which) noexcept {
+  std::fprintf(stderr, "rill: channel %llu: invariant %s broken (src/sync/chan.cpp)\n",
+               static_cast<unsigned long long>(c.id_), which);
+  std::abort();
+}
+
+}  // namespace
+
+void chan_core::check_invariants() const noexcept {
+  const waiter* r = first_unclaimed(recvq_);
+  const waiter* s = first_unclaimed(sendq_);
+  if (r && s) {  // I1, but for one select on both queues
+    for (const waiter* a = r; a; a = a->next) {
+      if (!unclaimed(a)) continue;
+      for (const waiter* b = s; b; b = b->next) {
+        if (unclaimed(b) && (!a->select || a->select != b->select)) invariant_broken(*this, "I1");
+      }
+    }
+  }
+  if (count() > 0 && r) invariant_broken(*this, "I2");
+  if (is_closed() && (r || s)) invariant_broken(*this, "I3 (a waiter on a closed channel)");
+  if (count() > cap_) invariant_broken(*this, "count_ <= cap_");
+}
 
 namespace {
 
@@ -63,14 +114,7 @@ void put_back(chan_core& c, wait_list& q, waiter* w) noexcept RILL_RELEASE(c.mu_
 
 }  // namespace
 
-void select_state::wake() noexcept {
-  if (who) {
-    who->rt->ready(who, true);
-  } else {
-    futex.store(1, std::memory_order_release);
-    futex_wake(futex);
-  }
-}
+void select_state::wake() noexcept { wake_party(who, futex); }
 
 chan_core* chan_core::create(std::size_t capacity, const chan_ops* ops) {
   const std::size_t align = ops->align > alignof(chan_core) ? ops->align : alignof(chan_core);
@@ -116,6 +160,7 @@ namespace {
     throw;
   }
   w->success = true;
+  RILL_CHECK_CHAN(c);
   c.mu_.unlock();
   wake(w);
 }
@@ -139,16 +184,16 @@ namespace {
       throw;
     }
     c.set_count(c.count() + 1);
+    RILL_CHECK_CHAN(c);
     c.mu_.unlock();
     return true;
   }
   return false;
 }
 
-[[gnu::always_inline]] inline int recv_locked_inline(chan_core& c,
-                                                     void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
-  // Requires c.mu_. 1: received; -1: closed and drained; 0: the caller must park. Releases
-  // c.mu_ unless it returns 0.
+[[gnu::always_inline]] inline recv_result recv_locked_inline(chan_core& c, void* opt)
+    RILL_NO_THREAD_SAFETY_ANALYSIS {
+  // Requires c.mu_. Releases c.mu_ unless it returns would_park (the caller parks).
   if (c.count() > 0) {
     char* s = c.slot(0);
     try {
@@ -168,26 +213,42 @@ namespace {
         // Its move threw: it keeps its value, parked, to be handed over directly by a
         // later receive (this is the one way I4 can break), or, a select, runs again.
         put_back(c, c.sendq_, w);
-        return 1;
+        return recv_result::received;
       }
       c.set_count(c.count() + 1);
       w->success = true;
+      RILL_CHECK_CHAN(c);
       c.mu_.unlock();
       wake(w);
-      return 1;
+      return recv_result::received;
     }
+    RILL_CHECK_CHAN(c);
     c.mu_.unlock();
-    return 1;
+    return recv_result::received;
   }
   if (waiter* w = dequeue(c.sendq_)) {
     hand_over(c, c.sendq_, w, opt, w->slot);
-    return 1;
+    return recv_result::received;
   }
   if (c.is_closed()) {
+    RILL_CHECK_CHAN(c);
     c.mu_.unlock();
-    return -1;
+    return recv_result::closed;
   }
-  return 0;
+  return recv_result::would_park;
+}
+
+// park_on() parks the caller on q (c's sendq_ or recvq_), its value at `slot`, until a peer
+// completes its operation (true) or close() wakes it (false). Requires c.mu_ and releases
+// it; throws fiber_aborted after a deadlock (see park()).
+[[gnu::always_inline]] inline bool park_on(chan_core& c, wait_list& q, void* slot, wait_reason why)
+    RILL_RELEASE(c.mu_) {
+  waiter w;
+  w.slot = slot;
+  q.push_back(&w);
+  RILL_CHECK_CHAN(c);
+  park(w, c.mu_, q, why, &c);
+  return w.success;
 }
 
 }  // namespace
@@ -195,7 +256,7 @@ namespace {
 bool send_locked(chan_core& c, void* src) RILL_NO_THREAD_SAFETY_ANALYSIS {
   return send_locked_inline(c, src);
 }
-int recv_locked(chan_core& c, void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
+recv_result recv_locked(chan_core& c, void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
   return recv_locked_inline(c, opt);
 }
 
@@ -215,11 +276,7 @@ void chan_core::send_with_lock(void* src) RILL_NO_THREAD_SAFETY_ANALYSIS {
     // About to park: the fiber's park hooks go first, with no lock held.
     if (!flush_before_park(mu_)) break;
   }
-  waiter w;
-  w.slot = src;
-  sendq_.push_back(&w);
-  park(w, mu_, sendq_, wait_reason::chan_send, this);
-  if (!w.success) throw_closed_send();
+  if (!park_on(*this, sendq_, src, wait_reason::chan_send)) throw_closed_send();
 }
 
 bool chan_core::try_send(void* src) RILL_NO_THREAD_SAFETY_ANALYSIS {
@@ -231,6 +288,7 @@ bool chan_core::try_send(void* src) RILL_NO_THREAD_SAFETY_ANALYSIS {
     throw_closed_send();
   }
   if (send_locked_inline(*this, src)) return true;
+  RILL_CHECK_CHAN(*this);
   mu_.unlock();
   return false;
 }
@@ -243,23 +301,23 @@ bool chan_core::recv(void* opt) {
 
 bool chan_core::recv_with_lock(void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
   for (;;) {
-    if (int r = recv_locked_inline(*this, opt)) return r > 0;
+    const recv_result r = recv_locked_inline(*this, opt);
+    if (r != recv_result::would_park) return r == recv_result::received;
     if (!flush_before_park(mu_)) break;
   }
-  waiter w;
-  w.slot = opt;
-  recvq_.push_back(&w);
-  park(w, mu_, recvq_, wait_reason::chan_recv, this);
-  return w.success;
+  return park_on(*this, recvq_, opt, wait_reason::chan_recv);
 }
 
-int chan_core::try_recv(void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
+recv_result chan_core::try_recv(void* opt) RILL_NO_THREAD_SAFETY_ANALYSIS {
   chaos_point();
-  if (probe_recv() == 0) return 0;  // empty with no sender, and open
+  if (probe_recv() == 0) return recv_result::would_park;  // empty with no sender, and open
   mu_.lock();
-  if (int r = recv_locked_inline(*this, opt)) return r;
-  mu_.unlock();
-  return 0;
+  const recv_result r = recv_locked_inline(*this, opt);
+  if (r == recv_result::would_park) {
+    RILL_CHECK_CHAN(*this);
+    mu_.unlock();
+  }
+  return r;
 }
 
 void chan_core::close() {
@@ -283,6 +341,7 @@ bool chan_core::try_close() noexcept {
     w->success = false;
     woken.push_back(w);
   }
+  RILL_CHECK_CHAN(*this);
   mu_.unlock();
   while (waiter* w = woken.pop_front()) wake(w);
   return true;
@@ -300,108 +359,6 @@ bool chan_core::closed() noexcept {
   bool c = is_closed();
   mu_.unlock();
   return c;
-}
-
-// ---- timers that send on a channel ------------------------------------------------------
-
-namespace {
-
-using time_point = std::chrono::steady_clock::time_point;
-
-void send_now(chan_core* ch) noexcept {
-  time_point now = std::chrono::steady_clock::now();
-  try {
-    ch->try_send(&now);  // a full channel drops the tick (Go's ticker does the same)
-  } catch (...) {
-    // closed by its user: nothing to deliver
-  }
-}
-
-struct after_timer : timer {
-  chan_core* ch = nullptr;
-};
-
-}  // namespace
-
-void start_after(chan_core* ch, std::int64_t deadline, void*) {
-  worker* w = current_worker();
-  ch->retain();
-  if (!w) {
-    // A plain thread has no runtime to keep the timer: a short-lived thread does.
-    try {
-      std::thread([ch, deadline] {
-        const std::int64_t left = deadline - now_ns();
-        if (left > 0) std::this_thread::sleep_for(std::chrono::nanoseconds(left));
-        send_now(ch);
-        ch->release();
-      }).detach();
-    } catch (...) {
-      ch->release();
-      throw;
-    }
-    return;
-  }
-  after_timer* t;
-  try {
-    t = new after_timer;
-  } catch (...) {
-    ch->release();  // the reference taken for the timer
-    throw;
-  }
-  t->ch = ch;
-  t->when = deadline;
-  t->fire = [](timer* tt) noexcept {
-    auto* a = static_cast<after_timer*>(tt);
-    send_now(a->ch);
-    a->ch->release();
-    a->fired();
-    delete a;
-  };
-  t->drop = [](timer* tt) noexcept {
-    auto* a = static_cast<after_timer*>(tt);
-    a->ch->release();
-    delete a;
-  };
-  w->rt->arm(*t);
-}
-
-struct ticker_state : timer {
-  chan_core* ch = nullptr;
-  runtime* rt = nullptr;
-  std::int64_t period = 0;
-  std::atomic<bool> dropped{false};
-};
-
-ticker_state* start_ticker(chan_core* ch, std::int64_t period_ns) {
-  worker* w = current_worker();
-  if (!w) throw std::logic_error("rill::ticker: needs a rill runtime (create it in a fiber)");
-  if (period_ns <= 0) throw std::invalid_argument("rill::ticker: non-positive period");
-  auto* t = new ticker_state;
-  ch->retain();
-  t->ch = ch;
-  t->rt = w->rt;
-  t->period = period_ns;
-  t->when = now_ns() + period_ns;
-  t->fire = [](timer* tt) noexcept {
-    auto* k = static_cast<ticker_state*>(tt);
-    send_now(k->ch);
-    std::int64_t next = k->when + k->period;
-    const std::int64_t now = now_ns();
-    if (next <= now) next = now + k->period;  // fell behind: skip ticks rather than burst
-    k->rt->rearm(*k, next);
-  };
-  t->drop = [](timer* tt) noexcept {
-    static_cast<ticker_state*>(tt)->dropped.store(true, std::memory_order_release);
-  };
-  w->rt->arm(*t);
-  return t;
-}
-
-void stop_ticker(ticker_state* t) noexcept {
-  if (!t) return;
-  if (!t->dropped.load(std::memory_order_acquire)) t->rt->cancel(*t);
-  t->ch->release();
-  delete t;
 }
 
 }  // namespace rill::detail

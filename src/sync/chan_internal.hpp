@@ -45,7 +45,7 @@ inline void wake(waiter* w) noexcept {
 }
 
 bool send_locked(chan_core& c, void* src);
-int recv_locked(chan_core& c, void* opt);
+recv_result recv_locked(chan_core& c, void* opt);
 
 extern std::atomic<std::int64_t> g_live_channels;
 

@@ -74,7 +74,7 @@ void unlink_waiters(const parked_select& p) noexcept {
   unlock_all(p.locks, p.nlocks);
 }
 
-void after_park(context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
+void after_park(machine_context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
   // Read *p before unlocking: once the channels are unlocked the select may be woken and
   // return, ending *p. Arm only after unlocking: arm() may wake a worker (a syscall), and
   // the woken thread may preempt this one while it still holds the channel spinlocks; the
@@ -97,7 +97,7 @@ void after_park(context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
 // and throws.
 bool run_locked(select_case& sc) RILL_NO_THREAD_SAFETY_ANALYSIS {
   chan_core& c = *sc.ch;
-  if (sc.kind == case_kind::recv) return recv_locked(c, sc.slot) != 0;
+  if (sc.kind == case_kind::recv) return recv_locked(c, sc.slot) != recv_result::would_park;
   if (c.is_closed()) {
     c.mu_.unlock();
     throw closed_channel("rill::select: send on a closed channel");

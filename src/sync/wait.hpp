@@ -1,7 +1,7 @@
 // Helpers shared by the wait queues in src/sync.
 #pragma once
 
-#include "fiber/context.hpp"
+#include "fiber/switch.hpp"
 #include "rill/detail/core.hpp"
 #include "rill/runtime.hpp"
 #include "sched/runtime.hpp"
@@ -56,7 +56,8 @@ void park_thread(waiter& w, spinlock& lk) RILL_RELEASE(lk);
 // Not unwinding: takes w off `list`, releases lk and throws fiber_aborted. Unwinding (a
 // destructor that waits): returns, and the fiber parks as usual.
 void throw_unless_unwinding(waiter& w, spinlock& lk, wait_list& list) RILL_REQUIRES(lk);
-void unpark_thread(waiter& w) noexcept;
+// wake_thread(): wakes the plain thread blocked on `word` (a waiter's or a select's futex).
+void wake_thread(std::atomic<std::uint32_t>& word) noexcept;
 
 // park_fiber() parks `self` (the calling fiber): records why, switches out, runs
 // after(self, after_arg) once its context is saved. Throws fiber_aborted if the runtime
@@ -69,6 +70,7 @@ inline void park_fiber(fiber* self, worker* w, wait_reason why, const void* obje
   self->wait_object.store(object, std::memory_order_relaxed);
   self->cancel = cancel;
   self->cancel_arg = cancel_arg;
+  RILL_ASSERT_FIBER_STATE(self, running);
   self->state.store(fiber_state::parked, std::memory_order_relaxed);
   switch_out(self, w, after, after_arg);
   // reason and wait_object are left as they are: they are read only while the fiber is
@@ -83,7 +85,7 @@ inline void park_fiber(fiber* self, wait_reason why, const void* object, after_s
 
 // after_unlock: park()'s after-switch action, which releases the lock park() was given
 // (the analysis cannot follow a lock through a context switch).
-inline void after_unlock(context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
+inline void after_unlock(machine_context*, void* arg) noexcept RILL_NO_THREAD_SAFETY_ANALYSIS {
   static_cast<spinlock*>(arg)->unlock();
 }
 
@@ -108,14 +110,18 @@ inline void park(waiter& w, spinlock& lk, wait_list& list, wait_reason why, cons
   park_fiber(self, wk, why, object, after_unlock, &lk, &list_cancel::run, &cancel);
 }
 
-// unpark() wakes the party parked on w. The caller must have taken w off its list, and
-// must not touch w afterwards (its owner may return at once).
-inline void unpark(waiter& w) noexcept {
-  if (fiber* f = w.who) {
-    f->rt->ready(f, true);
+// wake_party() wakes a parked party: the fiber `who` (into its waker's runnext slot), or,
+// when who is nullptr, the plain thread blocked on `word`.
+inline void wake_party(fiber* who, std::atomic<std::uint32_t>& word) noexcept {
+  if (who) {
+    who->rt->ready(who, ready_slot::runnext);
   } else {
-    unpark_thread(w);
+    wake_thread(word);
   }
 }
+
+// unpark() wakes the party parked on w. The caller must have taken w off its list, and
+// must not touch w afterwards (its owner may return at once).
+inline void unpark(waiter& w) noexcept { wake_party(w.who, w.futex); }
 
 }  // namespace rill::detail

@@ -42,6 +42,13 @@ struct chan_ops {
   std::size_t align;
 };
 
+// recv_result: how a receive that did not park ended.
+enum class recv_result : signed char {
+  would_park = 0,  // nothing to take, and the channel is open
+  received = 1,    // a value was emplaced into the caller's std::optional
+  closed = -1,     // closed and drained
+};
+
 class chan_core {
  public:
   // create() allocates a channel of `capacity` slots (0: unbuffered). Throws
@@ -100,8 +107,8 @@ class chan_core {
   // recv() emplaces a value into *opt (an empty std::optional<T>); parks until one arrives.
   // Returns false, leaving *opt empty, once the channel is closed and drained.
   bool recv(void* opt);
-  // try_recv(): 1 received, 0 would park, -1 closed and drained.
-  int try_recv(void* opt);
+  // try_recv() never parks: received (into *opt), would_park, or closed (and drained).
+  recv_result try_recv(void* opt);
   void close();
   // try_close() closes the channel unless it already is; false if it was. Never throws.
   bool try_close() noexcept;
@@ -143,6 +150,9 @@ class chan_core {
     const bool r = send_ready();
     return mu_.read_valid(v) ? r : -1;
   }
+  // check_invariants() aborts with a report unless I1-I3 of src/sync/chan.cpp hold; under
+  // mu_. Debug builds of the library call it at the end of each locked operation.
+  void check_invariants() const noexcept RILL_REQUIRES(mu_);
   // head_: the next slot to receive from, < cap_ (0 if cap_ is 0).
   std::size_t head_ RILL_GUARDED_BY(mu_) = 0;
   wait_list recvq_ RILL_GUARDED_BY(mu_);

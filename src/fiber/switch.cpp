@@ -1,4 +1,4 @@
-#include "fiber/context.hpp"
+#include "fiber/switch.hpp"
 
 #include <pthread.h>
 
@@ -23,7 +23,7 @@ extern "C" __cxa_eh_globals* __cxa_get_globals() noexcept;
 // a suspended context is resumed with ret, which halved the cost of a yield between two
 // fibers.
 //
-// A fiber that has not started has no frame (make_context() in context.hpp): its context
+// A fiber that has not started has no frame (make_context() in switch.hpp): its context
 // is the address of one word, just below its stack top, that holds its entry function,
 // tagged with bit 0. The jump sees the tag, moves the stack pointer there, clears the word
 // (the entry's return address: there is none) and enters the entry with an indirect jmp
@@ -97,8 +97,8 @@ eh_state* thread_eh() noexcept {
 // fiber's fake stack, which san_before_switch(..., true) frees before the landing side reads
 // the message (clang 14: a SEGV in land()). On the real stack it stays valid until the
 // landing side has run (the stack is recycled by the after-switch action, after the read).
-[[gnu::no_sanitize_address]] void exit_to(context& from, context& to, after_switch_fn after,
-                                          void* arg) noexcept {
+[[gnu::no_sanitize_address]] void exit_to(machine_context& from, machine_context& to,
+                                          after_switch_fn after, void* arg) noexcept {
   eh_state* g = thread_eh();
   *g = to.eh;
   switch_msg msg{&from, &to, after, arg, true};

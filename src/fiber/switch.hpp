@@ -24,24 +24,27 @@ struct eh_state {  // layout of libstdc++'s __cxa_eh_globals on x86-64
   unsigned int uncaught = 0;
 };
 
-struct context;
-using after_switch_fn = void (*)(context* left, void* arg) noexcept;
+struct machine_context;
+using after_switch_fn = void (*)(machine_context* left, void* arg) noexcept;
 
-struct context {
+// machine_context: what a suspended fiber or scheduler loop needs to resume: its saved stack
+// pointer (the registers are on its stack) and exception state. Not rill::context (Go's
+// cancellation context, include/rill/context.hpp): this one is the machine's.
+struct machine_context {
   bctx::fcontext_t fctx = nullptr;  // valid only while this context is suspended
   eh_state eh;
   [[no_unique_address]] san_ctx san;
 };
 
 struct switch_msg {
-  context* from;
-  context* to;
+  machine_context* from;
+  machine_context* to;
   after_switch_fn after;
   void* arg;
   bool finishing;
 };
 
-// The raw jump (context.cpp): Boost.Context's frame layout, without the floating-point
+// The raw jump (switch.cpp): Boost.Context's frame layout, without the floating-point
 // control words (see there). Always inline: a real call frame around the jump would be
 // entered on one fiber and left on another, and TSan (which instruments function entry and
 // exit, and has already been told about the switch) would crash on it.
@@ -62,7 +65,7 @@ extern "C" bctx::transfer_t rill_jump_fcontext(bctx::fcontext_t to, void* data);
 // make_context() makes the context of a fiber that has not started: switched to, it runs
 // entry(transfer) on the stack below `sp` (16-byte aligned; `size` bytes usable below it).
 // On x86-64 ELF it writes one word, the entry, just below sp, and returns that word's
-// address tagged with bit 0 (the jump in context.cpp starts such a context without a
+// address tagged with bit 0 (the jump in switch.cpp starts such a context without a
 // register frame); elsewhere it is Boost's make_fcontext.
 inline bctx::fcontext_t make_context(char* sp, std::size_t size,
                                      void (*entry)(bctx::transfer_t)) noexcept {
@@ -76,7 +79,7 @@ inline bctx::fcontext_t make_context(char* sp, std::size_t size,
 #endif
 }
 
-// thread_eh(): the calling thread's C++ exception state (context.cpp). Out of line, like
+// thread_eh(): the calling thread's C++ exception state (switch.cpp). Out of line, like
 // current_worker() (see sched/runtime.hpp), so it is recomputed after every switch.
 [[gnu::noinline]] eh_state* thread_eh() noexcept;
 
@@ -84,7 +87,7 @@ inline bctx::fcontext_t make_context(char* sp, std::size_t size,
 // context's departure saved its fake stack (asan_start_switch; nullptr: a new fiber).
 inline void land(bctx::transfer_t t, [[maybe_unused]] void* const* asan_fake = nullptr) noexcept {
   auto* m = static_cast<switch_msg*>(t.data);
-  context* from = m->from;
+  machine_context* from = m->from;
   after_switch_fn after = m->after;
   void* arg = m->arg;
   san_after_switch(m->to->san);
@@ -100,8 +103,8 @@ inline void land(bctx::transfer_t t, [[maybe_unused]] void* const* asan_fake = n
 // (possibly on another thread). Inline: it is on the path of every park and yield.
 // `g` is the calling thread's exception state (thread_eh(), or a copy the caller keeps per
 // thread: a worker's `eh`).
-inline void switch_to(context& from, context& to, eh_state* g, after_switch_fn after = nullptr,
-                      void* arg = nullptr) noexcept {
+inline void switch_to(machine_context& from, machine_context& to, eh_state* g,
+                      after_switch_fn after = nullptr, void* arg = nullptr) noexcept {
   // The thread's state is written only when it differs (outside a catch block both are
   // empty): every store still in flight delays the next locked instruction (a channel's
   // lock), which waits for the store buffer to drain. (Testing `from` too before writing
@@ -125,7 +128,8 @@ inline void switch_to(context& from, context& to, eh_state* g, after_switch_fn a
 }
 
 // exit_to() leaves `from` for good (a finished fiber); never returns.
-[[noreturn]] void exit_to(context& from, context& to, after_switch_fn after, void* arg) noexcept;
+[[noreturn]] void exit_to(machine_context& from, machine_context& to, after_switch_fn after,
+                          void* arg) noexcept;
 
 // on_landing() must be the first call of a new fiber's entry function.
 void on_landing(bctx::transfer_t t) noexcept;

@@ -1,0 +1,307 @@
+// The public entry points (rill::run, go, the fiber's name and watchdog, the default
+// runtime) and the runtime's stats.
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+#include <utility>
+
+#include "rill/fiber.hpp"
+#include "sched/runtime.hpp"
+#include "sched/runtime_parts.hpp"
+
+namespace rill::detail {
+
+std::atomic<std::int64_t> g_abandoned_fibers{0};
+std::atomic<std::int64_t> g_pending_timers{0};
+std::atomic<bool> g_chaos{false};
+std::atomic<std::int64_t> g_external_waiters{0};
+
+ranked_mutex g_runtimes_mu{lock_rank::runtimes};
+std::vector<runtime*> g_runtimes RILL_GUARDED_BY(g_runtimes_mu);
+
+namespace {
+
+// A fiber that spawns while its worker's queue holds this many fibers yields (fiber_start).
+constexpr std::uint32_t spawn_yield_queue = run_queue::capacity / 2;
+
+}  // namespace
+
+// The workers' credit and cached stacks are read before the totals they are part of. A
+// worker lowers a total before it lowers its own share (return_credit, the stack cache's
+// release) and raises its credit before the total, so a snapshot taken while workers give
+// back what they hold may count too few for a moment, never too many: a leak check that
+// polls until it sees zero sees no leak that is not there.
+//
+// A retired fiber (fiber_retire) is out of live_fibers at once (its count moves into its
+// worker's credit) and its stack out of live_stacks (retiring_stacks_, read first: reap()
+// lowers it only after the stack is in a cache or back in the pool).
+stats runtime::snapshot() noexcept {
+  stats s;
+  const std::int64_t retiring = retiring_stacks_.load(std::memory_order_acquire);
+  std::int64_t credit = 0;
+  std::size_t cached = 0;
+  for (auto& w : workers_) {
+    credit += w->credit.load(std::memory_order_acquire);
+    cached += w->cached.load(std::memory_order_acquire);
+    s.fibers_spawned += w->spawned.load(std::memory_order_relaxed);
+    s.steals += w->steals.load(std::memory_order_relaxed);
+  }
+  const std::int64_t live = live_fibers_.load(std::memory_order_acquire) - credit;
+  s.live_fibers = live > 0 ? static_cast<std::size_t>(live) : 0;  // a racy sum: never below 0
+  std::size_t stacks = stacks_.live();
+  {
+    lock_guard lk(pools_mu_);
+    for (auto& p : more_stacks_) stacks += p->live();
+  }
+  const std::size_t idle = cached + static_cast<std::size_t>(retiring > 0 ? retiring : 0);
+  s.live_stacks = stacks > idle ? stacks - idle : 0;
+  {
+    lock_guard lk(timer_mu_);
+    s.pending_timers = timer_count_;
+  }
+  s.workers = workers();
+  return s;
+}
+
+void runtime::rethrow_outcome() {
+  if (std::exception_ptr d = last_deadlock()) std::rethrow_exception(d);
+  if (main_exception_) std::rethrow_exception(main_exception_);
+}
+
+// ---- the public entry points --------------------------------------------------------------
+
+void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
+  if (current_fiber()) {
+    // From a fiber: the new runtime runs on a pool thread while this fiber parks. Run on
+    // this thread, it would hold the caller's worker until it ends, and with one worker a
+    // nested run that waits on a fiber of ours (a channel it fed) would never end.
+    struct nested_t {
+      const run_config& cfg;
+      void (*main)(void*);
+      void* arg;
+      std::exception_ptr error;
+    } n{cfg, main, arg, nullptr};
+    nested_run_call(
+        [](void* p) noexcept {
+          auto* n = static_cast<nested_t*>(p);
+          try {
+            run_main(n->cfg, n->main, n->arg);
+          } catch (...) {
+            n->error = std::current_exception();
+          }
+        },
+        &n);
+    if (n.error) std::rethrow_exception(n.error);
+    return;
+  }
+  runtime rt(cfg);
+  worker* saved = current_worker();
+  // The other workers first (they park until there is work), then the main fiber. If a
+  // worker thread or the main fiber cannot be had, stop the workers already started and
+  // report it: running with fewer workers than configured would break deadlock detection,
+  // which waits for every worker to be idle.
+  unsigned started = 1;
+  try {
+    for (; started < rt.workers(); ++started) {
+      worker& w = rt.worker_at(started);
+      w.thread = std::thread([&rt, &w] {
+        enter_worker_thread(w);
+        rt.run_worker(w);
+        leave_worker_thread(w, nullptr);
+      });
+    }
+    rt.start_main(main, arg);
+  } catch (...) {
+    rt.abort_start();
+    for (unsigned i = 1; i < started; ++i) rt.worker_at(i).thread.join();
+    throw;
+  }
+  worker& w0 = rt.worker_at(0);
+  enter_worker_thread(w0);
+  rt.run_worker(w0);
+  leave_worker_thread(w0, saved);
+  for (unsigned i = 1; i < started; ++i) rt.worker_at(i).thread.join();
+  rt.drop_timers();
+  rt.rethrow_outcome();
+}
+
+void* fiber_create(std::size_t size, std::size_t align, void (*entry)(void*), fiber*& out,
+                   std::size_t stack_size) {
+  worker* w = current_worker();
+  if (!w || !w->running()) throw std::logic_error("rill::go: called outside a rill runtime");
+  out = w->rt->create_fiber(w, size, align, entry, stack_size);
+  return out->closure;
+}
+
+void* fiber_create_in(runtime* rt, std::size_t size, std::size_t align, void (*entry)(void*),
+                      fiber*& out, std::size_t stack_size) {
+  worker* w = current_worker();
+  out = rt->create_fiber(w && w->rt == rt ? w : nullptr, size, align, entry, stack_size);
+  return out->closure;
+}
+
+void fiber_start(fiber* f) noexcept {
+  worker* w = current_worker();
+  f->rt->start_fiber(w, f);
+  // A fiber that has filled its worker's queue with new fibers lets them run before it
+  // spawns more (as Go's scheduler would preempt it): they then finish, or park, on stacks
+  // that are reused, instead of each spawn committing a fresh stack while the queue
+  // overflows into the global queue.
+  if (w && w->rt == f->rt && w->running() && w->queue.size() >= spawn_yield_queue) {
+    this_fiber::yield();
+  }
+}
+
+void fiber_discard(fiber* f) noexcept { f->rt->discard_fiber(f); }
+
+void default_run_begin(bool watched) noexcept {
+  (watched ? default_runtime()->watched_runs : default_runtime()->unwatched_runs)
+      .fetch_add(1, std::memory_order_seq_cst);
+}
+
+void default_run_end(bool watched) noexcept {
+  (watched ? default_runtime()->watched_runs : default_runtime()->unwatched_runs)
+      .fetch_sub(1, std::memory_order_seq_cst);
+}
+
+std::exception_ptr fiber_take_abort() noexcept {
+  fiber* f = current_fiber();
+  if (!f || !f->aborted) return nullptr;
+  f->aborted = false;
+  return f->rt->last_deadlock();
+}
+
+run_wait::run_wait() noexcept : plain_(current_fiber() == nullptr) {
+  if (plain_) g_external_waiters.fetch_sub(1, std::memory_order_seq_cst);
+}
+run_wait::~run_wait() {
+  if (plain_) g_external_waiters.fetch_add(1, std::memory_order_seq_cst);
+}
+
+void fiber_retire() noexcept {
+  if (fiber* f = current_fiber()) f->rt->retire(*f);
+}
+
+runtime* current_runtime() noexcept {
+  worker* w = current_worker();
+  return w ? w->rt : nullptr;
+}
+
+// The default runtime: started on first use by a plain thread that runs a pipeline; its
+// workers are background threads that park when idle, and it lives until the process
+// exits (like Go's). Its options leave deadlock detection off, as plain threads may feed
+// it; it watches while every plain-thread run in flight asks for it (watches_deadlock()).
+runtime* default_runtime() {
+  static runtime* rt = [] {
+    run_config cfg{0, 128 * 1024, false, true, default_watchdog_ms()};
+    auto* r = new runtime(cfg);
+    for (unsigned i = 0; i < r->workers(); ++i) {
+      worker& w = r->worker_at(i);
+      w.thread = std::thread([r, &w] {
+        enter_worker_thread(w);
+        r->run_worker(w);
+        leave_worker_thread(w, nullptr);
+      });
+      w.thread.detach();
+    }
+    return r;
+  }();
+  return rt;
+}
+
+void fiber_set_name(const char* name) noexcept {
+  if (fiber* f = current_fiber()) {
+    // dump() reads names under the registry slot's lock, from any thread (the test watchdog).
+    std::lock_guard lk(f->stk.slot()->lk);
+    std::strncpy(f->name, name, sizeof f->name - 1);
+    f->name[sizeof f->name - 1] = 0;
+  }
+}
+
+void fiber_get_name(char* out, std::size_t n) noexcept {
+  if (n == 0) return;
+  out[0] = 0;
+  if (fiber* f = current_fiber()) {
+    std::lock_guard lk(f->stk.slot()->lk);
+    std::strncpy(out, f->name, n - 1);
+    out[n - 1] = 0;
+  }
+}
+
+std::int32_t fiber_set_watchdog(std::int32_t ms) noexcept {
+  fiber* f = current_fiber();
+  if (!f) return -1;
+  std::lock_guard lk(f->stk.slot()->lk);  // the watchdog reads it under this lock
+  return std::exchange(f->watchdog_ms, ms < 0 ? -1 : ms);
+}
+
+std::size_t current_stack_size() noexcept {
+  fiber* f = current_fiber();
+  return f ? f->stk.size : 0;
+}
+
+}  // namespace rill::detail
+
+namespace rill {
+
+const char* to_string(wait_reason r) noexcept {
+  switch (r) {
+    case wait_reason::none:
+      return "nothing";
+    case wait_reason::chan_send:
+      return "chan send";
+    case wait_reason::chan_recv:
+      return "chan recv";
+    case wait_reason::select:
+      return "select";
+    case wait_reason::sleep:
+      return "sleep";
+    case wait_reason::wait_group:
+      return "wait_group";
+    case wait_reason::mutex:
+      return "mutex";
+    case wait_reason::cond_var:
+      return "condition_variable";
+    case wait_reason::io_read:
+      return "I/O read";
+    case wait_reason::io_write:
+      return "I/O write";
+    case wait_reason::blocking_call:
+      return "blocking call";
+    case wait_reason::pipeline:
+      return "pipeline";
+  }
+  return "?";
+}
+
+stats runtime_stats() noexcept {
+  detail::worker* w = detail::current_worker();
+  return w ? w->rt->snapshot() : stats{};
+}
+
+stats global_stats() noexcept {
+  stats s;
+  {
+    detail::lock_guard lk(detail::g_runtimes_mu);
+    for (detail::runtime* rt : detail::g_runtimes) {
+      const stats r = rt->snapshot();
+      s.live_fibers += r.live_fibers;
+      s.live_stacks += r.live_stacks;
+    }
+  }
+  const auto abandoned = static_cast<std::size_t>(detail::g_abandoned_fibers.load());
+  s.live_fibers += abandoned;
+  s.live_stacks += abandoned;
+  s.pending_timers = static_cast<std::size_t>(detail::g_pending_timers.load());
+  return s;
+}
+
+std::string dump_fibers() {
+  if (detail::worker* w = detail::current_worker()) return w->rt->dump();
+  detail::lock_guard lk(detail::g_runtimes_mu);
+  std::string out;
+  for (detail::runtime* rt : detail::g_runtimes) out += rt->dump();
+  return out;
+}
+
+}  // namespace rill

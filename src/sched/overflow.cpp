@@ -1,0 +1,133 @@
+// Stack-overflow reporting. A guarded stack's overflow faults on its guard page: the SIGSEGV
+// handler (on the worker's alternate signal stack, since the fiber's own is spent) names the
+// fiber and aborts. A stack without a guard page is checked at each switch and at the
+// fiber's exit (its canary zone).
+#include <signal.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "sched/runtime.hpp"
+#include "sched/runtime_parts.hpp"
+
+namespace rill::detail {
+
+namespace {
+
+void write_str(const char* s) noexcept {
+  ssize_t r = ::write(2, s, std::strlen(s));
+  (void)r;
+}
+
+void write_num(std::uint64_t v) noexcept {
+  char buf[24];
+  int i = 23;
+  buf[i] = 0;
+  do {
+    buf[--i] = static_cast<char>('0' + v % 10);
+    v /= 10;
+  } while (v);
+  write_str(buf + i);
+}
+
+// Set by the first overflow report. An overflow of a checked stack may have corrupted a
+// neighbouring stack before it was caught; another worker running that neighbour can crash
+// while the report is being written. Its SIGSEGV handler then waits for the report's abort
+// instead of killing the process with half a message.
+std::atomic<bool> g_reporting_overflow{false};
+
+}  // namespace
+
+void report_overflow(const fiber* f) noexcept {
+  if (g_reporting_overflow.exchange(true)) {
+    for (;;) ::pause();  // another thread reports (and aborts)
+  }
+  write_str("rill: fiber ");
+  write_num(f->id);
+  if (f->name[0]) {
+    write_str(" (");
+    write_str(f->name);
+    write_str(")");
+  }
+  write_str(" overflowed its ");
+  write_num(f->stk.size);
+  write_str("-byte stack");
+  write_str(f->stk.guarded ? " (hit the guard page)" : " (canary destroyed)");
+  write_str(
+      "; a bigger stack: rill::options::stack_size, or for a pipeline "
+      "run_options::stack_size or the stage's stage_options::stack_size\n");
+  std::abort();
+}
+
+void check_stack_slow(fiber* self) noexcept {
+  char* sp = static_cast<char*>(__builtin_frame_address(0));
+  if (sp < self->stk.limit() || !self->stk.below_intact(false)) report_overflow(self);
+}
+
+namespace {
+
+struct sigaction g_prev_segv;
+
+void on_segv(int sig, siginfo_t* si, void* uc) {
+  worker* w = current_worker();
+  if (w && w->running()) {
+    const fiber* f = w->running();
+    auto* a = static_cast<char*>(si->si_addr);
+    if (a >= f->stk.base - 65536 && a < f->stk.limit()) report_overflow(f);
+  }
+  if (g_reporting_overflow.load()) {
+    for (;;) ::pause();  // see g_reporting_overflow
+  }
+  if (g_prev_segv.sa_flags & SA_SIGINFO) {
+    g_prev_segv.sa_sigaction(sig, si, uc);
+  } else if (g_prev_segv.sa_handler != SIG_DFL && g_prev_segv.sa_handler != SIG_IGN) {
+    g_prev_segv.sa_handler(sig);
+  } else {
+    ::signal(SIGSEGV, SIG_DFL);  // returning re-executes the fault and the default kills
+  }
+}
+
+}  // namespace
+
+void install_segv_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa;
+    std::memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGSEGV, &sa, &g_prev_segv);
+  });
+}
+
+namespace {
+constexpr std::size_t altstack_size = 64 * 1024;
+}  // namespace
+
+void install_altstack(worker& w) noexcept {
+  void* p =
+      ::mmap(nullptr, altstack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p != MAP_FAILED) {
+    stack_t ss{};
+    ss.ss_sp = p;
+    ss.ss_size = altstack_size;
+    ::sigaltstack(&ss, nullptr);
+    w.altstack = p;
+  }
+}
+
+void remove_altstack(worker& w) noexcept {
+  if (w.altstack) {
+    stack_t ss{};
+    ss.ss_flags = SS_DISABLE;
+    ::sigaltstack(&ss, nullptr);
+    ::munmap(w.altstack, altstack_size);
+    w.altstack = nullptr;
+  }
+}
+
+}  // namespace rill::detail
