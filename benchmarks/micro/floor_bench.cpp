@@ -26,7 +26,7 @@
 //                             1024 items, then drained: a buffered channel's fast path with
 //                             no handle, no closed flag and no wait queues to check
 //
-// The switch and the lock are rill's own (src/fiber/context.cpp, rill/detail/core.hpp);
+// The switch and the lock are rill's own (src/fiber/switch.cpp, rill/detail/core.hpp);
 // the switch floors need rill as a static library (its jump is a hidden symbol).
 #include <benchmark/benchmark.h>
 
@@ -45,7 +45,7 @@ namespace bctx = boost::context::detail;
 
 #if defined(__x86_64__) && defined(__ELF__) && RILL_STATIC_LIBRARY
 #define RILL_FLOOR_SWITCH 1
-// rill's own switch (src/fiber/context.cpp), a hidden symbol of the static library: the
+// rill's own switch (src/fiber/switch.cpp), a hidden symbol of the static library: the
 // floor is the switch every park and yield makes, with nothing of the scheduler around it.
 extern "C" bctx::transfer_t rill_jump_fcontext(bctx::fcontext_t to, void* data);
 
