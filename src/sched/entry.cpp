@@ -142,12 +142,14 @@ void* fiber_create_in(runtime* rt, std::size_t size, std::size_t align, void (*e
 
 void fiber_start(fiber* f) noexcept {
   worker* w = current_worker();
-  f->rt->start_fiber(w, f);
+  // Read before the start: once started, f may run on another worker, end and be reused.
+  runtime* const rt = f->rt;
+  rt->start_fiber(w, f);
   // A fiber that has filled its worker's queue with new fibers lets them run before it
   // spawns more (as Go's scheduler would preempt it): they then finish, or park, on stacks
   // that are reused, instead of each spawn committing a fresh stack while the queue
   // overflows into the global queue.
-  if (w && w->rt == f->rt && w->running() && w->queue.size() >= spawn_yield_queue) {
+  if (w && w->rt == rt && w->running() && w->queue.size() >= spawn_yield_queue) {
     this_fiber::yield();
   }
 }
