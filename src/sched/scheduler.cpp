@@ -150,8 +150,8 @@ void enter_worker_thread(worker& w) {
   if (asan_linked()) thread_stack(&w.g0_bottom, &w.g0_size);
 #endif
   install_altstack(w);
-  // A watching spinner sleeps watch_ns between looks; the default slack (50 us) would
-  // stretch that sleep several times over.
+  // A watching spinner sleeps watch_ns between looks; the kernel's default timer slack is
+  // longer than that and would stretch each sleep several times over.
   w.timer_slack = ::prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
   ::prctl(PR_SET_TIMERSLACK, watch_slack_ns, 0, 0, 0);
 }
@@ -400,8 +400,9 @@ bool runtime::any_work() noexcept {
 // queue non-empty when it looked again; and a thief that emptied the queue since (unseen
 // by the owner) is awake, and woke a spinner if it was the last (stop_spinning), which
 // finds this push. Go's runqput + wakep skip the fence altogether. The fence and the two
-// shared lines it reads cost a spawn with 2 workers ~7% of its time (the fence waits for
-// the new fiber's record, whose lines the other worker last wrote).
+// shared lines it reads are a visible share of a spawn with 2 workers (the fence waits for
+// the new fiber's record, whose lines the other worker last wrote; benchmarks/README.md,
+// "Figures behind design choices").
 void runtime::wake_idle(bool outside) noexcept {
   std::atomic_thread_fence(std::memory_order_seq_cst);  // P4: the pusher's fence
   if (nspinning_.load(std::memory_order_seq_cst) != 0) {

@@ -2,6 +2,7 @@
 // bottleneck), live stats from another thread, the Graphviz graph, the fiber dump and the
 // trace.
 #include <fcntl.h>
+#include <poll.h>
 #include <pty.h>
 #include <termios.h>
 #include <unistd.h>
@@ -536,40 +537,43 @@ std::string on_terminal(F f) {
   // Drain the terminal while f runs: a full one would block the progress line's writer.
   std::atomic<bool> done{false};
   std::thread reader([&] {
-    ::fcntl(master, F_SETFL, O_NONBLOCK);
     char buf[4096];
     for (;;) {
-      const ssize_t n = ::read(master, buf, sizeof buf);
-      if (n > 0) {
-        out.append(buf, static_cast<std::size_t>(n));
-      } else if (done.load()) {
-        break;
-      } else {
-        std::this_thread::yield();
+      pollfd pf{master, POLLIN, 0};
+      if (::poll(&pf, 1, 10) > 0) {
+        const ssize_t n = ::read(master, buf, sizeof buf);
+        if (n > 0) {
+          out.append(buf, static_cast<std::size_t>(n));
+          continue;
+        }
       }
+      if (done.load()) break;
     }
   });
-  try {
+  // However f ends: stderr back, the reader drained and joined, the terminal closed.
+  struct restore {
+    int saved, slave, master;
+    std::atomic<bool>& done;
+    std::thread& reader;
+    ~restore() {
+      std::fflush(stderr);
+      ::dup2(saved, STDERR_FILENO);
+      ::close(saved);
+      ::close(slave);
+      done = true;
+      reader.join();
+      ::close(master);
+    }
+  };
+  {
+    restore r{saved, slave, master, done, reader};
     f();
-  } catch (...) {
-    std::fflush(stderr);
-    ::dup2(saved, STDERR_FILENO);
-    done = true;
-    reader.join();
-    throw;
   }
-  std::fflush(stderr);
-  ::dup2(saved, STDERR_FILENO);
-  ::close(saved);
-  ::close(slave);
-  done = true;
-  reader.join();
-  ::close(master);
   return out;
 }
 
-// A pipeline that runs for at least `ms` milliseconds of CPU work (several redraws of a
-// progress line at 100 ms each), calling at(k) before item k.
+// A pipeline that runs for at least `ms` milliseconds of CPU work (long enough for several
+// redraws of a terminal's progress line), calling at(k) before item k.
 template <class At>
 auto slow_pipeline(int items, int ms, At at) {
   return rill::from(iota_vec(items)) |

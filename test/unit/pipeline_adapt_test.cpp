@@ -255,8 +255,9 @@ TEST_CASE("adapt: a fused chain of slow items takes turns item by item, not chun
     CHECK(n == 120);
     return most;
   });
-  // A slice (2 ms) is two items of 1.5 ms, and a probe of the chain's boundaries (a few
-  // items) does not yield; the chunks used to grow to 64 items and more whatever they cost.
+  // A time slice holds a couple of these items, and a probe of the chain's boundaries (a
+  // few items) does not yield; the chunks used to grow to dozens of items whatever they
+  // cost.
   CHECK(most <= 8);
 }
 
