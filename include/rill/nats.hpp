@@ -329,7 +329,7 @@ struct consume_source {
 };
 
 template <class T>
-struct publish_term : rill::detail::terminal_tag {
+struct publish_term {
   static constexpr const char* kind = "nats::publish";
   connection* conn;
   std::string subject;
@@ -371,7 +371,7 @@ struct publish_term : rill::detail::terminal_tag {
 template <class T>
 auto consume(connection& conn, consume_options opt) {
   static_assert(sizeof(codec<T>) > 0, "rill::nats::consume<T>: T needs a rill::codec<T>");
-  return rill::detail::flow<detail::consume_source<T>>{{}, {&conn, std::move(opt)}, {}};
+  return rill::detail::flow<detail::consume_source<T>>{{&conn, std::move(opt)}, {}};
 }
 
 // publish<T>(conn, subject, opt): a terminal that publishes each item, encoded as T, to the
@@ -381,7 +381,7 @@ auto consume(connection& conn, consume_options opt) {
 template <class T>
 auto publish(connection& conn, std::string subject, publish_options opt = {}) {
   static_assert(sizeof(codec<T>) > 0, "rill::nats::publish<T>: T needs a rill::codec<T>");
-  return detail::publish_term<T>{{}, &conn, std::move(subject), opt};
+  return detail::publish_term<T>{&conn, std::move(subject), opt};
 }
 
 }  // namespace rill::nats

@@ -47,26 +47,30 @@ std::int64_t to_ns(io_deadline d) noexcept {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(d.time_since_epoch()).count();
 }
 
+// parse_as<Sa, Family>(): h as a numeric address of that family (in `Sa`, a sockaddr_in or
+// sockaddr_in6, whose address field is `addr`), with `port`; false if it is not one.
+template <class Sa, int Family, class Addr>
+bool parse_as(const std::string& h, std::uint16_t port, Addr Sa::*addr, sock_addr& out) {
+  auto* sa = reinterpret_cast<Sa*>(&out.ss);
+  if (::inet_pton(Family, h.c_str(), &(sa->*addr)) != 1) return false;
+  if constexpr (Family == AF_INET) {
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons(port);
+  } else {
+    sa->sin6_family = AF_INET6;
+    sa->sin6_port = htons(port);
+  }
+  out.len = sizeof(Sa);
+  return true;
+}
+
 // numeric(): a numeric IPv4/IPv6 address ("" and "*": any), or false.
 bool numeric(std::string_view host, std::uint16_t port, bool passive, sock_addr& out) {
   std::string h(host);
   if (h.size() >= 2 && h.front() == '[' && h.back() == ']') h = h.substr(1, h.size() - 2);
   if (h.empty() || h == "*") h = passive ? "0.0.0.0" : "127.0.0.1";
-  auto* v4 = reinterpret_cast<sockaddr_in*>(&out.ss);
-  if (::inet_pton(AF_INET, h.c_str(), &v4->sin_addr) == 1) {
-    v4->sin_family = AF_INET;
-    v4->sin_port = htons(port);
-    out.len = sizeof(sockaddr_in);
-    return true;
-  }
-  auto* v6 = reinterpret_cast<sockaddr_in6*>(&out.ss);
-  if (::inet_pton(AF_INET6, h.c_str(), &v6->sin6_addr) == 1) {
-    v6->sin6_family = AF_INET6;
-    v6->sin6_port = htons(port);
-    out.len = sizeof(sockaddr_in6);
-    return true;
-  }
-  return false;
+  return parse_as<sockaddr_in, AF_INET>(h, port, &sockaddr_in::sin_addr, out) ||
+         parse_as<sockaddr_in6, AF_INET6>(h, port, &sockaddr_in6::sin6_addr, out);
 }
 
 // resolve(): numeric addresses directly; names with getaddrinfo on the blocking pool.

@@ -22,6 +22,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <initializer_list>
 #include <iomanip>
 #include <mutex>
 #include <ostream>
@@ -79,36 +80,36 @@ bool pipe_ctx::progress_from_env() noexcept {
 
 namespace {
 
-std::string human_count(double v) {
+// scaled(): v in the first unit whose threshold it reaches (the last unit's is 0): the
+// value divided by the unit's size, with its precision and suffix.
+struct unit {
+  double from;  // v >= from
+  double size;
+  int decimals;
+  const char* suffix;
+};
+std::string scaled(double v, std::initializer_list<unit> units) {
+  const unit* u = units.begin();
+  while (v < u->from && u + 1 != units.end()) ++u;
   char buf[32];
-  if (v >= 1e9) {
-    std::snprintf(buf, sizeof buf, "%.2fG", v / 1e9);
-  } else if (v >= 1e6) {
-    std::snprintf(buf, sizeof buf, "%.2fM", v / 1e6);
-  } else if (v >= 1e4) {
-    std::snprintf(buf, sizeof buf, "%.1fk", v / 1e3);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.0f", v);
-  }
+  std::snprintf(buf, sizeof buf, "%.*f%s", u->decimals, v / u->size, u->suffix);
   return buf;
+}
+
+std::string human_count(double v) {
+  return scaled(v, {{1e9, 1e9, 2, "G"}, {1e6, 1e6, 2, "M"}, {1e4, 1e3, 1, "k"}, {0, 1, 0, ""}});
 }
 
 std::string human_time(std::chrono::nanoseconds d) {
   const double ns = static_cast<double>(d.count());
-  char buf[32];
   if (ns >= 60e9) {
+    char buf[32];
     const auto s = static_cast<long>(ns / 1e9);
     std::snprintf(buf, sizeof buf, "%ldm%02lds", s / 60, s % 60);
-  } else if (ns >= 1e9) {
-    std::snprintf(buf, sizeof buf, "%.2fs", ns / 1e9);
-  } else if (ns >= 1e6) {
-    std::snprintf(buf, sizeof buf, "%.1fms", ns / 1e6);
-  } else if (ns >= 1e3) {
-    std::snprintf(buf, sizeof buf, "%.1fus", ns / 1e3);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.0fns", ns);
+    return buf;
   }
-  return buf;
+  return scaled(ns,
+                {{1e9, 1e9, 2, "s"}, {1e6, 1e6, 1, "ms"}, {1e3, 1e3, 1, "us"}, {0, 1, 0, "ns"}});
 }
 
 // share(): the part of its fibers' time that a stage was busy.

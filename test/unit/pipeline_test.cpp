@@ -33,6 +33,30 @@ using test::churn;
 using test::iota_vec;
 using test::no_default;
 
+// ---- the roles of the pieces: what operator| takes where -------------------------------
+
+namespace roles {
+using V = std::vector<int>;
+using src_t = decltype(rill::from(std::declval<V&>()));
+using map_t = decltype(rill::map([](int v) { return v; }));
+using par_t = decltype(rill::par_map([](int v) { return v; }));
+using frag_t = decltype(rill::map([](int v) { return v; }) | rill::take(2));
+using collect_t = decltype(rill::collect());
+using sink_frag_t = decltype(rill::take(2) | rill::collect());
+using bcast_t = decltype(rill::broadcast(rill::collect(), rill::count()));
+struct plain {
+  int kind;
+};
+using namespace rill::detail;
+static_assert(pipeline_source<src_t> &&
+              pipeline_source<decltype(rill::merge(std::declval<src_t>(), std::declval<src_t>()))>);
+static_assert(!pipeline_source<map_t> && !pipeline_source<collect_t> && !pipeline_source<V>);
+static_assert(pipeline_stage<map_t> && pipeline_stage<par_t> && pipeline_stage<frag_t>);
+static_assert(!pipeline_stage<src_t> && !pipeline_stage<collect_t> && !pipeline_stage<plain>);
+static_assert(one_terminal<collect_t> && one_terminal<bcast_t> && pipeline_terminal<sink_frag_t>);
+static_assert(!pipeline_terminal<map_t> && !pipeline_terminal<src_t> && !pipeline_terminal<plain>);
+}  // namespace roles
+
 // ---- sources ---------------------------------------------------------------------------
 
 TEST_CASE("pipeline: from(rvalue container) moves it in; collect keeps stream order",

@@ -32,7 +32,7 @@ namespace detail {
 template <class T>
 struct as_branch {  // a bare terminal: a branch with no stages
   using type = sink_fragment<T>;
-  static type get(T t) { return type{{}, {}, std::move(t)}; }
+  static type get(T t) { return type{{}, std::move(t)}; }
 };
 template <class Term, class... S>
 struct as_branch<sink_fragment<Term, S...>> {
@@ -79,7 +79,7 @@ struct branch_slots<sink_fragment<Term, S...>> {
 };
 
 template <class... B>
-struct broadcast_term : terminal_tag {
+struct broadcast_term {
   static constexpr const char* kind = "broadcast";
   static constexpr bool holds_links = true;  // its chain must not split (links.hpp)
   static constexpr std::size_t n = sizeof...(B);
@@ -250,10 +250,10 @@ struct broadcast_term : terminal_tag {
 template <class... B>
 auto broadcast(B... b) {
   static_assert(sizeof...(B) > 0, "rill::broadcast: needs at least one branch");
-  static_assert((detail::is_terminal_v<B> && ...),
+  static_assert(((detail::pipeline_terminal<B> || detail::is_poisoned_v<B>)&&...),
                 "rill::broadcast: each branch must end in a terminal (collect(), sink(f), ...)");
   return detail::broadcast_term<typename detail::as_branch<B>::type...>{
-      {}, {detail::as_branch<B>::get(std::move(b))...}};
+      {detail::as_branch<B>::get(std::move(b))...}};
 }
 
 }  // namespace rill

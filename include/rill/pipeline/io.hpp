@@ -33,8 +33,8 @@
 #include "rill/detail/io_lease.hpp"
 #include "rill/io.hpp"
 #include "rill/net.hpp"
-#include "rill/pipeline/concepts.hpp"
 #include "rill/pipeline/pipeline.hpp"
+#include "rill/pipeline/run_context.hpp"
 #include "rill/pipeline/sinks.hpp"
 #include "rill/pipeline/sources.hpp"
 
@@ -137,7 +137,7 @@ struct line_source {
 };
 
 template <class Target>
-struct line_sink_term : terminal_tag {
+struct line_sink_term {
   static constexpr const char* kind = "write_lines";
   Target target;
   template <class In>
@@ -202,16 +202,14 @@ struct line_sink_term : terminal_tag {
 // read_lines(stream) / read_lines(fd): a source of the lines read from a socket or an fd
 // (a trailing '\r' dropped unless opt.keep_cr).
 inline auto read_lines(net::tcp_stream& s, line_options opt = {}) {
-  return detail::flow<detail::line_source<net::tcp_stream*>>{{}, {&s, opt.keep_cr}, {}};
+  return detail::flow<detail::line_source<net::tcp_stream*>>{{&s, opt.keep_cr}, {}};
 }
 inline auto read_lines(int fd, line_options opt = {}) {
-  return detail::flow<detail::line_source<int>>{{}, {fd, opt.keep_cr}, {}};
+  return detail::flow<detail::line_source<int>>{{fd, opt.keep_cr}, {}};
 }
 
 // write_lines(stream) / write_lines(fd): a terminal that writes each item and a '\n'.
-inline auto write_lines(net::tcp_stream& s) {
-  return detail::line_sink_term<net::tcp_stream*>{{}, &s};
-}
-inline auto write_lines(int fd) { return detail::line_sink_term<int>{{}, fd}; }
+inline auto write_lines(net::tcp_stream& s) { return detail::line_sink_term<net::tcp_stream*>{&s}; }
+inline auto write_lines(int fd) { return detail::line_sink_term<int>{fd}; }
 
 }  // namespace rill

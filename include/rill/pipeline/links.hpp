@@ -31,7 +31,7 @@
 #include <utility>
 #include <vector>
 
-#include "rill/pipeline/concepts.hpp"
+#include "rill/pipeline/run_context.hpp"
 
 namespace rill {
 namespace detail {

@@ -30,6 +30,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "rill/pipeline/concepts.hpp"
 #include "rill/pipeline/links.hpp"
 #include "rill/pipeline/sinks.hpp"
 #include "rill/pipeline/sources.hpp"
@@ -46,15 +47,19 @@ namespace detail {
 
 // fragment: stages composed before a source exists (range-v3 style `a | b`).
 template <class... Stages>
-struct fragment : stage_tag {
+struct fragment {
   std::tuple<Stages...> stages;
 };
+template <class... S>
+inline constexpr bool is_fragment_v<fragment<S...>> = true;
 // sink_fragment: stages followed by a terminal, still without a source.
 template <class Term, class... Stages>
-struct sink_fragment : terminal_tag {
+struct sink_fragment {
   std::tuple<Stages...> stages;
   Term term;
 };
+template <class Term, class... S>
+inline constexpr bool is_sink_fragment_v<sink_fragment<Term, S...>> = true;
 
 template <class S>
 struct as_stages {
@@ -455,38 +460,6 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
                stack, at.slot);
 }
 
-template <class... Flows>
-template <class Sink>
-void merge_source<Flows...>::drive(Sink& sink, pipe_ctx& ctx, const source_at& at) {
-  using T = value_type;
-  const link_shape shape = shape_for(default_buffer);
-  auto l = ctx.template link<link_chan<T>>(shape.capacity);
-  auto writers = std::make_shared<std::atomic<int>>(static_cast<int>(sizeof...(Flows)));
-  // Inner source k's entries start after those of the sources before it; its tail (the
-  // link into the merge) is the last of its own.
-  int base = at.inner, k = 0;
-  std::apply(
-      [&](auto&... fl) {
-        (
-            [&] {
-              using F = std::remove_cvref_t<decltype(fl)>;
-              const int tail_slot =
-                  base + static_cast<int>(std::tuple_size_v<decltype(F::stages)>) + 1;
-              ctx.spawn("merge",
-                        [&fl, &ctx,
-                         tail = link_tail<T>{l, shape.batch, writers, tail_slot,
-                                             at.label + "merge[" + std::to_string(k) +
-                                                 "]/"}]() mutable { build_flow(fl, tail, ctx); });
-              base += flow_slots_v<F>;
-              ++k;
-            }(),
-            ...);
-      },
-      flows);
-  // The merge counts what it takes from its sources as its own items.
-  link_driver<T>{l, ctx.counter(at.slot)}(sink);
-}
-
 // ---- pipeline<R> ------------------------------------------------------------------------------
 
 // ---- the graph (to_dot) ----------------------------------------------------------------------
@@ -843,7 +816,7 @@ namespace detail {
 // run() would have had, so `auto v = p.run(); v.size();` compiles on. With no such type
 // (bad_item), run() gives a poisoned that converts to anything.
 template <class R>
-struct poisoned : source_tag, stage_tag, terminal_tag {
+struct poisoned {
   using result_type = std::conditional_t<std::is_same_v<R, bad_item>, poisoned, R>;
   template <class... A>
   result_type run(A&&...) const;
@@ -857,12 +830,10 @@ struct poisoned : source_tag, stage_tag, terminal_tag {
 };
 
 template <class V>
-struct poisoned_flow : source_tag {
+struct poisoned_flow {
   using value_type = V;
 };
 
-template <class T>
-inline constexpr bool is_poisoned_v = false;
 template <class R>
 inline constexpr bool is_poisoned_v<poisoned<R>> = true;
 template <class V>
@@ -902,8 +873,8 @@ auto append(flow<Src, Have...>&& f, std::tuple<Add...>&& add) {
   if constexpr (!chain_accepts<true, In, Add...>()) {
     return poisoned_flow<typename fold_out<In, Add...>::type>{};
   } else {
-    return flow<Src, Have..., Add...>{
-        {}, std::move(f.src), std::tuple_cat(std::move(f.stages), std::move(add))};
+    return flow<Src, Have..., Add...>{std::move(f.src),
+                                      std::tuple_cat(std::move(f.stages), std::move(add))};
   }
 }
 
@@ -924,15 +895,14 @@ auto finish_with(flow<Src, Have...>&& f, Term&& t) {
 
 // source | stage(s)
 template <class Src, class... Have, class St>
-requires(is_stage_v<St> && !is_poisoned_v<std::remove_cvref_t<St>>) auto operator|(
-    flow<Src, Have...> f, St st) {
+requires pipeline_stage<St>
+auto operator|(flow<Src, Have...> f, St st) {
   return append(std::move(f), as_stages<St>::get(std::move(st)));
 }
 // source | terminal
 template <class Src, class... Have, class T>
-requires(is_terminal_v<T> && !is_stage_v<T>) auto operator|(flow<Src, Have...> f, T t) {
-  return finish_with(std::move(f), std::move(t));
-}
+requires one_terminal<T>
+auto operator|(flow<Src, Have...> f, T t) { return finish_with(std::move(f), std::move(t)); }
 // source | stages + terminal
 template <class Src, class... Have, class Term, class... S>
 auto operator|(flow<Src, Have...> f, sink_fragment<Term, S...> sf) {
@@ -945,22 +915,18 @@ auto operator|(flow<Src, Have...> f, sink_fragment<Term, S...> sf) {
 }
 // stage | stage: a fragment
 template <class A, class B>
-requires(is_stage_v<A>&& is_stage_v<B> && !is_source_v<A> && !is_terminal_v<B>) auto operator|(
-    A a, B b) {
+requires(pipeline_stage<A>&& pipeline_stage<B>) auto operator|(A a, B b) {
   return std::apply(
-      [](auto&&... s) {
-        return fragment<std::remove_cvref_t<decltype(s)>...>{{}, {std::move(s)...}};
-      },
+      [](auto&&... s) { return fragment<std::remove_cvref_t<decltype(s)>...>{{std::move(s)...}}; },
       std::tuple_cat(as_stages<A>::get(std::move(a)), as_stages<B>::get(std::move(b))));
 }
 // stage | terminal: a sink fragment
 template <class A, class T>
-requires(is_stage_v<A> && !is_source_v<A> && is_terminal_v<T> && !is_stage_v<T>) auto operator|(
-    A a, T t) {
+requires(pipeline_stage<A>&& one_terminal<T>) auto operator|(A a, T t) {
   return std::apply(
       [&](auto&&... s) {
-        return sink_fragment<T, std::remove_cvref_t<decltype(s)>...>{
-            {}, {std::move(s)...}, std::move(t)};
+        return sink_fragment<T, std::remove_cvref_t<decltype(s)>...>{{std::move(s)...},
+                                                                     std::move(t)};
       },
       as_stages<A>::get(std::move(a)));
 }
@@ -971,13 +937,13 @@ template <class V, class... S>
 struct fold_tuple_out<V, std::tuple<S...>> : fold_out<V, S...> {};
 
 template <class V, class St>
-requires(is_stage_v<St>) auto operator|(poisoned_flow<V>, St) {
+requires pipeline_stage<St>
+auto operator|(poisoned_flow<V>, St) {
   return poisoned_flow<typename fold_tuple_out<V, typename as_stages<St>::type>::type>{};
 }
 template <class V, class T>
-requires(is_terminal_v<T> && !is_stage_v<T>) auto operator|(poisoned_flow<V>, T) {
-  return poisoned<result_guess_t<T, V>>{};
-}
+requires one_terminal<T>
+auto operator|(poisoned_flow<V>, T) { return poisoned<result_guess_t<T, V>>{}; }
 template <class V, class Term, class... S>
 auto operator|(poisoned_flow<V>, sink_fragment<Term, S...>) {
   return poisoned<result_guess_t<Term, typename fold_out<V, S...>::type>>{};

@@ -30,7 +30,7 @@ struct result_slot<void> {
 };
 
 template <class F>
-struct sink_term : terminal_tag {
+struct sink_term {
   static constexpr const char* kind = "sink";
   F f;
   template <class In>
@@ -61,12 +61,8 @@ struct sink_term : terminal_tag {
   }
 };
 
-struct collect_term : terminal_tag {
+struct collect_term : takes_any {
   static constexpr const char* kind = "collect";
-  template <class In>
-  static constexpr bool accepts = true;
-  template <class In>
-  static constexpr void check() {}
   template <class In>
   using result_t = std::vector<In>;
 
@@ -90,7 +86,7 @@ struct collect_term : terminal_tag {
 };
 
 template <class T, class Op>
-struct reduce_term : terminal_tag {
+struct reduce_term {
   static constexpr const char* kind = "reduce";
   T init;
   Op op;
@@ -126,12 +122,8 @@ struct reduce_term : terminal_tag {
   }
 };
 
-struct count_term : terminal_tag {
+struct count_term : takes_any {
   static constexpr const char* kind = "count";
-  template <class In>
-  static constexpr bool accepts = true;
-  template <class In>
-  static constexpr void check() {}
   template <class In>
   using result_t = std::size_t;
 
@@ -154,7 +146,7 @@ struct count_term : terminal_tag {
 };
 
 template <class T>
-struct to_term : terminal_tag {
+struct to_term {
   static constexpr const char* kind = "to";
   send_chan<T> ch;
   template <class In>
@@ -194,18 +186,18 @@ struct to_term : terminal_tag {
 // sink(f) / for_each(f): calls f(v) for every item; run() returns void.
 template <class F>
 auto sink(F f) {
-  return detail::sink_term<F>{{}, std::move(f)};
+  return detail::sink_term<F>{std::move(f)};
 }
 template <class F>
 auto for_each(F f) {
-  return detail::sink_term<F>{{}, std::move(f)};
+  return detail::sink_term<F>{std::move(f)};
 }
 // collect(): run() returns a std::vector of the items, in stream order.
 inline auto collect() { return detail::collect_term{}; }
 // reduce(init, op): run() returns op(...op(op(init, v1), v2)..., vn).
 template <class T, class Op>
 auto reduce(T init, Op op) {
-  return detail::reduce_term<T, Op>{{}, std::move(init), std::move(op)};
+  return detail::reduce_term<T, Op>{std::move(init), std::move(op)};
 }
 // count(): run() returns the number of items.
 inline auto count() { return detail::count_term{}; }
@@ -214,7 +206,7 @@ inline auto count() { return detail::count_term{}; }
 template <class Ch>
 auto to(const Ch& ch) {
   using T = typename Ch::value_type;
-  return detail::to_term<T>{{}, send_chan<T>(ch)};
+  return detail::to_term<T>{send_chan<T>(ch)};
 }
 
 }  // namespace rill

@@ -15,7 +15,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "rill/pipeline/concepts.hpp"
+#include "rill/pipeline/run_context.hpp"
 
 namespace rill {
 namespace detail {
@@ -185,7 +185,7 @@ struct fold_out<In, S0, S...> {
 
 // flow: a source followed by stages; itself a source.
 template <class Src, class... Stages>
-struct flow : source_tag {
+struct flow {
   Src src;
   std::tuple<Stages...> stages;
   using value_type = typename fold_out<typename Src::value_type, Stages...>::type;
@@ -203,23 +203,6 @@ constexpr int inner_slots() {
 }
 template <class X>
 inline constexpr int inner_slots_v = inner_slots<X>();
-
-// flow_slots_v<Flow>: the entries of a merge's inner source: its source, its stages, its
-// link into the merge, then its own inner chains.
-template <class Flow>
-inline constexpr int flow_slots_v = static_cast<int>(std::tuple_size_v<decltype(Flow::stages)>) +
-                                    2 + inner_slots_v<decltype(Flow::src)>;
-
-template <class... Flows>
-struct merge_source {
-  static constexpr const char* kind = "merge";
-  static constexpr int inner_slots = (flow_slots_v<Flows> + ... + 0);
-  std::tuple<Flows...> flows;
-  using value_type = std::common_type_t<typename Flows::value_type...>;
-
-  template <class Sink>
-  void drive(Sink& sink, pipe_ctx& ctx, const source_at& at = {});  // in pipeline.hpp
-};
 
 // range_ref: an lvalue range, referred to. Not std::views::all (ref_view/owning_view): their
 // view_interface base cannot be instantiated by clang 14 with libstdc++ 12's <ranges> (the
@@ -255,37 +238,25 @@ requires(std::ranges::viewable_range<R> &&
          !detail::is_chan_v<std::remove_cvref_t<R>>) auto from(R&& r, stage_options opt = {}) {
   using V = detail::stored_range_t<R>;
   if constexpr (std::is_lvalue_reference_v<R>) {
-    return detail::flow<detail::range_source<V>>{{}, {V{&r}, opt.buffer, opt.stack_size}, {}};
+    return detail::flow<detail::range_source<V>>{{V{&r}, opt.buffer, opt.stack_size}, {}};
   } else {
-    return detail::flow<detail::range_source<V>>{
-        {}, {V(std::move(r)), opt.buffer, opt.stack_size}, {}};
+    return detail::flow<detail::range_source<V>>{{V(std::move(r)), opt.buffer, opt.stack_size}, {}};
   }
 }
 // from(chan): the values received from a channel until it is closed. Cancellation wakes a
 // source waiting on it; what the pipeline does not take stays in the channel.
 template <class T>
 auto from(const chan<T>& c) {
-  return detail::flow<detail::chan_source<T>>{{}, {recv_chan<T>(c)}, {}};
+  return detail::flow<detail::chan_source<T>>{{recv_chan<T>(c)}, {}};
 }
 template <class T>
 auto from(const recv_chan<T>& c) {
-  return detail::flow<detail::chan_source<T>>{{}, {c}, {}};
+  return detail::flow<detail::chan_source<T>>{{c}, {}};
 }
 // generate(f): calls f() until it returns an empty std::optional.
 template <class F>
 auto generate(F f) {
   static_assert(std::is_invocable_v<F&>, "rill::generate(f): f must be callable with no arguments");
-  return detail::flow<detail::generate_source<F>>{{}, {std::move(f)}, {}};
+  return detail::flow<detail::generate_source<F>>{{std::move(f)}, {}};
 }
-// merge(sources...): one stream interleaving several sources, each in its own fiber(s);
-// each keeps its own order.
-template <class... Flows>
-auto merge(Flows... fs) {
-  static_assert(sizeof...(Flows) > 0, "rill::merge: needs at least one source");
-  static_assert((detail::is_source_v<Flows> && ...),
-                "rill::merge: every argument must be a source");
-  return detail::flow<detail::merge_source<Flows...>>{
-      {}, {std::tuple<Flows...>(std::move(fs)...)}, {}};
-}
-
 }  // namespace rill

@@ -21,8 +21,8 @@
 #include <utility>
 #include <vector>
 
-#include "rill/pipeline/concepts.hpp"
 #include "rill/pipeline/links.hpp"
+#include "rill/pipeline/run_context.hpp"
 
 // range-v3's tag base of its views (<range/v3/range_fwd.hpp> defines it).
 namespace ranges {
@@ -118,9 +118,35 @@ template <class F, class In>
 inline constexpr bool maps_to_value =
     std::is_invocable_v<F&, In&&> && !std::is_void_v<typename invoke_out<F, In>::type>;
 
+// ---- what every stage's sink has --------------------------------------------------------------
+
+// passing_sink<Down>: the sink downstream, and the two signals a stage passes on as they
+// come: the fiber is about to wait (flush_hint), the stream has ended (finish). A stage
+// that holds items back (batch) handles finish itself.
+template <class Down>
+struct passing_sink {
+  static constexpr bool inert = inert_v<Down>;
+  Down* down;
+  void flush_hint() { down->flush_hint(); }
+  void finish() { down->finish(); }
+};
+
+// calling_sink<Stage, Down>: a sink that calls its stage's user function `f` (map, filter,
+// tap, flat_map): an exception from it fails the run, named after the stage.
+template <class Stage, class Down>
+struct calling_sink : passing_sink<Down> {
+  Stage* st;
+  pipe_ctx* ctx;
+  stage_id index;
+  template <class... A>
+  [[gnu::always_inline]] decltype(auto) call(A&&... a) {
+    return guarded(*ctx, st->opt.name, Stage::kind, index, st->f, std::forward<A>(a)...);
+  }
+};
+
 // ---- map ------------------------------------------------------------------------------------
 template <class F>
-struct map_stage : stage_tag {
+struct map_stage {
   static constexpr const char* kind = "map";
   static constexpr bool parallel = false;
   F f;
@@ -137,32 +163,25 @@ struct map_stage : stage_tag {
   using out_t = typename invoke_out<F, In>::type;
 
   template <class Down>
-  struct sink {
-    static constexpr bool inert = inert_v<Down>;
+  struct sink : calling_sink<map_stage, Down> {
     static constexpr bool never_stops = never_stops_v<Down>;
-    map_stage* st;
-    Down* down;
-    pipe_ctx* ctx;
-    stage_id index;
     template <class V, class M = dynamic_path>
     [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
-      return (*down)(guarded(*ctx, st->opt.name, kind, index, st->f, std::forward<V>(v)), m);
+      return (*this->down)(this->call(std::forward<V>(v)), m);
     }
-    void flush_hint() { down->flush_hint(); }
-    void finish() { down->finish(); }
   };
   template <class In, class Down>
   sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
-    return {this, &down, &ctx, index};
+    return {{{&down}, this, &ctx, index}};
   }
 };
 
 // ---- filter ---------------------------------------------------------------------------------
 template <class P>
-struct filter_stage : stage_tag {
+struct filter_stage {
   static constexpr const char* kind = "filter";
   static constexpr bool parallel = false;
-  P p;
+  P f;
   stage_options opt;
 
   template <class In>
@@ -177,34 +196,27 @@ struct filter_stage : stage_tag {
   using out_t = In;
 
   template <class Down>
-  struct sink {
-    static constexpr bool inert = inert_v<Down>;
+  struct sink : calling_sink<filter_stage, Down> {
     static constexpr bool never_stops = never_stops_v<Down>;
-    filter_stage* st;
-    Down* down;
-    pipe_ctx* ctx;
-    stage_id index;
     stage_counters* ctr;
     template <class V, class M = dynamic_path>
     [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
-      if (guarded(*ctx, st->opt.name, kind, index, st->p, std::as_const(v))) {
+      if (this->call(std::as_const(v))) {
         count_out(ctr, 1);
-        return (*down)(std::forward<V>(v), m);
+        return (*this->down)(std::forward<V>(v), m);
       }
       return true;
     }
-    void flush_hint() { down->flush_hint(); }
-    void finish() { down->finish(); }
   };
   template <class In, class Down>
   sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
-    return {this, &down, &ctx, index, counting(ctx, index)};
+    return {{{&down}, this, &ctx, index}, counting(ctx, index)};
   }
 };
 
 // ---- tap ------------------------------------------------------------------------------------
 template <class F>
-struct tap_stage : stage_tag {
+struct tap_stage {
   static constexpr const char* kind = "tap";
   static constexpr bool parallel = false;
   F f;
@@ -220,24 +232,17 @@ struct tap_stage : stage_tag {
   using out_t = In;
 
   template <class Down>
-  struct sink {
-    static constexpr bool inert = inert_v<Down>;
+  struct sink : calling_sink<tap_stage, Down> {
     static constexpr bool never_stops = never_stops_v<Down>;
-    tap_stage* st;
-    Down* down;
-    pipe_ctx* ctx;
-    stage_id index;
     template <class V, class M = dynamic_path>
     [[gnu::always_inline]] bool operator()(V&& v, M m = {}) {
-      guarded(*ctx, st->opt.name, kind, index, st->f, std::as_const(v));
-      return (*down)(std::forward<V>(v), m);
+      this->call(std::as_const(v));
+      return (*this->down)(std::forward<V>(v), m);
     }
-    void flush_hint() { down->flush_hint(); }
-    void finish() { down->finish(); }
   };
   template <class In, class Down>
   sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
-    return {this, &down, &ctx, index};
+    return {{{&down}, this, &ctx, index}};
   }
 };
 
@@ -252,7 +257,7 @@ struct range_item<R, std::void_t<decltype(*std::begin(std::declval<R&>()))>> {
 };
 
 template <class F>
-struct flat_map_stage : stage_tag {
+struct flat_map_stage {
   static constexpr const char* kind = "flat_map";
   static constexpr bool parallel = false;
   F f;
@@ -276,49 +281,36 @@ struct flat_map_stage : stage_tag {
   using out_t = typename range_item<typename invoke_out<F, In>::type>::type;
 
   template <class Down>
-  struct sink {
-    static constexpr bool inert = inert_v<Down>;
-    flat_map_stage* st;
-    Down* down;
-    pipe_ctx* ctx;
-    stage_id index;
+  struct sink : calling_sink<flat_map_stage, Down> {
     stage_counters* ctr;
     template <class V, class M = dynamic_path>
     bool operator()(V&& v, M m = {}) {
-      auto&& r = guarded(*ctx, st->opt.name, kind, index, st->f, std::forward<V>(v));
+      auto&& r = this->call(std::forward<V>(v));
       for (auto&& x : r) {
         count_out(ctr, 1);
-        if (!(*down)(element_of<decltype(r)>(std::forward<decltype(x)>(x)), m)) return false;
+        if (!(*this->down)(element_of<decltype(r)>(std::forward<decltype(x)>(x)), m)) return false;
       }
       return true;
     }
-    void flush_hint() { down->flush_hint(); }
-    void finish() { down->finish(); }
   };
   template <class In, class Down>
   sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
-    return {this, &down, &ctx, index, counting(ctx, index)};
+    return {{{&down}, this, &ctx, index}, counting(ctx, index)};
   }
 };
 
 // ---- take -----------------------------------------------------------------------------------
-struct take_stage : stage_tag {
+struct take_stage : takes_any {
   static constexpr const char* kind = "take";
   static constexpr bool parallel = false;
   std::size_t n;
   stage_options opt;
 
   template <class In>
-  static constexpr bool accepts = true;
-  template <class In>
-  static constexpr void check() {}
-  template <class In>
   using out_t = In;
 
   template <class Down>
-  struct sink {
-    static constexpr bool inert = inert_v<Down>;
-    Down* down;
+  struct sink : passing_sink<Down> {
     std::size_t left;
     stage_counters* ctr;
     template <class V, class M = dynamic_path>
@@ -326,36 +318,28 @@ struct take_stage : stage_tag {
       if (left == 0) return false;
       --left;
       count_out(ctr, 1);
-      const bool more = (*down)(std::forward<V>(v), m);
+      const bool more = (*this->down)(std::forward<V>(v), m);
       return more && left > 0;  // false after the n-th item: upstream stops at once
     }
-    void flush_hint() { down->flush_hint(); }
-    void finish() { down->finish(); }
   };
   template <class In, class Down>
   sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
-    return {&down, n, counting(ctx, index)};
+    return {{&down}, n, counting(ctx, index)};
   }
 };
 
 // ---- batch / unbatch ------------------------------------------------------------------------
-struct batch_stage : stage_tag {
+struct batch_stage : takes_any {
   static constexpr const char* kind = "batch";
   static constexpr bool parallel = false;
   std::size_t n;
   stage_options opt;
 
   template <class In>
-  static constexpr bool accepts = true;
-  template <class In>
-  static constexpr void check() {}
-  template <class In>
   using out_t = std::vector<In>;
 
   template <class In, class Down>
-  struct sink {
-    static constexpr bool inert = inert_v<Down>;
-    Down* down;
+  struct sink : passing_sink<Down> {
     std::size_t n;
     std::vector<In> cur;
     stage_counters* ctr;
@@ -365,24 +349,23 @@ struct batch_stage : stage_tag {
       cur.push_back(std::forward<V>(v));
       if (cur.size() < n) return true;
       count_out(ctr, 1);
-      return (*down)(std::exchange(cur, std::vector<In>{}), m);
+      return (*this->down)(std::exchange(cur, std::vector<In>{}), m);
     }
-    void flush_hint() { down->flush_hint(); }
-    void finish() {
+    void finish() {  // the last group, however short, goes first
       if (!cur.empty()) {
         count_out(ctr, 1);
-        (*down)(std::exchange(cur, std::vector<In>{}));
+        (*this->down)(std::exchange(cur, std::vector<In>{}));
       }
-      down->finish();
+      this->down->finish();
     }
   };
   template <class In, class Down>
   sink<In, Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
-    return {&down, n == 0 ? 1 : n, {}, counting(ctx, index)};
+    return {{&down}, n == 0 ? 1 : n, {}, counting(ctx, index)};
   }
 };
 
-struct unbatch_stage : stage_tag {
+struct unbatch_stage {
   static constexpr const char* kind = "unbatch";
   static constexpr bool parallel = false;
   stage_options opt;
@@ -401,60 +384,48 @@ struct unbatch_stage : stage_tag {
   using out_t = typename range_item<std::conditional_t<accepts<In>, In, bad_item>>::type;
 
   template <class Down>
-  struct sink {
-    static constexpr bool inert = inert_v<Down>;
-    Down* down;
+  struct sink : passing_sink<Down> {
     stage_counters* ctr;
     template <class V, class M = dynamic_path>
     bool operator()(V&& v, M m = {}) {
       for (auto&& x : v) {
         count_out(ctr, 1);
-        if (!(*down)(element_of<V>(std::forward<decltype(x)>(x)), m)) return false;
+        if (!(*this->down)(element_of<V>(std::forward<decltype(x)>(x)), m)) return false;
       }
       return true;
     }
-    void flush_hint() { down->flush_hint(); }
-    void finish() { down->finish(); }
   };
   template <class In, class Down>
   sink<Down> make(Down& down, pipe_ctx& ctx, stage_id index) {
-    return {&down, counting(ctx, index)};
+    return {{&down}, counting(ctx, index)};
   }
 };
 
 // ---- stage_boundary: an identity stage that starts a new fiber --------------------------------
-struct boundary_stage : stage_tag {
+struct boundary_stage : takes_any {
   static constexpr const char* kind = "boundary";
   static constexpr bool parallel = false;
   stage_options opt{default_buffer, false, nullptr};
 
   template <class In>
-  static constexpr bool accepts = true;
-  template <class In>
-  static constexpr void check() {}
-  template <class In>
   using out_t = In;
 
   template <class Down>
-  struct sink {
-    static constexpr bool inert = inert_v<Down>;
-    Down* down;
+  struct sink : passing_sink<Down> {
     template <class V, class M = dynamic_path>
     bool operator()(V&& v, M m = {}) {
-      return (*down)(std::forward<V>(v), m);
+      return (*this->down)(std::forward<V>(v), m);
     }
-    void flush_hint() { down->flush_hint(); }
-    void finish() { down->finish(); }
   };
   template <class In, class Down>
   sink<Down> make(Down& down, pipe_ctx&, stage_id) {
-    return {&down};
+    return {{&down}};
   }
 };
 
 // ---- par_map: fan out to n fibers, fan in (handled by the builder in pipeline.hpp) -----------
 template <class F>
-struct par_map_stage : stage_tag {
+struct par_map_stage {
   static constexpr const char* kind = "par_map";
   static constexpr bool parallel = true;
   F f;
@@ -576,34 +547,34 @@ struct par_map_stage : stage_tag {
 // map(f): each item v becomes f(v).
 template <class F>
 auto map(F f, stage_options opt = {}) {
-  return detail::map_stage<F>{{}, std::move(f), opt};
+  return detail::map_stage<F>{std::move(f), opt};
 }
 // filter(p): keeps the items for which p(v) is true.
 template <class P>
 auto filter(P p, stage_options opt = {}) {
-  return detail::filter_stage<P>{{}, std::move(p), opt};
+  return detail::filter_stage<P>{std::move(p), opt};
 }
 // tap(f): calls f(v) for its side effect and passes v on.
 template <class F>
 auto tap(F f, stage_options opt = {}) {
-  return detail::tap_stage<F>{{}, std::move(f), opt};
+  return detail::tap_stage<F>{std::move(f), opt};
 }
 // flat_map(f): f(v) returns a range; its elements go on, in order.
 template <class F>
 auto flat_map(F f, stage_options opt = {}) {
-  return detail::flat_map_stage<F>{{}, std::move(f), opt};
+  return detail::flat_map_stage<F>{std::move(f), opt};
 }
 // take(n): the first n items; then upstream stages stop promptly.
 inline auto take(std::size_t n, stage_options opt = {}) { return detail::take_stage{{}, n, opt}; }
 // batch(n): groups of n consecutive items as std::vector (the last may be shorter).
 inline auto batch(std::size_t n, stage_options opt = {}) { return detail::batch_stage{{}, n, opt}; }
 // unbatch(): each item is a range; its elements go on, in order.
-inline auto unbatch(stage_options opt = {}) { return detail::unbatch_stage{{}, opt}; }
+inline auto unbatch(stage_options opt = {}) { return detail::unbatch_stage{opt}; }
 // par_map(f, {.workers, .ordered}): f runs on `workers` fibers at once (f must be safe to call
 // concurrently). ordered = true keeps input order with a bounded reorder window.
 template <class F>
 auto par_map(F f, par_options opt = {}) {
-  return detail::par_map_stage<F>{{}, std::move(f), opt};
+  return detail::par_map_stage<F>{std::move(f), opt};
 }
 // stage_boundary: what follows runs in a new fiber (fusion stops here).
 inline constexpr detail::boundary_stage stage_boundary{};
