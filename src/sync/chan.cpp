@@ -5,7 +5,8 @@
 //   I1  recvq_ and sendq_ are never both non-empty (of unclaimed waiters).
 //   I2  count_ > 0 implies recvq_ holds no unclaimed waiter.
 //   I3  closed_ goes false -> true once.
-//   I4  sendq_ non-empty implies count_ == cap_, except after a throwing move (see recv).
+//   I4  sendq_ non-empty implies count_ == cap_, unless one of its waiters is `kept`: a
+//       refill of the buffer from it threw (see recv), and it stays parked with its value.
 //   I5  a waiter on a queue belongs to a parked fiber or blocked thread; whoever takes it
 //       off (and, for a select waiter, wins its claim) completes its operation, sets
 //       `success`, and wakes it after releasing mu_; if the value's move throws, it puts
@@ -15,10 +16,9 @@
 // pointing at one select_state. Whoever takes such a waiter must first claim the select
 // (CAS done: 0 -> case index + 1); a waiter whose select was already claimed is dropped.
 //
-// Debug builds check I1-I3 (check_invariants) where a locked operation ends: before it
-// releases mu_ or parks. I4 is not checked: a throwing move may break it for as long as the
-// sender it concerns stays parked. A select whose cases send and receive on one unbuffered
-// channel has a waiter on both queues: I1 holds across different selects and plain waiters.
+// Debug builds check I1-I4 (check_invariants) where a locked operation ends: before it
+// releases mu_ or parks. A select whose cases send and receive on one unbuffered channel
+// has a waiter on both queues: I1 holds across different selects and plain waiters.
 //
 // Memory model (Go's): the send's write of the value happens before the receive that takes
 // it completes (both sides go through mu_); close() happens before a receive that returns
@@ -90,6 +90,11 @@ void chan_core::check_invariants() const noexcept {
   }
   if (count() > 0 && r) invariant_broken(*this, "I2");
   if (is_closed() && (r || s)) invariant_broken(*this, "I3 (a waiter on a closed channel)");
+  if (s && count() != cap_) {
+    bool kept = false;
+    for (const waiter* w = s; w && !kept; w = w->next) kept = unclaimed(w) && w->kept;
+    if (!kept) invariant_broken(*this, "I4");
+  }
   if (count() > cap_) invariant_broken(*this, "count_ <= cap_");
 }
 
@@ -102,6 +107,7 @@ namespace {
 // and woken (it takes its other waiters off and runs again).
 void put_back(chan_core& c, wait_list& q, waiter* w) noexcept RILL_RELEASE(c.mu_) {
   if (!w->select) {
+    w->kept = true;
     q.push_front(w);
     c.mu_.unlock();
     return;
