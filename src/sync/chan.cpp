@@ -5,8 +5,8 @@
 //   I1  recvq_ and sendq_ are never both non-empty (of unclaimed waiters).
 //   I2  count_ > 0 implies recvq_ holds no unclaimed waiter.
 //   I3  closed_ goes false -> true once.
-//   I4  sendq_ non-empty implies count_ == cap_, unless one of its waiters is `kept`: a
-//       refill of the buffer from it threw (see recv), and it stays parked with its value.
+//   I4  sendq_ non-empty implies count_ == cap_, except while short_: a refill of the
+//       buffer from a parked sender threw (see recv), and senders have waited ever since.
 //   I5  a waiter on a queue belongs to a parked fiber or blocked thread; whoever takes it
 //       off (and, for a select waiter, wins its claim) completes its operation, sets
 //       `success`, and wakes it after releasing mu_; if the value's move throws, it puts
@@ -77,7 +77,7 @@ const waiter* first_unclaimed(const wait_list& q) noexcept {
 
 }  // namespace
 
-void chan_core::check_invariants() const noexcept {
+void chan_core::check_invariants() noexcept {
   const waiter* r = first_unclaimed(recvq_);
   const waiter* s = first_unclaimed(sendq_);
   if (r && s) {  // I1, but for one select on both queues
@@ -90,11 +90,8 @@ void chan_core::check_invariants() const noexcept {
   }
   if (count() > 0 && r) invariant_broken(*this, "I2");
   if (is_closed() && (r || s)) invariant_broken(*this, "I3 (a waiter on a closed channel)");
-  if (s && count() != cap_) {
-    bool kept = false;
-    for (const waiter* w = s; w && !kept; w = w->next) kept = unclaimed(w) && w->kept;
-    if (!kept) invariant_broken(*this, "I4");
-  }
+  if (!s) short_ = false;  // no sender waits: I4's exception is over
+  if (s && count() != cap_ && !short_) invariant_broken(*this, "I4");
   if (count() > cap_) invariant_broken(*this, "count_ <= cap_");
 }
 
@@ -107,7 +104,7 @@ namespace {
 // and woken (it takes its other waiters off and runs again).
 void put_back(chan_core& c, wait_list& q, waiter* w) noexcept RILL_RELEASE(c.mu_) {
   if (!w->select) {
-    w->kept = true;
+    if (&q == &c.sendq_ && c.count() != c.cap_) c.short_ = true;  // I4's exception
     q.push_front(w);
     c.mu_.unlock();
     return;

@@ -666,6 +666,55 @@ TEST_CASE(
   });
 }
 
+// I4 (src/sync/chan.cpp): senders park only on a full buffer, so a parked sender means a
+// full buffer, except after a refill from a parked sender threw. Debug builds check I4 at
+// the end of every locked operation; this walks through the exception's whole window.
+TEST_CASE("chan: a refill that throws leaves the buffer short while senders wait; FIFO holds",
+          "[chan][types][throwing]") {
+  test::run_with(1, [] {
+    bomb::disarm();
+    {
+      rill::chan<bomb> c(2);
+      c.send(bomb(0));
+      c.send(bomb(1));
+      rill::wait_group wg;
+      wg.add(2);
+      for (int v : {2, 3}) {
+        rill::go([&wg, c, v]() mutable {
+          c.send(bomb(v));  // the buffer is full: parks
+          wg.done();
+        });
+        test::await_senders(c, v - 1);  // 2 parks first, then 3
+      }
+      // The receive moves bomb 0 out (one move), then refills the buffer from sender 2
+      // (the next): that move throws. The receiver still gets its value; sender 2 stays
+      // parked with bomb 2, and the buffer holds one item while two senders wait.
+      bomb::countdown = 2;
+      auto first = c.recv();
+      bomb::disarm();
+      REQUIRE(first);
+      CHECK(first->value == 0);
+      CHECK(c.size() == 1);
+      CHECK(test::queued(c.core(), true) == 2);
+      // Each receive refills from the next sender: the buffer stays short until none waits.
+      std::vector<int> got;
+      for (int k = 0; k < 3; ++k) {
+        auto v = c.recv();
+        REQUIRE(v);
+        got.push_back(v->value);
+      }
+      wg.wait();
+      CHECK(got == std::vector<int>{1, 2, 3});
+      // No sender waits: the buffer fills up to its capacity again, then a sender parks.
+      c.send(bomb(4));
+      c.send(bomb(5));
+      CHECK(c.size() == 2);
+      CHECK_FALSE(c.try_send(bomb(6)));
+    }
+    CHECK(bomb::live.load() == 0);
+  });
+}
+
 // ---- nil handles --------------------------------------------------------------------------
 
 TEST_CASE("chan: a nil handle throws nil_channel on every operation", "[chan][nil]") {

@@ -124,6 +124,9 @@ class chan_core {
   // lock at all (Go's fast paths).
   spinlock mu_;
   std::atomic<bool> closed_{false};  // guarded by mu_; false -> true once (I3)
+  // A refill of the buffer from a parked sender threw: the buffer may stay short while
+  // senders wait (I4's exception), until none does (debug builds track the end).
+  bool short_ RILL_GUARDED_BY(mu_) = false;
   std::size_t cap_ = 0;
   std::atomic<std::size_t> count_{0};  // guarded by mu_
   std::size_t count() const noexcept { return count_.load(std::memory_order_relaxed); }
@@ -150,9 +153,9 @@ class chan_core {
     const bool r = send_ready();
     return mu_.read_valid(v) ? r : -1;
   }
-  // check_invariants() aborts with a report unless I1-I3 of src/sync/chan.cpp hold; under
+  // check_invariants() aborts with a report unless I1-I4 of src/sync/chan.cpp hold; under
   // mu_. Debug builds of the library call it at the end of each locked operation.
-  void check_invariants() const noexcept RILL_REQUIRES(mu_);
+  void check_invariants() noexcept RILL_REQUIRES(mu_);
   // head_: the next slot to receive from, < cap_ (0 if cap_ is 0).
   std::size_t head_ RILL_GUARDED_BY(mu_) = 0;
   wait_list recvq_ RILL_GUARDED_BY(mu_);

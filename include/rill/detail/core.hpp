@@ -199,7 +199,6 @@ struct waiter {
   int index = 0;                        // per-use: the select case this waiter stands for
   bool success = false;                 // per-use: set by the waker before waking
   bool linked = false;                  // on a wait_list (guarded by that list's lock)
-  bool kept = false;  // per-use: a handover's move threw and it stays parked (chan.cpp, I4)
 };
 
 // wait_list: an intrusive FIFO of waiters. Not synchronized: guarded by its owner's lock.
