@@ -423,6 +423,12 @@ void sweep_stacks(unsigned workers) {
   // maps few: try more points than it uses.
   tally t;
   std::string what;
+  // A clean run first, as in sweep_alloc(): what the process keeps is not a leak.
+  if (run_once(workers, what) != outcome::ok) {
+    std::fprintf(stderr, "FAIL stack: the clean run failed: %s\n", what.c_str());
+    ++failures;
+    return;
+  }
   for (std::uint64_t n = 1; n <= 4; ++n) {
     const long blocks = g_live_blocks.load();
     outcome o;
