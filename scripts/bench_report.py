@@ -36,8 +36,8 @@ import subprocess
 import sys
 import time
 
-WORKLOAD_ORDER = ["linear_trivial", "linear_heavy", "fan_out_fan_in", "backpressure", "cost_sweep",
-                  "micro"]
+WORKLOAD_ORDER = ["linear_trivial", "linear_heavy", "fan_out_fan_in", "heavy_tail", "backpressure",
+                  "cost_sweep", "micro"]
 IMPL_ORDER = ["rill", "go", "boost_fiber", "tbb_flow", "tbb_pipeline", "std_threads", "sequential"]
 IMPL_COLOR = {
     "rill": 0xD62728, "go": 0x17BECF, "boost_fiber": 0x2CA02C, "tbb_flow": 0x1F77B4,
@@ -667,6 +667,7 @@ def write_markdown(path, meta, summary, problems):
                 L.append(f"| `{r['impl']}/{r['config']}` | {p} | `{best['config']}` | "
                          f"{fmt_num(r['median'])} | {fmt_num(best['median'])} | "
                          f"{r['median'] / best['median']:.3g} | {verdict(r, best)} |")
+        L += best_of_threads_markdown(workload, rows, rill_rows, peers)
     if problems:
         L.append("")
         L.append("## Problems")
@@ -675,6 +676,39 @@ def write_markdown(path, meta, summary, problems):
             L.append(f"- {p}")
     with open(path, "w") as fh:
         fh.write("\n".join(L) + "\n")
+
+
+def best_of_threads_markdown(workload, rows, rill_rows, peers):
+    """Each side at its best thread count: per group of the other tokens (cap, order), rill's
+    fastest row against each peer's fastest, whatever worker count each used (a peer that
+    loses time to a second thread is compared at one)."""
+    def without_workers(key):
+        return {k: v for k, v in key.items() if k != "workers"}
+    groups = []
+    for r in rill_rows:
+        g = without_workers(r["key"])
+        if g not in groups:
+            groups.append(g)
+    if not groups:
+        return []
+    L = ["", f"### {workload}: each at its best thread count",
+         "",
+         "| group | rill's best | peer | peer's best | rill ns/item | peer ns/item | rill/peer "
+         "| verdict |",
+         "|---|---|---|---|---:|---:|---:|---|"]
+    for g in groups:
+        mine = [r for r in rill_rows if without_workers(r["key"]) == g]
+        r = min(mine, key=lambda s: s["median"])
+        for p in peers:
+            cands = [s for s in rows if s["impl"] == p and s["median"] and
+                     s["figure"] == "ns_per_item" and compatible(g, s["key"])]
+            if not cands:
+                continue
+            best = min(cands, key=lambda s: s["median"])
+            L.append(f"| {key_label(g)} | `{r['impl']}/{r['config']}` | {p} | `{best['config']}` | "
+                     f"{fmt_num(r['median'])} | {fmt_num(best['median'])} | "
+                     f"{r['median'] / best['median']:.3g} | {verdict(r, best)} |")
+    return L
 
 
 def gp_quote(text):

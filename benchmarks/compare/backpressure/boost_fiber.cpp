@@ -32,26 +32,18 @@ std::uint64_t run(std::uint64_t n, bench::flight_meter& meter) {
 const bool registered = [] {
   const unsigned hw = bench::hardware_threads();
   for (unsigned workers : {1u, hw}) {
-    const std::string name = "backpressure/boost_fiber/" +
-                             std::string(workers == 1 ? "rr_" : "ws_") +
-                             bench::cap_name(bench::kCap) + "_" + bench::workers_name(workers);
-    bench::add(name, [=](benchmark::State& s) {
-      const std::uint64_t n = bench::items_backpressure();
-      if (workers == 1) {
-        bench::measure_backpressure(s, n, [&](bench::flight_meter& meter) {
-          return bench::run_round_robin([&] { return run(n, meter); });
-        });
-        return;
-      }
-      bench::ws_pool* pool = bench::ws_pool::get(workers);
-      if (pool == nullptr) {
-        s.SkipWithError("work_stealing set up with another thread count already");
-        return;
-      }
-      bench::measure_backpressure(s, n, [&](bench::flight_meter& meter) {
-        return pool->run([&] { return run(n, meter); });
-      });
-    });
+    for (const bench::fiber_way& way : bench::fiber_ways(workers)) {
+      bench::add("backpressure/boost_fiber/" + std::string(way.prefix) +
+                     bench::cap_name(bench::kCap) + "_" + bench::workers_name(workers),
+                 [=](benchmark::State& s) {
+                   bench::fiber_runner run_on;
+                   if (!bench::runner_for(s, way, run_on)) return;
+                   const std::uint64_t n = bench::items_backpressure();
+                   bench::measure_backpressure(s, n, [&](bench::flight_meter& meter) {
+                     return run_on([&] { return run(n, meter); });
+                   });
+                 });
+    }
     if (hw == 1) break;
   }
   return true;

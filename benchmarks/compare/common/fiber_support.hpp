@@ -2,19 +2,27 @@
 //
 //   run_round_robin(f)   f() on a fresh thread with Boost.Fiber's default scheduler
 //                        (round_robin): every fiber of f runs on that one thread.
-//   ws_pool::get(n)      n threads running the work_stealing scheduler; run(f) runs f() as the
-//                        main fiber of one of them, and fibers it launches are stolen by all n.
+//   ws_pool::get(n, s)   n threads running the multi-thread scheduler s; run(f) runs f() as the
+//                        main fiber of one of them, and fibers it launches run on all n.
+//   pool_scheds          the schedulers s a Boost.Fiber peer is measured with on several
+//                        threads; the report takes its best. Their config prefixes:
+//                          ws_         work_stealing, idle threads spin (Boost's default)
+//                          wssuspend_  work_stealing, idle threads sleep (suspend = true)
+//                          swsuspend_  shared_work (one queue for all), idle threads sleep
 //
 // Boost.Fiber's work_stealing keeps its schedulers in static arrays sized by the first
-// thread count a process asks for (and numbers them with a counter that never resets), so a
-// process can set it up once, with one thread count: the pool lives as long as the process,
-// and ws_pool::get() with another count returns nullptr.  scripts/bench runs one process per
-// (workload, implementation, workers) for this reason.
+// thread count a process asks for (and numbers them with a counter that never resets), and
+// shared_work's queue is static too, so a process can set up one pool: it lives as long as
+// the process, and ws_pool::get() with another count or scheduler returns nullptr.
+// scripts/bench runs one process per (workload, implementation, workers, scheduler).
 //
 // Between run() calls the pool's threads block on a std::condition_variable, so an idle pool
 // does not spin (work_stealing's own idle loop spins while a run is in progress).
 #pragma once
 
+#include <benchmark/benchmark.h>
+
+#include <boost/fiber/algo/shared_work.hpp>
 #include <boost/fiber/algo/work_stealing.hpp>
 #include <boost/fiber/all.hpp>
 #include <condition_variable>
@@ -36,16 +44,31 @@ std::uint64_t run_round_robin(F&& f) {
   return result;
 }
 
+enum class pool_sched { ws, ws_suspend, sw_suspend };
+inline constexpr pool_sched pool_scheds[] = {pool_sched::ws, pool_sched::ws_suspend,
+                                             pool_sched::sw_suspend};
+inline const char* sched_prefix(pool_sched s) {
+  switch (s) {
+    case pool_sched::ws:
+      return "ws_";
+    case pool_sched::ws_suspend:
+      return "wssuspend_";
+    case pool_sched::sw_suspend:
+      return "swsuspend_";
+  }
+  return "?_";
+}
+
 class ws_pool {
  public:
-  // get() returns the process's pool of n work-stealing threads, starting it on first use;
-  // nullptr if the process already has a pool of another size.
-  static ws_pool* get(unsigned n) {
+  // get() returns the process's pool of n threads running s, starting it on first use;
+  // nullptr if the process already has a pool of another size or scheduler.
+  static ws_pool* get(unsigned n, pool_sched s = pool_sched::ws) {
     static std::mutex mu;
     static std::unique_ptr<ws_pool> pool;  // joined at exit
     std::lock_guard<std::mutex> lock(mu);
-    if (!pool) pool.reset(new ws_pool(n));
-    return pool->threads_.size() == n ? pool.get() : nullptr;
+    if (!pool) pool.reset(new ws_pool(n, s));
+    return pool->threads_.size() == n && pool->sched_ == s ? pool.get() : nullptr;
   }
 
   ws_pool(const ws_pool&) = delete;
@@ -75,7 +98,7 @@ class ws_pool {
   }
 
  private:
-  explicit ws_pool(unsigned n) {
+  ws_pool(unsigned n, pool_sched s) : sched_(s) {
     for (unsigned k = 0; k < n; ++k) {
       threads_.emplace_back([this, k, n] { thread_main(k, n); });
     }
@@ -83,7 +106,17 @@ class ws_pool {
 
   void thread_main(unsigned k, unsigned n) {
     // work_stealing's constructor waits for all n threads (a barrier).
-    boost::fibers::use_scheduling_algorithm<boost::fibers::algo::work_stealing>(n);
+    switch (sched_) {
+      case pool_sched::ws:
+        boost::fibers::use_scheduling_algorithm<boost::fibers::algo::work_stealing>(n);
+        break;
+      case pool_sched::ws_suspend:
+        boost::fibers::use_scheduling_algorithm<boost::fibers::algo::work_stealing>(n, true);
+        break;
+      case pool_sched::sw_suspend:
+        boost::fibers::use_scheduling_algorithm<boost::fibers::algo::shared_work>(true);
+        break;
+    }
     std::uint64_t seen = 0;
     for (;;) {
       const std::function<std::uint64_t()>* job = nullptr;
@@ -117,6 +150,7 @@ class ws_pool {
     }
   }
 
+  pool_sched sched_;
   std::vector<std::thread> threads_;
   std::mutex mu_;
   std::condition_variable wake_;     // epoch_ changed
@@ -130,6 +164,38 @@ class ws_pool {
   boost::fibers::condition_variable fiber_done_;  // finished_epoch_ changed
   std::uint64_t finished_epoch_ = 0;              // guarded by fiber_mu_
 };
+
+// fiber_way: one way a Boost.Fiber peer runs on `threads` threads: round_robin on one
+// thread ("rr_"), or a pool running one of pool_scheds. fiber_ways(threads) lists those to
+// measure; runner_for() sets a fiber_runner up for one of them.
+struct fiber_way {
+  const char* prefix;  // the config's first word: "rr_", "ws_", "wssuspend_", "swsuspend_"
+  unsigned threads;
+  pool_sched sched;
+};
+inline std::vector<fiber_way> fiber_ways(unsigned threads) {
+  if (threads <= 1) return {{"rr_", 1, pool_sched::ws}};
+  std::vector<fiber_way> ways;
+  for (pool_sched s : pool_scheds) ways.push_back({sched_prefix(s), threads, s});
+  return ways;
+}
+// fiber_runner runs body() on the fiber threads of a way: round_robin on a helper thread
+// (pool nullptr) or the process's pool.
+struct fiber_runner {
+  ws_pool* pool = nullptr;
+  template <class Body>
+  std::uint64_t operator()(Body body) const {
+    return pool == nullptr ? run_round_robin(body) : pool->run(body);
+  }
+};
+// runner_for(s, way, r): r set up for way; false, with an error on s, when the process has
+// set up another pool (scripts/bench runs each way in a process of its own).
+inline bool runner_for(benchmark::State& s, const fiber_way& way, fiber_runner& r) {
+  if (way.threads <= 1) return true;
+  r.pool = ws_pool::get(way.threads, way.sched);
+  if (r.pool == nullptr) s.SkipWithError("Boost.Fiber: this process set up another pool already");
+  return r.pool != nullptr;
+}
 
 // Channels of capacity 0 are Boost.Fiber's unbuffered_channel; others are buffered_channel,
 // whose capacity must be a power of two and which holds at most capacity - 1 items.

@@ -45,6 +45,8 @@
 //   bench::heavy_tail_iters(i), heavy_tail_map(v)  seeded: 99% ~1 us, 1% ~1 ms
 //   bench::cs_items_linear3(c), cs_items_parmap(c, W), cs_few_rounds(n, c), cs_items_heavytail(),
 //   bench::cs_items_trickle()          the item counts (full / quick)
+//   bench::for_each_fan(f)             f(family) for fan_out_fan_in and heavy_tail: name,
+//                                      map(v), items(), expected(n) (the fan-out shape)
 //   bench::cs_parmap_workers(c), cs_linear3_workers()   the workers of each cell
 //   bench::cs_expected_*               the sink's expected sum (computed once, outside timing)
 //   bench::now_ns()                    steady clock, ns (the trickle's production stamp)
@@ -588,6 +590,35 @@ inline std::uint64_t cs_expected_heavytail(std::uint64_t n) {
     return acc;
   });
 }
+// ---- the fan-out families: one shape, two distributions of cost ------------------------------
+//
+// fan_out_fan_in and heavy_tail are the same program (a source, W workers mapping items in
+// any order, a sink that sums them) over two costs. Each implementation's file registers
+// both with for_each_fan(f), which calls f(family) with a type that has:
+//   name                  the workload's name
+//   map(v)                an item's work
+//   items(), expected(n)  the item count, the sink's sum
+// fan_out_fan_in: fan_map, 1 us on average (0.25-1.75 us, the same every 7 items).
+// heavy_tail: heavy_tail_map, seeded: 99% ~1 us, 1% ~1 ms, so a worker that holds a slow
+// item while others idle shows (load balance).
+struct fan_uneven {
+  static constexpr const char* name = "fan_out_fan_in";
+  static std::uint64_t map(std::uint64_t v) { return fan_map(v); }
+  static std::uint64_t items() { return items_fan(); }
+  static std::uint64_t expected(std::uint64_t n) { return expected_fan(n); }
+};
+struct fan_heavy_tail {
+  static constexpr const char* name = "heavy_tail";
+  static std::uint64_t map(std::uint64_t v) { return heavy_tail_map(v); }
+  static std::uint64_t items() { return cs_items_heavytail(); }
+  static std::uint64_t expected(std::uint64_t n) { return cs_expected_heavytail(n); }
+};
+template <class F>
+void for_each_fan(F&& f) {
+  f(fan_uneven{});
+  f(fan_heavy_tail{});
+}
+
 // trickle: the linear form maps trivial_map three times, the par_map form once.
 inline std::uint64_t cs_expected_trickle(bool linear, std::uint64_t n) {
   std::uint64_t acc = 0;

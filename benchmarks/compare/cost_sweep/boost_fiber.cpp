@@ -4,7 +4,8 @@
 //   -> W worker fibers -> main (unordered); trickle: the source fiber sleeps 1 ms
 //   (boost::this_fiber::sleep_for), then sends the item and its time; main records latency.
 //   rr_..._workers1   round_robin scheduler on one thread
-//   ws_..._workersW   work_stealing scheduler on min(W, cores) threads (see fiber_support.hpp):
+//   ws_..._workersW   (and wssuspend_, swsuspend_) a pool of min(W, cores) threads (see
+//                     fiber_support.hpp):
 //                     W fibers of par_map over 8 sleepers share the cores there are
 // sleep1ms: boost::this_fiber::sleep_for (a fiber sleep: the thread runs other fibers).
 #include <atomic>
@@ -119,39 +120,26 @@ std::uint64_t trickle(std::uint64_t n, bool linear, unsigned workers,
   return acc;
 }
 
-// fiber_runner runs body() on the fiber threads of a cell: round_robin on this thread's
-// helper (pool nullptr) or the process's work_stealing pool.
-struct fiber_runner {
-  bench::ws_pool* pool = nullptr;
-  template <class Body>
-  std::uint64_t operator()(Body body) const {
-    return pool == nullptr ? bench::run_round_robin(body) : pool->run(body);
+// add(cell, workers, body): the cell once per way its threads can run (bench::fiber_ways):
+// body(s, run), run being the way's fiber_runner.
+template <class Body>
+void add(const std::string& cell, unsigned workers, Body body) {
+  for (const bench::fiber_way& way : bench::fiber_ways(bench::cs_run_workers(workers))) {
+    bench::add("cost_sweep/boost_fiber/" +
+                   bench::cs_config(cell, workers, way.prefix + bench::cap_name(bench::kCap)),
+               [=](benchmark::State& s) {
+                 bench::fiber_runner run;
+                 if (bench::runner_for(s, way, run)) body(s, run);
+               });
   }
-};
-// runner_for(s, workers, r): r for min(workers, cores) threads; false, with an error on s, when
-// the process has set up work_stealing with another thread count.
-bool runner_for(benchmark::State& s, unsigned workers, fiber_runner& r) {
-  const unsigned threads = bench::cs_run_workers(workers);
-  if (threads == 1) return true;
-  r.pool = bench::ws_pool::get(threads);
-  if (r.pool == nullptr) s.SkipWithError("work_stealing set up with another thread count already");
-  return r.pool != nullptr;
-}
-
-std::string name_of(const std::string& cell, unsigned workers) {
-  const std::string sched = bench::cs_run_workers(workers) == 1 ? "rr_" : "ws_";
-  return "cost_sweep/boost_fiber/" +
-         bench::cs_config(cell, workers, sched + bench::cap_name(bench::kCap));
 }
 
 const bool registered = [] {
   const unsigned hw = bench::hardware_threads();
   for (cost c : bench::kCosts) {
     for (unsigned w : bench::cs_linear3_workers()) {
-      bench::add(
-          name_of(std::string("linear3_") + bench::cost_token(c), w), [=](benchmark::State& s) {
-            fiber_runner run;
-            if (!runner_for(s, w, run)) return;
+      add(std::string("linear3_") + bench::cost_token(c), w,
+          [=](benchmark::State& s, const bench::fiber_runner& run) {
             const std::uint64_t n = bench::cs_items_linear3(c);
             const std::uint64_t expected = bench::cs_expected_linear3(c, n);
             bench::with_cost_stage(c, fiber_sleep{}, [&](auto f) {
@@ -160,10 +148,8 @@ const bool registered = [] {
           });
     }
     for (unsigned w : bench::cs_parmap_workers(c)) {
-      bench::add(
-          name_of(std::string("parmap_") + bench::cost_token(c), w), [=](benchmark::State& s) {
-            fiber_runner run;
-            if (!runner_for(s, w, run)) return;
+      add(std::string("parmap_") + bench::cost_token(c), w,
+          [=](benchmark::State& s, const bench::fiber_runner& run) {
             const std::uint64_t n = bench::cs_items_parmap(c, w);
             const std::uint64_t expected = bench::cs_expected_parmap(c, n);
             bench::with_cost_stage(c, fiber_sleep{}, [&](auto f) {
@@ -175,29 +161,25 @@ const bool registered = [] {
   for (cost c : bench::kFewCosts) {
     for (unsigned few : bench::kFewSizes) {
       const unsigned w = bench::cs_few_workers(c);
-      bench::add(name_of("few" + std::to_string(few) + "_" + bench::cost_token(c), w),
-                 [=](benchmark::State& s) {
-                   fiber_runner run;
-                   if (!runner_for(s, w, run)) return;
-                   const unsigned rounds = bench::cs_few_rounds(few, c);
-                   bench::with_cost_stage(c, fiber_sleep{}, [&](auto f) {
-                     bench::measure(s, std::uint64_t{few} * rounds,
-                                    bench::cs_expected_few(c, few, rounds), [&] {
-                                      return run([&] {
-                                        std::uint64_t acc = 0;
-                                        for (unsigned r = 0; r < rounds; ++r) {
-                                          acc += parmap(few, f, w);
-                                        }
-                                        return acc;
-                                      });
-                                    });
-                   });
-                 });
+      add("few" + std::to_string(few) + "_" + bench::cost_token(c), w,
+          [=](benchmark::State& s, const bench::fiber_runner& run) {
+            const unsigned rounds = bench::cs_few_rounds(few, c);
+            bench::with_cost_stage(c, fiber_sleep{}, [&](auto f) {
+              bench::measure(s, std::uint64_t{few} * rounds, bench::cs_expected_few(c, few, rounds),
+                             [&] {
+                               return run([&] {
+                                 std::uint64_t acc = 0;
+                                 for (unsigned r = 0; r < rounds; ++r) {
+                                   acc += parmap(few, f, w);
+                                 }
+                                 return acc;
+                               });
+                             });
+            });
+          });
     }
   }
-  bench::add(name_of("heavytail", hw), [=](benchmark::State& s) {
-    fiber_runner run;
-    if (!runner_for(s, hw, run)) return;
+  add("heavytail", hw, [=](benchmark::State& s, const bench::fiber_runner& run) {
     const std::uint64_t n = bench::cs_items_heavytail();
     bench::measure(s, n, bench::cs_expected_heavytail(n), [&] {
       return run([&] {
@@ -207,16 +189,14 @@ const bool registered = [] {
     });
   });
   for (bool linear : {true, false}) {
-    bench::add(name_of(linear ? "trickle_linear3" : "trickle_parmap", hw),
-               [=](benchmark::State& s) {
-                 fiber_runner run;
-                 if (!runner_for(s, hw, run)) return;
-                 const std::uint64_t n = bench::cs_items_trickle();
-                 bench::measure_latency(s, n, bench::cs_expected_trickle(linear, n),
-                                        [&](bench::latency_recorder& rec) {
-                                          return run([&] { return trickle(n, linear, hw, rec); });
-                                        });
-               });
+    add(linear ? "trickle_linear3" : "trickle_parmap", hw,
+        [=](benchmark::State& s, const bench::fiber_runner& run) {
+          const std::uint64_t n = bench::cs_items_trickle();
+          bench::measure_latency(s, n, bench::cs_expected_trickle(linear, n),
+                                 [&](bench::latency_recorder& rec) {
+                                   return run([&] { return trickle(n, linear, hw, rec); });
+                                 });
+        });
   }
   return true;
 }();

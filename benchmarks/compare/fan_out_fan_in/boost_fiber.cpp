@@ -1,7 +1,7 @@
-// fan_out_fan_in, boost_fiber: a source fiber, W worker fibers and the main fiber as the
-// sink, linked by buffered_channel(64) (holds 63 items).
+// fan_out_fan_in and heavy_tail, boost_fiber: a source fiber, W worker fibers and the main fiber as
+// the sink, linked by buffered_channel(64) (holds 63 items).
 //   rr_..._workers1   round_robin scheduler on one thread (W = 1)
-//   ws_..._workersW   work_stealing scheduler on W threads (see fiber_support.hpp)
+//   ws_..._workersW   and wssuspend_, swsuspend_: a pool of W threads (fiber_support.hpp)
 #include <atomic>
 #include <vector>
 
@@ -12,6 +12,7 @@ namespace {
 
 using boost::fibers::channel_op_status;
 
+template <class Fan>
 std::uint64_t run(std::uint64_t n, unsigned workers) {
   boost::fibers::buffered_channel<std::uint64_t> in(bench::kCap);
   boost::fibers::buffered_channel<std::uint64_t> out(bench::kCap);
@@ -24,7 +25,7 @@ std::uint64_t run(std::uint64_t n, unsigned workers) {
   for (unsigned w = 0; w < workers; ++w) {
     pool.emplace_back([&] {
       std::uint64_t v;
-      while (in.pop(v) == channel_op_status::success) out.push(bench::fan_map(v));
+      while (in.pop(v) == channel_op_status::success) out.push(Fan::map(v));
       if (running.fetch_sub(1) == 1) out.close();
     });
   }
@@ -37,26 +38,22 @@ std::uint64_t run(std::uint64_t n, unsigned workers) {
 }
 
 const bool registered = [] {
-  for (unsigned workers : bench::worker_counts()) {
-    const std::string name = "fan_out_fan_in/boost_fiber/" +
-                             std::string(workers == 1 ? "rr_" : "ws_") +
-                             bench::cap_name(bench::kCap) + "_" + bench::workers_name(workers);
-    bench::add(name, [=](benchmark::State& s) {
-      const std::uint64_t n = bench::items_fan();
-      if (workers == 1) {
-        bench::measure(s, n, bench::expected_fan(n),
-                       [&] { return bench::run_round_robin([&] { return run(n, 1); }); });
-        return;
+  bench::for_each_fan([](auto fan) {
+    using Fan = decltype(fan);
+    for (unsigned workers : bench::worker_counts()) {
+      for (const bench::fiber_way& way : bench::fiber_ways(workers)) {
+        bench::add(std::string(Fan::name) + "/boost_fiber/" + way.prefix +
+                       bench::cap_name(bench::kCap) + "_" + bench::workers_name(workers),
+                   [=](benchmark::State& s) {
+                     bench::fiber_runner run_on;
+                     if (!bench::runner_for(s, way, run_on)) return;
+                     const std::uint64_t n = Fan::items();
+                     bench::measure(s, n, Fan::expected(n),
+                                    [&] { return run_on([&] { return run<Fan>(n, workers); }); });
+                   });
       }
-      bench::ws_pool* pool = bench::ws_pool::get(workers);
-      if (pool == nullptr) {
-        s.SkipWithError("work_stealing set up with another thread count already");
-        return;
-      }
-      bench::measure(s, n, bench::expected_fan(n),
-                     [&] { return pool->run([&] { return run(n, workers); }); });
-    });
-  }
+    }
+  });
   return true;
 }();
 

@@ -1,4 +1,5 @@
-// fan_out_fan_in, rill: from(iota) | par_map(uneven work, W fibers, unordered) | reduce.
+// fan_out_fan_in and heavy_tail, rill: from(iota) | par_map(the work, W fibers, unordered) |
+// reduce.
 #include <ranges>
 #include <rill/rill.hpp>
 
@@ -6,9 +7,10 @@
 
 namespace {
 
+template <class Fan>
 std::uint64_t run(std::uint64_t n, unsigned workers) {
   auto p = rill::from(std::views::iota(std::uint64_t{0}, n), {.buffer = bench::kCap}) |
-           rill::par_map([](std::uint64_t v) { return bench::fan_map(v); },
+           rill::par_map([](std::uint64_t v) { return Fan::map(v); },
                          {.workers = workers, .ordered = false, .buffer = bench::kCap}) |
            rill::reduce(std::uint64_t{0},
                         [](std::uint64_t a, std::uint64_t v) { return bench::sum(a, v); });
@@ -16,17 +18,21 @@ std::uint64_t run(std::uint64_t n, unsigned workers) {
 }
 
 const bool registered = [] {
-  for (unsigned workers : bench::worker_counts()) {
-    bench::add(
-        "fan_out_fan_in/rill/" + bench::cap_name(bench::kCap) + "_" + bench::workers_name(workers),
-        [=](benchmark::State& s) {
-          const std::uint64_t n = bench::items_fan();
-          rill::options o;
-          o.workers = workers;
-          bench::measure(s, n, bench::expected_fan(n),
-                         [&] { return rill::run([&] { return run(n, workers); }, o); });
-        });
-  }
+  bench::for_each_fan([](auto fan) {
+    using Fan = decltype(fan);
+    for (unsigned workers : bench::worker_counts()) {
+      bench::add(std::string(Fan::name) + "/rill/" + bench::cap_name(bench::kCap) + "_" +
+                     bench::workers_name(workers),
+                 [=](benchmark::State& s) {
+                   const std::uint64_t n = Fan::items();
+                   rill::options o;
+                   o.workers = workers;
+                   bench::measure(s, n, Fan::expected(n), [&] {
+                     return rill::run([&] { return run<Fan>(n, workers); }, o);
+                   });
+                 });
+    }
+  });
   return true;
 }();
 

@@ -1,5 +1,6 @@
-// fan_out_fan_in, std_threads: a source thread, W worker threads and the calling thread as
-// the sink, linked by mutex + condition-variable queues of capacity 64; items in any order.
+// fan_out_fan_in and heavy_tail, std_threads: a source thread, W worker threads and the calling
+// thread as the sink, linked by mutex + condition-variable queues of capacity 64; items in any
+// order.
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -9,6 +10,7 @@
 
 namespace {
 
+template <class Fan>
 std::uint64_t run(std::uint64_t n, unsigned workers) {
   bench::bounded_queue<std::uint64_t> in(bench::kCap);
   bench::bounded_queue<std::uint64_t> out(bench::kCap);
@@ -20,7 +22,7 @@ std::uint64_t run(std::uint64_t n, unsigned workers) {
   std::vector<std::thread> pool;
   for (unsigned w = 0; w < workers; ++w) {
     pool.emplace_back([&] {
-      while (auto v = in.pop()) out.push(bench::fan_map(*v));
+      while (auto v = in.pop()) out.push(Fan::map(*v));
       if (running.fetch_sub(1) == 1) out.close();
     });
   }
@@ -32,14 +34,17 @@ std::uint64_t run(std::uint64_t n, unsigned workers) {
 }
 
 const bool registered = [] {
-  for (unsigned workers : bench::worker_counts()) {
-    bench::add("fan_out_fan_in/std_threads/" + bench::cap_name(bench::kCap) + "_" +
-                   bench::workers_name(workers),
-               [=](benchmark::State& s) {
-                 const std::uint64_t n = bench::items_fan();
-                 bench::measure(s, n, bench::expected_fan(n), [&] { return run(n, workers); });
-               });
-  }
+  bench::for_each_fan([](auto fan) {
+    using Fan = decltype(fan);
+    for (unsigned workers : bench::worker_counts()) {
+      bench::add(std::string(Fan::name) + "/std_threads/" + bench::cap_name(bench::kCap) + "_" +
+                     bench::workers_name(workers),
+                 [=](benchmark::State& s) {
+                   const std::uint64_t n = Fan::items();
+                   bench::measure(s, n, Fan::expected(n), [&] { return run<Fan>(n, workers); });
+                 });
+    }
+  });
   return true;
 }();
 

@@ -1,4 +1,5 @@
-// fan_out_fan_in, tbb_flow: input_node -> limiter_node(64) -> function_node(concurrency W)
+// fan_out_fan_in and heavy_tail, tbb_flow: input_node -> limiter_node(64) ->
+// function_node(concurrency W)
 // -> serial `lightweight` sink ("lwsink"), which decrements the limiter.  workersW:
 // tbb_workers(W).
 #include <oneapi/tbb/flow_graph.h>
@@ -10,6 +11,7 @@ namespace {
 
 namespace flow = tbb::flow;
 
+template <class Fan>
 std::uint64_t run(std::uint64_t n, unsigned workers) {
   flow::graph g;
   std::uint64_t next = 0;
@@ -23,7 +25,7 @@ std::uint64_t run(std::uint64_t n, unsigned workers) {
   });
   flow::limiter_node<std::uint64_t> limiter(g, bench::kCap);
   flow::function_node<std::uint64_t, std::uint64_t> map(
-      g, workers, [](std::uint64_t v) { return bench::fan_map(v); });
+      g, workers, [](std::uint64_t v) { return Fan::map(v); });
   flow::function_node<std::uint64_t, flow::continue_msg, flow::queueing_lightweight> sink(
       g, flow::serial, [&](std::uint64_t v) {
         acc = bench::sum(acc, v);
@@ -39,16 +41,20 @@ std::uint64_t run(std::uint64_t n, unsigned workers) {
 }
 
 const bool registered = [] {
-  for (unsigned workers : bench::worker_counts()) {
-    bench::add("fan_out_fan_in/tbb_flow/input_lwsink_" + bench::cap_name(bench::kCap) + "_" +
-                   bench::workers_name(workers),
-               [=](benchmark::State& s) {
-                 bench::tbb_workers tbb(workers);
-                 const std::uint64_t n = bench::items_fan();
-                 bench::measure(s, n, bench::expected_fan(n),
-                                [&] { return tbb.arena.execute([&] { return run(n, workers); }); });
-               });
-  }
+  bench::for_each_fan([](auto fan) {
+    using Fan = decltype(fan);
+    for (unsigned workers : bench::worker_counts()) {
+      bench::add(std::string(Fan::name) + "/tbb_flow/input_lwsink_" + bench::cap_name(bench::kCap) +
+                     "_" + bench::workers_name(workers),
+                 [=](benchmark::State& s) {
+                   bench::tbb_workers tbb(workers);
+                   const std::uint64_t n = Fan::items();
+                   bench::measure(s, n, Fan::expected(n), [&] {
+                     return tbb.arena.execute([&] { return run<Fan>(n, workers); });
+                   });
+                 });
+    }
+  });
   return true;
 }();
 

@@ -2,7 +2,7 @@
 // linked by buffered_channel(64) (holds 63 items).  Ordered: the sink puts items back in
 // source order with a reorder buffer.
 //   rr_..._workers1   round_robin scheduler on one thread (W = 1)
-//   ws_..._workersW   work_stealing scheduler on W threads (see fiber_support.hpp)
+//   ws_..._workersW   and wssuspend_, swsuspend_: a pool of W threads (fiber_support.hpp)
 #include <atomic>
 #include <vector>
 
@@ -46,28 +46,19 @@ std::uint64_t run(std::uint64_t n, unsigned workers, bool is_ordered) {
 
 const bool registered = [] {
   for (unsigned workers : bench::worker_counts()) {
-    for (bool is_ordered : {true, false}) {
-      const std::string name = "linear_heavy/boost_fiber/" +
-                               std::string(workers == 1 ? "rr_" : "ws_") +
-                               bench::cap_name(bench::kCap) + "_" + bench::workers_name(workers) +
-                               (is_ordered ? "_ordered" : "_unordered");
-      bench::add(name, [=](benchmark::State& s) {
-        const std::uint64_t n = bench::items_heavy();
-        const std::uint64_t expected = bench::expected_heavy(n, is_ordered);
-        if (workers == 1) {
-          bench::measure(s, n, expected, [&] {
-            return bench::run_round_robin([&] { return run(n, 1, is_ordered); });
-          });
-          return;
-        }
-        bench::ws_pool* pool = bench::ws_pool::get(workers);
-        if (pool == nullptr) {
-          s.SkipWithError("work_stealing set up with another thread count already");
-          return;
-        }
-        bench::measure(s, n, expected,
-                       [&] { return pool->run([&] { return run(n, workers, is_ordered); }); });
-      });
+    for (const bench::fiber_way& way : bench::fiber_ways(workers)) {
+      for (bool is_ordered : {true, false}) {
+        const std::string name = "linear_heavy/boost_fiber/" + std::string(way.prefix) +
+                                 bench::cap_name(bench::kCap) + "_" + bench::workers_name(workers) +
+                                 (is_ordered ? "_ordered" : "_unordered");
+        bench::add(name, [=](benchmark::State& s) {
+          bench::fiber_runner run_on;
+          if (!bench::runner_for(s, way, run_on)) return;
+          const std::uint64_t n = bench::items_heavy();
+          bench::measure(s, n, bench::expected_heavy(n, is_ordered),
+                         [&] { return run_on([&] { return run(n, workers, is_ordered); }); });
+        });
+      }
     }
   }
   return true;

@@ -2,7 +2,7 @@
 // linked by Boost.Fiber channels: unbuffered_channel for cap0, buffered_channel(C) otherwise
 // (it holds C - 1 items).
 //   rr_..._workers1   round_robin scheduler, all fibers on one thread
-//   ws_..._workersW   work_stealing scheduler on W threads (see fiber_support.hpp)
+//   ws_..._workersW   and wssuspend_, swsuspend_: a pool of W threads (fiber_support.hpp)
 #include "fiber_support.hpp"
 #include "work.hpp"
 
@@ -34,30 +34,21 @@ std::uint64_t run(std::uint64_t n, std::size_t cap) {
 
 const bool registered = [] {
   const unsigned hw = bench::hardware_threads();
-  for (std::size_t cap : bench::trivial_caps()) {
-    bench::add("linear_trivial/boost_fiber/rr_" + bench::cap_name(cap) + "_workers1",
-               [=](benchmark::State& s) {
-                 const std::uint64_t n = bench::items_trivial(cap);
-                 bench::measure(s, n, bench::expected_trivial(n), [&] {
-                   return bench::run_round_robin([&] { return run(n, cap); });
-                 });
-               });
-  }
-  if (hw > 1) {
-    for (std::size_t cap : bench::trivial_caps()) {
-      bench::add(
-          "linear_trivial/boost_fiber/ws_" + bench::cap_name(cap) + "_" + bench::workers_name(hw),
-          [=](benchmark::State& s) {
-            bench::ws_pool* pool = bench::ws_pool::get(hw);
-            if (pool == nullptr) {
-              s.SkipWithError("work_stealing set up with another thread count already");
-              return;
-            }
-            const std::uint64_t n = bench::items_trivial(cap);
-            bench::measure(s, n, bench::expected_trivial(n),
-                           [&] { return pool->run([&] { return run(n, cap); }); });
-          });
+  for (unsigned workers : {1u, hw}) {
+    for (const bench::fiber_way& way : bench::fiber_ways(workers)) {
+      for (std::size_t cap : bench::trivial_caps()) {
+        bench::add("linear_trivial/boost_fiber/" + std::string(way.prefix) + bench::cap_name(cap) +
+                       "_" + bench::workers_name(workers),
+                   [=](benchmark::State& s) {
+                     bench::fiber_runner run_on;
+                     if (!bench::runner_for(s, way, run_on)) return;
+                     const std::uint64_t n = bench::items_trivial(cap);
+                     bench::measure(s, n, bench::expected_trivial(n),
+                                    [&] { return run_on([&] { return run(n, cap); }); });
+                   });
+      }
     }
+    if (hw == 1) break;
   }
   return true;
 }();

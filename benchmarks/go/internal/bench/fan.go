@@ -1,0 +1,54 @@
+package bench
+
+import "sync"
+
+// FanOut is the program that fan_out_fan_in and heavy_tail share (benchmarks/compare's
+// for_each_fan): a source goroutine -> `workers` worker goroutines mapping each item with
+// `work` -> the caller as the sink; channels of capacity Cap; items in any order.
+func FanOut(n uint64, workers int, work func(uint64) uint64) uint64 {
+	in := make(chan uint64, Cap)
+	out := make(chan uint64, Cap)
+	go func() {
+		for i := uint64(0); i < n; i++ {
+			in <- i
+		}
+		close(in)
+	}()
+	var wg sync.WaitGroup
+	wg.Add(workers)
+	for w := 0; w < workers; w++ {
+		go func() {
+			defer wg.Done()
+			for v := range in {
+				out <- work(v)
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(out)
+	}()
+	acc := uint64(0)
+	for v := range out {
+		acc = Sum(acc, v)
+	}
+	return acc
+}
+
+// FanMain is the main of a fan-out program: the family `program`, whose items number
+// items(o), each mapped by work, summing to expected(n); GOMAXPROCS = W for each worker count.
+func FanMain(program string, items func(Options) uint64, expected func(uint64) uint64,
+	work func(uint64) uint64) {
+	o := Parse()
+	n := items(o)
+	want := Once(func() uint64 { return expected(n) })
+	var cases []Case
+	for _, w := range o.WorkerCounts() {
+		w := w
+		name := program + "/go/" + CapName(Cap) + "_" + WorkersName(w)
+		cases = append(cases, Case{Name: name, Workers: w, Run: func() Row {
+			return Measure(name, n, want(), func() uint64 { return FanOut(n, w, work) })
+		}})
+	}
+	Main(program, o, cases)
+}
