@@ -282,7 +282,7 @@ struct io_timer : timer {
 };
 
 struct io_park {
-  spinlock* mu;
+  ranked_spinlock* mu;
   runtime* rt;
 };
 

@@ -40,7 +40,7 @@ struct io_waiter {
 struct poll_desc {
   // state: [seq:32][closing:1][refs:31]. Atomic so that io_acquire() takes no lock.
   std::atomic<std::uint64_t> state{0};
-  spinlock mu;
+  ranked_spinlock mu{lock_rank::poll_desc};  // held across a park: see sched/lock_rank.hpp
   int fd = -1;           // constant during a registration
   bool owns_fd = false;  // constant during a registration
   bool is_socket = false;
