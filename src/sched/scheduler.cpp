@@ -438,6 +438,11 @@ void runtime::check_failed(const char* what) noexcept {
   std::fprintf(stderr, "rill: scheduler invariant %s (src/sched/scheduler.cpp)\n", what);
   std::abort();
 }
+
+void run_queue_broken(const char* what) noexcept {
+  std::fprintf(stderr, "rill: run queue invariant %s (src/sched/run_queue.hpp)\n", what);
+  std::abort();
+}
 #endif
 
 void runtime::leave_idle_locked(worker& w) noexcept {
