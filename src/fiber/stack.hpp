@@ -37,9 +37,10 @@ namespace rill::detail {
 // (stack::record_top()), in the page a spawn writes anyway. `owner` is the fiber running on
 // the stack (nullptr while the stack is pooled): a spawn publishes it with a release store;
 // an exit clears it under `lk`, which a reader (dump(), deadlock detection) holds while it
-// reads the owner's record, so the record outlives the read.
+// reads the owner's record, so the record outlives the read. `lk` comes after a stack pool's
+// lock and a poll descriptor's in the lock order (sched/lock_rank.hpp).
 struct stack_slot {
-  spinlock lk;
+  ranked_spinlock lk{lock_rank::stack_slot};
   std::atomic<void*> owner{nullptr};
 };
 

@@ -59,6 +59,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -77,6 +79,27 @@ std::atomic<std::int64_t> g_io_registrations{0};
 constexpr std::uint32_t read_events = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR | EPOLLPRI;
 constexpr std::uint32_t write_events = EPOLLOUT | EPOLLHUP | EPOLLERR;
 
+// RILL_CHECK_DESC(cond, pd, what): in debug builds, aborts with a report naming the
+// descriptor unless cond holds (poller.hpp's invariants); nothing in release builds.
+#ifdef NDEBUG
+#define RILL_CHECK_DESC(cond, pd, what) ((void)0)
+#else
+#define RILL_CHECK_DESC(cond, pd, what) ((cond) ? (void)0 : desc_broken((pd), (what)))
+
+[[noreturn, gnu::cold]] void desc_broken(const poll_desc& pd, const char* what) noexcept {
+  std::fprintf(stderr, "rill: poll descriptor %u (fd %d): invariant %s (src/io/poller.hpp)\n",
+               pd.index, pd.fd, what);
+  std::abort();
+}
+#endif
+
+// check_d1(): D1 in both directions of pd (under pd.mu; debug builds).
+inline void check_d1([[maybe_unused]] const poll_desc& pd) noexcept {
+  for ([[maybe_unused]] const auto& d : pd.dir) {
+    RILL_CHECK_DESC(!(d.waiter && d.ready), pd, "D1: a waiter parked while an edge is ready");
+  }
+}
+
 // handoff(): readiness for direction d of pd (under pd->mu): to the waiter if there is
 // one (returned, to be readied by the caller), else kept in the ready flag (D1, D2).
 fiber* handoff(poll_desc& pd, int d, io_waiter::result_t result) noexcept {
@@ -84,10 +107,14 @@ fiber* handoff(poll_desc& pd, int d, io_waiter::result_t result) noexcept {
   io_waiter* w = dir.waiter;
   if (!w) {
     if (result == io_waiter::ready) dir.ready = true;
+    check_d1(pd);
     return nullptr;
   }
+  RILL_CHECK_DESC(w->f && w->result == io_waiter::pending, pd,
+                  "D7: a linked waiter with no fiber, or already answered");
   dir.waiter = nullptr;
   w->result = result;
+  check_d1(pd);
   return w->f;
 }
 
@@ -162,6 +189,14 @@ io_ref poller::open(int fd, bool owns_fd) {
   std::uint32_t seq;
   pd->mu.lock();
   seq = poll_desc::seq_of(pd->state.load(std::memory_order_relaxed));
+  RILL_CHECK_DESC(desc(pd->index) == pd && pd->owner == this, *pd,
+                  "D6: the table does not name the descriptor at its index");
+  RILL_CHECK_DESC((pd->state.load(std::memory_order_relaxed) & ~(~0ULL << 32)) == 0 &&
+                      pd->fd == -1 && !pd->owns_fd,
+                  *pd, "D5: a free descriptor holds a registration");
+  for ([[maybe_unused]] const auto& d : pd->dir) {
+    RILL_CHECK_DESC(!d.waiter && !d.ready, *pd, "D5: a free descriptor has a waiter or an edge");
+  }
   pd->fd = fd;
   pd->owns_fd = owns_fd;
   pd->is_socket = is_socket;
@@ -191,6 +226,9 @@ io_ref poller::open(int fd, bool owns_fd) {
 }
 
 void poller::finish(poll_desc* pd, bool added) noexcept {
+  RILL_CHECK_DESC((pd->state.load(std::memory_order_acquire) & ~(~0ULL << 32)) ==
+                      poll_desc::closing_bit,
+                  *pd, "D4: a registration ended with references left or not closing");
   // Deregister before closing: after close(2) the number may name another file at once.
   if (added) {
     epoll_event ev{};
@@ -202,7 +240,10 @@ void poller::finish(poll_desc* pd, bool added) noexcept {
   pd->state.store(static_cast<std::uint64_t>(seq + 1) << 32, std::memory_order_release);  // D3
   pd->fd = -1;
   pd->owns_fd = false;
-  for (auto& d : pd->dir) d.ready = false;
+  for (auto& d : pd->dir) {
+    d.ready = false;
+    RILL_CHECK_DESC(!d.waiter, *pd, "D5: a registration ended with a waiter linked");
+  }
   pd->mu.unlock();
   {
     lock_guard lk(mu_);
@@ -282,7 +323,7 @@ struct io_timer : timer {
 };
 
 struct io_park {
-  spinlock* mu;
+  ranked_spinlock* mu;
   runtime* rt;
 };
 
@@ -304,7 +345,11 @@ struct io_cancel {
   static void run(void* a) {
     auto* c = static_cast<io_cancel*>(a);
     c->pd->mu.lock();
-    if (c->pd->dir[c->dir].waiter == c->me) c->pd->dir[c->dir].waiter = nullptr;
+    if (c->pd->dir[c->dir].waiter == c->me) {
+      RILL_CHECK_DESC(c->me->result == io_waiter::pending, *c->pd,
+                      "D7: a cancelled waiter already answered");
+      c->pd->dir[c->dir].waiter = nullptr;
+    }
     c->pd->mu.unlock();
   }
 };
@@ -411,6 +456,7 @@ io_status io_wait(io_ref ref, int dir) RILL_NO_THREAD_SAFETY_ANALYSIS {
     }
     me.result = io_waiter::pending;
     d.waiter = &me;
+    check_d1(pd);
     // Counted until this fiber runs again, not until it is readied: a fiber on its way
     // from the poller to a run queue must not look like a deadlock.
     rt->io_waiters.fetch_add(1, std::memory_order_seq_cst);
@@ -425,6 +471,8 @@ io_status io_wait(io_ref ref, int dir) RILL_NO_THREAD_SAFETY_ANALYSIS {
       throw;
     }
     rt->io_waiters.fetch_sub(1, std::memory_order_seq_cst);
+    RILL_CHECK_DESC(me.result != io_waiter::pending, pd,
+                    "D2: a parked fiber resumed with no answer (nobody unlinked its waiter)");
     switch (me.result) {
       case io_waiter::ready:
         disarm();
@@ -436,6 +484,7 @@ io_status io_wait(io_ref ref, int dir) RILL_NO_THREAD_SAFETY_ANALYSIS {
         break;  // a deadline passed or changed: look again
     }
     pd.mu.lock();
+    RILL_CHECK_DESC(d.waiter != &me, pd, "D2: a woken fiber's waiter is still linked");
   }
 }
 
@@ -459,6 +508,8 @@ bool io_acquire(io_ref r) noexcept {
 
 void io_release(io_ref r) noexcept {
   const std::uint64_t s = r.pd->state.fetch_sub(1, std::memory_order_acq_rel) - 1;
+  RILL_CHECK_DESC(((s + 1) & poll_desc::refs_mask) != 0, *r.pd,
+                  "D4: a reference released that was not held");
   if ((s & ~(~0ULL << 32)) == poll_desc::closing_bit) r.pd->owner->finish(r.pd);  // D4
 }
 

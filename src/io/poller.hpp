@@ -37,10 +37,22 @@ struct io_waiter {
 //   D3  state's seq changes only in finish() (under mu), after the fd left the epoll set.
 //   D4  refs (in state) counts the owner (until close) plus operations in progress; the fd
 //       is deregistered and closed only when refs is 0 and closing is set.
+//   D5  A descriptor on the poller's free list holds no registration: fd is -1, refs 0, not
+//       closing, and neither direction has a waiter or a ready edge (finish() leaves it so).
+//   D6  index and owner are constant: owner->desc(index) is the descriptor itself.
+//   D7  A linked waiter's result is pending; the party that unlinks it (D2) sets the result
+//       before it readies the fiber, except a deadlock abort's cancel (the fiber throws).
+//
+// Debug builds check (poller.cpp, RILL_CHECK_DESC): D1 in both directions at each hand-off
+// and where a waiter is linked; D2 and D7 at each hand-off and cancel (the waiter was
+// pending) and when the parked fiber resumes (its result is set, its waiter unlinked); D4
+// in io_release() (a reference was held) and finish() (refs 0, closing); D5 and D6 when
+// open() takes a descriptor. D3 is not checked: its one writer is finish(), where a check
+// would restate the code.
 struct poll_desc {
   // state: [seq:32][closing:1][refs:31]. Atomic so that io_acquire() takes no lock.
   std::atomic<std::uint64_t> state{0};
-  spinlock mu;
+  ranked_spinlock mu{lock_rank::poll_desc};  // held across a park: see sched/lock_rank.hpp
   int fd = -1;           // constant during a registration
   bool owns_fd = false;  // constant during a registration
   bool is_socket = false;

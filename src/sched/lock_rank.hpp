@@ -12,21 +12,28 @@
 //   runtime::gq_mu_     lock_rank::global_queue
 //   runtime::pools_mu_  lock_rank::pools         the pools of stacks of other sizes
 //   a stack pool's lock lock_rank::stack_pool
-//   a stack slot's spinlock (the fiber registry; not checked)
+//   a poll descriptor's spinlock  lock_rank::poll_desc    held across its fiber's park
+//       (io_wait), so what a switch takes (with tracing on, the next three) comes after it
+//   a stack slot's spinlock       lock_rank::stack_slot   the fiber registry
+//   g_rings_mu (observe.cpp)      lock_rank::trace_rings  the trace's list of rings
+//   a trace ring's spinlock       lock_rank::trace_ring   observe.cpp
 //   leaves (nothing is taken under them)     lock_rank::leaf: runtime::deadlock_mu_,
-//       runtime::poller_mu_, the poller's table mutex; and, not checked, a poll
-//       descriptor's spinlock
+//       runtime::poller_mu_, the poller's table mutex
 // No lock is held across a context switch, except the one an after-switch action releases
-// (always a spinlock). Timer callbacks run with no lock held.
+// (always a spinlock: a channel's, a wait list's or a poll descriptor's). Timer callbacks run
+// with no lock held.
 //
-// Checked: the locks that are ranked_mutex (all in src/). A thread that takes a ranked lock
-// while it holds one of the same or a later rank aborts with both ranks named. The spinlocks
-// are not checked: they live in public headers (channels, rill::mutex), whose layout must
-// not depend on NDEBUG, and a rank check would add to every channel operation.
+// Checked: the locks above that have a rank (ranked_mutex, ranked_spinlock; all in src/). A
+// thread that takes a ranked lock while it holds one of the same or a later rank aborts with both ranks
+// named. A lock held across a switch is released by the after-switch action on the thread
+// that took it, so the per-thread stack stays right. The spinlocks in public headers
+// (channels, rill::mutex and the other sync types, the pipeline's) are not checked: their
+// layout must not depend on NDEBUG, and a rank check would add to every channel operation.
 #pragma once
 
 #include <cstdint>
 
+#include "rill/detail/core.hpp"
 #include "rill/detail/thread_safety.hpp"
 
 namespace rill::detail {
@@ -38,6 +45,10 @@ enum class lock_rank : std::uint8_t {
   global_queue,
   pools,
   stack_pool,
+  poll_desc,
+  stack_slot,
+  trace_rings,
+  trace_ring,
   leaf,
 };
 
@@ -82,5 +93,6 @@ class RILL_CAPABILITY("mutex") ranked {
 };
 
 using ranked_mutex = ranked<mutex>;
+using ranked_spinlock = ranked<spinlock>;
 
 }  // namespace rill::detail

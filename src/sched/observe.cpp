@@ -73,7 +73,7 @@ struct trace_event {
 
 struct ring {
   int id = 0;
-  spinlock lk;
+  ranked_spinlock lk{lock_rank::trace_ring};
   std::vector<trace_event> events;  // guarded by lk: a circular buffer of ring_events
   std::size_t next = 0;             // guarded by lk: total appended
   bool taken = true;                // guarded by g_rings_mu: a live thread owns it
@@ -90,7 +90,7 @@ struct ring {
   }
 };
 
-std::mutex g_rings_mu;
+ranked<std::mutex> g_rings_mu{lock_rank::trace_rings};
 std::vector<std::unique_ptr<ring>> g_rings;  // guarded by g_rings_mu
 std::int64_t g_trace_start = 0;              // guarded by g_rings_mu (the session's)
 bool g_session = false;                      // guarded by g_rings_mu

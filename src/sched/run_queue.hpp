@@ -8,6 +8,16 @@
 //       and the CAS fails if anyone consumed them meanwhile, so no fiber is taken twice.
 //   Q3  the owner overwrites a slot only after observing (acquire) a head_ past it, so a
 //       thief's reads of that slot happen before the overwrite.
+//   Q4  in a queue nobody steals from (pop_unshared()'s), front_ is the fiber in slot
+//       head_, and nullptr exactly when the queue is empty.
+//
+// Debug builds check what the checking side knows exactly. Q1 where the owner reads head_
+// (push, pop, take_half): tail_ is its own, and head_ only grows, so any head_ it reads is
+// at least the one it read when tail_ last grew, where Q1 was checked (push reads head_
+// first; steal_into() checks that its own queue is empty); Q2 as a fiber pushed, and every
+// slot a consumer took with a CAS it won, being a fiber (a won CAS means the slots it read
+// were still valid); Q4 in pop_unshared(). Not checked: what a thief reads of another
+// worker's queue before its CAS, which the owner may change under it.
 #pragma once
 
 #include <atomic>
@@ -16,6 +26,15 @@
 namespace rill::detail {
 
 struct fiber;
+
+#ifdef NDEBUG
+#define RILL_CHECK_RUN_QUEUE(cond, what) ((void)0)
+#else
+// run_queue_broken() reports the invariant `what` broken and aborts (scheduler.cpp).
+[[noreturn, gnu::cold]] void run_queue_broken(const char* what) noexcept;
+#define RILL_CHECK_RUN_QUEUE(cond, what) \
+  ((cond) ? (void)0 : ::rill::detail::run_queue_broken(what))
+#endif
 
 class run_queue {
  public:
@@ -26,11 +45,15 @@ class run_queue {
   // `yielded`: f gave its worker up of its own accord (this_fiber::yield) rather than being
   // made ready by a partner; thieves may take it at once (head_yielded()).
   bool push(fiber* f, bool& was_empty, bool yielded = false) noexcept {
+    RILL_CHECK_RUN_QUEUE(f && !(reinterpret_cast<std::uintptr_t>(f) & 1),
+                         "Q2: push of a null or misaligned fiber");
     const std::uint32_t t = tail_.load(std::memory_order_relaxed);
     const std::uint32_t h = head_.load(std::memory_order_acquire);  // keeps Q3
     if (t - h >= capacity) return false;
     buf_[t % capacity].store(yielded ? tag(f) : f, std::memory_order_relaxed);
     tail_.store(t + 1, std::memory_order_release);
+    RILL_CHECK_RUN_QUEUE(t + 1 - head_.load(std::memory_order_relaxed) <= capacity,
+                         "Q1: tail_ - head_ > capacity after push");
     was_empty = t == h;
     if (was_empty) front_ = f;
     return true;
@@ -45,10 +68,12 @@ class run_queue {
     std::uint32_t h = head_.load(std::memory_order_acquire);
     for (;;) {
       const std::uint32_t t = tail_.load(std::memory_order_relaxed);
+      RILL_CHECK_RUN_QUEUE(t - h <= capacity, "Q1: tail_ - head_ > capacity at pop");
       if (t == h) return nullptr;
       fiber* f = buf_[h % capacity].load(std::memory_order_relaxed);
       if (head_.compare_exchange_weak(h, h + 1, std::memory_order_release,
                                       std::memory_order_acquire)) {
+        RILL_CHECK_RUN_QUEUE(untag(f) != nullptr, "Q2: pop took an empty slot");
         return untag(f);
       }
     }
@@ -60,6 +85,16 @@ class run_queue {
   // there, before its mispredicted return can resolve.
   fiber* pop_unshared() noexcept {
     fiber* const f = front_;
+#ifndef NDEBUG
+    {
+      const std::uint32_t h0 = head_.load(std::memory_order_relaxed);
+      const std::uint32_t t0 = tail_.load(std::memory_order_relaxed);
+      RILL_CHECK_RUN_QUEUE(t0 - h0 <= capacity, "Q1: tail_ - head_ > capacity at pop");
+      RILL_CHECK_RUN_QUEUE((f == nullptr) == (t0 == h0), "Q4: front_ disagrees with emptiness");
+      RILL_CHECK_RUN_QUEUE(!f || f == untag(buf_[h0 % capacity].load(std::memory_order_relaxed)),
+                           "Q4: front_ is not the oldest fiber");
+    }
+#endif
     if (!f) return nullptr;
     const std::uint32_t h = head_.load(std::memory_order_relaxed) + 1;
     head_.store(h, std::memory_order_relaxed);
@@ -76,6 +111,7 @@ class run_queue {
     std::uint32_t h = head_.load(std::memory_order_acquire);
     for (;;) {
       const std::uint32_t t = tail_.load(std::memory_order_relaxed);
+      RILL_CHECK_RUN_QUEUE(t - h <= capacity, "Q1: tail_ - head_ > capacity at take_half");
       std::uint32_t n = (t - h) / 2;
       if (n > max) n = max;
       if (n == 0) return 0;
@@ -84,6 +120,11 @@ class run_queue {
       }
       if (head_.compare_exchange_weak(h, h + n, std::memory_order_release,
                                       std::memory_order_acquire)) {
+#ifndef NDEBUG
+        for (std::uint32_t i = 0; i < n; ++i) {
+          RILL_CHECK_RUN_QUEUE(out[i] != nullptr, "Q2: take_half took an empty slot");
+        }
+#endif
         front_ =
             t != h + n ? untag(buf_[(h + n) % capacity].load(std::memory_order_relaxed)) : nullptr;
         return n;
@@ -95,6 +136,11 @@ class run_queue {
   // empty) and returns one of them to run at once; nullptr when there was nothing.
   fiber* steal_into(run_queue& dst) noexcept {
     const std::uint32_t dt = dst.tail_.load(std::memory_order_relaxed);
+    // dst empty keeps Q1 there (n <= capacity / 2). Read with a read-modify-write, which
+    // sees the latest head_ (a plain load may see an older one); it changes nothing, so a
+    // thief's CAS on dst is unaffected.
+    RILL_CHECK_RUN_QUEUE(dst.head_.fetch_add(0, std::memory_order_relaxed) == dt,
+                         "Q1: steal_into into a queue that is not empty");
     std::uint32_t n = 0;
     for (;;) {
       std::uint32_t h = head_.load(std::memory_order_acquire);
@@ -112,6 +158,12 @@ class run_queue {
         break;
       }
     }
+#ifndef NDEBUG
+    for (std::uint32_t i = 0; i < n; ++i) {
+      RILL_CHECK_RUN_QUEUE(dst.buf_[(dt + i) % capacity].load(std::memory_order_relaxed),
+                           "Q2: a steal took an empty slot");
+    }
+#endif
     --n;
     fiber* f = untag(dst.buf_[(dt + n) % capacity].load(std::memory_order_relaxed));
     if (n != 0) dst.tail_.store(dt + n, std::memory_order_release);

@@ -438,6 +438,11 @@ void runtime::check_failed(const char* what) noexcept {
   std::fprintf(stderr, "rill: scheduler invariant %s (src/sched/scheduler.cpp)\n", what);
   std::abort();
 }
+
+void run_queue_broken(const char* what) noexcept {
+  std::fprintf(stderr, "rill: run queue invariant %s (src/sched/run_queue.hpp)\n", what);
+  std::abort();
+}
 #endif
 
 void runtime::leave_idle_locked(worker& w) noexcept {
@@ -493,6 +498,12 @@ fiber* runtime::find_runnable(worker& w) {
       if (w.spinning) stop_spinning(w);
       return f;
     }
+    // At its global-check tick next_local() returns nullptr with fibers still queued here
+    // (it sends a switching fiber's worker to this loop). Spinning now would leave them
+    // queued while this worker watches others, and steal into a queue that is not empty
+    // (steal_into() needs it empty: Q1). This loop has looked at the global queue and the
+    // timers: look again; the next tick returns the local fiber.
+    if (!w.queue.empty() || w.runnext.load(std::memory_order_relaxed)) continue;
     if (fiber* f = poll_io(w)) {  // Go's findrunnable: the network before stealing
       if (w.spinning) stop_spinning(w);
       return f;
