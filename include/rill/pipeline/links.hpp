@@ -36,9 +36,9 @@
 namespace rill {
 namespace detail {
 
-// Sanitizers slow everything several times; the split bar scales with them, so that a
-// sanitized build lays out cheap stages as a plain one does.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+// Sanitizers and unoptimized (-O0) builds slow everything several times; the split bar
+// scales with them, so that such a build lays out cheap stages as an optimized one does.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || !defined(__OPTIMIZE__)
 inline constexpr std::int64_t cost_scale = 10;
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
