@@ -20,17 +20,6 @@ import (
 
 const capacity = bench.Cap
 
-func source(n uint64) <-chan uint64 {
-	out := make(chan uint64, capacity)
-	go func() {
-		for i := uint64(0); i < n; i++ {
-			out <- i
-		}
-		close(out)
-	}()
-	return out
-}
-
 func stage(in <-chan uint64, f func(uint64) uint64) <-chan uint64 {
 	out := make(chan uint64, capacity)
 	go func() {
@@ -42,39 +31,12 @@ func stage(in <-chan uint64, f func(uint64) uint64) <-chan uint64 {
 	return out
 }
 
-func fanOut(in <-chan uint64, f func(uint64) uint64, workers int) <-chan uint64 {
-	out := make(chan uint64, capacity)
-	var wg sync.WaitGroup
-	wg.Add(workers)
-	for w := 0; w < workers; w++ {
-		go func() {
-			defer wg.Done()
-			for v := range in {
-				out <- f(v)
-			}
-		}()
-	}
-	go func() {
-		wg.Wait()
-		close(out)
-	}()
-	return out
-}
-
-func sum(in <-chan uint64) uint64 {
-	acc := uint64(0)
-	for v := range in {
-		acc = bench.Sum(acc, v)
-	}
-	return acc
-}
-
 func linear3(n uint64, f func(uint64) uint64) uint64 {
-	return sum(stage(stage(stage(source(n), f), f), f))
+	return bench.Drain(stage(stage(stage(bench.Source(n), f), f), f))
 }
 
 func parmap(n uint64, f func(uint64) uint64, workers int) uint64 {
-	return sum(fanOut(source(n), f, workers))
+	return bench.FanOut(n, workers, f)
 }
 
 func tstep(t bench.TrickleItem) bench.TrickleItem {

@@ -2,18 +2,22 @@ package bench
 
 import "sync"
 
-// FanOut is the program that fan_out_fan_in and heavy_tail share (benchmarks/compare's
-// for_each_fan): a source goroutine -> `workers` worker goroutines mapping each item with
-// `work` -> the caller as the sink; channels of capacity Cap; items in any order.
-func FanOut(n uint64, workers int, work func(uint64) uint64) uint64 {
-	in := make(chan uint64, Cap)
+// Source sends 0 .. n-1 on a channel of capacity Cap, then closes it.
+func Source(n uint64) <-chan uint64 {
 	out := make(chan uint64, Cap)
 	go func() {
 		for i := uint64(0); i < n; i++ {
-			in <- i
+			out <- i
 		}
-		close(in)
+		close(out)
 	}()
+	return out
+}
+
+// Workers maps what `in` brings with `work` on `workers` goroutines, into a channel of
+// capacity Cap that is closed once every worker is done; items in any order.
+func Workers(in <-chan uint64, work func(uint64) uint64, workers int) <-chan uint64 {
+	out := make(chan uint64, Cap)
 	var wg sync.WaitGroup
 	wg.Add(workers)
 	for w := 0; w < workers; w++ {
@@ -28,11 +32,23 @@ func FanOut(n uint64, workers int, work func(uint64) uint64) uint64 {
 		wg.Wait()
 		close(out)
 	}()
+	return out
+}
+
+// Drain sums (Sum) what `in` brings until it is closed.
+func Drain(in <-chan uint64) uint64 {
 	acc := uint64(0)
-	for v := range out {
+	for v := range in {
 		acc = Sum(acc, v)
 	}
 	return acc
+}
+
+// FanOut is the program that fan_out_fan_in and heavy_tail share (benchmarks/compare's
+// for_each_fan), and cost_sweep's par_map cells: a source goroutine -> `workers` worker
+// goroutines mapping each item with `work` -> the caller as the sink.
+func FanOut(n uint64, workers int, work func(uint64) uint64) uint64 {
+	return Drain(Workers(Source(n), work, workers))
 }
 
 // FanMain is the main of a fan-out program: the family `program`, whose items number
