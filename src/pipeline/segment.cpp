@@ -1,13 +1,11 @@
 // src/pipeline/segment.cpp: what a fused chain's segment decides while a run goes (when
 // and where it splits), out of line: the pipeline's templates call it, it needs no type
 // of theirs, and compiling it once keeps it out of every program that composes a pipeline.
-#include <fcntl.h>
 #include <pthread.h>
-#include <unistd.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdio>
 #include <string>
 #include <utility>
 #include <vector>
@@ -67,21 +65,11 @@ void split_base::probe_leave(probe_mark m) noexcept {
 
 namespace {
 
-// run_delay_ns(): how long the calling thread (a worker) has waited, runnable, for a core
-// while other processes' threads had it (the kernel's schedstat); -1 where the kernel does
-// not say. Not its CPU time: a fiber parked in a stage (I/O, a sleep) leaves its worker idle,
-// and that time is the stage's, not lost.
-std::int64_t run_delay_ns() noexcept {
-  const int fd = ::open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return -1;
-  char buf[96];
-  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
-  ::close(fd);
-  if (n <= 0) return -1;
-  buf[n] = '\0';
-  unsigned long long on_cpu = 0, waiting = 0;
-  if (std::sscanf(buf, "%llu %llu", &on_cpu, &waiting) != 2) return -1;
-  return static_cast<std::int64_t>(waiting);
+// thread_cpu_ns(): the CPU time of the calling thread (a worker), all its fibers' work.
+std::int64_t thread_cpu_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
 }  // namespace
@@ -170,8 +158,8 @@ void segment::end_window() {
     measure_only_ = !worth;
     if (worth) {
       probe_wall_ = now;
+      probe_cpu_ = thread_cpu_ns();
       probe_waited_ = waited_total_;
-      probe_delay_ = run_delay_ns();
       probe_thread_ = static_cast<unsigned long>(::pthread_self());
     }
     const int least = per_item >= probe_ns / 2 ? min_probe_samples_slow : min_probe_samples;
@@ -201,15 +189,14 @@ std::int64_t segment::yield_slice() {
 // is heavy, at every boundary that leaves heavy pieces on both sides).
 void segment::decide(std::int64_t per_item) {
   probing_ = false;
-  // A probe measures wall time. If its worker waited, runnable, for the core for more than
-  // half of the probe's working time, other processes had the core and the samples measure
-  // them: a cheap chain would look heavy (every sample inflated, the robust estimate too).
-  // Such a probe decides nothing; a later window probes again. (On another thread than it
-  // began, after a park, the delays cannot be compared: the samples are trusted.)
-  if (probe_delay_ >= 0 && probe_thread_ == static_cast<unsigned long>(::pthread_self())) {
+  // A probe measures wall time. If the worker's thread got less than half of the probe's
+  // working time as CPU, other processes had the core, and the samples measure them: a
+  // cheap chain would look heavy (every sample inflated, the robust estimate too). Such a
+  // probe decides nothing; a later window probes again. (On another thread than it began,
+  // after a park, the fiber's CPU clock cannot be compared: the samples are trusted.)
+  if (probe_thread_ == static_cast<unsigned long>(::pthread_self())) {
     const std::int64_t working = now_ns() - probe_wall_ - (waited_total_ - probe_waited_);
-    const std::int64_t delay = run_delay_ns();
-    if (delay >= 0 && 2 * (delay - probe_delay_) > working) {
+    if (2 * (thread_cpu_ns() - probe_cpu_) < working) {
       for (split_base* p : points_) p->mode_ = split_base::mode::fused;
       budget_ =
           std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
