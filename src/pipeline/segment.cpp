@@ -1,9 +1,6 @@
 // src/pipeline/segment.cpp: what a fused chain's segment decides while a run goes (when
 // and where it splits), out of line: the pipeline's templates call it, it needs no type
 // of theirs, and compiling it once keeps it out of every program that composes a pipeline.
-#include <pthread.h>
-#include <time.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <string>
@@ -62,17 +59,6 @@ void split_base::probe_leave(probe_mark m) noexcept {
   t_end_ = t1;
   w_end_ = w1;
 }
-
-namespace {
-
-// thread_cpu_ns(): the CPU time of the calling thread (a worker), all its fibers' work.
-std::int64_t thread_cpu_ns() noexcept {
-  timespec ts{};
-  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
-}
-
-}  // namespace
 
 std::int64_t clock_cost_ns() noexcept {
   static const std::int64_t cost = [] {
@@ -156,12 +142,6 @@ void segment::end_window() {
     // first item pays for cold code and fresh stack pages, slow as it may look).
     probing_ = true;
     measure_only_ = !worth;
-    if (worth) {
-      probe_wall_ = now;
-      probe_cpu_ = thread_cpu_ns();
-      probe_waited_ = waited_total_;
-      probe_thread_ = static_cast<unsigned long>(::pthread_self());
-    }
     const int least = per_item >= probe_ns / 2 ? min_probe_samples_slow : min_probe_samples;
     want_ = static_cast<int>(std::clamp<std::int64_t>(
         probe_ns / std::max<std::int64_t>(1, per_item), least, max_probe_samples));
@@ -189,20 +169,6 @@ std::int64_t segment::yield_slice() {
 // is heavy, at every boundary that leaves heavy pieces on both sides).
 void segment::decide(std::int64_t per_item) {
   probing_ = false;
-  // A probe measures wall time. If the worker's thread got less than half of the probe's
-  // working time as CPU, other processes had the core, and the samples measure them: a
-  // cheap chain would look heavy (every sample inflated, the robust estimate too). Such a
-  // probe decides nothing; a later window probes again. (On another thread than it began,
-  // after a park, the fiber's CPU clock cannot be compared: the samples are trusted.)
-  if (probe_thread_ == static_cast<unsigned long>(::pthread_self())) {
-    const std::int64_t working = now_ns() - probe_wall_ - (waited_total_ - probe_waited_);
-    if (2 * (thread_cpu_ns() - probe_cpu_) < working) {
-      for (split_base* p : points_) p->mode_ = split_base::mode::fused;
-      budget_ =
-          std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);
-      return;
-    }
-  }
   const std::int64_t clock2 = 2 * clock_cost_ns();
   const auto np = static_cast<std::int64_t>(points_.size());
   split_base* best = nullptr;

@@ -541,10 +541,6 @@ class segment {
   int want_ = 0;
   bool probing_ = false;
   bool measure_only_ = false;  // the probe under way is for the metrics only
-  // The probe under way began at probe_wall_ (wall), probe_cpu_ (its worker thread's CPU
-  // time, on thread probe_thread_) with waited_total_ at probe_waited_: see decide().
-  std::int64_t probe_wall_ = 0, probe_cpu_ = 0, probe_waited_ = 0;
-  unsigned long probe_thread_ = 0;
   bool may_split_;
   // Metrics: the stages this fiber runs, its waits since the last publish, and each stage's
   // measured work per item (its share of the fiber's work).
