@@ -226,9 +226,9 @@ io_ref poller::open(int fd, bool owns_fd) {
 }
 
 void poller::finish(poll_desc* pd, bool added) noexcept {
-  RILL_CHECK_DESC((pd->state.load(std::memory_order_acquire) & ~(~0ULL << 32)) ==
-                      poll_desc::closing_bit,
-                  *pd, "D4: a registration ended with references left or not closing");
+  RILL_CHECK_DESC(
+      (pd->state.load(std::memory_order_acquire) & ~(~0ULL << 32)) == poll_desc::closing_bit, *pd,
+      "D4: a registration ended with references left or not closing");
   // Deregister before closing: after close(2) the number may name another file at once.
   if (added) {
     epoll_event ev{};

@@ -53,8 +53,8 @@ struct poll_desc {
   // state: [seq:32][closing:1][refs:31]. Atomic so that io_acquire() takes no lock.
   std::atomic<std::uint64_t> state{0};
   ranked_spinlock mu{lock_rank::poll_desc};  // held across a park: see sched/lock_rank.hpp
-  int fd = -1;           // constant during a registration
-  bool owns_fd = false;  // constant during a registration
+  int fd = -1;                               // constant during a registration
+  bool owns_fd = false;                      // constant during a registration
   bool is_socket = false;
   std::uint32_t index = 0;  // constant: position in the poller's table
   poller* owner = nullptr;  // constant

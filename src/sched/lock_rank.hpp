@@ -24,8 +24,8 @@
 // with no lock held.
 //
 // Checked: the locks above that have a rank (ranked_mutex, ranked_spinlock; all in src/). A
-// thread that takes a ranked lock while it holds one of the same or a later rank aborts with both ranks
-// named. A lock held across a switch is released by the after-switch action on the thread
+// thread that takes a ranked lock while it holds one of the same or a later rank aborts with both
+// ranks named. A lock held across a switch is released by the after-switch action on the thread
 // that took it, so the per-thread stack stays right. The spinlocks in public headers
 // (channels, rill::mutex and the other sync types, the pipeline's) are not checked: their
 // layout must not depend on NDEBUG, and a rank check would add to every channel operation.

@@ -32,8 +32,7 @@ struct fiber;
 #else
 // run_queue_broken() reports the invariant `what` broken and aborts (scheduler.cpp).
 [[noreturn, gnu::cold]] void run_queue_broken(const char* what) noexcept;
-#define RILL_CHECK_RUN_QUEUE(cond, what) \
-  ((cond) ? (void)0 : ::rill::detail::run_queue_broken(what))
+#define RILL_CHECK_RUN_QUEUE(cond, what) ((cond) ? (void)0 : ::rill::detail::run_queue_broken(what))
 #endif
 
 class run_queue {

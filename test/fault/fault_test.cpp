@@ -17,9 +17,6 @@
 //   --from N        starts the allocation sweep at point N (to replay a failure).
 // RILL_FAULT_VERBOSE=1 prints each point before it runs.
 // Prints one FIGURE line per configuration and a total; exits non-zero on any failure.
-#include <rill/pipeline.hpp>
-#include <rill/rill.hpp>
-
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -30,6 +27,8 @@
 #include <fstream>
 #include <new>
 #include <numeric>
+#include <rill/pipeline.hpp>
+#include <rill/rill.hpp>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -114,9 +113,7 @@ void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { deallo
 void operator delete(void* p, const std::nothrow_t&) noexcept { deallocate(p); }
 void operator delete[](void* p, const std::nothrow_t&) noexcept { deallocate(p); }
 void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { deallocate(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept {
-  deallocate(p);
-}
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { deallocate(p); }
 
 namespace {
 
@@ -189,7 +186,7 @@ constexpr int n_items = 64;
 
 // Fan-out/fan-in over an unbuffered and a buffered channel; returns the sum of squares.
 long fan(int consumers) {
-  rill::chan<int> jobs;        // unbuffered
+  rill::chan<int> jobs;         // unbuffered
   rill::chan<long> results(8);  // buffered
   group g;
   g.on_fail_close(jobs.core());
@@ -274,13 +271,15 @@ long many_fibers() {
 long pipeline_sum() {
   std::vector<int> in(n_items);
   std::iota(in.begin(), in.end(), 0);
-  std::vector<long> out = (rill::from(in) | rill::map([](int v) { return long{v} * 3; }) |
-                           rill::filter([](long v) { return v % 2 == 0; }) |
-                           rill::par_map([](long v) { return v + 1; }, {.workers = 2}) |
-                           rill::collect())
-                              .run();
+  std::vector<long> out =
+      (rill::from(in) | rill::map([](int v) { return long{v} * 3; }) |
+       rill::filter([](long v) { return v % 2 == 0; }) |
+       rill::par_map([](long v) { return v + 1; }, {.workers = 2}) | rill::collect())
+          .run();
   // Unordered par_map, flat_map, batch and take, with fusion off (every stage a fiber).
-  const long n = (rill::from(in) | rill::flat_map([](int v) { return std::vector<int>{v, v}; }) |
+  const long n = (rill::from(in) | rill::flat_map([](int v) {
+                    return std::vector<int>{v, v};
+                  }) |
                   rill::par_map([](int v) { return v; }, {.workers = 2, .ordered = false}) |
                   rill::batch(4) | rill::take(10) | rill::count())
                      .run({.fusion = false});
@@ -392,7 +391,8 @@ void sweep_alloc(const config& c, std::uint64_t max_points) {
   for (std::uint64_t n = first_point; n <= total + 1; n += (n < dense ? 1 : stride)) {
     if (t.points >= max_points) break;
     what.clear();
-    if (verbose) std::fprintf(stderr, "%s alloc n=%llu\n", c.name, static_cast<unsigned long long>(n));
+    if (verbose)
+      std::fprintf(stderr, "%s alloc n=%llu\n", c.name, static_cast<unsigned long long>(n));
     {
       test::watchdog dog(std::chrono::seconds(60));  // a hang prints the fibers and aborts
       arm(n, c.persistent);
@@ -401,8 +401,8 @@ void sweep_alloc(const config& c, std::uint64_t max_points) {
     }
     t.add(o);
     if (o == outcome::wrong) {
-      std::fprintf(stderr, "FAIL %s alloc n=%llu: %s\n", c.name,
-                   static_cast<unsigned long long>(n), what.c_str());
+      std::fprintf(stderr, "FAIL %s alloc n=%llu: %s\n", c.name, static_cast<unsigned long long>(n),
+                   what.c_str());
       ++failures;
     }
     check_clean(blocks, c.name, "alloc", n);
@@ -481,8 +481,7 @@ int main(int argc, char** argv) {
     sweep_stacks(1);
     sweep_stacks(2);
   }
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("FIGURE fault.points_tried=%llu failures=%d injected=%llu seconds=%.1f\n",
               static_cast<unsigned long long>(points_tried), failures,
               static_cast<unsigned long long>(g_injected.load()), secs);
