@@ -659,14 +659,9 @@ def write_markdown(path, meta, summary, problems):
         peers = sorted({s["impl"] for s in rows if not is_rill(s["impl"])}, key=impl_rank)
         for r in rill_rows:
             for p in peers:
-                cands = [s for s in rows if s["impl"] == p and s["median"] and
-                         s["figure"] == "ns_per_item" and compatible(r["key"], s["key"])]
-                if not cands:
-                    continue
-                best = min(cands, key=lambda s: s["median"])
-                L.append(f"| `{r['impl']}/{r['config']}` | {p} | `{best['config']}` | "
-                         f"{fmt_num(r['median'])} | {fmt_num(best['median'])} | "
-                         f"{r['median'] / best['median']:.3g} | {verdict(r, best)} |")
+                line = peer_ratio_row(r, p, rows, r["key"])
+                if line:
+                    L.append("| " + line)
         L += best_of_threads_markdown(workload, rows, rill_rows, peers)
     if problems:
         L.append("")
@@ -700,15 +695,23 @@ def best_of_threads_markdown(workload, rows, rill_rows, peers):
         mine = [r for r in rill_rows if without_workers(r["key"]) == g]
         r = min(mine, key=lambda s: s["median"])
         for p in peers:
-            cands = [s for s in rows if s["impl"] == p and s["median"] and
-                     s["figure"] == "ns_per_item" and compatible(g, s["key"])]
-            if not cands:
-                continue
-            best = min(cands, key=lambda s: s["median"])
-            L.append(f"| {key_label(g)} | `{r['impl']}/{r['config']}` | {p} | `{best['config']}` | "
-                     f"{fmt_num(r['median'])} | {fmt_num(best['median'])} | "
-                     f"{r['median'] / best['median']:.3g} | {verdict(r, best)} |")
+            line = peer_ratio_row(r, p, rows, g)
+            if line:
+                L.append(f"| {key_label(g)} | " + line)
     return L
+
+
+def peer_ratio_row(r, p, rows, key):
+    """The cells of a rill/peer row, from rill's row r and peer p's fastest row compatible
+    with `key` (None when p has none): the rows, their ns/item, the ratio, the verdict."""
+    cands = [s for s in rows if s["impl"] == p and s["median"] and
+             s["figure"] == "ns_per_item" and compatible(key, s["key"])]
+    if not cands:
+        return None
+    best = min(cands, key=lambda s: s["median"])
+    return (f"`{r['impl']}/{r['config']}` | {p} | `{best['config']}` | "
+            f"{fmt_num(r['median'])} | {fmt_num(best['median'])} | "
+            f"{r['median'] / best['median']:.3g} | {verdict(r, best)} |")
 
 
 def gp_quote(text):

@@ -598,9 +598,9 @@ inline std::uint64_t cs_expected_heavytail(std::uint64_t n) {
 //   name                  the workload's name
 //   map(v)                an item's work
 //   items(), expected(n)  the item count, the sink's sum
-// fan_out_fan_in: fan_map, 1 us on average (0.25-1.75 us, the same every 7 items).
-// heavy_tail: heavy_tail_map, seeded: 99% ~1 us, 1% ~1 ms, so a worker that holds a slow
-// item while others idle shows (load balance).
+// fan_out_fan_in: fan_map (uneven, repeating: see fan_iters). heavy_tail: heavy_tail_map
+// (a seeded few items far costlier than the rest: see heavy_tail_iters), so that a worker
+// that holds a slow item while the others idle shows (load balance).
 struct fan_uneven {
   static constexpr const char* name = "fan_out_fan_in";
   static std::uint64_t map(std::uint64_t v) { return fan_map(v); }

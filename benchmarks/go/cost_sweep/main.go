@@ -12,7 +12,6 @@ package main
 
 import (
 	"strconv"
-	"sync"
 	"time"
 
 	"rillbench/internal/bench"
@@ -54,22 +53,7 @@ func trickle(n uint64, linear bool, workers int, rec *bench.LatencyRecorder) uin
 		close(src)
 	}()
 	tstage := func(in <-chan bench.TrickleItem, k int) <-chan bench.TrickleItem {
-		out := make(chan bench.TrickleItem, capacity)
-		var wg sync.WaitGroup
-		wg.Add(k)
-		for w := 0; w < k; w++ {
-			go func() {
-				defer wg.Done()
-				for t := range in {
-					out <- tstep(t)
-				}
-			}()
-		}
-		go func() {
-			wg.Wait()
-			close(out)
-		}()
-		return out
+		return bench.Workers(in, tstep, k)
 	}
 	var last <-chan bench.TrickleItem
 	if linear {

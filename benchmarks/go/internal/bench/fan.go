@@ -16,8 +16,8 @@ func Source(n uint64) <-chan uint64 {
 
 // Workers maps what `in` brings with `work` on `workers` goroutines, into a channel of
 // capacity Cap that is closed once every worker is done; items in any order.
-func Workers(in <-chan uint64, work func(uint64) uint64, workers int) <-chan uint64 {
-	out := make(chan uint64, Cap)
+func Workers[T any](in <-chan T, work func(T) T, workers int) <-chan T {
+	out := make(chan T, Cap)
 	var wg sync.WaitGroup
 	wg.Add(workers)
 	for w := 0; w < workers; w++ {
