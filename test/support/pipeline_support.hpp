@@ -45,6 +45,27 @@ inline constexpr bool sanitized = RILL_PIPELINE_TEST_SANITIZED != 0;
 // scaled(n): n normally, n / div (at least 1) under a sanitizer.
 constexpr int scaled(int n, int div = 8) { return sanitized ? (n / div > 0 ? n / div : 1) : n; }
 
+// declared_fibers(s): the run's fibers with the splits it made from measured time joined
+// back to the fiber they left: the layout that the pipeline's declaration fixes
+// (stage_boundary, .fuse = false, par_map's workers). A loaded machine can make cheap stages
+// measure slow enough to split, so tests of the wiring compare this, not s.fibers.
+inline std::vector<std::string> declared_fibers(const rill::pipeline_stats& s) {
+  const auto first = [](const std::string& f) { return f.substr(0, f.find('|')); };
+  const auto last = [](const std::string& f) { return f.substr(f.rfind('|') + 1); };
+  std::vector<std::string> out = s.fibers;
+  for (std::size_t k = 1; k < s.stages.size(); ++k) {
+    if (s.stages[k].decision.rfind("split", 0) != 0) continue;
+    const auto split = std::find_if(out.begin(), out.end(),
+                                    [&](const auto& f) { return first(f) == s.stages[k].name; });
+    const auto from = std::find_if(out.begin(), out.end(),
+                                   [&](const auto& f) { return last(f) == s.stages[k - 1].name; });
+    if (split == out.end() || from == out.end() || split == from) continue;
+    *from += "|" + *split;
+    out.erase(split);
+  }
+  return out;
+}
+
 // tracked: an item that counts its live instances, to prove that no item outlives a run.
 struct tracked {
   static inline std::atomic<long> live{0};

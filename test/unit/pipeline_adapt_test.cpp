@@ -193,6 +193,8 @@ TEST_CASE("adapt: heavy stages split all at once, a fiber each", "[pipeline][ada
   std::sort(fibers.begin(), fibers.end());
   CHECK(fibers == std::vector<std::string>{"from|map#1", "map#2", "map#3|collect"});
   CHECK(stats.stages[3].decision.find("every piece") != std::string::npos);
+  // The splits came from measured time: the declared layout is one fused chain.
+  CHECK(test::declared_fibers(stats) == std::vector<std::string>{"from|map#1|map#2|map#3|collect"});
 }
 
 TEST_CASE("adapt: a busy stage fiber takes turns with the worker's other fibers",
