@@ -26,6 +26,7 @@
 //   bench::measure_backpressure(state, items, run)     run(bench::flight_meter&) -> sink's sum
 //   bench::expected_trivial(n), expected_heavy(n, ordered), expected_fan(n)
 //   bench::add(name, fn)                               registers with the suite's settings
+//   bench::link_batch(cap), link_slots(cap), layout_name(b)   the layouts (see "Layouts")
 //
 // The source of every workload yields the integers 0 .. n-1 in order.  Names are
 // `<workload>/<impl>/<config>`; the config holds the canonical tokens cap<C>, workers<W> and
@@ -308,6 +309,33 @@ benchmark::internal::Benchmark* add(const std::string& name, Fn&& fn) {
 
 inline std::string cap_name(std::size_t cap) { return "cap" + std::to_string(cap); }
 inline std::string workers_name(unsigned w) { return "workers" + std::to_string(w); }
+
+// Layouts (issue 19): every row of linear_trivial, linear_heavy, fan_out_fan_in, heavy_tail
+// and backpressure names how it moves items (sequential's rows name none: the loop is the
+// limit that every layout compares with):
+//   fused       source, stages and sink as nested calls in one thread of control, no
+//               channel (rill's default; a goroutine's loop; one serial TBB filter)
+//   peritem     one item per channel operation, as each library's users write it
+//   batch<B>    hand-batched: up to B items per channel operation, in a channel of
+//               link_slots() batches
+//   auto        rill's links with no hints: batches that adapt, up to link_batch(cap)
+// A batched link of `cap` items has rill's own link shape (shape_for in
+// rill/pipeline/links.hpp): batches of link_batch(cap) items and a channel of
+// link_slots(cap) batches, so that a batched row holds as many items in flight as rill's.
+// par_map hands out at most 16 items at a time: fan workloads batch with max_batch 16.
+inline std::size_t link_batch(std::size_t cap, std::size_t max_batch = 64) {
+  return std::clamp<std::size_t>(cap / 3, 1, max_batch);
+}
+inline std::size_t link_slots(std::size_t cap, std::size_t max_batch = 64) {
+  const std::size_t b = link_batch(cap, max_batch);
+  return cap >= 2 * b ? (cap - 2 * b + 1) / b : 0;
+}
+inline std::string layout_name(std::size_t batch) {
+  return batch == 1 ? "peritem" : "batch" + std::to_string(batch);
+}
+// The capacities of linear_trivial that get hand-batched rows (capacity 0 has batches of 1).
+inline std::vector<std::size_t> batched_caps() { return {64, 1024}; }
+inline constexpr std::size_t kFanBatch = 16;  // par_map's largest hand-out
 
 // measure() times run() once per iteration; run() processes `items` items and returns the
 // sink's result, which must equal `expected`.  It sets items_processed and ns_per_item.

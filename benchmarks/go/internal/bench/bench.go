@@ -378,6 +378,41 @@ func Emit(program string, rows []Row) {
 func WorkersName(w int) string { return "workers" + strconv.Itoa(w) }
 func CapName(c int) string     { return "cap" + strconv.Itoa(c) }
 
+// Layouts: work.hpp's "Layouts" (same words, same shapes). LinkBatch and LinkSlots give a
+// hand-batched link of capacity c items rill's own link shape: batches of LinkBatch(c, max)
+// items through a channel of LinkSlots(c, max) batches. LayoutName(1) is "peritem".
+func LinkBatch(c, max int) int {
+	b := c / 3
+	if b < 1 {
+		b = 1
+	}
+	if b > max {
+		b = max
+	}
+	return b
+}
+
+func LinkSlots(c, max int) int {
+	b := LinkBatch(c, max)
+	if c >= 2*b {
+		return (c - 2*b + 1) / b
+	}
+	return 0
+}
+
+func LayoutName(batch int) string {
+	if batch == 1 {
+		return "peritem"
+	}
+	return "batch" + strconv.Itoa(batch)
+}
+
+// BatchedCaps are linear_trivial's capacities with hand-batched rows; FanBatch is
+// par_map's largest hand-out, the fan workloads' batch.
+var BatchedCaps = []int{64, 1024}
+
+const FanBatch = 16
+
 // ---- cost_sweep -------------------------------------------------------------------------------
 // The cells of benchmarks/compare/cost_sweep/ (work.hpp's cost_sweep section, same constants):
 // an item cost of ~1 ns (v*2+1), 100 ns, 10 µs, 1 ms of CPU, or a 1 ms sleep, through 3
