@@ -1,5 +1,6 @@
 // backpressure: a fast source goroutine feeds a slow sink (~2 µs per item) through a channel
-// of capacity 64; reports the peak items in flight and the peak resident-set growth.
+// of capacity 64, an item per channel operation (peritem); reports the peak items in flight
+// and the peak resident-set growth.
 package main
 
 import (
@@ -49,7 +50,8 @@ func main() {
 	expected := bench.Once(func() uint64 { return bench.ExpectedBackpressure(n) })
 	var cases []bench.Case
 	for _, w := range o.EdgeWorkerCounts() {
-		name := "backpressure/go/" + bench.CapName(bench.Cap) + "_" + bench.WorkersName(w)
+		name := "backpressure/go/" + bench.Config(bench.LayoutName(1), bench.CapName(bench.Cap),
+			bench.WorkersName(w))
 		cases = append(cases, bench.Case{Name: name, Workers: w, Run: func() bench.Row {
 			want := expected()
 			runtime.GC()

@@ -1,5 +1,6 @@
 // linear_heavy: source -> W map goroutines (~1 µs of work per item) -> sum, channels of
-// capacity 64, GOMAXPROCS = W; ordered (the sink reorders) and unordered.
+// capacity 64, an item per channel operation (peritem), GOMAXPROCS = W; ordered (the sink
+// reorders) and unordered.
 package main
 
 import (
@@ -57,7 +58,8 @@ func main() {
 			if ordered {
 				order = "_ordered"
 			}
-			name := "linear_heavy/go/" + bench.CapName(bench.Cap) + "_" + bench.WorkersName(w) + order
+			name := "linear_heavy/go/" + bench.Config(bench.LayoutName(1), bench.CapName(bench.Cap),
+				bench.WorkersName(w)) + order
 			cases = append(cases, bench.Case{Name: name, Workers: w, Run: func() bench.Row {
 				return bench.Measure(name, n, expected[ordered](), func() uint64 { return run(n, w, ordered) })
 			}})

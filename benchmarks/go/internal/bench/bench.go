@@ -21,7 +21,7 @@ import (
 
 // Options are the flags every program takes.
 type Options struct {
-	Workers int            // -workers N: run with GOMAXPROCS=N only; 0 sweeps the worker counts
+	Workers int            // -workers N: run with GOMAXPROCS=N only; 0 (or empty) sweeps the worker counts
 	Quick   bool           // -quick (or RILL_BENCH_QUICK=1): small item counts
 	List    bool           // -list: print the names, run nothing
 	Filter  *regexp.Regexp // -filter RE: run only the names RE matches
@@ -30,7 +30,21 @@ type Options struct {
 // Parse parses the flags of a benchmark program.
 func Parse() Options {
 	var o Options
-	flag.IntVar(&o.Workers, "workers", 0, "GOMAXPROCS (and worker goroutines); 0: sweep 1, 2, 4, ..., NumCPU")
+	// An empty -workers is 0: scripts/bench passes its workers token, empty for the rows that
+	// name none (linear_trivial's fused row).
+	flag.Func("workers", "GOMAXPROCS (and worker goroutines); 0 or empty: sweep 1, 2, 4, ..., NumCPU",
+		func(s string) error {
+			if s == "" {
+				o.Workers = 0
+				return nil
+			}
+			w, err := strconv.Atoi(s)
+			if err != nil || w < 0 {
+				return fmt.Errorf("want a worker count, not %q", s)
+			}
+			o.Workers = w
+			return nil
+		})
 	flag.BoolVar(&o.Quick, "quick", false, "small item counts (also RILL_BENCH_QUICK=1)")
 	flag.BoolVar(&o.List, "list", false, "print the benchmark names and exit")
 	filter := flag.String("filter", "", "run only the benchmarks whose name matches this regular expression")
@@ -374,9 +388,11 @@ func Emit(program string, rows []Row) {
 	}
 }
 
-// WorkersName and CapName spell the canonical config tokens.
-func WorkersName(w int) string { return "workers" + strconv.Itoa(w) }
-func CapName(c int) string     { return "cap" + strconv.Itoa(c) }
+// WorkersName and CapName spell the canonical config tokens; Config joins tokens into a
+// row's config.
+func WorkersName(w int) string       { return "workers" + strconv.Itoa(w) }
+func CapName(c int) string           { return "cap" + strconv.Itoa(c) }
+func Config(tokens ...string) string { return strings.Join(tokens, "_") }
 
 // Layouts: work.hpp's "Layouts" (same words, same shapes). LinkBatch and LinkSlots give a
 // hand-batched link of capacity c items rill's own link shape: batches of LinkBatch(c, max)
