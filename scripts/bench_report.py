@@ -7,12 +7,12 @@ and writes, next to each other:
 
   <out>.json  machine, load, every raw row of every repetition, and per name the median
   <out>.md    median figure per name, grouped by workload and config, and rill/peer ratios
-  <out>.png   per workload, one bar per implementation (its best config), log-scale ns/item
+  <out>.png   per workload, one bar per implementation and layout (its best config), log-scale ns/item
 
-Names are <workload>/<impl>/<config>.  The config's canonical tokens, cap<C>, workers<W> and
-ordered|unordered, say which rows are comparable; a row without one of them (the sequential
-loop, tbb_pipeline's tokens<T>, the unbounded tbb_flow graphs) is comparable whatever that
-token's value.  Rows of impl `rill` or `rill_*` are rill's.  cost_sweep's configs also name
+Names are <workload>/<impl>/<config>.  The config's canonical tokens, cap<C>, workers<W>,
+ordered|unordered and the layout (fused, peritem, batch<B>, auto), say which rows are
+comparable; a row without one of them (the sequential loop, tbb_pipeline's tokens<T>, the
+unbounded tbb_flow graphs) is comparable whatever that token's value.  Rows of impl `rill` or `rill_*` are rill's.  cost_sweep's configs also name
 a cell (linear3_cost10us, parmap_sleep1ms, few8_cost1ms, heavytail, trickle_linear3, ...),
 which is part of the match; its section of the report has, per cell and worker count, rill
 with no hints, rill's best hand layout (`rill_tuned`), the ideal (computed here from the
@@ -82,11 +82,19 @@ CELL_SHAPE_RE = re.compile(r"linear\d+|parmap|few\d+|heavytail|trickle")
 CELL_COST_RE = re.compile(r"(cost|sleep)\d+(ns|us|ms)")
 
 
+# The layout words of a row (work.hpp, "Layouts"): how its items move. Rows compare only
+# with rows of the same layout; a row without one (the sequential loop) with every layout.
+LAYOUT_RE = re.compile(r"fused|peritem|batch\d+|auto")
+LAYOUT_ORDER = ["fused", "peritem", "batch", "auto"]
+
+
 def config_key(config):
-    """The canonical tokens of a config: {'cap': '64', 'workers': '2', 'order': 'ordered'},
-    and cost_sweep's cell: {'cell': 'linear3_cost10us', 'workers': '2'}."""
+    """The canonical tokens of a config: {'cap': '64', 'workers': '2', 'order': 'ordered',
+    'layout': 'batch21'}, and cost_sweep's cell: {'cell': 'linear3_cost10us', 'workers': '2'}
+    (a cell's layouts are rill's hand layouts, its variants: cost_sweep compares bests)."""
     key = {}
     cell = []
+    layout = None
     for token in re.split(r"[_/]", config):
         m = re.fullmatch(r"(cap|workers)(\d+)", token)
         if m:
@@ -95,9 +103,37 @@ def config_key(config):
             key["order"] = token
         elif CELL_SHAPE_RE.fullmatch(token) or CELL_COST_RE.fullmatch(token):
             cell.append(token)
+        elif LAYOUT_RE.fullmatch(token) and layout is None:
+            layout = token
     if cell:
         key["cell"] = "_".join(cell)
+    elif layout:
+        key["layout"] = layout
     return key
+
+
+def layout_label(key):
+    """A row's layout in words: fused, per item, batch 21, adaptive (batches of 1..21)."""
+    layout = key.get("layout")
+    if not layout:
+        return None
+    if layout == "peritem":
+        return "per item"
+    if layout.startswith("batch"):
+        return "batch " + layout[5:]
+    if layout == "auto":
+        # rill's adaptive links: up to a third of the capacity, at most 64 (links.hpp).
+        top = min(64, max(1, int(key["cap"]) // 3)) if "cap" in key else 64
+        return f"adaptive (batches of 1..{top})"
+    return layout
+
+
+def layout_rank(key):
+    layout = key.get("layout") or ""
+    for k, word in enumerate(LAYOUT_ORDER):
+        if layout.startswith(word):
+            return (k, int(layout[5:]) if word == "batch" else 0)
+    return (len(LAYOUT_ORDER), 0)
 
 
 def compatible(a, b):
@@ -106,7 +142,8 @@ def compatible(a, b):
 
 def key_label(key):
     # A cost_sweep cell groups by cell and workers (a peer's channel capacity is its variant).
-    parts = [key.get("cell"), f"cap{key['cap']}" if "cap" in key and "cell" not in key else None,
+    parts = [key.get("cell"), layout_label(key),
+             f"cap{key['cap']}" if "cap" in key and "cell" not in key else None,
              f"workers{key['workers']}" if "workers" in key else None, key.get("order")]
     parts = [p for p in parts if p]
     return " ".join(parts) if parts else "(any)"
@@ -114,8 +151,9 @@ def key_label(key):
 
 def key_sort(key):
     if "cell" in key:
-        return (cell_rank(key["cell"]), int(key.get("workers", -1)), -1, "")
-    return ((), int(key.get("cap", -1)), int(key.get("workers", -1)), key.get("order", ""))
+        return (cell_rank(key["cell"]), (), int(key.get("workers", -1)), -1, "")
+    return ((), layout_rank(key), int(key.get("cap", -1)), int(key.get("workers", -1)),
+            key.get("order", ""))
 
 
 # ---- cost_sweep: cells, the ideal, time formatting -------------------------------------------
@@ -603,8 +641,12 @@ def write_markdown(path, meta, summary, problems):
     L.append("Figures: ns/item (wall time / items) unless the column says otherwise; "
              "spread = (max − min) / median over the repetitions; others = the largest share "
              "of the cores other processes took during one of its runs.  A config's canonical "
-             "tokens (cap, workers, ordered) group the rows; `(any)` rows have none of them and "
-             "compare with every group.")
+             "tokens (layout, cap, workers, ordered) group the rows; `(any)` rows have none of "
+             "them and compare with every group.  Layouts (benchmarks/compare/common/work.hpp): "
+             "`fused` (no channel: nested calls in one thread of control), `per item` (one item "
+             "per channel operation), `batch B` (B items per operation, by hand or pinned), "
+             "`adaptive` (rill's links with no hints).  rill/peer ratios compare rows of the "
+             "same layout; the *best* tables compare each side's fastest row, layout named.")
     for workload in ordered_workloads(summary):
         rows = [s for s in summary if s["workload"] == workload]
         rows.sort(key=lambda s: (key_sort(s["key"]), impl_rank(s["impl"]), s["median"] or 0))
@@ -674,25 +716,27 @@ def write_markdown(path, meta, summary, problems):
 
 
 def best_of_threads_markdown(workload, rows, rill_rows, peers):
-    """Each side at its best thread count: per group of the other tokens (cap, order), rill's
-    fastest row against each peer's fastest, whatever worker count each used (a peer that
-    loses time to a second thread is compared at one)."""
-    def without_workers(key):
-        return {k: v for k, v in key.items() if k != "workers"}
+    """Each side at its best: per group of the other tokens (cap, order), rill's fastest row
+    against each peer's fastest, whatever layout and worker count each used (a peer that
+    loses time to a second thread is compared at one; fused next to channels is labelled)."""
+    def group_of(key):
+        return {k: v for k, v in key.items() if k not in ("workers", "layout")}
     groups = []
     for r in rill_rows:
-        g = without_workers(r["key"])
-        if g not in groups:
+        g = group_of(r["key"])
+        if g and g not in groups:
             groups.append(g)
     if not groups:
-        return []
-    L = ["", f"### {workload}: each at its best thread count",
+        groups = [{}]
+    L = ["", f"### {workload}: each at its best layout and thread count",
          "",
          "| group | rill's best | peer | peer's best | rill ns/item | peer ns/item | rill/peer "
          "| verdict |",
          "|---|---|---|---|---:|---:|---:|---|"]
     for g in groups:
-        mine = [r for r in rill_rows if without_workers(r["key"]) == g]
+        mine = [r for r in rill_rows if compatible(g, r["key"])]
+        if not mine:
+            continue
         r = min(mine, key=lambda s: s["median"])
         for p in peers:
             line = peer_ratio_row(r, p, rows, g)
@@ -719,7 +763,7 @@ def gp_quote(text):
 
 
 def bar_panel(g, workload, bars):
-    """A panel of one bar per implementation (its best config), log scale."""
+    """A panel of one bar per implementation and layout (its best config), log scale."""
     vals = [b["median"] for b in bars]
     lo, hi = min(vals) / 4, max(vals) * 4
     g += ["set style data boxes", "set boxwidth 0.7", "set logscale y",
@@ -819,14 +863,17 @@ def write_chart(path, meta, summary):
     for workload in ordered_workloads(summary):
         if workload in ("micro", "cost_sweep"):
             continue
+        # A bar per implementation and layout class (fused, per item, batched, adaptive), so
+        # that a fused row stands next to the peers' fused forms, not their channels.
         best = {}
         for s in summary:
             if s["workload"] != workload or s["figure"] != "ns_per_item" or not s["median"]:
                 continue
-            if s["impl"] not in best or s["median"] < best[s["impl"]]["median"]:
-                best[s["impl"]] = s
+            k = (layout_rank(s["key"])[0], impl_rank(s["impl"]))
+            if k not in best or s["median"] < best[k]["median"]:
+                best[k] = s
         if best:
-            panels.append((workload, sorted(best.values(), key=lambda s: impl_rank(s["impl"]))))
+            panels.append((workload, [best[k] for k in sorted(best)]))
     cs_panels = cost_sweep_panels(summary, meta.get("hw") or meta["machine"]["cores"] or 1)
     if not panels and not cs_panels:
         return False
@@ -837,7 +884,7 @@ def write_chart(path, meta, summary):
     height = panel_h * nrows + cs_h * len(cs_panels)
     m = meta["machine"]
     title = (f"rill side by side, {meta['date']}, {m.get('cpu_model', '?')} x{m['cores']}"
-             f"{' (quick)' if meta['quick'] else ''}: median ns/item, best config per implementation")
+             f"{' (quick)' if meta['quick'] else ''}: median ns/item, best config per implementation and layout")
     if meta["load"].get("delivered") is False:
         title += "  [machine did not deliver its cores]"
     g = [f"set terminal pngcairo noenhanced size {width},{height} font 'Sans,9'",
