@@ -454,6 +454,34 @@ TEST_CASE("pipeline: {.fuse = false} gives a stage a fiber of its own", "[pipeli
         std::vector<std::string>{"from|map#1", "filter#2|tap#3|count"});
 }
 
+TEST_CASE("pipeline: a link with a small pinned batch still holds its buffer of items",
+          "[pipeline][stage]") {
+  // The writer runs ahead of a reader that waits for it: 50 items must fit in a link of
+  // buffer 64 whatever its batch size. A link shaped for the default batches (one slot of
+  // 21) with batches of one item held 3, and the run deadlocked (rill::run throws).
+  const std::size_t batch = GENERATE(1u, 2u, 7u, 21u);
+  INFO("batch_size " << batch);
+  test::run_with(2, [batch] {
+    rill::chan<int> ahead(1);
+    int produced = 0;  // the writer's fiber only
+    auto p = rill::from(iota_vec(200)) |
+             rill::map(
+                 [&](int v) {
+                   if (++produced == 50) ahead.send(1);
+                   return v;
+                 },
+                 {.buffer = 64, .batch_size = batch}) |
+             rill::map(
+                 [&, first = true](int v) mutable {
+                   if (first) first = !ahead.recv();  // holds a value: false
+                   return v;
+                 },
+                 {.fuse = false}) |
+             rill::count();
+    CHECK(p.run() == 200);
+  });
+}
+
 TEST_CASE("pipeline: {.buffer = n} of any size gives the same results", "[pipeline][stage]") {
   auto n = GENERATE(0u, 1u, 2u, 3u, 7u, 8u, 9u, 64u, 1000u);
   test::run_with(2, [n] {
