@@ -1,7 +1,7 @@
 // backpressure, boost_fiber: a fast source fiber feeds the slow sink (the main fiber, ~2 µs
-// per item) through a buffered_channel(64) (holds 63 items).
-//   rr_cap64_workers1   round_robin scheduler on one thread
-//   ws_cap64_workersW   work_stealing scheduler on W threads (see fiber_support.hpp)
+// per item) through a buffered_channel(64) (holds 63 items), one item per channel operation.
+//   peritem_rr_cap64_workers1   round_robin scheduler on one thread
+//   peritem_ws_cap64_workersW   work_stealing scheduler on W threads (see fiber_support.hpp)
 #include "fiber_support.hpp"
 #include "work.hpp"
 
@@ -33,7 +33,7 @@ const bool registered = [] {
   const unsigned hw = bench::hardware_threads();
   for (unsigned workers : {1u, hw}) {
     for (const bench::fiber_way& way : bench::fiber_ways(workers)) {
-      bench::add("backpressure/boost_fiber/" + std::string(way.prefix) +
+      bench::add("backpressure/boost_fiber/peritem_" + std::string(way.prefix) +
                      bench::cap_name(bench::kCap) + "_" + bench::workers_name(workers),
                  [=](benchmark::State& s) {
                    bench::fiber_runner run_on;

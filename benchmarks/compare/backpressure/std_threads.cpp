@@ -1,5 +1,6 @@
 // backpressure, std_threads: a fast source thread feeds the slow sink (the calling thread,
-// ~2 µs per item) through a mutex + condition-variable queue of capacity 64.
+// ~2 µs per item) through a mutex + condition-variable queue of capacity 64, one item per
+// queue operation (peritem_).
 #include <thread>
 
 #include "bounded_queue.hpp"
@@ -27,10 +28,12 @@ std::uint64_t run(std::uint64_t n, bench::flight_meter& meter) {
 }
 
 const bool registered = [] {
-  bench::add("backpressure/std_threads/" + bench::cap_name(bench::kCap), [](benchmark::State& s) {
-    const std::uint64_t n = bench::items_backpressure();
-    bench::measure_backpressure(s, n, [&](bench::flight_meter& meter) { return run(n, meter); });
-  });
+  bench::add("backpressure/std_threads/peritem_" + bench::cap_name(bench::kCap),
+             [](benchmark::State& s) {
+               const std::uint64_t n = bench::items_backpressure();
+               bench::measure_backpressure(
+                   s, n, [&](bench::flight_meter& meter) { return run(n, meter); });
+             });
   return true;
 }();
 

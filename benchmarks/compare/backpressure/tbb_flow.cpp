@@ -1,8 +1,10 @@
 // backpressure, tbb_flow: input_node -> serial sink (~2 µs per item), default queueing
-// policy.
-//   input_queueing_unbounded   the default: the sink's input buffer is unbounded, so the
-//                              source runs ahead and every item can end up in flight
-//   input_queueing_cap64       a limiter_node(64) before the sink, decremented by the sink
+// policy, one item per message (peritem_).
+//   peritem_input_queueing_unbounded   the default: the sink's input buffer is unbounded,
+//                                      so the source runs ahead and every item can end up
+//                                      in flight
+//   peritem_input_queueing_cap64       a limiter_node(64) before the sink, decremented by
+//                                      the sink
 // workersW: tbb_workers(W).
 #include <oneapi/tbb/flow_graph.h>
 
@@ -49,7 +51,7 @@ const bool registered = [] {
   const unsigned hw = bench::hardware_threads();
   for (unsigned workers : {1u, hw}) {
     for (bool bounded : {false, true}) {
-      bench::add("backpressure/tbb_flow/input_queueing_" +
+      bench::add("backpressure/tbb_flow/peritem_input_queueing_" +
                      (bounded ? bench::cap_name(bench::kCap) : std::string("unbounded")) + "_" +
                      bench::workers_name(workers),
                  [=](benchmark::State& s) {

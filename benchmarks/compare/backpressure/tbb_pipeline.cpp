@@ -1,5 +1,6 @@
 // backpressure, tbb_pipeline: serial_in_order source -> serial_in_order sink (~2 µs per
-// item).  tokens64: at most 64 items in flight.  workersW: tbb_workers(W).
+// item), one item per token (peritem_).  tokens64: at most 64 items in flight.  workersW:
+// tbb_workers(W).
 #include <oneapi/tbb/parallel_pipeline.h>
 
 #include "tbb_support.hpp"
@@ -33,7 +34,7 @@ std::uint64_t run(std::uint64_t n, bench::flight_meter& meter) {
 const bool registered = [] {
   const unsigned hw = bench::hardware_threads();
   for (unsigned workers : {1u, hw}) {
-    bench::add("backpressure/tbb_pipeline/tokens" + std::to_string(bench::kCap) + "_" +
+    bench::add("backpressure/tbb_pipeline/peritem_tokens" + std::to_string(bench::kCap) + "_" +
                    bench::workers_name(workers),
                [=](benchmark::State& s) {
                  bench::tbb_workers tbb(workers);

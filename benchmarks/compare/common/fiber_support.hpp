@@ -22,10 +22,13 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
+#include <bit>
 #include <boost/fiber/algo/shared_work.hpp>
 #include <boost/fiber/algo/work_stealing.hpp>
 #include <boost/fiber/all.hpp>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -208,6 +211,14 @@ std::uint64_t with_channel(std::size_t cap, F&& f) {
   }
   boost::fibers::buffered_channel<T> c(cap);
   return f(c);
+}
+
+// buffered_capacity(slots): the capacity of a buffered_channel that holds at least `slots`
+// messages (a hand-batched link of `slots` blocks): the power of two above slots, at least 2,
+// which holds its capacity - 1; where slots + 1 is no power of two the channel is rounded up
+// and holds more than slots.
+inline std::size_t buffered_capacity(std::size_t slots) {
+  return std::bit_ceil(std::max<std::size_t>(slots + 1, 2));
 }
 
 }  // namespace bench

@@ -1,9 +1,13 @@
 // fan_out_fan_in and heavy_tail, tbb_flow: input_node -> limiter_node(64) ->
-// function_node(concurrency W)
-// -> serial `lightweight` sink ("lwsink"), which decrements the limiter.  workersW:
-// tbb_workers(W).
+// function_node(concurrency W) -> serial `lightweight` sink ("lwsink"), which decrements the
+// limiter.  The layout is the config's first word:
+//   peritem_   one item per message
+//   batch16_   blocks of kFanBatch items per message through the same nodes, the limiter
+//              counting blocks (limit_blocks: no more items in flight than 64)
+// workersW: tbb_workers(W).
 #include <oneapi/tbb/flow_graph.h>
 
+#include "batch_support.hpp"
 #include "tbb_support.hpp"
 #include "work.hpp"
 
@@ -11,24 +15,19 @@ namespace {
 
 namespace flow = tbb::flow;
 
-template <class Fan>
-std::uint64_t run(std::uint64_t n, unsigned workers) {
+// graph<Msg>(limit, workers, source, map, fold): the graph over messages of type Msg (an
+// item or a block); returns the sink's fold of every message from 0.
+template <class Msg, class Source, class Map, class Fold>
+std::uint64_t graph(std::size_t limit, unsigned workers, Source source_body, Map map_body,
+                    Fold fold) {
   flow::graph g;
-  std::uint64_t next = 0;
   std::uint64_t acc = 0;
-  flow::input_node<std::uint64_t> source(g, [&](tbb::flow_control& fc) -> std::uint64_t {
-    if (next >= n) {
-      fc.stop();
-      return 0;
-    }
-    return next++;
-  });
-  flow::limiter_node<std::uint64_t> limiter(g, bench::kCap);
-  flow::function_node<std::uint64_t, std::uint64_t> map(
-      g, workers, [](std::uint64_t v) { return Fan::map(v); });
-  flow::function_node<std::uint64_t, flow::continue_msg, flow::queueing_lightweight> sink(
-      g, flow::serial, [&](std::uint64_t v) {
-        acc = bench::sum(acc, v);
+  flow::input_node<Msg> source(g, source_body);
+  flow::limiter_node<Msg> limiter(g, limit);
+  flow::function_node<Msg, Msg> map(g, workers, map_body);
+  flow::function_node<Msg, flow::continue_msg, flow::queueing_lightweight> sink(
+      g, flow::serial, [&](const Msg& m) {
+        acc = fold(acc, m);
         return flow::continue_msg();
       });
   flow::make_edge(source, limiter);
@@ -40,19 +39,38 @@ std::uint64_t run(std::uint64_t n, unsigned workers) {
   return acc;
 }
 
+template <class Fan>
+std::uint64_t run(std::uint64_t n, unsigned workers, bool batched) {
+  constexpr auto map_item = [](std::uint64_t v) { return Fan::map(v); };
+  if (!batched) {
+    bench::item_source items(n);
+    return graph<std::uint64_t>(
+        bench::kCap, workers, [&](tbb::flow_control& fc) { return items.take(fc); }, map_item,
+        bench::item_fold{});
+  }
+  bench::block_source blocks(n, bench::kFanBatch);
+  return graph<bench::block>(
+      bench::limit_blocks(bench::kCap, bench::kFanBatch), workers,
+      [&](tbb::flow_control& fc) { return blocks.take(fc); }, bench::block_map{map_item},
+      bench::block_fold{});
+}
+
 const bool registered = [] {
   bench::for_each_fan([](auto fan) {
     using Fan = decltype(fan);
     for (unsigned workers : bench::worker_counts()) {
-      bench::add(std::string(Fan::name) + "/tbb_flow/input_lwsink_" + bench::cap_name(bench::kCap) +
-                     "_" + bench::workers_name(workers),
-                 [=](benchmark::State& s) {
-                   bench::tbb_workers tbb(workers);
-                   const std::uint64_t n = Fan::items();
-                   bench::measure(s, n, Fan::expected(n), [&] {
-                     return tbb.arena.execute([&] { return run<Fan>(n, workers); });
+      for (bool batched : {false, true}) {
+        bench::add(std::string(Fan::name) + "/tbb_flow/" +
+                       bench::layout_name(batched ? bench::kFanBatch : 1) + "_input_lwsink_" +
+                       bench::cap_name(bench::kCap) + "_" + bench::workers_name(workers),
+                   [=](benchmark::State& s) {
+                     bench::tbb_workers tbb(workers);
+                     const std::uint64_t n = Fan::items();
+                     bench::measure(s, n, Fan::expected(n), [&] {
+                       return tbb.arena.execute([&] { return run<Fan>(n, workers, batched); });
+                     });
                    });
-                 });
+      }
     }
   });
   return true;

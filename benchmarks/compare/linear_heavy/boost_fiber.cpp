@@ -1,6 +1,6 @@
 // linear_heavy, boost_fiber: a source fiber, W map fibers and the main fiber as the sink,
 // linked by buffered_channel(64) (holds 63 items).  Ordered: the sink puts items back in
-// source order with a reorder buffer.
+// source order with a reorder buffer.  peritem_: one item per channel operation.
 //   rr_..._workers1   round_robin scheduler on one thread (W = 1)
 //   ws_..._workersW   and wssuspend_, swsuspend_: a pool of W threads (fiber_support.hpp)
 #include <atomic>
@@ -48,7 +48,7 @@ const bool registered = [] {
   for (unsigned workers : bench::worker_counts()) {
     for (const bench::fiber_way& way : bench::fiber_ways(workers)) {
       for (bool is_ordered : {true, false}) {
-        const std::string name = "linear_heavy/boost_fiber/" + std::string(way.prefix) +
+        const std::string name = "linear_heavy/boost_fiber/peritem_" + std::string(way.prefix) +
                                  bench::cap_name(bench::kCap) + "_" + bench::workers_name(workers) +
                                  (is_ordered ? "_ordered" : "_unordered");
         bench::add(name, [=](benchmark::State& s) {

@@ -1,6 +1,6 @@
 // linear_heavy, std_threads: a source thread, W map threads and the calling thread as the
 // sink, linked by mutex + condition-variable queues of capacity 64.  Ordered: the sink puts
-// items back in source order with a reorder buffer.
+// items back in source order with a reorder buffer.  peritem_: one item per queue operation.
 #include <atomic>
 #include <thread>
 #include <vector>
@@ -42,7 +42,7 @@ std::uint64_t run(std::uint64_t n, unsigned workers, bool is_ordered) {
 const bool registered = [] {
   for (unsigned workers : bench::worker_counts()) {
     for (bool is_ordered : {true, false}) {
-      bench::add("linear_heavy/std_threads/" + bench::cap_name(bench::kCap) + "_" +
+      bench::add("linear_heavy/std_threads/peritem_" + bench::cap_name(bench::kCap) + "_" +
                      bench::workers_name(workers) + (is_ordered ? "_ordered" : "_unordered"),
                  [=](benchmark::State& s) {
                    const std::uint64_t n = bench::items_heavy();

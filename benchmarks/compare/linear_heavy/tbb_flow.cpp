@@ -2,7 +2,8 @@
 // [-> sequencer_node when ordered] -> serial sink.  The sink uses the `lightweight` policy
 // (its body is a few instructions: it runs in the thread that delivers the message), hence
 // "lwsink"; the map keeps the default queueing policy so that W tasks run it in parallel.
-// cap64: the limiter bounds items in flight to 64.  workersW: tbb_workers(W).
+// peritem_: one item per message.  cap64: the limiter bounds items in flight to 64.
+// workersW: tbb_workers(W).
 #include <oneapi/tbb/flow_graph.h>
 
 #include "reorder.hpp"
@@ -52,8 +53,8 @@ std::uint64_t run(std::uint64_t n, unsigned workers, bool is_ordered) {
 const bool registered = [] {
   for (unsigned workers : bench::worker_counts()) {
     for (bool is_ordered : {true, false}) {
-      bench::add("linear_heavy/tbb_flow/input_lwsink_" + bench::cap_name(bench::kCap) + "_" +
-                     bench::workers_name(workers) + (is_ordered ? "_ordered" : "_unordered"),
+      bench::add("linear_heavy/tbb_flow/peritem_input_lwsink_" + bench::cap_name(bench::kCap) +
+                     "_" + bench::workers_name(workers) + (is_ordered ? "_ordered" : "_unordered"),
                  [=](benchmark::State& s) {
                    bench::tbb_workers tbb(workers);
                    const std::uint64_t n = bench::items_heavy();

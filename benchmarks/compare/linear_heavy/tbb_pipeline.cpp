@@ -1,6 +1,6 @@
 // linear_heavy, tbb_pipeline: serial_in_order source -> parallel map -> sink, the sink
-// serial_in_order (ordered) or serial_out_of_order (unordered).  tokensT: at most T items in
-// flight.  workersW: tbb_workers(W).
+// serial_in_order (ordered) or serial_out_of_order (unordered).  peritem_: one item per token.
+// tokensT: at most T items in flight.  workersW: tbb_workers(W).
 #include <oneapi/tbb/parallel_pipeline.h>
 
 #include "reorder.hpp"
@@ -37,7 +37,7 @@ const bool registered = [] {
   for (unsigned workers : bench::worker_counts()) {
     for (std::size_t tokens : {16, 256}) {
       for (bool is_ordered : {true, false}) {
-        bench::add("linear_heavy/tbb_pipeline/tokens" + std::to_string(tokens) + "_" +
+        bench::add("linear_heavy/tbb_pipeline/peritem_tokens" + std::to_string(tokens) + "_" +
                        bench::workers_name(workers) + (is_ordered ? "_ordered" : "_unordered"),
                    [=](benchmark::State& s) {
                      bench::tbb_workers tbb(workers);
