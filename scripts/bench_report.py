@@ -716,11 +716,11 @@ def write_markdown(path, meta, summary, problems):
 
 
 def best_of_threads_markdown(workload, rows, rill_rows, peers):
-    """Each side at its best: per group of the other tokens (cap, order), rill's fastest row
+    """Each side at its best: per group of the other tokens (order), rill's fastest row
     against each peer's fastest, whatever layout and worker count each used (a peer that
     loses time to a second thread is compared at one; fused next to channels is labelled)."""
     def group_of(key):
-        return {k: v for k, v in key.items() if k not in ("workers", "layout")}
+        return {k: v for k, v in key.items() if k not in ("workers", "layout", "cap")}
     groups = []
     for r in rill_rows:
         g = group_of(r["key"])

@@ -482,6 +482,34 @@ TEST_CASE("pipeline: a link with a small pinned batch still holds its buffer of 
   });
 }
 
+TEST_CASE("pipeline: par_map's links hold their buffer of items with small pinned units",
+          "[pipeline][stage][par_map]") {
+  // The workers run ahead of a sink that waits for them: 50 results must fit in the link
+  // back (buffer 64). Shaped for batches of 21 it had one slot, a unit of results each: with
+  // units of 1 to 4 items it held too few, and the run deadlocked (rill::run throws).
+  const std::size_t batch = GENERATE(1u, 2u, 4u);
+  INFO("batch_size " << batch);
+  test::run_with(2, [batch] {
+    rill::chan<int> ahead(1);
+    std::atomic<int> produced{0};
+    auto p = rill::from(iota_vec(200)) |
+             rill::par_map(
+                 [&](int v) {
+                   if (produced.fetch_add(1) + 1 == 50) ahead.send(1);
+                   return v;
+                 },
+                 {.workers = 2, .ordered = false, .buffer = 64, .batch_size = batch}) |
+             rill::map(
+                 [&, first = true](int v) mutable {
+                   if (first) first = !ahead.recv();  // holds a value: false
+                   return v;
+                 },
+                 {.fuse = false}) |
+             rill::count();
+    CHECK(p.run() == 200);
+  });
+}
+
 TEST_CASE("pipeline: {.buffer = n} of any size gives the same results", "[pipeline][stage]") {
   auto n = GENERATE(0u, 1u, 2u, 3u, 7u, 8u, 9u, 64u, 1000u);
   test::run_with(2, [n] {

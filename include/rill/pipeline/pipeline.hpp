@@ -320,13 +320,13 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   if (before < 0) first = -1;
   // Pinned by the user, or (inline_run) at the largest unit, as no time may decide it.
   const std::size_t pinned = s.opt.batch_size ? s.opt.batch_size : ctx.adaptive ? 0 : 16;
-  const link_shape shape = shape_for(s.opt.buffer);
-  // Units of at most 16 items (or the user's): the link still holds at most `buffer` items,
-  // in more batches.
-  const link_shape in_shape = shape_for(s.opt.buffer, pinned ? pinned : 16);
+  // Units of at most 16 items (or the user's) go to the workers, and come back as one batch
+  // each: both links are shaped for them, so that they still hold up to `buffer` items (in
+  // more batches: a link shaped for batches of 21 has one slot, a rendezvous for units of 1).
+  const link_shape shape = shape_for(s.opt.buffer, pinned ? pinned : 16);
   auto state = std::make_shared<par_state>();
-  auto in = ctx.template link<link_chan<In>>(in_shape.capacity);
-  batch_policy pol{pinned ? pinned : in_shape.batch, pinned != 0,
+  auto in = ctx.template link<link_chan<In>>(shape.capacity);
+  batch_policy pol{pinned ? pinned : shape.batch, pinned != 0,
                    pinned ? nullptr : &state->handout, &ctx, before};
   if (first < 0) pol.ctx = nullptr;  // nothing before the link to count
   if (stage_counters* c = link_counter(ctx, first, before)) c->capacity.store(s.opt.buffer);
