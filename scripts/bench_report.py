@@ -112,7 +112,11 @@ def config_key(config):
     return key
 
 
-def layout_label(key):
+# Workloads whose rill rows are a par_map: its adaptive hand-out is up to 16 items.
+PAR_MAP_WORKLOADS = {"linear_heavy", "fan_out_fan_in", "heavy_tail"}
+
+
+def layout_label(key, workload=None):
     """A row's layout in words: fused, per item, batch 21, adaptive (batches of 1..21)."""
     layout = key.get("layout")
     if not layout:
@@ -124,6 +128,8 @@ def layout_label(key):
     if layout == "auto":
         # rill's adaptive links: up to a third of the capacity, at most 64 (links.hpp).
         top = min(64, max(1, int(key["cap"]) // 3)) if "cap" in key else 64
+        if workload in PAR_MAP_WORKLOADS:
+            return f"adaptive (hand-outs of 1..{min(top, 16)})"
         return f"adaptive (batches of 1..{top})"
     return layout
 
@@ -140,9 +146,9 @@ def compatible(a, b):
     return all(a[k] == b[k] for k in a.keys() & b.keys())
 
 
-def key_label(key):
+def key_label(key, workload=None):
     # A cost_sweep cell groups by cell and workers (a peer's channel capacity is its variant).
-    parts = [key.get("cell"), layout_label(key),
+    parts = [key.get("cell"), layout_label(key, workload),
              f"cap{key['cap']}" if "cap" in key and "cell" not in key else None,
              f"workers{key['workers']}" if "workers" in key else None, key.get("order")]
     parts = [p for p in parts if p]
@@ -669,7 +675,8 @@ def write_markdown(path, meta, summary, problems):
             impl = f"**{s['impl']}**" if is_rill(s["impl"]) else s["impl"]
             spread_text = "—" if spread is None else f"{spread:.0f}%"
             reps_text = str(s["reps"]) + (f" ({s['errors']} failed)" if s["errors"] else "")
-            line = (f"| {key_label(s['key'])} | {impl} | `{s['config']}` | {fmt_num(s['median'])} "
+            line = (f"| {key_label(s['key'], workload)} | {impl} | `{s['config']}` | "
+                    f"{fmt_num(s['median'])} "
                     f"| {s['unit'] or 'error'} | {spread_text} | {reps_text} |")
             for c in extras:
                 v = s.get(c)
@@ -705,6 +712,8 @@ def write_markdown(path, meta, summary, problems):
                 if line:
                     L.append("| " + line)
         L += best_of_threads_markdown(workload, rows, rill_rows, peers)
+    L.append("")
+    L += layout_matrix_markdown(summary)
     if problems:
         L.append("")
         L.append("## Problems")
@@ -713,6 +722,44 @@ def write_markdown(path, meta, summary, problems):
             L.append(f"- {p}")
     with open(path, "w") as fh:
         fh.write("\n".join(L) + "\n")
+
+
+def layout_matrix_markdown(summary):
+    """The summary that benchmarks/README.md copies: per workload, a line per rill row of a
+    channel workload (its layout, capacity, worker count), and per peer its fastest row of the
+    same group: ns/item, and rill/peer with *tie* where the two spreads overlap."""
+    L = ["## Summary by layout", "",
+         "Per workload, one line per rill row (group: layout, capacity, workers); each peer "
+         "column is that peer's fastest row of the same group: its ns/item and rill/peer "
+         "(below 1: rill is faster; *tie*: the spreads over the repetitions overlap). "
+         "`sequential` is the plain loop, in every group.  —: the peer has no such layout."]
+    for workload in ordered_workloads(summary):
+        if workload in ("micro", "cost_sweep"):
+            continue
+        rows = [s for s in summary if s["workload"] == workload and s["median"] and
+                s["figure"] == "ns_per_item"]
+        mine = sorted((s for s in rows if s["impl"] == "rill"), key=lambda s: key_sort(s["key"]))
+        if not mine:
+            continue
+        peers = sorted({s["impl"] for s in rows if not is_rill(s["impl"])}, key=impl_rank)
+        L += ["", f"### {workload}", "",
+              "| group | rill | " + " | ".join(peers) + " |",
+              "|---|---:|" + "---:|" * len(peers)]
+        for r in mine:
+            cells = []
+            for p in peers:
+                cands = [s for s in rows if s["impl"] == p and compatible(r["key"], s["key"])]
+                if not cands:
+                    cells.append("—")
+                    continue
+                best = min(cands, key=lambda s: s["median"])
+                tie = verdict(r, best) == "tie"
+                cells.append(f"{fmt_num(best['median'])} ({r['median'] / best['median']:.2f}"
+                             f"{', tie' if tie else ''})")
+            L.append(f"| {key_label(r['key'], workload)} | {fmt_num(r['median'])} | "
+                     + " | ".join(cells)
+                     + " |")
+    return L
 
 
 def best_of_threads_markdown(workload, rows, rill_rows, peers):
