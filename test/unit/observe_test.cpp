@@ -266,6 +266,9 @@ TEST_CASE("observe: stats() of a running pipeline, from another thread", "[obser
       std::this_thread::yield();
     }
   });
+  // At least one read while the run goes: a loaded machine may not start the reader before
+  // the items are through (its count is the condition, no sleep).
+  while (reads.load() == 0) std::this_thread::yield();
   for (int i = 0; i < 1000; ++i) in.send(i);
   // Every item sent has reached the sink once the sink's count says so: poll until then
   // (no sleep: the count is the condition).

@@ -54,6 +54,9 @@ inline constexpr std::int64_t cost_scale = 1;
 inline constexpr std::int64_t batch_fill_bound_ns = 50'000;
 // par_map hands a worker about this much work at a time.
 inline constexpr std::int64_t handout_bound_ns = 20'000;
+// A par_map worker yields after sending a unit of at least this much work (so that the
+// fiber it woke need not wait for the next one), not after cheaper units.
+inline constexpr std::int64_t handoff_yield_ns = 5'000;
 // A fused fiber splits at a boundary only if both sides take at least this long per item.
 inline constexpr std::int64_t split_min_ns_workers = 50 * cost_scale;  // several workers
 inline constexpr std::int64_t split_min_ns_one = 20'000 * cost_scale;  // one: only waits gain

@@ -500,10 +500,14 @@ struct par_map_stage {
           r.items.push_back(guarded(ctx, opt.name, kind, index, f, std::move(v)));
         }
       }
+      // The unit's time: measured, else estimated from the measured cost per item (0: not
+      // known).
+      std::int64_t spent =
+          state.cost_ns.load(std::memory_order_relaxed) * static_cast<std::int64_t>(r.size());
       if (timed) {
         const auto k = static_cast<std::int64_t>(r.size());
         const std::int64_t t1 = now_ns();
-        const std::int64_t spent = t1 - t0;
+        spent = t1 - t0;
         if (ctr) {
           ran(*ctr, t0, t1);
           bump(ctr->busy, spent);
@@ -536,8 +540,11 @@ struct par_map_stage {
       // The send may have readied the downstream fiber into this worker's runnext slot,
       // where it would wait for this worker's next park: a whole unit of work later, with
       // the ordered window's tokens held back meanwhile (the workers then stall on them).
-      // Let it run now; it parks again as soon as it has delivered.
-      this_fiber::yield();
+      // Let it run now (it parks again as soon as it has delivered) when that unit is long;
+      // after a cheap unit the yield's two switches cost more than the wait they save, and
+      // the downstream fiber runs at this worker's next park (an empty link, a full one, or
+      // no token), a few cheap units later. inline_run: always (no time may decide).
+      if (!ctx.adaptive || spent == 0 || spent >= handoff_yield_ns) this_fiber::yield();
     }
   }
 };
