@@ -81,6 +81,13 @@ std::int64_t expected(const pipeline_shape& s) {
   return sum;
 }
 
+// ns_per_item(items): a counter of wall nanoseconds per item (a rate counter, inverted, is
+// seconds per item: the items are counted in billions).
+benchmark::Counter ns_per_item(double items) {
+  return benchmark::Counter(items * 1e-9,
+                            benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+}
+
 void run_pipeline(benchmark::State& state, const pipeline_shape& s, unsigned workers) {
   const std::int64_t want = expected(s);
   rill::options o;
@@ -100,9 +107,7 @@ void run_pipeline(benchmark::State& state, const pipeline_shape& s, unsigned wor
   state.counters["steals_per_kitem"] =
       static_cast<double>(steals) * 1000 / static_cast<double>(state.iterations() * s.items);
   state.SetItemsProcessed(state.iterations() * s.items);
-  state.counters["ns_per_item"] =
-      benchmark::Counter(static_cast<double>(state.iterations() * s.items),
-                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ns_per_item"] = ns_per_item(static_cast<double>(state.iterations() * s.items));
 }
 
 void chan_pipeline3(benchmark::State& state) {
@@ -130,9 +135,7 @@ void chan_pipeline3_work1us_sequential(benchmark::State& state) {
     benchmark::DoNotOptimize(sum);
   }
   state.SetItemsProcessed(state.iterations() * items);
-  state.counters["ns_per_item"] =
-      benchmark::Counter(static_cast<double>(state.iterations() * items),
-                         benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
+  state.counters["ns_per_item"] = ns_per_item(static_cast<double>(state.iterations() * items));
 }
 
 // 1, 2, 4, ... and the machine's core count (at least 2), as Go's WorkerCounts().
