@@ -455,8 +455,9 @@ def machine_info(args):
 
     info["cxx"] = first_line(["g++", "--version"])
     info["go"] = first_line(["go", "version"])
-    info["git_commit"] = first_line(["git", "rev-parse", "HEAD"])
-    dirty = first_line(["git", "status", "--porcelain", "--untracked-files=no"])
+    info["git_commit"] = args.commit or first_line(["git", "rev-parse", "HEAD"])
+    dirty = None if args.commit else first_line(["git", "status", "--porcelain",
+                                                 "--untracked-files=no"])
     info["git_dirty"] = bool(dirty)
     return info
 
@@ -726,8 +727,9 @@ def write_markdown(path, meta, summary, problems):
 
 def layout_matrix_markdown(summary):
     """The summary that benchmarks/README.md copies: per workload, a line per rill row of a
-    channel workload (its layout, capacity, worker count), and per peer its fastest row of the
-    same group: ns/item, and rill/peer with *tie* where the two spreads overlap."""
+    channel workload (its layout, capacity, worker count; rill_chan: the pipeline by hand), and
+    per peer its fastest row of the same group: ns/item, and rill/peer with *tie* where the
+    two spreads overlap."""
     L = ["## Summary by layout", "",
          "Per workload, one line per rill row (group: layout, capacity, workers); each peer "
          "column is that peer's fastest row of the same group: its ns/item and rill/peer "
@@ -738,7 +740,8 @@ def layout_matrix_markdown(summary):
             continue
         rows = [s for s in summary if s["workload"] == workload and s["median"] and
                 s["figure"] == "ns_per_item"]
-        mine = sorted((s for s in rows if s["impl"] == "rill"), key=lambda s: key_sort(s["key"]))
+        mine = sorted((s for s in rows if is_rill(s["impl"])),
+                      key=lambda s: (key_sort(s["key"]), impl_rank(s["impl"])))
         if not mine:
             continue
         peers = sorted({s["impl"] for s in rows if not is_rill(s["impl"])}, key=impl_rank)
@@ -756,7 +759,8 @@ def layout_matrix_markdown(summary):
                 tie = verdict(r, best) == "tie"
                 cells.append(f"{fmt_num(best['median'])} ({r['median'] / best['median']:.2f}"
                              f"{', tie' if tie else ''})")
-            L.append(f"| {key_label(r['key'], workload)} | {fmt_num(r['median'])} | "
+            who = "" if r["impl"] == "rill" else f"{r['impl']}: "
+            L.append(f"| {who}{key_label(r['key'], workload)} | {fmt_num(r['median'])} | "
                      + " | ".join(cells)
                      + " |")
     return L
@@ -986,6 +990,8 @@ def main():
     ap.add_argument("--compare-bin", default=None)
     ap.add_argument("--elapsed", type=int, default=None)
     ap.add_argument("--stderr", default=None, help="the benchmarks' stderr, kept in the JSON")
+    ap.add_argument("--date", default=None, help="the run's date (default: now; to redo a report)")
+    ap.add_argument("--commit", default=None, help="the run's commit (default: HEAD; to redo one)")
     args = ap.parse_args()
 
     machine = machine_info(args)
@@ -994,7 +1000,7 @@ def main():
     rows, contexts, problems = load_rows(args.raw, runs)
     summary = summarize(rows)
     meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
+        "date": args.date or time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": machine,
         "load": load_summary(runs, ncores), "quick": bool(args.quick),
         "reps": args.reps or max((r["rep"] for r in rows), default=0), "filter": args.filter,
         "rill_built": bool(args.rill_built), "work_iters": args.work_iters,
