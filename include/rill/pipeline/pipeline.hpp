@@ -326,8 +326,8 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   const link_shape shape = shape_for(s.opt.buffer, pinned ? pinned : 16);
   auto state = std::make_shared<par_state>();
   auto in = ctx.template link<link_chan<In>>(shape.capacity);
-  batch_policy pol{pinned ? pinned : shape.batch, pinned != 0,
-                   pinned ? nullptr : &state->handout, &ctx, before};
+  batch_policy pol{pinned ? pinned : shape.batch, pinned != 0, pinned ? nullptr : &state->handout,
+                   &ctx, before};
   if (first < 0) pol.ctx = nullptr;  // nothing before the link to count
   if (stage_counters* c = link_counter(ctx, first, before)) c->capacity.store(s.opt.buffer);
   if (stage_counters* c = ctx.counter(index.slot)) c->capacity.store(s.opt.buffer);
