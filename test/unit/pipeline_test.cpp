@@ -454,6 +454,27 @@ TEST_CASE("pipeline: {.fuse = false} gives a stage a fiber of its own", "[pipeli
         std::vector<std::string>{"from|map#1", "filter#2|tap#3|count"});
 }
 
+namespace {
+
+// says_at(ahead, n, at): a stage function that passes its items on and sends on `ahead`
+// once `at` items have come through (n counts them); waits_at_first(ahead): one that, at its
+// first item, waits for that. A link between the two must hold `at` items, or the run
+// deadlocks.
+auto says_at(rill::chan<int>& ahead, std::atomic<int>& n, int at) {
+  return [&ahead, &n, at](int v) {
+    if (n.fetch_add(1) + 1 == at) ahead.send(1);
+    return v;
+  };
+}
+auto waits_at_first(rill::chan<int>& ahead) {
+  return [&ahead, first = true](int v) mutable {
+    if (first) first = !ahead.recv();  // holds a value: false
+    return v;
+  };
+}
+
+}  // namespace
+
 TEST_CASE("pipeline: a link with a small pinned batch still holds its buffer of items",
           "[pipeline][stage]") {
   // The writer runs ahead of a reader that waits for it: 50 items must fit in a link of
@@ -463,21 +484,10 @@ TEST_CASE("pipeline: a link with a small pinned batch still holds its buffer of 
   INFO("batch_size " << batch);
   test::run_with(2, [batch] {
     rill::chan<int> ahead(1);
-    int produced = 0;  // the writer's fiber only
+    std::atomic<int> produced{0};
     auto p = rill::from(iota_vec(200)) |
-             rill::map(
-                 [&](int v) {
-                   if (++produced == 50) ahead.send(1);
-                   return v;
-                 },
-                 {.buffer = 64, .batch_size = batch}) |
-             rill::map(
-                 [&, first = true](int v) mutable {
-                   if (first) first = !ahead.recv();  // holds a value: false
-                   return v;
-                 },
-                 {.fuse = false}) |
-             rill::count();
+             rill::map(says_at(ahead, produced, 50), {.buffer = 64, .batch_size = batch}) |
+             rill::map(waits_at_first(ahead), {.fuse = false}) | rill::count();
     CHECK(p.run() == 200);
   });
 }
@@ -493,19 +503,9 @@ TEST_CASE("pipeline: par_map's links hold their buffer of items with small pinne
     rill::chan<int> ahead(1);
     std::atomic<int> produced{0};
     auto p = rill::from(iota_vec(200)) |
-             rill::par_map(
-                 [&](int v) {
-                   if (produced.fetch_add(1) + 1 == 50) ahead.send(1);
-                   return v;
-                 },
-                 {.workers = 2, .ordered = false, .buffer = 64, .batch_size = batch}) |
-             rill::map(
-                 [&, first = true](int v) mutable {
-                   if (first) first = !ahead.recv();  // holds a value: false
-                   return v;
-                 },
-                 {.fuse = false}) |
-             rill::count();
+             rill::par_map(says_at(ahead, produced, 50),
+                           {.workers = 2, .ordered = false, .buffer = 64, .batch_size = batch}) |
+             rill::map(waits_at_first(ahead), {.fuse = false}) | rill::count();
     CHECK(p.run() == 200);
   });
 }

@@ -1,5 +1,5 @@
 // backpressure, std_threads: a fast source thread feeds the slow sink (the calling thread,
-// ~2 µs per item) through a mutex + condition-variable queue of capacity 64, one item per
+// bench::slow_sink) through a mutex + condition-variable queue of capacity 64, one item per
 // queue operation (peritem_).
 #include <thread>
 

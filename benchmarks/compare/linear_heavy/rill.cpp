@@ -1,4 +1,4 @@
-// linear_heavy, rill: from(iota) | par_map(~1 us of work, W fibers) | reduce, on W workers:
+// linear_heavy, rill: from(iota) | par_map(bench::heavy_map, W fibers) | reduce, on W workers:
 // `auto` (no hints: the hand-out adapts to the measured work) and `peritem` (.batch_size = 1,
 // as the peers move items).
 #include <ranges>

@@ -16,29 +16,18 @@ namespace {
 
 constexpr auto map_item = [](std::uint64_t v) { return bench::trivial_map(v); };
 
-// pipeline<Msg>(tokens, source, map, fold): source -> map -> sink, serial_in_order filters
-// over messages of type Msg (an item or a block); returns the sink's fold from 0.
-template <class Msg, class Source, class Map, class Fold>
-std::uint64_t pipeline(std::size_t tokens, Source source, Map map, Fold fold) {
-  std::uint64_t acc = 0;
-  tbb::parallel_pipeline(
-      tokens, tbb::make_filter<void, Msg>(tbb::filter_mode::serial_in_order, source) &
-                  tbb::make_filter<Msg, Msg>(tbb::filter_mode::serial_in_order, map) &
-                  tbb::make_filter<Msg, void>(tbb::filter_mode::serial_in_order,
-                                              [&](const Msg& m) { acc = fold(acc, m); }));
-  return acc;
-}
-
 std::uint64_t run(std::uint64_t n, std::size_t tokens) {
   bench::item_source items(n);
-  return pipeline<std::uint64_t>(
-      tokens, [&](tbb::flow_control& fc) { return items.take(fc); }, map_item, bench::item_fold{});
+  return bench::pipeline3<std::uint64_t>(
+      tokens, tbb::filter_mode::serial_in_order, tbb::filter_mode::serial_in_order,
+      [&](tbb::flow_control& fc) { return items.take(fc); }, map_item, bench::item_fold{});
 }
 
 std::uint64_t run_blocks(std::uint64_t n, std::size_t tokens, std::size_t batch) {
   bench::block_source blocks(n, batch);
-  return pipeline<bench::block>(
-      tokens, [&](tbb::flow_control& fc) { return blocks.take(fc); }, bench::block_map{map_item},
+  return bench::pipeline3<bench::block>(
+      tokens, tbb::filter_mode::serial_in_order, tbb::filter_mode::serial_in_order,
+      [&](tbb::flow_control& fc) { return blocks.take(fc); }, bench::block_map{map_item},
       bench::block_fold{});
 }
 

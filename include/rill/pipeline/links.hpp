@@ -113,16 +113,15 @@ using link_chan = chan<batch<T>>;
 
 // Bound: a link with `buffer` b holds at most b items: batches of at most B = clamp(b/3, 1,
 // max_batch) items, channel capacity (b - 2B + 1) / B batches, plus one partial batch in the
-// writer and one in the reader. A batch size the user pinned is the link's max_batch, so
-// that small batches get the slots to hold b items (batches of one item in the one slot that
-// B = 21 leaves would hold 3 items of a buffer of 64).
+// writer and one in the reader. max_batch is the batch size the user pinned (0: none, up to
+// 64), so that small batches get the slots to hold b items (batches of one item in the one
+// slot that B = 21 leaves would hold 3 items of a buffer of 64).
 struct link_shape {
   std::size_t batch;
   std::size_t capacity;
 };
-inline constexpr std::size_t max_link_batch = 64;
-inline link_shape shape_for(std::size_t buffer, std::size_t max_batch = max_link_batch) {
-  const std::size_t b = std::clamp<std::size_t>(buffer / 3, 1, max_batch);
+inline link_shape shape_for(std::size_t buffer, std::size_t max_batch = 0) {
+  const std::size_t b = std::clamp<std::size_t>(buffer / 3, 1, max_batch ? max_batch : 64);
   const std::size_t cap = buffer >= 2 * b ? (buffer - 2 * b + 1) / b : 0;
   return {b, cap};
 }
@@ -702,7 +701,7 @@ class split_link : public split_base {
   void split(std::vector<split_base*> after, std::vector<split_base*> moved,
              std::vector<split_base*> cuts, std::string fiber) override {
     pipe_ctx& ctx = seg_->ctx();
-    const link_shape shape = shape_for(buffer_, batch_size_ ? batch_size_ : max_link_batch);
+    const link_shape shape = shape_for(buffer_, batch_size_);
     reader_ = ctx.template link<link_chan<T>>(shape.capacity);
     if (stage_counters* c = ctx.counter(index_))
       c->capacity.store(buffer_, std::memory_order_relaxed);

@@ -197,7 +197,7 @@ inline stage_counters* link_counter(pipe_ctx& ctx, int first, int n) noexcept {
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, std::size_t buffer,
          std::size_t batch_size, std::size_t stack, int first) {
-  const link_shape shape = shape_for(buffer, batch_size ? batch_size : max_link_batch);
+  const link_shape shape = shape_for(buffer, batch_size);
   auto l = ctx.template link<link_chan<In>>(shape.capacity);
   const int last = slot_at<I, Stages>(tail);
   if (stage_counters* c = link_counter(ctx, first, last)) c->capacity.store(buffer);

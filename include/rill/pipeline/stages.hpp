@@ -502,9 +502,10 @@ struct par_map_stage {
       }
       // The unit's time: measured, else estimated from the measured cost per item (0: not
       // known).
-      std::int64_t spent =
-          state.cost_ns.load(std::memory_order_relaxed) * static_cast<std::int64_t>(r.size());
-      if (timed) {
+      std::int64_t spent = 0;
+      if (!timed) {
+        spent = state.cost_ns.load(std::memory_order_relaxed) * static_cast<std::int64_t>(r.size());
+      } else {
         const auto k = static_cast<std::int64_t>(r.size());
         const std::int64_t t1 = now_ns();
         spent = t1 - t0;
