@@ -137,19 +137,29 @@ void segment::end_window() {
     } else {
       decide(per_item);
     }
-  } else if (windows_ > 1 && !points_.empty() && (worth || measure_due)) {
-    // Worth a look (the first window, the fiber's first items, is left out: a new fiber's
-    // first item pays for cold code and fresh stack pages, slow as it may look).
+  } else if ((windows_ > 1 || per_item >= probe_ns / 2) && !points_.empty() &&
+             (worth || measure_due)) {
+    // Worth a look. The first window, the fiber's first items, is left out unless they are
+    // slow: a new fiber's first item pays for cold code and fresh stack pages, slow as it
+    // may look, but next to a slow item that is noise, and each item that waits for a
+    // second window runs fused (a probe that finds nothing costs a few clock reads).
     probing_ = true;
     measure_only_ = !worth;
-    const int least = per_item >= probe_ns / 2 ? min_probe_samples_slow : min_probe_samples;
+    const int least = per_item >= probe_ns_slowest ? min_probe_samples_slowest
+                      : per_item >= probe_ns / 2   ? min_probe_samples_slow
+                                                   : min_probe_samples;
     want_ = static_cast<int>(std::clamp<std::int64_t>(
         probe_ns / std::max<std::int64_t>(1, per_item), least, max_probe_samples));
+    // The window ends when its last item has left the chain: the time from now to the next
+    // item's arrival at a boundary is the first sample of the time before it.
+    const std::int64_t waited = waited_total_;
     for (split_base* p : points_) {
       p->mode_ = split_base::mode::probing;
       p->reset_samples();
+      p->t_end_ = now;
+      p->w_end_ = waited;
     }
-    budget_ = want_ + 1;  // the first item gives no time before it
+    budget_ = want_;
     return;
   }
   budget_ = std::clamp<std::int64_t>(window_ns / std::max<std::int64_t>(1, per_item), 1, 1 << 14);

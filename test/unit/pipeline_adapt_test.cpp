@@ -197,6 +197,41 @@ TEST_CASE("adapt: heavy stages split all at once, a fiber each", "[pipeline][ada
   CHECK(test::declared_fibers(stats) == std::vector<std::string>{"from|map#1|map#2|map#3|collect"});
 }
 
+TEST_CASE("adapt: a chain of slow items splits after its first three items",
+          "[pipeline][adapt][fusion]") {
+  // Each item that runs fused before the split runs at a third of the split layout's pace
+  // (three 1 ms sleeps one after the other): the first item shows the items are slow, a
+  // probe of two more measures the boundaries, and the fourth goes through the split
+  // layout. Which fiber ran map#1 and map#3 for each item tells how many ran fused.
+  const unsigned workers = GENERATE(1u, 2u);
+  INFO("workers " << workers);
+  constexpr long n = 12;
+  std::vector<const void*> first(n), last(n);
+  auto out = test::run_with(workers, [&] {
+    auto at = [](std::vector<const void*>& seen, int us, int add) {
+      return [&seen, us, add](long v) {
+        seen[static_cast<std::size_t>(v)] = rill::detail::current_fiber();
+        rill::this_fiber::sleep_for(std::chrono::microseconds(us));
+        return v + add;
+      };
+    };
+    return (rill::from(upto(n)) | rill::map(at(first, 1000, 0)) | rill::map(slow_add(1000, 0)) |
+            rill::map([&](long v) {
+              last[static_cast<std::size_t>(v)] = rill::detail::current_fiber();
+              rill::this_fiber::sleep_for(1ms);
+              return v;
+            }) |
+            rill::collect())
+        .run();
+  });
+  REQUIRE(out == upto(n));
+  long fused = 0;
+  for (long i = 0; i < n; ++i) fused += first[static_cast<std::size_t>(i)] == last[static_cast<std::size_t>(i)];
+  CHECK(fused == 3);
+  // The rest ran split: map#1 and map#3 no longer share a fiber.
+  CHECK(first[n - 1] != last[n - 1]);
+}
+
 TEST_CASE("adapt: a busy stage fiber takes turns with the worker's other fibers",
           "[pipeline][adapt]") {
   // One worker, and a source that never parks: the fiber it starts with its first item

@@ -71,10 +71,14 @@ inline constexpr std::int64_t slice_ns = 2'000'000;
 inline constexpr std::int64_t window_ns = 1'000'000;
 inline constexpr std::int64_t probe_ns = 200'000;
 // A probe takes at least 7 samples per side (its lower median stands while 3 of them were
-// preempted or hit a cold cache); 3 when each item takes half a probe or more (judged by
-// their least: all 3 must be inflated to mislead it).
+// preempted or hit a cold cache); 3 when each item takes half a probe or more, 2 when it
+// takes probe_ns_slowest or more (judged by their least: each must be inflated to mislead
+// it). Every item a probe waits for runs fused: with slow items that is the cost that
+// counts (a pipeline of 1 ms sleeps runs each fused item at a third of its pace).
 inline constexpr int min_probe_samples = 7;
 inline constexpr int min_probe_samples_slow = 3;
+inline constexpr int min_probe_samples_slowest = 2;
+inline constexpr std::int64_t probe_ns_slowest = 4 * probe_ns;
 inline constexpr int max_probe_samples = 16;
 
 // A batch of one item (links of batch size 1) holds it in `single`, so that a link moving
