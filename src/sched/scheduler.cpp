@@ -108,11 +108,11 @@ namespace {
 // The spinning worker's search (spin(); "Keeping communicating fibers together").
 constexpr std::int64_t spin_ns = 20'000;          // looks in quick succession for this long,
 constexpr std::int64_t spin_look_ns = 4'000;      // one every spin_look_ns,
-constexpr std::int64_t watch_ns = 20'000;         // then one every watch_ns, asleep in between,
+constexpr std::int64_t watch_ns = 10'000;         // then one every watch_ns, asleep in between,
 constexpr std::int64_t watch_max_ns = 1'000'000;  // or up to this when nothing was queued.
 // A queued fiber is worth moving to another worker once it has waited steal_age_ns (seen by
 // two looks), or when its queue holds steal_backlog fibers or more.
-constexpr std::int64_t steal_age_ns = 40'000;
+constexpr std::int64_t steal_age_ns = 20'000;
 constexpr std::uint32_t steal_backlog = 8;
 constexpr unsigned long watch_slack_ns = 2'000;  // a worker thread's timer slack
 // A worker about to block in epoll_wait first polls without blocking for up to this long.
