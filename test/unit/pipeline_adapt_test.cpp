@@ -226,10 +226,39 @@ TEST_CASE("adapt: a chain of slow items splits after its first three items",
   });
   REQUIRE(out == upto(n));
   long fused = 0;
-  for (long i = 0; i < n; ++i) fused += first[static_cast<std::size_t>(i)] == last[static_cast<std::size_t>(i)];
+  for (long i = 0; i < n; ++i)
+    fused += first[static_cast<std::size_t>(i)] == last[static_cast<std::size_t>(i)];
   CHECK(fused == 3);
   // The rest ran split: map#1 and map#3 no longer share a fiber.
   CHECK(first[n - 1] != last[n - 1]);
+}
+
+TEST_CASE("adapt: a link made by a split mid-run holds its buffer of slow items",
+          "[pipeline][adapt][fusion]") {
+  // Slow items make small batches (one item here); the link a split makes is shaped for
+  // them, so the writer still runs up to `buffer` (64) items ahead. Shaped for the default
+  // batches it held one batch: map#1 could not get 40 items ahead of a waiting map#2, and
+  // every fiber parked (deadlock_error).
+  const unsigned workers = GENERATE(1u, 2u);
+  INFO("workers " << workers);
+  constexpr long n = 60, wait_at = 10, ahead = 40;
+  std::atomic<long> made{0};
+  auto out = test::run_with(workers, [&] {
+    rill::chan<char> far_enough(0);
+    return (rill::from(upto(n)) | rill::map([&](long v) {
+              rill::this_fiber::sleep_for(2ms);
+              if (++made == wait_at + ahead) far_enough.close();
+              return v;
+            }) |
+            rill::map([&](long v) {
+              rill::this_fiber::sleep_for(2ms);
+              if (v == wait_at) (void)far_enough.recv();
+              return v;
+            }) |
+            rill::collect())
+        .run();
+  });
+  CHECK(out == upto(n));
 }
 
 TEST_CASE("adapt: a busy stage fiber takes turns with the worker's other fibers",

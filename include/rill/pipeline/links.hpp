@@ -705,7 +705,7 @@ class split_link : public split_base {
   void split(std::vector<split_base*> after, std::vector<split_base*> moved,
              std::vector<split_base*> cuts, std::string fiber) override {
     pipe_ctx& ctx = seg_->ctx();
-    const link_shape shape = shape_for(buffer_, batch_size_);
+    const link_shape shape = shape_for(buffer_, batch_size_ ? batch_size_ : batch_hint());
     reader_ = ctx.template link<link_chan<T>>(shape.capacity);
     if (stage_counters* c = ctx.counter(index_))
       c->capacity.store(buffer_, std::memory_order_relaxed);
@@ -725,6 +725,20 @@ class split_link : public split_base {
       throw;
     }
     mode_ = mode::split;
+  }
+
+  // batch_hint(): the largest batch the writer will want, from the probe's time before
+  // this boundary per item (the writer keeps a batch's fill time under
+  // batch_fill_bound_ns); 0: not measured. The link is shaped for it: batches of slow
+  // items are small, and a link shaped for the default batches would hold one of them (a
+  // near rendezvous that parks and wakes both sides at every batch) where it can hold
+  // `buffer` items.
+  std::size_t batch_hint() noexcept {
+    if (nup_ == 0) return 0;
+    const std::int64_t per_item = estimate(ups_, nup_);
+    if (per_item <= 0) return 0;
+    return static_cast<std::size_t>(
+        std::clamp<std::int64_t>(batch_fill_bound_ns / per_item + 1, 1, 64));
   }
 
   std::size_t buffer_;
