@@ -236,9 +236,9 @@ TEST_CASE("adapt: a chain of slow items splits after its first three items",
 TEST_CASE("adapt: a link made by a split mid-run holds its buffer of slow items",
           "[pipeline][adapt][fusion]") {
   // Slow items make small batches (one item here); the link a split makes is shaped for
-  // them, so the writer still runs up to `buffer` (64) items ahead. Shaped for the default
-  // batches it held one batch: map#1 could not get 40 items ahead of a waiting map#2, and
-  // every fiber parked (deadlock_error).
+  // them, so the writer still runs up to `buffer` (256) items ahead. Shaped for the default
+  // batches of 64 it held two of them: map#1 could not get 40 items ahead of a waiting
+  // map#2, and every fiber parked (deadlock_error).
   const unsigned workers = GENERATE(1u, 2u);
   INFO("workers " << workers);
   constexpr long n = 60, wait_at = 10, ahead = 40;
