@@ -122,9 +122,10 @@ constexpr unsigned long watch_slack_ns = 2'000;  // a worker thread's timer slac
 // idle runtime still sleeps.
 constexpr std::int64_t io_spin_ns = 50'000;
 // The timer sleeper wakes this long before the next timer is due and waits out the rest
-// awake: a thread woken from a futex wait runs tens of microseconds late on a virtual
-// machine (the halted vCPU waits for an interrupt), which every 1 ms sleep paid. The cost
-// is this much spinning per timer that finds its worker idle.
+// awake: a thread woken from a futex wait runs late on a virtual machine (the halted vCPU
+// waits for an interrupt), and every fiber sleep paid it (benchmarks/README.md, "Figures
+// behind design choices"). The cost is this much spinning per timer that finds its worker
+// idle.
 constexpr std::int64_t timer_spin_ns = 50'000;
 
 }  // namespace
