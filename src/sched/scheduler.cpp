@@ -295,8 +295,10 @@ fiber* runtime::steal(worker& w, std::int64_t now, bool& queued) noexcept {
       look.since = now;
     }
     fiber* next = v.runnext.load(std::memory_order_acquire);
-    if (look.next != next) {
+    const std::uint32_t gen = v.runnext_gen.load(std::memory_order_relaxed);
+    if (look.next != next || look.next_gen != gen) {  // a new arrival (maybe the same fiber)
       look.next = next;
+      look.next_gen = gen;
       look.next_since = now;
     }
     if (size != 0 || next) queued = true;
