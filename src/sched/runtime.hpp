@@ -114,10 +114,6 @@ struct alignas(64) worker {
   eh_state* eh = nullptr;  // this thread's C++ exception state (thread_eh()), for switches
   run_queue queue;
   alignas(64) std::atomic<fiber*> runnext{nullptr};
-  // runnext_gen: bumped by the owner at every fiber it puts in runnext, so that a thief
-  // timing the slot tells a fiber that came back (a producer and consumer taking turns)
-  // from one that never left. Owner writes (a plain store: one writer).
-  std::atomic<std::uint32_t> runnext_gen{0};
   alignas(64) std::atomic<std::uint32_t> wake_word{0};  // futex: 1 once woken
   std::atomic<std::uint32_t> watch_word{0};             // futex: the watch's sleep (spin)
   bool in_idle = false;                                 // guarded by runtime::idle_mu_
@@ -157,7 +153,7 @@ struct alignas(64) worker {
     std::uint32_t head = 0;
     std::int64_t since = 0;
     fiber* next = nullptr;
-    std::uint32_t next_gen = 0;
+    std::uint64_t next_switches = 0;  // the owner's `switches` when `next` was seen
     std::int64_t next_since = 0;
   };
   std::vector<victim_look> looks;
@@ -492,8 +488,6 @@ inline void runtime::ready(fiber* f, ready_slot where) noexcept {
   if (chaos_ && (next_random(w->rng) & 1)) to_runnext = false;
   const bool alone = w->alone();
   if (to_runnext) {
-    w->runnext_gen.store(w->runnext_gen.load(std::memory_order_relaxed) + 1,
-                         std::memory_order_relaxed);
     fiber* old;
     if (alone) {
       old = w->runnext.load(std::memory_order_relaxed);

@@ -294,11 +294,14 @@ fiber* runtime::steal(worker& w, std::int64_t now, bool& queued) noexcept {
       look.head = head;
       look.since = now;
     }
+    // The runnext fiber's wait starts when it arrives. The same fiber seen there again is a
+    // new arrival if the owner switched in between (the slot runs first at a switch): a
+    // producer and a consumer taking turns put the same fiber back at every turn.
     fiber* next = v.runnext.load(std::memory_order_acquire);
-    const std::uint32_t gen = v.runnext_gen.load(std::memory_order_relaxed);
-    if (look.next != next || look.next_gen != gen) {  // a new arrival (maybe the same fiber)
+    const std::uint64_t switches = v.switches.load(std::memory_order_relaxed);
+    if (look.next != next || look.next_switches != switches) {
       look.next = next;
-      look.next_gen = gen;
+      look.next_switches = switches;
       look.next_since = now;
     }
     if (size != 0 || next) queued = true;

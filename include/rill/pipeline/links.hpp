@@ -52,6 +52,11 @@ inline constexpr std::int64_t cost_scale = 1;
 
 // An item waits in a partial batch for at most about this much of its writer's running time.
 inline constexpr std::int64_t batch_fill_bound_ns = 50'000;
+// fill_bound_batch(p): the largest batch that fills within batch_fill_bound_ns when an item
+// takes p ns to make (p > 0).
+constexpr std::int64_t fill_bound_batch(std::int64_t p) noexcept {
+  return batch_fill_bound_ns / p + 1;
+}
 // par_map hands a worker about this much work at a time.
 inline constexpr std::int64_t handout_bound_ns = 20'000;
 // A par_map worker yields after sending a unit of at least this much work (so that the
@@ -74,7 +79,7 @@ inline constexpr std::int64_t probe_ns = 200'000;
 // preempted or hit a cold cache); 3 when each item takes half a probe or more, 2 when it
 // takes probe_ns_slowest or more (judged by their least: each must be inflated to mislead
 // it). Every item a probe waits for runs fused: with slow items that is the cost that
-// counts (a pipeline of 1 ms sleeps runs each fused item at a third of its pace).
+// counts (fused, an item waits for every stage in turn instead of for the slowest).
 inline constexpr int min_probe_samples = 7;
 inline constexpr int min_probe_samples_slow = 3;
 inline constexpr int min_probe_samples_slowest = 2;
@@ -256,7 +261,7 @@ class link_writer {
     if (p < 1) p = 1;
     const auto b = static_cast<std::int64_t>(b_);
     if (p * (b - 1) > batch_fill_bound_ns) {
-      b_ = static_cast<std::size_t>(std::max<std::int64_t>(1, batch_fill_bound_ns / p + 1));
+      b_ = static_cast<std::size_t>(fill_bound_batch(p));
     } else if (p * (2 * b - 1) <= batch_fill_bound_ns / 4 && b_ < pol_.max) {
       b_ = std::min(pol_.max, 2 * b_);
     }
@@ -737,8 +742,7 @@ class split_link : public split_base {
     if (nup_ == 0) return 0;
     const std::int64_t per_item = estimate(ups_, nup_);
     if (per_item <= 0) return 0;
-    return static_cast<std::size_t>(
-        std::clamp<std::int64_t>(batch_fill_bound_ns / per_item + 1, 1, 64));
+    return static_cast<std::size_t>(std::min<std::int64_t>(fill_bound_batch(per_item), 64));
   }
 
   std::size_t buffer_;
