@@ -335,6 +335,12 @@ TEST_CASE("adapt: cheap stages stay fused", "[pipeline][adapt][fusion]") {
     if ((v * 2 + 1) % 3 != 0) expect += v * 2 + 1;
   }
   CHECK(sum == expect);
+  INFO("workers " << workers << ", layout: " << [&st = stats] {
+    std::string s;
+    for (auto& f : st.fibers) s += "[" + f + "] ";
+    for (auto& g : st.stages) s += "\n  " + g.name + ": " + g.decision;
+    return s;
+  }());
   REQUIRE(stats.fibers.size() == 1);
   CHECK(stats.fibers[0] == "from|map#1|filter#2|reduce");
   for (const auto& s : stats.stages) CHECK((s.fused || s.name == "from"));

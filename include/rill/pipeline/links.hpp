@@ -36,19 +36,37 @@
 namespace rill {
 namespace detail {
 
-// Sanitizers and unoptimized (-O0) builds slow everything several times; the split bar
-// scales with them, so that such a build lays out cheap stages as an optimized one does.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__) || !defined(__OPTIMIZE__)
-inline constexpr std::int64_t cost_scale = 10;
+// Sanitizers and unoptimized (-O0) builds slow everything several times; the split bars
+// scale with them, so that such a build lays out stages as an optimized one does.
+// cost_scale scales the bars set against work; overhead_scale the one set against the
+// pipeline's own cost per item (its probes and links), which ASan slows most: those are
+// templates, compiled with the code that composes the pipeline (the tests: at -O0).
+#if defined(__SANITIZE_ADDRESS__)
+#define RILL_DETAIL_ASAN 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#if __has_feature(address_sanitizer)
+#define RILL_DETAIL_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_THREAD__)
+#define RILL_DETAIL_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RILL_DETAIL_TSAN 1
+#endif
+#endif
+#if defined(RILL_DETAIL_ASAN)
 inline constexpr std::int64_t cost_scale = 10;
+inline constexpr std::int64_t overhead_scale = 30;
+#elif defined(RILL_DETAIL_TSAN) || !defined(__OPTIMIZE__)
+inline constexpr std::int64_t cost_scale = 10;
+inline constexpr std::int64_t overhead_scale = 10;
 #else
 inline constexpr std::int64_t cost_scale = 1;
+inline constexpr std::int64_t overhead_scale = 1;
 #endif
-#else
-inline constexpr std::int64_t cost_scale = 1;
-#endif
+#undef RILL_DETAIL_ASAN
+#undef RILL_DETAIL_TSAN
 
 // An item waits in a partial batch for at most about this much of its writer's running time.
 inline constexpr std::int64_t batch_fill_bound_ns = 50'000;
@@ -63,8 +81,8 @@ inline constexpr std::int64_t handout_bound_ns = 20'000;
 // fiber it woke need not wait for the next one), not after cheaper units.
 inline constexpr std::int64_t handoff_yield_ns = 5'000;
 // A fused fiber splits at a boundary only if both sides take at least this long per item.
-inline constexpr std::int64_t split_min_ns_workers = 50 * cost_scale;  // several workers
-inline constexpr std::int64_t split_min_ns_one = 20'000 * cost_scale;  // one: only waits gain
+inline constexpr std::int64_t split_min_ns_workers = 50 * overhead_scale;  // several workers
+inline constexpr std::int64_t split_min_ns_one = 20'000 * cost_scale;      // one: only waits gain
 // Pieces this heavy (each side of every cut) split all at once, a fiber each: a link costs
 // nothing next to them, and each split found one probe at a time delays the rest.
 inline constexpr std::int64_t split_all_min_ns = 20'000 * cost_scale;
