@@ -80,6 +80,7 @@ segment::segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*>
   for (split_base* p : points_) p->seg_ = this;
   for (split_base* p : split_) p->join(this);
   threshold_ = ctx.workers > 1 ? split_min_ns_workers : split_min_ns_one;
+  slice_over_ = fiber_slice_flag();
   win_start_ = now_ns();
   slice_start_ = win_start_;
 }
@@ -118,7 +119,11 @@ void segment::end_window() {
   // (inline_run keeps its one schedule: it decides nothing from time.) A window with a
   // wait in it gave the worker away already: the slice starts again.
   if (waited_ != 0) slice_start_ = now;
-  if (!probing_ && ctx_->adaptive && now - slice_start_ >= slice_ns) {
+  // The watchdog's flag: the worker has run this fiber for fiber_slice_ns without a
+  // scheduling point.
+  const bool slice_over = slice_over_->load(std::memory_order_relaxed) &&
+                          slice_over_->exchange(false, std::memory_order_relaxed);
+  if (!probing_ && ctx_->adaptive && (slice_over || now - slice_start_ >= slice_ns)) {
     now = yield_slice();
     pub_start_ = now;  // the time other fibers had is not this one's work
   }

@@ -237,6 +237,12 @@ std::int32_t fiber_set_watchdog(std::int32_t ms) noexcept {
   return std::exchange(f->watchdog_ms, ms < 0 ? -1 : ms);
 }
 
+std::atomic<bool>* fiber_slice_flag() noexcept {
+  static std::atomic<bool> never{false};
+  fiber* f = current_fiber();
+  return f ? &f->slice_over : &never;
+}
+
 std::size_t current_stack_size() noexcept {
   fiber* f = current_fiber();
   return f ? f->stk.size : 0;

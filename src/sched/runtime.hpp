@@ -91,6 +91,10 @@ struct fiber : machine_context {
   // (watchdog_ms also at creation, stall_reported only by the watchdog).
   std::int32_t watchdog_ms = -1;
   bool stall_reported = false;
+  // slice_over: set by the watchdog once the fiber has run fiber_slice_ns without a
+  // scheduling point; a pipeline's fused loop reads it (fiber_slice_flag()) to yield between
+  // two items, and clears it. Relaxed: a hint.
+  std::atomic<bool> slice_over{false};
   // When it last parked; kept only while g_observe asks for it (observe.hpp).
   std::atomic<std::int64_t> parked_at{0};
   char name[40];  // NUL-terminated; name[0] is set at creation (the rest is not cleared)
@@ -175,6 +179,7 @@ struct alignas(64) worker {
     std::int64_t since = 0;      // when that value was first seen
     std::int64_t need = 0;       // how long a stall must last to be reported
     bool done = true;            // this stall was looked at (or the worker was idle)
+    bool asked = true;           // the fiber was asked to yield (slice_over), or is gone
   } watch;
 };
 
@@ -420,7 +425,7 @@ extern std::atomic<std::int64_t> g_abandoned_fibers;  // left by runtimes that e
 extern std::atomic<std::int64_t> g_pending_timers;
 extern std::atomic<std::int64_t> g_external_waiters;  // plain threads parked in rill
 
-// The watchdog (watchdog.cpp). watchdog_add/remove: a runtime with a threshold comes and
+// The watchdog (watchdog.cpp). watchdog_add/remove: a runtime comes and
 // goes (remove returns once the watchdog no longer looks at it). watchdog_kick(): a worker
 // left its idle state (wakes the watchdog if it sleeps for want of work).
 void watchdog_add(runtime* rt);

@@ -192,7 +192,7 @@ runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
     lock_guard lk(g_runtimes_mu);
     g_runtimes.push_back(this);
   }
-  if (cfg_.watchdog_ms != 0) {
+  {
     try {
       watchdog_add(this);
     } catch (...) {
@@ -204,7 +204,7 @@ runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
 }
 
 runtime::~runtime() {
-  if (cfg_.watchdog_ms != 0) watchdog_remove(this);
+  watchdog_remove(this);
   // An outside thread that readied the last fiber may still be in wake_idle().
   while (outside_readies_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   if (poller* p = poller_.load(std::memory_order_acquire)) {

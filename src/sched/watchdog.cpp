@@ -1,6 +1,8 @@
-// The watchdog: Go's sysmon, for one of its jobs. It notices a worker that has run one fiber
+// The watchdog: Go's sysmon, for two of its jobs. It notices a worker that has run one fiber
 // without a scheduling point for longer than its runtime's threshold and reports that fiber
-// on stderr, once per fiber.
+// on stderr, once per fiber; and it asks a fiber that has run fiber_slice_ns without one to
+// yield (fiber::slice_over, which a pipeline's fused loop reads between items: Go's
+// preemption request, without the signal).
 //
 // The problem. Scheduling is cooperative: a fiber that calls sleep(), blocks in a syscall or
 // computes for a long time holds its worker thread, and every fiber queued on that worker
@@ -12,8 +14,8 @@
 //   1. Each worker counts its scheduling points in `switches` (worker::set_current(), and a
 //      yield that found nobody to yield to): a relaxed store to the line that the switch
 //      writes anyway (`current`). Nothing else is added to the switch path: no clock read.
-//   2. One thread for the process looks at every watched runtime (threshold > 0) every
-//      half of the smallest threshold. For each worker it reads `switches` and `current`;
+//   2. One thread for the process looks at every runtime every half of the smallest
+//      threshold (and of fiber_slice_ns). For each worker it reads `switches` and `current`;
 //      the first time it sees a value of `switches` it notes the time. A worker whose count
 //      has not moved for the fiber's threshold since then, running a fiber, has run that
 //      fiber without a scheduling point for at least that long.
@@ -81,8 +83,11 @@ void loop() {
     std::int64_t period = INT64_MAX;
     for (runtime* rt : s.runtimes) {
       if (rt->watch(now)) awake = true;
-      period = std::min(period, rt->watchdog_ns() / 2);
+      if (rt->watchdog_ns() > 0) period = std::min(period, rt->watchdog_ns() / 2);
     }
+    // A fiber's slice ends fiber_slice_ns after its worker's last scheduling point: looking
+    // every half of it asks within 1.5 slices.
+    period = std::min(period, fiber_slice_ns / 2);
     s.passes.fetch_add(1, std::memory_order_release);
     if (!awake) {
       s.asleep.store(true, std::memory_order_seq_cst);
@@ -112,7 +117,18 @@ bool runtime::watch(std::int64_t now) {
       d.since = now;
       d.need = watchdog_ns();
       d.done = f == nullptr;
+      d.asked = f == nullptr;
       continue;
+    }
+    if (!d.asked && now - d.since >= fiber_slice_ns) {
+      // Its slice is over: ask it to yield (a fused pipeline loop looks at the flag).
+      d.asked = true;
+      stack_slot* slot = slot_of(f);
+      std::lock_guard slk(slot->lk);
+      if (slot->owner.load(std::memory_order_acquire) == f &&
+          w.switches.load(std::memory_order_acquire) == n) {
+        f->slice_over.store(true, std::memory_order_relaxed);
+      }
     }
     if (d.done || now - d.since < d.need) continue;
     // Stalled for at least the runtime's threshold: look at the fiber (3. above).

@@ -1,7 +1,7 @@
 // Tests of the watchdog (options::watchdog): a fiber that holds its worker without a
 // scheduling point is reported once, by name; one that yields, or that the setting turns
-// off, is not. No test sleeps: a fiber busy-waits until the watchdog has reported, or has
-// taken enough looks (watchdog_passes) that a report would have come.
+// off, is not. No test sleeps: a fiber busy-waits until the watchdog has reported, or for
+// long enough, and enough of its looks (watchdog_passes), that a report would have come.
 #include <unistd.h>
 
 #include <atomic>
@@ -35,11 +35,13 @@ bool spin_until_reported(std::uint64_t before) {
   return true;
 }
 
-// spin_for_passes(): burns the CPU without a scheduling point while the watchdog looks `n`
-// more times (enough for a report to have come, had one been due).
-void spin_for_passes(std::uint64_t n) {
-  const std::uint64_t until = rd::watchdog_passes() + n;
-  while (rd::watchdog_passes() < until) {
+// spin_past(): burns the CPU without a scheduling point for three times the tests' 20 ms
+// threshold, while the watchdog looks at least three more times (it looks every
+// millisecond while a worker is awake): enough for a report to have come, had one been due.
+void spin_past() {
+  const auto until = std::chrono::steady_clock::now() + 60ms;
+  const std::uint64_t passes = rd::watchdog_passes() + 3;
+  while (std::chrono::steady_clock::now() < until || rd::watchdog_passes() < passes) {
   }
 }
 
@@ -101,7 +103,7 @@ TEST_CASE("watchdog: a fiber that runs without a scheduling point is reported on
           rill::go([&] {
             rill::this_fiber::name("spinner");
             CHECK(spin_until_reported(before));
-            spin_for_passes(4);  // still stalled: no second report
+            spin_past();  // still stalled: no second report
             wg.done();
           });
           wg.wait();
@@ -128,7 +130,7 @@ TEST_CASE("watchdog: a fiber that yields is not reported, nor one on a runtime w
   // A runtime with the watchdog off, whose fiber spins while the watchdog looks at the
   // other runtime (whose fiber yields, so that it stays awake and is looked at).
   std::thread unwatched([&] {
-    rill::run([] { spin_for_passes(6); }, watched(1, 0ms));
+    rill::run([] { spin_past(); }, watched(1, 0ms));
     unwatched_done.store(true);
   });
   rill::run(
@@ -209,10 +211,37 @@ TEST_CASE("watchdog: run_options::watchdog = 0 silences a run's fibers", "[watch
   rill::run_options o;
   o.watchdog = 0ms;
   auto p = rill::from(test::iota_vec(2)) | rill::map([](int v) {
-             spin_for_passes(6);
+             spin_past();
              return v;
            }) |
            rill::collect();
   rill::run([&] { CHECK(p.run(o).size() == 2); }, watched(2, 20ms));
   CHECK(rd::watchdog_reports() == before);
+}
+
+TEST_CASE("watchdog: a fiber that runs its slice without a scheduling point is asked to yield",
+          "[watchdog]") {
+  // Whatever the report threshold (0: no reports), the watchdog sets the fiber's slice
+  // flag once it has run fiber_slice_ns without a scheduling point; a pipeline's fused loop
+  // reads it.
+  test::watchdog dog;
+  const auto threshold = GENERATE(0ms, 20ms);
+  rill::run(
+      [] {
+        std::atomic<bool>* flag = rd::fiber_slice_flag();
+        flag->store(false);
+        const auto t0 = std::chrono::steady_clock::now();
+        const auto limit = t0 + 30s;
+        while (!flag->load() && std::chrono::steady_clock::now() < limit) {
+        }
+        CHECK(flag->load());
+        // Measured from the watchdog's first look at this run of the fiber, which may
+        // come a little before t0.
+        CHECK(std::chrono::steady_clock::now() - t0 >=
+              std::chrono::nanoseconds(rd::fiber_slice_ns / 2));
+        flag->store(false);
+      },
+      watched(1, threshold));
+  // Outside a fiber the flag is one that is never set.
+  CHECK_FALSE(rd::fiber_slice_flag()->load());
 }

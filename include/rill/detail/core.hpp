@@ -51,6 +51,12 @@ void fiber_get_name(char* out, std::size_t n) noexcept;
 // fiber_set_watchdog() sets the watchdog's threshold for the calling fiber in ms (-1: its
 // runtime's; 0: never reported) and returns the previous setting (-1 on a plain thread).
 std::int32_t fiber_set_watchdog(std::int32_t ms) noexcept;
+// fiber_slice_flag(): the calling fiber's "slice over" flag, which the watchdog sets once the
+// fiber has run fiber_slice_ns without a scheduling point (a flag that stays false on a
+// plain thread). Code that runs long loops (a pipeline's fused chain) reads it now and
+// then, yields when it is set, and clears it. The pointer stays valid for the fiber's life.
+inline constexpr std::int64_t fiber_slice_ns = 2'000'000;
+std::atomic<bool>* fiber_slice_flag() noexcept;
 // current_stack_size(): the calling fiber's stack size in bytes (0 on a plain thread).
 std::size_t current_stack_size() noexcept;
 

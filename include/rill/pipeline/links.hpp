@@ -522,11 +522,14 @@ class segment {
 
   // tick(): `items` more items entered the chain; `waited_ns` of the time since the last
   // tick was spent waiting for input (not work).
+  // The window also ends when the fiber's slice is over (its items turned slow: the
+  // watchdog's flag), so that it yields, and measures the new cost, without waiting for
+  // the rest of a window counted in items at the old cost.
   void tick(std::size_t items, std::int64_t waited_ns = 0) {
     win_items_ += items;
     waited(waited_ns);
     budget_ -= static_cast<std::int64_t>(items);
-    if (budget_ <= 0) [[unlikely]]
+    if (budget_ <= 0 || slice_over_->load(std::memory_order_relaxed)) [[unlikely]]
       end_window();
   }
 
@@ -568,6 +571,7 @@ class segment {
   std::int64_t waited_total_ = 0;
   std::size_t win_items_ = 0;
   std::int64_t budget_ = 1;  // the first window is one item
+  std::atomic<bool>* slice_over_;  // the fiber's (fiber_slice_flag())
   std::int64_t last_decided_ = 0;
   int windows_ = 0;
   int want_ = 0;

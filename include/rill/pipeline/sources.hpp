@@ -4,6 +4,8 @@
 // says stop or the run is cancelled, then calls sink.finish(). `at` says where its stats go.
 #pragma once
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <functional>
 #include <iterator>
@@ -29,25 +31,35 @@ struct source_at {
 };
 
 // chunk_size: how many items a source sends before it reports them (tick) and checks the
-// run's stop flag. It doubles from 1 up to 1024 while a chunk takes little time, and halves
-// when one takes long: a fused fiber yields between chunks (its slice), so a chunk of slow
-// items must stay short, or the fiber would hold its worker for 1024 of them.
+// run's stop flag. It doubles from 1 up to 1024 while a chunk takes little time, and shrinks
+// to what fits in grow_below_ns when one takes long: a fused fiber yields between chunks
+// (its slice), so a chunk of slow items must stay short, or the fiber would hold its worker
+// for 1024 of them. A chunk is also cut short when the fiber's slice is over (slice_check):
+// items that turn slow in the middle of a chunk of cheap ones hold the worker for a few of
+// them, not for the rest of the chunk.
 struct chunk_size {
   static constexpr std::int64_t grow_below_ns = 200'000;
   static constexpr std::int64_t shrink_above_ns = 1'000'000;
   std::size_t n = 1;
   std::int64_t since = now_ns();
-  void next() noexcept {
+  // next(): the chunk just sent held `done` items.
+  void next(std::size_t done) noexcept {
     const std::int64_t now = now_ns();
     const std::int64_t took = now - since;
     since = now;
     if (took < grow_below_ns) {
       if (n < 1024) n *= 2;
-    } else if (took > shrink_above_ns && n > 1) {
-      n /= 2;
+    } else if (took > shrink_above_ns) {
+      const auto fit = static_cast<std::size_t>(static_cast<double>(done) * grow_below_ns /
+                                                static_cast<double>(took));
+      n = std::clamp<std::size_t>(fit, 1, std::max<std::size_t>(1, n / 2));
     }
   }
 };
+
+// A source's fused loop looks at its fiber's slice flag (fiber_slice_flag()) after every
+// slice_check items: a relaxed load per that many items, nothing per item.
+inline constexpr std::size_t slice_check = 16;
 
 template <class R>
 struct range_source {
@@ -64,6 +76,7 @@ struct range_source {
   void drive(Sink& sink, pipe_ctx& ctx, const source_at& at = {}) {
     constexpr bool ticks = requires { sink.tick(std::size_t{}); };
     chunk_size chunk;
+    const std::atomic<bool>* slice_over = fiber_slice_flag();
     stage_counters* ctr = counting(ctx, {at.slot, 0});
     if constexpr (std::ranges::sized_range<R>) {
       ctx.source_size.store(static_cast<std::int64_t>(std::ranges::size(range)),
@@ -74,17 +87,27 @@ struct range_source {
       // 128 bits wide), so the fused loop compiles like a plain one.
       auto it = std::ranges::begin(range);
       std::size_t left = static_cast<std::size_t>(std::ranges::size(range));
+      // send(item): one item down the path chosen for this chunk; the chunk ends early
+      // when the slice is over (the tick that follows yields).
+      auto run = [&](std::size_t c, auto send) {
+        std::size_t k = 0;
+        for (;;) {
+          const std::size_t e = c - k < slice_check ? c : k + slice_check;
+          for (; k < e; ++k, ++it) send(*it);
+          if (k == c || slice_over->load(std::memory_order_relaxed)) return k;
+        }
+      };
       while (left != 0) {
-        const std::size_t c = left < chunk.n ? left : chunk.n;
+        std::size_t c = left < chunk.n ? left : chunk.n;
         if (inert_v<Sink> || chain_is_quiet(sink)) {
-          for (std::size_t k = 0; k < c; ++k, ++it) push(sink, *it, fused_path{});
+          c = run(c, [&](auto&& v) { push(sink, std::forward<decltype(v)>(v), fused_path{}); });
         } else if constexpr (!inert_v<Sink>) {
-          for (std::size_t k = 0; k < c; ++k, ++it) sink(*it);
+          c = run(c, [&](auto&& v) { sink(std::forward<decltype(v)>(v)); });
         }
         left -= c;
         count_out(ctr, c);
         if constexpr (ticks) sink.tick(c);
-        chunk.next();
+        chunk.next(c);
         if (ctx.stop.load(std::memory_order_relaxed)) break;
       }
     } else {
@@ -95,6 +118,10 @@ struct range_source {
         for (; n < chunk.n && it != end; ++it) {
           ++n;
           if (!push(sink, *it, path)) return false;
+          if (n % slice_check == 0 && slice_over->load(std::memory_order_relaxed)) {
+            ++it;
+            return true;
+          }
         }
         return true;
       };
@@ -109,7 +136,7 @@ struct range_source {
         count_out(ctr, n);
         if (!more) break;
         if constexpr (ticks) sink.tick(n);
-        chunk.next();
+        chunk.next(n);
         if (ctx.stop.load(std::memory_order_relaxed)) break;
       }
     }
