@@ -76,7 +76,7 @@ struct range_source {
   void drive(Sink& sink, pipe_ctx& ctx, const source_at& at = {}) {
     constexpr bool ticks = requires { sink.tick(std::size_t{}); };
     chunk_size chunk;
-    const std::atomic<bool>* slice_over = fiber_slice_flag();
+    std::atomic<bool>* slice_over = fiber_slice_flag();
     stage_counters* ctr = counting(ctx, {at.slot, 0});
     if constexpr (std::ranges::sized_range<R>) {
       ctx.source_size.store(static_cast<std::int64_t>(std::ranges::size(range)),
@@ -106,7 +106,11 @@ struct range_source {
         }
         left -= c;
         count_out(ctr, c);
-        if constexpr (ticks) sink.tick(c);
+        if constexpr (ticks) {
+          sink.tick(c);  // its segment yields on the flag, and clears it
+        } else {
+          slice_over->store(false, std::memory_order_relaxed);  // nothing to yield for
+        }
         chunk.next(c);
         if (ctx.stop.load(std::memory_order_relaxed)) break;
       }
@@ -135,7 +139,11 @@ struct range_source {
         }
         count_out(ctr, n);
         if (!more) break;
-        if constexpr (ticks) sink.tick(n);
+        if constexpr (ticks) {
+          sink.tick(n);
+        } else {
+          slice_over->store(false, std::memory_order_relaxed);
+        }
         chunk.next(n);
         if (ctx.stop.load(std::memory_order_relaxed)) break;
       }
