@@ -364,10 +364,9 @@ TEST_CASE("adapt: a fused chain whose items turn slow mid-chunk yields and split
         ticker.done();
       });
       while (!started.load()) rill::this_fiber::yield();
-      const long n =
-          (rill::from(upto(cheap + slow)) | rill::map(turns_slow(cheap, 1000, handled)) |
-           rill::count())
-              .run();
+      const long n = (rill::from(upto(cheap + slow)) | rill::map(turns_slow(cheap, 1000, handled)) |
+                      rill::count())
+                         .run();
       done = true;
       ticker.wait();
       CHECK(n == cheap + slow);

@@ -570,7 +570,7 @@ class segment {
   std::int64_t waited_ = 0;
   std::int64_t waited_total_ = 0;
   std::size_t win_items_ = 0;
-  std::int64_t budget_ = 1;  // the first window is one item
+  std::int64_t budget_ = 1;        // the first window is one item
   std::atomic<bool>* slice_over_;  // the fiber's (fiber_slice_flag())
   std::int64_t last_decided_ = 0;
   int windows_ = 0;
