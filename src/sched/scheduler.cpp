@@ -192,14 +192,12 @@ runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
     lock_guard lk(g_runtimes_mu);
     g_runtimes.push_back(this);
   }
-  {
-    try {
-      watchdog_add(this);
-    } catch (...) {
-      lock_guard lk(g_runtimes_mu);
-      g_runtimes.erase(std::find(g_runtimes.begin(), g_runtimes.end(), this));
-      throw;
-    }
+  try {
+    watchdog_add(this);  // every runtime: its slices are watched, threshold or not
+  } catch (...) {
+    lock_guard lk(g_runtimes_mu);
+    g_runtimes.erase(std::find(g_runtimes.begin(), g_runtimes.end(), this));
+    throw;
   }
 }
 
