@@ -281,40 +281,53 @@ TEST_CASE("adapt: a busy stage fiber takes turns with the worker's other fibers"
   CHECK(items >= 1);
 }
 
+// largest_turn(handled, body): in a fiber of a one-worker runtime, runs body() (a pipeline
+// whose stage counts its items in `handled`) while another fiber yields in a loop, and
+// returns the most items handled between two turns of that fiber (the gap before its first
+// turn after the run included): how long the chain held the worker, in items.
+template <class Body>
+int largest_turn(std::atomic<int>& handled, Body body) {
+  std::atomic<bool> started{false}, done{false};
+  int most = 0;
+  rill::wait_group ticker;
+  ticker.add(1);
+  rill::go([&] {
+    int last = handled.load();
+    started = true;
+    for (bool end = false; !end;) {
+      end = done.load();
+      rill::this_fiber::yield();
+      const int now = handled.load();
+      most = std::max(most, now - last);
+      last = now;
+    }
+    ticker.done();
+  });
+  while (!started.load()) rill::this_fiber::yield();
+  body();
+  done = true;
+  ticker.wait();
+  return most;
+}
+
 TEST_CASE("adapt: a fused chain of slow items takes turns item by item, not chunk by chunk",
           "[pipeline][adapt]") {
-  // One worker: a fiber that yields in a loop notes how many items the chain handled
-  // between two of its turns. The chain yields at the end of its time slice, which it
-  // checks between two of the source's chunks: a chunk of slow items must stay short.
+  // The chain yields at the end of its time slice, which it checks between two of the
+  // source's chunks: a chunk of slow items must stay short.
   const int most = test::run_with(1, [] {
     std::atomic<int> handled{0};
-    std::atomic<bool> done{false};
-    int most = 0;
-    rill::wait_group ticker;
-    ticker.add(1);
-    rill::go([&] {
-      int last = handled.load();
-      while (!done.load()) {
-        rill::this_fiber::yield();
-        const int now = handled.load();
-        most = std::max(most, now - last);
-        last = now;
-      }
-      ticker.done();
+    return largest_turn(handled, [&] {
+      const long n = (rill::from(upto(120)) | rill::map([&](long v) {
+                        const auto end = std::chrono::steady_clock::now() + 1500us;  // CPU work
+                        while (std::chrono::steady_clock::now() < end) {
+                        }
+                        handled.fetch_add(1);
+                        return v;
+                      }) |
+                      rill::count())
+                         .run();
+      CHECK(n == 120);
     });
-    const long n = (rill::from(upto(120)) | rill::map([&](long v) {
-                      const auto end = std::chrono::steady_clock::now() + 1500us;  // CPU work
-                      while (std::chrono::steady_clock::now() < end) {
-                      }
-                      handled.fetch_add(1);
-                      return v;
-                    }) |
-                    rill::count())
-                       .run();
-    done = true;
-    ticker.wait();
-    CHECK(n == 120);
-    return most;
   });
   // A time slice holds a couple of these items, and a probe of the chain's boundaries (a
   // few items) does not yield; the chunks used to grow to dozens of items whatever they
@@ -346,32 +359,13 @@ TEST_CASE("adapt: a fused chain whose items turn slow mid-chunk yields and split
   SECTION("one worker: the other fibers get turns") {
     const int most = test::run_with(1, [] {
       std::atomic<int> handled{0};
-      std::atomic<bool> done{false};
-      int most = 0;
-      rill::wait_group ticker;
-      ticker.add(1);
-      std::atomic<bool> started{false};
-      rill::go([&] {
-        int last = handled.load();
-        started = true;
-        for (bool end = false; !end;) {
-          end = done.load();  // the last turn, after the run, counts the gap before it
-          rill::this_fiber::yield();
-          const int now = handled.load();
-          most = std::max(most, now - last);
-          last = now;
-        }
-        ticker.done();
+      return largest_turn(handled, [&] {
+        const long n = (rill::from(upto(cheap + slow)) |
+                        rill::map(turns_slow(cheap, 1000, handled)) | rill::count())
+                           .run();
+        CHECK(n == cheap + slow);
+        CHECK(handled.load() == slow);
       });
-      while (!started.load()) rill::this_fiber::yield();
-      const long n = (rill::from(upto(cheap + slow)) | rill::map(turns_slow(cheap, 1000, handled)) |
-                      rill::count())
-                         .run();
-      done = true;
-      ticker.wait();
-      CHECK(n == cheap + slow);
-      CHECK(handled.load() == slow);
-      return most;
     });
     // A slice (2 ms), the watchdog's look (every 1 ms) and the source's check (every 16
     // items) hold about 20 of these items; scheduling delays of the watchdog's thread add a
