@@ -56,11 +56,11 @@ struct options {
   // library) that belongs in rill::blocking(), or a wait that belongs in
   // this_fiber::sleep_for(). The watchdog then writes one report per fiber to stderr: its
   // id and name (a pipeline's fibers are named after their stages) and how long it ran.
-  // 0 turns the reports off. Its thread looks every millisecond, only while a worker is
-  // awake (it also asks a pipeline's fused loop to yield after a 2 ms slice, whatever this
-  // setting); a switch costs one store more. Plain-thread pipelines run on a default
-  // runtime whose threshold is RILL_WATCHDOG_MS (default 100), and run_options::watchdog
-  // sets it per run.
+  // 0 turns the reports off. Its thread looks every half slice (detail::fiber_slice_ns),
+  // only while a worker is awake: it also asks a pipeline's fused loop to yield once its
+  // slice is over, whatever this setting. A switch costs one store more. Plain-thread pipelines run
+  // on a default runtime whose threshold is RILL_WATCHDOG_MS (default 100), and
+  // run_options::watchdog sets it per run.
   std::chrono::milliseconds watchdog{100};
 };
 

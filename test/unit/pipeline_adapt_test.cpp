@@ -351,9 +351,9 @@ auto turns_slow(long cheap, int us, std::atomic<int>& handled) {
 
 TEST_CASE("adapt: a fused chain whose items turn slow mid-chunk yields and splits",
           "[pipeline][adapt]") {
-  // 100k cheap items grow the source's chunks to 1024 and the segment's window to 16k
-  // items; then every item takes 1 ms. Counted in items at the old cost, the chunk and the
-  // window would hold the worker for the whole slow tail. The watchdog's slice flag cuts
+  // Many cheap items grow the source's chunks and the segment's window to their largest;
+  // then every item is slow. Counted in items at the old cost, the chunk and the window
+  // would hold the worker for the whole slow tail. The watchdog's slice flag cuts
   // the chunk within a few items: on one worker, a fiber that yields in a loop gets turns.
   static constexpr long cheap = 100'000, slow = 100;
   SECTION("one worker: the other fibers get turns") {
@@ -367,9 +367,10 @@ TEST_CASE("adapt: a fused chain whose items turn slow mid-chunk yields and split
         CHECK(handled.load() == slow);
       });
     });
-    // A slice (2 ms), the watchdog's look (every 1 ms) and the source's check (every 16
-    // items) hold about 20 of these items; scheduling delays of the watchdog's thread add a
-    // few. Before the flag, all 100 ran in one turn.
+    // A slice, the watchdog's look (every half slice) and the source's check (every
+    // slice_check items) hold a couple of slice_check's worth of these items; scheduling
+    // delays of the watchdog's thread add a few. Before the flag, the whole tail ran in one
+    // turn.
     CHECK(most <= 50);
   }
   SECTION("two workers: the slow stages split") {

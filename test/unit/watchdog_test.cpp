@@ -35,11 +35,14 @@ bool spin_until_reported(std::uint64_t before) {
   return true;
 }
 
-// spin_past(): burns the CPU without a scheduling point for three times the tests' 20 ms
-// threshold, while the watchdog looks at least three more times (it looks every
-// millisecond while a worker is awake): enough for a report to have come, had one been due.
+// The threshold of the runtimes these tests watch.
+constexpr auto threshold = 20ms;
+
+// spin_past(): burns the CPU without a scheduling point for three thresholds, while the
+// watchdog looks at least three more times (it looks every half slice while a worker is
+// awake): enough for a report to have come, had one been due.
 void spin_past() {
-  const auto until = std::chrono::steady_clock::now() + 60ms;
+  const auto until = std::chrono::steady_clock::now() + 3 * threshold;
   const std::uint64_t passes = rd::watchdog_passes() + 3;
   while (std::chrono::steady_clock::now() < until || rd::watchdog_passes() < passes) {
   }
@@ -78,10 +81,10 @@ class stderr_capture {
   int saved_ = -1;
 };
 
-rill::options watched(unsigned workers, std::chrono::milliseconds threshold) {
+rill::options watched(unsigned workers, std::chrono::milliseconds ms) {
   rill::options o;
   o.workers = workers;
-  o.watchdog = threshold;
+  o.watchdog = ms;
   return o;
 }
 
@@ -108,7 +111,7 @@ TEST_CASE("watchdog: a fiber that runs without a scheduling point is reported on
           });
           wg.wait();
         },
-        watched(workers, 20ms));
+        watched(workers, threshold));
     err = cap.text();
   }
   report = rd::watchdog_last_report();
@@ -137,7 +140,7 @@ TEST_CASE("watchdog: a fiber that yields is not reported, nor one on a runtime w
       [&] {
         while (!unwatched_done.load()) rill::this_fiber::yield();
       },
-      watched(1, 20ms));
+      watched(1, threshold));
   unwatched.join();
   CHECK(rd::watchdog_reports() == before);
   test::check_no_leaks();
@@ -158,7 +161,7 @@ TEST_CASE("watchdog: each stalled fiber is reported, each once", "[watchdog]") {
           wg.wait();
         }
       },
-      watched(2, 20ms));
+      watched(2, threshold));
   CHECK(rd::watchdog_reports() == before + 2);
 }
 
@@ -166,7 +169,7 @@ TEST_CASE("watchdog: a plain-thread pipeline's report names the stage", "[watchd
   test::watchdog dog;
   const std::uint64_t before = rd::watchdog_reports();
   rill::run_options o;
-  o.watchdog = 20ms;
+  o.watchdog = threshold;
   auto p = rill::from(test::iota_vec(4)) |
            rill::par_map(
                [&](int v) {
@@ -199,7 +202,7 @@ TEST_CASE("watchdog: a stage fused into the caller's fiber is reported under the
         // The caller's fiber has its own name back.
         CHECK(rill::dump_fibers().find("(main)") != std::string::npos);
       },
-      watched(1, 20ms));
+      watched(1, threshold));
   CHECK(got.size() == 3);
   CHECK(rd::watchdog_reports() == before + 1);
   CHECK(rd::watchdog_last_report().find("stall|collect)") != std::string::npos);
@@ -215,7 +218,7 @@ TEST_CASE("watchdog: run_options::watchdog = 0 silences a run's fibers", "[watch
              return v;
            }) |
            rill::collect();
-  rill::run([&] { CHECK(p.run(o).size() == 2); }, watched(2, 20ms));
+  rill::run([&] { CHECK(p.run(o).size() == 2); }, watched(2, threshold));
   CHECK(rd::watchdog_reports() == before);
 }
 
@@ -225,7 +228,7 @@ TEST_CASE("watchdog: a fiber that runs its slice without a scheduling point is a
   // flag once it has run fiber_slice_ns without a scheduling point; a pipeline's fused loop
   // reads it.
   test::watchdog dog;
-  const auto threshold = GENERATE(0ms, 20ms);
+  const auto reports_after = GENERATE(0ms, threshold);
   rill::run(
       [] {
         std::atomic<bool>* flag = rd::fiber_slice_flag();
@@ -241,7 +244,7 @@ TEST_CASE("watchdog: a fiber that runs its slice without a scheduling point is a
               std::chrono::nanoseconds(rd::fiber_slice_ns / 2));
         flag->store(false);
       },
-      watched(1, threshold));
+      watched(1, reports_after));
   // Outside a fiber the flag is one that is never set.
   CHECK_FALSE(rd::fiber_slice_flag()->load());
 }

@@ -88,8 +88,9 @@ inline constexpr std::int64_t split_min_ns_one = 20'000 * cost_scale;      // on
 inline constexpr std::int64_t split_all_min_ns = 20'000 * cost_scale;
 // A fiber that has run this long since it last yielded yields at its next window, so that
 // CPU-bound stage fibers on fewer workers share them in turn (the scheduler does not
-// preempt): otherwise the last stage runs behind and drains alone at the end.
-inline constexpr std::int64_t slice_ns = 2'000'000;
+// preempt): otherwise the last stage runs behind and drains alone at the end. The same slice
+// after which the watchdog flags a fiber that has not yielded (fiber_slice_flag()).
+inline constexpr std::int64_t slice_ns = fiber_slice_ns;
 // How long a measuring window lasts, and how much sampling a split decision wants.
 inline constexpr std::int64_t window_ns = 1'000'000;
 inline constexpr std::int64_t probe_ns = 200'000;

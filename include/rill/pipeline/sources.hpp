@@ -78,6 +78,19 @@ struct range_source {
     chunk_size chunk;
     std::atomic<bool>* slice_over = fiber_slice_flag();
     stage_counters* ctr = counting(ctx, {at.slot, 0});
+    // chunk_done(n): after a chunk of n items: report them, let the chain take its turn if
+    // the slice is over (its segment yields on the flag in tick(), and clears it; a chain
+    // with no tick has nothing to yield for), size the next chunk; false: the run stops.
+    auto chunk_done = [&](std::size_t n) {
+      count_out(ctr, n);
+      if constexpr (ticks) {
+        sink.tick(n);
+      } else {
+        slice_over->store(false, std::memory_order_relaxed);
+      }
+      chunk.next(n);
+      return !ctx.stop.load(std::memory_order_relaxed);
+    };
     if constexpr (std::ranges::sized_range<R>) {
       ctx.source_size.store(static_cast<std::int64_t>(std::ranges::size(range)),
                             std::memory_order_relaxed);
@@ -105,14 +118,7 @@ struct range_source {
           c = run(c, [&](auto&& v) { sink(std::forward<decltype(v)>(v)); });
         }
         left -= c;
-        count_out(ctr, c);
-        if constexpr (ticks) {
-          sink.tick(c);  // its segment yields on the flag, and clears it
-        } else {
-          slice_over->store(false, std::memory_order_relaxed);  // nothing to yield for
-        }
-        chunk.next(c);
-        if (ctx.stop.load(std::memory_order_relaxed)) break;
+        if (!chunk_done(c)) break;
       }
     } else {
       auto it = std::ranges::begin(range);
@@ -137,15 +143,11 @@ struct range_source {
         } else {
           more = chain_is_quiet(sink) ? run(fused_path{}, n) : run(dynamic_path{}, n);
         }
-        count_out(ctr, n);
-        if (!more) break;
-        if constexpr (ticks) {
-          sink.tick(n);
-        } else {
-          slice_over->store(false, std::memory_order_relaxed);
+        if (!more) {
+          count_out(ctr, n);
+          break;
         }
-        chunk.next(n);
-        if (ctx.stop.load(std::memory_order_relaxed)) break;
+        if (!chunk_done(n)) break;
       }
     }
     sink.finish();
