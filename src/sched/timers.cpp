@@ -120,7 +120,9 @@ bool runtime::cancel(timer& t) noexcept {
   for (;;) {
     {
       lock_guard lk(timer_mu_);
-      switch (t.state.load(std::memory_order_relaxed)) {
+      // Acquire: fired() stores done outside timer_mu_, and the caller may end t's
+      // lifetime as soon as this returns; the store's fire() must be over for it.
+      switch (t.state.load(std::memory_order_acquire)) {
         case timer_state::idle:
           t.state.store(timer_state::cancelled, std::memory_order_relaxed);
           return true;
