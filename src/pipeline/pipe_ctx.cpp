@@ -52,6 +52,39 @@ void pipe_ctx::add_link(chan_core* core) {
   if (stop.load()) core->try_close();
 }
 
+bool reorder_window::take_slow(std::size_t k) {
+  std::unique_lock<rill::mutex> lk(mu_);
+  // Counted before the look at free_ (both seq_cst, as give()'s add and load): either the
+  // look sees give()'s room, or give() sees this waiter and wakes it under mu_.
+  waiters_.fetch_add(1, std::memory_order_seq_cst);
+  bool ok;
+  for (;;) {
+    if (closed_.load(std::memory_order_relaxed)) {
+      ok = false;
+      break;
+    }
+    std::size_t f = free_.load(std::memory_order_seq_cst);
+    if (f >= k && free_.compare_exchange_strong(f, f - k, std::memory_order_seq_cst)) {
+      ok = true;
+      break;
+    }
+    if (f < k) room_.wait(lk);
+  }
+  waiters_.fetch_sub(1, std::memory_order_relaxed);
+  return ok;
+}
+
+void reorder_window::wake() {
+  std::lock_guard<rill::mutex> lk(mu_);
+  room_.notify_all();
+}
+
+void reorder_window::close() {
+  std::lock_guard<rill::mutex> lk(mu_);
+  closed_.store(true, std::memory_order_relaxed);
+  room_.notify_all();
+}
+
 void pipe_ctx::release_links() noexcept {
   std::vector<chan_handle> links;
   mu_.lock();

@@ -412,12 +412,47 @@ TEST_CASE("pipeline: ordered par_map bounds its reorder window when one item is 
                ++consumed;
              });
     p.run();
-    // par_map's input and output links (buffer 16 each), a reorder window of two batches
-    // (4 items each at buffer 16) per worker, one item per fiber. Without a bounded window
-    // one slow item let thousands pile up.
-    const long bound = 2 * 16 + 2 * 4 * static_cast<long>(workers) + workers + 2;
+    // par_map's input link (buffer 16), its reorder window (buffer 16, and a unit of up to 5
+    // items, the shape of a link of 16, in each worker's hands), one item per fiber. Without
+    // a bounded window one slow item let thousands pile up.
+    const long bound = 16 + 16 + 5 * static_cast<long>(workers) + workers + 2;
     INFO("peak in flight " << peak.load() << ", bound " << bound);
     CHECK(peak.load() <= bound);
+  });
+}
+
+TEST_CASE("pipeline: while one item of an ordered par_map is slow, the others go on",
+          "[pipeline][par_map]") {
+  // Items slow enough that each worker takes one at a time; item 0 is held until the other
+  // workers have mapped `ahead` items behind it. The reorder window holds `buffer` finished
+  // items besides the workers' units; counted in units of one item, it once held them back
+  // after a few items, and the held item's wait ran out.
+  auto workers = GENERATE(2u, 4u);
+  test::run_with(2, [workers] {
+    constexpr long n = 400, ahead = 200;
+    std::atomic<long> mapped{0};
+    rill::chan<int> enough;  // closed once `ahead` items behind item 0 are mapped
+    bool held_to_the_end = false;
+    std::vector<long> out =
+        (rill::from(std::views::iota(0L, n)) |
+         rill::par_map(
+             [&](long v) {
+               if (v == 0) {
+                 held_to_the_end = rill::select(rill::on_recv(enough),
+                                                rill::after(std::chrono::seconds(5), [] {})) == 1;
+               } else {
+                 rill::this_fiber::sleep_for(std::chrono::microseconds(100));
+                 if (mapped.fetch_add(1) + 1 == ahead) enough.close();
+               }
+               return v;
+             },
+             {.workers = workers}) |
+         rill::collect())
+            .run();
+    INFO("items mapped while item 0 was held: " << mapped.load());
+    CHECK_FALSE(held_to_the_end);
+    REQUIRE(out.size() == static_cast<std::size_t>(n));
+    for (long i = 0; i < n; ++i) CHECK(out[static_cast<std::size_t>(i)] == i);
   });
 }
 

@@ -26,6 +26,8 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
+#include <memory>
 #include <optional>
 #include <string>
 #include <utility>
@@ -648,26 +650,75 @@ struct link_driver {
   }
 };
 
-// reorder_driver: like link_driver, but delivers batches in `seq` order (ordered par_map).
-// The window is bounded by `tokens`: a par_map worker takes a token before it takes a batch,
-// and the driver gives one back for each batch it delivers, so at most as many batches as
-// there are tokens lie between the workers' input and the sink, however uneven the work
-// (without this, one slow item let the others pile up in the window without bound).
+// reorder_window: an ordered par_map's bound, counted in items. A worker takes room for its
+// largest unit before it takes a unit from its input, and gives back at once what the unit
+// did not use; the reorder driver gives an item's room back as it delivers the item. So the
+// items between the workers' input and the sink never outnumber the window, however uneven
+// the work (without a bound, one slow item let the others pile up behind it), and while one
+// worker is on a slow item the others go on through the window's worth of items: counted
+// in units, as it once was, a window of units of one item held the other workers back
+// after a few items. The driver closes the window when it ends, so that a worker waiting
+// for room is never left waiting (a cancelled run ends the driver: its link is closed).
+class reorder_window {
+ public:
+  explicit reorder_window(std::size_t items) noexcept : free_(items) {}
+  reorder_window(const reorder_window&) = delete;
+  reorder_window& operator=(const reorder_window&) = delete;
+
+  // try_take(k): takes room for k items if there is; false if not, or once closed.
+  bool try_take(std::size_t k) noexcept {
+    std::size_t f = free_.load(std::memory_order_relaxed);
+    while (f >= k) {
+      if (free_.compare_exchange_weak(f, f - k, std::memory_order_acquire,
+                                      std::memory_order_relaxed)) {
+        return !closed_.load(std::memory_order_relaxed);
+      }
+    }
+    return false;
+  }
+  // take(k): waits for room for k items; false once closed.
+  bool take(std::size_t k) { return try_take(k) || take_slow(k); }
+  // give(k): k items' room is free again.
+  void give(std::size_t k) {
+    free_.fetch_add(k, std::memory_order_seq_cst);
+    if (waiters_.load(std::memory_order_seq_cst) != 0) wake();
+  }
+  void close();
+
+ private:
+  bool take_slow(std::size_t k);
+  void wake();
+
+  std::atomic<std::size_t> free_;
+  std::atomic<int> waiters_{0};  // in take_slow: give() must wake them
+  std::atomic<bool> closed_{false};
+  rill::mutex mu_;  // a fiber waiting for room parks
+  rill::condition_variable room_;
+};
+
+// window_hold: the reorder driver's hold on its window, which closes when the driver goes
+// (its run ended, or failed before the driver's fiber could start), so that no worker waits
+// for room forever. Move-only: a copy that went would close it early.
+struct window_hold {
+  std::shared_ptr<reorder_window> w;
+  explicit window_hold(std::shared_ptr<reorder_window> p) noexcept : w(std::move(p)) {}
+  window_hold(window_hold&&) noexcept = default;
+  window_hold& operator=(window_hold&&) = delete;
+  ~window_hold() {
+    if (w) w->close();
+  }
+};
+
+// reorder_driver: like link_driver, but delivers batches in `seq` order (ordered par_map),
+// giving their items' room in the window back as it does.
 template <class T>
 struct reorder_driver {
   link_chan<T> ch;
-  chan<char> tokens;
+  window_hold room;
   stage_counters* ctr = nullptr;  // the stage after par_map: what it took from it
-  void give_token() {
-    try {
-      (void)tokens.try_send('t');  // never full: tokens in the channel + taken <= capacity
-    } catch (const closed_channel&) {
-      // the workers are gone (end of input, or downstream stopped)
-    }
-  }
   template <class Sink>
   void operator()(Sink& sink, segment& seg) {
-    std::vector<std::optional<batch<T>>> window;  // window[i] holds seq next + i
+    std::deque<std::optional<batch<T>>> window;  // window[i] holds seq next + i
     std::uint64_t next = 0;
     auto deliver = [&](batch<T>& b) { return b.each([&](T&& v) { return sink(std::move(v)); }); };
     for (;;) {
@@ -686,16 +737,17 @@ struct reorder_driver {
       window[off] = std::move(b);
       std::size_t n = 0;
       while (!window.empty() && window.front()) {
-        n += window.front()->size();
+        const std::size_t k = window.front()->size();
+        n += k;
         if (!deliver(*window.front())) {
           ch.core()->try_close();
-          if (tokens) tokens.core()->try_close();  // wakes workers waiting for a token
           sink.finish();
+          room.w->close();  // workers waiting for room stop
           return;
         }
-        window.erase(window.begin());
+        window.pop_front();
         ++next;
-        give_token();
+        room.w->give(k);
       }
       if (ctr) bump(ctr->recvd, n);
       seg.tick(n);

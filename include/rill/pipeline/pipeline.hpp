@@ -344,18 +344,12 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   auto out = ctx.template link<link_chan<Out>>(shape.capacity);
   unsigned workers = s.opt.workers ? s.opt.workers : ctx.workers;
   if (workers == 0) workers = 1;
-  // Ordered: the reorder window's tokens (see reorder_driver); a worker takes one before
-  // each batch. Unordered: a nil channel, no tokens.
-  chan<char> tokens(nullptr);
-  if (s.opt.ordered) {
-    const std::size_t window = 2 * std::size_t{workers} + shape.capacity;
-    tokens = ctx.template link<chan<char>>(window);
-    try {
-      for (std::size_t k = 0; k < window; ++k) (void)tokens.try_send('t');
-    } catch (const closed_channel&) {
-      // cancelled already: the workers will stop at once
-    }
-  }
+  // Ordered: the reorder window (see reorder_window): room for `buffer` finished items
+  // waiting for a slower one ahead of them, besides a unit in each worker's hands.
+  const std::size_t unit = pol.max;
+  std::shared_ptr<reorder_window> room;
+  if (s.opt.ordered) room = std::make_shared<reorder_window>(s.opt.buffer + workers * unit);
+  window_hold hold(room);  // closes it if building fails before its driver runs
   state->left.store(workers);
   const std::string name = stage_name(s.opt.name, S::kind, index.number);
   ctx.stage_at(index.slot, [&](stage_stats& x) {
@@ -367,8 +361,8 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   for (unsigned k = 0; k < workers; ++k) {
     ctx.spawn(
         name,
-        [in, out, tokens, state, &s, &ctx, pinned, index]() mutable {
-          s.template work<In, Out>(ctx, index, in, out, tokens, *state, pinned);
+        [in, out, room, unit, state, &s, &ctx, pinned, index]() mutable {
+          s.template work<In, Out>(ctx, index, in, out, room.get(), unit, *state, pinned);
         },
         true, s.opt.stack_size);
   }
@@ -376,8 +370,8 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   const int next = index.slot + 1;
   stage_counters* after = ctx.counter(next);
   if (s.opt.ordered) {
-    build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out, tokens, after}, true, std::string(),
-                      s.opt.buffer, 0, 0, next);
+    build<I + 1, Out>(st, tail, ctx, reorder_driver<Out>{out, std::move(hold), after}, true,
+                      std::string(), s.opt.buffer, 0, 0, next);
   } else {
     build<I + 1, Out>(st, tail, ctx, link_driver<Out>{out, after}, true, std::string(),
                       s.opt.buffer, 0, 0, next);

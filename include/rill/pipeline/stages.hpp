@@ -442,37 +442,38 @@ struct par_map_stage {
   template <class In>
   using out_t = typename invoke_out<F, In>::type;
 
-  // work(): one worker's loop. Takes a unit of input (after a token of the reorder window,
-  // when ordered), maps it, and sends the results on as one batch with the unit's `seq`.
+  // work(): one worker's loop. Takes a unit of input (after room for `unit` items in the
+  // reorder window, when ordered), maps it, and sends the results on as one batch with the
+  // unit's `seq`.
   // Unless the hand-out is pinned, it times each unit and updates the shared hand-out size
   // (state.handout: about handout_bound_ns of work, 1 to 16 items), which the writer that
   // feeds the workers reads at each batch: few slow items spread over every worker.
   template <class In, class Out, class State>
   void work(pipe_ctx& ctx, stage_id index, link_chan<In>& in, link_chan<Out>& out,
-            chan<char>& tokens, State& state, std::size_t pinned) {
+            reorder_window* room, std::size_t unit, State& state, std::size_t pinned) {
     struct last_closes {
       State* state;
       link_chan<In>* in;
       link_chan<Out>* out;
-      chan<char>* tokens;
+      reorder_window* room;
       ~last_closes() {
         // A worker leaves when the input has ended, downstream stopped, or the run failed:
         // in the last two cases upstream must stop, and in every case workers waiting for
-        // a token must not wait for one forever.
+        // room must not wait for it forever.
         in->core()->try_close();
-        if (*tokens) tokens->core()->try_close();
+        if (room) room->close();
         if (state->left.fetch_sub(1) == 1) out->core()->try_close();
       }
-    } guard{&state, &in, &out, &tokens};
+    } guard{&state, &in, &out, room};
     std::uint32_t units = 0;
     stage_counters* ctr = counting(ctx, index);
     for (;;) {
       // Waits are timed only when they happen (a try first): they are the stage's
       // waiting_output (the reorder window is full: downstream holds it back) and
       // waiting_input.
-      if (tokens && !tokens.try_recv()) {
+      if (room && !room->try_take(unit)) {
         const std::int64_t w0 = ctr ? now_ns() : 0;
-        if (!tokens.recv()) break;  // ordered: wait for room in the window
+        if (!room->take(unit)) break;  // ordered: wait for room in the window
         if (ctr) bump(ctr->wait_out, now_ns() - w0);
       }
       std::optional<batch<In>> b = in.try_recv();
@@ -482,6 +483,7 @@ struct par_map_stage {
         if (ctr) bump(ctr->wait_in, now_ns() - w0);
       }
       if (!b) break;
+      if (room && b->size() < unit) room->give(unit - b->size());  // a unit is at most `unit`
       if (ctr) bump(ctr->recvd, b->size());
       // Timed: every unit while the hand-out moves; 1 in 8 once it is at its top (cheap
       // items, where two clock reads are a large share of a unit). With metrics on, every
@@ -540,7 +542,7 @@ struct par_map_stage {
       if (ctr) bump(ctr->sent, sent);
       // The send may have readied the downstream fiber into this worker's runnext slot,
       // where it would wait for this worker's next park: a whole unit of work later, with
-      // the ordered window's tokens held back meanwhile (the workers then stall on them).
+      // the ordered window's room held back meanwhile (the workers then stall on it).
       // Let it run now (it parks again as soon as it has delivered) when that unit is long;
       // after a cheap unit the yield's two switches cost more than the wait they save, and
       // the downstream fiber runs at this worker's next park (an empty link, a full one, or
