@@ -123,9 +123,13 @@ void segment::end_window() {
   // scheduling point.
   const bool slice_over = slice_over_->load(std::memory_order_relaxed) &&
                           slice_over_->exchange(false, std::memory_order_relaxed);
-  if (!probing_ && ctx_->adaptive && (slice_over || now - slice_start_ >= slice_ns)) {
+  if (ctx_->adaptive && (slice_over || now - slice_start_ >= slice_ns)) {
+    const std::int64_t before = now;
     now = yield_slice();
     pub_start_ = now;  // the time other fibers had is not this one's work
+    // Nor is it a probed item's: its samples take the segment's waits out. (A probe of
+    // slow items lasts several slices: it must yield too.)
+    waited_total_ += now - before;
   }
   win_start_ = now;
   win_items_ = 0;

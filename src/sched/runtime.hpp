@@ -115,6 +115,13 @@ struct alignas(64) worker {
   // without a scheduling point in between. Owner writes (a plain store: one writer);
   // the watchdog reads.
   std::atomic<std::uint64_t> switches{0};
+  // look_now: set by the watchdog when timers are due, the global queue holds fibers or
+  // fibers wait on I/O while this worker, busy, went through fewer scheduling points since
+  // its last look than next_local() lets pass between two looks (global_check_interval):
+  // its next scheduling point looks (find_runnable), however long its fibers run between
+  // them. Without it, a worker whose fibers yield once per slice went seconds without
+  // running a due timer. Cleared by the owner.
+  std::atomic<bool> look_now{false};
   eh_state* eh = nullptr;  // this thread's C++ exception state (thread_eh()), for switches
   run_queue queue;
   alignas(64) std::atomic<fiber*> runnext{nullptr};
@@ -176,6 +183,7 @@ struct alignas(64) worker {
   // The watchdog's view of this worker (watchdog.cpp); its thread only, under its lock.
   struct alignas(64) watch_state {
     std::uint64_t switches = 0;  // `switches` at the last look
+    std::uint64_t looked = 0;    // `switches` at the pass before (look_now)
     std::int64_t since = 0;      // when that value was first seen
     std::int64_t need = 0;       // how long a stall must last to be reported
     bool done = true;            // this stall was looked at (or the worker was idle)
@@ -517,10 +525,11 @@ inline bool runtime::push_local(worker& w, fiber* f, bool yielded) noexcept {
 
 inline fiber* runtime::next_local(worker& w) noexcept {
   ++w.tick;
-  if (w.tick % global_check_interval == 0 &&
-      (gq_size_.load(std::memory_order_relaxed) != 0 ||
-       next_deadline_.load(std::memory_order_relaxed) != INT64_MAX ||
-       io_waiters.load(std::memory_order_relaxed) > 0)) {
+  if ((w.tick % global_check_interval == 0 &&
+       (gq_size_.load(std::memory_order_relaxed) != 0 ||
+        next_deadline_.load(std::memory_order_relaxed) != INT64_MAX ||
+        io_waiters.load(std::memory_order_relaxed) > 0)) ||
+      w.look_now.load(std::memory_order_relaxed)) [[unlikely]] {
     return nullptr;  // let the scheduler loop look at the global queue, timers and I/O
   }
   // Schedule perturbation (RILL_SCHED_SEED): now and then run the queue before runnext.

@@ -491,9 +491,11 @@ void runtime::begin_shutdown() noexcept {
 fiber* runtime::find_runnable(worker& w) {
   for (;;) {
     if (shutdown_.load(std::memory_order_acquire)) return nullptr;
+    const bool poked = w.look_now.load(std::memory_order_relaxed) &&
+                       w.look_now.exchange(false, std::memory_order_relaxed);
     if (next_deadline_.load(std::memory_order_relaxed) != INT64_MAX) run_due_timers(w);
     // A busy worker polls I/O now and then too, so ready fds do not wait behind a long queue.
-    if (w.tick - w.poll_tick >= global_check_interval) {
+    if (poked || w.tick - w.poll_tick >= global_check_interval) {
       if (fiber* f = poll_io(w)) {
         if (w.spinning) stop_spinning(w);
         return f;

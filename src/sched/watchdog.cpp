@@ -1,8 +1,10 @@
-// The watchdog: Go's sysmon, for two of its jobs. It notices a worker that has run one fiber
-// without a scheduling point for longer than its runtime's threshold and reports that fiber
-// on stderr, once per fiber; and it asks a fiber that has run fiber_slice_ns without one to
+// The watchdog: Go's sysmon, for three of its jobs. It notices a worker that has run one
+// fiber without a scheduling point for longer than its runtime's threshold and reports that
+// fiber on stderr, once per fiber; it asks a fiber that has run fiber_slice_ns without one to
 // yield (fiber::slice_over, which a pipeline's fused loop reads between items: Go's
-// preemption request, without the signal).
+// preemption request, without the signal); and it asks a busy worker to look at due timers,
+// the global queue and the poller at its next scheduling point (worker::look_now) when its
+// fibers switch too seldom for its periodic look to come soon.
 //
 // The problem. Scheduling is cooperative: a fiber that calls sleep(), blocks in a syscall or
 // computes for a long time holds its worker thread, and every fiber queued on that worker
@@ -107,11 +109,23 @@ void loop() {
 
 bool runtime::watch(std::int64_t now) {
   watchdog_state& s = state();
+  // Work that a busy worker finds only when it looks (find_runnable): look_now below.
+  const bool to_look = next_deadline_.load(std::memory_order_relaxed) <= now ||
+                       gq_size_.load(std::memory_order_relaxed) != 0 ||
+                       (io_waiters.load(std::memory_order_relaxed) > 0 &&
+                        !poll_sleeping_.load(std::memory_order_relaxed));
   for (auto& wp : workers_) {
     worker& w = *wp;
     worker::watch_state& d = w.watch;
     const std::uint64_t n = w.switches.load(std::memory_order_acquire);
     fiber* f = w.current.load(std::memory_order_acquire);
+    // Too few scheduling points since the last pass for next_local()'s periodic look to
+    // have come (nor, idle, did it look for itself): ask it to look at the next one.
+    if (to_look && f && n - d.looked < global_check_interval &&
+        !w.look_now.load(std::memory_order_relaxed)) {
+      w.look_now.store(true, std::memory_order_relaxed);
+    }
+    d.looked = n;
     if (n != d.switches || !f) {
       d.switches = n;
       d.since = now;

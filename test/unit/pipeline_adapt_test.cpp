@@ -392,6 +392,36 @@ TEST_CASE("adapt: a fused chain whose items turn slow mid-chunk yields and split
   }
 }
 
+TEST_CASE("adapt: a chain that reads a link yields within an item when its items turn slow",
+          "[pipeline][adapt]") {
+  // The same shape behind a link: the slow stage reads batches (of up to 64 cheap items
+  // from a declared boundary, or the finished units of an ordered par_map, up to its
+  // window's worth at once). The slice flag cuts a batch after the item during which the
+  // slice ended; a batch once ran to its end, and the window held up to 16k items.
+  static constexpr long cheap = 100'000, slow = 60;
+  auto shape = GENERATE(0, 1);
+  INFO((shape == 0 ? "after stage_boundary" : "after par_map"));
+  const int most = test::run_with(1, [shape] {
+    std::atomic<int> handled{0};
+    return largest_turn(handled, [&] {
+      auto tail = rill::map(turns_slow(cheap, 1000, handled));
+      const long n = shape == 0
+                         ? (rill::from(upto(cheap + slow)) | rill::map([](long v) { return v; }) |
+                            rill::stage_boundary | std::move(tail) | rill::count())
+                               .run()
+                         : (rill::from(upto(cheap + slow)) |
+                            rill::par_map([](long v) { return v; }, {.workers = 1}) |
+                            std::move(tail) | rill::count())
+                               .run();
+      CHECK(n == cheap + slow);
+      CHECK(handled.load() == slow);
+    });
+  });
+  // A slice, the watchdog's look and the item under way when it looks; scheduling delays
+  // of the watchdog's thread add a few.
+  CHECK(most <= 12);
+}
+
 TEST_CASE("adapt: cheap stages stay fused", "[pipeline][adapt][fusion]") {
   const unsigned workers = GENERATE(1u, 2u);
   auto [sum, stats] = test::run_with(workers, [&] {

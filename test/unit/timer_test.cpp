@@ -1,6 +1,7 @@
 // Timers: this_fiber::sleep_for / sleep_until park the fiber (not its thread) for at least
 // the requested time; many sleepers all wake; zero and negative durations yield; nothing is
 // left pending.
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -165,6 +166,50 @@ TEST_CASE("timer: timers fire while every worker stays busy", "[timer]") {
     CHECK(woke.load());
     CHECK_FALSE(timed_out.load());
   });
+}
+
+TEST_CASE("timer: a sleeper wakes on time on a worker whose fibers yield once per round of work",
+          "[timer]") {
+  // Two fibers take turns on one worker, each computing half a millisecond between yields:
+  // the worker never idles, and each switch hands it to the other. A fiber sleeping 1 ms
+  // in a loop counts their rounds between two of its wakes. A busy worker looked at its
+  // timers only every global_check_interval switches (about 60 rounds here); the
+  // watchdog's thread now asks it to look at its next switch once a timer is due.
+  const int most = test::run_with(1, [] {
+    std::atomic<int> rounds{0};
+    std::atomic<bool> done{false};
+    int most = 0;
+    rill::wait_group wg;
+    wg.add(3);
+    for (int b = 0; b < 2; ++b) {
+      rill::go([&] {
+        while (!done.load()) {
+          const auto end = clock_type::now() + 500us;  // CPU work
+          while (clock_type::now() < end) {
+          }
+          rounds.fetch_add(1);
+          rill::this_fiber::yield();
+        }
+        wg.done();
+      });
+    }
+    rill::go([&] {
+      int last = rounds.load();
+      for (int wake = 0; wake < 40; ++wake) {
+        rill::this_fiber::sleep_for(1ms);
+        const int now = rounds.load();
+        most = std::max(most, now - last);
+        last = now;
+      }
+      done = true;
+      wg.done();
+    });
+    wg.wait();
+    return most;
+  });
+  // A 1 ms sleep is 2 rounds; the watchdog looks every millisecond, and its thread may be
+  // late on a loaded machine: a few more. Half the rounds of the periodic look alone.
+  CHECK(most <= 30);
 }
 
 TEST_CASE("timer: sleep_for on a plain thread sleeps the thread", "[timer]") {

@@ -107,6 +107,11 @@ inline constexpr int min_probe_samples_slowest = 2;
 inline constexpr std::int64_t probe_ns_slowest = 4 * probe_ns;
 inline constexpr int max_probe_samples = 16;
 
+// A fused loop (a source's, a link reader's) looks at its fiber's slice flag
+// (fiber_slice_flag()) after every slice_check items: a relaxed load per that many items,
+// nothing per item.
+inline constexpr std::size_t slice_check = 16;
+
 // A batch of one item (links of batch size 1) holds it in `single`, so that a link moving
 // one item at a time allocates nothing per item; larger batches use `items`.
 template <class T>
@@ -127,12 +132,23 @@ struct batch {
   }
   bool empty() const noexcept { return !single && items.empty(); }
   std::size_t size() const noexcept { return single ? 1 : items.size(); }
-  // each(f): f(T&&) for every item, in order, while f returns true; false if f stopped.
+  // each_from(k, f, slice_over): f(T&&) for the items from the k-th on, in order, while f
+  // returns true (false if f stopped); k counts the items taken. It stops early once
+  // *slice_over is set: items that turn slow in the middle of a batch hold the fiber's
+  // worker for one of them, not for the rest of the batch (the caller reports the items so
+  // far, and its tick yields). Looked at after every item: a batch's items may each take
+  // longer than a slice, and the load is of a line this fiber owns.
   template <class F>
-  bool each(F&& f) {
-    if (single) return f(std::move(*single));
-    for (T& v : items) {
-      if (!f(std::move(v))) return false;
+  bool each_from(std::size_t& k, F&& f, const std::atomic<bool>& slice_over) {
+    if (single) {
+      k = 1;
+      return f(std::move(*single));
+    }
+    const std::size_t n = items.size();
+    while (k < n) {
+      if (!f(std::move(items[k++]))) return false;
+      if (slice_over.load(std::memory_order_relaxed)) [[unlikely]]
+        break;
     }
     return true;
   }
@@ -599,6 +615,7 @@ struct link_driver {
   stage_counters* ctr = nullptr;  // the stage after the link: what it took from it
   template <class Sink>
   void operator()(Sink& sink, segment* seg = nullptr) {
+    std::atomic<bool>* slice_over = fiber_slice_flag();
     for (;;) {
       std::optional<batch<T>> b = ch.try_recv();
       std::int64_t waited = 0;
@@ -622,24 +639,35 @@ struct link_driver {
       }
       const std::size_t n = b->size();
       if (ctr) bump(ctr->recvd, n);
-      // With a segment, the sink is the chain's first stage (every sink takes a path).
-      bool ok;
-      if constexpr (inert_v<Sink>) {
-        ok = b->each([&](T&& v) { return sink(std::move(v), fused_path{}); });
-      } else if (seg ? seg->quiet() : chain_is_quiet(sink)) {
-        ok = b->each([&](T&& v) { return sink(std::move(v), fused_path{}); });
-      } else {
-        ok = b->each([&](T&& v) { return sink(std::move(v)); });
-      }
-      if (!ok) {
-        ch.core()->try_close();  // stop upstream promptly
-        sink.finish();
-        return;
-      }
-      if (seg) {
-        seg->tick(n);
-      } else if constexpr (head) {
-        sink.tick(n);
+      // The batch goes down in one piece, or in several when the slice ends in it: the
+      // path is chosen again for each piece, as the tick between two may have started a
+      // probe or split the chain.
+      for (std::size_t k = 0; k < n;) {
+        const std::size_t from = k;
+        // With a segment, the sink is the chain's first stage (every sink takes a path).
+        bool ok;
+        if constexpr (inert_v<Sink>) {
+          ok = b->each_from(
+              k, [&](T&& v) { return sink(std::move(v), fused_path{}); }, *slice_over);
+        } else if (seg ? seg->quiet() : chain_is_quiet(sink)) {
+          ok = b->each_from(
+              k, [&](T&& v) { return sink(std::move(v), fused_path{}); }, *slice_over);
+        } else {
+          ok = b->each_from(
+              k, [&](T&& v) { return sink(std::move(v)); }, *slice_over);
+        }
+        if (!ok) {
+          ch.core()->try_close();  // stop upstream promptly
+          sink.finish();
+          return;
+        }
+        if (seg) {
+          seg->tick(k - from);
+        } else if constexpr (head) {
+          sink.tick(k - from);
+        } else {
+          slice_over->store(false, std::memory_order_relaxed);  // no tick: nothing yields
+        }
       }
     }
     sink.finish();
@@ -720,7 +748,21 @@ struct reorder_driver {
   void operator()(Sink& sink, segment& seg) {
     std::deque<std::optional<batch<T>>> window;  // window[i] holds seq next + i
     std::uint64_t next = 0;
-    auto deliver = [&](batch<T>& b) { return b.each([&](T&& v) { return sink(std::move(v)); }); };
+    std::atomic<bool>* slice_over = fiber_slice_flag();
+    // deliver(b): b's items down the chain, reported in pieces (the tick may yield: a slow
+    // item held back many finished ones); false once the chain stopped.
+    auto deliver = [&](batch<T>& b) {
+      const std::size_t n = b.size();
+      if (ctr) bump(ctr->recvd, n);
+      for (std::size_t k = 0; k < n;) {
+        const std::size_t from = k;
+        if (!b.each_from(
+                k, [&](T&& v) { return sink(std::move(v)); }, *slice_over))
+          return false;
+        seg.tick(k - from);
+      }
+      return true;
+    };
     for (;;) {
       std::optional<batch<T>> b = ch.try_recv();
       std::int64_t waited = 0;
@@ -735,10 +777,8 @@ struct reorder_driver {
       const std::uint64_t off = b->seq - next;
       if (off >= window.size()) window.resize(off + 1);
       window[off] = std::move(b);
-      std::size_t n = 0;
       while (!window.empty() && window.front()) {
         const std::size_t k = window.front()->size();
-        n += k;
         if (!deliver(*window.front())) {
           ch.core()->try_close();
           sink.finish();
@@ -749,8 +789,6 @@ struct reorder_driver {
         ++next;
         room.w->give(k);
       }
-      if (ctr) bump(ctr->recvd, n);
-      seg.tick(n);
     }
     sink.finish();
   }

@@ -57,10 +57,6 @@ struct chunk_size {
   }
 };
 
-// A source's fused loop looks at its fiber's slice flag (fiber_slice_flag()) after every
-// slice_check items: a relaxed load per that many items, nothing per item.
-inline constexpr std::size_t slice_check = 16;
-
 template <class R>
 struct range_source {
   static constexpr const char* kind = "from";
