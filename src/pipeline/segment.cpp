@@ -131,6 +131,10 @@ void segment::end_window() {
     // slow items lasts several slices: it must yield too.)
     waited_total_ += now - before;
   }
+  // A link reader looks at the flag after every item when items are slow, and right after
+  // a slice that ended in the middle of its batch: items that turned slow there would
+  // otherwise run slice_check at a time until a window had measured them.
+  check_every_ = slice_over || per_item >= check_each_ns ? 1 : slice_check;
   win_start_ = now;
   win_items_ = 0;
   waited_ = 0;

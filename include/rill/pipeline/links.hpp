@@ -109,8 +109,11 @@ inline constexpr int max_probe_samples = 16;
 
 // A fused loop (a source's, a link reader's) looks at its fiber's slice flag
 // (fiber_slice_flag()) after every slice_check items: a relaxed load per that many items,
-// nothing per item.
+// nothing per item. A link reader whose items take check_each_ns or more, or whose slice
+// just ended, looks after every item (segment::check_every()): next to such an item the
+// look is noise, and slice_check of them could hold the worker for many slices.
 inline constexpr std::size_t slice_check = 16;
+inline constexpr std::int64_t check_each_ns = 1'000;
 
 // A batch of one item (links of batch size 1) holds it in `single`, so that a link moving
 // one item at a time allocates nothing per item; larger batches use `items`.
@@ -132,25 +135,32 @@ struct batch {
   }
   bool empty() const noexcept { return !single && items.empty(); }
   std::size_t size() const noexcept { return single ? 1 : items.size(); }
-  // each_from(k, f, slice_over): f(T&&) for the items from the k-th on, in order, while f
-  // returns true (false if f stopped); k counts the items taken. It stops early once
-  // *slice_over is set: items that turn slow in the middle of a batch hold the fiber's
-  // worker for one of them, not for the rest of the batch (the caller reports the items so
-  // far, and its tick yields). Looked at after every item: a batch's items may each take
-  // longer than a slice, and the load is of a line this fiber owns.
+  // each_from(k, f, slice_over, every): f(T&&) for the items from the k-th on, in order,
+  // while f returns true (false if f stopped); k counts the items taken. It stops early,
+  // after a multiple of `every` items, once *slice_over is set: items that turn slow in the
+  // middle of a batch hold the fiber's worker for a few of them, not for the rest of the
+  // batch (the caller reports the items so far, and its tick yields).
   template <class F>
-  bool each_from(std::size_t& k, F&& f, const std::atomic<bool>& slice_over) {
+  bool each_from(std::size_t& k, F&& f, const std::atomic<bool>& slice_over, std::size_t every) {
     if (single) {
       k = 1;
       return f(std::move(*single));
     }
-    const std::size_t n = items.size();
-    while (k < n) {
-      if (!f(std::move(items[k++]))) return false;
-      if (slice_over.load(std::memory_order_relaxed)) [[unlikely]]
-        break;
+    T* p = items.data() + k;
+    T* const end = items.data() + items.size();
+    bool more = true;
+    while (p != end) {
+      T* const e = static_cast<std::size_t>(end - p) < every ? end : p + every;
+      while (p != e) {
+        if (!f(std::move(*p++))) {
+          more = false;
+          break;
+        }
+      }
+      if (!more || slice_over.load(std::memory_order_relaxed)) break;
     }
-    return true;
+    k = static_cast<std::size_t>(p - items.data());
+    return more;
   }
 };
 
@@ -512,6 +522,9 @@ class segment {
   // quiet(): no boundary of this fiber is being probed or has split: every one passes
   // items straight on, so the driver may take fused_path until its next tick.
   bool quiet() const noexcept { return !probing_ && split_.empty(); }
+  // check_every(): how many items a link reader's loop runs between two looks at the
+  // slice flag (see check_each_ns).
+  std::size_t check_every() const noexcept { return check_every_; }
 
   // waited(): the chain spent `ns` waiting for input, not working; waited_out(): waiting
   // for room downstream.
@@ -589,6 +602,7 @@ class segment {
   std::int64_t waited_ = 0;
   std::int64_t waited_total_ = 0;
   std::size_t win_items_ = 0;
+  std::size_t check_every_ = slice_check;
   std::int64_t budget_ = 1;        // the first window is one item
   std::atomic<bool>* slice_over_;  // the fiber's (fiber_slice_flag())
   std::int64_t last_decided_ = 0;
@@ -644,17 +658,23 @@ struct link_driver {
       // probe or split the chain.
       for (std::size_t k = 0; k < n;) {
         const std::size_t from = k;
+        std::size_t every = slice_check;
+        if (seg) {
+          every = seg->check_every();
+        } else if constexpr (head) {
+          every = sink.check_every();
+        }
         // With a segment, the sink is the chain's first stage (every sink takes a path).
         bool ok;
         if constexpr (inert_v<Sink>) {
           ok = b->each_from(
-              k, [&](T&& v) { return sink(std::move(v), fused_path{}); }, *slice_over);
+              k, [&](T&& v) { return sink(std::move(v), fused_path{}); }, *slice_over, every);
         } else if (seg ? seg->quiet() : chain_is_quiet(sink)) {
           ok = b->each_from(
-              k, [&](T&& v) { return sink(std::move(v), fused_path{}); }, *slice_over);
+              k, [&](T&& v) { return sink(std::move(v), fused_path{}); }, *slice_over, every);
         } else {
           ok = b->each_from(
-              k, [&](T&& v) { return sink(std::move(v)); }, *slice_over);
+              k, [&](T&& v) { return sink(std::move(v)); }, *slice_over, every);
         }
         if (!ok) {
           ch.core()->try_close();  // stop upstream promptly
@@ -757,7 +777,7 @@ struct reorder_driver {
       for (std::size_t k = 0; k < n;) {
         const std::size_t from = k;
         if (!b.each_from(
-                k, [&](T&& v) { return sink(std::move(v)); }, *slice_over))
+                k, [&](T&& v) { return sink(std::move(v)); }, *slice_over, seg.check_every()))
           return false;
         seg.tick(k - from);
       }
@@ -877,6 +897,7 @@ class plain_point {
     return (*down_)(std::forward<V>(v), m);
   }
   bool quiet() const noexcept { return true; }
+  std::size_t check_every() const noexcept { return seg_->check_every(); }
   void flush_hint() { down_->flush_hint(); }
   void finish() { down_->finish(); }
   void tick(std::size_t items) { seg_->tick(items); }
@@ -932,6 +953,7 @@ class split_point final : public split_link<T> {
   // quiet(): no boundary of this fiber's chain is measured or split now (the driver may
   // send its next chunk down fused_path).
   bool quiet() const noexcept { return tick_seg_->quiet(); }
+  std::size_t check_every() const noexcept { return tick_seg_->check_every(); }
   void flush_hint() {
     if (this->mode_ == mode::split) {
       this->writer_->flush_hint();
