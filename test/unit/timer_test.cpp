@@ -173,7 +173,7 @@ TEST_CASE("timer: a sleeper wakes on time on a worker whose fibers yield once pe
   // Two fibers take turns on one worker, each computing half a millisecond between yields:
   // the worker never idles, and each switch hands it to the other. A fiber sleeping 1 ms
   // in a loop counts their rounds between two of its wakes. A busy worker looked at its
-  // timers only every global_check_interval switches (about 60 rounds here); the
+  // timers only every global_check_interval switches (as many rounds here); the
   // watchdog's thread now asks it to look at its next switch once a timer is due.
   const int most = test::run_with(1, [] {
     std::atomic<int> rounds{0};
