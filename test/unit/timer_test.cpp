@@ -170,9 +170,10 @@ TEST_CASE("timer: timers fire while every worker stays busy", "[timer]") {
 
 TEST_CASE("timer: a sleeper wakes on time on a worker whose fibers yield once per round of work",
           "[timer]") {
-  // Two fibers take turns on one worker, each computing half a millisecond between yields:
-  // the worker never idles, and each switch hands it to the other. A fiber sleeping 1 ms
-  // in a loop counts their rounds between two of its wakes. A busy worker looked at its
+  // Two fibers take turns on one worker, each computing a while between yields: the
+  // worker never idles, and each switch hands it to the other. A fiber that sleeps in a
+  // loop, for about two of their rounds each time, counts their rounds between two of its
+  // wakes. A busy worker looked at its
   // timers only every global_check_interval switches (as many rounds here); the
   // watchdog's thread now asks it to look at its next switch once a timer is due.
   const int most = test::run_with(1, [] {
@@ -207,8 +208,8 @@ TEST_CASE("timer: a sleeper wakes on time on a worker whose fibers yield once pe
     wg.wait();
     return most;
   });
-  // A 1 ms sleep is 2 rounds; the watchdog looks every millisecond, and its thread may be
-  // late on a loaded machine: a few more. Half the rounds of the periodic look alone.
+  // The sleep itself is two rounds; the watchdog looks every half slice, and its thread may
+  // be late on a loaded machine: a few more. Half the rounds of the periodic look alone.
   CHECK(most <= 30);
 }
 

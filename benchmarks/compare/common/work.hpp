@@ -337,9 +337,9 @@ inline std::string layout_name(std::size_t batch) {
 inline std::vector<std::size_t> batched_caps() { return {64, 1024}; }
 inline constexpr std::size_t kFanBatch = 16;  // par_map's largest hand-out
 
-// A run shorter than this is timed twice and the first time discarded: in a run of a
-// millisecond, a fresh process's first touches (page faults, cold caches, code paths taken
-// for the first time) are a large share of the time, whatever the implementation. Go's
+// A run shorter than this is timed twice and the first time discarded: in so short a run,
+// a fresh process's first touches (page faults, cold caches, code paths taken for the
+// first time) are a large share of the time, whatever the implementation. Go's
 // harness (benchmarks/go/internal/bench) does the same.
 inline constexpr double warm_up_below_ns = 20e6;
 

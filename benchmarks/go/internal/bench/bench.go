@@ -315,8 +315,8 @@ func cpuNanos() int64 {
 }
 
 // A run shorter than warmUpBelow is timed twice and the first time discarded, as the C++
-// harness does (benchmarks/compare/common/work.hpp): in a run of a millisecond, the first
-// touches of a fresh process are a large share of the time.
+// harness does (benchmarks/compare/common/work.hpp): in so short a run, the first touches
+// of a fresh process are a large share of the time.
 const warmUpBelow = 20 * time.Millisecond
 
 // Measure runs run() once (twice when short: warmUpBelow), which processes items items and
