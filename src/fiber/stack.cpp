@@ -11,6 +11,7 @@
 #include <new>
 #include <system_error>
 
+#include "fiber/compact.hpp"
 #include "fiber/sanitizers.hpp"
 
 namespace rill::detail {
@@ -55,6 +56,16 @@ void fill_canary(char* zone) noexcept {
 
 void stack::write_canary() noexcept { fill_canary(usable_top()); }
 
+void fill_canary_zone(char* zone) noexcept { fill_canary(zone); }
+
+bool canary_zone_intact(const char* zone) noexcept {
+  auto* w = reinterpret_cast<const std::uint64_t*>(zone);
+  for (std::size_t i = 0; i < canary_bytes / sizeof(std::uint64_t); ++i) {
+    if (w[i] != canary_word) return false;
+  }
+  return true;
+}
+
 bool stack::below_intact(bool full) const noexcept {
   auto* w = reinterpret_cast<const std::uint64_t*>(base - canary_bytes);
   const std::size_t n = canary_bytes / sizeof(std::uint64_t);
@@ -79,6 +90,7 @@ stack_pool::stack_pool(std::size_t stack_size)
       per_slab_(stack_size_ >= (1u << 20) ? 4 : (32u << 20) / stack_size_) {}
 
 stack_pool::~stack_pool() {
+  if (compacting_) compaction_remove(this);
   for (const stack& s : free_) {
     if (s.guarded) g_guarded.fetch_sub(1, std::memory_order_relaxed);
   }
@@ -176,6 +188,19 @@ void stack_pool::release_many(const stack* s, std::size_t n) noexcept {
   lock_guard lk(mu_);
   for (std::size_t i = 0; i < n; ++i) free_.push_back(s[i]);  // reserved: cannot throw
   live_ -= n;
+}
+
+void stack_pool::full_slabs(std::vector<char*>& out) const {
+  lock_guard lk(mu_);
+  for (std::size_t i = 0; i < slabs_.size(); ++i) {
+    if (i + 1 < slabs_.size() || carved_ == per_slab_) out.push_back(slabs_[i].first);
+  }
+}
+
+bool stack_pool::compact_parked(std::chrono::nanoseconds after,
+                                bool (*age)(void*, bool, char**) noexcept) {
+  compacting_ = compaction_add(this, after, age);
+  return compacting_;
 }
 
 std::size_t stack_pool::live() const noexcept {

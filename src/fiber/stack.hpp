@@ -19,6 +19,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -46,6 +47,10 @@ struct stack_slot {
 
 inline constexpr std::size_t canary_bytes = 1024;
 inline constexpr std::size_t stack_page_size = 4096;
+
+// A canary zone of canary_bytes at `zone`: written, and checked in full.
+void fill_canary_zone(char* zone) noexcept;
+bool canary_zone_intact(const char* zone) noexcept;
 
 struct stack {
   char* base = nullptr;  // lowest address of the mapping (the guard page, when guarded)
@@ -95,6 +100,13 @@ class stack_pool {
   // rounded_size(): the size of the stacks of a pool asked for `size` bytes.
   static std::size_t rounded_size(std::size_t size) noexcept;
   std::size_t live() const noexcept;  // stacks handed out and not yet released
+  std::size_t per_slab() const noexcept { return per_slab_; }
+  // full_slabs(): appends the base of each slab whose every stack has been carved (a slab
+  // is [a page][stack 0][stack 1]...).
+  void full_slabs(std::vector<char*>& out) const;
+  // compact_parked(): fibers parked on this pool's stacks for `after` have their stacks
+  // compacted (fiber/compact.hpp). False where the process cannot.
+  bool compact_parked(std::chrono::nanoseconds after, bool (*age)(void*, bool, char**) noexcept);
 
   // for_each_slot() calls f(stack_slot&) for the slot of every stack carved so far, under
   // the pool's lock (lock order: the pool's lock before a slot's).
@@ -140,6 +152,7 @@ class stack_pool {
   std::size_t carved_ RILL_GUARDED_BY(mu_) = 0;
   std::size_t carved_total_ RILL_GUARDED_BY(mu_) = 0;
   std::size_t live_ RILL_GUARDED_BY(mu_) = 0;
+  bool compacting_ = false;
 };
 
 // Process-wide count of guarded stacks, and the cap (RILL_GUARD_BUDGET overrides it).

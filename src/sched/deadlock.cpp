@@ -115,7 +115,7 @@ void runtime::on_all_idle(worker& w) {
 std::vector<fiber*> runtime::parked_fibers() {
   std::vector<fiber*> out;
   for_each_fiber([&](fiber* f) {
-    if (f->state.load(std::memory_order_relaxed) == fiber_state::parked) out.push_back(f);
+    if (is_parked(f->state.load(std::memory_order_relaxed))) out.push_back(f);
   });
   return out;
 }

@@ -5,6 +5,7 @@
 #include <thread>
 #include <utility>
 
+#include "fiber/compact.hpp"
 #include "rill/fiber.hpp"
 #include "sched/runtime.hpp"
 #include "sched/runtime_parts.hpp"
@@ -37,6 +38,9 @@ constexpr std::uint32_t spawn_yield_queue = run_queue::capacity / 2;
 // lowers it only after the stack is in a cache or back in the pool).
 stats runtime::snapshot() noexcept {
   stats s;
+  const compaction_stats c = compaction_counts();
+  s.compacted_fibers = c.held;
+  s.compacted_bytes = c.held_bytes;
   const std::int64_t retiring = retiring_stacks_.load(std::memory_order_acquire);
   std::int64_t credit = 0;
   std::size_t cached = 0;
@@ -301,6 +305,9 @@ stats global_stats() noexcept {
   s.live_fibers += abandoned;
   s.live_stacks += abandoned;
   s.pending_timers = static_cast<std::size_t>(detail::g_pending_timers.load());
+  const detail::compaction_stats c = detail::compaction_counts();
+  s.compacted_fibers = c.held;
+  s.compacted_bytes = c.held_bytes;
   return s;
 }
 

@@ -1,5 +1,5 @@
 // The environment variables that set defaults: RILL_WORKERS, RILL_WATCHDOG_MS,
-// RILL_SCHED_SEED (src/README.md, "Debugging").
+// RILL_SCHED_SEED, RILL_COMPACT_PARKED_MS (src/README.md, "Debugging").
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
@@ -25,6 +25,14 @@ std::uint32_t default_watchdog_ms() {
     return n <= 0 ? 0 : static_cast<std::uint32_t>(std::min<long>(n, INT32_MAX));
   }
   return 100;
+}
+
+std::uint32_t default_compact_parked_ms() {
+  if (const char* s = std::getenv("RILL_COMPACT_PARKED_MS")) {
+    const long n = std::strtol(s, nullptr, 10);
+    return n <= 0 ? 0 : static_cast<std::uint32_t>(std::min<long>(n, INT32_MAX));
+  }
+  return 0;
 }
 
 std::uint64_t read_chaos_seed() {

@@ -84,7 +84,28 @@ stack_pool& runtime::pool_for(std::size_t size) {
   }
   more_stacks_.reserve(more_stacks_.size() + 1);  // push_back cannot throw after make_unique
   more_stacks_.push_back(std::make_unique<stack_pool>(size));
+  if (cfg_.compact_parked_ms > 0) {
+    more_stacks_.back()->compact_parked(std::chrono::milliseconds(cfg_.compact_parked_ms),
+                                        fiber_parked_long);
+  }
   return *more_stacks_.back();
+}
+
+// The stack compaction's look at a stack's owner, from its service thread (fiber/compact.cpp):
+// the record may be a finished fiber's or a newer one's on the same stack, whatever it reads
+// is safe (a stack's memory outlives its pool's users) and a wrong guess costs only a restore.
+// Not instrumented for TSan: it reads the saved context of a fiber that may be resuming, a
+// value the service only uses if the fiber is still parked.
+[[gnu::no_sanitize("thread")]] bool fiber_parked_long(void* owner, bool now, char** sp) noexcept {
+  auto* f = static_cast<fiber*>(owner);
+  fiber_state st = f->state.load(std::memory_order_relaxed);
+  if (st == fiber_state::parked && !now) {
+    f->state.compare_exchange_strong(st, fiber_state::parked_long, std::memory_order_relaxed);
+    return false;
+  }
+  if (!is_parked(st)) return false;
+  *sp = static_cast<char*>(f->fctx);
+  return true;
 }
 
 stack_pool& runtime::pool_of(const stack& s) noexcept {

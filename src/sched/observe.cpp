@@ -422,7 +422,7 @@ void observe_switch(worker* w, fiber* next) noexcept {
   const unsigned what = g_observe.load(std::memory_order_relaxed);
   const std::int64_t now = now_ns();
   fiber* prev = w->current.load(std::memory_order_relaxed);
-  if (prev && prev->state.load(std::memory_order_relaxed) == fiber_state::parked) {
+  if (prev && is_parked(prev->state.load(std::memory_order_relaxed))) {
     prev->parked_at.store(now, std::memory_order_relaxed);
   }
   if (!(what & observe_trace)) return;
@@ -433,7 +433,9 @@ void observe_switch(worker* w, fiber* next) noexcept {
                   prev->id,
                   prev->rt,
                   false,
-                  prev->state.load(std::memory_order_relaxed),
+                  is_parked(prev->state.load(std::memory_order_relaxed))
+                      ? fiber_state::parked
+                      : prev->state.load(std::memory_order_relaxed),
                   prev->reason.load(std::memory_order_relaxed),
                   {}};
     copy_name(e.name, prev);
@@ -450,7 +452,8 @@ void format_fiber(std::ostream& os, fiber* f, std::int64_t now) {
   os << "  fiber " << f->id;
   if (f->name[0]) os << " (" << f->name << ")";
   switch (f->state.load(std::memory_order_relaxed)) {
-    case fiber_state::parked: {
+    case fiber_state::parked:
+    case fiber_state::parked_long: {
       os << ": parked on " << to_string(f->reason.load(std::memory_order_relaxed));
       if (const void* o = f->wait_object.load(std::memory_order_relaxed)) os << " " << o;
       const std::int64_t at = f->parked_at.load(std::memory_order_relaxed);

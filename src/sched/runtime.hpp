@@ -30,13 +30,21 @@ namespace rill::detail {
 //   running -> parked | runnable        a park (park_fiber, sleep) | a yield
 //   parked -> runnable                  ready(), the poller's readied fibers, an abort
 //   running -> done                     the fiber's exit (fiber_main); then reap()
+//   parked -> parked_long               compaction's pass saw it parked (fiber/compact.hpp)
 enum class fiber_state : std::uint8_t {
   created,   // has a stack, not yet started; only its creator knows it
   runnable,  // in exactly one run queue (or a runnext slot); no thread owns its stack
   running,   // owned by the worker running it; in no queue
   parked,    // reachable only through the one waiter/timer that will wake it
   done,      // finished; its stack goes back to the pool on the landing side
+  // parked, and seen so by a pass of the stack compaction service (fiber/compact.cpp): one
+  // still so at its next pass has its stack compacted. Every reader of `parked` takes it
+  // as parked (is_parked()).
+  parked_long,
 };
+inline bool is_parked(fiber_state s) noexcept {
+  return s == fiber_state::parked || s == fiber_state::parked_long;
+}
 
 // RILL_ASSERT_FIBER_STATE(f, s): in debug builds, aborts with a report unless fiber f is
 // in state s (as marl's ASSERT_FIBER_STATE); nothing in release builds.
@@ -470,7 +478,8 @@ inline void chaos_point() noexcept {
                                                    const char* file, int line) noexcept;
 inline void assert_fiber_state(const fiber* f, fiber_state want, const char* file,
                                int line) noexcept {
-  if (f->state.load(std::memory_order_relaxed) != want) [[unlikely]]
+  const fiber_state s = f->state.load(std::memory_order_relaxed);
+  if (s != want && !(want == fiber_state::parked && s == fiber_state::parked_long)) [[unlikely]]
     fiber_state_violation(f, want, file, line);
 }
 #endif

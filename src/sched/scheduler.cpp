@@ -172,6 +172,10 @@ void leave_worker_thread(worker& w, worker* restore) noexcept {
 
 runtime::runtime(const run_config& cfg) : cfg_(cfg), stacks_(cfg.stack_size) {
   if (cfg_.workers == 0) cfg_.workers = default_workers();
+  if (cfg_.compact_parked_ms == 0) cfg_.compact_parked_ms = default_compact_parked_ms();
+  if (cfg_.compact_parked_ms > 0) {
+    stacks_.compact_parked(std::chrono::milliseconds(cfg_.compact_parked_ms), fiber_parked_long);
+  }
   chaos_ = read_chaos_seed();
   if (chaos_) g_chaos.store(true, std::memory_order_relaxed);
   workers_.reserve(cfg_.workers);

@@ -92,8 +92,9 @@ struct run_config {
   unsigned workers;
   std::size_t stack_size;
   bool detect_deadlock;
-  bool persistent = false;          // keeps running with no fiber alive (the default runtime)
-  std::uint32_t watchdog_ms = 100;  // see options::watchdog (0: off)
+  bool persistent = false;              // keeps running with no fiber alive (the default runtime)
+  std::uint32_t watchdog_ms = 100;      // see options::watchdog (0: off)
+  std::uint32_t compact_parked_ms = 0;  // see options::compact_parked (0: RILL_COMPACT_PARKED_MS)
 };
 void run_main(const run_config& cfg, void (*main)(void*), void* arg);
 

@@ -1,0 +1,451 @@
+// Compaction of long-parked fibers' stacks: the protocol.
+//
+// What it is for. A program that holds a fiber per connection parks most of them most of the
+// time, each holding the pages its stack has touched (at least its top page: record,
+// closure, the frames down to the park), while the bytes in use are a fraction of that. The
+// service keeps those bytes and gives the pages back; a fiber's addresses never change, so
+// every pointer into its stack (a waiter on a channel's list, a variable another fiber was
+// handed by reference) stays valid, and any access to it, by any thread, user or kernel
+// mode, brings the pages back first.
+//
+// The mechanism is the kernel's userfaultfd, in the mode that resolves kernel-mode faults too
+// (an unprivileged process needs vm.unprivileged_userfaultfd = 1; otherwise compaction stays
+// off). A slab of stacks is registered for missing-page faults once every stack of it has
+// been carved (so a spawn never writes a registered page that was never touched); from then
+// on, a missing page of that slab is not filled by the kernel but reported to the service
+// thread, and the access waits until the thread fills it.
+//
+// A pass (every `after`, while a pool asks for compaction) walks the carved stacks of each
+// registered pool. A fiber seen parked is marked (the scheduler's age function turns
+// `parked` into `parked_long`; every wake stores another state); one still marked at the
+// next pass has been parked at least `after`, and is compacted:
+//   1. its pages, from just above the lowest usable page to the stack's top, are moved out of
+//      the stack into the service's holding area with UFFDIO_MOVE. The move is atomic per
+//      page: an access either happens before it (and its effect moves with the page) or
+//      faults after it and waits for step 4. Nothing has to stop the fiber or its wakers:
+//      if the fiber was woken meanwhile, its next access just brings the pages back.
+//   2. the bytes in use, from the saved stack pointer to the registry slot, are copied from the
+//      holding area into an image (the canary zone is kept only if it is not intact: an
+//      overflow of the stack below must still be seen);
+//   3. the holding area's pages are released (MADV_DONTNEED).
+//   4. a fault on the stack later (the waker reading its waiter, the fiber's own resume, a
+//      dump) makes the service copy the image back into fresh pages (UFFDIO_COPY), which
+//      wakes the access. A missing page with no image (a page below the one restored, or a
+//      page of a registered slab never touched) is filled with zeros.
+// The service thread never touches a compacted stack itself: it looks for an image before it
+// reads a stack's slot, and it holds no lock that a faulting thread may hold.
+//
+// Cost. A pass reads one line per carved stack; a compaction is two system calls and a copy;
+// a restore is one system call and a copy, plus the wake of the service thread and of the
+// faulting thread when the access came first: tens of microseconds on a virtual machine.
+// That is why only fibers parked for a while are compacted.
+//
+// Rejected: copying the bytes out and back with the fiber's wakers told to restore first
+// (any other access, through a pointer another fiber holds, would read zeros); write-protect,
+// copy, then MADV_DONTNEED (three system calls with a TLB shootdown each, and write faults to
+// serve while the copy runs); PROT_NONE with a SIGSEGV handler (a VMA per compacted stack:
+// the map count allows ~32k, not a million).
+#include "fiber/compact.hpp"
+
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "fiber/stack.hpp"
+
+// UFFDIO_MOVE (Linux 6.8); Debian 12's headers predate it.
+#ifndef UFFDIO_MOVE
+struct uffdio_move {
+  __u64 dst;
+  __u64 src;
+  __u64 len;
+#define UFFDIO_MOVE_MODE_DONTWAKE ((__u64)1 << 0)
+#define UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES ((__u64)1 << 1)
+  __u64 mode;
+  __s64 move;
+};
+#define UFFDIO_MOVE _IOWR(UFFDIO, 0x05, struct uffdio_move)
+#endif
+#ifndef UFFD_FEATURE_MOVE
+#define UFFD_FEATURE_MOVE (1 << 16)
+#endif
+
+namespace rill::detail {
+namespace {
+
+constexpr std::size_t page = stack_page_size;
+
+// image: the bytes of one compacted stack, from its saved stack pointer up.
+struct image {
+  std::uint32_t depth;  // top() - saved stack pointer
+  std::uint32_t used;   // bytes kept below the canary zone
+  bool raw_canary;      // the canary zone follows the bytes (it was not intact)
+  // then `used` bytes, then canary_bytes when raw_canary
+  char* data() noexcept { return reinterpret_cast<char*>(this + 1); }
+};
+
+struct slab_rec {
+  stack_pool* pool;
+  std::size_t bytes;
+  std::size_t stack_size;
+  std::vector<image*> images;  // one per stack
+};
+
+struct pool_rec {
+  stack_pool* pool;
+  std::chrono::nanoseconds after;
+};
+
+class service {
+ public:
+  // get(): the service, started on first use; nullptr where it cannot run. started(): the
+  // service if get() has started it, without starting it.
+  static service* get() {
+    static service* s = [] {
+      auto* p = new service;  // never destroyed: its thread runs for the process
+      if (!p->open()) return static_cast<service*>(nullptr);  // leaks what open() made: once
+      g_started.store(p, std::memory_order_release);
+      return p;
+    }();
+    return s;
+  }
+  static service* started() noexcept { return g_started.load(std::memory_order_acquire); }
+
+  bool add(stack_pool* pool, std::chrono::nanoseconds after) {
+    {
+      std::lock_guard lk(mu_);
+      pools_.push_back({pool, after});
+    }
+    poke();
+    return true;
+  }
+
+  void remove(stack_pool* pool) noexcept {
+    std::lock_guard lk(mu_);
+    pools_.erase(std::remove_if(pools_.begin(), pools_.end(),
+                                [&](const pool_rec& r) { return r.pool == pool; }),
+                 pools_.end());
+    for (auto it = slabs_.begin(); it != slabs_.end();) {
+      if (it->second.pool != pool) {
+        ++it;
+        continue;
+      }
+      for (image*& im : it->second.images) drop(im);
+      it = slabs_.erase(it);
+    }
+  }
+
+  bool pass_now() {
+    std::unique_lock lk(mu_);
+    const std::uint64_t want = ++forced_asked_;
+    poke();
+    done_cv_.wait(lk, [&] { return forced_done_ >= want; });
+    return true;
+  }
+
+  compaction_stats counts() const noexcept {
+    compaction_stats s;
+    s.held = held_.load(std::memory_order_relaxed);
+    s.held_bytes = held_bytes_.load(std::memory_order_relaxed);
+    s.compacted = compacted_.load(std::memory_order_relaxed);
+    s.restored = restored_.load(std::memory_order_relaxed);
+    s.passes = passes_.load(std::memory_order_relaxed);
+    return s;
+  }
+
+ private:
+  bool open() {
+    uffd_ = static_cast<int>(::syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK));
+    if (uffd_ < 0) return false;
+    uffdio_api api{};
+    api.api = UFFD_API;
+    api.features = UFFD_FEATURE_MOVE;
+    if (::ioctl(uffd_, UFFDIO_API, &api) != 0 || (api.features & UFFD_FEATURE_MOVE) == 0) {
+      ::close(uffd_);
+      return false;
+    }
+    wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    hold_size_ = 64u << 20;
+    hold_ = static_cast<char*>(::mmap(nullptr, hold_size_, PROT_READ | PROT_WRITE,
+                                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+    scratch_ = static_cast<char*>(::mmap(nullptr, hold_size_, PROT_READ | PROT_WRITE,
+                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0));
+    zeros_ = static_cast<char*>(
+        ::mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
+    if (wake_fd_ < 0 || hold_ == MAP_FAILED || scratch_ == MAP_FAILED || zeros_ == MAP_FAILED ||
+        !register_range(hold_, hold_size_)) {
+      return false;
+    }
+    std::thread([this] { run(); }).detach();
+    return true;
+  }
+
+  bool register_range(char* p, std::size_t n) {
+    uffdio_register r{};
+    r.range.start = reinterpret_cast<std::uintptr_t>(p);
+    r.range.len = n;
+    r.mode = UFFDIO_REGISTER_MODE_MISSING;
+    return ::ioctl(uffd_, UFFDIO_REGISTER, &r) == 0;
+  }
+
+  void poke() noexcept {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] auto n = ::write(wake_fd_, &one, sizeof one);
+  }
+
+  void run() {
+    auto next_pass = std::chrono::steady_clock::now();
+    for (;;) {
+      std::chrono::nanoseconds period{0};
+      bool forced = false;
+      {
+        std::lock_guard lk(mu_);
+        for (const pool_rec& r : pools_) {
+          if (period.count() == 0 || r.after < period) period = r.after;
+        }
+        forced = forced_asked_ > forced_started_;
+      }
+      const auto now = std::chrono::steady_clock::now();
+      int timeout = -1;
+      if (forced) {
+        timeout = 0;
+      } else if (period.count() > 0) {
+        if (next_pass < now) next_pass = now;
+        timeout =
+            static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(next_pass - now).count());
+      }
+      pollfd fds[2] = {{uffd_, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
+      ::poll(fds, 2, timeout);
+      if (fds[1].revents & POLLIN) {
+        std::uint64_t v;
+        [[maybe_unused]] auto n = ::read(wake_fd_, &v, sizeof v);
+      }
+      std::unique_lock lk(mu_);
+      serve_faults();
+      forced = forced_asked_ > forced_started_;
+      if (forced || (period.count() > 0 && std::chrono::steady_clock::now() >= next_pass)) {
+        const std::uint64_t started = forced_asked_;
+        forced_started_ = started;
+        pass(forced);
+        next_pass = std::chrono::steady_clock::now() + period;
+        if (forced) {
+          forced_done_ = started;
+          done_cv_.notify_all();
+        }
+      }
+    }
+  }
+
+  // serve_faults(): resolves every fault reported so far. Under mu_.
+  void serve_faults() {
+    uffd_msg msgs[64];
+    for (;;) {
+      const ssize_t n = ::read(uffd_, msgs, sizeof msgs);
+      if (n <= 0) return;
+      for (ssize_t i = 0; i < n / static_cast<ssize_t>(sizeof(uffd_msg)); ++i) {
+        if (msgs[i].event == UFFD_EVENT_PAGEFAULT) fault(msgs[i].arg.pagefault.address);
+      }
+    }
+  }
+
+  void fault(std::uint64_t address) {
+    char* a = reinterpret_cast<char*>(address & ~std::uint64_t{page - 1});
+    auto it = slabs_.upper_bound(a);
+    if (it != slabs_.begin()) {
+      --it;
+      slab_rec& r = it->second;
+      char* first = it->first + page;
+      if (a >= first && a < it->first + r.bytes) {
+        const std::size_t k = static_cast<std::size_t>(a - first) / r.stack_size;
+        if (image*& im = r.images[k]) {
+          restore(first + k * r.stack_size, r.stack_size, im);
+          im = nullptr;
+        }
+      }
+    }
+    fill_zeros(a);  // a page below the restored ones, or never touched; or already back
+  }
+
+  void fill_zeros(char* a) {
+    uffdio_copy c{};
+    c.dst = reinterpret_cast<std::uintptr_t>(a);
+    c.src = reinterpret_cast<std::uintptr_t>(zeros_);
+    c.len = page;
+    if (::ioctl(uffd_, UFFDIO_COPY, &c) != 0 && errno == EEXIST) {
+      uffdio_range w{reinterpret_cast<std::uintptr_t>(a), page};
+      ::ioctl(uffd_, UFFDIO_WAKE, &w);
+    }
+  }
+
+  // restore(): puts image im back into the stack [base, base + size) and frees it.
+  void restore(char* base, std::size_t size, image* im) {
+    char* top = base + size;
+    char* sp = top - im->depth;
+    char* lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(sp) & ~(page - 1));
+    const std::size_t len = static_cast<std::size_t>(top - lo);
+    std::memset(scratch_, 0, len - canary_bytes);
+    std::memcpy(scratch_ + (sp - lo), im->data(), im->used);
+    char* canary = scratch_ + (len - canary_bytes);
+    if (im->raw_canary) {
+      std::memcpy(canary, im->data() + im->used, canary_bytes);
+    } else {
+      fill_canary_zone(canary);
+    }
+    uffdio_copy c{};
+    c.dst = reinterpret_cast<std::uintptr_t>(lo);
+    c.src = reinterpret_cast<std::uintptr_t>(scratch_);
+    c.len = len;
+    ::ioctl(uffd_, UFFDIO_COPY, &c);  // every page of [lo, top) was moved out: all missing
+    restored_.fetch_add(1, std::memory_order_relaxed);
+    drop(im);
+  }
+
+  void drop(image*& im) noexcept {
+    if (!im) return;
+    held_.fetch_sub(1, std::memory_order_relaxed);
+    held_bytes_.fetch_sub(sizeof(image) + im->used + (im->raw_canary ? canary_bytes : 0),
+                          std::memory_order_relaxed);
+    std::free(im);
+    im = nullptr;
+  }
+
+  // pass(): one look at every carved stack of every pool. Under mu_.
+  void pass(bool forced) {
+    passes_.fetch_add(1, std::memory_order_relaxed);
+    std::vector<char*> bases;
+    for (const pool_rec& pr : pools_) {
+      stack_pool* pool = pr.pool;
+      bases.clear();
+      pool->full_slabs(bases);
+      const std::size_t size = pool->stack_size();
+      for (char* slab : bases) {
+        auto it = slabs_.find(slab);
+        if (it == slabs_.end()) {
+          const std::size_t bytes = page + pool->per_slab() * size;
+          if (!register_range(slab, bytes)) continue;
+          it = slabs_.emplace(slab, slab_rec{pool, bytes, size, {}}).first;
+          it->second.images.assign(pool->per_slab(), nullptr);
+        }
+        slab_rec& r = it->second;
+        for (std::size_t k = 0; k < r.images.size(); ++k) {
+          if ((k & 31) == 31) serve_faults();
+          if (r.images[k]) continue;
+          stack s{slab + page + k * size, size, false};
+          void* owner = s.slot()->owner.load(std::memory_order_acquire);
+          if (!owner) continue;
+          char* sp = nullptr;
+          if (g_age(owner, forced, &sp)) compact(s, r.images[k], sp);
+        }
+      }
+    }
+  }
+
+  // put_back(): the first len bytes of the holding area go back to `to`, as they were: moved
+  // back, holes and all (a copy would read the holes, which would wait for this thread).
+  void put_back(char* to, std::size_t len) {
+    uffdio_move m{};
+    m.dst = reinterpret_cast<std::uintptr_t>(to);
+    m.src = reinterpret_cast<std::uintptr_t>(hold_);
+    m.len = len;
+    m.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES;
+    ::ioctl(uffd_, UFFDIO_MOVE, &m);
+  }
+
+  void compact(const stack& s, image*& out, char* sp) {
+    char* from = s.base + page;  // the lowest page stays: it may be the guard
+    char* top = s.top();
+    if (sp < from + 64 || sp >= s.usable_top()) return;  // nearly full, or not a stack pointer
+    const std::size_t len = static_cast<std::size_t>(top - from);
+    if (len > hold_size_) return;
+    uffdio_move m{};
+    m.dst = reinterpret_cast<std::uintptr_t>(hold_);
+    m.src = reinterpret_cast<std::uintptr_t>(from);
+    m.len = len;
+    m.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES;
+    if (::ioctl(uffd_, UFFDIO_MOVE, &m) != 0) {
+      // EBUSY (a page shared with a forked child), EAGAIN: whatever moved goes back.
+      if (m.move > 0) put_back(from, static_cast<std::size_t>(m.move));
+      return;
+    }
+    // Kept: from the stack pointer to the end of the registry slot. Between the slot and
+    // the canary zone lies its colour gap (stack::slot()), never written.
+    char* end = reinterpret_cast<char*>(s.slot() + 1);
+    if (sp >= end) return put_back(from, len);
+    char* held_sp = hold_ + (sp - from);
+    char* held_canary = hold_ + (s.usable_top() - from);
+    const std::uint32_t used = static_cast<std::uint32_t>(end - sp);
+    const bool raw = !canary_zone_intact(held_canary);
+    const std::size_t bytes = sizeof(image) + used + (raw ? canary_bytes : 0);
+    auto* im = static_cast<image*>(std::malloc(bytes));
+    if (!im) return put_back(from, len);  // keep the stack as it was
+    im->depth = static_cast<std::uint32_t>(top - sp);
+    im->used = used;
+    im->raw_canary = raw;
+    std::memcpy(im->data(), held_sp, used);
+    if (raw) std::memcpy(im->data() + used, held_canary, canary_bytes);
+    ::madvise(hold_, len, MADV_DONTNEED);
+    out = im;
+    held_.fetch_add(1, std::memory_order_relaxed);
+    held_bytes_.fetch_add(bytes, std::memory_order_relaxed);
+    compacted_.fetch_add(1, std::memory_order_relaxed);
+  }
+
+ public:
+  static inline compaction_age_fn g_age = nullptr;
+  static inline std::atomic<service*> g_started{nullptr};
+
+ private:
+  int uffd_ = -1;
+  int wake_fd_ = -1;
+  char* hold_ = nullptr;     // where a stack's pages are moved to be read
+  char* scratch_ = nullptr;  // where an image is laid out to be copied back
+  char* zeros_ = nullptr;
+  std::size_t hold_size_ = 0;
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  std::vector<pool_rec> pools_;
+  std::map<char*, slab_rec> slabs_;  // registered slabs, by base
+  std::uint64_t forced_asked_ = 0, forced_started_ = 0, forced_done_ = 0;
+  std::atomic<std::uint64_t> held_{0}, held_bytes_{0}, compacted_{0}, restored_{0}, passes_{0};
+};
+
+}  // namespace
+
+bool compaction_add(stack_pool* pool, std::chrono::nanoseconds after, compaction_age_fn age) {
+  service* s = service::get();
+  if (!s || after.count() <= 0) return false;
+  service::g_age = age;
+  return s->add(pool, after);
+}
+
+void compaction_remove(stack_pool* pool) noexcept {
+  if (service* s = service::started()) s->remove(pool);
+}
+
+compaction_stats compaction_counts() noexcept {
+  service* s = service::started();
+  return s ? s->counts() : compaction_stats{};
+}
+
+bool compact_parked_now() {
+  service* s = service::started();
+  return s && s->pass_now();
+}
+
+}  // namespace rill::detail

@@ -1,0 +1,45 @@
+// Compaction of long-parked fibers' stacks (options::compact_parked).
+//
+// A parked fiber holds every page its stack has touched, usually one page, while the part of
+// it in use (its record, its closure, the frames down to the park) is a fraction of that.
+// With compaction on, one service thread per process takes the pages of a fiber seen parked
+// on two of its passes (`after` apart) out of the stack, keeps only the bytes in use and
+// returns the pages to the system; the first touch of that stack afterwards, by any thread,
+// puts them back. src/fiber/compact.cpp has the protocol.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+
+namespace rill::detail {
+
+class stack_pool;
+
+// compaction_age_fn: the scheduler's side of a pass, for the owner of a stack (a stack slot's
+// owner): a fiber seen parked for the first time is marked and the function returns false;
+// one marked at an earlier pass (or, with `now`, any parked fiber) returns true with its
+// saved stack pointer in *sp. Any other returns false.
+using compaction_age_fn = bool (*)(void* owner, bool now, char** sp) noexcept;
+
+// compaction_add(): the service compacts the parked fibers of pool's stacks parked for at
+// least `after` (age tells which); starts the service on first use. False when this process cannot
+// (userfaultfd refused: a seccomp filter, or an unprivileged process without
+// vm.unprivileged_userfaultfd): the pool then runs as without it.
+bool compaction_add(stack_pool* pool, std::chrono::nanoseconds after, compaction_age_fn age);
+// compaction_remove(): before pool unmaps its slabs. Drops what is held for its stacks.
+void compaction_remove(stack_pool* pool) noexcept;
+
+struct compaction_stats {
+  std::uint64_t held = 0;        // stacks held compacted now
+  std::uint64_t held_bytes = 0;  // bytes those hold, instead of their pages
+  std::uint64_t compacted = 0;   // compactions so far
+  std::uint64_t restored = 0;    // stacks put back so far
+  std::uint64_t passes = 0;      // passes over the pools so far
+};
+compaction_stats compaction_counts() noexcept;
+// compact_parked_now(): runs one pass that compacts every fiber parked now, however
+// briefly, and returns once it is done (tests, benchmarks). False without the service.
+bool compact_parked_now();
+
+}  // namespace rill::detail
