@@ -13,6 +13,10 @@
 //                             to wake and join them all: each fiber waits in a receive on
 //                             one channel, and closing it wakes them all (Go's program does
 //                             the same: `<-start`, then close(start))
+//   runtime/parked_compacted  the same with stack compaction (options::compact_parked): RSS
+//                             per parked fiber once a pass has compacted them all, the
+//                             pass's time per fiber, and the wake and join of compacted
+//                             fibers (each stack put back first)
 //   runtime/idle              % of one core a runtime with nothing to do uses over 2 s
 #include <benchmark/benchmark.h>
 #include <sys/resource.h>
@@ -25,6 +29,8 @@
 #include <rill/rill.hpp>
 #include <string>
 #include <vector>
+
+#include "fiber/compact.hpp"  // detail::compact_parked_now()
 
 namespace {
 
@@ -125,9 +131,11 @@ void runtime_yield(benchmark::State& state) {
                          benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
-void runtime_parked(benchmark::State& state) {
+void parked(benchmark::State& state, bool compacted) {
   const long n = state.range(1);
-  double bytes = 0, wake_ns = 0;
+  double bytes = 0, wake_ns = 0, compact_ns = 0;
+  rill::options o = with_workers(state);
+  if (compacted) o.compact_parked = std::chrono::hours(1);  // one pass, asked for below
   for (auto _ : state) {
     rill::run(
         [&] {
@@ -147,6 +155,16 @@ void runtime_parked(benchmark::State& state) {
           // Let the last ones reach the receive (with 2 workers this fiber may run while
           // they are between done() and recv()), as Go's program does.
           rill::this_fiber::sleep_for(std::chrono::milliseconds(10));
+          if (compacted) {
+            const auto c0 = std::chrono::steady_clock::now();
+            if (!rill::blocking([] { return rill::detail::compact_parked_now(); })) {
+              state.SkipWithError("userfaultfd is not available: no compaction");
+            }
+            compact_ns = std::chrono::duration<double, std::nano>(
+                             std::chrono::steady_clock::now() - c0)
+                             .count() /
+                         static_cast<double>(n);
+          }
           bytes = (rss_kib() - before) * 1024.0 / static_cast<double>(n);
           const auto t0 = std::chrono::steady_clock::now();
           start.close();
@@ -155,12 +173,16 @@ void runtime_parked(benchmark::State& state) {
                         .count() /
                     static_cast<double>(n);
         },
-        with_workers(state));
+        o);
   }
   state.counters["bytes_per_parked_fiber"] = bytes;
   state.counters["wake_join_ns_per_fiber"] = wake_ns;
   state.counters["wake_join_ms_total"] = wake_ns * static_cast<double>(n) / 1e6;
+  if (compacted) state.counters["compact_ns_per_fiber"] = compact_ns;
 }
+
+void runtime_parked(benchmark::State& state) { parked(state, false); }
+void runtime_parked_compacted(benchmark::State& state) { parked(state, true); }
 
 void runtime_idle(benchmark::State& state) {
   double pct = 0;
@@ -195,6 +217,14 @@ BENCHMARK(runtime_spawn_join_fresh)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(runtime_yield)->Arg(1)->Arg(2)->UseRealTime();
 BENCHMARK(runtime_parked)
+    ->Args({1, 100'000})
+    ->Args({2, 100'000})
+    ->Args({1, 1'000'000})
+    ->Args({2, 1'000'000})
+    ->Iterations(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(runtime_parked_compacted)
     ->Args({1, 100'000})
     ->Args({2, 100'000})
     ->Args({1, 1'000'000})

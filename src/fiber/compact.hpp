@@ -17,10 +17,12 @@ namespace rill::detail {
 class stack_pool;
 
 // compaction_age_fn: the scheduler's side of a pass, for the owner of a stack (a stack slot's
-// owner): a fiber seen parked for the first time is marked and the function returns false;
-// one marked at an earlier pass (or, with `now`, any parked fiber) returns true with its
-// saved stack pointer in *sp. Any other returns false.
-using compaction_age_fn = bool (*)(void* owner, bool now, char** sp) noexcept;
+// owner, a fiber record): with `age`, a fiber seen parked for the first time is marked and the
+// function returns false; one marked at an earlier pass (or, with `age` false, any parked
+// fiber whose park has landed) returns true with its saved stack pointer in *sp and what it
+// waits on in *key. Any other returns false. Called on the live record to choose, then on
+// the record's copy in the moved pages to decide (age false: nothing is written).
+using compaction_age_fn = bool (*)(void* record, bool age, char** sp, const void** key) noexcept;
 
 // compaction_add(): the service compacts the parked fibers of pool's stacks parked for at
 // least `after` (age tells which); starts the service on first use. False when this process cannot

@@ -198,7 +198,7 @@ void stack_pool::full_slabs(std::vector<char*>& out) const {
 }
 
 bool stack_pool::compact_parked(std::chrono::nanoseconds after,
-                                bool (*age)(void*, bool, char**) noexcept) {
+                                compaction_age_fn age) {
   compacting_ = compaction_add(this, after, age);
   return compacting_;
 }

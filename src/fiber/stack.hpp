@@ -25,6 +25,7 @@
 #include <mutex>
 #include <vector>
 
+#include "fiber/compact.hpp"
 #include "rill/detail/core.hpp"
 #include "sched/lock_rank.hpp"
 
@@ -106,7 +107,7 @@ class stack_pool {
   void full_slabs(std::vector<char*>& out) const;
   // compact_parked(): fibers parked on this pool's stacks for `after` have their stacks
   // compacted (fiber/compact.hpp). False where the process cannot.
-  bool compact_parked(std::chrono::nanoseconds after, bool (*age)(void*, bool, char**) noexcept);
+  bool compact_parked(std::chrono::nanoseconds after, compaction_age_fn age);
 
   // for_each_slot() calls f(stack_slot&) for the slot of every stack carved so far, under
   // the pool's lock (lock order: the pool's lock before a slot's).

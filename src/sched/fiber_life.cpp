@@ -94,17 +94,22 @@ stack_pool& runtime::pool_for(std::size_t size) {
 // The stack compaction's look at a stack's owner, from its service thread (fiber/compact.cpp):
 // the record may be a finished fiber's or a newer one's on the same stack, whatever it reads
 // is safe (a stack's memory outlives its pool's users) and a wrong guess costs only a restore.
-// Not instrumented for TSan: it reads the saved context of a fiber that may be resuming, a
-// value the service only uses if the fiber is still parked.
-[[gnu::no_sanitize("thread")]] bool fiber_parked_long(void* owner, bool now, char** sp) noexcept {
+// Not instrumented for TSan: it reads the saved context of a fiber that may be resuming (the
+// pages then move under it atomically, and come back at its first access: a restore's cost).
+__attribute__((no_sanitize("thread"))) bool fiber_parked_long(void* owner, bool age, char** sp,
+                                                     const void** key) noexcept {
   auto* f = static_cast<fiber*>(owner);
   fiber_state st = f->state.load(std::memory_order_relaxed);
-  if (st == fiber_state::parked && !now) {
+  if (st == fiber_state::parked && age) {
     f->state.compare_exchange_strong(st, fiber_state::parked_long, std::memory_order_relaxed);
     return false;
   }
   if (!is_parked(st)) return false;
+  // Null until the switch that parked it has landed (switch.hpp: land()); the same thread
+  // cleared it at the fiber's resume, before the store of `parked`, so non-null is this park's.
   *sp = static_cast<char*>(f->fctx);
+  if (!*sp) return false;
+  *key = f->wait_object.load(std::memory_order_relaxed);
   return true;
 }
 

@@ -33,7 +33,7 @@ std::uint64_t read_chaos_seed();
 // default_compact_parked_ms(): RILL_COMPACT_PARKED_MS, else 0 (off).
 std::uint32_t default_compact_parked_ms();
 // fiber_parked_long(): the stack compaction's age function (fiber/compact.hpp).
-bool fiber_parked_long(void* owner, bool now, char** sp) noexcept;
+bool fiber_parked_long(void* owner, bool now, char** sp, const void** key) noexcept;
 
 // overflow.cpp. install_segv_handler(): once per process, the handler that reports a
 // fiber's stack overflow. install_altstack()/remove_altstack(): the worker thread's

@@ -28,8 +28,11 @@
 #include <regex>
 #include <rill/pipeline.hpp>
 #include <rill/rill.hpp>
+#include <chrono>
 #include <string>
 #include <vector>
+
+#include "fiber/compact.hpp"
 
 namespace {
 
@@ -79,6 +82,52 @@ int run_child(std::size_t frame, long max_depth) {
       },
       o);
   return 0;
+}
+
+// The recursing fiber first parks while its stack is compacted (options::compact_parked),
+// then recurses for ever: the overflow must still be caught. Exits 77 (skipped) where the
+// process cannot compact.
+int run_compacted_child(std::size_t frame) {
+  rill::options o;
+  o.workers = 2;
+  o.stack_size = stack_size;
+  o.compact_parked = std::chrono::hours(1);  // passes only when asked
+  int code = 0;
+  rill::run(
+      [&] {
+        rill::chan<int> start, others;
+        rill::wait_group wg;
+        wg.add(1);
+        rill::go([&] {
+          rill::this_fiber::name("recursion");
+          (void)start.recv();
+          const int every = frame >= 65536 ? 1 : static_cast<int>(65536 / frame / 4);
+          g_sink = frame == 256 ? recurse<256>(1, 1L << 40, every)
+                                : recurse<4096>(1, 1L << 40, every);
+          wg.done();
+        });
+        // Enough parked fibers after it to fill its slab: only full slabs are compacted.
+        rill::wait_group parked;
+        parked.add(600);
+        for (int i = 0; i < 600; ++i) {
+          rill::go([&] {
+            parked.done();
+            (void)others.recv();
+          });
+        }
+        parked.wait();
+        if (!rill::blocking([] { return rill::detail::compact_parked_now(); }) ||
+            rill::runtime_stats().compacted_fibers == 0) {
+          code = 77;
+          others.close();
+          start.close();
+          return;
+        }
+        start.send(1);
+        wg.wait();
+      },
+      o);
+  return code;
 }
 
 int run_stage_child(bool from_plain_thread) {
@@ -137,6 +186,27 @@ int main(int argc, char** argv) {
   if (argc == 4 && std::strcmp(argv[1], "child") == 0) {
     const long depth = std::strcmp(argv[3], "inf") == 0 ? (1L << 40) : std::atol(argv[3]);
     return run_child(std::strtoul(argv[2], nullptr, 10), depth);
+  }
+  if (argc == 3 && std::strcmp(argv[1], "compacted-child") == 0) {
+    return run_compacted_child(std::strtoul(argv[2], nullptr, 10));
+  }
+  if (argc == 4 && std::strcmp(argv[1], "expect-compacted") == 0) {
+    const bool canary = std::strcmp(argv[2], "canary") == 0;
+    const outcome r = spawn_child(argv[0], canary, argv[3], nullptr, "compacted-child");
+    if (WIFEXITED(r.status) && WEXITSTATUS(r.status) == 77) {
+      std::printf("skipped: this process cannot compact stacks (userfaultfd)\n");
+      return 77;
+    }
+    static const std::regex message(
+        R"(rill: fiber [0-9]+( \([^)]*\))? overflowed its [0-9]+-byte stack[^\n]*)");
+    std::smatch m;
+    const bool said = std::regex_search(r.err, m, message);
+    const bool died = WIFSIGNALED(r.status);
+    std::printf("%s: %s, a fiber compacted while parked, then %s-byte frames: %s; %s\n",
+                said && died ? "detected" : "NOT detected", argv[2], argv[3],
+                describe(r.status).c_str(),
+                said ? m.str().c_str() : ("stderr: \"" + r.err + "\"").c_str());
+    return said && died ? 0 : 1;
   }
   if (argc == 3 && std::strcmp(argv[1], "stage-child") == 0) {
     return run_stage_child(std::strcmp(argv[2], "plain") == 0);
