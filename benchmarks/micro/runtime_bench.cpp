@@ -160,10 +160,10 @@ void parked(benchmark::State& state, bool compacted) {
             if (!rill::blocking([] { return rill::detail::compact_parked_now(); })) {
               state.SkipWithError("userfaultfd is not available: no compaction");
             }
-            compact_ns = std::chrono::duration<double, std::nano>(
-                             std::chrono::steady_clock::now() - c0)
-                             .count() /
-                         static_cast<double>(n);
+            compact_ns =
+                std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - c0)
+                    .count() /
+                static_cast<double>(n);
           }
           bytes = (rss_kib() - before) * 1024.0 / static_cast<double>(n);
           const auto t0 = std::chrono::steady_clock::now();

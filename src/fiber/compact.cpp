@@ -19,15 +19,15 @@
 // registered pool. A fiber seen parked is marked (the scheduler's age function turns
 // `parked` into `parked_long`; every wake stores another state); one still marked at the
 // next pass has been parked at least `after`, and is compacted:
-//   1. its pages, from just above the lowest usable page to the stack's top, are moved out of
-//      the stack into the service's holding area with UFFDIO_MOVE. The move is atomic per
-//      page: an access either happens before it (and its effect moves with the page) or
-//      faults after it and waits for step 4. Nothing has to stop the fiber or its wakers:
-//      if the fiber was woken meanwhile, its next access just brings the pages back.
+//   1. its pages, from the one that holds its saved stack pointer to the stack's top, are
+//      moved out of the stack into the service's holding area with UFFDIO_MOVE. The move is atomic
+//      per page: an access either happens before it (and its effect moves with the page) or faults
+//      after it and waits for step 4. Nothing has to stop the fiber or its wakers: if the fiber was
+//      woken meanwhile, its next access just brings the pages back.
 //   2. the bytes in use, from the saved stack pointer to the registry slot, are copied from the
 //      holding area into an image (the canary zone is kept only if it is not intact: an
 //      overflow of the stack below must still be seen);
-//   3. the holding area's pages are released (MADV_DONTNEED).
+//   3. the holding area's pages are released (MADV_DONTNEED, once for many stacks).
 //   4. a fault on the stack later (the waker reading its waiter, the fiber's own resume, a
 //      dump) makes the service copy the image back into fresh pages (UFFDIO_COPY), which
 //      wakes the access. A missing page with no image (a page below the one restored, or a
@@ -369,45 +369,79 @@ class service {
         }
         slab_rec& r = it->second;
         for (std::size_t k = 0; k < r.images.size(); ++k) {
-          if ((k & 31) == 31) serve_faults();
           if (r.images[k]) continue;
-          stack s{slab + page + k * size, size, false};
+          const stack s{slab + page + k * size, size, false};
           void* owner = s.slot()->owner.load(std::memory_order_acquire);
-          if (!owner) continue;
           char* sp = nullptr;
           const void* key = nullptr;
-          if (g_age(owner, !forced, &sp, &key)) compact(s, r.images[k], owner);
+          if (owner && g_age(owner, !forced, &sp, &key)) compact(s, r.images[k], owner, sp);
+          if ((k & 31) == 31) serve_faults();
         }
+        release_held();
+        serve_faults();
       }
     }
   }
 
-  // put_back(): the first len bytes of the holding area go back to `to`, as they were: moved
-  // back, holes and all (a copy would read the holes, which would wait for this thread).
-  void put_back(char* to, std::size_t len) {
-    uffdio_move m{};
-    m.dst = reinterpret_cast<std::uintptr_t>(to);
-    m.src = reinterpret_cast<std::uintptr_t>(hold_);
-    m.len = len;
-    m.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES;
-    ::ioctl(uffd_, UFFDIO_MOVE, &m);
-  }
-
-  void compact(const stack& s, image*& out, void* owner) {
-    char* from = s.base + page;  // the lowest page stays: it may be the guard
-    char* top = s.top();
-    const std::size_t len = static_cast<std::size_t>(top - from);
+  // compact(): moves stack s's pages from the one that holds its stack pointer `sp` (as
+  // read before the move: checked against the moved record) to its top, and keeps its
+  // image, or puts them back. Only those pages: moving a whole stack, holes and all, cost
+  // five times as much in the kernel's walk of its page table. Pages the fiber touched
+  // below them, in deeper calls before this park, stay.
+  void compact(const stack& s, image*& out, void* owner, char* sp) {
+    char* lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(sp) & ~(page - 1));
+    if (lo < s.base + page || sp >= s.top()) return;
+    const std::size_t len = static_cast<std::size_t>(s.top() - lo);
+    if (held_used_ + len > hold_size_) release_held();
     if (len > hold_size_) return;
+    char* held = hold_ + held_used_;
     uffdio_move m{};
-    m.dst = reinterpret_cast<std::uintptr_t>(hold_);
-    m.src = reinterpret_cast<std::uintptr_t>(from);
+    m.dst = reinterpret_cast<std::uintptr_t>(held);
+    m.src = reinterpret_cast<std::uintptr_t>(lo);
     m.len = len;
     m.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES;
     if (::ioctl(uffd_, UFFDIO_MOVE, &m) != 0) {
       // EBUSY (a page shared with a forked child), EAGAIN: whatever moved goes back.
-      if (m.move > 0) put_back(from, static_cast<std::size_t>(m.move));
+      if (m.move > 0) put_back(lo, held, static_cast<std::size_t>(m.move));
       return;
     }
+    held_used_ += len;
+    if (!compact_one(s, out, owner, lo, held)) put_back(lo, held, len);
+  }
+
+  // release_held(): gives the pages moved into the holding area back to the system, at
+  // once for many stacks.
+  void release_held() {
+    if (held_used_ == 0) return;
+    ::madvise(hold_, held_used_, MADV_DONTNEED);
+    held_used_ = 0;
+  }
+
+  // put_back(): len bytes of the holding area at `held` go back to `to`, as they were: moved
+  // back, holes and all (a copy would read the holes, which would wait for this thread).
+  // If the range cannot go back as one, it goes back page by page.
+  void put_back(char* to, char* held, std::size_t len) {
+    uffdio_move m{};
+    m.dst = reinterpret_cast<std::uintptr_t>(to);
+    m.src = reinterpret_cast<std::uintptr_t>(held);
+    m.len = len;
+    m.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES;
+    if (::ioctl(uffd_, UFFDIO_MOVE, &m) == 0) return;
+    for (std::size_t off = m.move > 0 ? static_cast<std::size_t>(m.move) : 0; off < len;
+         off += page) {
+      uffdio_move one{};
+      one.dst = reinterpret_cast<std::uintptr_t>(to + off);
+      one.src = reinterpret_cast<std::uintptr_t>(held + off);
+      one.len = page;
+      one.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES;
+      ::ioctl(uffd_, UFFDIO_MOVE, &one);
+    }
+  }
+
+  // compact_one(): keeps the image of stack s, whose pages from `lo` up are at `held_lo` in
+  // the holding area; false if its fiber is not to be compacted after all.
+  bool compact_one(const stack& s, image*& out, void* owner, char* lo, char* held_lo) {
+    char* top = s.top();
     // Kept: from the stack pointer to the end of the registry slot. Between the slot and
     // the canary zone lies its colour gap (stack::slot()), never written.
     char* end = reinterpret_cast<char*>(s.slot() + 1);
@@ -415,31 +449,30 @@ class service {
     // (any access waits for this thread). It may have been woken, or have parked elsewhere,
     // since the look that chose it: only a fiber parked at the move, with its stack pointer
     // of that park, is compacted; any other gets its pages back as they were.
+    auto* rec = static_cast<char*>(owner);
+    if (rec < lo || rec >= end) return false;
     char* sp = nullptr;
     const void* key = nullptr;
-    char* record = hold_ + (static_cast<char*>(owner) - from);
-    if (static_cast<char*>(owner) < from || static_cast<char*>(owner) >= top ||
-        !g_age(record, false, &sp, &key) || sp < from + 64 || sp >= end) {
-      return put_back(from, len);
+    if (!g_age(held_lo + (rec - lo), false, &sp, &key) || sp < lo || sp >= end) {
+      return false;
     }
-    char* held_sp = hold_ + (sp - from);
-    char* held_canary = hold_ + (s.usable_top() - from);
+    char* held_canary = held_lo + (s.usable_top() - lo);
     const std::uint32_t used = static_cast<std::uint32_t>(end - sp);
     const bool raw = !canary_zone_intact(held_canary);
     const std::size_t bytes = sizeof(image) + used + (raw ? canary_bytes : 0);
     auto* im = static_cast<image*>(std::malloc(bytes));
-    if (!im) return put_back(from, len);  // keep the stack as it was
+    if (!im) return false;  // keep the stack as it was
     im->key = key;
     im->depth = static_cast<std::uint32_t>(top - sp);
     im->used = used;
     im->raw_canary = raw;
-    std::memcpy(im->data(), held_sp, used);
+    std::memcpy(im->data(), held_lo + (sp - lo), used);
     if (raw) std::memcpy(im->data() + used, held_canary, canary_bytes);
-    ::madvise(hold_, len, MADV_DONTNEED);
     out = im;
     held_.fetch_add(1, std::memory_order_relaxed);
     held_bytes_.fetch_add(bytes, std::memory_order_relaxed);
     compacted_.fetch_add(1, std::memory_order_relaxed);
+    return true;
   }
 
  public:
@@ -453,6 +486,7 @@ class service {
   char* scratch_ = nullptr;  // where an image is laid out to be copied back
   char* zeros_ = nullptr;
   std::size_t hold_size_ = 0;
+  std::size_t held_used_ = 0;  // bytes of the holding area moved into since release_held()
   std::mutex mu_;
   std::condition_variable done_cv_;
   std::vector<pool_rec> pools_;

@@ -97,7 +97,7 @@ stack_pool& runtime::pool_for(std::size_t size) {
 // Not instrumented for TSan: it reads the saved context of a fiber that may be resuming (the
 // pages then move under it atomically, and come back at its first access: a restore's cost).
 __attribute__((no_sanitize("thread"))) bool fiber_parked_long(void* owner, bool age, char** sp,
-                                                     const void** key) noexcept {
+                                                              const void** key) noexcept {
   auto* f = static_cast<fiber*>(owner);
   fiber_state st = f->state.load(std::memory_order_relaxed);
   if (st == fiber_state::parked && age) {

@@ -22,13 +22,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <regex>
 #include <rill/pipeline.hpp>
 #include <rill/rill.hpp>
-#include <chrono>
 #include <string>
 #include <vector>
 
@@ -102,8 +102,8 @@ int run_compacted_child(std::size_t frame) {
           rill::this_fiber::name("recursion");
           (void)start.recv();
           const int every = frame >= 65536 ? 1 : static_cast<int>(65536 / frame / 4);
-          g_sink = frame == 256 ? recurse<256>(1, 1L << 40, every)
-                                : recurse<4096>(1, 1L << 40, every);
+          g_sink =
+              frame == 256 ? recurse<256>(1, 1L << 40, every) : recurse<4096>(1, 1L << 40, every);
           wg.done();
         });
         // Enough parked fibers after it to fill its slab: only full slabs are compacted.
