@@ -137,7 +137,21 @@ class service {
     return true;
   }
 
+  // slab_full(): a slab of pool's has had its every stack carved: its stacks may be
+  // compacted from the next pass on. Called under the pool's lock: takes only pending_mu_,
+  // which no thread holds while it may touch a stack.
+  void slab_full(stack_pool* pool, char* slab) {
+    std::lock_guard lk(pending_mu_);
+    pending_.push_back({pool, slab});
+  }
+
   void remove(stack_pool* pool) noexcept {
+    {
+      std::lock_guard lk(pending_mu_);
+      pending_.erase(std::remove_if(pending_.begin(), pending_.end(),
+                                    [&](const auto& p) { return p.first == pool; }),
+                     pending_.end());
+    }
     std::lock_guard lk(mu_);
     pools_.erase(std::remove_if(pools_.begin(), pools_.end(),
                                 [&](const pool_rec& r) { return r.pool == pool; }),
@@ -350,36 +364,36 @@ class service {
     im = nullptr;
   }
 
-  // pass(): one look at every carved stack of every pool. Under mu_.
+  // pass(): one look at every stack of every full slab. Under mu_. It takes no pool's lock:
+  // a thread may hold one while it touches a compacted stack (dump() walks the registry
+  // under it), and waits for this thread to serve its fault.
   void pass(bool forced) {
     passes_.fetch_add(1, std::memory_order_relaxed);
-    std::vector<char*> bases;
-    for (const pool_rec& pr : pools_) {
-      stack_pool* pool = pr.pool;
-      bases.clear();
-      pool->full_slabs(bases);
+    std::vector<std::pair<stack_pool*, char*>> fresh;
+    {
+      std::lock_guard lk(pending_mu_);
+      fresh.swap(pending_);
+    }
+    for (auto [pool, slab] : fresh) {
       const std::size_t size = pool->stack_size();
-      for (char* slab : bases) {
-        auto it = slabs_.find(slab);
-        if (it == slabs_.end()) {
-          const std::size_t bytes = page + pool->per_slab() * size;
-          if (!register_range(slab, bytes)) continue;
-          it = slabs_.emplace(slab, slab_rec{pool, bytes, size, {}}).first;
-          it->second.images.assign(pool->per_slab(), nullptr);
-        }
-        slab_rec& r = it->second;
-        for (std::size_t k = 0; k < r.images.size(); ++k) {
-          if (r.images[k]) continue;
-          const stack s{slab + page + k * size, size, false};
-          void* owner = s.slot()->owner.load(std::memory_order_acquire);
-          char* sp = nullptr;
-          const void* key = nullptr;
-          if (owner && g_age(owner, !forced, &sp, &key)) compact(s, r.images[k], owner, sp);
-          if ((k & 31) == 31) serve_faults();
-        }
-        release_held();
-        serve_faults();
+      const std::size_t bytes = page + pool->per_slab() * size;
+      if (!register_range(slab, bytes)) continue;
+      slab_rec& r = slabs_.emplace(slab, slab_rec{pool, bytes, size, {}}).first->second;
+      r.images.assign(pool->per_slab(), nullptr);
+    }
+    for (auto& [slab, r] : slabs_) {
+      const std::size_t size = r.stack_size;
+      for (std::size_t k = 0; k < r.images.size(); ++k) {
+        if (r.images[k]) continue;
+        const stack s{slab + page + k * size, size, false};
+        void* owner = s.slot()->owner.load(std::memory_order_acquire);
+        char* sp = nullptr;
+        const void* key = nullptr;
+        if (owner && g_age(owner, !forced, &sp, &key)) compact(s, r.images[k], owner, sp);
+        if ((k & 31) == 31) serve_faults();
       }
+      release_held();
+      serve_faults();
     }
   }
 
@@ -491,6 +505,8 @@ class service {
   std::condition_variable done_cv_;
   std::vector<pool_rec> pools_;
   std::map<char*, slab_rec> slabs_;  // registered slabs, by base
+  std::mutex pending_mu_;
+  std::vector<std::pair<stack_pool*, char*>> pending_;  // full slabs not yet registered
   std::uint64_t forced_asked_ = 0, forced_started_ = 0, forced_done_ = 0;
   const void* last_key_ = nullptr;  // restore_ahead()'s last key, and its run
   std::size_t ahead_ = 0;
@@ -504,6 +520,10 @@ bool compaction_add(stack_pool* pool, std::chrono::nanoseconds after, compaction
   if (!s || after.count() <= 0) return false;
   service::g_age = age;
   return s->add(pool, after);
+}
+
+void compaction_slab_full(stack_pool* pool, char* slab) {
+  if (service* s = service::started()) s->slab_full(pool, slab);
 }
 
 void compaction_remove(stack_pool* pool) noexcept {

@@ -29,6 +29,9 @@ using compaction_age_fn = bool (*)(void* record, bool age, char** sp, const void
 // (userfaultfd refused: a seccomp filter, or an unprivileged process without
 // vm.unprivileged_userfaultfd): the pool then runs as without it.
 bool compaction_add(stack_pool* pool, std::chrono::nanoseconds after, compaction_age_fn age);
+// compaction_slab_full(): every stack of the slab at `slab` has been carved (under the
+// pool's lock): the service looks at its stacks from then on.
+void compaction_slab_full(stack_pool* pool, char* slab);
 // compaction_remove(): before pool unmaps its slabs. Drops what is held for its stacks.
 void compaction_remove(stack_pool* pool) noexcept;
 

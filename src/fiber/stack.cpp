@@ -138,6 +138,7 @@ std::size_t stack_pool::carve(stack* out, std::size_t n) {
     out[got] = s;
   }
   carved_total_ += got;
+  if (compacting_ && carved_ == per_slab_) compaction_slab_full(this, slabs_.back().first);
   return got;
 }
 
@@ -190,17 +191,14 @@ void stack_pool::release_many(const stack* s, std::size_t n) noexcept {
   live_ -= n;
 }
 
-void stack_pool::full_slabs(std::vector<char*>& out) const {
+bool stack_pool::compact_parked(std::chrono::nanoseconds after, compaction_age_fn age) {
+  const bool on = compaction_add(this, after, age);
   lock_guard lk(mu_);
-  for (std::size_t i = 0; i < slabs_.size(); ++i) {
-    if (i + 1 < slabs_.size() || carved_ == per_slab_) out.push_back(slabs_[i].first);
+  compacting_ = on;
+  for (std::size_t i = 0; on && i < slabs_.size(); ++i) {
+    if (i + 1 < slabs_.size() || carved_ == per_slab_) compaction_slab_full(this, slabs_[i].first);
   }
-}
-
-bool stack_pool::compact_parked(std::chrono::nanoseconds after,
-                                compaction_age_fn age) {
-  compacting_ = compaction_add(this, after, age);
-  return compacting_;
+  return on;
 }
 
 std::size_t stack_pool::live() const noexcept {

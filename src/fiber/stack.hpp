@@ -102,9 +102,6 @@ class stack_pool {
   static std::size_t rounded_size(std::size_t size) noexcept;
   std::size_t live() const noexcept;  // stacks handed out and not yet released
   std::size_t per_slab() const noexcept { return per_slab_; }
-  // full_slabs(): appends the base of each slab whose every stack has been carved (a slab
-  // is [a page][stack 0][stack 1]...).
-  void full_slabs(std::vector<char*>& out) const;
   // compact_parked(): fibers parked on this pool's stacks for `after` have their stacks
   // compacted (fiber/compact.hpp). False where the process cannot.
   bool compact_parked(std::chrono::nanoseconds after, compaction_age_fn age);
@@ -153,7 +150,7 @@ class stack_pool {
   std::size_t carved_ RILL_GUARDED_BY(mu_) = 0;
   std::size_t carved_total_ RILL_GUARDED_BY(mu_) = 0;
   std::size_t live_ RILL_GUARDED_BY(mu_) = 0;
-  bool compacting_ = false;
+  bool compacting_ RILL_GUARDED_BY(mu_) = false;
 };
 
 // Process-wide count of guarded stacks, and the cap (RILL_GUARD_BUDGET overrides it).
