@@ -346,6 +346,16 @@ class service {
     } else {
       fill_canary_zone(canary);
     }
+    // The page below gets the shared zero page if it was never touched: a woken fiber often
+    // calls a little deeper than where it parked, and a missing page of a registered slab
+    // would fault into this thread (two thread wakes). Before the copy, which wakes.
+    if (lo - page >= base + page) {
+      uffdio_zeropage z{};
+      z.range.start = reinterpret_cast<std::uintptr_t>(lo - page);
+      z.range.len = page;
+      z.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE;
+      ::ioctl(uffd_, UFFDIO_ZEROPAGE, &z);  // EEXIST: it is there
+    }
     uffdio_copy c{};
     c.dst = reinterpret_cast<std::uintptr_t>(lo);
     c.src = reinterpret_cast<std::uintptr_t>(scratch_);
