@@ -181,6 +181,7 @@ class service {
     s.compacted = compacted_.load(std::memory_order_relaxed);
     s.restored = restored_.load(std::memory_order_relaxed);
     s.passes = passes_.load(std::memory_order_relaxed);
+    s.faults = faults_.load(std::memory_order_relaxed);
     return s;
   }
 
@@ -274,7 +275,10 @@ class service {
       const ssize_t n = ::read(uffd_, msgs, sizeof msgs);
       if (n <= 0) return;
       for (ssize_t i = 0; i < n / static_cast<ssize_t>(sizeof(uffd_msg)); ++i) {
-        if (msgs[i].event == UFFD_EVENT_PAGEFAULT) fault(msgs[i].arg.pagefault.address);
+        if (msgs[i].event == UFFD_EVENT_PAGEFAULT) {
+          faults_.fetch_add(1, std::memory_order_relaxed);
+          fault(msgs[i].arg.pagefault.address);
+        }
       }
     }
   }
@@ -299,24 +303,32 @@ class service {
   }
 
   // restore_ahead(): after a fault on stack k of slab `it`, whose fiber waits on `key`, puts
-  // back the next stacks (in address order) of fibers compacted waiting on the same key: a
-  // close or a broadcast wakes them one after the other, in the order they parked, which is
-  // mostly the order of their stacks. The service restores them while the waker works
-  // through the ones already back, instead of a fault (two thread wakes) per fiber. The
-  // run doubles while faults keep coming on one key, and starts again small on another.
+  // back the neighbouring stacks of fibers compacted waiting on the same key: a close or a
+  // broadcast wakes them one after the other, in the order they parked, which is mostly
+  // the order of their stacks (descending within a worker's cache of stacks, ascending from
+  // one cache refill to the next). The service restores them while the waker works through
+  // the ones already back, instead of a fault (two thread wakes) per fiber: first the
+  // stacks within a cache's reach of k, then the next ones, a run that doubles while faults
+  // keep coming on one key, and starts again small on another.
   void restore_ahead(std::map<char*, slab_rec>::iterator it, std::size_t k, const void* key) {
     if (!key) return;
     ahead_ = key == last_key_ ? std::min<std::size_t>(ahead_ * 2, 4096) : 8;
     last_key_ = key;
+    auto restore_if = [&](slab_rec& r, char* slab, std::size_t j) {
+      image*& im = r.images[j];
+      if (!im || im->key != key) return false;
+      restore(slab + page + j * r.stack_size, r.stack_size, im);
+      return true;
+    };
+    constexpr std::size_t reach = 64;  // a worker's stack cache, twice
+    slab_rec& here = it->second;
+    const std::size_t lo = k > reach ? k - reach : 0;
+    const std::size_t hi = std::min(here.images.size(), k + reach + 1);
+    for (std::size_t j = lo; j < hi; ++j) restore_if(here, it->first, j);
     std::size_t left = ahead_;
-    for (++k; left > 0 && it != slabs_.end(); ++it, k = 0) {
-      slab_rec& r = it->second;
-      for (; left > 0 && k < r.images.size(); ++k) {
-        image*& im = r.images[k];
-        if (im && im->key == key) {
-          restore(it->first + page + k * r.stack_size, r.stack_size, im);
-          --left;
-        }
+    for (k = hi; left > 0 && it != slabs_.end(); ++it, k = 0) {
+      for (; left > 0 && k < it->second.images.size(); ++k) {
+        if (restore_if(it->second, it->first, k)) --left;
       }
     }
   }
@@ -520,7 +532,8 @@ class service {
   std::uint64_t forced_asked_ = 0, forced_started_ = 0, forced_done_ = 0;
   const void* last_key_ = nullptr;  // restore_ahead()'s last key, and its run
   std::size_t ahead_ = 0;
-  std::atomic<std::uint64_t> held_{0}, held_bytes_{0}, compacted_{0}, restored_{0}, passes_{0};
+  std::atomic<std::uint64_t> held_{0}, held_bytes_{0}, compacted_{0}, restored_{0}, passes_{0},
+      faults_{0};
 };
 
 }  // namespace

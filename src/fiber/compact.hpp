@@ -41,6 +41,7 @@ struct compaction_stats {
   std::uint64_t compacted = 0;   // compactions so far
   std::uint64_t restored = 0;    // stacks put back so far
   std::uint64_t passes = 0;      // passes over the pools so far
+  std::uint64_t faults = 0;      // faults served so far (a restore, or a page of zeros)
 };
 compaction_stats compaction_counts() noexcept;
 // compact_parked_now(): runs one pass that compacts every fiber parked now, however
