@@ -25,8 +25,10 @@
 //      after it and waits for step 4. Nothing has to stop the fiber or its wakers: if the fiber was
 //      woken meanwhile, its next access just brings the pages back.
 //   2. the bytes in use, from the saved stack pointer to the registry slot, are copied from the
-//      holding area into an image (the canary zone is kept only if it is not intact: an
-//      overflow of the stack below must still be seen);
+//      holding area into an image. The canary zone is written anew on the way back: a stack
+//      whose zone is not intact (the one above overflowed into it) is not compacted, and
+//      while one is, the stack above skips its overflow check of it (stack_slot::below_held)
+//      rather than bring it back at every switch;
 //   3. the holding area's pages are released (MADV_DONTNEED, once for many stacks).
 //   4. a fault on the stack later (the waker reading its waiter, the fiber's own resume, a
 //      dump) makes the service copy the image back into fresh pages (UFFDIO_COPY), which
@@ -95,9 +97,9 @@ constexpr std::size_t page = stack_page_size;
 struct image {
   const void* key;      // what the fiber waits on (a channel, a wait group): restored together
   std::uint32_t depth;  // top() - saved stack pointer
-  std::uint32_t used;   // bytes kept below the canary zone
-  bool raw_canary;      // the canary zone follows the bytes (it was not intact)
-  // then `used` bytes, then canary_bytes when raw_canary
+  std::uint32_t used;   // bytes kept, up to the registry slot's end (the canary zone, intact
+                        // when it was compacted, is written anew)
+  // then `used` bytes
   char* data() noexcept { return reinterpret_cast<char*>(this + 1); }
 };
 
@@ -294,7 +296,7 @@ class service {
         const std::size_t k = static_cast<std::size_t>(a - first) / r.stack_size;
         if (image*& im = r.images[k]) {
           const void* key = im->key;
-          restore(first + k * r.stack_size, r.stack_size, im);
+          restore(r, it->first, k);
           restore_ahead(it, k, key);
         }
       }
@@ -317,7 +319,7 @@ class service {
     auto restore_if = [&](slab_rec& r, char* slab, std::size_t j) {
       image*& im = r.images[j];
       if (!im || im->key != key) return false;
-      restore(slab + page + j * r.stack_size, r.stack_size, im);
+      restore(r, slab, j);
       return true;
     };
     constexpr std::size_t reach = 64;  // a worker's stack cache, twice
@@ -344,20 +346,35 @@ class service {
     }
   }
 
-  // restore(): puts image im back into the stack [base, base + size), frees it, nulls im.
-  void restore(char* base, std::size_t size, image*& im) {
+  // set_below_held(): tells stack k of slab r, if there is one, whether the stack below it is
+  // held compacted (stack_slot::below_held). In its image if it is held too.
+  void set_below_held(slab_rec& r, char* slab, std::size_t k, bool held) {
+    if (k >= r.images.size()) return;
+    const stack above{slab + page + k * r.stack_size, r.stack_size, false};
+    char* at = reinterpret_cast<char*>(&above.slot()->below_held);
+    if (image* im = r.images[k]) {
+      char* sp = above.top() - im->depth;
+      if (at >= sp && at < sp + im->used) im->data()[at - sp] = held;
+      return;
+    }
+    above.slot()->below_held.store(held, std::memory_order_relaxed);
+  }
+
+  // restore(): puts stack k of slab r back from its image, and frees the image.
+  void restore(slab_rec& r, char* slab, std::size_t k) {
+    image*& im = r.images[k];
+    const std::size_t size = r.stack_size;
+    char* base = slab + page + k * size;
+    // Before the copy that wakes the access: an overflow check of the stack above reads
+    // this one's canary zone from now on.
+    set_below_held(r, slab, k + 1, false);
     char* top = base + size;
     char* sp = top - im->depth;
     char* lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(sp) & ~(page - 1));
     const std::size_t len = static_cast<std::size_t>(top - lo);
     std::memset(scratch_, 0, len - canary_bytes);
     std::memcpy(scratch_ + (sp - lo), im->data(), im->used);
-    char* canary = scratch_ + (len - canary_bytes);
-    if (im->raw_canary) {
-      std::memcpy(canary, im->data() + im->used, canary_bytes);
-    } else {
-      fill_canary_zone(canary);
-    }
+    fill_canary_zone(scratch_ + (len - canary_bytes));
     // The page below gets the shared zero page if it was never touched: a woken fiber often
     // calls a little deeper than where it parked, and a missing page of a registered slab
     // would fault into this thread (two thread wakes). Before the copy, which wakes.
@@ -380,8 +397,7 @@ class service {
   void drop(image*& im) noexcept {
     if (!im) return;
     held_.fetch_sub(1, std::memory_order_relaxed);
-    held_bytes_.fetch_sub(sizeof(image) + im->used + (im->raw_canary ? canary_bytes : 0),
-                          std::memory_order_relaxed);
+    held_bytes_.fetch_sub(sizeof(image) + im->used, std::memory_order_relaxed);
     std::free(im);
     im = nullptr;
   }
@@ -411,7 +427,9 @@ class service {
         void* owner = s.slot()->owner.load(std::memory_order_acquire);
         char* sp = nullptr;
         const void* key = nullptr;
-        if (owner && g_age(owner, !forced, &sp, &key)) compact(s, r.images[k], owner, sp);
+        if (owner && g_age(owner, !forced, &sp, &key) && compact(s, r.images[k], owner, sp)) {
+          set_below_held(r, slab, k + 1, true);
+        }
         if ((k & 31) == 31) serve_faults();
       }
       release_held();
@@ -421,15 +439,15 @@ class service {
 
   // compact(): moves stack s's pages from the one that holds its stack pointer `sp` (as
   // read before the move: checked against the moved record) to its top, and keeps its
-  // image, or puts them back. Only those pages: moving a whole stack, holes and all, cost
+  // image (true), or puts them back. Only those pages: moving a whole stack, holes and all, cost
   // five times as much in the kernel's walk of its page table. Pages the fiber touched
   // below them, in deeper calls before this park, stay.
-  void compact(const stack& s, image*& out, void* owner, char* sp) {
+  bool compact(const stack& s, image*& out, void* owner, char* sp) {
     char* lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(sp) & ~(page - 1));
-    if (lo < s.base + page || sp >= s.top()) return;
+    if (lo < s.base + page || sp >= s.top()) return false;
     const std::size_t len = static_cast<std::size_t>(s.top() - lo);
     if (held_used_ + len > hold_size_) release_held();
-    if (len > hold_size_) return;
+    if (len > hold_size_) return false;
     char* held = hold_ + held_used_;
     uffdio_move m{};
     m.dst = reinterpret_cast<std::uintptr_t>(held);
@@ -439,10 +457,12 @@ class service {
     if (::ioctl(uffd_, UFFDIO_MOVE, &m) != 0) {
       // EBUSY (a page shared with a forked child), EAGAIN: whatever moved goes back.
       if (m.move > 0) put_back(lo, held, static_cast<std::size_t>(m.move));
-      return;
+      return false;
     }
     held_used_ += len;
-    if (!compact_one(s, out, owner, lo, held)) put_back(lo, held, len);
+    if (compact_one(s, out, owner, lo, held)) return true;
+    put_back(lo, held, len);
+    return false;
   }
 
   // release_held(): gives the pages moved into the holding area back to the system, at
@@ -492,18 +512,17 @@ class service {
     if (!g_age(held_lo + (rec - lo), false, &sp, &key) || sp < lo || sp >= end) {
       return false;
     }
-    char* held_canary = held_lo + (s.usable_top() - lo);
+    // A canary zone that is not intact: the stack above overflowed into this one, and its
+    // next check must see it here.
+    if (!canary_zone_intact(held_lo + (s.usable_top() - lo))) return false;
     const std::uint32_t used = static_cast<std::uint32_t>(end - sp);
-    const bool raw = !canary_zone_intact(held_canary);
-    const std::size_t bytes = sizeof(image) + used + (raw ? canary_bytes : 0);
+    const std::size_t bytes = sizeof(image) + used;
     auto* im = static_cast<image*>(std::malloc(bytes));
     if (!im) return false;  // keep the stack as it was
     im->key = key;
     im->depth = static_cast<std::uint32_t>(top - sp);
     im->used = used;
-    im->raw_canary = raw;
     std::memcpy(im->data(), held_lo + (sp - lo), used);
-    if (raw) std::memcpy(im->data() + used, held_canary, canary_bytes);
     out = im;
     held_.fetch_add(1, std::memory_order_relaxed);
     held_bytes_.fetch_add(bytes, std::memory_order_relaxed);

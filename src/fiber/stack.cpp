@@ -67,6 +67,8 @@ bool canary_zone_intact(const char* zone) noexcept {
 }
 
 bool stack::below_intact(bool full) const noexcept {
+  if (slot()->below_held.load(std::memory_order_relaxed)) [[unlikely]]
+    return true;
   auto* w = reinterpret_cast<const std::uint64_t*>(base - canary_bytes);
   const std::size_t n = canary_bytes / sizeof(std::uint64_t);
   const std::size_t stride = full ? 1 : 8;  // a sample: one word per 64 bytes

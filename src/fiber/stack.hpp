@@ -44,6 +44,11 @@ namespace rill::detail {
 struct stack_slot {
   ranked_spinlock lk{lock_rank::stack_slot};
   std::atomic<void*> owner{nullptr};
+  // below_held: the stack just below this one is held compacted (fiber/compact.cpp), its
+  // canary zone with it: an overflow check skips it rather than bring the stack back (an
+  // overflow into it brings it back, and clears this, before the write lands). Written by
+  // the compaction service only.
+  std::atomic<bool> below_held{false};
 };
 
 inline constexpr std::size_t canary_bytes = 1024;
