@@ -176,6 +176,17 @@ class service {
     return true;
   }
 
+  bool holds(const void* p) {
+    std::lock_guard lk(mu_);
+    char* a = static_cast<char*>(const_cast<void*>(p));
+    auto it = slabs_.upper_bound(a);
+    if (it == slabs_.begin()) return false;
+    --it;
+    char* first = it->first + page;
+    if (a < first || a >= it->first + it->second.bytes) return false;
+    return it->second.images[static_cast<std::size_t>(a - first) / it->second.stack_size];
+  }
+
   compaction_stats counts() const noexcept {
     compaction_stats s;
     s.held = held_.load(std::memory_order_relaxed);
@@ -385,12 +396,13 @@ class service {
       z.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE;
       ::ioctl(uffd_, UFFDIO_ZEROPAGE, &z);  // EEXIST: it is there
     }
+    // Counted before the copy wakes the access, which may read the count.
+    restored_.fetch_add(1, std::memory_order_relaxed);
     uffdio_copy c{};
     c.dst = reinterpret_cast<std::uintptr_t>(lo);
     c.src = reinterpret_cast<std::uintptr_t>(scratch_);
     c.len = len;
     ::ioctl(uffd_, UFFDIO_COPY, &c);  // every page of [lo, top) was moved out: all missing
-    restored_.fetch_add(1, std::memory_order_relaxed);
     drop(im);
   }
 
@@ -575,6 +587,11 @@ void compaction_remove(stack_pool* pool) noexcept {
 compaction_stats compaction_counts() noexcept {
   service* s = service::started();
   return s ? s->counts() : compaction_stats{};
+}
+
+bool compaction_holds(const void* p) {
+  service* s = service::started();
+  return s && s->holds(p);
 }
 
 bool compact_parked_now() {

@@ -44,6 +44,8 @@ struct compaction_stats {
   std::uint64_t faults = 0;      // faults served so far (a restore, or a page of zeros)
 };
 compaction_stats compaction_counts() noexcept;
+// compaction_holds(): p is in a stack held compacted now (tests).
+bool compaction_holds(const void* p);
 // compact_parked_now(): runs one pass that compacts every fiber parked now, however
 // briefly, and returns once it is done (tests, benchmarks). False without the service.
 bool compact_parked_now();
