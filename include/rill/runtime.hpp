@@ -67,8 +67,9 @@ struct options {
   // a fiber parked for at least this long (and at most twice as long) keeps only the bytes
   // its stack uses, and its stack's pages go back to the system; any access to that stack
   // (its wake, a pointer into it that another fiber holds) puts them back first, so nothing
-  // changes for the program but memory and the cost of that first access (tens of
-  // microseconds). 0: the RILL_COMPACT_PARKED_MS environment variable, else off. Needs
+  // changes for the program but memory and the cost of that first access (a page fault
+  // served by the runtime's service thread). 0: the RILL_COMPACT_PARKED_MS environment
+  // variable, else off. Needs
   // userfaultfd (Linux 6.8 or later; an unprivileged process also needs
   // vm.unprivileged_userfaultfd = 1); without it, runs as if off. stats() counts the
   // compacted fibers. A forked child must not touch the parent's compacted stacks.

@@ -37,16 +37,18 @@
 // The service thread never touches a compacted stack itself: it looks for an image before it
 // reads a stack's slot, and it holds no lock that a faulting thread may hold.
 //
-// Cost. A pass reads one line per carved stack; a compaction is two system calls and a copy;
-// a restore is one system call and a copy, plus the wake of the service thread and of the
-// faulting thread when the access came first: tens of microseconds on a virtual machine.
-// That is why only fibers parked for a while are compacted.
+// Cost (benchmarks/README.md has the figures). A pass reads one line per carved stack; a
+// compaction is a system call and a copy, plus a release of the holding area per slab; a
+// restore is a system call or two and a copy, plus the wake of the service thread and of the
+// faulting thread when the access came first. That is why only fibers parked for a while are
+// compacted, and why a restore brings back, ahead of the waker, the neighbours that wait on
+// the same object (restore_ahead()).
 //
 // Rejected: copying the bytes out and back with the fiber's wakers told to restore first
 // (any other access, through a pointer another fiber holds, would read zeros); write-protect,
 // copy, then MADV_DONTNEED (three system calls with a TLB shootdown each, and write faults to
 // serve while the copy runs); PROT_NONE with a SIGSEGV handler (a VMA per compacted stack:
-// the map count allows ~32k, not a million).
+// vm.max_map_count caps that far below the fiber counts this is for).
 #include "fiber/compact.hpp"
 
 #include <fcntl.h>
@@ -451,9 +453,9 @@ class service {
 
   // compact(): moves stack s's pages from the one that holds its stack pointer `sp` (as
   // read before the move: checked against the moved record) to its top, and keeps its
-  // image (true), or puts them back. Only those pages: moving a whole stack, holes and all, cost
-  // five times as much in the kernel's walk of its page table. Pages the fiber touched
-  // below them, in deeper calls before this park, stay.
+  // image (true), or puts them back. Only those pages: moving a whole stack, holes and all,
+  // cost several times as much in the kernel's walk of its page table. Pages the fiber
+  // touched below them, in deeper calls before this park, stay.
   bool compact(const stack& s, image*& out, void* owner, char* sp) {
     char* lo = reinterpret_cast<char*>(reinterpret_cast<std::uintptr_t>(sp) & ~(page - 1));
     if (lo < s.base + page || sp >= s.top()) return false;
