@@ -95,6 +95,19 @@ namespace {
 
 constexpr std::size_t page = stack_page_size;
 
+// The service's own reads and writes of a stack's slot, hidden from TSan as the kernel's page
+// moves are: they race with nothing but an overflow trampling the stack below (which the
+// overflow check then reports), and TSan would abort on that race before the check runs.
+// A volatile access is one plain load or store on x86, as the atomic's relaxed (and acquire)
+// forms are; what follows it is an opaque call, so nothing is read before it.
+static_assert(sizeof(std::atomic<void*>) == sizeof(void*) && sizeof(std::atomic<bool>) == 1);
+__attribute__((no_sanitize("thread"))) void* peek_owner(const stack_slot* s) noexcept {
+  return *reinterpret_cast<void* const volatile*>(&s->owner);
+}
+__attribute__((no_sanitize("thread"))) void poke_below_held(stack_slot* s, bool held) noexcept {
+  *reinterpret_cast<volatile bool*>(&s->below_held) = held;
+}
+
 // image: the bytes of one compacted stack, from its saved stack pointer up.
 struct image {
   const void* key;      // what the fiber waits on (a channel, a wait group): restored together
@@ -370,7 +383,7 @@ class service {
       if (at >= sp && at < sp + im->used) im->data()[at - sp] = held;
       return;
     }
-    above.slot()->below_held.store(held, std::memory_order_relaxed);
+    poke_below_held(above.slot(), held);
   }
 
   // restore(): puts stack k of slab r back from its image, and frees the image.
@@ -438,7 +451,7 @@ class service {
       for (std::size_t k = 0; k < r.images.size(); ++k) {
         if (r.images[k]) continue;
         const stack s{slab + page + k * size, size, false};
-        void* owner = s.slot()->owner.load(std::memory_order_acquire);
+        void* owner = peek_owner(s.slot());
         char* sp = nullptr;
         const void* key = nullptr;
         if (owner && g_age(owner, !forced, &sp, &key) && compact(s, r.images[k], owner, sp)) {
