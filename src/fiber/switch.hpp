@@ -31,7 +31,7 @@ using after_switch_fn = void (*)(machine_context* left, void* arg) noexcept;
 // pointer (the registers are on its stack) and exception state. Not rill::context (Go's
 // cancellation context, include/rill/context.hpp): this one is the machine's.
 struct machine_context {
-  bctx::fcontext_t fctx = nullptr;  // valid only while this context is suspended, else null
+  bctx::fcontext_t fctx = nullptr;  // valid only while this context is suspended
   eh_state eh;
   [[no_unique_address]] san_ctx san;
 };
@@ -95,10 +95,6 @@ inline void land(bctx::transfer_t t, [[maybe_unused]] void* const* asan_fake = n
   asan_finish_switch(asan_fake);
 #endif
   from->fctx = t.fctx;
-  // The landing context's saved pointer is stale from here on: null, so that a reader that
-  // sees a parked fiber's fctx non-null knows it is this park's (stack compaction,
-  // fiber/compact.cpp; its line was just read by the jump).
-  m->to->fctx = nullptr;
   if (after) after(from, arg);
 }
 

@@ -105,8 +105,7 @@ __attribute__((no_sanitize("thread"))) bool fiber_parked_long(void* owner, bool 
     return false;
   }
   if (!is_parked(st)) return false;
-  // Null until the switch that parked it has landed (switch.hpp: land()); the same thread
-  // cleared it at the fiber's resume, before the store of `parked`, so non-null is this park's.
+  // Null until the switch that parked it has landed (set_parked(), switch.hpp: land()).
   *sp = static_cast<char*>(f->fctx);
   if (!*sp) return false;
   *key = f->wait_object.load(std::memory_order_relaxed);

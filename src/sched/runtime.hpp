@@ -110,6 +110,15 @@ struct fiber : machine_context {
 // The watchdog finds a fiber's registry slot from the record's address (watchdog.cpp).
 static_assert(alignof(fiber) <= 64);
 
+// set_parked(): the fiber, about to switch out to park, says so. Its saved context is nulled
+// first: the switch's landing writes this park's, so a reader that sees the fiber parked with
+// a non-null context knows it is this park's, not an earlier one's (stack compaction,
+// fiber/compact.cpp, reads it from another thread; the same thread wrote both, in order).
+inline void set_parked(fiber* self) noexcept {
+  self->fctx = nullptr;
+  self->state.store(fiber_state::parked, std::memory_order_relaxed);
+}
+
 struct alignas(64) worker {
   runtime* rt = nullptr;
   unsigned index = 0;

@@ -112,7 +112,7 @@ void sleep_until_ns(std::int64_t deadline) {
   self->reason.store(wait_reason::sleep, std::memory_order_relaxed);
   self->wait_object.store(nullptr, std::memory_order_relaxed);
   RILL_ASSERT_FIBER_STATE(self, running);
-  self->state.store(detail::fiber_state::parked, std::memory_order_relaxed);
+  detail::set_parked(self);
   detail::switch_out(self, after_arm, &s);
 }
 

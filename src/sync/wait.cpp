@@ -36,7 +36,7 @@ void park_fiber_aborted(fiber* self) {
   // never ended (a wait_group::wait() in a destructor would return while the fibers it
   // waits for still run, and they would outlive the frames they use). Park for good: the
   // runtime abandons the fiber at its next deadlock check.
-  self->state.store(fiber_state::parked, std::memory_order_relaxed);
+  set_parked(self);
   switch_out(self, nullptr, nullptr);
 }
 

@@ -71,7 +71,7 @@ inline void park_fiber(fiber* self, worker* w, wait_reason why, const void* obje
   self->cancel = cancel;
   self->cancel_arg = cancel_arg;
   RILL_ASSERT_FIBER_STATE(self, running);
-  self->state.store(fiber_state::parked, std::memory_order_relaxed);
+  set_parked(self);
   switch_out(self, w, after, after_arg);
   // reason and wait_object are left as they are: they are read only while the fiber is
   // parked (dump()), and every park sets both.
