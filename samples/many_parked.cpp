@@ -17,14 +17,16 @@ using namespace std::chrono_literals;
 
 namespace {
 
-long rss_kib() {
+// status_kib("VmRSS:"): a figure of this process's, from /proc/self/status.
+long status_kib(const std::string& field) {
   std::ifstream f("/proc/self/status");
   std::string line;
   while (std::getline(f, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+    if (line.rfind(field, 0) == 0) return std::stol(line.substr(field.size()));
   }
   return 0;
 }
+long rss_kib() { return status_kib("VmRSS:"); }
 
 // wait_for_compaction(): until `want` stacks are held compacted, or no progress for a second
 // (compaction unavailable, or nothing left that it can take).
@@ -88,8 +90,10 @@ int main(int argc, char** argv) {
                 ? static_cast<double>(s.compacted_bytes) / static_cast<double>(s.compacted_fibers)
                 : 0.0);
         std::printf(
-            "  resident set %.2f GB now, %.2f GB at its peak (a page each until compacted)\n",
-            (rss_kib() - before) / 1048576.0, (peak - before) / 1048576.0);
+            "  resident set %.2f GB now, %.2f GB at its peak (a page each until compacted); "
+            "page tables %.2f GB\n",
+            (rss_kib() - before) / 1048576.0, (peak - before) / 1048576.0,
+            status_kib("VmPTE:") / 1048576.0);
         const auto t0 = std::chrono::steady_clock::now();
         start.close();
         done.wait();

@@ -71,6 +71,7 @@
 #include <thread>
 #include <vector>
 
+#include "fiber/sanitizers.hpp"
 #include "fiber/stack.hpp"
 
 // UFFDIO_MOVE (Linux 6.8); Debian 12's headers predate it.
@@ -101,8 +102,10 @@ constexpr std::size_t page = stack_page_size;
 // A volatile access is one plain load or store on x86, as the atomic's relaxed (and acquire)
 // forms are; what follows it is an opaque call, so nothing is read before it.
 static_assert(sizeof(std::atomic<void*>) == sizeof(void*) && sizeof(std::atomic<bool>) == 1);
-__attribute__((no_sanitize("thread"))) void* peek_owner(const stack_slot* s) noexcept {
-  return *reinterpret_cast<void* const volatile*>(&s->owner);
+__attribute__((no_sanitize("thread"))) void* peek_owner(stack_slot* s) noexcept {
+  void* owner = *reinterpret_cast<void* const volatile*>(&s->owner);
+  san_acquire(&s->owner);  // the spawn's release of the record, which is read next
+  return owner;
 }
 __attribute__((no_sanitize("thread"))) void poke_below_held(stack_slot* s, bool held) noexcept {
   *reinterpret_cast<volatile bool*>(&s->below_held) = held;

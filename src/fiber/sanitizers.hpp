@@ -69,6 +69,14 @@ struct san_ctx {
 inline bool asan_linked() noexcept { return __sanitizer_start_switch_fiber != nullptr; }
 #endif
 
+// san_acquire(addr): for TSan, the caller acquires what was released at addr (an atomic
+// store-release there), as if it had loaded it with acquire: for a load TSan does not see.
+inline void san_acquire([[maybe_unused]] void* addr) noexcept {
+#if RILL_TSAN
+  __tsan_acquire(addr);
+#endif
+}
+
 inline void san_unpoison(void* p, std::size_t n) noexcept {
 #if RILL_ASAN
   __asan_unpoison_memory_region(p, n);
