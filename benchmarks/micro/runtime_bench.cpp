@@ -216,22 +216,18 @@ BENCHMARK(runtime_spawn_join_fresh)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(runtime_yield)->Arg(1)->Arg(2)->UseRealTime();
-BENCHMARK(runtime_parked)
-    ->Args({1, 100'000})
-    ->Args({2, 100'000})
-    ->Args({1, 1'000'000})
-    ->Args({2, 1'000'000})
-    ->Iterations(1)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
-BENCHMARK(runtime_parked_compacted)
-    ->Args({1, 100'000})
-    ->Args({2, 100'000})
-    ->Args({1, 1'000'000})
-    ->Args({2, 1'000'000})
-    ->Iterations(1)
-    ->UseRealTime()
-    ->Unit(benchmark::kMillisecond);
+// The parked rows: 100k and 1M fibers, 1 and 2 workers, one run each (a million take seconds).
+void parked_rows(benchmark::internal::Benchmark* b) {
+  b->Args({1, 100'000})
+      ->Args({2, 100'000})
+      ->Args({1, 1'000'000})
+      ->Args({2, 1'000'000})
+      ->Iterations(1)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+}
+BENCHMARK(runtime_parked)->Apply(parked_rows);
+BENCHMARK(runtime_parked_compacted)->Apply(parked_rows);
 BENCHMARK(runtime_idle)->Arg(2)->Iterations(1)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
