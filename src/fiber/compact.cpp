@@ -325,8 +325,14 @@ class service {
         const std::size_t k = static_cast<std::size_t>(a - first) / r.stack_size;
         if (image*& im = r.images[k]) {
           const void* key = im->key;
+          const char* lo = first + (k + 1) * r.stack_size - im->depth;  // its stack pointer
           restore(r, it->first, k);
           restore_ahead(it, k, key);
+          // The restore's copy woke every access to the pages it filled.
+          if (a >= reinterpret_cast<const char*>(reinterpret_cast<std::uintptr_t>(lo) &
+                                                 ~std::uintptr_t{page - 1})) {
+            return;
+          }
         }
       }
     }

@@ -323,7 +323,7 @@ TEST_CASE("runtime stress: N parked fibers compacted, woken by one close, keep t
   std::uint64_t held = 0;
   rill::options o;
   o.workers = 2;
-  o.compact_parked = std::chrono::hours(1);  // passes only when asked
+  o.compact_parked = std::chrono::hours(1);   // passes only when asked
   o.watchdog = std::chrono::milliseconds(0);  // the close that wakes them all runs long
   rill::run(
       [&] {
