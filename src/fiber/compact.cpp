@@ -53,6 +53,7 @@
 
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
+#include <malloc.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -133,6 +134,12 @@ struct pool_rec {
   std::chrono::nanoseconds after;
 };
 
+struct release_rec {
+  stack_pool* pool;
+  char* slab;
+  std::size_t bytes;
+};
+
 class service {
  public:
   // get(): the service, started on first use; nullptr where it cannot run. started(): the
@@ -165,12 +172,41 @@ class service {
     pending_.push_back({pool, slab});
   }
 
+  // slab_release(): pool has forgotten a slab of free stacks; unmapped by the service (a pass
+  // may be reading its slots). Called under the pool's lock. False if it cannot be queued.
+  bool slab_release(stack_pool* pool, char* slab, std::size_t bytes) noexcept {
+    try {
+      std::lock_guard lk(pending_mu_);
+      releases_.push_back({pool, slab, bytes});
+      pending_.erase(std::remove(pending_.begin(), pending_.end(), std::pair{pool, slab}),
+                     pending_.end());
+    } catch (...) {
+      return false;
+    }
+    poke();
+    return true;
+  }
+
   void remove(stack_pool* pool) noexcept {
+    std::vector<release_rec> mine;
     {
       std::lock_guard lk(pending_mu_);
       pending_.erase(std::remove_if(pending_.begin(), pending_.end(),
                                     [&](const auto& p) { return p.first == pool; }),
                      pending_.end());
+      try {
+        mine.reserve(releases_.size());
+      } catch (...) {
+        // out of memory: the service unmaps them, at its next turn
+      }
+      for (auto it = releases_.begin(); it != releases_.end();) {
+        if (it->pool == pool && mine.size() < mine.capacity()) {
+          mine.push_back(*it);
+          it = releases_.erase(it);
+        } else {
+          ++it;
+        }
+      }
     }
     std::lock_guard lk(mu_);
     pools_.erase(std::remove_if(pools_.begin(), pools_.end(),
@@ -184,6 +220,7 @@ class service {
       for (image*& im : it->second.images) drop(im);
       it = slabs_.erase(it);
     }
+    for (const release_rec& r : mine) ::munmap(r.slab, r.bytes);  // no pass reads them now
   }
 
   bool pass_now() {
@@ -213,6 +250,7 @@ class service {
     s.restored = restored_.load(std::memory_order_relaxed);
     s.passes = passes_.load(std::memory_order_relaxed);
     s.faults = faults_.load(std::memory_order_relaxed);
+    s.slabs_released = slabs_released_.load(std::memory_order_relaxed);
     return s;
   }
 
@@ -285,6 +323,7 @@ class service {
       }
       std::unique_lock lk(mu_);
       serve_faults();
+      unmap_released();
       forced = forced_asked_ > forced_started_;
       if (forced || (period.count() > 0 && std::chrono::steady_clock::now() >= next_pass)) {
         const std::uint64_t started = forced_asked_;
@@ -296,6 +335,23 @@ class service {
           done_cv_.notify_all();
         }
       }
+    }
+  }
+
+  // unmap_released(): unmaps the slabs the pools have given back. Under mu_, between passes.
+  void unmap_released() {
+    std::vector<release_rec> mine;
+    {
+      std::lock_guard lk(pending_mu_);
+      mine.swap(releases_);
+    }
+    for (const release_rec& r : mine) {
+      if (auto it = slabs_.find(r.slab); it != slabs_.end()) {
+        for (image*& im : it->second.images) drop(im);  // none: its stacks are free
+        slabs_.erase(it);
+      }
+      ::munmap(r.slab, r.bytes);
+      slabs_released_.fetch_add(1, std::memory_order_relaxed);
     }
   }
 
@@ -434,8 +490,16 @@ class service {
     if (!im) return;
     held_.fetch_sub(1, std::memory_order_relaxed);
     held_bytes_.fetch_sub(sizeof(image) + im->used, std::memory_order_relaxed);
+    freed_since_trim_ += sizeof(image) + im->used;
     std::free(im);
     im = nullptr;
+    // The images are small blocks of malloc's heap, which keeps what is freed: once none is
+    // held after many were, the heap's free pages go back (a million images held 0.8 GB
+    // after their fibers had all ended).
+    if (held_.load(std::memory_order_relaxed) == 0 && freed_since_trim_ >= (64u << 20)) {
+      freed_since_trim_ = 0;
+      ::malloc_trim(0);
+    }
   }
 
   // pass(): one look at every stack of every full slab. Under mu_. It takes no pool's lock:
@@ -577,18 +641,20 @@ class service {
   char* scratch_ = nullptr;  // where an image is laid out to be copied back
   char* zeros_ = nullptr;
   std::size_t hold_size_ = 0;
-  std::size_t held_used_ = 0;  // bytes of the holding area moved into since release_held()
+  std::size_t held_used_ = 0;         // bytes of the holding area moved into since release_held()
+  std::size_t freed_since_trim_ = 0;  // bytes of images freed since drop() last trimmed
   std::mutex mu_;
   std::condition_variable done_cv_;
   std::vector<pool_rec> pools_;
   std::map<char*, slab_rec> slabs_;  // registered slabs, by base
   std::mutex pending_mu_;
   std::vector<std::pair<stack_pool*, char*>> pending_;  // full slabs not yet registered
+  std::vector<release_rec> releases_;  // slabs of free stacks to unmap; by pending_mu_
   std::uint64_t forced_asked_ = 0, forced_started_ = 0, forced_done_ = 0;
   const void* last_key_ = nullptr;  // restore_ahead()'s last key, and its run
   std::size_t ahead_ = 0;
   std::atomic<std::uint64_t> held_{0}, held_bytes_{0}, compacted_{0}, restored_{0}, passes_{0},
-      faults_{0};
+      faults_{0}, slabs_released_{0};
 };
 
 }  // namespace
@@ -602,6 +668,11 @@ bool compaction_add(stack_pool* pool, std::chrono::nanoseconds after, compaction
 
 void compaction_slab_full(stack_pool* pool, char* slab) {
   if (service* s = service::started()) s->slab_full(pool, slab);
+}
+
+bool compaction_slab_release(stack_pool* pool, char* slab, std::size_t bytes) noexcept {
+  service* s = service::started();
+  return s && s->slab_release(pool, slab, bytes);
 }
 
 void compaction_remove(stack_pool* pool) noexcept {

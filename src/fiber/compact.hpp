@@ -32,16 +32,21 @@ bool compaction_add(stack_pool* pool, std::chrono::nanoseconds after, compaction
 // compaction_slab_full(): every stack of the slab at `slab` has been carved (under the
 // pool's lock): the service looks at its stacks from then on.
 void compaction_slab_full(stack_pool* pool, char* slab);
+// compaction_slab_release(): pool has forgotten the slab at `slab` (every stack of it free):
+// the service unmaps it once no pass reads it. Called under the pool's lock. False if it
+// cannot (out of memory): the pool keeps the slab.
+bool compaction_slab_release(stack_pool* pool, char* slab, std::size_t bytes) noexcept;
 // compaction_remove(): before pool unmaps its slabs. Drops what is held for its stacks.
 void compaction_remove(stack_pool* pool) noexcept;
 
 struct compaction_stats {
-  std::uint64_t held = 0;        // stacks held compacted now
-  std::uint64_t held_bytes = 0;  // bytes those hold, instead of their pages
-  std::uint64_t compacted = 0;   // compactions so far
-  std::uint64_t restored = 0;    // stacks put back so far
-  std::uint64_t passes = 0;      // passes over the pools so far
-  std::uint64_t faults = 0;      // faults served so far (a restore, or a page of zeros)
+  std::uint64_t held = 0;            // stacks held compacted now
+  std::uint64_t held_bytes = 0;      // bytes those hold, instead of their pages
+  std::uint64_t compacted = 0;       // compactions so far
+  std::uint64_t restored = 0;        // stacks put back so far
+  std::uint64_t passes = 0;          // passes over the pools so far
+  std::uint64_t faults = 0;          // faults served so far (a restore, or a page of zeros)
+  std::uint64_t slabs_released = 0;  // slabs of free stacks given back to the system so far
 };
 compaction_stats compaction_counts() noexcept;
 // compaction_holds(): p is in a stack held compacted now (tests).

@@ -71,6 +71,9 @@ bool stack::below_intact(bool full) const noexcept {
     return true;
   auto* w = reinterpret_cast<const std::uint64_t*>(base - canary_bytes);
   const std::size_t n = canary_bytes / sizeof(std::uint64_t);
+  // The zone is another fiber's, cold: its lines are asked for all at once rather than
+  // found missing one after the other as the loop reaches them.
+  for (std::size_t i = 0; i < n; i += 64 / sizeof(std::uint64_t)) __builtin_prefetch(w + i);
   const std::size_t stride = full ? 1 : 8;  // a sample: one word per 64 bytes
   for (std::size_t i = 0; i < n; i += stride) {
     if (w[i] != canary_word) return false;
@@ -121,6 +124,14 @@ void stack_pool::add_slab() {
                                : ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
+  if (compacting_) {
+    try {
+      slab_free_.emplace(static_cast<char*>(p), 0);
+    } catch (...) {
+      ::munmap(p, bytes);
+      throw;
+    }
+  }
   slabs_.emplace_back(static_cast<char*>(p), bytes);
   carved_ = 0;
   fill_canary(static_cast<char*>(p) + page_size - canary_bytes);
@@ -172,6 +183,7 @@ std::size_t stack_pool::allocate_many(stack* out, std::size_t n) {
     while (got < n && !free_.empty()) {
       out[got++] = free_.back();
       free_.pop_back();
+      if (compacting_) count_free(out[got - 1], false);
     }
     // Fresh stacks cost a page fault and a guard each, whatever the batch: a pool carves 4
     // at first (a short run() uses a few stacks), then as many as it has carved so far,
@@ -189,18 +201,65 @@ void stack_pool::release(stack s) noexcept { release_many(&s, 1); }
 
 void stack_pool::release_many(const stack* s, std::size_t n) noexcept {
   lock_guard lk(mu_);
-  for (std::size_t i = 0; i < n; ++i) free_.push_back(s[i]);  // reserved: cannot throw
+  for (std::size_t i = 0; i < n; ++i) {
+    free_.push_back(s[i]);  // reserved: cannot throw
+    if (compacting_) count_free(s[i], true);
+  }
   live_ -= n;
+}
+
+void stack_pool::count_free(const stack& s, bool in) {
+  auto it = slab_free_.upper_bound(s.base);
+  if (it == slab_free_.begin()) return;  // cannot happen: every slab has its count
+  --it;
+  if (!in) {
+    --it->second;
+    return;
+  }
+  // A slab of free stacks is released only while the pool keeps two more slabs' worth
+  // without it: a program that ends and starts fibers in waves reuses them instead of
+  // mapping, touching and registering a slab per wave.
+  if (++it->second == per_slab_ && free_.size() >= 3 * per_slab_) release_slab(it->first);
+}
+
+void stack_pool::release_slab(char* slab) {
+  const std::size_t bytes = page_size + per_slab_ * stack_size_;
+  san_unpoison(slab, bytes);  // as in ~stack_pool
+  // The service unmaps it: it may be reading the slab's slots in a pass.
+  if (!compaction_slab_release(this, slab, bytes)) return;
+  char* end = slab + bytes;
+  free_.erase(std::remove_if(free_.begin(), free_.end(),
+                             [&](const stack& s) {
+                               if (s.base < slab || s.base >= end) return false;
+                               if (s.guarded) g_guarded.fetch_sub(1, std::memory_order_relaxed);
+                               return true;
+                             }),
+              free_.end());
+  slab_free_.erase(slab);
+  const auto it =
+      std::find_if(slabs_.begin(), slabs_.end(), [&](const auto& sl) { return sl.first == slab; });
+  if (it + 1 == slabs_.end()) carved_ = per_slab_;  // the next carve maps a new slab
+  slabs_.erase(it);
 }
 
 bool stack_pool::compact_parked(std::chrono::nanoseconds after, compaction_age_fn age) {
   const bool on = compaction_add(this, after, age);
   lock_guard lk(mu_);
   compacting_ = on;
+  slab_free_.clear();
+  if (on) {
+    for (const auto& sl : slabs_) slab_free_.emplace(sl.first, 0);
+    for (const stack& s : free_) ++std::prev(slab_free_.upper_bound(s.base))->second;
+  }
   for (std::size_t i = 0; on && i < slabs_.size(); ++i) {
     if (i + 1 < slabs_.size() || carved_ == per_slab_) compaction_slab_full(this, slabs_[i].first);
   }
   return on;
+}
+
+std::size_t stack_pool::slabs() const noexcept {
+  lock_guard lk(mu_);
+  return slabs_.size();
 }
 
 std::size_t stack_pool::live() const noexcept {

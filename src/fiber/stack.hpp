@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <vector>
 
@@ -107,6 +108,7 @@ class stack_pool {
   static std::size_t rounded_size(std::size_t size) noexcept;
   std::size_t live() const noexcept;  // stacks handed out and not yet released
   std::size_t per_slab() const noexcept { return per_slab_; }
+  std::size_t slabs() const noexcept;  // slabs mapped now
   // compact_parked(): fibers parked on this pool's stacks for `after` have their stacks
   // compacted (fiber/compact.hpp). False where the process cannot.
   bool compact_parked(std::chrono::nanoseconds after, compaction_age_fn age);
@@ -124,6 +126,11 @@ class stack_pool {
 
  private:
   void add_slab() RILL_REQUIRES(mu_);
+  // Compacting pools only: counts a stack in or out of free_ against its slab, and gives a
+  // slab whose every stack is free back to the system (release_slab) when the pool keeps
+  // enough free stacks without it.
+  void count_free(const stack& s, bool in) RILL_REQUIRES(mu_);
+  void release_slab(char* slab) RILL_REQUIRES(mu_);
   std::size_t carve(stack* out, std::size_t n) RILL_REQUIRES(mu_);  // fresh, of the newest slab
   stack nth(std::size_t slab, std::size_t k) const noexcept RILL_REQUIRES(mu_);
 
@@ -156,6 +163,11 @@ class stack_pool {
   std::size_t carved_total_ RILL_GUARDED_BY(mu_) = 0;
   std::size_t live_ RILL_GUARDED_BY(mu_) = 0;
   bool compacting_ RILL_GUARDED_BY(mu_) = false;
+  // Compacting pools: how many of each slab's stacks are in free_, by slab base. A pool that
+  // compacts is one that holds many fibers; once they end, a slab of free stacks still holds
+  // every page its fibers touched, and a process that woke ten million of them would keep
+  // them all: such a slab goes back to the system, as Go frees a span of free stacks.
+  std::map<char*, std::size_t> slab_free_ RILL_GUARDED_BY(mu_);
 };
 
 // Process-wide count of guarded stacks, and the cap (RILL_GUARD_BUDGET overrides it).

@@ -110,8 +110,10 @@ class chan_core {
   // try_recv() never parks: received (into *opt), would_park, or closed (and drained).
   recv_result try_recv(void* opt);
   void close();
-  // try_close() closes the channel unless it already is; false if it was. Never throws.
+  // try_close() closes the channel unless it already is; false if it was. Never throws,
+  // never switches fibers.
   bool try_close() noexcept;
+  bool close_chunked(bool may_yield) noexcept;  // both of them (src/sync/chan.cpp)
   std::size_t size() noexcept;
   std::size_t capacity() const noexcept { return cap_; }
   bool closed() noexcept;
@@ -127,6 +129,8 @@ class chan_core {
   // A refill of the buffer from a parked sender threw: the buffer may stay short while
   // senders wait (I4's exception), until none does (debug builds track the end).
   bool short_ RILL_GUARDED_BY(mu_) = false;
+  // A close is waking the waiters, a chunk at a time (I3's exception, while it lasts).
+  bool draining_ RILL_GUARDED_BY(mu_) = false;
   std::size_t cap_ = 0;
   std::atomic<std::size_t> count_{0};  // guarded by mu_
   std::size_t count() const noexcept { return count_.load(std::memory_order_relaxed); }
