@@ -337,11 +337,11 @@ bool chan_core::try_close() noexcept { return close_chunked(false); }
 // close_chunked(): closes the channel and wakes its waiters, close_chunk of them per turn of
 // its lock: the ones a turn dequeues are woken while their lines are still in cache (a close
 // that woke a million fibers dequeued them all, then went through them all again, a miss
-// each). With `may_yield`, a fiber that closes lets the woken run between turns: the pages
-// of compacted stacks (fiber/compact.cpp) come back as their waiters are dequeued, and a
-// close of ten million held them all at once before the first one ran and ended. Between
-// turns the channel is closed with waiters left (I3's exception: draining_); whatever
-// comes meanwhile sees it closed, as it would after the close.
+// each). With `may_yield`, a fiber that closes in a compacting runtime lets the woken run
+// between turns: the pages of compacted stacks (fiber/compact.cpp) come back as their
+// waiters are dequeued, and a close of ten million held them all at once before the first
+// one ran and ended. Between turns the channel is closed with waiters left (I3's exception:
+// draining_); whatever comes meanwhile sees it closed, as it would after the close.
 bool chan_core::close_chunked(bool may_yield) noexcept {
   constexpr std::size_t close_chunk = 1024;
   mu_.lock();
@@ -366,7 +366,12 @@ bool chan_core::close_chunked(bool may_yield) noexcept {
     mu_.unlock();
     while (waiter* w = woken.pop_front()) wake(w);
     if (!more) return true;
-    if (worker* wk = current_worker(); may_yield && wk && wk->running()) this_fiber::yield();
+    // Only where compaction is on (options::compact_parked says so): elsewhere close() is
+    // no scheduling point, and a caller may hold a lock of another library across it.
+    if (worker* wk = current_worker();
+        may_yield && wk && wk->running() && wk->rt->config().compact_parked_ms > 0) {
+      this_fiber::yield();
+    }
     mu_.lock();
   }
 }
