@@ -103,6 +103,15 @@ class run_queue {
     return f;
   }
 
+  // upcoming(): the fiber that the next pop() (`shared`) or pop_unshared() would return, or
+  // any pointer when none would: a hint to prefetch, never to dereference (a thief may take
+  // it meanwhile). Owner only.
+  fiber* upcoming(bool shared) const noexcept {
+    if (!shared) return front_;
+    return untag(
+        buf_[head_.load(std::memory_order_relaxed) % capacity].load(std::memory_order_relaxed));
+  }
+
   // take_half() removes half of the fibers, at most `max`, from the head (owner only, when
   // push() failed) into out[], returning how many; the caller moves them to the global
   // queue.
@@ -198,8 +207,8 @@ class run_queue {
   alignas(64) std::atomic<std::uint32_t> head_{0};
   alignas(64) std::atomic<std::uint32_t> tail_{0};
   // front_: the owner's copy of the oldest fiber (nullptr when empty), kept by push(),
-  // take_half() and pop_unshared(). Only pop_unshared() reads it: with thieves about (pop(),
-  // steal_into()) it goes stale, and nothing reads it then.
+  // take_half() and pop_unshared(). Only pop_unshared() (and upcoming(false)) reads it: with
+  // thieves about (pop(), steal_into()) it goes stale, and nothing reads it then.
   fiber* front_ = nullptr;
   std::atomic<fiber*> buf_[capacity];
 };

@@ -541,6 +541,18 @@ inline bool runtime::push_local(worker& w, fiber* f, bool yielded) noexcept {
   return was_empty;
 }
 
+// prefetch_run(): f is about to run, and `after` (a hint) is queued behind it. Fibers woken
+// together (a close, a broadcast) each run on a stack page of their own, and each switch
+// missed the TLB and the cache twice, on the record and on the saved registers: the record
+// of the one behind is asked for one switch ahead, and f's registers, found through its
+// record (asked for at the switch before), now.
+// Nothing when none is behind (two fibers that take turns: their lines are hot already).
+inline void prefetch_run(fiber* f, fiber* after) noexcept {
+  if (!after) return;
+  __builtin_prefetch(after);
+  __builtin_prefetch(f->fctx);
+}
+
 inline fiber* runtime::next_local(worker& w) noexcept {
   ++w.tick;
   if ((w.tick % global_check_interval == 0 &&
@@ -562,7 +574,10 @@ inline fiber* runtime::next_local(worker& w) noexcept {
       return next;
     }
     w.runnext_streak = 0;
-    if (fiber* f = w.queue.pop_unshared()) return f;
+    if (fiber* f = w.queue.pop_unshared()) {
+      prefetch_run(f, w.queue.upcoming(false));
+      return f;
+    }
     if (next) w.runnext.store(nullptr, std::memory_order_relaxed);
     return next;
   }
@@ -573,7 +588,10 @@ inline fiber* runtime::next_local(worker& w) noexcept {
     }
   }
   w.runnext_streak = 0;
-  if (fiber* f = w.queue.pop()) return f;
+  if (fiber* f = w.queue.pop()) {
+    prefetch_run(f, w.queue.upcoming(true));
+    return f;
+  }
   return next ? w.runnext.exchange(nullptr, std::memory_order_acquire) : nullptr;
 }
 
