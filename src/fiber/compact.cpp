@@ -494,8 +494,7 @@ class service {
     std::free(im);
     im = nullptr;
     // The images are small blocks of malloc's heap, which keeps what is freed: once none is
-    // held after many were, the heap's free pages go back (a million images held 0.8 GB
-    // after their fibers had all ended).
+    // held after many were, the heap's free pages go back to the system.
     if (held_.load(std::memory_order_relaxed) == 0 && freed_since_trim_ >= (64u << 20)) {
       freed_since_trim_ = 0;
       ::malloc_trim(0);

@@ -165,8 +165,9 @@ class stack_pool {
   bool compacting_ RILL_GUARDED_BY(mu_) = false;
   // Compacting pools: how many of each slab's stacks are in free_, by slab base. A pool that
   // compacts is one that holds many fibers; once they end, a slab of free stacks still holds
-  // every page its fibers touched, and a process that woke ten million of them would keep
-  // them all: such a slab goes back to the system, as Go frees a span of free stacks.
+  // every page its fibers touched (brought back by their wake, if compacted), and a process
+  // that woke all of them would keep them all: such a slab goes back to the system, as Go
+  // frees a span of free stacks.
   std::map<char*, std::size_t> slab_free_ RILL_GUARDED_BY(mu_);
 };
 

@@ -336,12 +336,13 @@ bool chan_core::try_close() noexcept { return close_chunked(false); }
 
 // close_chunked(): closes the channel and wakes its waiters, close_chunk of them per turn of
 // its lock: the ones a turn dequeues are woken while their lines are still in cache (a close
-// that woke a million fibers dequeued them all, then went through them all again, a miss
-// each). With `may_yield`, a fiber that closes in a compacting runtime lets the woken run
-// between turns: the pages of compacted stacks (fiber/compact.cpp) come back as their
-// waiters are dequeued, and a close of ten million held them all at once before the first
-// one ran and ended. Between turns the channel is closed with waiters left (I3's exception:
-// draining_); whatever comes meanwhile sees it closed, as it would after the close.
+// that dequeued all its waiters first went through each of them twice, a cache miss each
+// time when there are many). With `may_yield`, a fiber that closes in a compacting runtime
+// lets the woken run between turns: the pages of compacted stacks (fiber/compact.cpp) come
+// back as their waiters are dequeued, and would all be back at once before the first woken
+// fiber ran and ended. Between turns the channel is closed with waiters left (I3's
+// exception: draining_); whatever comes meanwhile sees it closed, as it would after the
+// close.
 bool chan_core::close_chunked(bool may_yield) noexcept {
   constexpr std::size_t close_chunk = 1024;
   mu_.lock();
