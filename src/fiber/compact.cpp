@@ -194,18 +194,14 @@ class service {
       pending_.erase(std::remove_if(pending_.begin(), pending_.end(),
                                     [&](const auto& p) { return p.first == pool; }),
                      pending_.end());
+      // This pool's slabs given back and not yet unmapped: unmapped below, once no pass
+      // can read them. Out of memory, they stay queued for the service's next turn.
+      const auto ours = std::partition(releases_.begin(), releases_.end(),
+                                       [&](const release_rec& r) { return r.pool != pool; });
       try {
-        mine.reserve(releases_.size());
+        mine.assign(ours, releases_.end());
+        releases_.erase(ours, releases_.end());
       } catch (...) {
-        // out of memory: the service unmaps them, at its next turn
-      }
-      for (auto it = releases_.begin(); it != releases_.end();) {
-        if (it->pool == pool && mine.size() < mine.capacity()) {
-          mine.push_back(*it);
-          it = releases_.erase(it);
-        } else {
-          ++it;
-        }
       }
     }
     std::lock_guard lk(mu_);

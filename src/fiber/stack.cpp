@@ -257,11 +257,6 @@ bool stack_pool::compact_parked(std::chrono::nanoseconds after, compaction_age_f
   return on;
 }
 
-std::size_t stack_pool::slabs() const noexcept {
-  lock_guard lk(mu_);
-  return slabs_.size();
-}
-
 std::size_t stack_pool::live() const noexcept {
   lock_guard lk(mu_);
   return live_;

@@ -108,7 +108,6 @@ class stack_pool {
   static std::size_t rounded_size(std::size_t size) noexcept;
   std::size_t live() const noexcept;  // stacks handed out and not yet released
   std::size_t per_slab() const noexcept { return per_slab_; }
-  std::size_t slabs() const noexcept;  // slabs mapped now
   // compact_parked(): fibers parked on this pool's stacks for `after` have their stacks
   // compacted (fiber/compact.hpp). False where the process cannot.
   bool compact_parked(std::chrono::nanoseconds after, compaction_age_fn age);
