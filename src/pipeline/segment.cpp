@@ -77,12 +77,27 @@ segment::segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*>
       points_(std::move(points)),
       split_(std::move(split)),
       may_split_(may_split) {
-  for (split_base* p : points_) p->seg_ = this;
   for (split_base* p : split_) p->join(this);
   threshold_ = ctx.workers > 1 ? split_min_ns_workers : split_min_ns_one;
   slice_over_ = fiber_slice_flag();
   win_start_ = now_ns();
   slice_start_ = win_start_;
+  for (split_base* p : points_) {
+    p->seg_ = this;
+    probe_first(*p);
+  }
+}
+
+// probe_first(): the first window (one item) is probed at p, so that very slow items can
+// split after it (see end_window). A few clock reads, once.
+void segment::probe_first(split_base& p) noexcept {
+  if (windows_ != 0 || !ctx_->adaptive) return;
+  probing_ = first_probe_ = true;
+  measure_only_ = false;
+  p.mode_ = split_base::mode::probing;
+  p.reset_samples();
+  p.t_end_ = win_start_;
+  p.w_end_ = waited_total_;
 }
 
 segment::~segment() {
@@ -102,6 +117,7 @@ void segment::add(split_base& p) {
   points_.insert(std::find_if(points_.begin(), points_.end(),
                               [&](split_base* q) { return q->index() > p.index(); }),
                  &p);
+  probe_first(p);
 }
 
 void segment::forget(split_base& p) noexcept {
@@ -144,6 +160,17 @@ void segment::end_window() {
   // The metrics take a probe of their own now and then (at once, then every 16 windows), to share
   // the fiber's work among its stages; it decides nothing.
   const bool measure_due = metrics && (windows_ == 2 || windows_ % 16 == 0);
+  if (first_probe_) {
+    // The first item was probed. Items this slow decide on it alone: each item that waits
+    // for a longer probe runs fused, slow, and next to such an item a cold cache or a
+    // preemption is noise (a split it misleads costs a link, little next to the item).
+    // Faster items go on as if it had not been probed (their first item is cold).
+    first_probe_ = false;
+    if (per_item < probe_ns_slowest) {
+      probing_ = false;
+      for (split_base* p : points_) p->mode_ = split_base::mode::fused;
+    }
+  }
   if (probing_) {
     if (measure_only_) {
       measure(per_item);

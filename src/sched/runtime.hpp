@@ -60,9 +60,14 @@ inline bool is_parked(fiber_state s) noexcept {
 struct fiber_aborted {};
 
 // ready_slot: where runtime::ready() puts a fiber made ready by a fiber of the same worker.
-enum class ready_slot : bool {
-  queue,    // the back of the worker's run queue (a timer, I/O, a finished blocking call)
+enum class ready_slot : std::uint8_t {
+  queue,    // the back of the worker's run queue (I/O, a finished blocking call)
   runnext,  // the worker's runnext slot: it runs next (a hand-off: channel, mutex, ...)
+  // runnext if the worker has nothing else to run, else the queue's back (a timer): a
+  // worker that wakes for a timer runs the sleeper itself, without first waking another
+  // worker for it (a futex call ahead of the sleeper's return), and never lets a timer
+  // jump a queue.
+  idle,
 };
 
 struct worker;
@@ -223,6 +228,10 @@ class runtime {
   // in that worker's runnext slot (ready_slot::runnext) or queue; otherwise in the global
   // queue.
   inline void ready(fiber* f, ready_slot where) noexcept;
+  // next_timer(): the deadline of the runtime's earliest timer (INT64_MAX: none).
+  std::int64_t next_timer() const noexcept {
+    return next_deadline_.load(std::memory_order_relaxed);
+  }
   // push_local() queues f on w (owner only). True when the push may need an idle worker
   // woken (see "A push onto a non-empty queue" in scheduler.cpp): the queue looked empty
   // before, or it was full and half of it went to the global queue.
@@ -334,6 +343,11 @@ class runtime {
   // wake_worker_locked(): w (on the idle list) leaves it and is woken; `spinning`: it starts
   // out spinning, already counted in nspinning_ by the caller (P5).
   void wake_worker_locked(worker& w, bool spinning) noexcept RILL_REQUIRES(idle_mu_);
+  // claim_worker_locked(): wake_worker_locked() but for its futex call, which the caller
+  // makes once it has let go of idle_mu_ (futex_wake(w.wake_word)): a woken worker's first
+  // step takes idle_mu_, and woken under the lock it blocked on it at once (two more futex
+  // calls on the path of the wake). Only where the runtime outlives the call.
+  void claim_worker_locked(worker& w, bool spinning) noexcept RILL_REQUIRES(idle_mu_);
   // leave_idle_locked(): w (on the idle list) leaves it, and the timer-sleeper role.
   void leave_idle_locked(worker& w) noexcept RILL_REQUIRES(idle_mu_);
   // begin_shutdown(): run() ends: every worker is woken and its loop returns.
@@ -515,6 +529,9 @@ inline void runtime::ready(fiber* f, ready_slot where) noexcept {
   if (!w || w->rt != this) [[unlikely]] {
     ready_outside(f);
     return;
+  }
+  if (where == ready_slot::idle) {
+    to_runnext = w->queue.empty() && !w->runnext.load(std::memory_order_relaxed);
   }
   if (chaos_ && (next_random(w->rng) & 1)) to_runnext = false;
   const bool alone = w->alone();

@@ -425,12 +425,17 @@ void runtime::wake_idle(bool outside) noexcept {
   if (nidle_.load(std::memory_order_seq_cst) == 0) return;
   std::uint32_t zero = 0;
   if (!nspinning_.compare_exchange_strong(zero, 1, std::memory_order_seq_cst)) return;
-  lock_guard lk(idle_mu_);
-  if (idle_.empty()) {
-    nspinning_.fetch_sub(1, std::memory_order_seq_cst);
-    return;
+  worker* w;
+  {
+    lock_guard lk(idle_mu_);
+    if (idle_.empty()) {
+      nspinning_.fetch_sub(1, std::memory_order_seq_cst);
+      return;
+    }
+    w = idle_.back();
+    claim_worker_locked(*w, true);
   }
-  wake_worker_locked(*idle_.back(), true);
+  futex_wake(w->wake_word);
 }
 
 #ifndef NDEBUG
@@ -472,11 +477,16 @@ void runtime::leave_idle_locked(worker& w) noexcept {
 }
 
 void runtime::wake_worker_locked(worker& w, bool spinning) noexcept {
+  claim_worker_locked(w, spinning);
+  futex_wake(w.wake_word);
+}
+
+void runtime::claim_worker_locked(worker& w, bool spinning) noexcept {
   leave_idle_locked(w);
   w.wake_spinning = spinning;
   idle_epoch_.fetch_add(1, std::memory_order_relaxed);
   w.wake_word.store(1, std::memory_order_release);
-  futex_wake(w.wake_word);
+  // Under the lock: the eventfd protocol wants no write after the poller gave its role up.
   if (w.polling) poller_.load(std::memory_order_relaxed)->wakeup();  // blocked in epoll_wait
 }
 

@@ -100,12 +100,17 @@ void runtime::arm(timer& t) noexcept {
     // A watching spinner sleeps until its next look or the old deadline: kick it too.
     std::atomic_thread_fence(std::memory_order_seq_cst);
     kick_watcher();
-    lock_guard lk(idle_mu_);
-    if (timer_sleeper_) {
-      wake_worker_locked(*timer_sleeper_, false);
-    } else if (!idle_.empty() && nspinning_.load() == 0) {
-      wake_worker_locked(*idle_.back(), false);
+    worker* w = nullptr;
+    {
+      lock_guard lk(idle_mu_);
+      if (timer_sleeper_) {
+        w = timer_sleeper_;
+      } else if (!idle_.empty() && nspinning_.load() == 0) {
+        w = idle_.back();
+      }
+      if (w) claim_worker_locked(*w, false);
     }
+    if (w) futex_wake(w->wake_word);
   }
 }
 

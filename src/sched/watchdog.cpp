@@ -25,11 +25,14 @@
 //      under it: see stack_slot), checks that the slot still names that fiber and that the
 //      worker's count has still not moved (so the fiber did not end or switch meanwhile),
 //      reads the fiber's name and threshold, and marks it reported.
-//   4. It sleeps without a deadline while every worker of every watched runtime is idle,
-//      so an idle process has no periodic wake-up. A worker that leaves its idle state
-//      wakes it (watchdog_kick). Dekker: the watchdog sets `asleep`, then looks at each
-//      runtime's idle count; a worker lowers its runtime's idle count, then reads `asleep`
-//      (all seq_cst): one of them sees the other.
+//   4. It sleeps while every worker of every watched runtime is idle, until the earliest
+//      timer of those runtimes (`wake_at`; none: no deadline), so an idle process has no
+//      periodic wake-up. A worker that leaves its idle state wakes it (watchdog_kick),
+//      unless the watchdog wakes by itself soon: a worker woken by a timer does not pay a
+//      futex call ahead of the sleeper it wakes for. Dekker: the watchdog sets `wake_at`,
+//      then `asleep`, then looks at each runtime's idle count; a worker lowers its
+//      runtime's idle count, then reads `asleep` and `wake_at` (all seq_cst): one of them
+//      sees the other.
 //
 // Rejected: a thread per runtime (a thread start and join for every rill::run(), however
 // short); a signal to the stalled thread so that it reports itself (it would interrupt the
@@ -50,6 +53,10 @@
 namespace rill::detail {
 namespace {
 
+// A worker that leaves its idle state does not wake the watchdog when the watchdog wakes by
+// itself within this long (a quarter slice: its looks come at most that much later).
+constexpr std::int64_t kick_slack_ns = fiber_slice_ns / 4;
+
 struct watchdog_state {
   std::mutex mu;
   std::condition_variable cv;
@@ -58,6 +65,7 @@ struct watchdog_state {
   bool kicked = false;             // guarded by mu
   std::string last_report;         // guarded by mu
   std::atomic<bool> asleep{false};
+  std::atomic<std::int64_t> wake_at{INT64_MAX};  // while asleep: when it wakes by itself
   std::atomic<std::uint64_t> passes{0};
   std::atomic<std::uint64_t> reports{0};
 };
@@ -92,11 +100,19 @@ void loop() {
     period = std::min(period, fiber_slice_ns / 2);
     s.passes.fetch_add(1, std::memory_order_release);
     if (!awake) {
+      std::int64_t wake_at = INT64_MAX;
+      for (runtime* rt : s.runtimes) wake_at = std::min(wake_at, rt->next_timer());
+      s.wake_at.store(wake_at, std::memory_order_seq_cst);
       s.asleep.store(true, std::memory_order_seq_cst);
       // Look again after announcing the sleep (see 4. above).
       const std::int64_t again = now_ns();
       for (runtime* rt : s.runtimes) awake = rt->watch(again) || awake;
-      if (!awake) s.cv.wait(lk, [&] { return s.kicked; });
+      if (!awake && wake_at == INT64_MAX) {
+        s.cv.wait(lk, [&] { return s.kicked; });
+      } else if (!awake) {
+        s.cv.wait_for(lk, std::chrono::nanoseconds(std::max<std::int64_t>(wake_at - again, 0)),
+                      [&] { return s.kicked; });
+      }
       s.kicked = false;
       s.asleep.store(false, std::memory_order_relaxed);
       continue;
@@ -215,6 +231,8 @@ void watchdog_remove(runtime* rt) noexcept {
 void watchdog_kick() noexcept {
   watchdog_state& s = state();
   if (!s.asleep.load(std::memory_order_seq_cst)) return;
+  // It wakes by itself for a timer within kick_slack_ns: the worker woke for that timer.
+  if (s.wake_at.load(std::memory_order_seq_cst) <= now_ns() + kick_slack_ns) return;
   std::lock_guard lk(s.mu);
   s.kicked = true;
   s.cv.notify_one();

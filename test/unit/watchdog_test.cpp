@@ -125,6 +125,34 @@ TEST_CASE("watchdog: a fiber that runs without a scheduling point is reported on
   test::check_no_leaks();
 }
 
+TEST_CASE("watchdog: a fiber that stalls as soon as a timer woke its idle runtime is reported",
+          "[watchdog]") {
+  // Every worker is idle during the sleep, so the watchdog sleeps too; the worker that wakes
+  // for the timer does not wake it (it wakes by itself for that timer): it must still look.
+  const unsigned workers = GENERATE(1u, 2u);
+  test::watchdog dog;
+  const std::uint64_t before = rd::watchdog_reports();
+  {
+    stderr_capture cap;
+    rill::run(
+        [&] {
+          rill::wait_group wg;
+          wg.add(1);
+          rill::go([&] {
+            rill::this_fiber::name("sleeper");
+            rill::this_fiber::sleep_for(5ms);
+            CHECK(spin_until_reported(before));
+            wg.done();
+          });
+          wg.wait();
+        },
+        watched(workers, threshold));
+  }
+  CHECK(rd::watchdog_reports() == before + 1);
+  CHECK(rd::watchdog_last_report().find("(sleeper)") != std::string::npos);
+  test::check_no_leaks();
+}
+
 TEST_CASE("watchdog: a fiber that yields is not reported, nor one on a runtime with watchdog 0",
           "[watchdog]") {
   test::watchdog dog;

@@ -588,6 +588,8 @@ class segment {
   void cut(std::vector<split_base*> cuts);
 
  private:
+  // probe_first(): p is a boundary of this fiber's chain: time its first item there.
+  void probe_first(split_base& p) noexcept;
   // split_at(): everything after `best` goes to a new fiber (with its boundaries), which
   // splits again at `cuts`.
   void split_at(split_base* best, std::vector<split_base*> cuts);
@@ -610,6 +612,7 @@ class segment {
   int want_ = 0;
   bool probing_ = false;
   bool measure_only_ = false;  // the probe under way is for the metrics only
+  bool first_probe_ = false;   // the probe under way is the first item's
   bool may_split_;
   // Metrics: the stages this fiber runs, its waits since the last publish, and each stage's
   // measured work per item (its share of the fiber's work).
