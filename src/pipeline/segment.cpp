@@ -386,6 +386,26 @@ void segment::cut(std::vector<split_base*> cuts) {
   split_at(first, std::move(cuts));
 }
 
+// split_early(): the first item took probe_ns_slowest or more to reach p (in this fiber,
+// less its waits): p splits before the item goes on, so that the next item need not wait
+// for this one to leave the chain (end_window decides from one item too when items are that
+// slow; this moves the decision to where the time is known). The time after p is not
+// known yet: a split it would not pay for costs a link hop, nothing next to such an item.
+// Not at the fiber's last boundary, where one stage follows (often a cheap sink): that one
+// is left to end_window, which knows both sides by then.
+bool segment::split_early(split_base& p) {
+  if (!first_probe_ || p.nup_ != 1 || p.ups_[0] < probe_ns_slowest || points_.back() == &p)
+    return false;
+  const std::int64_t up = p.ups_[0];
+  ctx_->stage_at(p.index() + 1, [&](stage_stats& s) {
+    s.fused = false;
+    s.decision = "split into its own fiber at the first item: " + std::to_string(up) +
+                 " ns before it in its fiber";
+  });
+  split_at(&p, {});
+  return true;
+}
+
 // split_at(): everything after `best` goes to a new fiber (with its boundaries), which
 // splits again at `cuts`.
 void segment::split_at(split_base* best, std::vector<split_base*> cuts) {

@@ -104,7 +104,7 @@ inline constexpr std::int64_t probe_ns = 200'000;
 inline constexpr int min_probe_samples = 7;
 inline constexpr int min_probe_samples_slow = 3;
 inline constexpr int min_probe_samples_slowest = 2;
-inline constexpr std::int64_t probe_ns_slowest = 4 * probe_ns;
+inline constexpr std::int64_t probe_ns_slowest = 4 * probe_ns * cost_scale;
 inline constexpr int max_probe_samples = 16;
 
 // A fused loop (a source's, a link reader's) looks at its fiber's slice flag
@@ -586,6 +586,9 @@ class segment {
   // cut(): split at once at each of `cuts` (in chain order), decided by the probe of the
   // fiber this one split from (from this fiber, before its first item).
   void cut(std::vector<split_base*> cuts);
+  // split_early(): p has timed the way of this fiber's first item to it; if that was very
+  // slow, p splits at once, and the item goes on down the new link (true).
+  bool split_early(split_base& p);
 
  private:
   // probe_first(): p is a boundary of this fiber's chain: time its first item there.
@@ -986,6 +989,8 @@ class split_point final : public split_link<T> {
     // Probing (only its segment sets that, so seg_ is set): time both sides.
     if (this->sampled()) return (*down_)(std::forward<V>(v));
     const typename base::probe_mark m = this->probe_enter();
+    if (m.seg->split_early(*this)) [[unlikely]]
+      return slow(std::forward<V>(v));  // split now: the item goes down the link
     const bool more = (*down_)(std::forward<V>(v));
     this->probe_leave(m);
     return more;
