@@ -92,6 +92,14 @@ segment::segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*>
 // split after it (see end_window). A few clock reads, once.
 void segment::probe_first(split_base& p) noexcept {
   if (windows_ != 0 || !ctx_->adaptive) return;
+  if (!first_probe_ && (counted_hooks_ = current_park_hooks())) {
+    park_note_.self = this;
+    park_note_.run = [](park_hook* h) noexcept {
+      static_cast<park_note*>(h)->self->parked_ = true;
+    };
+    add_park_hook(*counted_hooks_, park_note_);
+    count_parks_from_here();
+  }
   probing_ = first_probe_ = true;
   measure_only_ = false;
   p.mode_ = split_base::mode::probing;
@@ -100,7 +108,14 @@ void segment::probe_first(split_base& p) noexcept {
   p.w_end_ = waited_total_;
 }
 
+void segment::stop_counting_parks() noexcept {
+  if (!counted_hooks_) return;
+  remove_park_hook(*counted_hooks_, park_note_);
+  counted_hooks_ = nullptr;
+}
+
 segment::~segment() {
+  stop_counting_parks();
   if (first_ >= 0 && ctx_->counter(first_)) publish(now_ns(), /*last=*/true);
   for (split_base* p : points_) p->seg_ = nullptr;
   for (split_base* p : split_) {
@@ -166,6 +181,7 @@ void segment::end_window() {
     // preemption is noise (a split it misleads costs a link, little next to the item).
     // Faster items go on as if it had not been probed (their first item is cold).
     first_probe_ = false;
+    stop_counting_parks();
     if (per_item < probe_ns_slowest) {
       probing_ = false;
       for (split_base* p : points_) p->mode_ = split_base::mode::fused;
@@ -386,17 +402,25 @@ void segment::cut(std::vector<split_base*> cuts) {
   split_at(first, std::move(cuts));
 }
 
-// split_early(): the first item took probe_ns_slowest or more to reach p (in this fiber,
-// less its waits): p splits before the item goes on, so that the next item need not wait
-// for this one to leave the chain (end_window decides from one item too when items are that
-// slow; this moves the decision to where the time is known). The time after p is not
-// known yet: a split it would not pay for costs a link hop, nothing next to such an item.
-// Not at the fiber's last boundary, where one stage follows (often a cheap sink): that one
-// is left to end_window, which knows both sides by then.
+// split_early(): the stages before p in this fiber took probe_ns_slowest or more over the
+// first item (less the fiber's waits for input), and parked meanwhile (a timer, I/O, a
+// channel: the item waited on something): p splits before the item goes on, so that the
+// next item need not wait for this one to leave the chain. The time after p is not known
+// yet: a split it would not pay for costs a link hop, nothing next to such an item. Slow
+// items that did not park (computation, a cold first call, a preemption of the worker: one
+// sample cannot tell them apart) are left to end_window, which decides from the first item
+// too when items are that slow, knowing both sides; so is the fiber's last boundary, where
+// one stage follows (often a cheap sink), and the source's (its time is not a stage's).
 bool segment::split_early(split_base& p) {
-  if (!first_probe_ || p.nup_ != 1 || p.ups_[0] < probe_ns_slowest || points_.back() == &p)
+  if (!first_probe_ || p.nup_ != 1 || points_.back() == &p) return false;
+  if (p.index() == 0) {
+    if (counted_hooks_) count_parks_from_here();  // what the source did is not the stages'
     return false;
-  const std::int64_t up = p.ups_[0];
+  }
+  std::int64_t up = p.ups_[0];
+  split_base* head = points_.front();
+  if (head != &p && head->index() == 0 && head->nup_ == 1) up -= head->ups_[0];
+  if (up < probe_ns_slowest || !parked_) return false;
   ctx_->stage_at(p.index() + 1, [&](stage_stats& s) {
     s.fused = false;
     s.decision = "split into its own fiber at the first item: " + std::to_string(up) +
@@ -435,7 +459,20 @@ void segment::split_at(split_base* best, std::vector<split_base*> cuts) {
   const bool metrics = first_ >= 0 && ctx_->counter(first_);
   if (metrics)
     publish(now_ns(), /*last=*/true);  // what it held is shared out before the stages move
-  best->split(std::move(after), std::move(moved), std::move(cuts), gone);
+  try {
+    best->split(after, moved, std::move(cuts), gone);
+  } catch (...) {
+    // No fiber started: the boundaries stay with this one (their segment is this one, and
+    // they must be able to forget it when they go).
+    split_.pop_back();
+    for (split_base* q : moved) {
+      q->join(this);
+      split_.push_back(q);
+    }
+    points_.push_back(best);
+    points_.insert(points_.end(), after.begin(), after.end());
+    throw;
+  }
   if (first_ >= 0) set_stages(first_, best->index());  // the rest went to the new fiber
   last_decided_ = 0;                                   // what is left may split again
 }

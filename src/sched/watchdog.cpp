@@ -56,6 +56,9 @@ namespace {
 // A worker that leaves its idle state does not wake the watchdog when the watchdog wakes by
 // itself within this long (a quarter slice: its looks come at most that much later).
 constexpr std::int64_t kick_slack_ns = fiber_slice_ns / 4;
+// The watchdog's own wake-up for a timer: at least this far off, and none beyond the max.
+constexpr std::int64_t self_wake_min_ns = 100'000;
+constexpr std::int64_t self_wake_max_ns = 3'600'000'000'000;
 
 struct watchdog_state {
   std::mutex mu;
@@ -102,6 +105,10 @@ void loop() {
     if (!awake) {
       std::int64_t wake_at = INT64_MAX;
       for (runtime* rt : s.runtimes) wake_at = std::min(wake_at, rt->next_timer());
+      // Not sooner than self_wake_min_ns from now (a timer overdue while every worker is
+      // idle is about to wake one: no hot loop meanwhile), and none for a far timer.
+      wake_at = std::max(wake_at, now + self_wake_min_ns);
+      if (wake_at - now > self_wake_max_ns) wake_at = INT64_MAX;
       s.wake_at.store(wake_at, std::memory_order_seq_cst);
       s.asleep.store(true, std::memory_order_seq_cst);
       // Look again after announcing the sleep (see 4. above).

@@ -233,6 +233,36 @@ TEST_CASE("adapt: a chain of slow items splits at its first item", "[pipeline][a
   CHECK(first[n - 1] != last[n - 1]);
 }
 
+TEST_CASE("adapt: a slow first item that computes does not split the chain at once",
+          "[pipeline][adapt][fusion]") {
+  // A first call that does lazy work (a cold cache, a table built once) looks like a very
+  // slow item, but it does not park: the chain waits for the window's decision, which sees
+  // that the stage after it is cheap, and stays one fiber.
+  const unsigned workers = GENERATE(1u, 2u);
+  INFO("workers " << workers);
+  constexpr long n = 40;
+  auto [out, stats] = test::run_with(workers, [&] {
+    bool first = true;
+    auto lazy = [&first](long v) {
+      if (first) {
+        first = false;
+        const auto until = std::chrono::steady_clock::now() +
+                           std::chrono::nanoseconds(2 * rill::detail::probe_ns_slowest);
+        while (std::chrono::steady_clock::now() < until) {
+        }
+      }
+      return v + 1;
+    };
+    auto p = rill::from(upto(n)) | rill::map(lazy) | rill::map([](long v) { return v * 2; }) |
+             rill::collect();
+    auto v = p.run();
+    return std::make_pair(v, p.stats());
+  });
+  REQUIRE(out.size() == static_cast<std::size_t>(n));
+  for (long i = 0; i < n; ++i) CHECK(out[static_cast<std::size_t>(i)] == (i + 1) * 2);
+  CHECK(stats.fibers == std::vector<std::string>{"from|map#1|map#2|collect"});
+}
+
 TEST_CASE("adapt: a link made by a split mid-run holds its buffer of slow items",
           "[pipeline][adapt][fusion]") {
   // Slow items make small batches (one item here); the link a split makes is shaped for

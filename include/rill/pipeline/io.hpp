@@ -93,9 +93,14 @@ struct line_source {
     auto without_cr = [&](std::size_t end) {
       return !keep_cr && end > start && buf[end - 1] == '\r' ? end - 1 : end;
     };
+    // The chain hears how many lines went after each buffer's worth, and how long a read
+    // waited (as a channel source's wait for a value): its windows, slices and splits.
+    constexpr bool head = requires { sink.tick(std::size_t{}); };
     for (;;) {
       bool stopped = false;
+      std::size_t lines = 0;
       for (std::size_t nl; (nl = buf.find('\n', scanned)) != std::string::npos;) {
+        ++lines;
         if (!sink(buf.substr(start, without_cr(nl) - start))) {
           stopped = true;
           break;
@@ -103,6 +108,9 @@ struct line_source {
         start = scanned = nl + 1;
       }
       if (stopped || ctx.stop.load(std::memory_order_relaxed)) break;
+      if constexpr (head) {
+        if (lines) sink.tick(lines);
+      }
       buf.erase(0, start);
       start = 0;
       scanned = buf.size();
@@ -111,7 +119,9 @@ struct line_source {
       if (r < 0) {
         sink.flush_hint();  // about to wait: let what we produced go downstream
         if (!watch && io.ref()) watch = std::make_unique<cancel_watch>(ctx, io.ref(), io_read);
+        const std::int64_t t0 = head ? now_ns() : 0;
         r = io.read(buf.data() + scanned, chunk, &ctx.stop, what);
+        if constexpr (head) sink.waited(now_ns() - t0);
       }
       buf.resize(scanned + static_cast<std::size_t>(r < 0 ? 0 : r));
       if (r < 0) break;  // cancelled

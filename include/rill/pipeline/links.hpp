@@ -532,6 +532,7 @@ class segment {
     waited_ += ns;
     waited_total_ += ns;
     wait_in_ += ns;
+    if (counted_hooks_) count_parks_from_here();  // the parks so far were the driver's
   }
   void waited_out(std::int64_t ns) noexcept {
     waited_ += ns;
@@ -616,6 +617,21 @@ class segment {
   bool probing_ = false;
   bool measure_only_ = false;  // the probe under way is for the metrics only
   bool first_probe_ = false;   // the probe under way is the first item's
+  // While the first item is probed, a park hook notes whether the fiber parked since the
+  // driver handed the item on (split_early: a park in the stages, not in the driver, says
+  // the time before a boundary was a wait). A hook may not arm its list: it is armed again
+  // where the driver's part ends (count_parks_from_here).
+  struct park_note : park_hook {
+    segment* self;
+  };
+  park_note park_note_{};
+  park_hooks* counted_hooks_ = nullptr;
+  bool parked_ = false;
+  void count_parks_from_here() noexcept {
+    parked_ = false;
+    counted_hooks_->armed = true;
+  }
+  void stop_counting_parks() noexcept;
   bool may_split_;
   // Metrics: the stages this fiber runs, its waits since the last publish, and each stage's
   // measured work per item (its share of the fiber's work).
