@@ -60,15 +60,9 @@ inline bool is_parked(fiber_state s) noexcept {
 struct fiber_aborted {};
 
 // ready_slot: where runtime::ready() puts a fiber made ready by a fiber of the same worker.
-enum class ready_slot : std::uint8_t {
-  queue,    // the back of the worker's run queue (I/O, a finished blocking call)
+enum class ready_slot : bool {
+  queue,    // the back of the worker's run queue (a timer, I/O, a finished blocking call)
   runnext,  // the worker's runnext slot: it runs next (a hand-off: channel, mutex, ...)
-  // runnext if the worker has nothing else to run (nor the global queue anything it would
-  // take first), else the queue's back (a timer): a
-  // worker that wakes for a timer runs the sleeper itself, without first waking another
-  // worker for it (a futex call ahead of the sleeper's return), and never lets a timer
-  // jump a queue.
-  idle,
 };
 
 struct worker;
@@ -530,10 +524,6 @@ inline void runtime::ready(fiber* f, ready_slot where) noexcept {
   if (!w || w->rt != this) [[unlikely]] {
     ready_outside(f);
     return;
-  }
-  if (where == ready_slot::idle) {
-    to_runnext = w->queue.empty() && !w->runnext.load(std::memory_order_relaxed) &&
-                 gq_size_.load(std::memory_order_relaxed) == 0;
   }
   if (chaos_ && (next_random(w->rng) & 1)) to_runnext = false;
   const bool alone = w->alone();

@@ -107,7 +107,7 @@ void sleep_until_ns(std::int64_t deadline) {
   s.fire = [](detail::timer* t) noexcept {
     detail::fiber* f = static_cast<sleeper*>(t)->f;
     t->fired();
-    f->rt->ready(f, detail::ready_slot::idle);
+    f->rt->ready(f, detail::ready_slot::queue);
   };
   self->reason.store(wait_reason::sleep, std::memory_order_relaxed);
   self->wait_object.store(nullptr, std::memory_order_relaxed);
