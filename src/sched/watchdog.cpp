@@ -114,11 +114,13 @@ void loop() {
       // Look again after announcing the sleep (see 4. above).
       const std::int64_t again = now_ns();
       for (runtime* rt : s.runtimes) awake = rt->watch(again) || awake;
-      if (!awake && wake_at == INT64_MAX) {
-        s.cv.wait(lk, [&] { return s.kicked; });
-      } else if (!awake) {
-        s.cv.wait_for(lk, std::chrono::nanoseconds(std::max<std::int64_t>(wake_at - again, 0)),
-                      [&] { return s.kicked; });
+      if (!awake) {
+        const auto kicked = [&] { return s.kicked; };
+        if (wake_at == INT64_MAX) {
+          s.cv.wait(lk, kicked);
+        } else {
+          s.cv.wait_for(lk, std::chrono::nanoseconds(wake_at - again), kicked);
+        }
       }
       s.kicked = false;
       s.asleep.store(false, std::memory_order_relaxed);

@@ -88,6 +88,24 @@ rill::options watched(unsigned workers, std::chrono::milliseconds ms) {
   return o;
 }
 
+// in_fiber(): runs body() in a fiber named `name` of a runtime of `workers` workers watched
+// with `threshold`, and returns once it has.
+template <class F>
+void in_fiber(unsigned workers, const char* name, F body) {
+  rill::run(
+      [&] {
+        rill::wait_group wg;
+        wg.add(1);
+        rill::go([&] {
+          rill::this_fiber::name(name);
+          body();
+          wg.done();
+        });
+        wg.wait();
+      },
+      watched(workers, threshold));
+}
+
 }  // namespace
 
 TEST_CASE("watchdog: a fiber that runs without a scheduling point is reported once, on stderr",
@@ -99,19 +117,10 @@ TEST_CASE("watchdog: a fiber that runs without a scheduling point is reported on
   std::string err;
   {
     stderr_capture cap;
-    rill::run(
-        [&] {
-          rill::wait_group wg;
-          wg.add(1);
-          rill::go([&] {
-            rill::this_fiber::name("spinner");
-            CHECK(spin_until_reported(before));
-            spin_past();  // still stalled: no second report
-            wg.done();
-          });
-          wg.wait();
-        },
-        watched(workers, threshold));
+    in_fiber(workers, "spinner", [&] {
+      CHECK(spin_until_reported(before));
+      spin_past();  // still stalled: no second report
+    });
     err = cap.text();
   }
   report = rd::watchdog_last_report();
@@ -134,19 +143,10 @@ TEST_CASE("watchdog: a fiber that stalls as soon as a timer woke its idle runtim
   const std::uint64_t before = rd::watchdog_reports();
   {
     stderr_capture cap;
-    rill::run(
-        [&] {
-          rill::wait_group wg;
-          wg.add(1);
-          rill::go([&] {
-            rill::this_fiber::name("sleeper");
-            rill::this_fiber::sleep_for(5ms);
-            CHECK(spin_until_reported(before));
-            wg.done();
-          });
-          wg.wait();
-        },
-        watched(workers, threshold));
+    in_fiber(workers, "sleeper", [&] {
+      rill::this_fiber::sleep_for(5ms);
+      CHECK(spin_until_reported(before));
+    });
   }
   CHECK(rd::watchdog_reports() == before + 1);
   CHECK(rd::watchdog_last_report().find("(sleeper)") != std::string::npos);
