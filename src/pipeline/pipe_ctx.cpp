@@ -181,19 +181,33 @@ std::string join_names(std::string a, const std::string& b) {
   return a.empty() ? b : std::move(a) + "|" + b;
 }
 
-void record_tail(pipe_ctx& ctx, int index, const std::string& name, bool fresh) {
+// pinned_decision(): why a stage starts a fiber of its own, as the user's layout says.
+static const char* pinned_decision(const pipe_ctx& ctx) noexcept {
+  return ctx.fusion ? "reads a link (pinned: .fuse = false or stage_boundary)"
+                    : "reads a link (pinned: run_options::fusion = false)";
+}
+
+void record_tail(pipe_ctx& ctx, int index, const std::string& name, bool fresh, bool cut) {
   ctx.stage_at(index, [&](stage_stats& s) {
     s.name = name;
-    s.fused = !fresh;
-    if (s.decision.empty()) s.decision = fresh ? "reads a link" : "fused";
+    s.fused = !fresh && !cut;
+    if (cut) {
+      s.decision = pinned_decision(ctx);
+    } else if (s.decision.empty()) {
+      s.decision = fresh ? "reads a link" : "fused";
+    }
   });
 }
 
-void record_stage(pipe_ctx& ctx, int index, const std::string& name, bool fresh, bool pinned) {
+void record_stage(pipe_ctx& ctx, int index, const std::string& name, bool fresh, bool cut,
+                  bool pinned) {
   ctx.stage_at(index, [&](stage_stats& x) {
     x.name = name;
-    x.fused = !fresh;
-    x.decision = fresh ? "reads a link" : pinned ? "fused (pinned: .fuse = true)" : "fused";
+    x.fused = !fresh && !cut;
+    x.decision = fresh    ? "reads a link"
+                 : cut    ? pinned_decision(ctx)
+                 : pinned ? "fused (pinned: .fuse = true)"
+                          : "fused";
   });
 }
 

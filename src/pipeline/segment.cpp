@@ -32,7 +32,6 @@ void split_base::start_child(pipe_ctx& ctx, child_job job, void (*drive)(split_b
           } guard{&children_};
           // Not seg_: the segment that split here may be gone by the time this runs.
           segment child(ctx, job.fiber, std::move(job.after), true, std::move(job.moved));
-          child.stack_size = job.stack;
           child.set_stages(job.first, job.last);
           if (!job.cuts.empty()) child.cut(std::move(job.cuts));
           drive(this, child);
@@ -84,7 +83,7 @@ segment::segment(pipe_ctx& ctx, std::string fiber_name, std::vector<split_base*>
   slice_start_ = win_start_;
   for (split_base* p : points_) {
     p->seg_ = this;
-    probe_first(*p);
+    if (!p->pinned_) probe_first(*p);
   }
 }
 
@@ -132,7 +131,7 @@ void segment::add(split_base& p) {
   points_.insert(std::find_if(points_.begin(), points_.end(),
                               [&](split_base* q) { return q->index() > p.index(); }),
                  &p);
-  probe_first(p);
+  if (!p.pinned_) probe_first(p);
 }
 
 void segment::forget(split_base& p) noexcept {
@@ -390,16 +389,26 @@ void segment::measure(std::int64_t per_item) {
 }
 
 // cut(): split at once at each of `cuts` (in chain order), decided by the probe of the
-// fiber this one split from (from this fiber, before its first item).
+// fiber this one split from, or pinned by the user (from this fiber, before its first item).
 void segment::cut(std::vector<split_base*> cuts) {
   split_base* first = cuts.front();
   cuts.erase(cuts.begin());
-  ctx_->stage_at(first->index() + 1, [&](stage_stats& s) {
-    s.fused = false;
-    s.decision = "split into its own fiber with the stage before it: every piece at least " +
-                 std::to_string(split_all_min_ns) + " ns/item";
-  });
+  if (!first->pinned_) {
+    ctx_->stage_at(first->index() + 1, [&](stage_stats& s) {
+      s.fused = false;
+      s.decision = "split into its own fiber with the stage before it: every piece at least " +
+                   std::to_string(split_all_min_ns) + " ns/item";
+    });
+  }
   split_at(first, std::move(cuts));
+}
+
+void segment::cut_pinned() {
+  std::vector<split_base*> cuts;
+  for (split_base* p : points_) {
+    if (p->pinned_) cuts.push_back(p);
+  }
+  if (!cuts.empty()) cut(std::move(cuts));
 }
 
 // split_early(): the stages before p in this fiber took probe_ns_slowest or more over the
@@ -444,6 +453,7 @@ void segment::split_at(split_base* best, std::vector<split_base*> cuts) {
   }
   ctx_->rename_fiber(fiber_name_, before, gone);
   fiber_name_ = before;
+  fiber_set_name(fiber_name_.c_str());  // a dump, an overflow or the watchdog names what is left
   // Boundaries of this fiber that split already, after `best`: their writers go too.
   std::vector<split_base*> moved;
   for (auto q = split_.begin(); q != split_.end();) {

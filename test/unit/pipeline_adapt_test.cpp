@@ -210,10 +210,13 @@ TEST_CASE("adapt: a chain of slow items splits at its first item", "[pipeline][a
   INFO("workers " << workers);
   constexpr long n = 12;
   std::vector<const void*> first(n), last(n);
+  char first_name[64] = {}, last_name[64] = {};  // the fibers' names at the last item
   auto out = test::run_with(workers, [&] {
-    auto at = [](std::vector<const void*>& seen, int us, int add) {
-      return [&seen, us, add](long v) {
+    auto at = [&](std::vector<const void*>& seen, int us, int add) {
+      char* name = &seen == &first ? first_name : last_name;
+      return [&seen, us, add, name](long v) {
         seen[static_cast<std::size_t>(v)] = rill::detail::current_fiber();
+        if (v == n - 1) rill::detail::fiber_get_name(name, 64);
         rill::this_fiber::sleep_for(std::chrono::microseconds(us));
         return v + add;
       };
@@ -231,6 +234,10 @@ TEST_CASE("adapt: a chain of slow items splits at its first item", "[pipeline][a
   CHECK(fused == 0);
   // The rest ran split: map#1 and map#3 no longer share a fiber.
   CHECK(first[n - 1] != last[n - 1]);
+  // Each fiber is named after the stages it runs since the split (a dump, an overflow
+  // report or the watchdog names them), not after the chain it started with.
+  CHECK(std::string(first_name) == "from|map#1");
+  CHECK(std::string(last_name) == "map#3|collect");
 }
 
 TEST_CASE("adapt: a slow first item that computes does not split the chain at once",

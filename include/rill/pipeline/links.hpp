@@ -412,6 +412,12 @@ class split_base {
 
   int index() const noexcept { return index_; }
   const std::string& name_after() const noexcept { return name_after_; }
+  // pinned(): the user's layout puts a link here (`.fuse = false`, stage_boundary, fusion
+  // off): the segment splits here before its first item (segment::cut_pinned).
+  bool pinned() const noexcept { return pinned_; }
+  // The largest stack the stages after it ask for: the fiber a split here starts has it
+  // (and at least the run's).
+  std::size_t stack_after = 0;
 
  protected:
   friend class segment;
@@ -485,6 +491,7 @@ class split_base {
   std::int64_t w_end_ = 0;  // the segment's waiting total then
   wait_group children_;     // the fiber start_child() started, while it runs
   bool started_ = false;
+  bool pinned_ = false;
 };
 
 // clock_cost_ns(): what one clock read costs here (subtracted from probe samples).
@@ -510,9 +517,6 @@ class segment {
 
   pipe_ctx& ctx() const noexcept { return *ctx_; }
   const std::string& fiber_name() const noexcept { return fiber_name_; }
-
-  // The stack size its stages ask for (0: the run's); a fiber split off it gets as much.
-  std::size_t stack_size = 0;
 
   // add(): a boundary of this fiber's chain (built from the terminal back to the source).
   void add(split_base& p);
@@ -585,8 +589,12 @@ class segment {
 
  public:
   // cut(): split at once at each of `cuts` (in chain order), decided by the probe of the
-  // fiber this one split from (from this fiber, before its first item).
+  // fiber this one split from, or pinned by the user (from this fiber, before its first item).
   void cut(std::vector<split_base*> cuts);
+  // cut_pinned(): split at every pinned boundary of this fiber's chain; each driver calls it
+  // before its first item. So a pinned layout is the fused chain split where the user said,
+  // and a program instantiates one chain per pipeline, not one per section between links.
+  void cut_pinned();
   // split_early(): p has timed the way of this fiber's first item to it; if that was very
   // slow, p splits at once, and the item goes on down the new link (true).
   bool split_early(split_base& p);
@@ -651,6 +659,7 @@ struct link_driver {
   stage_counters* ctr = nullptr;  // the stage after the link: what it took from it
   template <class Sink>
   void operator()(Sink& sink, segment* seg = nullptr) {
+    if (seg) seg->cut_pinned();
     std::atomic<bool>* slice_over = fiber_slice_flag();
     for (;;) {
       std::optional<batch<T>> b = ch.try_recv();
@@ -788,6 +797,7 @@ struct reorder_driver {
   stage_counters* ctr = nullptr;  // the stage after par_map: what it took from it
   template <class Sink>
   void operator()(Sink& sink, segment& seg) {
+    seg.cut_pinned();
     std::deque<std::optional<batch<T>>> window;  // window[i] holds seq next + i
     std::uint64_t next = 0;
     std::atomic<bool>* slice_over = fiber_slice_flag();
@@ -869,17 +879,18 @@ class split_link : public split_base {
     reader_ = ctx.template link<link_chan<T>>(shape.capacity);
     if (stage_counters* c = ctx.counter(index_))
       c->capacity.store(buffer_, std::memory_order_relaxed);
-    batch_policy pol{batch_size_ ? batch_size_ : shape.batch, batch_size_ != 0, nullptr, &ctx,
-                     index_};
+    batch_policy pol{batch_size_ ? batch_size_ : shape.batch, batch_size_ != 0 || !ctx.adaptive,
+                     nullptr, &ctx, index_};
     writer_.emplace(reader_, pol);
     writer_->set_segment(seg_);
     try {
-      start_child(ctx,
-                  {std::move(after), std::move(moved), std::move(cuts), std::move(fiber),
-                   seg_->stack_size, seg_->first_stage() < 0 ? -1 : index_ + 1, seg_->last_stage()},
-                  [](split_base* self, segment& child) {
-                    static_cast<split_link*>(self)->drive_down(child);
-                  });
+      start_child(
+          ctx,
+          {std::move(after), std::move(moved), std::move(cuts), std::move(fiber), this->stack_after,
+           seg_->first_stage() < 0 ? -1 : index_ + 1, seg_->last_stage()},
+          [](split_base* self, segment& child) {
+            static_cast<split_link*>(self)->drive_down(child);
+          });
     } catch (...) {
       writer_.reset();
       throw;
@@ -898,6 +909,12 @@ class split_link : public split_base {
     const std::int64_t per_item = estimate(ups_, nup_);
     if (per_item <= 0) return 0;
     return static_cast<std::size_t>(std::min<std::int64_t>(fill_bound_batch(per_item), 64));
+  }
+
+  // write(): an item down the link, once split: one function per item type, not per chain.
+  template <class V>
+  [[gnu::noinline]] bool write(V&& v) {
+    return (*writer_)(std::forward<V>(v));
   }
 
   std::size_t buffer_;
@@ -946,11 +963,12 @@ class split_point final : public split_link<T> {
   static constexpr bool never_stops = never_stops_v<Down>;
 
   // candidate: the pipeline may split here (false: the user pinned this boundary fused;
-  // the point then only passes ticks on).
+  // the point then only passes ticks on). pinned: the user's layout splits here.
   split_point(Down& down, segment& seg, int index, std::string name_after, std::size_t buffer,
-              std::size_t batch_size, bool candidate = true)
+              std::size_t batch_size, bool candidate = true, bool pinned = false)
       : base(seg, index, std::move(name_after), buffer, batch_size), down_(&down), tick_seg_(&seg) {
-    if (candidate) {
+    if (candidate || pinned) {
+      this->pinned_ = pinned;
       seg.add(*this);
     } else {
       this->seg_ = nullptr;
@@ -969,6 +987,10 @@ class split_point final : public split_link<T> {
     } else {
       if (this->mode_ == mode::fused) [[likely]]
         return (*down_)(std::forward<V>(v));
+      if (this->mode_ == mode::split) {
+        const bool more = this->write(std::forward<V>(v));
+        return never_stops || more;
+      }
       return slow(std::forward<V>(v));
     }
   }

@@ -6,13 +6,19 @@
 // as nested sinks (fusion), and consecutive segments are joined by a link (a channel of
 // batches, links.hpp). A segment ends at a stage with `fuse = false`, at stage_boundary,
 // around par_map (whose n workers read one link and write another), and before every
-// stage when fusion is off; every other boundary of a segment is a split_point, where the
-// segment may split while it runs, when what it measures says a fiber of its own pays
-// (links.hpp has the policy). The last segment runs in the fiber that called run(), named
-// after its stages meanwhile (so that a dump, an overflow report or a watchdog report names
-// them), unless its stages ask for a bigger stack than that fiber has: then in a fiber of
-// its own, which the caller waits for. A segment's fiber has the largest stack its stages
-// ask for (stage_options::stack_size), and at least the run's (run_options::stack_size).
+// stage when fusion is off. Between two par_maps (or a par_map and the source or the
+// terminal) the stages are built as one fused chain, whose every boundary is a split_point:
+// the boundaries the user pinned split before the first item (segment::cut_pinned), the
+// others while the run goes, when what the segment measures says a fiber of its own pays
+// (links.hpp has the policy). One chain type per section, whatever the layout: a program
+// compiles each stage's code once or twice, not once per pinned link before and after it.
+// Only a chain that ends in a link writer (par_map's input, a merge's, a broadcast's) is cut
+// at its pinned boundaries by cut(), as it never splits. A chain runs in the fiber that
+// called run(), named after its stages meanwhile (so that a dump, an overflow report or a
+// watchdog report names them), unless its stages ask for a bigger stack than that fiber
+// has: then in a fiber of its own, which the caller waits for. A fiber that a split starts
+// has the largest stack the stages after the split ask for (stage_options::stack_size), and
+// at least the run's (run_options::stack_size).
 //
 // Cancellation and errors. The first exception from user code is recorded with the
 // stage's name, and the run is cancelled: every link is closed, so blocked senders stop
@@ -171,12 +177,55 @@ bool may_split_before(Stages& st, pipe_ctx& ctx) {
   }
 }
 
+// pinned_before<K>(): the user's layout puts a link in front of stage K (the tail at
+// K == size): that stage has `.fuse = false` (stage_boundary has it), or fusion is off.
+template <std::size_t K, class Stages>
+bool pinned_before(Stages& st, pipe_ctx& ctx) {
+  if constexpr (K == std::tuple_size_v<Stages>) {
+    return !ctx.fusion;
+  } else {
+    using S = std::tuple_element_t<K, Stages>;
+    if constexpr (S::parallel) {
+      return false;  // a link in front of it always
+    } else {
+      const auto& fuse = std::get<K>(st).opt.fuse;
+      return !ctx.fusion || (fuse.has_value() && !*fuse);
+    }
+  }
+}
+
+// stack_from<K>(): the largest stack that stage K and those after it ask for.
+template <std::size_t K, class Stages>
+std::size_t stack_from(Stages& st) {
+  if constexpr (K == std::tuple_size_v<Stages>) {
+    return 0;
+  } else {
+    return std::max(std::get<K>(st).opt.stack_size, stack_from<K + 1>(st));
+  }
+}
+
+// splittable_from<K>(): the chain from stage K to its tail can split at its split_points:
+// it ends at a terminal that may split, with no par_map between. Its pinned links are then
+// made by splitting the fused chain (segment::cut_pinned); elsewhere (a chain that ends in a
+// link writer: par_map's input, a merge's, a broadcast's) by cut(), which instantiates the
+// chain before the link and the chain after it once more each.
+template <std::size_t K, class Stages, class Tail>
+constexpr bool splittable_from() {
+  if constexpr (K == std::tuple_size_v<Stages>) {
+    return Tail::may_split;
+  } else {
+    return !std::tuple_element_t<K, Stages>::parallel && splittable_from<K + 1, Stages, Tail>();
+  }
+}
+
 // join_names(): "a|b" (b alone when a is empty): the stages of one fiber.
 std::string join_names(std::string a, const std::string& b);
 // record_tail()/record_stage(): the stats entry of the terminal / of a stage, as built
-// (`fresh`: it reads a link; `pinned`: the user set its .fuse).
-void record_tail(pipe_ctx& ctx, int index, const std::string& name, bool fresh);
-void record_stage(pipe_ctx& ctx, int index, const std::string& name, bool fresh, bool pinned);
+// (`fresh`: it reads a link; `cut`: the fused chain splits in front of it before its first
+// item, as the user's layout says; `pinned`: the user set its .fuse).
+void record_tail(pipe_ctx& ctx, int index, const std::string& name, bool fresh, bool cut);
+void record_stage(pipe_ctx& ctx, int index, const std::string& name, bool fresh, bool cut,
+                  bool pinned);
 
 // build(): `stack` is the largest stack size that the stages of the segment so far ask for;
 // `first` the stats entry of the segment's first stage, for its metrics (-1: none).
@@ -191,8 +240,9 @@ inline stage_counters* link_counter(pipe_ctx& ctx, int first, int n) noexcept {
   return first < 0 ? nullptr : ctx.counter(n);
 }
 
-// cut(): the segment so far runs in a new fiber, feeding a link; building goes on from the
-// link's reader, in the calling fiber. `buffer` and `batch_size` are the options of the stage
+// cut(): (a chain that ends in a link writer, at a pinned boundary) the segment so far runs
+// in a new fiber, feeding a link; building goes on from the link's reader, in the calling
+// fiber. `buffer` and `batch_size` are the options of the stage
 // before the link.
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, std::size_t buffer,
@@ -233,17 +283,19 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
            std::size_t buffer, std::size_t batch_size, std::size_t stack, int first) {
   constexpr std::size_t n = std::tuple_size_v<Stages>;
   if constexpr (I == n) {
-    if (!ctx.fusion && !fresh) {
-      cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size, stack, first);
-      return;
+    if constexpr (!Tail::may_split) {
+      if (!ctx.fusion && !fresh) {
+        cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size, stack,
+                   first);
+        return;
+      }
     }
     const std::string name = join_names(std::move(seg), tail.name());
     ctx.record_fiber(name);
-    record_tail(ctx, tail.index, tail.label + tail.name(), fresh);
+    record_tail(ctx, tail.index, tail.label + tail.name(), fresh, !ctx.fusion && !fresh);
     const std::size_t need = std::max(stack, ctx.stack_size);
-    auto body = [&ctx, &tail, &name, need, first](Drive& d) {
+    auto body = [&ctx, &tail, &name, first](Drive& d) {
       segment sg(ctx, name, {}, Tail::may_split);
-      sg.stack_size = need;
       sg.set_stages(first, tail.index);
       auto sink = tail.make_sink(ctx);
       d(sink, sg);
@@ -257,27 +309,33 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
     if constexpr (S::parallel) {
       build_par_map<I, In>(st, tail, ctx, std::move(drive), std::move(seg), stack, first);
     } else {
-      const bool pinned_cut = !ctx.fusion || (s.opt.fuse.has_value() && !*s.opt.fuse);
-      if (!fresh && pinned_cut) {
-        cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size, stack,
-                   first);
-        return;
+      const bool pinned_cut = !fresh && detail::pinned_before<I>(st, ctx);
+      if constexpr (!splittable_from<I, Stages, Tail>()) {
+        if (pinned_cut) {
+          cut<I, In>(st, tail, ctx, std::move(drive), std::move(seg), buffer, batch_size, stack,
+                     first);
+          return;
+        }
       }
       const std::string name = stage_name(s.opt.name, S::kind, index.number);
-      record_stage(ctx, index.slot, tail.label + name, fresh, s.opt.fuse.has_value());
+      record_stage(ctx, index.slot, tail.label + name, fresh, pinned_cut, s.opt.fuse.has_value());
       // The boundary after this stage, in front of what follows it in this fiber.
       std::string after_name = detail::name_at<I + 1>(st, tail);
       const bool may_split = detail::may_split_before<I + 1>(st, ctx);
+      const bool pinned = splittable_from<I + 1, Stages, Tail>() && pinned_before<I + 1>(st, ctx);
+      const std::size_t stack_after = stack_from<I + 1>(st);
       auto next = [drive = std::move(drive), &s, &ctx, after_name = std::move(after_name),
-                   may_split, index](auto& down, segment& sg) mutable {
+                   may_split, pinned, stack_after, index](auto& down, segment& sg) mutable {
         using Down = std::remove_cvref_t<decltype(down)>;
         if constexpr (detail::is_parallel_at<I + 1, Stages>()) {
           // The link to par_map follows: nothing to split.
           (void)may_split;
+          (void)pinned;
           auto sink = s.template make<In>(down, ctx, index);
           drive(sink, sg);
         } else if constexpr (inert_v<Down>) {
           (void)may_split;
+          (void)pinned;
           plain_point<Down> pp(down, sg);
           auto sink = s.template make<In>(pp, ctx, index);
           drive(sink, sg);
@@ -286,7 +344,8 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
           // one type per chain, not one per combination of boundaries (that doubled the
           // instantiations at every stage).
           split_point<Out, Down> sp(down, sg, index.slot, after_name, s.opt.buffer,
-                                    s.opt.batch_size, may_split);
+                                    s.opt.batch_size, may_split, pinned);
+          sp.stack_after = stack_after;
           auto sink = s.template make<In>(sp, ctx, index);
           drive(sink, sg);
         }
@@ -427,10 +486,12 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
   // The first boundary, between the source and the first stage: it also carries the
   // source's ticks to the segment.
   const bool candidate = detail::may_split_before<0>(fl.stages, ctx);
+  const bool pinned = splittable_from<0, Stages, Tail>() && pinned_before<0>(fl.stages, ctx);
   // With a take(0) downstream, the source is not asked for a first item (a take(n) stops
   // it after its n-th): the chain only hears the end of the stream.
   const bool empty = takes_nothing(fl.stages);
-  auto drive = [&fl, &ctx, buffer, candidate, empty, at,
+  auto drive = [&fl, &ctx, buffer, candidate, pinned, empty, at,
+                stack_after = stack_from<0>(fl.stages),
                 first = detail::name_at<0>(fl.stages, tail)](auto& sink, segment& sg) {
     using Sink = std::remove_cvref_t<decltype(sink)>;
     auto run = [&](auto& head) {
@@ -443,10 +504,13 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
       }
     };
     if constexpr (inert_v<Sink>) {
+      (void)pinned;
       plain_point<Sink> head(sink, sg);
       run(head);
     } else {
-      split_point<In, Sink> head(sink, sg, at.slot, first, buffer, 0, candidate && !empty);
+      split_point<In, Sink> head(sink, sg, at.slot, first, buffer, 0, candidate && !empty, pinned);
+      head.stack_after = stack_after;
+      sg.cut_pinned();
       run(head);
     }
   };
