@@ -492,6 +492,27 @@ TEST_CASE("pipeline: a link with a small pinned batch still holds its buffer of 
   });
 }
 
+TEST_CASE("pipeline: a partial batch held back by a full link keeps its items",
+          "[pipeline][stage]") {
+  // Batches of 8 in a link of 6 slots (buffer 64). The reader holds the first batch while it
+  // waits at its first item, so after 56 items the link is full; at item 60 the writer's fiber
+  // parks (a timer) holding 4 items: its park hook's send finds the link full and leaves the
+  // batch with the writer, which goes on filling it. Then the writer lets the reader go.
+  const unsigned workers = GENERATE(1u, 2u);
+  INFO("workers " << workers);
+  test::run_with(workers, [] {
+    rill::chan<int> go(1);
+    auto writer = [&go](int v) {
+      if (v == 60) rill::this_fiber::sleep_for(std::chrono::microseconds(1));
+      if (v == 61) go.send(1);
+      return v;
+    };
+    auto p = rill::from(iota_vec(200)) | rill::map(writer, {.buffer = 64, .batch_size = 8}) |
+             rill::map(waits_at_first(go), {.fuse = false}) | rill::collect();
+    CHECK(p.run() == iota_vec(200));
+  });
+}
+
 TEST_CASE("pipeline: par_map's links hold their buffer of items with small pinned units",
           "[pipeline][stage][par_map]") {
   // The workers run ahead of a sink that waits for them: 50 results must fit in the link

@@ -30,6 +30,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -239,7 +240,11 @@ class link_writer {
       fill_ = 1;
       return flush_full();
     }
-    cur_.items.push_back(std::forward<V>(v));  // never reallocates: reserved to lim_
+    if constexpr (direct) {
+      cur_.items[fill_] = std::forward<V>(v);  // sized to lim_ by begin_batch
+    } else {
+      cur_.items.push_back(std::forward<V>(v));  // never reallocates: reserved to lim_
+    }
     if (++fill_ < lim_) [[likely]]
       return true;
     return flush_full();
@@ -300,7 +305,19 @@ class link_writer {
       lim_ = std::min(lim_,
                       std::max<std::size_t>(1, pol_.reader_limit->load(std::memory_order_relaxed)));
     }
-    if (lim_ > 1 && cur_.items.capacity() < lim_) cur_.items.reserve(lim_);
+    if (lim_ > 1) {
+      if constexpr (direct) {
+        cur_.items.resize(lim_);
+      } else if (cur_.items.capacity() < lim_) {
+        cur_.items.reserve(lim_);
+      }
+    }
+  }
+  // trim(): the batch holds its fill_ items alone (a direct batch is sized to lim_).
+  void trim() noexcept {
+    if constexpr (direct) {
+      if (!cur_.single) cur_.items.resize(fill_);
+    }
   }
 
   // adapt(p): p ns to produce one item: keep a batch's fill time, p * (b - 1), under the bound.
@@ -330,6 +347,7 @@ class link_writer {
 
   bool send_batch() {
     busy_ = true;  // the park hook leaves the batch alone while it is being sent
+    trim();
     cur_.seq = seq_++;
     const std::size_t n = cur_.size();
     try {
@@ -358,21 +376,32 @@ class link_writer {
   void try_flush() noexcept {
     if (busy_ || fill_ == 0 || !open_) return;
     cur_.seq = seq_;
+    trim();
     const std::size_t n = cur_.size();
+    bool sent = false;
     try {
-      if (!ch_.try_send(cur_)) return;  // full: the batch stays (see the class comment)
-      if (ctr_) bump(ctr_->sent, n);
+      sent = ch_.try_send(cur_);  // full: the batch stays (see the class comment)
     } catch (const closed_channel&) {
       open_ = false;
-      return;
     } catch (...) {
-      return;  // an item's move threw: the batch stays, and goes with the next send
+      // an item's move threw: the batch stays, and goes with the next send
     }
+    if (!sent) {
+      if constexpr (direct) {
+        if (!cur_.single) cur_.items.resize(lim_);  // its room again (no allocation)
+      }
+      return;
+    }
+    if (ctr_) bump(ctr_->sent, n);
     ++seq_;
     measured_ = false;
     cur_ = batch<T>{};
     fill_ = 0;
   }
+
+  // direct: an item is stored into a batch sized ahead, a plain store (push_back's growth path,
+  // never taken here, kept the append out of line in long chains); trimmed before it goes.
+  static constexpr bool direct = std::is_trivial_v<T>;
 
   link_chan<T> ch_;
   batch_policy pol_;
