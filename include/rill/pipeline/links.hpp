@@ -1005,7 +1005,12 @@ class split_point final : public split_link<T> {
   }
   ~split_point() override {
     this->release();  // a run that unwinds: the new fiber sees the end
-    if (this->started_) this->children_.wait();
+    if (this->started_) {
+      // The rest of the chain finishing is a wait for this fiber's stages, not their work.
+      const std::int64_t t0 = this->seg_ ? now_ns() : 0;
+      this->children_.wait();
+      if (this->seg_) this->seg_->waited_out(now_ns() - t0);
+    }
     if (this->seg_) this->seg_->forget(*this);
   }
 
