@@ -331,11 +331,13 @@ void build(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, bool fresh, std::
           // The link to par_map follows: nothing to split.
           (void)may_split;
           (void)pinned;
+          (void)stack_after;
           auto sink = s.template make<In>(down, ctx, index);
           drive(sink, sg);
         } else if constexpr (inert_v<Down>) {
           (void)may_split;
           (void)pinned;
+          (void)stack_after;
           plain_point<Down> pp(down, sg);
           auto sink = s.template make<In>(pp, ctx, index);
           drive(sink, sg);
@@ -505,6 +507,7 @@ void build_flow(Flow& fl, Tail& tail, pipe_ctx& ctx) {
     };
     if constexpr (inert_v<Sink>) {
       (void)pinned;
+      (void)stack_after;
       plain_point<Sink> head(sink, sg);
       run(head);
     } else {
