@@ -216,6 +216,7 @@ class service {
       for (image*& im : it->second.images) drop(im);
       it = slabs_.erase(it);
     }
+    std::lock_guard readers(slab_unmap_lock());
     for (const release_rec& r : mine) ::munmap(r.slab, r.bytes);  // no pass reads them now
   }
 
@@ -341,6 +342,8 @@ class service {
       std::lock_guard lk(pending_mu_);
       mine.swap(releases_);
     }
+    if (mine.empty()) return;
+    std::lock_guard readers(slab_unmap_lock());
     for (const release_rec& r : mine) {
       if (auto it = slabs_.find(r.slab); it != slabs_.end()) {
         for (image*& im : it->second.images) drop(im);  // none: its stacks are free
@@ -663,6 +666,11 @@ bool compaction_add(stack_pool* pool, std::chrono::nanoseconds after, compaction
 
 void compaction_slab_full(stack_pool* pool, char* slab) {
   if (service* s = service::started()) s->slab_full(pool, slab);
+}
+
+std::mutex& slab_unmap_lock() noexcept {
+  static std::mutex* m = new std::mutex;
+  return *m;
 }
 
 bool compaction_slab_release(stack_pool* pool, char* slab, std::size_t bytes) noexcept {

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 
 namespace rill::detail {
 
@@ -36,6 +37,11 @@ void compaction_slab_full(stack_pool* pool, char* slab);
 // the service unmaps it once no pass reads it. Called under the pool's lock. False if it
 // cannot (out of memory): the pool keeps the slab.
 bool compaction_slab_release(stack_pool* pool, char* slab, std::size_t bytes) noexcept;
+// slab_unmap_lock(): a thread that reaches a stack slot from a fiber pointer alone, outside
+// the pool's lock (the watchdog's pass: a worker's current fiber may end, and its slab be
+// given back, between the look and the read), holds it over the read; the service unmaps the
+// slabs given back only while it holds it. Never destroyed (the watchdog thread is detached).
+std::mutex& slab_unmap_lock() noexcept;
 // compaction_remove(): before pool unmaps its slabs. Drops what is held for its stacks.
 void compaction_remove(stack_pool* pool) noexcept;
 

@@ -139,6 +139,8 @@ bool runtime::watch(std::int64_t now) {
                        gq_size_.load(std::memory_order_relaxed) != 0 ||
                        (io_waiters.load(std::memory_order_relaxed) > 0 &&
                         !poll_sleeping_.load(std::memory_order_relaxed));
+  // The slots read below belong to fibers that may end meanwhile: their slabs stay mapped.
+  std::lock_guard mapped(slab_unmap_lock());
   for (auto& wp : workers_) {
     worker& w = *wp;
     worker::watch_state& d = w.watch;
