@@ -32,7 +32,9 @@
 
 namespace rill::detail {
 
-// stack_slot: one per stack a pool has carved, for as long as the pool lives. It is the
+// stack_slot: one per stack a pool has carved, for as long as the pool lives (or, in a
+// compacting pool, until the slab it is in is given back: a reader that reaches a slot from
+// a fiber pointer alone, outside the pool's lock, holds slab_unmap_lock()). It is the
 // runtime's registry of fibers, as Go's allgs: a stack is registered once, when it is
 // carved, and a fiber that starts or ends on it writes only its own slot, so spawning and
 // finishing touch no list shared with other workers. The slot lives in the stack itself,

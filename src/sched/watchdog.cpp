@@ -81,7 +81,8 @@ watchdog_state& state() {
 
 // The slot of the stack a fiber record lives on: the record ends just below its slot, which
 // is 64-byte aligned (see stack::slot() and runtime::create_fiber()). Computed from the
-// address alone, because the record may be gone: the slot itself lives as long as the pool.
+// address alone, because the record may be gone: the slot itself lives as long as its slab
+// (watch() holds slab_unmap_lock() while it reads slots).
 stack_slot* slot_of(const fiber* f) noexcept {
   const auto end = reinterpret_cast<std::uintptr_t>(f) + sizeof(fiber);
   return reinterpret_cast<stack_slot*>((end + 63) & ~std::uintptr_t{63});
