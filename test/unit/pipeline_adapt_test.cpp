@@ -200,6 +200,39 @@ TEST_CASE("adapt: heavy stages split all at once, a fiber each", "[pipeline][ada
   CHECK(test::declared_fibers(stats) == std::vector<std::string>{"from|map#1|map#2|map#3|collect"});
 }
 
+TEST_CASE("adapt: a pinned layout is the fused chain split where the user said",
+          "[pipeline][adapt][fusion]") {
+  // The pinned links are made by splitting the chain before its first item: the fibers are
+  // the ones declared, each named after its stages, and stats() says why each pinned stage
+  // has a fiber of its own.
+  const unsigned workers = GENERATE(1u, 2u);
+  INFO("workers " << workers);
+  test::run_with(workers, [] {
+    auto p = rill::from(upto(300)) | rill::map([](long v) { return v + 1; }) |
+             rill::map([](long v) { return v * 2; }, {.fuse = false}) |
+             rill::map([](long v) { return v - 2; }) | rill::stage_boundary | rill::collect();
+    std::vector<long> want;
+    for (long v = 0; v < 300; ++v) want.push_back(2 * v);
+    CHECK(p.run() == want);
+    const rill::pipeline_stats s = p.stats();
+    CHECK(test::declared_fibers(s) ==
+          std::vector<std::string>{"from|map#1", "map#2|map#3", "boundary#4|collect"});
+    CHECK_FALSE(s.stages[2].fused);
+    CHECK(s.stages[2].decision.find("pinned: .fuse = false") != std::string::npos);
+    CHECK(s.stages[3].fused);
+    CHECK_FALSE(s.stages[4].fused);
+    // With fusion off, every stage and the terminal read a link.
+    CHECK(p.run(rill::run_options{.fusion = false}) == want);
+    const rill::pipeline_stats off = p.stats();
+    CHECK(off.fibers.size() == 6);
+    for (std::size_t k = 1; k < off.stages.size(); ++k) {
+      INFO(off.stages[k].name << ": " << off.stages[k].decision);
+      CHECK_FALSE(off.stages[k].fused);
+      CHECK(off.stages[k].decision.find("fusion = false") != std::string::npos);
+    }
+  });
+}
+
 TEST_CASE("adapt: a chain of slow items splits at its first item", "[pipeline][adapt][fusion]") {
   // An item that runs fused waits for the three sleeps one after the other. The first item
   // is timed at every boundary: at the first boundary it has taken a sleep already, so the
