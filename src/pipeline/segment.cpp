@@ -442,20 +442,26 @@ bool segment::split_early(split_base& p) {
 // split_at(): everything after `best` goes to a new fiber (with its boundaries), which
 // splits again at `cuts`.
 void segment::split_at(split_base* best, std::vector<split_base*> cuts) {
+  // Everything that allocates comes first: once a boundary has left points_ or split_, no
+  // throw may leave it pointing at this segment from nowhere (~segment would not clear it).
   auto it = std::find(points_.begin(), points_.end(), best);
   std::vector<split_base*> after(it + 1, points_.end());
-  points_.erase(it, points_.end());
   const std::size_t at = fiber_name_.find(best->name_after());
   std::string before = fiber_name_, gone = best->name_after();
   if (at != std::string::npos && at > 0) {
     before = fiber_name_.substr(0, at - 1);
     gone = fiber_name_.substr(at);
   }
+  std::vector<split_base*> moved;
+  moved.reserve(split_.size());
+  split_.reserve(split_.size() + 1);
+  // From here on nothing throws until split(), and its failure puts everything back (the
+  // vectors keep their capacity).
+  points_.erase(it, points_.end());
   ctx_->rename_fiber(fiber_name_, before, gone);
-  fiber_name_ = before;
+  fiber_name_.swap(before);             // `before` keeps the old name, for a failed split
   fiber_set_name(fiber_name_.c_str());  // a dump, an overflow or the watchdog names what is left
   // Boundaries of this fiber that split already, after `best`: their writers go too.
-  std::vector<split_base*> moved;
   for (auto q = split_.begin(); q != split_.end();) {
     if ((*q)->index() > best->index()) {
       (*q)->leave_fiber();
@@ -481,6 +487,8 @@ void segment::split_at(split_base* best, std::vector<split_base*> cuts) {
     }
     points_.push_back(best);
     points_.insert(points_.end(), after.begin(), after.end());
+    fiber_name_.swap(before);
+    fiber_set_name(fiber_name_.c_str());
     throw;
   }
   if (first_ >= 0) set_stages(first_, best->index());  // the rest went to the new fiber
