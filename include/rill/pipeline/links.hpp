@@ -441,9 +441,6 @@ class split_base {
 
   int index() const noexcept { return index_; }
   const std::string& name_after() const noexcept { return name_after_; }
-  // pinned(): the user's layout puts a link here (`.fuse = false`, stage_boundary, fusion
-  // off): the segment splits here before its first item (segment::cut_pinned).
-  bool pinned() const noexcept { return pinned_; }
   // The largest stack the stages after it ask for: the fiber a split here starts has it
   // (and at least the run's).
   std::size_t stack_after = 0;
@@ -520,6 +517,8 @@ class split_base {
   std::int64_t w_end_ = 0;  // the segment's waiting total then
   wait_group children_;     // the fiber start_child() started, while it runs
   bool started_ = false;
+  // The user's layout puts a link here (`.fuse = false`, stage_boundary, fusion off): the
+  // segment splits here before its first item (segment::cut_pinned).
   bool pinned_ = false;
 };
 
@@ -1021,10 +1020,7 @@ class split_point final : public split_link<T> {
     } else {
       if (this->mode_ == mode::fused) [[likely]]
         return (*down_)(std::forward<V>(v));
-      if (this->mode_ == mode::split) {
-        const bool more = this->write(std::forward<V>(v));
-        return never_stops || more;
-      }
+      if (this->mode_ == mode::split) return to_link(std::forward<V>(v));
       return slow(std::forward<V>(v));
     }
   }
@@ -1052,17 +1048,19 @@ class split_point final : public split_link<T> {
   void waited(std::int64_t ns) noexcept { tick_seg_->waited(ns); }
 
  private:
+  // to_link(): split, the item goes down the link.
+  template <class V>
+  bool to_link(V&& v) {
+    const bool more = this->write(std::forward<V>(v));
+    return never_stops || more;  // a never-stopping chain stops on the run's stop flag
+  }
+  // slow(): probing (only its segment sets that, so seg_ is set): time both sides.
   template <class V>
   [[gnu::noinline]] bool slow(V&& v) {
-    if (this->mode_ == mode::split) {
-      const bool more = (*this->writer_)(std::forward<V>(v));
-      return never_stops || more;  // a never-stopping chain stops on the run's stop flag
-    }
-    // Probing (only its segment sets that, so seg_ is set): time both sides.
     if (this->sampled()) return (*down_)(std::forward<V>(v));
     const typename base::probe_mark m = this->probe_enter();
     if (m.seg->split_early(*this)) [[unlikely]]
-      return slow(std::forward<V>(v));  // split now: the item goes down the link
+      return to_link(std::forward<V>(v));  // split now: the item goes down the link
     const bool more = (*down_)(std::forward<V>(v));
     this->probe_leave(m);
     return more;
