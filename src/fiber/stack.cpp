@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <system_error>
 
@@ -90,12 +91,66 @@ std::size_t stack_pool::rounded_size(std::size_t size) noexcept {
   return n;
 }
 
+// The stash: the slab of a small pool whose runtime has ended, kept for the next pool of
+// the same stack size. A program that calls rill::run (or a test that runs many small
+// pipelines) would otherwise map a fresh slab each time, take a page fault on each stack it
+// touches and unmap it all again, the larger part of a short run's cost on a virtual machine
+// (oneTBB and Boost.Fiber keep their threads and stacks between runs too). Only a pool that
+// carved few stacks is kept, so what stays mapped and resident between runs is bounded by
+// stash_max_carved stacks; a bigger one is unmapped as before. One slab at a time.
+namespace {
+
+constexpr std::size_t stash_max_carved = 64;
+
+// Its stacks are held in place, not in a vector: what the process keeps on the heap does
+// not depend on whether the stash is full (the fault tests count heap blocks across runs).
+struct stash {
+  std::mutex mu;
+  std::size_t stack_size = 0;  // 0: empty
+  std::pair<char*, std::size_t> slab;
+  std::size_t carved = 0;
+  stack free[stash_max_carved];
+};
+
+// Constant-initialized and trivially destructible: usable from the first run to the last,
+// static destruction included, and nothing to allocate (a destructor must not throw).
+constinit stash g_stash;
+stash& the_stash() noexcept { return g_stash; }
+
+}  // namespace
+
 stack_pool::stack_pool(std::size_t stack_size)
     : stack_size_(rounded_size(stack_size)),
-      per_slab_(stack_size_ >= (1u << 20) ? 4 : (32u << 20) / stack_size_) {}
+      per_slab_(stack_size_ >= (1u << 20) ? 4 : (32u << 20) / stack_size_) {
+  // A test that makes the n-th mapping fail (inject_stack_failure_at) wants the mappings.
+  if (g_fail_at.load(std::memory_order_relaxed) != 0) return;
+  stash& st = the_stash();
+  std::lock_guard lk(st.mu);
+  if (st.stack_size != stack_size_) return;
+  lock_guard plk(mu_);
+  // As add_slab(): free_ can hold every stack of the slab (release() must not allocate).
+  slabs_.reserve(1);
+  free_.reserve(per_slab_);  // these two may throw: the stash keeps its slab
+  slabs_.push_back(st.slab);
+  free_.assign(st.free, st.free + st.carved);
+  carved_ = carved_total_ = st.carved;
+  st.stack_size = 0;
+}
 
 stack_pool::~stack_pool() {
   if (compacting_) compaction_remove(this);
+  if (!compacting_ && live_ == 0 && slabs_.size() == 1 && carved_total_ <= stash_max_carved &&
+      free_.size() == carved_total_) {
+    stash& st = the_stash();
+    std::lock_guard lk(st.mu);
+    if (st.stack_size == 0) {
+      st.slab = slabs_.front();
+      std::copy(free_.begin(), free_.end(), st.free);
+      st.carved = carved_total_;
+      st.stack_size = stack_size_;
+      return;
+    }
+  }
   for (const stack& s : free_) {
     if (s.guarded) g_guarded.fetch_sub(1, std::memory_order_relaxed);
   }

@@ -1,6 +1,11 @@
 // The public entry points (rill::run, go, the fiber's name and watchdog, the default
 // runtime) and the runtime's stats.
+#include <pthread.h>
+
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <stdexcept>
 #include <thread>
 #include <utility>
@@ -24,6 +29,93 @@ namespace {
 
 // A fiber that spawns while its worker's queue holds this many fibers yields (fiber_start).
 constexpr std::uint32_t spawn_yield_queue = run_queue::capacity / 2;
+
+// Worker threads of rill::run come from a process-wide pool: a thread whose turn as a
+// worker has ended waits for the next run's (and leaves after idle_exit without one), so a
+// program that calls rill::run again and again starts its threads once, as oneTBB's workers
+// and a Boost.Fiber pool's threads are started once. A loan is one worker's turn: lend()
+// hands it to an idle thread, or to a new one; join() waits until its function has returned,
+// after which the thread touches nothing of the run.
+struct loan {
+  void (*fn)(void*) noexcept = nullptr;
+  void* arg = nullptr;
+  bool done = false;  // under the pool's lock
+};
+
+class thread_pool {
+ public:
+  // lend(): l.fn(l.arg) runs on a pool thread. Throws std::system_error when there is no
+  // idle thread and none can be started.
+  void lend(loan& l) {
+    {
+      std::lock_guard lk(mu_);
+      if (idle_) {
+        idler* t = std::exchange(idle_, idle_->next);
+        t->job = &l;
+        t->cv.notify_one();
+        return;
+      }
+    }
+    std::thread([this, &l] { serve(&l); }).detach();
+  }
+
+  void join(loan& l) {
+    std::unique_lock lk(mu_);
+    done_cv_.wait(lk, [&] { return l.done; });
+  }
+
+ private:
+  static constexpr std::chrono::seconds idle_exit{5};
+
+  struct idler {
+    std::condition_variable cv;
+    loan* job = nullptr;
+    idler* next = nullptr;
+  };
+
+  void serve(loan* l) {
+    idler self;
+    std::unique_lock lk(mu_);
+    for (;;) {
+      lk.unlock();
+      l->fn(l->arg);
+      lk.lock();
+      l->done = true;
+      done_cv_.notify_all();
+      self.next = idle_;
+      idle_ = &self;
+      while (!self.job) {
+        if (self.cv.wait_for(lk, idle_exit) == std::cv_status::timeout && !self.job) {
+          idler** p = &idle_;
+          while (*p != &self) p = &(*p)->next;
+          *p = self.next;
+          return;
+        }
+      }
+      l = std::exchange(self.job, nullptr);
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable done_cv_;
+  idler* idle_ = nullptr;  // guarded by mu_
+};
+
+// The pool, never destroyed (its threads may outlive main). A child process after fork()
+// has none of its parent's threads: it starts with a pool of its own (the old one is left
+// as it was, its lock perhaps held by a thread that is not there).
+std::atomic<thread_pool*> g_thread_pool{nullptr};
+
+thread_pool& worker_threads() {
+  static const bool once = [] {
+    g_thread_pool.store(new thread_pool, std::memory_order_release);
+    ::pthread_atfork(nullptr, nullptr,
+                     [] { g_thread_pool.store(new thread_pool, std::memory_order_release); });
+    return true;
+  }();
+  (void)once;
+  return *g_thread_pool.load(std::memory_order_acquire);
+}
 
 }  // namespace
 
@@ -100,6 +192,8 @@ void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
   }
   runtime rt(cfg);
   worker* saved = current_worker();
+  thread_pool& threads = worker_threads();
+  std::vector<loan> loans(rt.workers());  // loans[i]: worker i's turn (0: this thread's)
   // The other workers first (they park until there is work), then the main fiber. If a
   // worker thread or the main fiber cannot be had, stop the workers already started and
   // report it: running with fewer workers than configured would break deadlock detection,
@@ -107,24 +201,26 @@ void run_main(const run_config& cfg, void (*main)(void*), void* arg) {
   unsigned started = 1;
   try {
     for (; started < rt.workers(); ++started) {
-      worker& w = rt.worker_at(started);
-      w.thread = std::thread([&rt, &w] {
+      loans[started].fn = [](void* p) noexcept {
+        worker& w = *static_cast<worker*>(p);
         enter_worker_thread(w);
-        rt.run_worker(w);
+        w.rt->run_worker(w);
         leave_worker_thread(w, nullptr);
-      });
+      };
+      loans[started].arg = &rt.worker_at(started);
+      threads.lend(loans[started]);
     }
     rt.start_main(main, arg);
   } catch (...) {
     rt.abort_start();
-    for (unsigned i = 1; i < started; ++i) rt.worker_at(i).thread.join();
+    for (unsigned i = 1; i < started; ++i) threads.join(loans[i]);
     throw;
   }
   worker& w0 = rt.worker_at(0);
   enter_worker_thread(w0);
   rt.run_worker(w0);
   leave_worker_thread(w0, saved);
-  for (unsigned i = 1; i < started; ++i) rt.worker_at(i).thread.join();
+  for (unsigned i = 1; i < started; ++i) threads.join(loans[i]);
   rt.drop_timers();
   rt.rethrow_outcome();
 }

@@ -105,19 +105,35 @@ void install_segv_handler() {
 }
 
 namespace {
+
 constexpr std::size_t altstack_size = 64 * 1024;
+
+// A thread maps its alternate signal stack once and keeps it until it exits: a worker
+// thread is lent to one run after another (entry.cpp), and the thread that calls rill::run
+// may call it again, so mapping and unmapping it for each run (an munmap is a TLB shootdown)
+// was a good part of a short run's cost. It is installed only while the thread is a worker.
+struct altstack_mapping {
+  void* p = nullptr;
+  ~altstack_mapping() {
+    if (p) ::munmap(p, altstack_size);
+  }
+};
+thread_local altstack_mapping t_altstack;
+
 }  // namespace
 
 void install_altstack(worker& w) noexcept {
-  void* p =
-      ::mmap(nullptr, altstack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p != MAP_FAILED) {
-    stack_t ss{};
-    ss.ss_sp = p;
-    ss.ss_size = altstack_size;
-    ::sigaltstack(&ss, nullptr);
-    w.altstack = p;
+  if (!t_altstack.p) {
+    void* p =
+        ::mmap(nullptr, altstack_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return;
+    t_altstack.p = p;
   }
+  stack_t ss{};
+  ss.ss_sp = t_altstack.p;
+  ss.ss_size = altstack_size;
+  ::sigaltstack(&ss, nullptr);
+  w.altstack = t_altstack.p;
 }
 
 void remove_altstack(worker& w) noexcept {
@@ -125,7 +141,6 @@ void remove_altstack(worker& w) noexcept {
     stack_t ss{};
     ss.ss_flags = SS_DISABLE;
     ::sigaltstack(&ss, nullptr);
-    ::munmap(w.altstack, altstack_size);
     w.altstack = nullptr;
   }
 }

@@ -1,5 +1,8 @@
 // Tests of the runtime: run(), go(), yield, options, stats, parallelism, stealing, and
 // fibers made ready from plain threads.
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
@@ -124,6 +127,56 @@ TEST_CASE("runtime: an exception escaping main is rethrown by run with its type 
 TEST_CASE("runtime: run can be called again after a run that threw", "[runtime][run]") {
   CHECK_THROWS_AS(test::run_with(2, [] { throw std::logic_error("x"); }), std::logic_error);
   CHECK(test::run_with(2, [] { return 3; }) == 3);
+}
+
+// rill::run lends its workers threads from a process-wide pool, which keeps them between
+// runs. A child process after fork() has none of them: its runs must start their own.
+TEST_CASE("runtime: a child process after fork() runs with several workers", "[runtime][run]") {
+#if defined(__SANITIZE_THREAD__)
+#define RILL_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define RILL_TEST_TSAN 1
+#endif
+#endif
+#if RILL_TEST_TSAN
+  WARN("not under TSan: it does not support threads started after a multi-threaded fork");
+  return;
+#endif
+  // The parent's pool holds an idle thread now (the child would wait for it for ever).
+  REQUIRE(test::run_with(2, [] { return 1; }) == 1);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::alarm(30);  // a hang ends the child with SIGALRM rather than the test run
+    int sum = 0;
+    try {
+      for (int i = 0; i < 3; ++i) {
+        sum += rill::run(
+            [] {
+              rill::wait_group wg;
+              std::atomic<int> n{0};
+              for (int k = 0; k < 8; ++k) {
+                wg.add(1);
+                rill::go([&] {
+                  n.fetch_add(1);
+                  wg.done();
+                });
+              }
+              wg.wait();
+              return n.load();
+            },
+            {.workers = 4});
+      }
+    } catch (...) {
+      ::_exit(2);
+    }
+    ::_exit(sum == 24 ? 0 : 1);
+  }
+  int status = 0;
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
 }
 
 TEST_CASE("runtime: go outside a runtime throws std::logic_error", "[runtime][go]") {
