@@ -2,6 +2,9 @@
 //
 // rill::run(main) starts worker threads (GOMAXPROCS-like), runs `main` as the first fiber
 // and returns its result once main and every fiber spawned with rill::go have finished.
+// The calling thread is worker 0; the others come from a process-wide pool that keeps its
+// threads (and a small run's stacks) for the next run, so calling run again and again costs
+// microseconds, not thread starts (an idle pool thread exits after 5 s).
 // Fibers are cooperatively scheduled: one switches only where it parks (a channel
 // operation, a lock, a sleep, I/O) or yields. A fiber may resume on another worker thread,
 // so code must not keep a `thread_local` address or `errno` across a suspension point.

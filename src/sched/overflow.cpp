@@ -119,6 +119,10 @@ struct altstack_mapping {
   }
 };
 thread_local altstack_mapping t_altstack;
+// The thread's own alternate signal stack, if it had one, put back when it stops being a
+// worker (the thread that calls rill::run is the user's).
+thread_local stack_t t_prev_altstack{};
+thread_local bool t_prev_saved = false;
 
 }  // namespace
 
@@ -132,7 +136,8 @@ void install_altstack(worker& w) noexcept {
   stack_t ss{};
   ss.ss_sp = t_altstack.p;
   ss.ss_size = altstack_size;
-  ::sigaltstack(&ss, nullptr);
+  if (::sigaltstack(&ss, &t_prev_altstack) != 0) return;
+  t_prev_saved = true;
   w.altstack = t_altstack.p;
 }
 
@@ -140,7 +145,12 @@ void remove_altstack(worker& w) noexcept {
   if (w.altstack) {
     stack_t ss{};
     ss.ss_flags = SS_DISABLE;
+    if (t_prev_saved && !(t_prev_altstack.ss_flags & SS_DISABLE)) {
+      ss = t_prev_altstack;
+      ss.ss_flags = 0;
+    }
     ::sigaltstack(&ss, nullptr);
+    t_prev_saved = false;
     w.altstack = nullptr;
   }
 }

@@ -1,5 +1,6 @@
 // Tests of the runtime: run(), go(), yield, options, stats, parallelism, stealing, and
 // fibers made ready from plain threads.
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -131,7 +132,8 @@ TEST_CASE("runtime: run can be called again after a run that threw", "[runtime][
 
 // rill::run lends its workers threads from a process-wide pool, which keeps them between
 // runs. A child process after fork() has none of them: its runs must start their own.
-TEST_CASE("runtime: a child process after fork() runs with several workers", "[runtime][run]") {
+TEST_CASE("runtime: a child process after fork() runs with several workers and blocking calls",
+          "[runtime][run]") {
 #if defined(__SANITIZE_THREAD__)
 #define RILL_TEST_TSAN 1
 #elif defined(__has_feature)
@@ -143,8 +145,9 @@ TEST_CASE("runtime: a child process after fork() runs with several workers", "[r
   WARN("not under TSan: it does not support threads started after a multi-threaded fork");
   return;
 #endif
-  // The parent's pool holds an idle thread now (the child would wait for it for ever).
-  REQUIRE(test::run_with(2, [] { return 1; }) == 1);
+  // The parent's pools hold idle threads now (the child would wait for them for ever): the
+  // workers' and rill::blocking's.
+  REQUIRE(test::run_with(2, [] { return rill::blocking([] { return 1; }); }) == 1);
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
@@ -159,7 +162,7 @@ TEST_CASE("runtime: a child process after fork() runs with several workers", "[r
               for (int k = 0; k < 8; ++k) {
                 wg.add(1);
                 rill::go([&] {
-                  n.fetch_add(1);
+                  n.fetch_add(rill::blocking([] { return 1; }));
                   wg.done();
                 });
               }
@@ -177,6 +180,39 @@ TEST_CASE("runtime: a child process after fork() runs with several workers", "[r
   REQUIRE(::waitpid(pid, &status, 0) == pid);
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
+}
+
+// The thread that calls rill::run is the user's: while it is a worker, rill's handler for
+// a fiber's stack overflow runs on an alternate signal stack of rill's, and the thread's
+// own comes back when run() returns.
+TEST_CASE("runtime: run() gives the calling thread its own alternate signal stack back",
+          "[runtime][run]") {
+  std::vector<char> mine(64 * 1024);
+  stack_t ss{};
+  ss.ss_sp = mine.data();
+  ss.ss_size = mine.size();
+  stack_t before{};
+  REQUIRE(::sigaltstack(&ss, &before) == 0);
+  int seen_flags = -1;
+  void* seen_sp = nullptr;
+  for (unsigned workers : {1u, 2u}) {
+    CHECK(rill::run(
+              [&] {
+                stack_t now{};
+                ::sigaltstack(nullptr, &now);
+                seen_sp = now.ss_sp;  // the fiber runs on a worker: rill's own stack
+                return 1;
+              },
+              {.workers = workers}) == 1);
+    CHECK(seen_sp != static_cast<void*>(mine.data()));
+    stack_t after{};
+    REQUIRE(::sigaltstack(nullptr, &after) == 0);
+    seen_flags = after.ss_flags;
+    CHECK(after.ss_sp == static_cast<void*>(mine.data()));
+    CHECK(after.ss_size == mine.size());
+    CHECK((seen_flags & SS_DISABLE) == 0);
+  }
+  REQUIRE(::sigaltstack(&before, nullptr) == 0);
 }
 
 TEST_CASE("runtime: go outside a runtime throws std::logic_error", "[runtime][go]") {
