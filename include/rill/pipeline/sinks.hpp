@@ -110,7 +110,18 @@ struct reduce_term {
     T acc;
     template <class V>
     bool operator()(V&& v, auto...) {
-      acc = guarded(*ctx, nullptr, kind, index, t->op, std::move(acc), std::forward<V>(v));
+      using item_t = std::remove_cvref_t<V>;
+      if constexpr (std::is_integral_v<item_t> && sizeof(item_t) <= sizeof(void*)) {
+        // The accumulator lives in memory (this sink), and g++ reassociates a fused chain's
+        // last constant into its add: `acc + (8i + 6) + 1` as a three-operand lea, two
+        // cycles of latency per item where a plain loop's `acc += 8i + 7` takes one. An
+        // item that comes in opaque keeps the accumulator's chain one add long.
+        item_t item = v;
+        asm("" : "+r"(item));
+        acc = guarded(*ctx, nullptr, kind, index, t->op, std::move(acc), std::move(item));
+      } else {
+        acc = guarded(*ctx, nullptr, kind, index, t->op, std::move(acc), std::forward<V>(v));
+      }
       return true;
     }
     void flush_hint() {}
