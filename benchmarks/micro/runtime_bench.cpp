@@ -109,6 +109,13 @@ void runtime_spawn_join_fresh(benchmark::State& state) {
                          benchmark::Counter::kIsRate | benchmark::Counter::kInvert);
 }
 
+// runtime_run_empty: rill::run of a main that returns at once, again and again: what a
+// program pays to start and end a runtime of W workers (the threads, the stacks, the
+// watchdog's notice), as a CLI tool or a test that runs one pipeline after another does.
+void runtime_run_empty(benchmark::State& state) {
+  for (auto _ : state) benchmark::DoNotOptimize(rill::run([] { return 1; }, with_workers(state)));
+}
+
 void runtime_yield(benchmark::State& state) {
   rill::run(
       [&state] {
@@ -215,6 +222,7 @@ BENCHMARK(runtime_spawn_join_fresh)
     ->Args({2, 1'000'000})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
+BENCHMARK(runtime_run_empty)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(runtime_yield)->Arg(1)->Arg(2)->UseRealTime();
 // The parked rows: 100k and 1M fibers, 1 and 2 workers, one run each (a million take seconds).
 void parked_rows(benchmark::internal::Benchmark* b) {
