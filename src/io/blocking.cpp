@@ -15,9 +15,6 @@
 // is not asleep forever. A rill::run called from a fiber goes the same way
 // (runtime::nested_runs): the new runtime runs on a pool thread and the caller's worker
 // stays free for the fibers the nested run may wait on.
-#include <pthread.h>
-
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
@@ -25,6 +22,7 @@
 
 #include "rill/detail/io_core.hpp"
 #include "sched/fifo.hpp"
+#include "sched/process_wide.hpp"
 #include "sched/runtime.hpp"
 #include "sync/wait.hpp"
 
@@ -97,22 +95,7 @@ class blocking_pool {
   unsigned outstanding_ = 0;  // guarded by mu_: reserved calls not yet finished
 };
 
-// The pool, never destroyed (detached threads may outlive main). A child process after
-// fork() has none of its parent's threads, though the pool counts them: it starts with a
-// pool of its own (the old one is left as it was, its lock perhaps held by a thread that is
-// not there).
-std::atomic<blocking_pool*> g_pool{nullptr};
-
-blocking_pool& pool() {
-  static const bool once = [] {
-    g_pool.store(new blocking_pool, std::memory_order_release);
-    ::pthread_atfork(nullptr, nullptr,
-                     [] { g_pool.store(new blocking_pool, std::memory_order_release); });
-    return true;
-  }();
-  (void)once;
-  return *g_pool.load(std::memory_order_acquire);
-}
+blocking_pool& pool() { return process_wide<blocking_pool>(); }
 
 void after_submit(machine_context*, void* arg) noexcept { pool().submit(static_cast<job*>(arg)); }
 

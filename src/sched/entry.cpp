@@ -1,7 +1,5 @@
 // The public entry points (rill::run, go, the fiber's name and watchdog, the default
 // runtime) and the runtime's stats.
-#include <pthread.h>
-
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -12,6 +10,7 @@
 
 #include "fiber/compact.hpp"
 #include "rill/fiber.hpp"
+#include "sched/process_wide.hpp"
 #include "sched/runtime.hpp"
 #include "sched/runtime_parts.hpp"
 
@@ -101,21 +100,7 @@ class thread_pool {
   idler* idle_ = nullptr;  // guarded by mu_
 };
 
-// The pool, never destroyed (its threads may outlive main). A child process after fork()
-// has none of its parent's threads: it starts with a pool of its own (the old one is left
-// as it was, its lock perhaps held by a thread that is not there).
-std::atomic<thread_pool*> g_thread_pool{nullptr};
-
-thread_pool& worker_threads() {
-  static const bool once = [] {
-    g_thread_pool.store(new thread_pool, std::memory_order_release);
-    ::pthread_atfork(nullptr, nullptr,
-                     [] { g_thread_pool.store(new thread_pool, std::memory_order_release); });
-    return true;
-  }();
-  (void)once;
-  return *g_thread_pool.load(std::memory_order_acquire);
-}
+thread_pool& worker_threads() { return process_wide<thread_pool>(); }
 
 }  // namespace
 
