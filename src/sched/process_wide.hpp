@@ -14,9 +14,13 @@ namespace rill::detail {
 template <class T>
 T& process_wide() {
   static std::atomic<T*> instance{nullptr};
+  static std::atomic<T*> left{nullptr};  // the parent's, still reachable for leak checkers
   static const bool made = [] {
     instance.store(new T, std::memory_order_release);
-    ::pthread_atfork(nullptr, nullptr, [] { instance.store(new T, std::memory_order_release); });
+    ::pthread_atfork(nullptr, nullptr, [] {
+      left.store(instance.load(std::memory_order_relaxed), std::memory_order_relaxed);
+      instance.store(new T, std::memory_order_release);
+    });
     return true;
   }();
   (void)made;
