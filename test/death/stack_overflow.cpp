@@ -9,6 +9,9 @@
 //       and prints "detected: <the runtime's message>" if it died of a signal after
 //       reporting the overflow, else "NOT detected: ..." with what happened. Exit 0 iff
 //       detected.
+//   rill_death_tests expect-again <guarded|canary> <frame-bytes>
+//       the same, in a child that first runs a short run whose stacks the next runtime takes
+//       over (child-again).
 //   rill_death_tests expect-ok <guarded|canary> <frame-bytes>
 //       the child recurses through about a third of its stack (at least one frame) and must
 //       exit normally, silently.
@@ -82,6 +85,29 @@ int run_child(std::size_t frame, long max_depth) {
       },
       o);
   return 0;
+}
+
+// run_child_again(): run_child after a short run of the same options, whose pool of stacks
+// the second runtime takes over (a run that carved few stacks leaves them for the next):
+// the overflow must be caught on a stack that served another runtime first.
+int run_child_again(std::size_t frame, long max_depth) {
+  rill::options o;
+  o.workers = 2;
+  o.stack_size = stack_size;
+  rill::run(
+      [] {
+        rill::wait_group wg;
+        for (int i = 0; i < 8; ++i) {
+          wg.add(1);
+          rill::go([&wg] {
+            g_sink = recurse<256>(1, 16, 4);
+            wg.done();
+          });
+        }
+        wg.wait();
+      },
+      o);
+  return run_child(frame, max_depth);
 }
 
 // The recursing fiber first parks while its stack is compacted (options::compact_parked),
@@ -183,9 +209,12 @@ std::string describe(int status) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc == 4 && std::strcmp(argv[1], "child") == 0) {
+  if (argc == 4 &&
+      (std::strcmp(argv[1], "child") == 0 || std::strcmp(argv[1], "child-again") == 0)) {
     const long depth = std::strcmp(argv[3], "inf") == 0 ? (1L << 40) : std::atol(argv[3]);
-    return run_child(std::strtoul(argv[2], nullptr, 10), depth);
+    const std::size_t frame = std::strtoul(argv[2], nullptr, 10);
+    return std::strcmp(argv[1], "child") == 0 ? run_child(frame, depth)
+                                              : run_child_again(frame, depth);
   }
   if (argc == 3 && std::strcmp(argv[1], "compacted-child") == 0) {
     return run_compacted_child(std::strtoul(argv[2], nullptr, 10));
@@ -225,8 +254,9 @@ int main(int argc, char** argv) {
                 said ? m.str().c_str() : ("stderr: \"" + r.err + "\"").c_str());
     return said && died ? 0 : 1;
   }
-  if (argc == 4 &&
-      (std::strcmp(argv[1], "expect") == 0 || std::strcmp(argv[1], "expect-ok") == 0)) {
+  if (argc == 4 && (std::strcmp(argv[1], "expect") == 0 || std::strcmp(argv[1], "expect-ok") == 0 ||
+                    std::strcmp(argv[1], "expect-again") == 0)) {
+    const char* child = std::strcmp(argv[1], "expect-again") == 0 ? "child-again" : "child";
     const bool canary = std::strcmp(argv[2], "canary") == 0;
     const std::size_t frame = std::strtoul(argv[3], nullptr, 10);
     if (std::strcmp(argv[1], "expect-ok") == 0) {
@@ -241,14 +271,15 @@ int main(int argc, char** argv) {
                   describe(r.status).c_str(), r.err.c_str());
       return ok ? 0 : 1;
     }
-    const outcome r = spawn_child(argv[0], canary, argv[3], "inf");
+    const outcome r = spawn_child(argv[0], canary, argv[3], "inf", child);
     static const std::regex message(
         R"(rill: fiber [0-9]+( \([^)]*\))? overflowed its [0-9]+-byte stack[^\n]*)");
     std::smatch m;
     const bool said = std::regex_search(r.err, m, message);
     const bool died = WIFSIGNALED(r.status);
-    std::printf("%s: %s, %zu-byte frames: %s; %s\n", said && died ? "detected" : "NOT detected",
-                argv[2], frame, describe(r.status).c_str(),
+    std::printf("%s: %s, %zu-byte frames%s: %s; %s\n", said && died ? "detected" : "NOT detected",
+                argv[2], frame, std::strcmp(child, "child") == 0 ? "" : ", stacks of a run before",
+                describe(r.status).c_str(),
                 said ? m.str().c_str() : ("stderr: \"" + r.err + "\"").c_str());
     return said && died ? 0 : 1;
   }
