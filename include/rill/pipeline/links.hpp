@@ -79,7 +79,7 @@ constexpr std::int64_t fill_bound_batch(std::int64_t p) noexcept {
   return batch_fill_bound_ns / p + 1;
 }
 // par_map hands a worker about this much work at a time.
-inline constexpr std::int64_t handout_bound_ns = 20'000;
+inline constexpr std::int64_t handout_bound_ns = 50'000;
 // A par_map worker yields after sending a unit of at least this much work (so that the
 // fiber it woke need not wait for the next one), not after cheaper units.
 inline constexpr std::int64_t handoff_yield_ns = 5'000;
