@@ -473,6 +473,28 @@ auto waits_at_first(rill::chan<int>& ahead) {
   };
 }
 
+// tried_until_it_happens(run): run() a scenario in which a reader waits for a writer that
+// must not block on a full link first. A link counts its batches, so it holds its buffer of
+// items only while they come in full batches; a fiber that yields at the end of its slice
+// sends its partial batch first, and should that happen early (a loaded machine, ASan), the
+// link fills early, the writer blocks on it and rill::run reports the deadlock: the
+// scenario did not happen, and it is tried again, up to 5 times. A link shaped too small
+// deadlocks every time; an item lost or repeated fails the run's own checks at once.
+template <class Run>
+void tried_until_it_happens(Run run) {
+  int deadlocked = 0;
+  for (int attempt = 0; attempt < 5; ++attempt) {
+    try {
+      run();
+      break;
+    } catch (const rill::deadlock_error& e) {
+      UNSCOPED_INFO("attempt " << attempt << ": " << e.what());
+      ++deadlocked;
+    }
+  }
+  CHECK(deadlocked < 5);
+}
+
 }  // namespace
 
 TEST_CASE("pipeline: a link with a small pinned batch still holds its buffer of items",
@@ -482,13 +504,16 @@ TEST_CASE("pipeline: a link with a small pinned batch still holds its buffer of 
   // 21) with batches of one item held 3, and the run deadlocked (rill::run throws).
   const std::size_t batch = GENERATE(1u, 2u, 7u, 21u);
   INFO("batch_size " << batch);
-  test::run_with(2, [batch] {
-    rill::chan<int> ahead(1);
-    std::atomic<int> produced{0};
-    auto p = rill::from(iota_vec(200)) |
-             rill::map(says_at(ahead, produced, 50), {.buffer = 64, .batch_size = batch}) |
-             rill::map(waits_at_first(ahead), {.fuse = false}) | rill::count();
-    CHECK(p.run() == 200);
+  tried_until_it_happens([batch] {
+    test::run_with(2, [batch] {
+      rill::chan<int> ahead(1);
+      std::atomic<int> produced{0};
+      auto p = rill::from(iota_vec(200)) |
+               rill::map(says_at(ahead, produced, 50), {.buffer = 64, .batch_size = batch}) |
+               rill::map(waits_at_first(ahead), {.fuse = false}) | rill::count();
+      const std::size_t n = p.run();  // a deadlock leaves the run, to be tried again
+      CHECK(n == 200);
+    });
   });
 }
 
@@ -500,32 +525,22 @@ TEST_CASE("pipeline: a partial batch held back by a full link keeps its items",
   // batch with the writer, which goes on filling it. Then the writer lets the reader go.
   const unsigned workers = GENERATE(1u, 2u);
   INFO("workers " << workers);
-  // The reader waits for the writer's item 61. Should the writer's batches come out shorter
-  // than 8 on a loaded machine (a batch goes early when its fiber is made to yield), the link
-  // fills before item 61, the writer blocks on it, and rill::run reports the deadlock: the
-  // scenario did not happen, and it is tried again. An item lost or repeated fails at once.
-  int deadlocked = 0;
-  for (int attempt = 0; attempt < 5; ++attempt) {
-    try {
-      test::run_with(workers, [] {
-        rill::chan<int> go(1);
-        auto writer = [&go](int v) {
-          if (v == 60) rill::this_fiber::sleep_for(std::chrono::microseconds(1));
-          if (v == 61) go.send(1);
-          return v;
-        };
-        auto p = rill::from(iota_vec(200)) | rill::map(writer, {.buffer = 64, .batch_size = 8}) |
-                 rill::map(waits_at_first(go), {.fuse = false}) | rill::collect();
-        const std::vector<int> got = p.run();
-        CHECK(got == iota_vec(200));
-      });
-      break;
-    } catch (const rill::deadlock_error& e) {
-      UNSCOPED_INFO("attempt " << attempt << ": " << e.what());
-      ++deadlocked;
-    }
-  }
-  CHECK(deadlocked < 5);
+  // The reader waits for the writer's item 61 (tried_until_it_happens: the writer's batches
+  // may come out shorter than 8 on a loaded machine).
+  tried_until_it_happens([workers] {
+    test::run_with(workers, [] {
+      rill::chan<int> go(1);
+      auto writer = [&go](int v) {
+        if (v == 60) rill::this_fiber::sleep_for(std::chrono::microseconds(1));
+        if (v == 61) go.send(1);
+        return v;
+      };
+      auto p = rill::from(iota_vec(200)) | rill::map(writer, {.buffer = 64, .batch_size = 8}) |
+               rill::map(waits_at_first(go), {.fuse = false}) | rill::collect();
+      const std::vector<int> got = p.run();
+      CHECK(got == iota_vec(200));
+    });
+  });
 }
 
 TEST_CASE("pipeline: par_map's links hold their buffer of items with small pinned units",
