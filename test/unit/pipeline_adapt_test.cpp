@@ -285,9 +285,11 @@ TEST_CASE("adapt: a slow first item that computes does not split the chain at on
   const unsigned workers = GENERATE(1u, 2u);
   INFO("workers " << workers);
   constexpr long n = 40;
+  const void* first_at[2] = {nullptr, nullptr};  // the fibers that ran item 0 in each map
   auto [out, stats] = test::run_with(workers, [&] {
     bool first = true;
-    auto lazy = [&first](long v) {
+    auto lazy = [&first, &first_at](long v) {
+      if (v == 0) first_at[0] = rill::detail::current_fiber();
       if (first) {
         first = false;
         const auto until = std::chrono::steady_clock::now() +
@@ -297,14 +299,21 @@ TEST_CASE("adapt: a slow first item that computes does not split the chain at on
       }
       return v + 1;
     };
-    auto p = rill::from(upto(n)) | rill::map(lazy) | rill::map([](long v) { return v * 2; }) |
-             rill::collect();
+    auto twice = [&first_at](long v) {
+      if (v == 1) first_at[1] = rill::detail::current_fiber();
+      return v * 2;
+    };
+    auto p = rill::from(upto(n)) | rill::map(lazy) | rill::map(twice) | rill::collect();
     auto v = p.run();
     return std::make_pair(v, p.stats());
   });
   REQUIRE(out.size() == static_cast<std::size_t>(n));
   for (long i = 0; i < n; ++i) CHECK(out[static_cast<std::size_t>(i)] == (i + 1) * 2);
-  CHECK(stats.fibers == std::vector<std::string>{"from|map#1|map#2|collect"});
+  // Item 0 went on through map#2 in the fiber that computed it: no split at the first item.
+  // (What the windows decide after it is timing: a slow sanitizer build on a loaded machine
+  // may split a cheap stage off later.)
+  CHECK(first_at[0] == first_at[1]);
+  CHECK_FALSE(stats.fibers.empty());
 }
 
 TEST_CASE("adapt: a link made by a split mid-run holds its buffer of slow items",
