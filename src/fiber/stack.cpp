@@ -115,7 +115,6 @@ struct stash {
 // Constant-initialized and trivially destructible: usable from the first run to the last,
 // static destruction included, and nothing to allocate (a destructor must not throw).
 constinit stash g_stash;
-stash& the_stash() noexcept { return g_stash; }
 
 }  // namespace
 
@@ -124,7 +123,7 @@ stack_pool::stack_pool(std::size_t stack_size)
       per_slab_(stack_size_ >= (1u << 20) ? 4 : (32u << 20) / stack_size_) {
   // A test that makes the n-th mapping fail (inject_stack_failure_at) wants the mappings.
   if (g_fail_at.load(std::memory_order_relaxed) != 0) return;
-  stash& st = the_stash();
+  stash& st = g_stash;
   std::lock_guard lk(st.mu);
   if (st.stack_size != stack_size_) return;
   lock_guard plk(mu_);
@@ -139,9 +138,9 @@ stack_pool::stack_pool(std::size_t stack_size)
 
 stack_pool::~stack_pool() {
   if (compacting_) compaction_remove(this);
-  if (!compacting_ && live_ == 0 && slabs_.size() == 1 && carved_total_ <= stash_max_carved &&
-      free_.size() == carved_total_) {
-    stash& st = the_stash();
+  // live_ == 0: every stack carved is in free_.
+  if (!compacting_ && live_ == 0 && slabs_.size() == 1 && carved_total_ <= stash_max_carved) {
+    stash& st = g_stash;
     std::lock_guard lk(st.mu);
     if (st.stack_size == 0) {
       st.slab = slabs_.front();

@@ -120,9 +120,8 @@ struct altstack_mapping {
 };
 thread_local altstack_mapping t_altstack;
 // The thread's own alternate signal stack, if it had one, put back when it stops being a
-// worker (the thread that calls rill::run is the user's).
+// worker (the thread that calls rill::run is the user's). Valid while worker::altstack is set.
 thread_local stack_t t_prev_altstack{};
-thread_local bool t_prev_saved = false;
 
 }  // namespace
 
@@ -137,7 +136,6 @@ void install_altstack(worker& w) noexcept {
   ss.ss_sp = t_altstack.p;
   ss.ss_size = altstack_size;
   if (::sigaltstack(&ss, &t_prev_altstack) != 0) return;
-  t_prev_saved = true;
   w.altstack = t_altstack.p;
 }
 
@@ -145,12 +143,11 @@ void remove_altstack(worker& w) noexcept {
   if (w.altstack) {
     stack_t ss{};
     ss.ss_flags = SS_DISABLE;
-    if (t_prev_saved && !(t_prev_altstack.ss_flags & SS_DISABLE)) {
+    if (!(t_prev_altstack.ss_flags & SS_DISABLE)) {
       ss = t_prev_altstack;
       ss.ss_flags = 0;
     }
     ::sigaltstack(&ss, nullptr);
-    t_prev_saved = false;
     w.altstack = nullptr;
   }
 }
