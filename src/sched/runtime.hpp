@@ -144,7 +144,10 @@ struct alignas(64) worker {
   alignas(64) std::atomic<fiber*> runnext{nullptr};
   alignas(64) std::atomic<std::uint32_t> wake_word{0};  // futex: 1 once woken
   std::atomic<std::uint32_t> watch_word{0};             // futex: the watch's sleep (spin)
-  bool in_idle = false;                                 // guarded by runtime::idle_mu_
+  // watch_drowsy: this worker watches asleep for longer than drowsy_ns (spin), so a fiber
+  // queued behind a busy worker would wait that long to be seen: the push kicks it.
+  std::atomic<bool> watch_drowsy{false};
+  bool in_idle = false;        // guarded by runtime::idle_mu_
   bool wake_spinning = false;  // guarded by runtime::idle_mu_: set by the waker
   bool polling = false;        // guarded by runtime::idle_mu_: blocked in the poller's epoll_wait
   // solo: the runtime has this one worker, so nobody steals from it and no worker can be
@@ -315,7 +318,8 @@ class runtime {
   // spin(): a spinning worker's search (then its watch); a fiber, with w no longer
   // spinning, or nullptr: park (w.spinning still set).
   fiber* spin(worker& w);
-  void kick_watcher() noexcept;  // the watching worker (if any) looks now
+  void kick_watcher() noexcept;         // the watching worker (if any) looks now
+  void kick_drowsy_watcher() noexcept;  // the same, if it sleeps long between looks
   // any_work(): some run queue, runnext slot or the global queue holds a fiber.
   bool any_work() noexcept;
   // may_act(): this runtime could still run a fiber on its own: a worker is awake, work

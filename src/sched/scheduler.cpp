@@ -67,8 +67,9 @@
 // keeps watching, asleep between looks, and stays counted in nspinning_: a fiber readied
 // or spawned inside the runtime then wakes nobody (the watcher will look), so the busy
 // workers make no futex calls, while work from outside (another thread, the network) and a
-// new earliest timer kick the watcher awake at once (kick_watcher). The watch ends when no
-// worker runs fibers, so the last worker to park still looks for a deadlock.
+// new earliest timer kick the watcher awake at once (kick_watcher), and so does a push into
+// an empty queue while the watcher sleeps long between looks (kick_drowsy_watcher). The watch ends
+// when no worker runs fibers, so the last worker to park still looks for a deadlock.
 //
 // Timers: a heap per runtime. Busy workers fire due timers every 61 ticks; the one idle
 // worker holding the `timer_sleeper_` role sleeps until the next deadline.
@@ -110,6 +111,11 @@ constexpr std::int64_t spin_ns = 20'000;          // looks in quick succession f
 constexpr std::int64_t spin_look_ns = 4'000;      // one every spin_look_ns,
 constexpr std::int64_t watch_ns = 10'000;         // then one every watch_ns, asleep in between,
 constexpr std::int64_t watch_max_ns = 1'000'000;  // or up to this when nothing was queued.
+// A watcher that sleeps longer than drowsy_ns between looks is kicked by a push that makes a
+// queue non-empty (kick_drowsy_watcher): else a run's fibers, spawned while the other
+// workers had long been idle, waited up to watch_max_ns behind a busy worker (few slow
+// items: a par_map's second worker started a slow item's time late).
+constexpr std::int64_t drowsy_ns = 50'000;
 // A queued fiber is worth moving to another worker once it has waited steal_age_ns (seen by
 // two looks), or when its queue holds steal_backlog fibers or more.
 constexpr std::int64_t steal_age_ns = 20'000;
@@ -374,6 +380,7 @@ fiber* runtime::spin(worker& w) {
     const std::int64_t timeout =
         deadline == INT64_MAX ? interval : std::min(interval, deadline - now);
     w.watch_word.store(0, std::memory_order_relaxed);
+    w.watch_drowsy.store(timeout > drowsy_ns, std::memory_order_relaxed);
     watcher_.store(&w, std::memory_order_seq_cst);
     if (gq_size_.load(std::memory_order_seq_cst) == 0 &&
         next_deadline_.load(std::memory_order_seq_cst) == deadline &&
@@ -381,12 +388,25 @@ fiber* runtime::spin(worker& w) {
       futex_wait(w.watch_word, 0, timeout);
     }
     watcher_.store(nullptr, std::memory_order_relaxed);
+    w.watch_drowsy.store(false, std::memory_order_relaxed);
     now = now_ns();
   }
 }
 
 void runtime::kick_watcher() noexcept {
   if (worker* v = watcher_.load(std::memory_order_seq_cst)) {
+    v->watch_word.store(1, std::memory_order_release);
+    futex_wake(v->watch_word);
+  }
+}
+
+// kick_drowsy_watcher(): a push from inside the runtime (one that made a queue non-empty)
+// while a worker watches. A watcher that looks often finds the fiber soon enough, and the
+// pusher pays no futex call; one asleep for long is kicked, once per sleep.
+void runtime::kick_drowsy_watcher() noexcept {
+  worker* v = watcher_.load(std::memory_order_seq_cst);
+  if (v && v->watch_drowsy.load(std::memory_order_relaxed) &&
+      v->watch_drowsy.exchange(false, std::memory_order_relaxed)) {
     v->watch_word.store(1, std::memory_order_release);
     futex_wake(v->watch_word);
   }
@@ -419,7 +439,11 @@ bool runtime::any_work() noexcept {
 void runtime::wake_idle(bool outside) noexcept {
   std::atomic_thread_fence(std::memory_order_seq_cst);  // P4: the pusher's fence
   if (nspinning_.load(std::memory_order_seq_cst) != 0) {
-    if (outside) kick_watcher();
+    if (outside) {
+      kick_watcher();
+    } else {
+      kick_drowsy_watcher();
+    }
     return;
   }
   if (nidle_.load(std::memory_order_seq_cst) == 0) return;
