@@ -337,35 +337,42 @@ inline std::string layout_name(std::size_t batch) {
 inline std::vector<std::size_t> batched_caps() { return {64, 1024}; }
 inline constexpr std::size_t kFanBatch = 16;  // par_map's largest hand-out
 
-// A run shorter than this is timed twice and the first time discarded: in so short a run,
-// a fresh process's first touches (page faults, cold caches, code paths taken for the
-// first time) are a large share of the time, whatever the implementation. Go's
-// harness (benchmarks/go/internal/bench) does the same.
+// A run shorter than this is a warm-up, and then as many runs are timed as fill this long:
+// in so short a run, a fresh process's first touches (page faults, cold caches, code paths
+// taken for the first time) are a large share of the time, whatever the implementation,
+// and one run held up by the machine (a neighbour, a fault storm) would be the whole
+// sample. Go's harness (benchmarks/go/internal/bench) does the same.
 inline constexpr double warm_up_below_ns = 20e6;
 
-// measure() times run() once per iteration (twice when short: warm_up_below_ns); run()
-// processes `items` items and returns the sink's result, which must equal `expected`.  It
-// sets items_processed and ns_per_item.
+// measure() times run() once per iteration (when short: a warm-up, then runs until they
+// span warm_up_below_ns); run() processes `items` items and returns the sink's result, which
+// must equal `expected`.  It sets items_processed and ns_per_item (over the timed runs).
 template <class Run>
 void measure(benchmark::State& state, std::uint64_t items, std::uint64_t expected, Run&& run) {
+  using clock = std::chrono::steady_clock;
   double total_ns = 0;
   std::uint64_t done = 0;
   for (auto _ : state) {
-    auto t0 = std::chrono::steady_clock::now();
+    auto t0 = clock::now();
     std::uint64_t got = run();
-    auto t1 = std::chrono::steady_clock::now();
-    if (std::chrono::duration<double, std::nano>(t1 - t0).count() < warm_up_below_ns &&
-        got == expected) {
-      t0 = std::chrono::steady_clock::now();
-      got = run();
-      t1 = std::chrono::steady_clock::now();
+    double ns = std::chrono::duration<double, std::nano>(clock::now() - t0).count();
+    std::uint64_t runs = 1;
+    if (ns < warm_up_below_ns && got == expected) {
+      ns = 0;
+      runs = 0;
+      do {
+        t0 = clock::now();
+        got = run();
+        ns += std::chrono::duration<double, std::nano>(clock::now() - t0).count();
+        ++runs;
+      } while (got == expected && ns < warm_up_below_ns);
     }
-    total_ns += std::chrono::duration<double, std::nano>(t1 - t0).count();
+    total_ns += ns;
     if (got != expected) {
       state.SkipWithError("wrong result: the pipeline lost, duplicated or reordered items");
       break;
     }
-    done += items;
+    done += items * runs;
   }
   state.SetItemsProcessed(static_cast<std::int64_t>(done));
   if (done > 0) state.counters["ns_per_item"] = total_ns / static_cast<double>(done);

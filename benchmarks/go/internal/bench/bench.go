@@ -314,27 +314,44 @@ func cpuNanos() int64 {
 	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
-// A run shorter than warmUpBelow is timed twice and the first time discarded, as the C++
-// harness does (benchmarks/compare/common/work.hpp): in so short a run, the first touches
-// of a fresh process are a large share of the time.
+// A run shorter than warmUpBelow is a warm-up, and then as many runs are timed as fill
+// warmUpBelow, as the C++ harness does (benchmarks/compare/common/work.hpp): in so short a
+// run, the first touches of a fresh process are a large share of the time, and one run held
+// up by the machine would be the whole sample.
 const warmUpBelow = 20 * time.Millisecond
 
-// Measure runs run() once (twice when short: warmUpBelow), which processes items items and
-// returns the sink's result, and returns its row: real and CPU time in ms,
-// items_per_second, ns_per_item; an error row when the result is not expected.
+// Measure runs run() once (when short: a warm-up, then runs until they span warmUpBelow),
+// which processes items items and returns the sink's result, and returns its row: real and
+// CPU time in ms and items_per_second, ns_per_item, all per run (the mean of the timed
+// runs); an error row when a result is not expected.
 func Measure(name string, items, expected uint64, run func() uint64) Row {
+	return measure(name, items, expected, run, true)
+}
+
+// measure is Measure; repeat false times a short run once after its warm-up.
+func measure(name string, items, expected uint64, run func() uint64, repeat bool) Row {
 	c0 := cpuNanos()
 	t0 := time.Now()
 	got := run()
 	elapsed := time.Since(t0)
 	cpu := cpuNanos() - c0
+	runs := int64(1)
 	if elapsed < warmUpBelow && got == expected {
-		c0 = cpuNanos()
-		t0 = time.Now()
-		got = run()
-		elapsed = time.Since(t0)
-		cpu = cpuNanos() - c0
+		elapsed, cpu, runs = 0, 0, 0
+		for {
+			c0 = cpuNanos()
+			t0 = time.Now()
+			got = run()
+			elapsed += time.Since(t0)
+			cpu += cpuNanos() - c0
+			runs++
+			if !repeat || got != expected || elapsed >= warmUpBelow {
+				break
+			}
+		}
 	}
+	elapsed /= time.Duration(runs)
+	cpu /= runs
 	row := NewRow(name, float64(elapsed.Nanoseconds()), float64(cpu))
 	row["items_per_second"] = float64(items) / elapsed.Seconds()
 	row["ns_per_item"] = float64(elapsed.Nanoseconds()) / float64(items)
@@ -690,7 +707,7 @@ func percentileNs(sorted []int64, q float64) float64 {
 // each item's latency; the row adds p50_us, p99_us and max_us.
 func MeasureLatency(name string, items, expected uint64, run func(rec *LatencyRecorder) uint64) Row {
 	rec := &LatencyRecorder{Ns: make([]int64, 0, items)}
-	row := Measure(name, items, expected, func() uint64 { return run(rec) })
+	row := measure(name, items, expected, func() uint64 { return run(rec) }, false)
 	if uint64(len(rec.Ns)) != items {
 		row["error_occurred"] = true
 		row["error_message"] = "wrong result: the pipeline lost or duplicated items"
