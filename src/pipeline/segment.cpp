@@ -171,9 +171,9 @@ void segment::end_window() {
   ++windows_;
   const bool worth =
       per_item >= 2 * threshold_ && (last_decided_ == 0 || per_item >= 2 * last_decided_);
-  // The metrics take a probe of their own now and then (at once, then every 16 windows), to share
-  // the fiber's work among its stages; it decides nothing.
-  const bool measure_due = metrics && (windows_ == 2 || windows_ % 16 == 0);
+  // The metrics take a probe of their own now and then (at once, then every
+  // measure_every_ns), to share the fiber's work among its stages; it decides nothing.
+  const bool measure_due = metrics && (windows_ == 2 || (windows_ > 2 && now >= next_measure_));
   if (first_probe_) {
     // The first item was probed. Items this slow decide on it alone: each item that waits
     // for a longer probe runs fused, slow, and next to such an item a cold cache or a
@@ -200,6 +200,7 @@ void segment::end_window() {
     // second window runs fused (a probe that finds nothing costs a few clock reads).
     probing_ = true;
     measure_only_ = !worth;
+    if (measure_only_) next_measure_ = now + measure_every_ns;
     const int least = per_item >= probe_ns_slowest ? min_probe_samples_slowest
                       : per_item >= probe_ns / 2   ? min_probe_samples_slow
                                                    : min_probe_samples;

@@ -107,6 +107,11 @@ inline constexpr int min_probe_samples_slow = 3;
 inline constexpr int min_probe_samples_slowest = 2;
 inline constexpr std::int64_t probe_ns_slowest = 4 * probe_ns * cost_scale;
 inline constexpr int max_probe_samples = 16;
+// The metrics' own probes (each stage's share of a fused fiber's work) come this far apart
+// in time: a window is at most 1 << 14 items, so with cheap items a cadence counted in
+// windows probed every few microseconds, and each probe sends a whole chunk down the
+// out-of-line path.
+inline constexpr std::int64_t measure_every_ns = 16 * window_ns;
 
 // A fused loop (a source's, a link reader's) looks at its fiber's slice flag
 // (fiber_slice_flag()) after every slice_check items: a relaxed load per that many items,
@@ -649,6 +654,7 @@ class segment {
   std::atomic<bool>* slice_over_;  // the fiber's (fiber_slice_flag())
   std::int64_t last_decided_ = 0;
   int windows_ = 0;
+  std::int64_t next_measure_ = 0;  // when the metrics want their next probe
   int want_ = 0;
   bool probing_ = false;
   bool measure_only_ = false;  // the probe under way is for the metrics only
