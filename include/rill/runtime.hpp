@@ -174,7 +174,7 @@ auto run(F&& main, options opts = {}) {
 namespace detail {
 // start_closure(): a new fiber made by create(size, align, entry, out) runs f.
 template <class F, class Create>
-void start_closure(F&& f, Create create) {
+void start_closure(F&& f, Create create, bool spread = false) {
   using Fn = std::decay_t<F>;
   detail::fiber* h = nullptr;
   void* mem = create(sizeof(Fn), alignof(Fn), &detail::invoke_closure<Fn>, h);
@@ -184,18 +184,21 @@ void start_closure(F&& f, Create create) {
     detail::fiber_discard(h);
     throw;
   }
-  detail::fiber_start(h);
+  detail::fiber_start(h, spread);
 }
 
-// go_sized(): go() with a stack of at least `stack_size` bytes (0: the runtime's).
+// go_sized(): go() with a stack of at least `stack_size` bytes (0: the runtime's);
+// `spread`: see fiber_start().
 template <class F>
-void go_sized(std::size_t stack_size, F&& f) {
+void go_sized(std::size_t stack_size, F&& f, bool spread = false) {
   static_assert(std::is_invocable_v<std::decay_t<F>&>,
                 "rill::go: f must be callable with no arguments");
-  start_closure(std::forward<F>(f), [stack_size](std::size_t size, std::size_t align,
-                                                 void (*entry)(void*), fiber*& out) {
-    return fiber_create(size, align, entry, out, stack_size);
-  });
+  start_closure(
+      std::forward<F>(f),
+      [stack_size](std::size_t size, std::size_t align, void (*entry)(void*), fiber*& out) {
+        return fiber_create(size, align, entry, out, stack_size);
+      },
+      spread);
 }
 
 }  // namespace detail

@@ -225,11 +225,11 @@ void* fiber_create_in(runtime* rt, std::size_t size, std::size_t align, void (*e
   return out->closure;
 }
 
-void fiber_start(fiber* f) noexcept {
+void fiber_start(fiber* f, bool spread) noexcept {
   worker* w = current_worker();
   // Read before the start: once started, f may run on another worker, end and be reused.
   runtime* const rt = f->rt;
-  rt->start_fiber(w, f);
+  rt->start_fiber(w, f, spread);
   // A fiber that has filled its worker's queue with new fibers lets them run before it
   // spawns more (as Go's scheduler would preempt it): they then finish, or park, on stacks
   // that are reused, instead of each spawn committing a fresh stack while the queue

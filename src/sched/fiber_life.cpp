@@ -261,16 +261,21 @@ void runtime::discard_fiber(fiber* f) noexcept {
   count_exit();
 }
 
-void runtime::start_fiber(worker* w, fiber* f) noexcept {
+void runtime::start_fiber(worker* w, fiber* f, bool spread) noexcept {
   RILL_ASSERT_FIBER_STATE(f, created);
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
   if (w && w->rt == this) {
     w->spawned.store(w->spawned.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    if (!push_local(*w, f) || w->alone()) return;  // see worker::solo
-  } else {
-    push_global(f);
+    if (w->solo) spread = false;
+    if (!spread) {
+      if (!push_local(*w, f) || w->alone()) return;  // see worker::solo
+      wake_idle();
+      return;
+    }
   }
-  wake_idle();
+  // From outside, or spread: whoever looks first takes it; a spinner or watcher is kicked.
+  push_global(f);
+  wake_idle(true);
 }
 
 void runtime::reap(fiber* f) noexcept {

@@ -260,7 +260,7 @@ class runtime {
   void return_credit(worker& w) noexcept;
   void uncount(std::int64_t n) noexcept;  // n fewer in live_fibers_; the last one shuts down
   void retire(fiber& f) noexcept;         // see fiber_retire (rill/detail/core.hpp)
-  void start_fiber(worker* w, fiber* f) noexcept;
+  void start_fiber(worker* w, fiber* f, bool spread = false) noexcept;
   template <class F>
   void for_each_fiber(F f);      // f(fiber*) for every live fiber, under its registry slot's lock
   void reap(fiber* f) noexcept;  // on the landing side of a finished fiber

@@ -33,8 +33,10 @@ runtime* current_runtime() noexcept;
 // plain thread (RILL_WORKERS workers); started on first use.
 runtime* default_runtime();
 // fiber_start() makes a created fiber runnable on the calling worker (or, from outside its
-// runtime, on that runtime's global queue).
-void fiber_start(fiber* f) noexcept;
+// runtime, on that runtime's global queue). `spread`: the fiber is meant to run beside the
+// caller (a par_map worker): it goes on the global queue, and an idle or watching worker is
+// woken at once to take it, instead of its waiting to be stolen (steal_age_ns).
+void fiber_start(fiber* f, bool spread = false) noexcept;
 // fiber_discard() releases a created fiber that was never started.
 void fiber_discard(fiber* f) noexcept;
 // fiber_retire() takes the calling fiber out of the live counts (stats: live_fibers,

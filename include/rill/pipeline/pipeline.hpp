@@ -419,13 +419,15 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
     x.decision = pinned ? "par_map, pinned hand-out of " + std::to_string(pinned)
                         : "par_map, hand-out sized from measured work per item";
   });
+  // Every worker but the first is spread: it goes to another worker thread at once, rather
+  // than after waiting to be stolen behind a worker busy with the first one's items.
   for (unsigned k = 0; k < workers; ++k) {
     ctx.spawn(
         name,
         [in, out, room, unit, state, &s, &ctx, pinned, index]() mutable {
           s.template work<In, Out>(ctx, index, in, out, room.get(), unit, *state, pinned);
         },
-        true, s.opt.stack_size);
+        true, s.opt.stack_size, /*spread=*/k > 0);
   }
   // What follows reads the workers' link (its first stage's entry: index.slot + 1).
   const int next = index.slot + 1;

@@ -162,22 +162,26 @@ class pipe_ctx {
 
   // spawn() runs f in a new stage fiber named `name`, with a stack of at least `stack`
   // bytes (and of the run's size); its failure fails the run. `record`: list it in the
-  // run's stats now (false: f records its own layout as it builds it).
+  // run's stats now (false: f records its own layout as it builds it). `spread`: it is
+  // meant to run beside its siblings (detail::fiber_start).
   template <class F>
-  void spawn(std::string name, F f, bool record = true, std::size_t stack = 0) {
+  void spawn(std::string name, F f, bool record = true, std::size_t stack = 0,
+             bool spread = false) {
     if (record) record_fiber(name);
     fibers.add(1);
     try {
-      go_sized(std::max(stack, stack_size),
-               [this, name = std::move(name), f = std::optional<F>(std::move(f))]() mutable {
-                 enter_fiber(name);
-                 guard_fiber(name, *f);
-                 // The stage's state (its links, the items left in its batches) goes before done():
-                 // run() may return as soon as done() is called, and must leave no item behind,
-                 // nor a fiber counted as live.
-                 f.reset();
-                 leave_fiber();
-               });
+      go_sized(
+          std::max(stack, stack_size),
+          [this, name = std::move(name), f = std::optional<F>(std::move(f))]() mutable {
+            enter_fiber(name);
+            guard_fiber(name, *f);
+            // The stage's state (its links, the items left in its batches) goes before done():
+            // run() may return as soon as done() is called, and must leave no item behind,
+            // nor a fiber counted as live.
+            f.reset();
+            leave_fiber();
+          },
+          spread);
     } catch (...) {
       fibers.done();
       throw;
