@@ -264,14 +264,14 @@ void runtime::discard_fiber(fiber* f) noexcept {
 void runtime::start_fiber(worker* w, fiber* f, bool spread) noexcept {
   RILL_ASSERT_FIBER_STATE(f, created);
   f->state.store(fiber_state::runnable, std::memory_order_relaxed);
-  if (w && w->rt == this) {
+  const bool inside = w && w->rt == this;
+  if (inside) {
     w->spawned.store(w->spawned.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    if (w->solo) spread = false;
-    if (!spread) {
-      if (!push_local(*w, f) || w->alone()) return;  // see worker::solo
-      wake_idle();
-      return;
-    }
+  }
+  if (inside && (!spread || w->solo)) {
+    if (!push_local(*w, f) || w->alone()) return;  // see worker::solo
+    wake_idle();
+    return;
   }
   // From outside, or spread: whoever looks first takes it; a spinner or watcher is kicked.
   push_global(f);

@@ -393,11 +393,16 @@ fiber* runtime::spin(worker& w) {
   }
 }
 
+namespace {
+// kick(): the watcher v ends its sleep and looks now.
+void kick(worker& v) noexcept {
+  v.watch_word.store(1, std::memory_order_release);
+  futex_wake(v.watch_word);
+}
+}  // namespace
+
 void runtime::kick_watcher() noexcept {
-  if (worker* v = watcher_.load(std::memory_order_seq_cst)) {
-    v->watch_word.store(1, std::memory_order_release);
-    futex_wake(v->watch_word);
-  }
+  if (worker* v = watcher_.load(std::memory_order_seq_cst)) kick(*v);
 }
 
 // kick_drowsy_watcher(): a push from inside the runtime (one that made a queue non-empty)
@@ -407,8 +412,7 @@ void runtime::kick_drowsy_watcher() noexcept {
   worker* v = watcher_.load(std::memory_order_seq_cst);
   if (v && v->watch_drowsy.load(std::memory_order_relaxed) &&
       v->watch_drowsy.exchange(false, std::memory_order_relaxed)) {
-    v->watch_word.store(1, std::memory_order_release);
-    futex_wake(v->watch_word);
+    kick(*v);
   }
 }
 
