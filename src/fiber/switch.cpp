@@ -114,16 +114,26 @@ eh_state* thread_eh() noexcept {
 
 void on_landing(bctx::transfer_t t) noexcept { land(t); }
 
+// A thread asks the system once: on the main thread pthread_getattr_np reads
+// /proc/self/maps, an fd and a file read each time the thread enters a run. Called on the
+// thread's own stack, never from a fiber, so the thread_local is the thread's.
 void thread_stack(const void** bottom, std::size_t* size) noexcept {
-  pthread_attr_t attr;
-  void* addr = nullptr;
-  std::size_t n = 0;
-  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-    pthread_attr_getstack(&attr, &addr, &n);
-    pthread_attr_destroy(&attr);
+  struct bounds {
+    bool known = false;
+    void* addr = nullptr;
+    std::size_t n = 0;
+  };
+  thread_local bounds b;
+  if (!b.known) {
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+      pthread_attr_getstack(&attr, &b.addr, &b.n);
+      pthread_attr_destroy(&attr);
+      b.known = true;
+    }
   }
-  *bottom = addr;
-  *size = n;
+  *bottom = b.addr;
+  *size = b.n;
 }
 
 void san_thread_context(san_ctx& c) noexcept {

@@ -179,6 +179,7 @@ TEST_CASE("net stress: a million small messages under edge-triggered epoll, none
 
 TEST_CASE("net stress: an EMFILE storm does not make a backing-off accept loop spin",
           "[net][stress]") {
+  test::warm_worker_threads(2);
   test::net_run(2, [] {
     constexpr int clients_n = 40;
     auto ln = tcp_listener::listen("127.0.0.1", 0);

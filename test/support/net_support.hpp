@@ -73,7 +73,9 @@ inline double seconds_since(std::chrono::steady_clock::time_point t0) {
 // fd_limit: sets RLIMIT_NOFILE's soft limit for a scope, restores it after. UBSan's vptr
 // check opens a pipe on its slow path (to probe memory), which fails with no fd left and
 // reports a false "invalid vptr" on a caught std::system_error; the constructor first runs
-// that check once for the types the tests use, so it is cached.
+// that check once for the types the tests use, so it is cached. A worker thread that starts
+// inside the limit meets the same check on its first virtual call; warm_worker_threads()
+// keeps that out of the limit.
 class fd_limit {
  public:
   explicit fd_limit(rlim_t soft) {
@@ -95,6 +97,16 @@ class fd_limit {
  private:
   rlimit saved_{};
 };
+
+// warm_worker_threads(): runs an empty rill::run on `workers` workers, so that the
+// process-wide pool holds threads past their first call; a run right after lends those
+// threads and starts none. A thread started by the run under test could otherwise make its
+// first virtual call only once the test has taken every fd (see fd_limit).
+inline void warm_worker_threads(unsigned workers) {
+  rill::options o;
+  o.workers = workers;
+  rill::run([] {}, o);
+}
 
 // ensure_fds(): raises the soft RLIMIT_NOFILE to at least n (up to the hard limit).
 inline bool ensure_fds(rlim_t n) {

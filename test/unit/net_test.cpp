@@ -475,6 +475,7 @@ TEST_CASE("net: a write deadline fires while the peer does not read", "[net][dea
 // ---- EMFILE ------------------------------------------------------------------------------
 
 TEST_CASE("net: EMFILE in accept is reported and the listener keeps working", "[net][emfile]") {
+  test::warm_worker_threads(2);
   test::net_run(2, [] {
     auto ln = tcp_listener::listen("127.0.0.1", 0);
     auto client = tcp_stream::connect("127.0.0.1", ln.port());  // waits in the backlog
