@@ -71,7 +71,7 @@ class poller;
 
 struct fiber : machine_context {
   runtime* rt = nullptr;
-  fiber* next = nullptr;  // global queue link; guarded by runtime::gq_mu_
+  fiber* next = nullptr;  // global queue link (its spill list); guarded by runtime::gq_mu_
   std::uint64_t id = 0;
   void (*entry)(void*) = nullptr;
   void* closure = nullptr;
@@ -388,7 +388,7 @@ class runtime {
 
   // The lock order is sched/lock_rank.hpp's; debug builds check it.
   ranked_mutex gq_mu_{lock_rank::global_queue};
-  fifo<fiber> gq_ RILL_GUARDED_BY(gq_mu_);
+  block_fifo<fiber> gq_ RILL_GUARDED_BY(gq_mu_);
   std::atomic<std::uint32_t> gq_size_{0};
 
   ranked_mutex idle_mu_{lock_rank::idle};

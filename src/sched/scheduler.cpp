@@ -274,12 +274,11 @@ fiber* runtime::pop_global(worker& w) noexcept {
   n = std::min(n, size);
   fiber* first = gq_.pop_front();
   for (std::uint32_t i = 1; i < n; ++i) {
-    fiber* f = gq_.pop_front();
-    if (!w.queue.push(f)) {  // cannot happen: the local queue is nearly empty here
+    if (!w.queue.push(gq_.front())) {  // cannot happen: the local queue is nearly empty here
       n = i;
-      gq_.push_front(f);
       break;
     }
+    gq_.pop_front();
   }
   gq_size_.fetch_sub(n, std::memory_order_relaxed);
   return first;

@@ -20,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "sched/fifo.hpp"
 #include "support/run_with.hpp"
 
 namespace {
@@ -636,4 +637,78 @@ TEST_CASE("runtime: many fibers readied from several plain threads all run",
   });
   for (auto& t : ts) t.join();
   CHECK(ran.load() == per_thread * threads);
+}
+
+// ---- the global queue's container ---------------------------------------------------------
+
+namespace {
+
+struct queued_item {
+  queued_item* next = nullptr;
+  int value = 0;
+};
+
+// Blocks for block_fifo that run out after `left` allocations.
+struct limited_blocks {
+  static inline int left = 0;
+  static inline int made = 0;
+  static inline int freed = 0;
+  static void* allocate(std::size_t n) noexcept {
+    if (left == 0) return nullptr;
+    --left;
+    ++made;
+    return ::operator new(n, std::nothrow);
+  }
+  static void deallocate(void* p) noexcept {
+    ++freed;
+    ::operator delete(p);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("runtime: the global queue's block FIFO keeps order across blocks and without blocks",
+          "[runtime][global_queue]") {
+  using q_t = rill::detail::block_fifo<queued_item, limited_blocks>;
+  constexpr int per_block = static_cast<int>(q_t::block_items);
+  std::vector<queued_item> items(9 * per_block);
+  for (std::size_t i = 0; i < items.size(); ++i) items[i].value = static_cast<int>(i);
+  limited_blocks::made = limited_blocks::freed = 0;
+  {
+    q_t q;
+    CHECK(q.empty());
+    CHECK(q.pop_front() == nullptr);
+    int pushed = 0, popped = 0;
+    auto push = [&](int k) {
+      for (int i = 0; i < k; ++i) q.push_back(&items[static_cast<std::size_t>(pushed++)]);
+    };
+    auto pop = [&](int k) {
+      for (int i = 0; i < k; ++i) {
+        queued_item* front = q.front();
+        queued_item* x = q.pop_front();
+        REQUIRE(x != nullptr);
+        REQUIRE(x == front);
+        REQUIRE(x->value == popped++);
+      }
+    };
+    // Two blocks, then no memory: the rest spills behind them.
+    limited_blocks::left = 2;
+    push(3 * per_block);
+    CHECK(limited_blocks::made == 2);
+    CHECK(q.spilling());
+    pop(per_block + 10);
+    // Memory again: while the spill holds items, pushes still go behind it.
+    limited_blocks::left = 100;
+    push(per_block);
+    CHECK(limited_blocks::made == 2);
+    pop(pushed - popped);
+    CHECK(q.empty());
+    CHECK(!q.spilling());
+    // The spill drained: pushes go to blocks again (the spare ones first, then new ones).
+    push(4 * per_block);
+    CHECK(!q.spilling());
+    CHECK(limited_blocks::made > 2);
+    pop(pushed - popped - 7);  // the last 7 stay: their blocks are freed with the queue
+  }
+  CHECK(limited_blocks::freed == limited_blocks::made);
 }
