@@ -4,7 +4,7 @@
 // block_fifo: a FIFO of T* in blocks of pointers, for the global run queue. Taking a share
 // of a fifo follows each fiber's `next` through records that sit on as many stacks, a cache
 // and TLB miss each, one after the other: when a close woke a million fibers, that walk was
-// a tenth or more of the wake. A block_fifo reads the share's pointers from its blocks. A
+// a large part of the wake. A block_fifo reads the share's pointers from its blocks. A
 // block it cannot allocate sends the pushes to an intrusive fifo behind the blocks
 // (`spill_`, through T::next) until that has drained, so nothing is lost and the order
 // holds. Not synchronized: guarded by its owner's lock.
