@@ -56,7 +56,7 @@ struct nothrow_blocks {
 template <class T, class Blocks = nothrow_blocks>
 class block_fifo {
  public:
-  static constexpr std::uint32_t block_items = 254;  // a block and its header: 2 KiB
+  static constexpr std::uint32_t block_items = 254;  // with the header, a power of two
 
   block_fifo() = default;
   block_fifo(const block_fifo&) = delete;
