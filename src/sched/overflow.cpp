@@ -17,21 +17,32 @@ namespace rill::detail {
 
 namespace {
 
-void write_str(const char* s) noexcept {
-  ssize_t r = ::write(2, s, std::strlen(s));
-  (void)r;
-}
+// The report is assembled here and written with one write(2), so that another thread's output
+// (a sanitizer's report on memory the overflow corrupted, say) cannot split it. Static, not on
+// a stack: the reporting stack may be the one that overflowed. Only the first reporter writes
+// it (g_reporting_overflow).
+struct report_buffer {
+  char text[1024];
+  std::size_t used = 0;
 
-void write_num(std::uint64_t v) noexcept {
-  char buf[24];
-  int i = 23;
-  buf[i] = 0;
-  do {
-    buf[--i] = static_cast<char>('0' + v % 10);
-    v /= 10;
-  } while (v);
-  write_str(buf + i);
-}
+  void add(const char* s) noexcept {
+    for (; *s && used < sizeof text; ++s) text[used++] = *s;
+  }
+  void add(std::uint64_t v) noexcept {
+    char digits[24];
+    int i = 0;
+    do {
+      digits[i++] = static_cast<char>('0' + v % 10);
+      v /= 10;
+    } while (v);
+    while (i > 0 && used < sizeof text) text[used++] = digits[--i];
+  }
+  void write() const noexcept {
+    ssize_t r = ::write(2, text, used);
+    (void)r;
+  }
+};
+report_buffer g_report;
 
 // Set by the first overflow report. An overflow of a checked stack may have corrupted a
 // neighbouring stack before it was caught; another worker running that neighbour can crash
@@ -45,20 +56,22 @@ void report_overflow(const fiber* f) noexcept {
   if (g_reporting_overflow.exchange(true)) {
     for (;;) ::pause();  // another thread reports (and aborts)
   }
-  write_str("rill: fiber ");
-  write_num(f->id);
+  report_buffer& out = g_report;
+  out.add("rill: fiber ");
+  out.add(f->id);
   if (f->name[0]) {
-    write_str(" (");
-    write_str(f->name);
-    write_str(")");
+    out.add(" (");
+    out.add(f->name);
+    out.add(")");
   }
-  write_str(" overflowed its ");
-  write_num(f->stk.size);
-  write_str("-byte stack");
-  write_str(f->stk.guarded ? " (hit the guard page)" : " (canary destroyed)");
-  write_str(
+  out.add(" overflowed its ");
+  out.add(std::uint64_t{f->stk.size});
+  out.add("-byte stack");
+  out.add(f->stk.guarded ? " (hit the guard page)" : " (canary destroyed)");
+  out.add(
       "; a bigger stack: rill::options::stack_size, or for a pipeline "
       "run_options::stack_size or the stage's stage_options::stack_size\n");
+  out.write();
   std::abort();
 }
 

@@ -186,11 +186,14 @@ outcome spawn_child(const char* self, bool canary, const char* frame, const char
     if (canary && depth && std::strcmp(depth, "inf") == 0) {
       // Without a guard page the overflow writes into the neighbouring stack, which a fiber
       // on another thread may have used (a reused stack's neighbour can be the main
-      // fiber's): ThreadSanitizer reports that deliberate write as a race and, halting on
-      // error, ends the child before rill's check at the next yield. The child is run for
-      // rill's report.
+      // fiber's): ThreadSanitizer reports that deliberate write as a race, and
+      // UndefinedBehaviorSanitizer reports the other fiber's load of a value it corrupted
+      // (a bool of 129). Halting on error, either ends the child before rill's check at the
+      // next yield. The child is run for rill's report.
       const char* t = std::getenv("TSAN_OPTIONS");
       ::setenv("TSAN_OPTIONS", (std::string(t ? t : "") + ":report_bugs=0").c_str(), 1);
+      const char* u = std::getenv("UBSAN_OPTIONS");
+      ::setenv("UBSAN_OPTIONS", (std::string(u ? u : "") + ":halt_on_error=0").c_str(), 1);
     }
     if (depth) {
       ::execl(self, self, mode, frame, depth, static_cast<char*>(nullptr));
