@@ -381,10 +381,13 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   if (before < 0) first = -1;
   // Pinned by the user, or (inline_run) at the largest unit, as no time may decide it.
   const std::size_t pinned = s.opt.batch_size ? s.opt.batch_size : ctx.adaptive ? 0 : 16;
-  // Units of at most 16 items (or the user's) go to the workers, and come back as one batch
-  // each: both links are shaped for them, so that they still hold up to `buffer` items (in
-  // more batches: a link shaped for batches of 21 has one slot, a rendezvous for units of 1).
-  const link_shape shape = shape_for(s.opt.buffer, pinned ? pinned : 16);
+  // Units of at most a link's batch (a third of `buffer`, up to 64 items; or the user's) go
+  // to the workers, and come back as one batch each: both links are shaped for them, so that
+  // they still hold up to `buffer` items (in more batches when the user pins fewer: a link
+  // shaped for batches of 21 has one slot, a rendezvous for units of 1). Cheap items go in
+  // the largest units the buffer allows: each unit costs its worker a few hand-offs between
+  // workers, a share of the unit's time that only larger units make small.
+  const link_shape shape = shape_for(s.opt.buffer, pinned);
   auto state = std::make_shared<par_state>();
   auto in = ctx.template link<link_chan<In>>(shape.capacity);
   batch_policy pol{pinned ? pinned : shape.batch, pinned != 0, pinned ? nullptr : &state->handout,

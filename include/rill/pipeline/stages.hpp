@@ -446,7 +446,7 @@ struct par_map_stage {
   // reorder window, when ordered), maps it, and sends the results on as one batch with the
   // unit's `seq`.
   // Unless the hand-out is pinned, it times each unit and updates the shared hand-out size
-  // (state.handout: about handout_bound_ns of work, 1 to 16 items), which the writer that
+  // (state.handout: about handout_bound_ns of work, 1 to `unit` items), which the writer that
   // feeds the workers reads at each batch: few slow items spread over every worker.
   template <class In, class Out, class State>
   void work(pipe_ctx& ctx, stage_id index, link_chan<In>& in, link_chan<Out>& out,
@@ -490,7 +490,7 @@ struct par_map_stage {
       // unit (its busy time).
       const bool timed =
           ctr ||
-          (!pinned && (state.handout.load(std::memory_order_relaxed) < 16 || units++ % 8 == 0));
+          (!pinned && (state.handout.load(std::memory_order_relaxed) < unit || units++ % 8 == 0));
       const std::int64_t t0 = timed ? now_ns() : 0;
       batch<Out> r;
       r.seq = b->seq;
@@ -521,8 +521,8 @@ struct par_map_stage {
         const std::int64_t avg = c == 0 ? per : (7 * c + per) / 8;
         state.cost_ns.store(avg, std::memory_order_relaxed);
         // Stored only when it changes: every worker and the feeding writer read this line.
-        const auto h =
-            static_cast<std::size_t>(std::clamp<std::int64_t>(handout_bound_ns / avg, 1, 16));
+        const auto h = static_cast<std::size_t>(
+            std::clamp<std::int64_t>(handout_bound_ns / avg, 1, static_cast<std::int64_t>(unit)));
         if (state.handout.load(std::memory_order_relaxed) != h) {
           state.handout.store(h, std::memory_order_relaxed);
         }
