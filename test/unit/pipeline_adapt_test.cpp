@@ -565,6 +565,35 @@ TEST_CASE("adapt: the explicit options pin the layout", "[pipeline][adapt][optio
   }
 }
 
+TEST_CASE("adapt: par_map hands cheap items out in units of up to a third of its buffer",
+          "[pipeline][adapt]") {
+  // The unit is the batch on the link into the workers (the source's batch_size): sized
+  // from the measured work per item, bounded by that link's shape (buffer / 3, at most 64),
+  // and never past it whatever the work.
+  const unsigned workers = GENERATE(1u, 2u);
+  const std::size_t buffer = GENERATE(std::size_t{30}, std::size_t{256});
+  const std::size_t most = std::min<std::size_t>(buffer / 3, 64);
+  // Cheap items: more than the 16 a unit once stopped at, where the buffer allows it. The
+  // size is the last one decided, from measured times, which a preempted worker inflates:
+  // up to 5 runs may show it.
+  std::size_t largest = 0;
+  for (int attempt = 0; attempt < 5 && largest <= std::min<std::size_t>(most - 1, 16); ++attempt) {
+    auto stats = test::run_with(workers, [&] {
+      auto p = rill::from(upto(20'000L), {.buffer = buffer}) |
+               rill::par_map([](long v) { return v + 1; }, {.workers = 2, .buffer = buffer}) |
+               rill::count();
+      CHECK(p.run() == 20'000u);
+      return p.stats();
+    });
+    REQUIRE(stats.stages.size() == 3);
+    INFO("buffer " << buffer << ", unit " << stats.stages[0].batch_size);
+    CHECK(stats.stages[0].batch_size <= most);
+    largest = std::max(largest, stats.stages[0].batch_size);
+  }
+  INFO("buffer " << buffer << ", largest unit " << largest);
+  if (most > 16) CHECK(largest > 16);
+}
+
 TEST_CASE("adapt: layout changes mid-run lose, duplicate and reorder nothing (property)",
           "[pipeline][adapt][property]") {
   // Random chains of map / filter / flat_map / batch+unbatch / take with random slow items

@@ -49,8 +49,8 @@ struct par_options {
   std::size_t buffer = default_buffer;
   const char* name = nullptr;
   // Items handed to a worker at a time. 0: adaptive, from the measured work per item (one
-  // at a time when items are slow, so few slow items spread over every worker; up to 16
-  // when they are cheap). n: up to n.
+  // at a time when items are slow, so few slow items spread over every worker; up to a
+  // third of `buffer`, at most 64, when they are cheap). n: up to n.
   std::size_t batch_size = 0;
   std::size_t stack_size = 0;  // of each worker's fiber: as stage_options::stack_size
 };
