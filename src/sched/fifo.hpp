@@ -32,11 +32,6 @@ struct fifo {
     }
     tail = x;
   }
-  void push_front(T* x) noexcept {
-    x->next = head;
-    head = x;
-    if (!tail) tail = x;
-  }
   T* pop_front() noexcept {
     T* x = head;
     if (x) {
