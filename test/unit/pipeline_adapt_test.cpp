@@ -563,19 +563,52 @@ TEST_CASE("adapt: the explicit options pin the layout", "[pipeline][adapt][optio
     CHECK_FALSE(stats.stages[1].fused);
     CHECK_FALSE(stats.stages[2].fused);
   }
+  SECTION(".batch_size past half of .buffer is cut to that half: the buffer bounds memory") {
+    // A slow sink holds the link full: a batch of 64 items on a link of 10 would hold
+    // 64 and more.
+    std::atomic<long> produced{0}, consumed{0}, peak{0};
+    auto stats = test::run_with(workers, [&] {
+      long next = 0;
+      auto p = rill::generate([&]() -> std::optional<long> {
+                 if (next == 2'000) return std::nullopt;
+                 ++produced;
+                 return next++;
+               }) |
+               rill::map([](long v) { return v + 1; }, {.buffer = 10, .batch_size = 64}) |
+               rill::stage_boundary | rill::for_each([&](long) {
+                 peak = std::max(peak.load(), produced.load() - consumed.load());
+                 ++consumed;
+                 rill::this_fiber::yield();  // the slow sink
+               });
+      p.run();
+      return p.stats();
+    });
+    CHECK(consumed.load() == 2'000);
+    std::size_t batch = 0;
+    for (const auto& s : stats.stages) {
+      INFO(s.name << ": batch " << s.batch_size);
+      CHECK(s.batch_size <= 5);
+      batch = std::max(batch, s.batch_size);
+    }
+    CHECK(batch == 5);
+    // The map's link (10), an item in each of the 2 fibers.
+    INFO("peak in flight " << peak.load());
+    CHECK(peak.load() <= 10 + 2);
+  }
 }
 
-TEST_CASE("adapt: par_map hands cheap items out in units of up to a third of its buffer",
+TEST_CASE("adapt: par_map hands cheap items out in units of up to half of its buffer",
           "[pipeline][adapt]") {
   // The unit is the batch on the link into the workers (the source's batch_size): sized
-  // from the measured work per item, bounded by that link's shape (buffer / 3, at most 64),
-  // and never past it whatever the work.
+  // from the measured work per item, bounded by that link's shape (buffer / 2, at most 64:
+  // the unit in a worker's hands is counted besides the buffer), and never past it whatever
+  // the work.
   const unsigned workers = GENERATE(1u, 2u);
-  const std::size_t buffer = GENERATE(std::size_t{30}, std::size_t{256});
-  const std::size_t most = std::min<std::size_t>(buffer / 3, 64);
-  // Cheap items: more than the 16 a unit once stopped at, where the buffer allows it. The
-  // size is the last one decided, from measured times, which a preempted worker inflates:
-  // up to 5 runs may show it.
+  const std::size_t buffer = GENERATE(std::size_t{40}, std::size_t{256});
+  const std::size_t most = std::min<std::size_t>(buffer / 2, 64);
+  // Cheap items: more than the 16 a unit once stopped at (and the 13 that a third of a
+  // buffer of 40 gave). The size is the last one decided, from measured times, which a
+  // preempted worker inflates: up to 5 runs may show it.
   const std::size_t enough = std::min<std::size_t>(most, 17);  // the most, or past 16
   std::size_t largest = 0;
   for (int attempt = 0; attempt < 5 && largest < enough; ++attempt) {
@@ -592,7 +625,24 @@ TEST_CASE("adapt: par_map hands cheap items out in units of up to a third of its
     largest = std::max(largest, stats.stages[0].batch_size);
   }
   INFO("buffer " << buffer << ", largest unit " << largest);
-  if (most > 16) CHECK(largest > 16);
+  CHECK(largest > 16);
+}
+
+TEST_CASE("adapt: a pinned par_map unit larger than half of its buffer is cut to that half",
+          "[pipeline][adapt]") {
+  // The buffer bounds memory whatever the options: .batch_size = 64 with .buffer = 10 hands
+  // out units of 5, and the stats say so.
+  auto stats = test::run_with(2, [&] {
+    auto p = rill::from(upto(2'000L), {.buffer = 10}) |
+             rill::par_map([](long v) { return v + 1; },
+                           {.workers = 2, .buffer = 10, .batch_size = 64}) |
+             rill::count();
+    CHECK(p.run() == 2'000u);
+    return p.stats();
+  });
+  REQUIRE(stats.stages.size() == 3);
+  CHECK(stats.stages[0].batch_size == 5);
+  CHECK(stats.stages[1].decision == "par_map, pinned hand-out of 5");
 }
 
 TEST_CASE("adapt: layout changes mid-run lose, duplicate and reorder nothing (property)",

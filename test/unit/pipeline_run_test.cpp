@@ -412,10 +412,10 @@ TEST_CASE("pipeline: ordered par_map bounds its reorder window when one item is 
                ++consumed;
              });
     p.run();
-    // par_map's input link (buffer 16), its reorder window (buffer 16, and a unit of up to 5
-    // items, the shape of a link of 16, in each worker's hands), one item per fiber. Without
-    // a bounded window one slow item let thousands pile up.
-    const long bound = 16 + 16 + 5 * static_cast<long>(workers) + workers + 2;
+    // par_map's input link (buffer 16), its reorder window (buffer 16, and a unit of up to 8
+    // items, half the buffer, in each worker's hands), one item per fiber. Without a bounded
+    // window one slow item let thousands pile up.
+    const long bound = 16 + 16 + 8 * static_cast<long>(workers) + workers + 2;
     INFO("peak in flight " << peak.load() << ", bound " << bound);
     CHECK(peak.load() <= bound);
   });

@@ -175,9 +175,9 @@ using link_chan = chan<batch<T>>;
 
 // Bound: a link with `buffer` b holds at most b items: batches of at most B = clamp(b/3, 1,
 // max_batch) items, channel capacity (b - 2B + 1) / B batches, plus one partial batch in the
-// writer and one in the reader. max_batch is the batch size the user pinned (0: none, up to
-// 64), so that small batches get the slots to hold b items (batches of one item in the one
-// slot that B = 21 leaves would hold 3 items of a buffer of 64).
+// writer and one in the reader. max_batch is the largest batch the writer will want (0:
+// none, up to 64), so that small batches get the slots to hold b items (batches of one item
+// in the one slot that B = 21 leaves would hold 3 items of a buffer of 64).
 struct link_shape {
   std::size_t batch;
   std::size_t capacity;
@@ -186,6 +186,21 @@ inline link_shape shape_for(std::size_t buffer, std::size_t max_batch = 0) {
   const std::size_t b = std::clamp<std::size_t>(buffer / 3, 1, max_batch ? max_batch : 64);
   const std::size_t cap = buffer >= 2 * b ? (buffer - 2 * b + 1) / b : 0;
   return {b, cap};
+}
+// pinned_shape(): for batches the user pinned at n: B = n, cut to half of `buffer` (where a
+// partial batch in the writer and one in the reader hold it all, through a rendezvous).
+inline link_shape pinned_shape(std::size_t buffer, std::size_t n) {
+  const std::size_t b = std::clamp<std::size_t>(n, 1, std::max<std::size_t>(1, buffer / 2));
+  const std::size_t cap = buffer >= 2 * b ? (buffer - 2 * b + 1) / b : 0;
+  return {b, cap};
+}
+// unit_shape_for(): the link that feeds par_map's workers. Each worker's unit is counted
+// besides `buffer` (as the ordered reorder window counts it), so the link holds up to
+// `buffer` items in the writer's partial unit and its slots alone: units of up to half of
+// `buffer` (at most 64, or the user's pinned size), and (buffer - U) / U slots.
+inline link_shape unit_shape_for(std::size_t buffer, std::size_t pinned = 0) {
+  const std::size_t u = std::clamp<std::size_t>(buffer / 2, 1, pinned ? pinned : 64);
+  return {u, buffer > u ? (buffer - u) / u : 0};
 }
 
 class segment;
@@ -909,12 +924,12 @@ class split_link : public split_base {
   void split(std::vector<split_base*> after, std::vector<split_base*> moved,
              std::vector<split_base*> cuts, std::string fiber) override {
     pipe_ctx& ctx = seg_->ctx();
-    const link_shape shape = shape_for(buffer_, batch_size_ ? batch_size_ : batch_hint());
+    const link_shape shape =
+        batch_size_ ? pinned_shape(buffer_, batch_size_) : shape_for(buffer_, batch_hint());
     reader_ = ctx.template link<link_chan<T>>(shape.capacity);
     if (stage_counters* c = ctx.counter(index_))
       c->capacity.store(buffer_, std::memory_order_relaxed);
-    batch_policy pol{batch_size_ ? batch_size_ : shape.batch, batch_size_ != 0 || !ctx.adaptive,
-                     nullptr, &ctx, index_};
+    batch_policy pol{shape.batch, batch_size_ != 0 || !ctx.adaptive, nullptr, &ctx, index_};
     writer_.emplace(reader_, pol);
     writer_->set_segment(seg_);
     try {

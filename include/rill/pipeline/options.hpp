@@ -32,8 +32,9 @@ struct stage_options {
   const char* name = nullptr;
   // Items per hand-off on the link after this stage. 0: adaptive (one item at a time while
   // items are slow or scarce, more while they stream; never longer than a small bound of
-  // the writer's running time). n: always batches of up to n (still sent when the fiber
-  // waits, so no item waits for a batch to fill while its fiber sleeps).
+  // the writer's running time). n: always batches of up to n, and of half of `buffer` at
+  // most, which bounds the link (still sent when the fiber waits, so no item waits for a
+  // batch to fill while its fiber sleeps).
   std::size_t batch_size = 0;
   // Bytes of stack, at least, for the fiber that runs this stage (0: the run's, see
   // run_options::stack_size). Stages fused into one fiber get the largest of theirs, and a
@@ -49,8 +50,8 @@ struct par_options {
   std::size_t buffer = default_buffer;
   const char* name = nullptr;
   // Items handed to a worker at a time. 0: adaptive, from the measured work per item (one
-  // at a time when items are slow, so few slow items spread over every worker; up to a
-  // third of `buffer`, at most 64, when they are cheap). n: up to n.
+  // at a time when items are slow, so few slow items spread over every worker; up to half
+  // of `buffer`, at most 64, when they are cheap). n: up to n (and to half of `buffer`).
   std::size_t batch_size = 0;
   std::size_t stack_size = 0;  // of each worker's fiber: as stage_options::stack_size
 };

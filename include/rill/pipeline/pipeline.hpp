@@ -247,11 +247,11 @@ inline stage_counters* link_counter(pipe_ctx& ctx, int first, int n) noexcept {
 template <std::size_t I, class In, class Stages, class Tail, class Drive>
 void cut(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::string seg, std::size_t buffer,
          std::size_t batch_size, std::size_t stack, int first) {
-  const link_shape shape = shape_for(buffer, batch_size);
+  const link_shape shape = batch_size ? pinned_shape(buffer, batch_size) : shape_for(buffer);
   auto l = ctx.template link<link_chan<In>>(shape.capacity);
   const int last = slot_at<I, Stages>(tail);
   if (stage_counters* c = link_counter(ctx, first, last)) c->capacity.store(buffer);
-  batch_policy pol{batch_size ? batch_size : shape.batch, batch_size != 0 || !ctx.adaptive, nullptr,
+  batch_policy pol{shape.batch, batch_size != 0 || !ctx.adaptive, nullptr,
                    first < 0 ? nullptr : &ctx, last};
   ctx.spawn(
       seg,
@@ -381,17 +381,16 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   if (before < 0) first = -1;
   // Pinned by the user, or (inline_run) at the largest unit, as no time may decide it.
   const std::size_t pinned = s.opt.batch_size ? s.opt.batch_size : ctx.adaptive ? 0 : 16;
-  // Units of at most a link's batch (a third of `buffer`, up to 64 items; or the user's) go
-  // to the workers, and come back as one batch each: both links are shaped for them, so that
-  // they still hold up to `buffer` items (in more batches when the user pins fewer: a link
-  // shaped for batches of 21 has one slot, a rendezvous for units of 1). Cheap items go in
-  // the largest units the buffer allows: each unit costs its worker a few hand-offs between
-  // workers, a share of the unit's time that only larger units make small.
-  const link_shape shape = shape_for(s.opt.buffer, pinned);
+  // Units of at most half of `buffer` (up to 64 items; or the user's, cut to that half) go
+  // to the workers, and come back as one batch each: both links are shaped for them
+  // (unit_shape_for), so that besides the unit in each worker's hands they hold up to
+  // `buffer` items. Cheap items go in the largest units the buffer allows: each unit costs
+  // its worker a few hand-offs between workers, a share of the unit's time that only larger
+  // units make small.
+  const link_shape shape = unit_shape_for(s.opt.buffer, pinned);
   auto state = std::make_shared<par_state>();
   auto in = ctx.template link<link_chan<In>>(shape.capacity);
-  batch_policy pol{pinned ? pinned : shape.batch, pinned != 0, pinned ? nullptr : &state->handout,
-                   &ctx, before};
+  batch_policy pol{shape.batch, pinned != 0, pinned ? nullptr : &state->handout, &ctx, before};
   if (first < 0) pol.ctx = nullptr;  // nothing before the link to count
   if (stage_counters* c = link_counter(ctx, first, before)) c->capacity.store(s.opt.buffer);
   if (stage_counters* c = ctx.counter(index.slot)) c->capacity.store(s.opt.buffer);
@@ -419,7 +418,7 @@ void build_par_map(Stages& st, Tail& tail, pipe_ctx& ctx, Drive drive, std::stri
   ctx.stage_at(index.slot, [&](stage_stats& x) {
     x.name = tail.label + name;
     x.fibers = workers;
-    x.decision = pinned ? "par_map, pinned hand-out of " + std::to_string(pinned)
+    x.decision = pinned ? "par_map, pinned hand-out of " + std::to_string(unit)
                         : "par_map, hand-out sized from measured work per item";
   });
   // Every worker but the first is spread: it goes to another worker thread at once, rather
