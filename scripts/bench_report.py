@@ -112,7 +112,7 @@ def config_key(config):
     return key
 
 
-# Workloads whose rill rows are a par_map: its adaptive hand-out is up to 16 items.
+# Workloads whose rill rows are a par_map: its adaptive hand-out is up to half the capacity.
 PAR_MAP_WORKLOADS = {"linear_heavy", "fan_out_fan_in", "heavy_tail"}
 
 
@@ -126,11 +126,12 @@ def layout_label(key, workload=None):
     if layout.startswith("batch"):
         return "batch " + layout[5:]
     if layout == "auto":
-        # rill's adaptive links: up to a third of the capacity, at most 64 (links.hpp).
-        top = min(64, max(1, int(key["cap"]) // 3)) if "cap" in key else 64
+        # rill's adaptive links: up to a third of the capacity, at most 64; par_map's
+        # hand-out, up to half of it, at most 64 (links.hpp: shape_for, unit_shape_for).
+        cap = int(key["cap"]) if "cap" in key else None
         if workload in PAR_MAP_WORKLOADS:
-            return f"adaptive (hand-outs of 1..{min(top, 16)})"
-        return f"adaptive (batches of 1..{top})"
+            return f"adaptive (hand-outs of 1..{min(64, max(1, cap // 2)) if cap else 64})"
+        return f"adaptive (batches of 1..{min(64, max(1, cap // 3)) if cap else 64})"
     return layout
 
 
