@@ -352,10 +352,13 @@ TEST_CASE("pipeline: take stops an endless source after n + buffers + stages ite
     CHECK(p.run({.fusion = false}) == iota_vec(5));
     CHECK(produced.load() <= 5 + (3 * d + 2 * b) + 6);
     produced = 0;
-    auto fused = rill::from(ranges::views::iota(0)) | rill::tap([&produced](int) { ++produced; }) |
-                 rill::take(5) | rill::collect();
+    // Pinned fused: exactly n. (Left to the policy, a chain whose first items look slow, as
+    // under a sanitizer, may split: then the bound above holds, not this one.)
+    auto fused = rill::from(ranges::views::iota(0)) |
+                 rill::tap([&produced](int) { ++produced; }, {.fuse = true}) |
+                 rill::take(5, {.fuse = true}) | rill::collect();
     CHECK(fused.run() == iota_vec(5));
-    CHECK(produced.load() == 5);  // fused: exactly n
+    CHECK(produced.load() == 5);
   });
 }
 
