@@ -182,17 +182,18 @@ struct link_shape {
   std::size_t batch;
   std::size_t capacity;
 };
+// shape_of(): batches of b, and the slots that hold `buffer` with a partial batch in the
+// writer and one in the reader.
+inline link_shape shape_of(std::size_t buffer, std::size_t b) {
+  return {b, buffer >= 2 * b ? (buffer - 2 * b + 1) / b : 0};
+}
 inline link_shape shape_for(std::size_t buffer, std::size_t max_batch = 0) {
-  const std::size_t b = std::clamp<std::size_t>(buffer / 3, 1, max_batch ? max_batch : 64);
-  const std::size_t cap = buffer >= 2 * b ? (buffer - 2 * b + 1) / b : 0;
-  return {b, cap};
+  return shape_of(buffer, std::clamp<std::size_t>(buffer / 3, 1, max_batch ? max_batch : 64));
 }
 // pinned_shape(): for batches the user pinned at n: B = n, cut to half of `buffer` (where a
 // partial batch in the writer and one in the reader hold it all, through a rendezvous).
 inline link_shape pinned_shape(std::size_t buffer, std::size_t n) {
-  const std::size_t b = std::clamp<std::size_t>(n, 1, std::max<std::size_t>(1, buffer / 2));
-  const std::size_t cap = buffer >= 2 * b ? (buffer - 2 * b + 1) / b : 0;
-  return {b, cap};
+  return shape_of(buffer, std::clamp<std::size_t>(n, 1, std::max<std::size_t>(1, buffer / 2)));
 }
 // unit_shape_for(): the link that feeds par_map's workers. Each worker's unit is counted
 // besides `buffer` (as the ordered reorder window counts it), so the link holds up to
