@@ -107,8 +107,9 @@ thread_pool& worker_threads() { return process_wide<thread_pool>(); }
 // The workers' credit and cached stacks are read before the totals they are part of. A
 // worker lowers a total before it lowers its own share (return_credit, the stack cache's
 // release) and raises its credit before the total, so a snapshot taken while workers give
-// back what they hold may count too few for a moment, never too many: a leak check that
-// polls until it sees zero sees no leak that is not there.
+// back what they hold counts too few, never too many; and as each such move is marked
+// (count_move, fiber_life.cpp), a snapshot that overlapped one is taken again, so that a
+// runtime at rest reads exactly, even while its workers put away what its last run left.
 //
 // A retired fiber (fiber_retire) is out of live_fibers at once (its count moves into its
 // worker's credit) and its stack out of live_stacks (retiring_stacks_, read first: reap()
@@ -118,24 +119,49 @@ stats runtime::snapshot() noexcept {
   const compaction_stats c = compaction_counts();
   s.compacted_fibers = c.held;
   s.compacted_bytes = c.held_bytes;
-  const std::int64_t retiring = retiring_stacks_.load(std::memory_order_acquire);
-  std::int64_t credit = 0;
-  std::size_t cached = 0;
-  for (auto& w : workers_) {
-    credit += w->credit.load(std::memory_order_acquire);
-    cached += w->cached.load(std::memory_order_acquire);
-    s.fibers_spawned += w->spawned.load(std::memory_order_relaxed);
-    s.steals += w->steals.load(std::memory_order_relaxed);
+  // moves(): the workers' move counts added up, or odd while one is under way (each only
+  // grows, so an equal sum means no move began or ended in between).
+  auto moves = [this] {
+    std::uint64_t sum = 0, odd = 0;
+    for (auto& w : workers_) {
+      const std::uint64_t m = w->moves.load(std::memory_order_acquire);
+      sum += m;
+      odd |= m & 1;
+    }
+    return sum | odd;  // odd while any worker is in a move
+  };
+  // A move takes a few instructions; a worker preempted in the middle can hold one for a
+  // time slice, so a snapshot gives up waiting after a while and keeps its low count.
+  constexpr int max_tries = 10000;
+  for (int tries = 0;; ++tries) {
+    const std::uint64_t before = moves();
+    if ((before & 1) != 0 && tries < max_tries) {
+      if (tries >= 64) std::this_thread::yield();
+      continue;
+    }
+    const std::int64_t retiring = retiring_stacks_.load(std::memory_order_acquire);
+    std::int64_t credit = 0;
+    std::size_t cached = 0;
+    s.fibers_spawned = 0;
+    s.steals = 0;
+    for (auto& w : workers_) {
+      credit += w->credit.load(std::memory_order_acquire);
+      cached += w->cached.load(std::memory_order_acquire);
+      s.fibers_spawned += w->spawned.load(std::memory_order_relaxed);
+      s.steals += w->steals.load(std::memory_order_relaxed);
+    }
+    const std::int64_t live = live_fibers_.load(std::memory_order_acquire) - credit;
+    s.live_fibers = live > 0 ? static_cast<std::size_t>(live) : 0;  // never below 0
+    std::size_t stacks = stacks_.live();
+    {
+      lock_guard lk(pools_mu_);
+      for (auto& p : more_stacks_) stacks += p->live();
+    }
+    const std::size_t idle = cached + static_cast<std::size_t>(retiring > 0 ? retiring : 0);
+    s.live_stacks = stacks > idle ? stacks - idle : 0;
+    std::atomic_thread_fence(std::memory_order_acquire);  // the values, then the moves
+    if (moves() == before || tries >= max_tries) break;
   }
-  const std::int64_t live = live_fibers_.load(std::memory_order_acquire) - credit;
-  s.live_fibers = live > 0 ? static_cast<std::size_t>(live) : 0;  // a racy sum: never below 0
-  std::size_t stacks = stacks_.live();
-  {
-    lock_guard lk(pools_mu_);
-    for (auto& p : more_stacks_) stacks += p->live();
-  }
-  const std::size_t idle = cached + static_cast<std::size_t>(retiring > 0 ? retiring : 0);
-  s.live_stacks = stacks > idle ? stacks - idle : 0;
   {
     lock_guard lk(timer_mu_);
     s.pending_timers = timer_count_;

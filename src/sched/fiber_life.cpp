@@ -18,6 +18,26 @@ namespace {
 constexpr std::int64_t fiber_credit_batch = 64;  // see count_spawn
 constexpr std::uint64_t id_block = 64;           // fiber ids a worker takes at a time
 
+// count_move: while it lives, worker w moves a count from one total snapshot() reads to
+// another (a stack from a fiber to the cache, credit back to live_fibers_, ...). Each total
+// is written in an order that can only make a snapshot taken in the middle count too few,
+// and snapshot() takes its values again when a move overlapped them, so that a runtime at
+// rest (a run just returned, its workers putting away what they hold) reads exactly.
+class count_move {
+ public:
+  explicit count_move(worker* w) noexcept : w_(w) {
+    if (w_) w_->moves.fetch_add(1, std::memory_order_acq_rel);  // odd: before the writes
+  }
+  ~count_move() {
+    if (w_) w_->moves.fetch_add(1, std::memory_order_release);  // even: after them
+  }
+  count_move(const count_move&) = delete;
+  count_move& operator=(const count_move&) = delete;
+
+ private:
+  worker* w_;
+};
+
 void after_reap(machine_context* left, void*) noexcept {
   auto* f = static_cast<fiber*>(left);
   f->rt->reap(f);
@@ -130,9 +150,11 @@ fiber* runtime::create_fiber(worker* w, std::size_t size, std::size_t align, voi
   if (&pool != &stacks_) {
     s = pool.allocate();  // no cache: such fibers are few (a pipeline's stages)
   } else if (w) {
-    if (w->stack_cache.empty()) {
-      // Refill half the cache under one pool lock (a spawn burst would otherwise take the
-      // pool's mutex once per fiber).
+    // Refill half the cache under one pool lock (a spawn burst would otherwise take the
+    // pool's mutex once per fiber): stacks move from a pool to the cache (count_move).
+    const bool refill = w->stack_cache.empty();
+    const count_move move(refill ? w : nullptr);
+    if (refill) {
       stack batch[stack_cache_max / 2];
       const std::size_t n = stacks_.allocate_many(batch, stack_cache_max / 2);
       for (std::size_t i = 0; i < n; ++i) w->stack_cache.push_back(batch[i]);  // reserved
@@ -204,6 +226,7 @@ void runtime::count_spawn(worker* w) noexcept {
   const std::int64_t c = w->credit.load(std::memory_order_relaxed);
   if (c == 0) {
     // Credit first, then the count: snapshot() may under-count for a moment, never over.
+    const count_move move(w);
     w->credit.store(fiber_credit_batch - 1, std::memory_order_release);
     live_fibers_.fetch_add(fiber_credit_batch, std::memory_order_relaxed);
     return;
@@ -225,8 +248,10 @@ void runtime::count_exit() noexcept {
   }
   std::int64_t c = w->credit.load(std::memory_order_relaxed) + 1;
   if (c > 2 * fiber_credit_batch) {
+    const count_move move(w);
     live_fibers_.fetch_sub(fiber_credit_batch, std::memory_order_acq_rel);  // c stays > 0
-    c -= fiber_credit_batch;
+    w->credit.store(c - fiber_credit_batch, std::memory_order_release);
+    return;
   }
   w->credit.store(c, std::memory_order_release);
 }
@@ -247,8 +272,13 @@ void runtime::retire(fiber& f) noexcept {
 void runtime::return_credit(worker& w) noexcept {
   const std::int64_t c = w.credit.load(std::memory_order_relaxed);
   if (c == 0) return;
-  uncount(c);
-  w.credit.store(0, std::memory_order_release);
+  bool last = false;
+  {
+    const count_move move(&w);
+    last = live_fibers_.fetch_sub(c, std::memory_order_acq_rel) == c;
+    w.credit.store(0, std::memory_order_release);
+  }
+  if (last && !cfg_.persistent) begin_shutdown();
 }
 
 void runtime::discard_fiber(fiber* f) noexcept {
@@ -285,25 +315,28 @@ void runtime::reap(fiber* f) noexcept {
   san_fiber_destroyed(f->san);
   f->~fiber();
   worker* w = current_worker();
-  if (s.size != stacks_.stack_size()) {
-    release_stack(s);
-  } else if (w && w->rt == this) {
-    if (w->stack_cache.size() == stack_cache_max) {
-      // Give half back under one pool lock (see create_fiber).
-      const std::size_t keep = stack_cache_max / 2;
-      stacks_.release_many(w->stack_cache.data() + keep, stack_cache_max - keep);
-      w->stack_cache.resize(keep);
+  const bool ours = w && w->rt == this;
+  const bool cached = ours && s.size == stacks_.stack_size();
+  const bool trim = cached && w->stack_cache.size() == stack_cache_max;
+  {
+    // A retired fiber's stack goes from retiring_stacks_ to a cache or a pool: a move
+    // (count_move), as is giving half a cache back. An exit's stack leaves a live fiber.
+    const count_move move(ours && (retired || trim) ? w : nullptr);
+    if (!cached) {
+      release_stack(s);
+    } else {
+      if (trim) {
+        // Give half back under one pool lock (see create_fiber).
+        const std::size_t keep = stack_cache_max / 2;
+        stacks_.release_many(w->stack_cache.data() + keep, stack_cache_max - keep);
+        w->stack_cache.resize(keep);
+      }
+      w->stack_cache.push_back(s);
+      w->cached.store(w->stack_cache.size(), std::memory_order_release);
     }
-    w->stack_cache.push_back(s);
-    w->cached.store(w->stack_cache.size(), std::memory_order_release);
-  } else {
-    stacks_.release(s);
+    if (retired) retiring_stacks_.fetch_sub(1, std::memory_order_release);  // once put away
   }
-  if (retired) {
-    retiring_stacks_.fetch_sub(1, std::memory_order_release);  // after the stack is put away
-  } else {
-    count_exit();
-  }
+  if (!retired) count_exit();
 }
 
 void runtime::add_to_registry(fiber* f) noexcept {

@@ -193,7 +193,10 @@ struct alignas(64) worker {
   std::atomic<std::uint64_t> steals{0};
   std::atomic<std::uint64_t> spawned{0};
   std::atomic<std::int64_t> credit{0};  // spawns counted in live_fibers_ ahead (count_spawn)
-  std::thread thread;                   // not used by worker 0 (the thread that called run)
+  // moves: odd while this worker moves a count between two of the totals snapshot() adds
+  // up (its credit and live_fibers_, its stack cache and a pool, ...): see count_move.
+  std::atomic<std::uint64_t> moves{0};
+  std::thread thread;  // not used by worker 0 (the thread that called run)
   void* altstack = nullptr;
   long timer_slack = 0;  // the thread's own timer slack, restored when it stops being a worker
   // This thread's own stack (g0's), for the ASan of a sanitized program that links a

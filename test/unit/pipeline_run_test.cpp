@@ -127,7 +127,9 @@ TEST_CASE("pipeline: run() and wait() return with every fiber of the run counted
            rill::broadcast(rill::count(), rill::reduce(0L, std::plus<>{}));
   auto runs = [&p](auto live) {
     int counted = 0;  // returns after which a fiber or a stack of the run still counted
-    for (int k = 0; k < test::scaled(200); ++k) {
+    // Many runs: a worker that puts away what a run left (its credit, a stack) while the
+    // count is read is a window of a few instructions.
+    for (int k = 0; k < test::scaled(20000); ++k) {
       const auto r = k % 2 ? p.run() : p.start().wait();
       REQUIRE(std::get<0>(r) == 100);
       if (!live()) ++counted;
