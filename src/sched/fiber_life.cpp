@@ -23,13 +23,19 @@ constexpr std::uint64_t id_block = 64;           // fiber ids a worker takes at 
 // is written in an order that can only make a snapshot taken in the middle count too few,
 // and snapshot() takes its values again when a move overlapped them, so that a runtime at
 // rest (a run just returned, its workers putting away what they hold) reads exactly.
+// Only w's own thread writes w->moves (as its credit), so a load and a store do: no
+// read-modify-write.
 class count_move {
  public:
   explicit count_move(worker* w) noexcept : w_(w) {
-    if (w_) w_->moves.fetch_add(1, std::memory_order_acq_rel);  // odd: before the writes
+    if (!w_) return;
+    w_->moves.store(w_->moves.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_release);  // odd: before the writes
   }
   ~count_move() {
-    if (w_) w_->moves.fetch_add(1, std::memory_order_release);  // even: after them
+    if (!w_) return;
+    w_->moves.store(w_->moves.load(std::memory_order_relaxed) + 1,
+                    std::memory_order_release);  // even: after them
   }
   count_move(const count_move&) = delete;
   count_move& operator=(const count_move&) = delete;
